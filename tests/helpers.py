@@ -1,0 +1,94 @@
+"""Shared test helpers: a tiny real classifier on scikit-learn's digits and a quiet Trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_reg.data import load_digits_tensors
+
+_DIGITS: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def digits(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardized digits (cached); the first ``n`` samples if given."""
+    global _DIGITS
+    if _DIGITS is None:
+        x, y = load_digits_tensors()
+        std = x.std(0)
+        x = (x - x.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
+        _DIGITS = (x, y)
+    x, y = _DIGITS
+    return (x[:n], y[:n]) if n is not None else (x, y)
+
+
+def digits_loader(n: int = 256, batch_size: int = 32, shuffle: bool = False) -> DataLoader[Any]:
+    x, y = digits(n)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
+
+
+class DigitsClassifier(pl.LightningModule):
+    """A small MLP on the 64 digit pixels. ``optimizer`` is "sgd", "adam", "adamw" or "rmsprop"."""
+
+    def __init__(
+        self,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        hidden: int = 32,
+        val_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.log_val_loss = val_loss
+        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        if self.log_val_loss:
+            self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> Any:
+        params = self.parameters()
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=self.lr)
+        if self.optimizer_name == "rmsprop":
+            return torch.optim.RMSprop(params, lr=self.lr)
+        raise ValueError(self.optimizer_name)
+
+
+def make_trainer(root: Any, **kwargs: Any) -> pl.Trainer:
+    """A quiet CPU Trainer writing under ``root``; keyword arguments override the defaults."""
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(root),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
