@@ -17,7 +17,7 @@ __all__ = ["DigitsDataModule", "load_digits_tensors"]
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    """Return scikit-learn's digits as ``(x, y)``: ``x`` float32 of shape ``(1797, 64)``, ``y`` int64.
+    """Return scikit-learn's digits as ``(x, y)``: ``x`` float32 ``(1797, 64)``, ``y`` int64.
 
     Raises:
         ImportError: if scikit-learn is not installed (``pip install "lightning-reg[data]"``).
@@ -31,7 +31,8 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            "The digits data needs scikit-learn: install it with `pip install \"lightning-reg[data]\"`."
+            "The digits data needs scikit-learn: "
+            'install it with `pip install "lightning-reg[data]"`.'
         ) from err
     bunch = load_digits()
     x = torch.as_tensor(bunch.data, dtype=torch.float32)
@@ -98,9 +99,13 @@ class DigitsDataModule(pl.LightningDataModule):
             return
         x, y = load_digits_tensors()
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        n_val = int(round(self.val_fraction * len(x)))
-        n_test = int(round(self.test_fraction * len(x)))
-        test_idx, val_idx, train_idx = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+        n_val = round(self.val_fraction * len(x))
+        n_test = round(self.test_fraction * len(x))
+        test_idx, val_idx, train_idx = (
+            perm[:n_test],
+            perm[n_test : n_test + n_val],
+            perm[n_test + n_val :],
+        )
         mean = x[train_idx].mean(0)
         std = x[train_idx].std(0)
         std = torch.where(std > 0, std, torch.ones_like(std))

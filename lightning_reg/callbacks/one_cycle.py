@@ -1,0 +1,138 @@
+"""``OneCycleScheduler``: the 1cycle policy as a callback, sized from the Trainer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+
+from lightning_reg.callbacks._lr_base import momentum_key
+from lightning_reg.callbacks.scheduled import ScheduledLR, ScheduleLike
+from lightning_reg.schedules import OneCycle
+
+__all__ = ["OneCycleScheduler"]
+
+# Used only to validate the keyword arguments at construction when `total_steps` is not known yet.
+_PROBE_STEPS = 1_000_000
+
+
+def _check_max_lr(max_lr: Any) -> list[float]:
+    values = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr]
+    if not values:
+        raise ValueError("`max_lr` must not be an empty sequence.")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"`max_lr` must be a number or a sequence of numbers, got {max_lr!r}.")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"`max_lr` must be finite and > 0, got {max_lr!r}.")
+    return [float(v) for v in values]
+
+
+class OneCycleScheduler(ScheduledLR):
+    """The 1cycle policy: LR up then down then annihilated, momentum cycled inversely.
+
+    Builds one :class:`~lightning_reg.schedules.OneCycle` per param group when training starts and
+    sets each group's learning rate and momentum (SGD/RMSprop ``momentum``, Adam-family
+    ``betas[0]``) before every optimizer step. The defaults follow the textbook policy (linear,
+    ``start_lr = max_lr / 10``, a final phase of ``total_steps // 10 + 1`` steps down to
+    ``start_lr / 1000``). To reproduce ``torch.optim.lr_scheduler.OneCycleLR`` exactly, use
+    ``ScheduledLR(OneCycle.from_torch(...))``.
+
+    The step is the number of optimizer steps actually taken (see :class:`ScheduledLR`), so
+    gradient accumulation, ``limit_train_batches``, ``max_steps``, several devices and resuming
+    from a checkpoint all give the right trace. Past ``total_steps`` the final LR is held and a
+    single warning is emitted. Optimizers with neither ``momentum`` nor ``betas`` get the LR cycle
+    only, with one warning.
+
+    Args:
+        max_lr: peak learning rate, or one per param group (all optimizers' groups in order).
+        total_steps: length of the cycle in optimizer steps. ``None`` (default) takes
+            ``trainer.estimated_stepping_batches`` when training starts.
+        log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>``. Default ``True``.
+        **one_cycle_kwargs: any other :class:`~lightning_reg.schedules.OneCycle` field
+            (``start_lr``, ``final_lr``, ``final_steps``, ``warmup_steps``, ``anneal``,
+            ``cycle_momentum``, ``max_momentum``, ``min_momentum``, ...).
+
+    Raises:
+        ValueError, TypeError: at construction, for invalid hyperparameters (the message names
+            the argument and the allowed range); at fit time, when ``total_steps`` is ``None`` and
+            the Trainer cannot estimate it (infinite or unknown length), or ``max_lr`` has a length
+            other than the number of param groups.
+        MisconfigurationException: at fit time, without an optimizer, beside an ``lr_scheduler``
+            from ``configure_optimizers`` or beside another learning-rate callback.
+
+    Example::
+
+        from lightning_reg import OneCycleScheduler
+
+        trainer = Trainer(max_epochs=10, callbacks=[OneCycleScheduler(max_lr=0.1)])
+        trainer.fit(model)  # model.configure_optimizers returns e.g. SGD(momentum=0.9)
+    """
+
+    def __init__(
+        self,
+        max_lr: float | Sequence[float],
+        total_steps: int | None = None,
+        log_values: bool = True,
+        **one_cycle_kwargs: Any,
+    ) -> None:
+        self.max_lr = _check_max_lr(max_lr)
+        if total_steps is not None and (
+            isinstance(total_steps, bool) or not isinstance(total_steps, int)
+        ):
+            raise TypeError(f"`total_steps` must be an int or None, got {total_steps!r}.")
+        self.total_steps = total_steps
+        self.one_cycle_kwargs = dict(one_cycle_kwargs)
+        steps = _PROBE_STEPS if total_steps is None else total_steps
+        probe = [self._one_cycle(steps, m) for m in self.max_lr]
+        super().__init__(probe if len(probe) > 1 else probe[0], "step", log_values)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(max_lr=self.max_lr, total_steps=self.total_steps)
+
+    def _one_cycle(self, total_steps: int, max_lr: float) -> OneCycle:
+        return OneCycle(total_steps=total_steps, max_lr=max_lr, **self.one_cycle_kwargs)
+
+    def resolve_total_steps(self, trainer: pl.Trainer) -> int:
+        """``total_steps`` if given, else the Trainer's estimate of the run's optimizer steps."""
+        if self.total_steps is not None:
+            return self.total_steps
+        estimate = trainer.estimated_stepping_batches
+        if not math.isfinite(estimate) or estimate < 1:
+            raise ValueError(
+                f"{self.name} could not size the cycle: `trainer.estimated_stepping_batches` is "
+                f"{estimate} (an infinite or unknown number of training steps). Pass "
+                "`total_steps=...` to OneCycleScheduler, or set `max_steps`/`max_epochs`."
+            )
+        return int(estimate)
+
+    def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
+        total = self.resolve_total_steps(trainer)
+        if len(self.max_lr) not in (1, num_groups):
+            raise ValueError(
+                f"`max_lr` has {len(self.max_lr)} values but the optimizers have {num_groups} "
+                "param groups; pass one value, or exactly one per param group."
+            )
+        max_lrs = self.max_lr * num_groups if len(self.max_lr) == 1 else self.max_lr
+        schedules: list[ScheduleLike] = [self._one_cycle(total, m) for m in max_lrs]
+        if self.one_cycle_kwargs.get("cycle_momentum", True):
+            groups = [group for _, _, group in self.param_groups(trainer)]
+            if any(momentum_key(group) is None for group in groups):
+                self.warn(
+                    f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
+                    "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
+                    "to silence this."
+                )
+        return schedules
+
+    def as_schedule(self, total_steps: int | None = None) -> OneCycle:
+        """The first param group's :class:`OneCycle` (for :func:`~lightning_reg.plot_schedule`)."""
+        total = total_steps if total_steps is not None else self.total_steps
+        if total is None:
+            raise ValueError(
+                "This OneCycleScheduler is sized by the Trainer; pass `total_steps` to plot it."
+            )
+        return self._one_cycle(total, self.max_lr[0])

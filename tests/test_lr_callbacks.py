@@ -1,0 +1,349 @@
+"""OneCycleScheduler and ScheduledLR on a real Trainer with the digits data."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_reg.callbacks import OneCycleScheduler, ScheduledLR
+from lightning_reg.schedules import ExponentialDecay, OneCycle, PiecewiseConstant
+from tests.helpers import DigitsClassifier, digits_loader, make_trainer
+
+
+class Recorder(Callback):
+    """Records group 0's LR and momentum of optimizer 0 right before every optimizer step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.moms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        group = optimizer.param_groups[0]
+        self.lrs.append(group["lr"])
+        self.moms.append(group["betas"][0] if "betas" in group else group.get("momentum", math.nan))
+
+
+def fit(
+    tmp_path: Path,
+    callbacks: list[Callback],
+    model: pl.LightningModule | None = None,
+    loader_n: int = 256,
+    batch_size: int = 32,
+    **trainer_kwargs: Any,
+) -> tuple[Recorder, pl.LightningModule]:
+    torch.manual_seed(0)
+    model = model or DigitsClassifier()
+    rec = Recorder()
+    trainer = make_trainer(tmp_path, callbacks=[*callbacks, rec], **trainer_kwargs)
+    trainer.fit(model, digits_loader(loader_n, batch_size))
+    return rec, model
+
+
+def test_textbook_one_cycle_trace_on_trainer(tmp_path: Path) -> None:
+    # 256 samples / 32 = 8 batches per epoch, 4 epochs: the cycle is sized to 32 steps.
+    rec, _ = fit(tmp_path, [OneCycleScheduler(max_lr=0.1)], max_epochs=4)
+    sched = OneCycle(total_steps=32, max_lr=0.1)
+    assert len(rec.lrs) == 32
+    assert rec.lrs == pytest.approx([sched(k) for k in range(32)], rel=1e-12, abs=0)
+    assert rec.moms == pytest.approx([sched.momentum(k) for k in range(32)], rel=1e-12)
+    # Textbook shape: starts at max_lr/10, peaks at max_lr, ends near start_lr/1000.
+    assert rec.lrs[0] == pytest.approx(0.01)
+    assert max(rec.lrs) == pytest.approx(0.1)
+    assert rec.lrs[-1] < 0.01 and rec.lrs[-1] >= 0.01 / 1000
+    assert rec.moms[rec.lrs.index(max(rec.lrs))] == pytest.approx(0.85)
+
+
+class TorchOneCycleModule(DigitsClassifier):
+    def __init__(self, total_steps: int, **kwargs: Any) -> None:
+        super().__init__()
+        self.total_steps = total_steps
+        self.kwargs = kwargs
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, total_steps=self.total_steps, **self.kwargs
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_parity_with_torch_one_cycle_lr_on_trainer(
+    tmp_path: Path, three_phase: bool, anneal: str
+) -> None:
+    kwargs = dict(max_lr=0.2, pct_start=0.25, anneal_strategy=anneal, three_phase=three_phase)
+    torch.manual_seed(0)  # same init as fit()'s default model
+    ref, ref_model = fit(tmp_path / "a", [], model=TorchOneCycleModule(24, **kwargs), max_epochs=3)
+    ours, our_model = fit(
+        tmp_path / "b", [ScheduledLR(OneCycle.from_torch(total_steps=24, **kwargs))], max_epochs=3
+    )
+    assert len(ours.lrs) == 24
+    assert ours.lrs == pytest.approx(ref.lrs, rel=1e-12, abs=1e-15)
+    assert ours.moms == pytest.approx(ref.moms, rel=1e-12)
+    for a, b in zip(ref_model.parameters(), our_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2, 4])
+def test_accumulation_gives_same_per_optimizer_step_trace(tmp_path: Path, accumulate: int) -> None:
+    # 8 optimizer steps per epoch whatever the accumulation: 8 * accumulate batches of 16.
+    rec, _ = fit(
+        tmp_path,
+        [OneCycleScheduler(max_lr=0.1)],
+        loader_n=16 * 8 * accumulate,
+        batch_size=16,
+        max_epochs=2,
+        accumulate_grad_batches=accumulate,
+    )
+    sched = OneCycle(total_steps=16, max_lr=0.1)
+    assert rec.lrs == pytest.approx([sched(k) for k in range(16)], rel=1e-12)
+
+
+def test_limit_train_batches_and_max_steps_size_the_cycle(tmp_path: Path) -> None:
+    rec, _ = fit(
+        tmp_path / "a", [OneCycleScheduler(max_lr=0.1)], max_epochs=3, limit_train_batches=5
+    )
+    assert rec.lrs == pytest.approx([OneCycle(15, 0.1)(k) for k in range(15)], rel=1e-12)
+    rec, _ = fit(tmp_path / "b", [OneCycleScheduler(max_lr=0.1)], max_steps=11, max_epochs=-1)
+    assert rec.lrs == pytest.approx([OneCycle(11, 0.1)(k) for k in range(11)], rel=1e-12)
+
+
+def test_resume_mid_cycle_reproduces_trace_and_weights(tmp_path: Path) -> None:
+    def cb() -> OneCycleScheduler:
+        return OneCycleScheduler(max_lr=0.1, total_steps=32)
+
+    full, full_model = fit(tmp_path / "full", [cb()], max_epochs=4)
+
+    torch.manual_seed(0)
+    model = DigitsClassifier()
+    first = Recorder()
+    trainer = make_trainer(tmp_path / "part", callbacks=[cb(), first], max_epochs=2)
+    trainer.fit(model, digits_loader(256, 32))
+    ckpt = tmp_path / "mid.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    torch.manual_seed(123)  # a different init: everything must come from the checkpoint
+    resumed_model = DigitsClassifier()
+    second = Recorder()
+    trainer = make_trainer(tmp_path / "part", callbacks=[cb(), second], max_epochs=4)
+    trainer.fit(resumed_model, digits_loader(256, 32), ckpt_path=ckpt)
+
+    assert len(first.lrs) == 16 and len(second.lrs) == 16
+    assert first.lrs + second.lrs == full.lrs
+    assert first.moms + second.moms == full.moms
+    for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_past_the_end_holds_final_lr_and_warns_once(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="past the schedule's end") as record:
+        rec, _ = fit(tmp_path, [OneCycleScheduler(max_lr=0.1, total_steps=5)], max_steps=9)
+    assert sum("past the schedule's end" in str(w.message) for w in record) == 1
+    held = OneCycle(5, 0.1)(5)
+    assert held == pytest.approx(OneCycle(5, 0.1).final_lr)
+    assert rec.lrs[5:] == [held] * 4
+    assert rec.lrs[:5] == pytest.approx([OneCycle(5, 0.1)(k) for k in range(5)], rel=1e-12)
+
+
+def test_adam_betas_are_cycled(tmp_path: Path) -> None:
+    rec, _ = fit(
+        tmp_path,
+        [OneCycleScheduler(max_lr=0.01, total_steps=16)],
+        model=DigitsClassifier("adam"),
+        max_epochs=2,
+    )
+    sched = OneCycle(16, 0.01)
+    assert rec.moms == pytest.approx([sched.momentum(k) for k in range(16)], rel=1e-12)
+
+
+class AdagradModule(DigitsClassifier):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adagrad(self.parameters(), lr=0.1)
+
+
+def test_optimizer_without_momentum_warns_once_and_cycles_lr(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="neither `momentum` nor `betas`"):
+        rec, _ = fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1, total_steps=8)],
+            model=AdagradModule(),
+            max_steps=8,
+        )
+    assert rec.lrs == pytest.approx([OneCycle(8, 0.1)(k) for k in range(8)], rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*neither `momentum` nor `betas`")
+        fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1, total_steps=8, cycle_momentum=False)],
+            model=AdagradModule(),
+            max_steps=8,
+        )
+
+
+class TwoGroups(DigitsClassifier):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(
+            [{"params": self.net[0].parameters()}, {"params": self.net[2].parameters()}],
+            lr=0.1,
+            momentum=0.9,
+        )
+
+
+def test_max_lr_per_param_group(tmp_path: Path) -> None:
+    class Both(Recorder):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            self.lrs.append(tuple(g["lr"] for g in optimizer.param_groups))  # type: ignore[arg-type]
+
+    rec = Both()
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler([0.1, 0.02], total_steps=8), rec], max_steps=8
+    )
+    trainer.fit(TwoGroups(), digits_loader(256, 32))
+    a, b = OneCycle(8, 0.1), OneCycle(8, 0.02)
+    assert rec.lrs == [pytest.approx((a(k), b(k)), rel=1e-12) for k in range(8)]
+    with pytest.raises(ValueError, match="3 values but the optimizers have 2 param groups"):
+        make_trainer(tmp_path, callbacks=[OneCycleScheduler([0.1, 0.2, 0.3])], max_steps=2).fit(
+            TwoGroups(), digits_loader(64, 32)
+        )
+
+
+class ManualModule(DigitsClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+
+def test_manual_optimization_is_supported(tmp_path: Path) -> None:
+    rec, _ = fit(tmp_path, [OneCycleScheduler(max_lr=0.1)], model=ManualModule(), max_epochs=2)
+    assert rec.lrs == pytest.approx([OneCycle(16, 0.1)(k) for k in range(16)], rel=1e-12)
+
+
+class WithScheduler(DigitsClassifier):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1)]
+
+
+class NoOptimizer(DigitsClassifier):
+    def configure_optimizers(self) -> Any:
+        return None
+
+
+def test_refuses_configurations_it_cannot_drive(tmp_path: Path) -> None:
+    with pytest.raises(MisconfigurationException, match="StepLR"):
+        fit(tmp_path, [OneCycleScheduler(max_lr=0.1)], model=WithScheduler(), max_steps=2)
+    with pytest.raises(MisconfigurationException, match="Keep one learning-rate callback"):
+        fit(tmp_path, [OneCycleScheduler(max_lr=0.1), ScheduledLR(lambda s: 0.1)], max_steps=2)
+    with (
+        pytest.raises(MisconfigurationException, match="configure_optimizers` returned none"),
+        pytest.warns(UserWarning),
+    ):
+        fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1, total_steps=4)],
+            model=NoOptimizer(),
+            max_steps=2,
+        )
+
+
+def test_unknown_length_asks_for_total_steps(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Pass `total_steps="):
+        fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1)],
+            max_epochs=-1,
+            max_steps=-1,
+            max_time="00:00:01:00",
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match", "error"),
+    [
+        (dict(max_lr=-0.1), "max_lr", ValueError),
+        (dict(max_lr=math.nan), "max_lr", ValueError),
+        (dict(max_lr=math.inf), "max_lr", ValueError),
+        (dict(max_lr=[0.1, -1.0]), "max_lr", ValueError),
+        (dict(max_lr="0.1"), "max_lr", TypeError),
+        (dict(max_lr=0.1, total_steps=0), "total_steps", ValueError),
+        (dict(max_lr=0.1, total_steps=2.5), "total_steps", TypeError),
+        (dict(max_lr=0.1, start_lr=0.2), "start_lr", ValueError),
+        (dict(max_lr=0.1, anneal="cubic"), "anneal", ValueError),
+    ],
+)
+def test_one_cycle_scheduler_rejects_bad_hyperparameters(
+    kwargs: dict[str, Any], match: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=match):
+        OneCycleScheduler(**kwargs)
+
+
+def test_logs_lr_and_momentum_and_composes_with_lr_monitor(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, name="csv")
+    fit(
+        tmp_path,
+        [OneCycleScheduler(max_lr=0.1), LearningRateMonitor("step")],
+        max_epochs=2,
+        logger=logger,
+        log_every_n_steps=1,
+    )
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    ours = {int(r["step"]): float(r["lr-pg0"]) for r in rows if r.get("lr-pg0")}
+    theirs = {int(r["step"]): float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")}
+    moms = {int(r["step"]): float(r["momentum-pg0"]) for r in rows if r.get("momentum-pg0")}
+    sched = OneCycle(16, 0.1)
+    assert ours == {k: pytest.approx(sched(k)) for k in range(17)}
+    assert moms == {k: pytest.approx(sched.momentum(k)) for k in range(17)}
+    # LearningRateMonitor sees exactly the LR we set for each step.
+    assert theirs and all(theirs[k] == pytest.approx(ours[k]) for k in theirs)
+
+
+def test_scheduled_lr_per_step_and_per_epoch(tmp_path: Path) -> None:
+    decay = ExponentialDecay(lr0=0.1, s=4)
+    rec, _ = fit(tmp_path / "a", [ScheduledLR(decay)], max_epochs=2)
+    assert rec.lrs == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(16)], rel=1e-12)
+    assert all(math.isclose(m, 0.9) for m in rec.moms)  # no momentum schedule: untouched
+
+    rec, _ = fit(
+        tmp_path / "b",
+        [ScheduledLR(PiecewiseConstant([1, 2], [0.3, 0.2, 0.1]), "epoch")],
+        max_epochs=3,
+    )
+    assert rec.lrs == [0.3] * 8 + [0.2] * 8 + [0.1] * 8
+
+    rec, _ = fit(tmp_path / "c", [ScheduledLR(lambda step: 0.05 / (1 + step))], max_steps=5)
+    assert rec.lrs == pytest.approx([0.05 / (1 + k) for k in range(5)])
+
+
+def test_scheduled_lr_rejects_bad_schedules(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="schedule"):
+        ScheduledLR(0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="interval"):
+        ScheduledLR(lambda s: 0.1, interval="batch")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must return a Python number"):
+        fit(tmp_path, [ScheduledLR(lambda s: torch.tensor(0.1))], max_steps=2)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        fit(tmp_path, [ScheduledLR(lambda s: -1.0)], max_steps=2)
+    with pytest.raises(ValueError, match="2 schedules but the optimizers have 1 param groups"):
+        fit(tmp_path, [ScheduledLR([lambda s: 0.1, lambda s: 0.2])], max_steps=2)
