@@ -1,0 +1,90 @@
+"""``plot_schedule``: draw a learning-rate schedule (and its momentum) with matplotlib."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_schedule"]
+
+
+def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None = None) -> Figure:
+    """Plot the learning rate against the optimizer step, and momentum on a twin axis.
+
+    Args:
+        schedule: a :class:`~lightning_reg.schedules.Schedule`, a plain callable
+            ``step -> lr``, or an object with ``as_schedule(total_steps)`` (the LR callbacks).
+        total_steps: number of steps to draw (steps ``0 .. total_steps - 1``). Default ``None``:
+            the schedule's own ``total_steps`` (a :class:`~lightning_reg.schedules.OneCycle`
+            has one); required for plain callables and open-ended schedules.
+        ax: axes to draw on. Default ``None``: a new figure with one axes (made without
+            ``pyplot``, so no global figure state and no GUI backend is needed).
+
+    Returns:
+        The (root) figure holding ``ax``. The LR is the axes' only line; when
+        ``schedule.momentum(0)`` is not ``None`` the momentum is drawn on a twin axes
+        (``figure.axes[1]``).
+
+    Raises:
+        ImportError: if matplotlib is not installed (``pip install "lightning-reg[plot]"``).
+        TypeError: if ``schedule`` is not callable or ``total_steps`` is not an int.
+        ValueError: if the number of steps is unknown or ``total_steps < 1``.
+
+    Example::
+
+        from lightning_reg.plotting import plot_schedule
+        from lightning_reg.schedules import OneCycle
+
+        fig = plot_schedule(OneCycle(total_steps=1000, max_lr=0.1))
+        fig.savefig("one_cycle.png")
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            'plot_schedule needs matplotlib: pip install "lightning-reg[plot]"'
+        ) from error
+    as_schedule = getattr(schedule, "as_schedule", None)
+    if callable(as_schedule):
+        schedule = as_schedule(total_steps)
+    if not callable(schedule):
+        raise TypeError(
+            "`schedule` must be a Schedule, a callable `step -> lr` or have "
+            f"`as_schedule(total_steps)`, got {schedule!r}."
+        )
+    steps = _resolve_steps(schedule, total_steps)
+    lrs = [float(schedule(step)) for step in steps]
+    momentum = getattr(schedule, "momentum", None)
+
+    if ax is None:
+        ax = Figure().add_subplot()
+    ax.plot(steps, lrs, color="tab:blue", label="learning rate")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate", color="tab:blue")
+    if callable(momentum) and momentum(0) is not None:
+        twin = ax.twinx()
+        twin.plot(
+            steps, [float(momentum(step)) for step in steps], color="tab:orange", label="momentum"
+        )
+        twin.set_ylabel("momentum", color="tab:orange")
+    return ax.figure.figure  # the root figure, also when ``ax`` is on a SubFigure
+
+
+def _resolve_steps(schedule: Callable[[int], float], total_steps: int | None) -> range:
+    """``range(total_steps)``, taking ``schedule.total_steps`` when ``total_steps`` is None."""
+    if total_steps is None:
+        total_steps = getattr(schedule, "total_steps", None)
+        if total_steps is None:
+            raise ValueError(
+                f"`total_steps` is required to plot {schedule!r}: it has no length of its own."
+            )
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
+        raise TypeError(f"`total_steps` must be an int >= 1, got {total_steps!r}.")
+    if total_steps < 1:
+        raise ValueError(f"`total_steps` must be an int >= 1, got {total_steps!r}.")
+    return range(int(total_steps))

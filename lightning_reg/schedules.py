@@ -1,0 +1,587 @@
+"""Pure learning-rate schedules: frozen objects mapping an optimizer step to a learning rate.
+
+A schedule is a function of the step alone (no state, no Lightning), so resuming from a
+checkpoint and agreeing across processes come for free: every rank computes the same number.
+The callbacks in :mod:`lightning_reg.callbacks` decide *when* to apply them.
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+__all__ = [
+    "ExponentialDecay",
+    "OneCycle",
+    "Phase",
+    "PiecewiseConstant",
+    "PowerDecay",
+    "Schedule",
+]
+
+Anneal = Literal["linear", "cos"]
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; bools and non-integers are a TypeError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _number(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a finite float accepted by ``ok``; bools and non-numbers are a TypeError."""
+    message = f"`{name}` must be a finite number {allowed}, got {value!r}."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(message)
+    number = float(value)
+    if not math.isfinite(number) or not ok(number):
+        raise ValueError(message)
+    return number
+
+
+def _interpolate(start: float, end: float, pct: float, anneal: Anneal) -> float:
+    """From ``start`` (``pct=0``) to ``end`` (``pct=1``), with torch's OneCycleLR arithmetic."""
+    if anneal == "cos":
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+    return (end - start) * pct + start
+
+
+class Schedule(abc.ABC):
+    """Base of the schedules: the learning rate (and optionally momentum) at an optimizer step.
+
+    Steps are 0-based counts of optimizer steps: ``schedule(k)`` is the learning rate used by
+    the ``k``-th update. Subclasses implement :meth:`__call__` (starting with
+    ``step = self._check_step(step)``) and may override :meth:`momentum`.
+
+    Example::
+
+        from lightning_reg.schedules import Schedule
+
+        class Halving(Schedule):
+            def __call__(self, step: int) -> float:
+                return 0.1 * 0.5 ** (self._check_step(step) // 100)
+
+        assert Halving()(250) == 0.025
+    """
+
+    @abc.abstractmethod
+    def __call__(self, step: int) -> float:
+        """The learning rate at optimizer step ``step``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+
+    def momentum(self, step: int) -> float | None:
+        """The momentum at ``step`` (SGD ``momentum``, Adam ``betas[0]``), or ``None``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            ``None`` by default: this schedule does not drive momentum.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        self._check_step(step)
+        return None
+
+    def as_schedule(self, total_steps: int | None = None) -> Schedule:
+        """This schedule itself, so schedules and callbacks are interchangeable for plotting.
+
+        Args:
+            total_steps: ignored (default ``None``); callbacks use it to size their schedule.
+
+        Returns:
+            ``self``.
+        """
+        return self
+
+    @staticmethod
+    def _check_step(step: object) -> int:
+        """``step`` as an int; raises TypeError for non-ints and bools, ValueError if < 0."""
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"`step` must be an int >= 0, got {step!r}.")
+        if step < 0:
+            raise ValueError(f"`step` must be an int >= 0, got {step!r}.")
+        return int(step)
+
+
+class Phase(NamedTuple):
+    """One interpolation segment of a :class:`OneCycle`, from step ``start`` to step ``end``."""
+
+    start: float
+    end: float
+    start_lr: float
+    end_lr: float
+    start_momentum: float
+    end_momentum: float
+
+
+@dataclass(frozen=True)
+class OneCycle(Schedule):
+    """The 1cycle policy (Smith, 2018): a rise of the LR, a descent, then a final annihilation.
+
+    The defaults are the textbook's (Géron, *Hands-On Machine Learning*, ch. 11), taken from
+    Smith's paper: the LR rises linearly from ``start_lr = max_lr / 10`` to ``max_lr`` over the
+    first half of the cycle, falls back to ``start_lr`` over the second half, then falls to
+    ``final_lr = start_lr / 1000`` over the last ``total_steps // 10 + 1`` steps. Momentum moves
+    the other way: from ``max_momentum`` down to ``min_momentum`` while the LR rises, back up
+    while it falls, and holds ``max_momentum`` in the final phase.
+
+    The phases, as step positions (available as :attr:`phases`):
+
+    - rise: ``[0, warmup_steps]``, ``start_lr -> max_lr``, ``max_momentum -> min_momentum``;
+    - descent: ``[warmup_steps, end_step - final_steps]``, ``max_lr -> start_lr``,
+      ``min_momentum -> max_momentum``;
+    - final: ``[end_step - final_steps, end_step]``, ``start_lr -> final_lr``, momentum held.
+
+    With ``final_steps=0`` there is no final phase and the descent goes straight from
+    ``max_lr`` to ``final_lr`` (the two-phase schedule of fastai and of torch's default).
+    Steps at or after ``end_step`` hold ``final_lr`` and ``max_momentum``; asking for them is
+    not an error. Phase positions may be fractional, which :meth:`from_torch` needs to
+    reproduce ``torch.optim.lr_scheduler.OneCycleLR`` exactly.
+
+    Resolved defaults are stored in the fields: ``OneCycle(100, 1.0).start_lr == 0.1``, and
+    ``OneCycle(**{f: getattr(s, f) for f in init_fields})`` rebuilds the same schedule.
+
+    Args:
+        total_steps: number of optimizer steps of the run; int >= 2 (>= 3 with the default
+            phases).
+        max_lr: peak learning rate; finite > 0.
+        start_lr: learning rate at step 0 and at the end of the descent. Default ``None``:
+            ``max_lr / 10``.
+        final_lr: learning rate reached at ``end_step``. Default ``None``: ``start_lr / 1000``.
+        final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``
+            (when ``warmup_steps`` is also ``None``, rounded up by one step where needed so
+            that the rise and the descent have the same whole length, as in the textbook,
+            e.g. 12 for ``total_steps=100``). ``0`` gives the two-phase schedule.
+        warmup_steps: length of the rise, i.e. the step at which the LR peaks; > 0. Default
+            ``None``: half of ``end_step - final_steps``, rounded down.
+        anneal: ``"linear"`` (default) or ``"cos"`` (cosine interpolation inside each phase).
+        cycle_momentum: drive momentum inversely to the LR (default ``True``); when ``False``
+            :meth:`momentum` returns ``None`` and the momentum fields are neither checked nor
+            used.
+        max_momentum: momentum at the start, at the end of the descent and in the final
+            phase (default 0.95).
+        min_momentum: momentum at the LR peak (default 0.85);
+            ``0 <= min_momentum <= max_momentum < 1``.
+        end_step: step at which the LR reaches ``final_lr``, in ``(0, total_steps]``. Default
+            ``None``: ``total_steps``, as in the textbook (the last step, ``total_steps - 1``,
+            is one interpolation step above ``final_lr``); torch's OneCycleLR uses
+            ``total_steps - 1``.
+
+    Raises:
+        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        ValueError: if an argument is out of range (NaN and inf included), if
+            ``final_lr <= start_lr <= max_lr`` fails, or if a phase would be empty
+            (``0 < warmup_steps < end_step - final_steps`` is required).
+
+    Example::
+
+        from lightning_reg.schedules import OneCycle
+
+        schedule = OneCycle(total_steps=1000, max_lr=0.1)
+        schedule(0), schedule(449), schedule(999)   # 0.01, 0.1, ~1e-4
+        schedule.momentum(449)                      # 0.85
+    """
+
+    total_steps: int
+    max_lr: float
+    start_lr: float | None = None
+    final_lr: float | None = None
+    final_steps: float | None = None
+    warmup_steps: float | None = None
+    anneal: Anneal = "linear"
+    cycle_momentum: bool = True
+    max_momentum: float = 0.95
+    min_momentum: float = 0.85
+    end_step: float | None = None
+    phases: tuple[Phase, ...] = field(init=False, repr=False, compare=False)
+    """The rise, descent and (unless ``final_steps == 0``) final phase; derived, read-only."""
+
+    def __post_init__(self) -> None:
+        total_steps = _check_int("total_steps", self.total_steps, 2)
+        max_lr = _number("max_lr", self.max_lr, "> 0", lambda x: x > 0)
+        start_lr = _number(
+            "start_lr",
+            max_lr / 10 if self.start_lr is None else self.start_lr,
+            f">= 0 and <= max_lr ({max_lr!r})",
+            lambda x: 0 <= x <= max_lr,
+        )
+        final_lr = _number(
+            "final_lr",
+            start_lr / 1000 if self.final_lr is None else self.final_lr,
+            f">= 0 and <= start_lr ({start_lr!r})",
+            lambda x: 0 <= x <= start_lr,
+        )
+        end = _number(
+            "end_step",
+            total_steps if self.end_step is None else self.end_step,
+            f"> 0 and <= total_steps ({total_steps})",
+            lambda x: 0 < x <= total_steps,
+        )
+        final_steps = _number(
+            "final_steps",
+            total_steps // 10 + 1 if self.final_steps is None else self.final_steps,
+            f">= 0 and < end_step ({end!r})",
+            lambda x: 0 <= x < end,
+        )
+        descent_end = end - final_steps
+        warmup = _number(
+            "warmup_steps",
+            descent_end // 2 if self.warmup_steps is None else self.warmup_steps,
+            f"> 0 and < end_step - final_steps ({descent_end!r}) so that the rise and the "
+            f"descent are not empty (total_steps={total_steps})",
+            lambda x: 0 < x < descent_end,
+        )
+        if self.final_steps is None and self.warmup_steps is None:
+            descent_end = 2 * warmup
+            final_steps = end - descent_end
+        if self.anneal not in ("linear", "cos"):
+            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {self.anneal!r}.")
+        if not isinstance(self.cycle_momentum, bool):
+            raise TypeError(f"`cycle_momentum` must be a bool, got {self.cycle_momentum!r}.")
+        max_mom, min_mom = self.max_momentum, self.min_momentum
+        if self.cycle_momentum:
+            max_mom = _number("max_momentum", max_mom, ">= 0 and < 1", lambda x: 0 <= x < 1)
+            min_mom = _number(
+                "min_momentum",
+                min_mom,
+                f">= 0 and <= max_momentum ({max_mom!r})",
+                lambda x: 0 <= x <= max_mom,
+            )
+        resolved = {
+            "total_steps": total_steps,
+            "max_lr": max_lr,
+            "start_lr": start_lr,
+            "final_lr": final_lr,
+            "final_steps": final_steps,
+            "warmup_steps": warmup,
+            "max_momentum": max_mom,
+            "min_momentum": min_mom,
+            "end_step": end,
+        }
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+        descent_lr = start_lr if final_steps > 0 else final_lr
+        phases = [
+            Phase(0.0, warmup, start_lr, max_lr, max_mom, min_mom),
+            Phase(warmup, descent_end, max_lr, descent_lr, min_mom, max_mom),
+            Phase(descent_end, end, start_lr, final_lr, max_mom, max_mom),
+        ]
+        object.__setattr__(self, "phases", tuple(phases[: 3 if final_steps > 0 else 2]))
+
+    @classmethod
+    def from_torch(
+        cls,
+        total_steps: int,
+        max_lr: float,
+        pct_start: float = 0.3,
+        anneal_strategy: Anneal = "cos",
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+    ) -> OneCycle:
+        """The schedule of ``torch.optim.lr_scheduler.OneCycleLR`` with the same arguments.
+
+        ``schedule(k)`` and ``schedule.momentum(k)`` equal the LR and momentum (SGD
+        ``momentum``, Adam ``betas[0]``) that torch's scheduler has set when the ``k``-th
+        optimizer step is taken, i.e. after ``k`` calls of ``scheduler.step()``: bit for bit,
+        with the same phase ends and float arithmetic, except that a three-phase descent end
+        stored as ``end_step - final_steps`` can round differently in the last bit. Torch's phase
+        ends are ``pct_start * total_steps - 1`` (peak), ``2 * pct_start * total_steps - 2``
+        (end of the descent, three-phase only) and ``total_steps - 1``; they map to
+        ``warmup_steps``, ``end_step - final_steps`` and ``end_step``. Torch's two-phase
+        schedule is ``final_steps=0``.
+
+        Args:
+            total_steps: number of optimizer steps; int >= 2.
+            max_lr: peak learning rate; finite > 0.
+            pct_start: fraction of the steps spent rising (default 0.3); in ``(0, 1)`` with
+                ``pct_start * total_steps > 1``, and for ``three_phase`` also
+                ``2 * pct_start * total_steps - 2 < total_steps - 1``.
+            anneal_strategy: ``"cos"`` (default) or ``"linear"``.
+            div_factor: ``start_lr = max_lr / div_factor`` (default 25.0); >= 1.
+            final_div_factor: ``final_lr = start_lr / final_div_factor`` (default 1e4); >= 1.
+            three_phase: descend back to ``start_lr`` symmetrically, then annihilate to
+                ``final_lr`` (default ``False``: descend straight to ``final_lr``).
+            cycle_momentum: cycle momentum inversely to the LR (default ``True``).
+            base_momentum: momentum at the LR peak (default 0.85); ``min_momentum``.
+            max_momentum: momentum at the start and the end (default 0.95).
+
+        Returns:
+            The equivalent :class:`OneCycle`.
+
+        Raises:
+            TypeError: if an argument has the wrong type.
+            ValueError: if an argument is out of range or a phase would be empty.
+
+        Example::
+
+            from lightning_reg.schedules import OneCycle
+
+            schedule = OneCycle.from_torch(total_steps=1000, max_lr=0.1, pct_start=0.25)
+            schedule(0), schedule(249), schedule(999)   # 0.004, 0.1, 4e-07
+        """
+        total_steps = _check_int("total_steps", total_steps, 2)
+        max_lr = _number("max_lr", max_lr, "> 0", lambda x: x > 0)
+        pct = _number("pct_start", pct_start, "> 0 and < 1", lambda x: 0 < x < 1)
+        div = _number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
+        final_div = _number("final_div_factor", final_div_factor, ">= 1", lambda x: x >= 1)
+        if anneal_strategy not in ("linear", "cos"):
+            raise ValueError(
+                f"`anneal_strategy` must be 'cos' or 'linear', got {anneal_strategy!r}."
+            )
+        if cycle_momentum:
+            _number(
+                "base_momentum",
+                base_momentum,
+                f">= 0 and <= max_momentum ({max_momentum!r})",
+                lambda x: 0 <= x <= max_momentum,
+            )
+        warmup = float(pct * total_steps) - 1
+        end = total_steps - 1
+        descent_end = float(2 * pct * total_steps) - 2 if three_phase else end
+        if not (0 < warmup < descent_end and (descent_end < end or not three_phase)):
+            extra = " and 2 * pct_start * total_steps - 2 < total_steps - 1" if three_phase else ""
+            raise ValueError(
+                f"`pct_start` must satisfy pct_start * total_steps > 1{extra} so that no "
+                f"phase is empty, got pct_start={pct_start!r} with total_steps={total_steps}."
+            )
+        start_lr = max_lr / div
+        return cls(
+            total_steps=total_steps,
+            max_lr=max_lr,
+            start_lr=start_lr,
+            final_lr=start_lr / final_div,
+            final_steps=end - descent_end,
+            warmup_steps=warmup,
+            anneal=anneal_strategy,
+            cycle_momentum=cycle_momentum,
+            max_momentum=max_momentum,
+            min_momentum=base_momentum,
+            end_step=end,
+        )
+
+    def _locate(self, step: int) -> tuple[Phase, float]:
+        """The phase holding ``step`` and the fraction of it done; after the end, a constant."""
+        for phase in self.phases:
+            if step <= phase.end:
+                return phase, (step - phase.start) / (phase.end - phase.start)
+        last = self.phases[-1]
+        lr, momentum = last.end_lr, last.end_momentum
+        return Phase(last.end, math.inf, lr, lr, momentum, momentum), 0.0
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``; ``final_lr`` at and after ``end_step``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        phase, pct = self._locate(self._check_step(step))
+        return _interpolate(phase.start_lr, phase.end_lr, pct, self.anneal)
+
+    def momentum(self, step: int) -> float | None:
+        """The momentum at ``step``, or ``None`` when ``cycle_momentum`` is ``False``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The momentum (``max_momentum`` at and after ``end_step``), or ``None``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        phase, pct = self._locate(self._check_step(step))
+        if not self.cycle_momentum:
+            return None
+        return _interpolate(phase.start_momentum, phase.end_momentum, pct, self.anneal)
+
+
+@dataclass(frozen=True)
+class ExponentialDecay(Schedule):
+    """Exponential scheduling: ``lr0 * rate ** (step / s)``, the LR is divided by ``1 / rate``
+    every ``s`` steps.
+
+    Args:
+        lr0: learning rate at step 0; finite > 0.
+        s: steps per factor of ``rate``; finite > 0.
+        rate: decay factor per ``s`` steps (default 0.1); ``0 < rate <= 1``.
+
+    Raises:
+        TypeError: if an argument is not a number (bools included).
+        ValueError: if an argument is out of range, NaN or infinite.
+
+    Example::
+
+        from lightning_reg.schedules import ExponentialDecay
+
+        schedule = ExponentialDecay(lr0=0.01, s=1000)
+        schedule(2000)   # 1e-4
+    """
+
+    lr0: float
+    s: float
+    rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr0", _number("lr0", self.lr0, "> 0", lambda x: x > 0))
+        object.__setattr__(self, "s", _number("s", self.s, "> 0", lambda x: x > 0))
+        object.__setattr__(
+            self, "rate", _number("rate", self.rate, "> 0 and <= 1", lambda x: 0 < x <= 1)
+        )
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            ``lr0 * rate ** (step / s)``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        return self.lr0 * self.rate ** (self._check_step(step) / self.s)
+
+
+@dataclass(frozen=True)
+class PowerDecay(Schedule):
+    """Power scheduling: ``lr0 / (1 + step / s) ** c``; with ``c=1`` the LR halves at ``s``
+    steps, is a third at ``2 * s``, and so on (Keras' ``InverseTimeDecay``).
+
+    Args:
+        lr0: learning rate at step 0; finite > 0.
+        s: steps scale; finite > 0.
+        c: power (default 1.0); finite >= 0.
+
+    Raises:
+        TypeError: if an argument is not a number (bools included).
+        ValueError: if an argument is out of range, NaN or infinite.
+
+    Example::
+
+        from lightning_reg.schedules import PowerDecay
+
+        schedule = PowerDecay(lr0=0.01, s=1000)
+        schedule(1000)   # 0.005
+    """
+
+    lr0: float
+    s: float
+    c: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr0", _number("lr0", self.lr0, "> 0", lambda x: x > 0))
+        object.__setattr__(self, "s", _number("s", self.s, "> 0", lambda x: x > 0))
+        object.__setattr__(self, "c", _number("c", self.c, ">= 0", lambda x: x >= 0))
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            ``lr0 / (1 + step / s) ** c``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        return self.lr0 / (1 + self._check_step(step) / self.s) ** self.c
+
+
+@dataclass(frozen=True)
+class PiecewiseConstant(Schedule):
+    """Piecewise constant scheduling: ``values[i]`` where ``i`` counts the boundaries ``<= step``.
+
+    The value changes *at* a boundary step, as with torch's ``MultiStepLR`` milestones:
+    ``boundaries=(10,)`` gives ``values[0]`` for steps 0 to 9 and ``values[1]`` from step 10.
+    (Keras' ``PiecewiseConstantDecay`` changes one step later: it keeps ``values[0]`` while
+    ``step <= boundaries[0]``.) Both sequences are stored as tuples.
+
+    Args:
+        boundaries: strictly increasing ints > 0 (may be empty: a constant schedule).
+        values: ``len(boundaries) + 1`` learning rates, each finite >= 0.
+
+    Raises:
+        TypeError: if a boundary is not an int or a value not a number (bools included).
+        ValueError: if the lengths do not match, the boundaries are not strictly increasing
+            positive ints, or a value is negative, NaN or infinite.
+
+    Example::
+
+        from lightning_reg.schedules import PiecewiseConstant
+
+        schedule = PiecewiseConstant(boundaries=[500, 800], values=[0.01, 0.005, 0.001])
+        schedule(499), schedule(500), schedule(800)   # 0.01, 0.005, 0.001
+    """
+
+    boundaries: Sequence[int]
+    values: Sequence[float]
+
+    def __post_init__(self) -> None:
+        boundaries = tuple(
+            _check_int(f"boundaries[{i}]", b, 1) for i, b in enumerate(self.boundaries)
+        )
+        values = tuple(
+            _number(f"values[{i}]", v, ">= 0", lambda x: x >= 0) for i, v in enumerate(self.values)
+        )
+        if len(values) != len(boundaries) + 1:
+            raise ValueError(
+                f"`values` must have len(boundaries) + 1 = {len(boundaries) + 1} entries, "
+                f"got {len(values)}."
+            )
+        if any(a >= b for a, b in itertools.pairwise(boundaries)):
+            raise ValueError(f"`boundaries` must be strictly increasing, got {boundaries}.")
+        object.__setattr__(self, "boundaries", boundaries)
+        object.__setattr__(self, "values", values)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            ``values[i]`` with ``i`` the number of boundaries ``<= step``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        return self.values[bisect.bisect_right(self.boundaries, self._check_step(step))]
