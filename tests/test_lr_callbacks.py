@@ -150,9 +150,9 @@ def test_past_the_end_holds_final_lr_and_warns_once(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="past the schedule's end") as record:
         rec, _ = fit(tmp_path, [OneCycleScheduler(max_lr=0.1, total_steps=5)], max_steps=9)
     assert sum("past the schedule's end" in str(w.message) for w in record) == 1
-    held = OneCycle(5, 0.1)(5)
-    assert held == pytest.approx(OneCycle(5, 0.1).final_lr)
-    assert rec.lrs[5:] == [held] * 4
+    sched = OneCycle(5, 0.1)
+    assert rec.lrs[5:] == [sched(k) for k in range(5, 9)]
+    assert rec.lrs[5:] == pytest.approx([sched.final_lr] * 4, rel=1e-12)
     assert rec.lrs[:5] == pytest.approx([OneCycle(5, 0.1)(k) for k in range(5)], rel=1e-12)
 
 
@@ -347,3 +347,34 @@ def test_scheduled_lr_rejects_bad_schedules(tmp_path: Path) -> None:
         fit(tmp_path, [ScheduledLR(lambda s: -1.0)], max_steps=2)
     with pytest.raises(ValueError, match="2 schedules but the optimizers have 1 param groups"):
         fit(tmp_path, [ScheduledLR([lambda s: 0.1, lambda s: 0.2])], max_steps=2)
+
+
+class InfGradOnStep(DigitsClassifier):
+    """Poisons the gradient of the given batches, so the GradScaler skips their optimizer step."""
+
+    def __init__(self, poisoned: set[int]) -> None:
+        super().__init__()
+        self.poisoned = poisoned
+
+    def on_after_backward(self) -> None:
+        if self.trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1 in self.poisoned:
+            self.net[0].weight.grad.fill_(math.inf)
+
+
+def test_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule(tmp_path: Path) -> None:
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu")
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    rec, _ = fit(
+        tmp_path,
+        [OneCycleScheduler(max_lr=0.1, total_steps=10)],
+        model=InfGradOnStep({3, 4}),
+        max_steps=8,
+        plugins=[plugin],
+    )
+    sched = OneCycle(10, 0.1)
+    # Batches 3 and 4 are skipped by the scaler: their steps take the LR of step 3 again.
+    expected = [sched(k) for k in (0, 1, 2, 3, 3, 3, 4, 5)]
+    assert rec.lrs == pytest.approx(expected, rel=1e-12)
+    assert scaler.get_scale() < 2.0**16  # the scaler did back off

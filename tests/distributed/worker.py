@@ -1,0 +1,111 @@
+"""One rank of a distributed test job: ``python tests/distributed/worker.py CASE OUT_DIR [options]``.
+
+Launched by ``tests/distributed/harness.py``; Lightning's DDP launcher re-runs this script for the
+other local ranks. Each case trains with a real ``Trainer(strategy="ddp", accelerator="cpu")``
+and every rank saves what the tests compare to ``OUT_DIR/rank<k>.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_reg.callbacks import OneCycleScheduler, PerformanceScheduler
+from tests.helpers import DigitsClassifier, digits_loader, make_trainer
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def ddp_trainer(args: argparse.Namespace, **kwargs: Any) -> pl.Trainer:
+    return make_trainer(
+        args.out, strategy="ddp", devices=args.devices, num_nodes=args.num_nodes, **kwargs
+    )
+
+
+def case_one_cycle(args: argparse.Namespace) -> dict[str, Any]:
+    """1cycle sized by the Trainer with 2 ranks, accumulation and limit_train_batches."""
+    torch.manual_seed(0)
+    model = DigitsClassifier()
+    cb, rec = OneCycleScheduler(max_lr=0.1), Recorder()
+    trainer = ddp_trainer(
+        args, callbacks=[cb, rec], max_epochs=2, accumulate_grad_batches=2, limit_train_batches=6
+    )
+    # 256 samples in batches of 16: 16 batches, 8 per rank, limited to 6, accumulated by 2.
+    trainer.fit(model, digits_loader(256, 16))
+    return {
+        "rank": trainer.global_rank,
+        "lrs": rec.lrs,
+        "estimated": trainer.estimated_stepping_batches,
+        "params": flat_params(model),
+    }
+
+
+class RankDependentLoss(DigitsClassifier):
+    """Each rank logs its own `val_loss` without `sync_dist`: rank 0 improves, rank 1 worsens."""
+
+    scripts = ([1.0, 0.9, 0.8, 0.7, 0.6], [1.0, 1.2, 1.4, 1.6, 1.8])
+
+    def __init__(self) -> None:
+        super().__init__(lr=0.08)
+        self.lr_after_eval: list[float] = []
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        value = self.scripts[self.global_rank][self.current_epoch]
+        self.log("val_loss", torch.tensor(value), sync_dist=False)
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_after_eval.append(self.optimizers().param_groups[0]["lr"])
+
+
+def case_plateau(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = RankDependentLoss()
+    cb = PerformanceScheduler(patience=1, min_delta=0.0)
+    trainer = ddp_trainer(
+        args, callbacks=[cb], max_epochs=5, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(model, digits_loader(128, 16), digits_loader(64, 16))
+    return {
+        "rank": trainer.global_rank,
+        "lrs": model.lr_after_eval,
+        "state": cb.state_dict(),
+        "params": flat_params(model),
+    }
+
+
+CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "one_cycle": case_one_cycle,
+    "plateau": case_plateau,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--num-nodes", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    result = CASES[args.case](args)
+    torch.save(result, args.out / f"rank{result['rank']}.pt")
+
+
+if __name__ == "__main__":
+    main()
