@@ -1,0 +1,141 @@
+"""Fused max-norm and weight penalty against per-tensor loops and the memory-bandwidth floor.
+
+Runs every case of a model in interleaved repeats (A B C A B C ...) and prints the medians as a
+Markdown table:
+
+    python benchmarks/regularization.py                 # CPU, full sizes
+    python benchmarks/regularization.py --device cuda   # if a GPU is present
+    python benchmarks/regularization.py --quick         # tiny sizes (smoke test)
+
+Models: (a) ``--layers`` Linear layers of ``--width`` x ``--width`` with biases (only the weights
+are selected: 50 x 256 x 256 by default, 100 tensors in the model) and (b) an MLP of
+``--mlp-layers`` Linear layers of ``--mlp-width`` x ``--mlp-width`` (6 x 2048 x 2048, about 25M
+parameters). The floor is one read+write pass over the same weights,
+``torch._foreach_mul_(weights, 1.0)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
+
+L1, L2, MAX_VALUE = 1e-5, 1e-4, 0.5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=30, help="timed repeats of each case")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed repeats first")
+    parser.add_argument("--layers", type=int, default=50, help="Linear layers of model (a)")
+    parser.add_argument("--width", type=int, default=256, help="width of model (a)")
+    parser.add_argument("--mlp-layers", type=int, default=6, help="Linear layers of model (b)")
+    parser.add_argument("--mlp-width", type=int, default=2048, help="width of model (b)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup = 3, 1
+        args.layers, args.width, args.mlp_layers, args.mlp_width = 5, 32, 2, 64
+    return args
+
+
+def stack_of_linears(layers: int, width: int, device: torch.device) -> nn.Module:
+    return nn.Sequential(*(nn.Linear(width, width) for _ in range(layers))).to(device)
+
+
+def time_interleaved(
+    cases: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, float]:
+    """Median wall time (ms) of each case, the cases run in turn within every repeat."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[str]:
+    weights = select_weights(model)
+    device = weights[0].device
+
+    def renorm_loop() -> None:
+        with torch.no_grad():
+            for w in weights:
+                w.renorm_(2, 0, MAX_VALUE)
+
+    def floor() -> None:
+        with torch.no_grad():
+            torch._foreach_mul_(weights, 1.0)
+
+    def penalty_loop() -> torch.Tensor:
+        return L1 * sum(w.abs().sum() for w in weights) + L2 * sum((w * w).sum() for w in weights)
+
+    ms = time_interleaved(
+        {
+            "max-norm fused": lambda: apply_max_norm_(weights, MAX_VALUE),
+            "max-norm loop": renorm_loop,
+            "floor": floor,
+            "penalty fused": lambda: weight_penalty(weights, l1=L1, l2=L2),
+            "penalty loop": penalty_loop,
+        },
+        args.repeats,
+        args.warmup,
+        device,
+    )
+    size = f"{name}: {len(list(model.parameters()))} tensors, {sum(w.numel() for w in weights):,}"
+    rows = []
+    for op in ("max-norm", "penalty"):
+        fused, loop = ms[f"{op} fused"], ms[f"{op} loop"]
+        rows.append(
+            f"| {size} | {op} | {fused:.3f} | {loop:.3f} | {loop / fused:.2f}x "
+            f"| {ms['floor']:.3f} | {fused / ms['floor']:.2f}x |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(
+        f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
+        f"repeats={args.repeats} (medians, ms)\n"
+    )
+    print(
+        "| model: tensors, weight elements | op | fused (ms) | per-tensor loop (ms) | "
+        "loop / fused | floor (ms) | fused / floor |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    models = {
+        "(a) Linear stack": stack_of_linears(args.layers, args.width, device),
+        "(b) MLP": stack_of_linears(args.mlp_layers, args.mlp_width, device),
+    }
+    for name, model in models.items():
+        for row in bench_model(name, model, args):
+            print(row)
+
+
+if __name__ == "__main__":
+    main()

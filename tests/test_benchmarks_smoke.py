@@ -1,0 +1,26 @@
+"""The regularization benchmark runs end to end at tiny sizes and prints its Markdown table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regularization.py"
+
+
+def test_regularization_benchmark_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(
+        line.startswith("| model: tensors, weight elements | op | fused (ms)") for line in lines
+    )
+    rows = [line for line in lines if line.startswith("| (")]
+    assert [row.split("|")[2].strip() for row in rows] == ["max-norm", "penalty"] * 2
+    assert "(a) Linear stack: 10 tensors, 5,120" in rows[0]  # 5 layers of 32 x 32, weights only
+    for row in rows:
+        timings = [float(cell.strip().rstrip("x")) for cell in row.split("|")[3:8]]
+        assert all(t > 0 for t in timings), row

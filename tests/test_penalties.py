@@ -1,0 +1,317 @@
+"""The pure core: weight selection, fused penalties and fused max-norm, against torch's own ops."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
+
+SHAPES = {"linear": (7, 5), "conv1d": (6, 3, 4), "conv2d": (5, 3, 3, 3), "conv3d": (4, 2, 2, 2, 2)}
+NORMS = (1.0, 2.0, 3.0, math.inf)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.fc = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.ln = nn.LayerNorm(6)
+        self.conv = nn.Conv1d(1, 2, 3)
+        self.deconv = nn.ConvTranspose1d(2, 1, 3)
+        self.bil = nn.Bilinear(3, 3, 2)
+        self.out = nn.Linear(6, 10)
+
+
+def ids(params: list[nn.Parameter]) -> list[int]:
+    return [id(p) for p in params]
+
+
+def rows_over(w: torch.Tensor, max_value: float, p: float = 2.0) -> torch.Tensor:
+    return torch.linalg.vector_norm(w.float().flatten(1), p, dim=1) > max_value
+
+
+def mixed_rows(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Rows of norms from tiny to large, so some rows exceed any bound used here and some do not."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g, dtype=torch.float64)
+    scale = torch.logspace(-2, 1, shape[0], dtype=torch.float64).view(-1, *(1,) * (len(shape) - 1))
+    return (w * scale).to(dtype)
+
+
+# --------------------------------------------------------------------------------- selection
+
+
+def test_default_selection_is_kernels_only_in_parameter_order() -> None:
+    net = Net()
+    expected = [net.emb.weight, net.fc.weight, net.conv.weight, net.deconv.weight]
+    expected += [net.bil.weight, net.out.weight]
+    assert ids(select_weights(net)) == ids(expected)
+
+
+def test_tied_weight_counted_once_and_frozen_left_out() -> None:
+    net = Net()
+    net.out.weight = net.emb.weight  # (10, 4) tied, as in a language model
+    net.fc = nn.Linear(4, 4)
+    net.conv.weight.requires_grad_(False)
+    selected = select_weights(net)
+    assert ids(selected) == ids([net.emb.weight, net.fc.weight, net.deconv.weight, net.bil.weight])
+
+
+def test_predicate_and_names_choose_instead_of_modules() -> None:
+    net = Net()
+    biases = select_weights(net, predicate=lambda name, p: name.endswith("bias"))
+    assert ids(biases) == ids([p for n, p in net.named_parameters() if n.endswith("bias")])
+    assert ids(select_weights(net, names=["bn.weight", "fc.weight"])) == ids(
+        [net.fc.weight, net.bn.weight]
+    )
+    assert ids(select_weights(net, modules=(nn.LayerNorm,))) == ids([net.ln.weight])
+    net.out.weight = net.emb.weight
+    seen: list[str] = []
+    tied = select_weights(net, predicate=lambda name, p: seen.append(name) or name == "out.weight")
+    assert "out.weight" in seen and ids(tied) == ids([net.emb.weight])
+    assert ids(select_weights(net, names=["out.weight"])) == ids([net.emb.weight])
+
+
+def test_selection_errors_and_empty_warning() -> None:
+    net = Net()
+    with pytest.raises(ValueError, match=r"Unknown parameter names \['fc.wieght'\].*fc.weight"):
+        select_weights(net, names=["fc.wieght"])
+    with pytest.raises(ValueError, match="`predicate` and `names`"):
+        select_weights(net, predicate=lambda n, p: True, names=["fc.weight"])
+    with pytest.raises(TypeError, match="`names`"):
+        select_weights(net, names="fc.weight")
+    with pytest.raises(TypeError, match="`modules`"):
+        select_weights(net, modules=nn.Linear)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`modules`"):
+        select_weights(net, modules=())
+    with pytest.raises(TypeError, match="`module`"):
+        select_weights([net.fc.weight])  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match="No trainable parameter"):
+        assert select_weights(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3))) == []
+
+
+# --------------------------------------------------------------------------------- penalties
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_penalty_equals_naive_reference(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    tol = {"rtol": 1e-12, "atol": 0.0} if dtype == torch.float64 else {"rtol": 2e-6, "atol": 0.0}
+    for trial in range(60):
+        n = int(torch.randint(1, 8, (1,), generator=g))
+        params = []
+        for _ in range(n):
+            shape = torch.randint(1, 6, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g)
+            params.append(torch.randn(*shape.tolist(), generator=g, dtype=dtype))
+        l1, l2 = (
+            torch.rand(2, generator=g, dtype=torch.float64) * 10.0 ** (trial % 5 - 3)
+        ).tolist()
+        if trial % 7 == 0:
+            l1 = 0.0
+        if trial % 11 == 0:
+            l2 = 0.0
+        expected = sum(l1 * p.double().abs().sum() + l2 * (p.double() ** 2).sum() for p in params)
+        got = weight_penalty(params, l1=l1, l2=l2)
+        assert got.dim() == 0
+        torch.testing.assert_close(got.double(), torch.as_tensor(expected).double(), **tol)
+
+
+def test_penalty_gradient_is_l1_sign_plus_2_l2_w_and_finite_at_zero() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    w[0] = 0.0
+    w[2, 1] = 0.0
+    params = [w.requires_grad_(), torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)]
+    for l1, l2 in [(0.3, 0.7), (0.3, 0.0), (0.0, 0.7)]:
+        for p in params:
+            p.grad = None
+        weight_penalty(params, l1=l1, l2=l2).backward()
+        for p in params:
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+            expected = l1 * torch.sign(p.detach()) + 2 * l2 * p.detach()
+            torch.testing.assert_close(p.grad, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_penalty_degenerate_inputs_and_precision() -> None:
+    w = nn.Parameter(torch.randn(3, 3))
+    zero = weight_penalty([w], l1=0.0, l2=0.0)
+    assert zero.dim() == 0 and zero.item() == 0.0 and not zero.requires_grad
+    assert weight_penalty([], l1=1.0, l2=1.0).item() == 0.0
+    # A single tensor is one parameter, not an iterable of rows.
+    torch.testing.assert_close(weight_penalty(w, l1=1.0), w.detach().abs().sum())
+    # Half-precision weights: a squared norm of 1e8 overflows float16, not the float32 accumulator.
+    half = torch.full((100, 100), 100.0, dtype=torch.float16)
+    got = weight_penalty([half], l1=1.0, l2=1.0)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(1e6 + 1e8, rel=1e-6)
+    mixed = weight_penalty([half, torch.ones(2, dtype=torch.float64)], l2=1.0)
+    assert mixed.dtype == torch.float64 and mixed.item() == pytest.approx(1e8 + 2.0, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"l1": True}, TypeError, r"`l1` must be a finite number >= 0, got True"),
+        ({"l2": "0.1"}, TypeError, r"`l2` must be a finite number >= 0, got '0.1'"),
+        ({"l1": -1e-4}, ValueError, r"`l1` must be a finite number >= 0, got -0.0001"),
+        ({"l2": math.inf}, ValueError, r"`l2` must be a finite number >= 0, got inf"),
+        ({"l1": math.nan}, ValueError, r"`l1` must be a finite number >= 0, got nan"),
+    ],
+)
+def test_penalty_rejects_bad_factors(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        weight_penalty([torch.ones(2)], **kwargs)
+
+
+# --------------------------------------------------------------------------------- max-norm
+
+
+@pytest.mark.parametrize("kind", list(SHAPES))
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_max_norm_is_bit_identical_to_torch_renorm(kind: str, p: float, dtype: torch.dtype) -> None:
+    max_value = 1.5
+    weights = [mixed_rows(SHAPES[kind], dtype, seed) for seed in range(3)]
+    original = [w.clone() for w in weights]
+    expected = [torch.renorm(w, p, 0, max_value) for w in weights]
+    over = rows_over(original[0], max_value, p)
+    assert over.any() and not over.all()
+    apply_max_norm_(weights, max_value=max_value, norm_type=p)
+    for w, ref, before in zip(weights, expected, original, strict=True):
+        assert torch.equal(w, ref)
+        keep = ~rows_over(before, max_value, p)
+        assert torch.equal(w[keep], before[keep])  # rows within the bound: bit-identical
+
+
+def test_max_norm_stacked_chunks_and_mixed_groups() -> None:
+    """Same-shape weights stacked in several chunks, big ones alone, several dtype groups."""
+    weights = [mixed_rows((128, 128), torch.float32, s) for s in range(10)]  # chunks of 4, 4, 2
+    weights += [mixed_rows((300, 300), torch.float32, 10), mixed_rows((8, 8), torch.float32, 11)]
+    weights += [mixed_rows((128, 128), torch.float64, 12), mixed_rows((9, 3), torch.bfloat16, 13)]
+    expected = [torch.renorm(w, 2, 0, 2.0) for w in weights]
+    apply_max_norm_(iter(weights), max_value=2.0)
+    for w, ref in zip(weights, expected, strict=True):
+        assert torch.equal(w, ref)
+
+
+def test_max_norm_on_module_touches_selected_weights_only() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Embedding(6, 5), nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Conv1d(1, 4, 3), nn.Linear(8, 3)
+    )
+    frozen = nn.Linear(8, 8)
+    net.append(frozen)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(30.0)
+    frozen.weight.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    apply_max_norm_(net, max_value=0.5)
+    after = dict(net.named_parameters())
+    for name in ("1.weight", "3.weight", "4.weight"):
+        assert torch.equal(after[name], torch.renorm(before[name], 2, 0, 0.5)), name
+        assert after[name].grad_fn is None
+    for name in ("0.weight", "1.bias", "2.weight", "2.bias", "3.bias", "4.bias", "5.weight"):
+        assert torch.equal(after[name], before[name]), name
+    apply_max_norm_(net, max_value=0.5, modules=(nn.Embedding,), norm_type=math.inf)
+    assert torch.equal(net[0].weight, torch.renorm(before["0.weight"], math.inf, 0, 0.5))
+
+
+def test_max_norm_single_tensor_and_eps() -> None:
+    w = mixed_rows((6, 4), torch.float64, 0)
+    expected = w * torch.where(rows_over(w, 1.0), 1.0 / w.norm(dim=1), 1.0).unsqueeze(1)
+    apply_max_norm_(w, eps=0.0)  # one tensor is one weight, not an iterable of rows
+    torch.testing.assert_close(w, expected, rtol=1e-15, atol=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_value": 0.0}, ValueError, r"`max_value` must be a finite number > 0, got 0.0"),
+        ({"max_value": -1.0}, ValueError, r"`max_value` must be a finite number > 0, got -1.0"),
+        ({"max_value": math.inf}, ValueError, r"`max_value` must be a finite number > 0"),
+        ({"max_value": True}, TypeError, r"`max_value` must be a finite number > 0, got True"),
+        ({"norm_type": 0.5}, ValueError, r"`norm_type` must be a number >= 1 or math.inf, got 0.5"),
+        ({"norm_type": math.nan}, ValueError, r"`norm_type` must be a number >= 1"),
+        ({"norm_type": "fro"}, TypeError, r"`norm_type` must be a number >= 1"),
+        ({"eps": -1e-7}, ValueError, r"`eps` must be a finite number >= 0, got -1e-07"),
+        ({"modules": (nn.ConvTranspose2d,)}, ValueError, r"`modules` cannot hold transposed"),
+        ({"modules": nn.Linear}, TypeError, r"`modules` must be a non-empty tuple"),
+    ],
+)
+def test_max_norm_rejects_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        apply_max_norm_(nn.Linear(3, 3), **kwargs)
+
+
+def test_max_norm_rejects_bad_tensors() -> None:
+    with pytest.raises(ValueError, match=r">= 2 dims, got shape \(4,\)"):
+        apply_max_norm_([torch.ones(4, 4), torch.ones(4)])
+    with pytest.raises(TypeError, match=r"floating-point weights, got dtype torch\.int64"):
+        apply_max_norm_([torch.ones(4, 4, dtype=torch.long)])
+    with pytest.raises(TypeError, match="must hold tensors, got list"):
+        apply_max_norm_([[1.0, 2.0]])  # type: ignore[list-item]
+
+
+# --------------------------------------------------------------------------------- DTensor
+
+DTENSOR_SCRIPT = """
+import math, sys
+import torch, torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+from lightning_reg.penalties import apply_max_norm_, weight_penalty
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+w = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 2
+for placement in (Shard(0), Replicate()):
+    d = nn.Parameter(distribute_tensor(w.clone(), mesh, [placement]))
+    apply_max_norm_([d], max_value=1.0, norm_type=3.0)
+    assert torch.equal(d.full_tensor(), torch.renorm(w, 3.0, 0, 1.0)), placement
+try:
+    apply_max_norm_([distribute_tensor(w.clone(), mesh, [Shard(1)])])
+    raise AssertionError("Shard(1) accepted")
+except ValueError as err:
+    assert "Shard(0) and Replicate()" in str(err)
+model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+with torch.no_grad():
+    model[0].weight.mul_(10.0)
+before = model[0].weight.detach().clone()
+fully_shard(model, mesh=mesh)
+assert model[0].weight.placements == (Shard(0),)
+apply_max_norm_(model, max_value=1.0)
+assert torch.equal(model[0].weight.full_tensor(), torch.renorm(before, 2, 0, 1.0))
+penalty = weight_penalty([model[0].weight, model[1].weight], l1=0.1, l2=0.2)
+full = [model[0].weight.full_tensor(), model[1].weight.full_tensor()]
+reference = sum(0.1 * f.abs().sum() + 0.2 * (f ** 2).sum() for f in full)
+assert type(penalty) is torch.Tensor and torch.allclose(penalty, reference), (penalty, reference)
+penalty.backward()
+grad = model[0].weight.grad.full_tensor()
+assert torch.allclose(grad, 0.1 * full[0].sign() + 0.4 * full[0])
+dist.destroy_process_group()
+print("DTENSOR-OK")
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_dtensor_shards_on_a_single_rank_gloo_group(tmp_path: Path) -> None:
+    script = tmp_path / "dtensor_check.py"
+    script.write_text(textwrap.dedent(DTENSOR_SCRIPT))
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "rendezvous")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DTENSOR-OK" in result.stdout
