@@ -1,6 +1,64 @@
-"""lightning-reg: learning-rate scheduling and regularization for PyTorch Lightning."""
+"""lightning-reg: learning-rate scheduling and regularization for PyTorch Lightning.
 
+Every public name is importable from here; the modules hold one job each:
+
+- :mod:`lightning_reg.schedules`: pure schedules ``step -> lr`` (``OneCycle``, decays).
+- :mod:`lightning_reg.callbacks`: the Lightning callbacks (LR schedulers, ``MaxNorm``).
+- :mod:`lightning_reg.penalties`: fused l1/l2 penalty and max-norm on plain tensors.
+- :mod:`lightning_reg.module`: ``WeightPenaltyMixin``, ``RegularizedModule``, ``RegularizedMLP``.
+- :mod:`lightning_reg.layers`: MC dropout layers, activations, init presets, dense blocks.
+- :mod:`lightning_reg.uncertainty`: Monte Carlo dropout prediction.
+- :mod:`lightning_reg.plotting`: ``plot_schedule`` (needs the ``plot`` extra).
+- :mod:`lightning_reg.data`: the offline digits data.
+"""
+
+from lightning_reg.callbacks import (
+    LRCallback,
+    MaxNorm,
+    OneCycleScheduler,
+    PerformanceScheduler,
+    ScheduledLR,
+)
 from lightning_reg.data import DigitsDataModule, load_digits_tensors
+from lightning_reg.layers import MCAlphaDropout, MCDropout, dense_block, init_weights_
+from lightning_reg.module import RegularizedMLP, RegularizedModule, WeightPenaltyMixin
+from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
+from lightning_reg.plotting import plot_schedule
+from lightning_reg.schedules import (
+    ExponentialDecay,
+    OneCycle,
+    PiecewiseConstant,
+    PowerDecay,
+    Schedule,
+)
+from lightning_reg.uncertainty import MCDropoutMixin, MCDropoutResult, mc_dropout_predict
 
-__all__ = ["DigitsDataModule", "load_digits_tensors"]
+__all__ = [
+    "DigitsDataModule",
+    "ExponentialDecay",
+    "LRCallback",
+    "MCAlphaDropout",
+    "MCDropout",
+    "MCDropoutMixin",
+    "MCDropoutResult",
+    "MaxNorm",
+    "OneCycle",
+    "OneCycleScheduler",
+    "PerformanceScheduler",
+    "PiecewiseConstant",
+    "PowerDecay",
+    "RegularizedMLP",
+    "RegularizedModule",
+    "ScheduledLR",
+    "Schedule",
+    "WeightPenaltyMixin",
+    "apply_max_norm_",
+    "dense_block",
+    "init_weights_",
+    "load_digits_tensors",
+    "mc_dropout_predict",
+    "plot_schedule",
+    "select_weights",
+    "weight_penalty",
+]
 __version__ = "0.1.0"

@@ -50,3 +50,36 @@ def test_two_simulated_nodes_agree(tmp_path: Path) -> None:
     assert results[0]["lrs"] == pytest.approx([0.08, 0.04, 0.02, 0.01, 0.005])
     assert_same_on_every_rank(results, "lrs")
     assert_same_on_every_rank(results, "params")
+
+
+def single_process_reference(tmp_path: Path) -> torch.Tensor:
+    """The regularized run in one process, each batch the union of the 2 ranks' batches.
+
+    Lightning gives a training loader a shuffling ``DistributedSampler`` (seed 0): rank r takes
+    ``perm[r::2]`` of ``perm = randperm(n)``, so global batch k is ``perm[32k : 32k + 32]``.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.distributed.worker import Regularized, flat_params, regularized_kwargs
+    from tests.helpers import digits, make_trainer
+
+    x, y = digits(6 * 32)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(x[perm], y[perm]), batch_size=32)
+    torch.manual_seed(0)
+    model = Regularized()
+    make_trainer(tmp_path, **regularized_kwargs()).fit(model, loader)
+    # The constraint binds in this run: the largest row norm sits at the bound.
+    largest = max(float(m.weight.norm(dim=1).max()) for m in model.net if hasattr(m, "weight"))
+    assert largest == pytest.approx(0.5, rel=1e-5)
+    return flat_params(model)
+
+
+@pytest.mark.parametrize("case", ["regularized_ddp", "regularized_fsdp2"])
+def test_max_norm_and_penalty_match_a_single_process(tmp_path: Path, case: str) -> None:
+    results = run_ddp(case, tmp_path / "dist")
+    reference = single_process_reference(tmp_path / "ref")
+    assert_same_on_every_rank(results, "params")
+    torch.testing.assert_close(results[0]["params"], reference, rtol=1e-5, atol=1e-6)
+    if case == "regularized_fsdp2":
+        assert results[0]["param_types"] == ["DTensor"]

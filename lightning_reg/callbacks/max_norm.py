@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
@@ -81,6 +82,13 @@ class MaxNorm(Callback):
         return {"max_value": self.max_value, "modules": self.modules, "norm_type": self.norm_type}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise MisconfigurationException(
+                "MaxNorm cannot run under `strategy='fsdp'` (FSDP1): its flattened parameter "
+                "shards split rows across ranks, so per-row norms would be wrong. Use FSDP2: "
+                "`ModelParallelStrategy` with `fully_shard` in `configure_model` (every shard "
+                "then holds whole rows), or DDP."
+            )
         # Selected once per fit (after `configure_model`), not walked again every step.
         self._weights = _select_weights(pl_module, self.modules)
         if not self._weights:

@@ -1,4 +1,4 @@
-"""Run a real multi-process Lightning job (DDP on CPU over gloo) from pytest and collect per-rank results.
+"""Run real multi-process Lightning jobs (DDP on CPU, gloo) from pytest; collect per-rank results.
 
 Each job is ``python tests/distributed/worker.py CASE OUT_DIR ...`` in a new process session. The
 worker builds a real ``Trainer(strategy="ddp", accelerator="cpu", devices=2)``; Lightning re-runs
@@ -9,6 +9,7 @@ process outlives the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,8 +33,13 @@ def free_port() -> int:
 def _run(cmds: list[list[str]], envs: list[dict[str, str]], timeout: float) -> None:
     procs = [
         subprocess.Popen(
-            cmd, cwd=ROOT, env=env, start_new_session=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for cmd, env in zip(cmds, envs, strict=True)
     ]
@@ -43,10 +49,8 @@ def _run(cmds: list[list[str]], envs: list[dict[str, str]], timeout: float) -> N
         raise AssertionError(f"distributed job timed out after {timeout} s: {cmds}") from err
     finally:
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     for proc, out in zip(procs, outputs, strict=True):
         if proc.returncode != 0:
             raise AssertionError(f"distributed job failed (exit {proc.returncode}):\n{out[-6000:]}")

@@ -1,4 +1,4 @@
-"""One rank of a distributed test job: ``python tests/distributed/worker.py CASE OUT_DIR [options]``.
+"""One rank of a distributed test job: ``python tests/distributed/worker.py CASE OUT [options]``.
 
 Launched by ``tests/distributed/harness.py``; Lightning's DDP launcher re-runs this script for the
 other local ranks. Each case trains with a real ``Trainer(strategy="ddp", accelerator="cpu")``
@@ -15,8 +15,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
 
-from lightning_reg.callbacks import OneCycleScheduler, PerformanceScheduler
+from lightning_reg.callbacks import MaxNorm, OneCycleScheduler, PerformanceScheduler
+from lightning_reg.module import WeightPenaltyMixin
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
 
@@ -29,7 +32,40 @@ class Recorder(Callback):
 
 
 def flat_params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    """All parameters as one vector (sharded DTensors are gathered to their full value)."""
+    full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+    return torch.cat([p.detach().reshape(-1) for p in full])
+
+
+class Regularized(WeightPenaltyMixin, DigitsClassifier):
+    """The digits MLP with an l1+l2 penalty; with `shard=True` FSDP2 shards every Linear."""
+
+    def __init__(self, shard: bool = False) -> None:
+        super().__init__(lr=0.5, momentum=0.0)
+        self.configure_penalty(l1=1e-3, l2=1e-2)
+        self.shard = shard
+
+    def configure_model(self) -> None:
+        if not self.shard:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+
+
+def regularized_run(trainer: pl.Trainer, model: Regularized, batch_size: int) -> torch.Tensor:
+    """Train 6 optimizer steps of `batch_size` per rank on the first 192 digits."""
+    trainer.fit(model, digits_loader(6 * 32, batch_size))
+    return flat_params(model)
+
+
+def regularized_kwargs() -> dict[str, Any]:
+    """Trainer arguments of the regularized runs (a fresh MaxNorm each time)."""
+    return {"max_steps": 6, "callbacks": [MaxNorm(max_value=0.5)]}
 
 
 def ddp_trainer(args: argparse.Namespace, **kwargs: Any) -> pl.Trainer:
@@ -89,9 +125,32 @@ def case_plateau(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def case_regularized_ddp(args: argparse.Namespace) -> dict[str, Any]:
+    """MaxNorm + l1/l2 penalty under DDP: 2 ranks of 16 samples = one process with 32."""
+    torch.manual_seed(0)
+    trainer = ddp_trainer(args, **regularized_kwargs())
+    params = regularized_run(trainer, Regularized(), 16)
+    return {"rank": trainer.global_rank, "params": params}
+
+
+def case_regularized_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
+    """The same under FSDP2 (ModelParallelStrategy + fully_shard): every weight is a DTensor."""
+    torch.manual_seed(0)
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    trainer = make_trainer(
+        args.out, strategy=strategy, devices=2, deterministic=False, **regularized_kwargs()
+    )
+    model = Regularized(shard=True)
+    params = regularized_run(trainer, model, 16)
+    kinds = sorted({type(p).__name__ for p in model.parameters()})
+    return {"rank": trainer.global_rank, "params": params, "param_types": kinds}
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "one_cycle": case_one_cycle,
     "plateau": case_plateau,
+    "regularized_ddp": case_regularized_ddp,
+    "regularized_fsdp2": case_regularized_fsdp2,
 }
 
 

@@ -1,0 +1,250 @@
+"""Monte Carlo dropout: predictive mean, per-class spread and entropy from stochastic passes.
+
+:func:`mc_dropout_predict` works on any ``nn.Module``; :class:`MCDropoutMixin` makes
+``Trainer.predict`` do the same for a LightningModule.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "DROPOUT_MODULES",
+    "MCDropoutMixin",
+    "MCDropoutResult",
+    "dropout_enabled",
+    "mc_dropout_predict",
+]
+
+DROPOUT_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+"""Module types switched to train mode for MC dropout (``MCDropout`` subclasses ``nn.Dropout``)."""
+
+# Default rows per forward pass (batch_size=None): the replicated input stays within 2**22
+# elements (16 MiB of float32), and on CPU within 4096 rows, where measured (2 cores, MLPs of width
+# 128-512) chunks of 1-4k rows run 20-25% faster than one pass over 12,800 rows: they stay in cache.
+_DEFAULT_ELEMENTS = 2**22
+_DEFAULT_CPU_ROWS = 4096
+
+
+class MCDropoutResult(NamedTuple):
+    """Summary of Monte Carlo dropout predictions.
+
+    Attributes:
+        mean: mean predicted probabilities over the samples, shape ``(N, ..., C)``.
+        std: per-class standard deviation over the samples (population form, ``correction=0``),
+            same shape as ``mean``.
+        entropy: predictive entropy ``-sum_c mean_c * log(mean_c)`` in nats, shape ``(N, ...)``.
+        samples: every sampled probability tensor, shape ``(n_samples, N, ..., C)``, when asked
+            for with ``return_samples=True``; ``None`` otherwise.
+    """
+
+    mean: Tensor
+    std: Tensor
+    entropy: Tensor
+    samples: Tensor | None = None
+
+
+def _check_n_samples(n_samples: int, name: str = "n_samples") -> int:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int):
+        raise TypeError(f"`{name}` must be an integer >= 1, got {n_samples!r}.")
+    if n_samples < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {n_samples!r}.")
+    return n_samples
+
+
+@contextmanager
+def dropout_enabled(model: nn.Module) -> Iterator[int]:
+    """Put ``model`` in eval mode with only its dropout modules in train mode; restore on exit.
+
+    Every submodule's previous ``training`` flag is restored when the block ends, also when it
+    raises. BatchNorm and every other module stay in eval mode, so running statistics are
+    neither used from the batch nor updated.
+
+    Args:
+        model: any module. Required.
+
+    Yields:
+        The number of dropout modules switched on (see :data:`DROPOUT_MODULES`).
+
+    Example::
+
+        with dropout_enabled(model) as n_dropout:
+            assert n_dropout > 0
+            a, b = model(x), model(x)  # two different stochastic passes
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        count = 0
+        for module, _ in modes:
+            is_dropout = isinstance(module, DROPOUT_MODULES)
+            module.training = is_dropout
+            count += is_dropout
+        yield count
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _summarize(samples: Tensor, return_samples: bool) -> MCDropoutResult:
+    std, mean = torch.std_mean(samples, dim=0, correction=0)
+    entropy = -torch.special.xlogy(mean, mean).sum(-1)
+    return MCDropoutResult(mean, std, entropy, samples if return_samples else None)
+
+
+def _draw(
+    model: nn.Module, x: Tensor, n_samples: int, batch_size: int, apply_softmax: bool
+) -> Tensor:
+    """Stack ``n_samples`` stochastic outputs for ``x``: shape ``(n_samples, N, ..., C)``.
+
+    Each forward pass sees ``x`` replicated ``k`` times along the batch dimension (sample-major),
+    with ``k * len(chunk) <= batch_size``; rows of ``x`` are chunked when ``len(x) > batch_size``.
+    """
+    per_row: list[Tensor] = []
+    for rows in x.split(batch_size):
+        reps = max(1, batch_size // len(rows))
+        chunks: list[Tensor] = []
+        remaining = n_samples
+        while remaining > 0:
+            k = min(reps, remaining)
+            out = model(rows.repeat(k, *([1] * (rows.dim() - 1))))
+            if apply_softmax:
+                out = out.softmax(-1)
+            chunks.append(out.reshape(k, len(rows), *out.shape[1:]))
+            remaining -= k
+        per_row.append(torch.cat(chunks))
+    return torch.cat(per_row, dim=1)
+
+
+def _default_batch_size(x: Tensor, n_samples: int) -> int:
+    rows = _DEFAULT_ELEMENTS // max(1, math.prod(x.shape[1:]))
+    if x.device.type == "cpu":
+        rows = min(rows, _DEFAULT_CPU_ROWS)
+    return max(len(x), min(n_samples * len(x), rows))
+
+
+def mc_dropout_predict(
+    model: nn.Module,
+    x: Tensor,
+    n_samples: int = 100,
+    batch_size: int | None = None,
+    apply_softmax: bool = True,
+    return_samples: bool = False,
+) -> MCDropoutResult:
+    """Monte Carlo dropout: average ``n_samples`` stochastic forward passes with dropout on.
+
+    Only dropout modules (:data:`DROPOUT_MODULES`) are switched to train mode; BatchNorm and
+    every other module run in eval mode, and every submodule's mode is restored afterwards (also
+    on error). Runs under ``torch.no_grad()``. Samples are drawn in batched form: ``x`` is
+    replicated along the batch dimension so one forward pass computes many samples, up to
+    ``batch_size`` rows at a time. The model must treat batch rows independently (true for
+    dropout, eval-mode BatchNorm, linear and conv layers).
+
+    Args:
+        model: maps ``x`` of shape ``(N, ...)`` to logits or probabilities ``(N, ..., C)``.
+            Required.
+        x: the input batch, batch dimension first. Required.
+        n_samples: number of stochastic passes, an integer >= 1. Default ``100``.
+        batch_size: the most rows one forward pass may hold (``x`` replicated). Default
+            ``None``: as many as keep the replicated input within 2**22 elements (16 MiB of
+            float32) and, on CPU, within 4096 rows (cache-friendly); never fewer than ``len(x)``.
+        apply_softmax: apply a softmax over the last dimension (for models returning logits);
+            ``False`` for models that already return probabilities. Default ``True``.
+        return_samples: also return every sampled probability tensor. Default ``False``.
+
+    Returns:
+        :class:`MCDropoutResult` with ``mean``, ``std`` and ``entropy`` (and ``samples``).
+
+    Raises:
+        TypeError: if ``n_samples`` or ``batch_size`` is not an integer.
+        ValueError: if ``n_samples`` or ``batch_size`` is < 1, or ``x`` has no batch dimension.
+
+    Example::
+
+        model = torch.nn.Sequential(
+            torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 10),
+        )
+        result = mc_dropout_predict(model, torch.randn(32, 64), n_samples=50)
+        assert result.mean.shape == (32, 10) and result.entropy.shape == (32,)
+    """
+    _check_n_samples(n_samples)
+    if batch_size is not None:
+        _check_n_samples(batch_size, "batch_size")
+    if x.dim() == 0 or len(x) == 0:
+        raise ValueError(f"`x` must have a non-empty batch dimension, got shape {tuple(x.shape)}.")
+    rows = batch_size if batch_size is not None else _default_batch_size(x, n_samples)
+    with torch.no_grad(), dropout_enabled(model) as n_dropout:
+        if n_dropout == 0:
+            warnings.warn(
+                "`mc_dropout_predict`: the model has no dropout module, so every sample is the "
+                "same and `std` is 0.",
+                UserWarning,
+                stacklevel=2,
+            )
+        samples = _draw(model, x, n_samples, rows, apply_softmax)
+    return _summarize(samples, return_samples)
+
+
+class MCDropoutMixin:
+    """Makes ``Trainer.predict`` return Monte Carlo dropout summaries for a LightningModule.
+
+    Mix it in before ``LightningModule`` and set ``self.mc_samples`` (an integer >= 1) to switch
+    MC dropout on; ``None`` (the default) keeps ordinary deterministic predictions.
+
+    * ``on_predict_model_eval``: Lightning calls ``model.eval()`` before predicting; with
+      ``mc_samples`` set, the dropout modules are switched back on (the Trainer restores every
+      module's mode when predicting ends), so a custom ``predict_step`` also samples.
+    * ``predict_step``: takes the input from the batch (its first element when the batch is a
+      tuple or list) and returns :func:`mc_dropout_predict`'s :class:`MCDropoutResult` with
+      ``mc_samples`` samples, or the softmax probabilities when ``mc_samples`` is ``None``.
+
+    Attributes:
+        mc_samples: number of MC dropout samples per prediction, or ``None``. Default ``None``.
+        mc_batch_size: ``batch_size`` passed to :func:`mc_dropout_predict`. Default ``None``.
+
+    Example::
+
+        class Net(MCDropoutMixin, LightningModule):
+            ...
+
+        model = Net()
+        model.mc_samples = 100
+        results = Trainer().predict(model, dataloaders=loader)  # list of MCDropoutResult
+    """
+
+    mc_samples: int | None = None
+    mc_batch_size: int | None = None
+
+    def on_predict_model_eval(self) -> None:
+        super().on_predict_model_eval()  # type: ignore[misc]
+        if self.mc_samples is not None:
+            _check_n_samples(self.mc_samples, "mc_samples")
+            for module in self.trainer.model.modules():  # type: ignore[attr-defined]
+                if isinstance(module, DROPOUT_MODULES):
+                    module.train()
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if self.mc_samples is None:
+            with torch.no_grad():
+                return self(x).softmax(-1)  # type: ignore[operator]
+        return mc_dropout_predict(
+            self,  # type: ignore[arg-type]
+            x,
+            n_samples=self.mc_samples,
+            batch_size=self.mc_batch_size,
+        )

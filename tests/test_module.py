@@ -1,0 +1,434 @@
+"""WeightPenaltyMixin, RegularizedModule and RegularizedMLP, driven by a real Trainer on digits."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from torch import nn
+
+from lightning_reg.callbacks.max_norm import MaxNorm
+from lightning_reg.data import DigitsDataModule
+from lightning_reg.module import RegularizedMLP, RegularizedModule, WeightPenaltyMixin
+from lightning_reg.uncertainty import MCDropoutResult
+from tests.helpers import digits, digits_loader, make_trainer
+
+L1, L2 = 1e-3, 1e-2
+
+
+class _Plain(pl.LightningModule):
+    """A digits MLP that records the gradients of its first backward pass."""
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def on_after_backward(self) -> None:
+        if not self.grads:
+            self.grads = {n: p.grad.clone() for n, p in self.named_parameters()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups: Any = self.parameters()
+        if isinstance(self, WeightPenaltyMixin):
+            groups = self.penalty_param_groups()
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(groups, lr=self.lr)
+        return torch.optim.SGD(groups, lr=self.lr, momentum=0.9)
+
+
+class _OwnStep(WeightPenaltyMixin, _Plain):
+    def __init__(self, **penalty: Any) -> None:
+        super().__init__()
+        self.configure_penalty(**{"l1": L1, "l2": L2, **penalty})
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+
+class _DictStep(_OwnStep):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        return {"loss": F.cross_entropy(self.net(x), y), "size": len(x)}
+
+
+class _SuperStep(_OwnStep):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return super().training_step(batch, batch_idx) * 1.0
+
+
+class _InheritedStep(WeightPenaltyMixin, _Plain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = L1, L2
+
+
+def _fit(model: pl.LightningModule, tmp_path: Any, steps: int = 1, **kwargs: Any) -> pl.Trainer:
+    trainer = make_trainer(tmp_path, max_steps=steps, **kwargs)
+    trainer.fit(model, train_dataloaders=digits_loader(n=192, batch_size=64))
+    return trainer
+
+
+@pytest.mark.parametrize("cls", [_OwnStep, _DictStep, _SuperStep, _InheritedStep])
+def test_gradient_is_data_gradient_plus_penalty_gradient(cls: type, tmp_path: Any) -> None:
+    plain, penalized = _Plain(), cls()
+    initial = {n: p.detach().clone() for n, p in penalized.named_parameters()}
+    _fit(plain, tmp_path / "plain")
+    _fit(penalized, tmp_path / "penalized")
+    for name, weight in initial.items():
+        expected = plain.grads[name]
+        if name.endswith("weight"):
+            expected = expected + L1 * weight.sign() + 2 * L2 * weight
+        torch.testing.assert_close(penalized.grads[name], expected, atol=1e-7, rtol=1e-5)
+    # the penalty's part is far above the tolerance: a missing or doubled penalty fails
+    assert (penalized.grads["net.0.weight"] - plain.grads["net.0.weight"]).abs().mean() > 1e-3
+
+
+def test_penalty_logged_and_equal_to_closed_form(tmp_path: Any) -> None:
+    model = _OwnStep()
+    weights = [model.net[0].weight.detach().clone(), model.net[2].weight.detach().clone()]
+    expected = sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in weights)
+    trainer = _fit(model, tmp_path)
+    logged = trainer.callback_metrics["train/penalty_step"]
+    torch.testing.assert_close(logged, torch.as_tensor(expected), rtol=1e-5, atol=0)
+    assert "train/penalty_epoch" in trainer.callback_metrics
+
+
+def test_selection_computed_once_per_fit(tmp_path: Any) -> None:
+    seen: list[int] = []
+
+    class Spy(Callback):
+        def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
+            seen.append(id(module._penalty_weights))
+
+    model = _OwnStep(names=["net.0.weight"])
+    _fit(model, tmp_path, steps=3, callbacks=[Spy()])
+    assert len(seen) == 3 and len(set(seen)) == 1
+    assert [w is model.net[0].weight for w in model.penalized_weights()] == [True]
+    # only the named weight is penalized
+    plain = _Plain()
+    _fit(plain, tmp_path / "plain")
+    torch.testing.assert_close(model.grads["net.2.weight"], plain.grads["net.2.weight"])
+
+
+def test_returning_none_skips_the_step(tmp_path: Any) -> None:
+    class Skip(_OwnStep):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return None
+
+    model = Skip()
+    before = [p.detach().clone() for p in model.parameters()]
+    _fit(model, tmp_path, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def _trajectory(tmp_path: Any, **penalty: Any) -> list[torch.Tensor]:
+    model = _OwnStep(**penalty)
+    _fit(model, tmp_path, steps=6)
+    return [p.detach() for p in model.parameters()]
+
+
+def test_weight_decay_path_matches_loss_path_for_sgd(tmp_path: Any) -> None:
+    loss_path = _trajectory(tmp_path / "loss", l1=0.0, l2=L2)
+    decay_path = _trajectory(tmp_path / "decay", l1=0.0, l2=L2, as_weight_decay=True)
+    without = _trajectory(tmp_path / "none", l1=0.0, l2=0.0)
+    for a, b in zip(loss_path, decay_path, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert max((a - c).abs().max().item() for a, c in zip(loss_path, without, strict=True)) > 1e-3
+
+
+def test_weight_decay_path_sets_groups_and_keeps_l1_in_the_loss(tmp_path: Any) -> None:
+    model = _OwnStep(as_weight_decay=True)
+    trainer = _fit(model, tmp_path)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["weight_decay"] for g in groups] == [2 * L2, 0.0]
+    assert model.penalty_in_loss
+    weights = [model.net[0].weight, model.net[2].weight]
+    torch.testing.assert_close(
+        model.penalty(), sum(L1 * w.detach().abs().sum() for w in weights), rtol=1e-5, atol=0
+    )
+
+
+def test_weight_decay_folded_even_when_on_fit_start_is_overridden(tmp_path: Any) -> None:
+    class NoSuper(_OwnStep):
+        def on_fit_start(self) -> None:
+            self.started = True
+
+    model = NoSuper(as_weight_decay=True)
+    trainer = _fit(model, tmp_path)
+    assert model.started
+    assert [g["weight_decay"] for g in trainer.optimizers[0].param_groups] == [2 * L2, 0.0]
+
+
+def test_weight_decay_path_refuses_decoupled_and_mixed_groups(tmp_path: Any) -> None:
+    class AdamW(_OwnStep):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(self.penalty_param_groups(), lr=0.01)
+
+    with pytest.raises(ValueError, match="AdamW decays weights decoupled"):
+        _fit(AdamW(as_weight_decay=True), tmp_path)
+
+    class Decoupled(_OwnStep):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.penalty_param_groups(), decoupled_weight_decay=True)
+
+    with pytest.raises(ValueError, match="Adam decays weights decoupled"):
+        _fit(Decoupled(as_weight_decay=True), tmp_path)
+
+    class Mixed(_OwnStep):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(ValueError, match="mixes them with other parameters"):
+        _fit(Mixed(as_weight_decay=True), tmp_path)
+
+    class NoDecay(_OwnStep):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Rprop(self.penalty_param_groups())
+
+    with pytest.raises(ValueError, match="Rprop has none"):
+        _fit(NoDecay(as_weight_decay=True), tmp_path)
+
+
+class _Manual(_OwnStep):
+    def __init__(self, add_penalty: bool) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.add_penalty = add_penalty
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        optimizer = self.optimizers()
+        loss = F.cross_entropy(self.net(x), y)
+        if self.add_penalty:
+            loss = loss + self.penalty()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self.on_after_backward()
+        optimizer.step()
+        return loss
+
+
+def test_manual_optimization_requires_calling_penalty(tmp_path: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"add `self.penalty\(\)` to your loss"):
+        _fit(_Manual(add_penalty=False), tmp_path)
+    plain, manual = _Plain(), _Manual(add_penalty=True)
+    initial = manual.net[0].weight.detach().clone()
+    _fit(plain, tmp_path / "plain")
+    trainer = _fit(manual, tmp_path / "manual")
+    expected = plain.grads["net.0.weight"] + L1 * initial.sign() + 2 * L2 * initial
+    torch.testing.assert_close(manual.grads["net.0.weight"], expected, atol=1e-7, rtol=1e-5)
+    assert "train/penalty_step" in trainer.callback_metrics
+
+
+def test_layers_named_l1_l2_keep_working(tmp_path: Any) -> None:
+    class Named(WeightPenaltyMixin, _Plain):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1 = self.net[0]
+            self.l2 = self.net[2]
+            self.configure_penalty(l1=L1, l2=L2)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            return F.cross_entropy(self.l2(F.relu(self.l1(x))), y)
+
+    plain, named = _Plain(), Named()
+    assert named.l1 is named.net[0] and named.l2 is named.net[2]
+    initial = named.net[0].weight.detach().clone()
+    _fit(plain, tmp_path / "plain")
+    _fit(named, tmp_path / "named")
+    expected = plain.grads["net.0.weight"] + L1 * initial.sign() + 2 * L2 * initial
+    torch.testing.assert_close(named.grads["net.0.weight"], expected, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"l1": -1.0}, ValueError, "`l1` must be a finite number >= 0, got -1.0"),
+        ({"l2": float("nan")}, ValueError, "`l2` must be a finite number >= 0"),
+        ({"l2": "1e-4"}, TypeError, "`l2` must be a finite number"),
+        ({"modules": (nn.Linear, int)}, TypeError, "`modules` must be a non-empty tuple"),
+        ({"predicate": 3}, TypeError, "`predicate` must be callable"),
+        ({"names": "net.0.weight"}, TypeError, "`names` must be an iterable"),
+        ({"names": ["a"], "predicate": lambda n, p: True}, ValueError, "at most one"),
+        ({"as_weight_decay": 1}, TypeError, "`as_weight_decay` must be a bool"),
+    ],
+)
+def test_configure_penalty_validation(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        _OwnStep(**kwargs)
+
+
+class _Sub(RegularizedModule):
+    """A user subclass with arguments of its own."""
+
+    def __init__(self, width: int = 32, depth: int = 2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        widths = [64] + [width] * depth
+        self.body = nn.Sequential(*[self.dense(a, b) for a, b in itertools.pairwise(widths)])
+        self.head = self.apply_init(nn.Linear(width, 10), activation="identity")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.penalty_param_groups(), lr=0.05)
+
+
+def test_defaults_and_presets() -> None:
+    torch.manual_seed(0)
+    elu = RegularizedModule()
+    assert (elu.dropout_rate, elu.activation_name, elu.init_name) == (0.0, "elu", "auto")
+    assert (elu.l1, elu.l2, elu.max_norm, elu.mc_samples) == (0.0, 0.0, None, None)
+    block = elu.dense(1000, 500)
+    assert [type(m) for m in block] == [nn.Linear, nn.ELU]
+    assert block[0].weight.std().item() == pytest.approx(math.sqrt(2 / 1000), rel=0.01)
+    relu = RegularizedModule(activation="relu", dropout=0.2).dense(1000, 500)
+    assert relu[0].weight.std().item() == pytest.approx(math.sqrt(2 / 1000), rel=0.01)
+    assert isinstance(relu[2], nn.Dropout) and relu[2].p == 0.2
+    selu = RegularizedModule(activation="selu", dropout=0.1).dense(1000, 500)
+    assert selu[0].weight.std().item() == pytest.approx(math.sqrt(1 / 1000), rel=0.01)
+    assert isinstance(selu[2], nn.AlphaDropout)
+    glorot = RegularizedModule(init="glorot_normal").dense(1000, 500, activation="tanh")
+    assert glorot[0].weight.std().item() == pytest.approx(math.sqrt(2 / 1500), rel=0.01)
+    assert torch.count_nonzero(block[0].bias) == 0
+
+
+def test_selu_preset_self_normalizes_through_20_layers() -> None:
+    torch.manual_seed(0)
+    module = RegularizedModule(activation="selu")
+    net = nn.Sequential(module.dense(64, 128), *[module.dense(128, 128) for _ in range(19)])
+    with torch.no_grad():
+        h = net(digits()[0])
+    assert abs(h.mean().item()) < 0.2 and abs(h.std().item() - 1) < 0.2
+    relu = RegularizedModule(activation="relu", init="lecun_normal")
+    net = nn.Sequential(relu.dense(64, 128), *[relu.dense(128, 128) for _ in range(19)])
+    with torch.no_grad():
+        assert net(digits()[0]).std().item() < 0.01  # the wrong preset vanishes
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"dropout": 1.0}, ValueError, r"`dropout` must be a float in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, ValueError, "`dropout` must be a float in"),
+        ({"activation": "swish"}, ValueError, r"`activation` must be one of \[.*'selu'"),
+        ({"init": "xavier"}, ValueError, r"`init` must be one of \['auto', 'he_normal'"),
+        ({"init": 3}, TypeError, "`init` must be a string"),
+        ({"max_norm": 0}, ValueError, "`max_norm` must be a finite number > 0, got 0"),
+        ({"max_norm": -1.0}, ValueError, "`max_norm` must be a finite number > 0"),
+        ({"l2": -1e-4}, ValueError, "`l2` must be a finite number >= 0"),
+        ({"mc_samples": 0}, ValueError, "`mc_samples` must be an integer >= 1, got 0"),
+        ({"hidden": (64, 0)}, ValueError, "`hidden` must be an integer >= 1, got 0"),
+        ({"hidden": "64"}, TypeError, "`hidden` must be a sequence"),
+        ({"num_classes": 1}, ValueError, "`num_classes` must be an integer >= 2"),
+        ({"lr": 0.0}, ValueError, "`lr` must be a finite number > 0"),
+        ({"optimizer": "lbfgs"}, ValueError, r"`optimizer` must be one of \['sgd'"),
+        ({"momentum": 1.0}, ValueError, r"`momentum` must be a number in \[0, 1\)"),
+        ({"optimizer": "adamw", "l2": 1e-4, "as_weight_decay": True}, ValueError, "decouples"),
+        ({"droput": 0.1}, TypeError, "droput"),
+    ],
+)
+def test_invalid_arguments_raise(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        RegularizedMLP(**kwargs)
+
+
+def test_hparams_of_subclasses_saved_and_restored(tmp_path: Any) -> None:
+    model = _Sub(width=24, depth=3, dropout=0.1, activation="selu", l2=1e-4, max_norm=2.5)
+    expected = {
+        "width": 24,
+        "depth": 3,
+        "dropout": 0.1,
+        "activation": "selu",
+        "init": "auto",
+        "l1": 0.0,
+        "l2": 1e-4,
+        "max_norm": 2.5,
+        "as_weight_decay": False,
+        "mc_samples": None,
+    }
+    assert dict(model.hparams) == expected
+    trainer = _fit(model, tmp_path, steps=3)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    restored = _Sub.load_from_checkpoint(path)
+    assert dict(restored.hparams) == expected
+    assert len(restored.body) == 3 and isinstance(restored.body[0][2], nn.AlphaDropout)
+    assert (restored.max_norm, restored.l2) == (2.5, 1e-4)
+    model.eval()
+    restored.eval()
+    x = digits(16)[0]
+    torch.testing.assert_close(restored(x), model(x))
+
+
+def test_configure_callbacks_adds_max_norm_and_merges(tmp_path: Any) -> None:
+    assert RegularizedModule().configure_callbacks() == []
+    (callback,) = RegularizedModule(max_norm=3.0).configure_callbacks()
+    assert isinstance(callback, MaxNorm) and callback.max_value == 3.0
+
+    class WithOwn(_Sub):
+        def configure_callbacks(self) -> Any:
+            return [*super().configure_callbacks(), EarlyStopping("val_loss")]
+
+    kinds = [type(c) for c in WithOwn(max_norm=1.0).configure_callbacks()]
+    assert kinds == [MaxNorm, EarlyStopping]
+    model = _Sub(width=64, max_norm=0.5)
+    assert model.body[0][0].weight.norm(dim=1).max() > 0.5
+    _fit(model, tmp_path, steps=3)
+    for layer in (model.body[0][0], model.body[1][0], model.head):
+        assert layer.weight.norm(dim=1).max().item() <= 0.5 + 1e-6
+
+
+def test_mlp_trains_on_digits_with_regularization(tmp_path: Any) -> None:
+    pl.seed_everything(0)
+    model = RegularizedMLP(hidden=(128, 128), dropout=0.2, l2=1e-4, max_norm=3.0)
+    trainer = make_trainer(tmp_path, max_epochs=4)
+    dm = DigitsDataModule(batch_size=32)
+    trainer.fit(model, datamodule=dm)
+    metrics = trainer.callback_metrics
+    assert metrics["val/acc"] > 0.85
+    torch.testing.assert_close(metrics["val_loss"], metrics["val/loss"])
+    assert metrics["train/penalty_epoch"] > 0
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert result["test/acc"] > 0.85
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            assert module.weight.norm(dim=1).max().item() <= 3.0 + 1e-5
+
+    probabilities = trainer.predict(model, datamodule=dm)
+    assert probabilities is not None
+    probs = torch.cat(probabilities)  # type: ignore[arg-type]
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(probs)))
+    model.mc_samples = 30
+    summaries = trainer.predict(model, datamodule=dm)
+    assert summaries is not None
+    first = summaries[0]
+    assert isinstance(first, MCDropoutResult)
+    assert first.std.mean() > 1e-3
+    # the MC mean agrees with the deterministic prediction on most samples
+    agree = first.mean.argmax(-1) == probs[: len(first.mean)].argmax(-1)
+    assert agree.float().mean() > 0.9

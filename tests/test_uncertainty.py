@@ -1,0 +1,246 @@
+"""Monte Carlo dropout: summary numbers, module modes, batched sampling, Trainer.predict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_reg.layers import MCDropout
+from lightning_reg.uncertainty import MCDropoutMixin, MCDropoutResult, mc_dropout_predict
+from tests.helpers import digits, digits_loader, make_trainer
+
+
+def _net(p: float = 0.3, batchnorm: bool = False) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(64, 64)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(64))
+    layers += [nn.ReLU(), nn.Dropout(p), nn.Linear(64, 10)]
+    return nn.Sequential(*layers)
+
+
+def test_summary_is_consistent_with_the_samples() -> None:
+    model = _net()
+    x, _ = digits(32)
+    result = mc_dropout_predict(model, x, n_samples=50, return_samples=True)
+    assert isinstance(result, MCDropoutResult)
+    assert result.samples is not None
+    assert result.samples.shape == (50, 32, 10)
+    assert result.mean.shape == result.std.shape == (32, 10)
+    assert result.entropy.shape == (32,)
+    torch.testing.assert_close(result.mean.sum(-1), torch.ones(32))
+    torch.testing.assert_close(result.samples.sum(-1), torch.ones(50, 32))
+    torch.testing.assert_close(result.mean, result.samples.mean(0))
+    torch.testing.assert_close(result.std, result.samples.std(0, correction=0))
+    expected_entropy = -(result.mean * result.mean.log()).sum(-1)
+    torch.testing.assert_close(result.entropy, expected_entropy)
+    assert result.std.min() >= 0 and result.std.mean() > 1e-3
+    assert mc_dropout_predict(model, x, n_samples=5).samples is None
+
+
+def test_without_dropout_std_is_zero_and_mean_is_the_deterministic_prediction() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    x, _ = digits(16)
+    with pytest.warns(UserWarning, match="no dropout module"):
+        result = mc_dropout_predict(model, x, n_samples=20)
+    assert torch.equal(result.std, torch.zeros_like(result.std))
+    with torch.no_grad():
+        torch.testing.assert_close(result.mean, F.softmax(model(x), -1))
+
+
+def test_apply_softmax_false_for_models_returning_probabilities() -> None:
+    model = nn.Sequential(_net(), nn.Softmax(-1))
+    x, _ = digits(8)
+    torch.manual_seed(5)
+    probs = mc_dropout_predict(model, x, n_samples=7, apply_softmax=False, return_samples=True)
+    torch.manual_seed(5)
+    twice = mc_dropout_predict(model, x, n_samples=7, apply_softmax=True, return_samples=True)
+    assert probs.samples is not None and twice.samples is not None
+    torch.testing.assert_close(twice.samples, F.softmax(probs.samples, -1))
+
+
+def test_batchnorm_stays_in_eval_and_its_statistics_are_untouched() -> None:
+    model = _net(batchnorm=True)
+    model.train()
+    model(torch.randn(64, 64))  # give the running statistics non-trivial values
+    bn = model[1]
+    stats = {k: v.clone() for k, v in bn.state_dict().items()}
+    seen: dict[str, bool] = {}
+    bn.register_forward_hook(lambda m, i, o: seen.__setitem__("bn", m.training))
+    model[3].register_forward_hook(lambda m, i, o: seen.__setitem__("dropout", m.training))
+    x, _ = digits(32)
+    mc_dropout_predict(model, x, n_samples=30)
+    assert seen == {"bn": False, "dropout": True}
+    for key, value in bn.state_dict().items():
+        assert torch.equal(value, stats[key]), key
+    assert all(m.training for m in model.modules())
+
+
+class _Boom(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+
+def test_modes_restored_after_success_and_after_an_error() -> None:
+    model = _net(batchnorm=True)
+    model.eval()
+    model[0].train()  # a mixed state must come back exactly
+    before = [m.training for m in model.modules()]
+    x, _ = digits(4)
+    mc_dropout_predict(model, x, n_samples=3)
+    assert [m.training for m in model.modules()] == before
+    broken = nn.Sequential(model, _Boom())
+    before = [m.training for m in broken.modules()]
+    with pytest.raises(RuntimeError, match="boom"):
+        mc_dropout_predict(broken, x, n_samples=3)
+    assert [m.training for m in broken.modules()] == before
+    assert torch.is_grad_enabled()
+
+
+def _count_forwards(model: nn.Module) -> list[int]:
+    rows: list[int] = []
+    model.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    return rows
+
+
+def test_batched_sampling_forward_counts() -> None:
+    model = _net()
+    x, _ = digits(32)
+    rows = _count_forwards(model)
+    mc_dropout_predict(model, x, n_samples=100)
+    assert rows == [3200]  # all samples in one forward pass by default
+    rows.clear()
+    mc_dropout_predict(model, x, n_samples=200)
+    assert rows == [4096, 2304]  # the CPU default holds at most 4096 rows: 128 + 72 samples
+    rows.clear()
+    mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2)
+    assert rows == [5000, 5000]  # never fewer rows than the input has
+    rows.clear()
+    mc_dropout_predict(model, x, n_samples=100, batch_size=1000)
+    assert rows == [992, 992, 992, 224]  # 31 + 31 + 31 + 7 samples of 32 rows
+    rows.clear()
+    mc_dropout_predict(model, x, n_samples=3, batch_size=20)
+    assert rows == [20, 20, 20, 12, 12, 12]  # rows chunked, one sample per pass
+
+
+def test_one_sample_per_pass_equals_the_plain_loop_under_the_same_seed() -> None:
+    model = _net()
+    x, _ = digits(32)
+    torch.manual_seed(7)
+    result = mc_dropout_predict(model, x, n_samples=10, batch_size=32, return_samples=True)
+    torch.manual_seed(7)
+    model.train()
+    with torch.no_grad():
+        loop = torch.stack([F.softmax(model(x), -1) for _ in range(10)])
+    assert result.samples is not None
+    torch.testing.assert_close(result.samples, loop)
+
+
+def test_batched_sampling_matches_the_loop_statistically() -> None:
+    model = _net(p=0.5)
+    x, _ = digits(32)
+    n = 1500
+    torch.manual_seed(0)
+    batched = mc_dropout_predict(model, x, n_samples=n)
+    model.train()
+    with torch.no_grad():
+        loop = torch.stack([F.softmax(model(x), -1) for _ in range(n)])
+    std_loop, mean_loop = torch.std_mean(loop, 0, correction=0)
+    standard_error = ((batched.std**2 + std_loop**2) / n).sqrt()
+    assert ((batched.mean - mean_loop).abs() <= 6 * standard_error + 1e-6).all()
+    torch.testing.assert_close(batched.std, std_loop, atol=0.01, rtol=0.15)
+    # a wrong sample/row layout would mix different inputs' predictions: far outside these bounds
+    assert (batched.mean.argmax(-1) == mean_loop.argmax(-1)).float().mean() > 0.95
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n_samples": 0}, ValueError, "`n_samples` must be an integer >= 1, got 0"),
+        ({"n_samples": 2.0}, TypeError, "`n_samples` must be an integer"),
+        ({"n_samples": True}, TypeError, "`n_samples` must be an integer"),
+        ({"batch_size": 0}, ValueError, "`batch_size` must be an integer >= 1, got 0"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        mc_dropout_predict(_net(), torch.randn(4, 64), **kwargs)
+
+
+def test_mc_dropout_layer_counts_as_dropout() -> None:
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), MCDropout(0.4), nn.Linear(32, 10)).eval()
+    result = mc_dropout_predict(model, digits(8)[0], n_samples=20)
+    assert result.std.mean() > 1e-3
+
+
+class _MCClassifier(MCDropoutMixin, pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net(p=0.3, batchnorm=True)
+        self.dropout_modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.dropout_modes.append(self.net[3].training)
+        return self.net(x)
+
+
+def test_trainer_predict_returns_mc_summaries(tmp_path: Any) -> None:
+    model = _MCClassifier()
+    loader = digits_loader(n=64, batch_size=32)
+    x, _ = digits(64)
+    trainer = make_trainer(tmp_path)
+    model.mc_samples = 40
+    results = trainer.predict(model, dataloaders=loader)
+    assert results is not None and len(results) == 2
+    first = results[0]
+    assert isinstance(first, MCDropoutResult)
+    assert first.mean.shape == (32, 10)
+    torch.testing.assert_close(first.mean.sum(-1), torch.ones(32))
+    assert first.std.mean() > 1e-3
+    assert model.dropout_modes and all(model.dropout_modes)
+    assert model.training and model.net[1].training  # Trainer restored the modes
+
+    model.mc_samples = None
+    model.dropout_modes.clear()
+    plain = trainer.predict(model, dataloaders=loader)
+    assert plain is not None
+    model.eval()
+    with torch.no_grad():
+        expected = F.softmax(model.net(x), -1)
+    torch.testing.assert_close(torch.cat(plain), expected)  # type: ignore[arg-type]
+    assert model.dropout_modes == [False, False]
+
+
+def test_trainer_predict_rejects_invalid_mc_samples(tmp_path: Any) -> None:
+    model = _MCClassifier()
+    model.mc_samples = 0
+    with pytest.raises(ValueError, match="`mc_samples` must be an integer >= 1, got 0"):
+        make_trainer(tmp_path).predict(model, dataloaders=digits_loader(n=8))
+
+
+def test_on_predict_model_eval_leaves_dropout_on_for_a_custom_predict_step(tmp_path: Any) -> None:
+    batchnorm_modes: list[bool] = []
+
+    class Custom(_MCClassifier):
+        def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+            batchnorm_modes.append(self.net[1].training)
+            return self(batch[0])
+
+    model = Custom()
+    trainer = make_trainer(tmp_path)
+    loader = digits_loader(n=32, batch_size=32)
+    model.mc_samples = 10
+    first, second = (trainer.predict(model, dataloaders=loader) for _ in range(2))
+    assert first is not None and second is not None
+    assert not torch.equal(first[0], second[0])
+    assert model.dropout_modes == [True, True]
+    assert batchnorm_modes == [False, False]  # only dropout was switched back on
+    model.mc_samples = None
+    first, second = (trainer.predict(model, dataloaders=loader) for _ in range(2))
+    assert first is not None and second is not None
+    assert torch.equal(first[0], second[0])
