@@ -17,6 +17,8 @@ from typing import Any, cast
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -323,6 +325,13 @@ class WeightPenaltyMixin:
         self._penalty_fit_ready = True
         if self._penalty_l1 == 0 and self._penalty_l2 == 0:
             return
+        if isinstance(cast(pl.LightningModule, self).trainer.strategy, FSDPStrategy):
+            raise MisconfigurationException(
+                "The weight penalty cannot run under `strategy='fsdp'` (FSDP1): outside the "
+                "forward pass each rank holds a slice of flattened parameters, so the penalty "
+                "would miss most weights. Use FSDP2 (`ModelParallelStrategy` with `fully_shard` "
+                "in `configure_model`), where it is computed on the sharded weights, or DDP."
+            )
         weights = self.penalized_weights()
         if self._penalty_as_weight_decay and self._penalty_l2 > 0:
             optimizers = cast(pl.LightningModule, self).trainer.optimizers

@@ -83,3 +83,16 @@ def test_max_norm_and_penalty_match_a_single_process(tmp_path: Path, case: str) 
     torch.testing.assert_close(results[0]["params"], reference, rtol=1e-5, atol=1e-6)
     if case == "regularized_fsdp2":
         assert results[0]["param_types"] == ["DTensor"]
+
+
+def test_mc_dropout_predict_under_ddp(tmp_path: Path) -> None:
+    results = run_ddp("mc_predict", tmp_path)
+    # 96 samples over 2 ranks: 48 each, every one with MC statistics.
+    assert [len(r["mean"]) for r in results] == [48, 48]
+    for r in results:
+        torch.testing.assert_close(r["mean"].sum(-1), torch.ones(48))
+        assert bool((r["std"] > 0).any())
+        assert r["training_modes"] == [True]  # the model was in train mode before predict
+    assert_same_on_every_rank(results, "params")
+    # Different ranks predicted different samples.
+    assert not torch.equal(results[0]["mean"], results[1]["mean"])

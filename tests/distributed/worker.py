@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from lightning_reg.callbacks import MaxNorm, OneCycleScheduler, PerformanceScheduler
-from lightning_reg.module import WeightPenaltyMixin
+from lightning_reg.module import RegularizedMLP, WeightPenaltyMixin
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
 
@@ -146,11 +146,28 @@ def case_regularized_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
     return {"rank": trainer.global_rank, "params": params, "param_types": kinds}
 
 
+def case_mc_predict(args: argparse.Namespace) -> dict[str, Any]:
+    """`Trainer.predict` with MC dropout under DDP: each rank samples its share of the data."""
+    torch.manual_seed(0)
+    model = RegularizedMLP(hidden=(32,), dropout=0.3, mc_samples=16)
+    trainer = ddp_trainer(args)
+    outputs = trainer.predict(model, digits_loader(96, 16))
+    assert outputs is not None
+    return {
+        "rank": trainer.global_rank,
+        "mean": torch.cat([o.mean for o in outputs]),  # type: ignore[union-attr]
+        "std": torch.cat([o.std for o in outputs]),  # type: ignore[union-attr]
+        "training_modes": sorted({m.training for m in model.modules()}),
+        "params": flat_params(model),
+    }
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "one_cycle": case_one_cycle,
     "plateau": case_plateau,
     "regularized_ddp": case_regularized_ddp,
     "regularized_fsdp2": case_regularized_fsdp2,
+    "mc_predict": case_mc_predict,
 }
 
 
