@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_reg._validation import check_int, check_number
+
 __all__ = [
     "ACTIVATIONS",
     "INIT_PRESETS",
@@ -272,11 +274,7 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
 
 
 def _check_dropout(dropout: float) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise TypeError(f"`dropout` must be a float in [0, 1), got {dropout!r}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"`dropout` must be a float in [0, 1), got {dropout!r}.")
-    return float(dropout)
+    return check_number("dropout", dropout, "in [0, 1)", lambda p: 0.0 <= p < 1.0)
 
 
 def dense_block(
@@ -313,11 +311,8 @@ def dense_block(
         block = dense_block(64, 128, activation="selu", dropout=0.1)
         assert isinstance(block[2], torch.nn.AlphaDropout)
     """
-    for name, value in (("in_features", in_features), ("out_features", out_features)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"`{name}` must be an integer >= 1, got {value!r}.")
-        if value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    check_int("in_features", in_features, 1)
+    check_int("out_features", out_features, 1)
     p = _check_dropout(dropout)
     preset = resolve_init(init, activation)
     linear = init_weights_(nn.Linear(in_features, out_features), preset, activation)

@@ -22,12 +22,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_reg._validation import check_int, check_non_negative, check_positive
 from lightning_reg.callbacks.max_norm import MaxNorm
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
 from lightning_reg.penalties import (
     DEFAULT_PENALIZED_MODULES,
     _check_module_types,
-    _check_number,
     select_weights,
     weight_penalty,
 )
@@ -183,7 +183,7 @@ class WeightPenaltyMixin:
 
     @l1.setter
     def l1(self, value: float) -> None:
-        self._penalty_l1 = _check_number("l1", value, minimum=0.0, strict=False)
+        self._penalty_l1 = check_non_negative("l1", value)
 
     @property
     def l2(self) -> float:
@@ -193,7 +193,7 @@ class WeightPenaltyMixin:
 
     @l2.setter
     def l2(self, value: float) -> None:
-        self._penalty_l2 = _check_number("l2", value, minimum=0.0, strict=False)
+        self._penalty_l2 = check_non_negative("l2", value)
 
     def _registered(self, name: str, factor: float) -> Any:
         for registry in ("_modules", "_parameters"):
@@ -235,8 +235,8 @@ class WeightPenaltyMixin:
 
             self.configure_penalty(l2=1e-4, modules=(nn.Linear,), as_weight_decay=True)
         """
-        self._penalty_l1 = _check_number("l1", l1, minimum=0.0, strict=False)
-        self._penalty_l2 = _check_number("l2", l2, minimum=0.0, strict=False)
+        self._penalty_l1 = check_non_negative("l1", l1)
+        self._penalty_l2 = check_non_negative("l2", l2)
         _check_module_types("modules", modules)
         if predicate is not None and not callable(predicate):
             raise TypeError(f"`predicate` must be callable or None, got {predicate!r}.")
@@ -444,7 +444,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         self.activation_name = activation
         self.init_name = init
         if max_norm is not None:
-            max_norm = _check_number("max_norm", max_norm, minimum=0.0, strict=True)
+            max_norm = check_positive("max_norm", max_norm)
         self.max_norm = max_norm
         self.configure_penalty(l1=l1, l2=l2, as_weight_decay=as_weight_decay)
         if mc_samples is not None:
@@ -569,13 +569,13 @@ class RegularizedMLP(RegularizedModule):
         **regularized_module_kwargs: Any,
     ) -> None:
         super().__init__(**regularized_module_kwargs)
-        _check_int("in_features", in_features, 1)
-        _check_int("num_classes", num_classes, 2)
+        check_int("in_features", in_features, 1)
+        check_int("num_classes", num_classes, 2)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise TypeError(f"`hidden` must be a sequence of integers >= 1, got {hidden!r}.")
         for width in hidden:
-            _check_int("hidden", width, 1)
-        self.lr = _check_number("lr", lr, minimum=0.0, strict=True)
+            check_int("hidden", width, 1)
+        self.lr = check_positive("lr", lr)
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {list(_OPTIMIZERS)}, got {optimizer!r}.")
         if optimizer == "adamw" and self._penalty_as_weight_decay:
@@ -635,10 +635,3 @@ class RegularizedMLP(RegularizedModule):
         if self.optimizer_name == "adamw":
             return torch.optim.AdamW(groups, lr=self.lr)
         return torch.optim.NAdam(groups, lr=self.lr)
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, TypeGuard
 import torch
 from torch import nn
 
+from lightning_reg._validation import check_non_negative, check_positive
+
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
 
@@ -165,8 +167,8 @@ def weight_penalty(
         loss = nn.functional.mse_loss(model(x), y)
         loss = loss + weight_penalty(select_weights(model), l1=1e-5, l2=1e-4)
     """
-    l1 = _check_number("l1", l1, minimum=0.0, strict=False)
-    l2 = _check_number("l2", l2, minimum=0.0, strict=False)
+    l1 = check_non_negative("l1", l1)
+    l2 = check_non_negative("l2", l2)
     tensors = _tensor_list(params)
     if not tensors or (l1 == 0.0 and l2 == 0.0):
         return torch.zeros((), device=tensors[0].device if tensors else None)
@@ -232,9 +234,9 @@ def apply_max_norm_(
         apply_max_norm_(model, max_value=3.0)
         assert (model[0].weight.norm(dim=1) <= 3.0).all()
     """
-    max_value = _check_number("max_value", max_value, minimum=0.0, strict=True)
+    max_value = check_positive("max_value", max_value)
     norm_type = _check_norm_type(norm_type)
-    eps = _check_number("eps", eps, minimum=0.0, strict=False)
+    eps = check_non_negative("eps", eps)
     if isinstance(weights, nn.Module):
         _check_max_norm_modules("modules", modules)
         tensors: list[torch.Tensor] = list(select_weights(weights, modules))
@@ -327,17 +329,6 @@ def _tensor_list(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
             f"Expected a tensor or an iterable of tensors, got {type(params).__name__}."
         )
     return list(params)
-
-
-def _check_number(name: str, value: object, *, minimum: float, strict: bool) -> float:
-    """Return ``value`` as a float if it is a finite real number above ``minimum``, else raise."""
-    bound = f"{'>' if strict else '>='} {minimum:g}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a finite number {bound}, got {value!r}.")
-    number = float(value)
-    if not math.isfinite(number) or number < minimum or (strict and number == minimum):
-        raise ValueError(f"`{name}` must be a finite number {bound}, got {value!r}.")
-    return number
 
 
 def _check_norm_type(value: object) -> float:

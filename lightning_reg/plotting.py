@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from lightning_reg._validation import check_int
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -83,8 +84,4 @@ def _resolve_steps(schedule: Callable[[int], float], total_steps: int | None) ->
             raise ValueError(
                 f"`total_steps` is required to plot {schedule!r}: it has no length of its own."
             )
-    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral):
-        raise TypeError(f"`total_steps` must be an int >= 1, got {total_steps!r}.")
-    if total_steps < 1:
-        raise ValueError(f"`total_steps` must be an int >= 1, got {total_steps!r}.")
-    return range(int(total_steps))
+    return range(check_int("total_steps", total_steps, 1))

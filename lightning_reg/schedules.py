@@ -12,9 +12,16 @@ import bisect
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
+
+from lightning_reg._validation import (
+    check_int,
+    check_non_negative,
+    check_number,
+    check_positive,
+)
 
 __all__ = [
     "ExponentialDecay",
@@ -26,26 +33,6 @@ __all__ = [
 ]
 
 Anneal = Literal["linear", "cos"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; bools and non-integers are a TypeError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _number(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> float:
-    """``value`` as a finite float accepted by ``ok``; bools and non-numbers are a TypeError."""
-    message = f"`{name}` must be a finite number {allowed}, got {value!r}."
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(message)
-    number = float(value)
-    if not math.isfinite(number) or not ok(number):
-        raise ValueError(message)
-    return number
 
 
 def _interpolate(start: float, end: float, pct: float, anneal: Anneal) -> float:
@@ -219,34 +206,34 @@ class OneCycle(Schedule):
     """The rise, descent and (unless ``final_steps == 0``) final phase; derived, read-only."""
 
     def __post_init__(self) -> None:
-        total_steps = _check_int("total_steps", self.total_steps, 2)
-        max_lr = _number("max_lr", self.max_lr, "> 0", lambda x: x > 0)
-        start_lr = _number(
+        total_steps = check_int("total_steps", self.total_steps, 2)
+        max_lr = check_positive("max_lr", self.max_lr)
+        start_lr = check_number(
             "start_lr",
             max_lr / 10 if self.start_lr is None else self.start_lr,
             f">= 0 and <= max_lr ({max_lr!r})",
             lambda x: 0 <= x <= max_lr,
         )
-        final_lr = _number(
+        final_lr = check_number(
             "final_lr",
             start_lr / 1000 if self.final_lr is None else self.final_lr,
             f">= 0 and <= start_lr ({start_lr!r})",
             lambda x: 0 <= x <= start_lr,
         )
-        end = _number(
+        end = check_number(
             "end_step",
             total_steps if self.end_step is None else self.end_step,
             f"> 0 and <= total_steps ({total_steps})",
             lambda x: 0 < x <= total_steps,
         )
-        final_steps = _number(
+        final_steps = check_number(
             "final_steps",
             total_steps // 10 + 1 if self.final_steps is None else self.final_steps,
             f">= 0 and < end_step ({end!r})",
             lambda x: 0 <= x < end,
         )
         descent_end = end - final_steps
-        warmup = _number(
+        warmup = check_number(
             "warmup_steps",
             descent_end // 2 if self.warmup_steps is None else self.warmup_steps,
             f"> 0 and < end_step - final_steps ({descent_end!r}) so that the rise and the "
@@ -262,8 +249,8 @@ class OneCycle(Schedule):
             raise TypeError(f"`cycle_momentum` must be a bool, got {self.cycle_momentum!r}.")
         max_mom, min_mom = self.max_momentum, self.min_momentum
         if self.cycle_momentum:
-            max_mom = _number("max_momentum", max_mom, ">= 0 and < 1", lambda x: 0 <= x < 1)
-            min_mom = _number(
+            max_mom = check_number("max_momentum", max_mom, ">= 0 and < 1", lambda x: 0 <= x < 1)
+            min_mom = check_number(
                 "min_momentum",
                 min_mom,
                 f">= 0 and <= max_momentum ({max_mom!r})",
@@ -345,17 +332,17 @@ class OneCycle(Schedule):
             schedule = OneCycle.from_torch(total_steps=1000, max_lr=0.1, pct_start=0.25)
             schedule(0), schedule(249), schedule(999)   # 0.004, 0.1, 4e-07
         """
-        total_steps = _check_int("total_steps", total_steps, 2)
-        max_lr = _number("max_lr", max_lr, "> 0", lambda x: x > 0)
-        pct = _number("pct_start", pct_start, "> 0 and < 1", lambda x: 0 < x < 1)
-        div = _number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
-        final_div = _number("final_div_factor", final_div_factor, ">= 1", lambda x: x >= 1)
+        total_steps = check_int("total_steps", total_steps, 2)
+        max_lr = check_positive("max_lr", max_lr)
+        pct = check_number("pct_start", pct_start, "> 0 and < 1", lambda x: 0 < x < 1)
+        div = check_number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
+        final_div = check_number("final_div_factor", final_div_factor, ">= 1", lambda x: x >= 1)
         if anneal_strategy not in ("linear", "cos"):
             raise ValueError(
                 f"`anneal_strategy` must be 'cos' or 'linear', got {anneal_strategy!r}."
             )
         if cycle_momentum:
-            _number(
+            check_number(
                 "base_momentum",
                 base_momentum,
                 f">= 0 and <= max_momentum ({max_momentum!r})",
@@ -456,10 +443,10 @@ class ExponentialDecay(Schedule):
     rate: float = 0.1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lr0", _number("lr0", self.lr0, "> 0", lambda x: x > 0))
-        object.__setattr__(self, "s", _number("s", self.s, "> 0", lambda x: x > 0))
+        object.__setattr__(self, "lr0", check_positive("lr0", self.lr0))
+        object.__setattr__(self, "s", check_positive("s", self.s))
         object.__setattr__(
-            self, "rate", _number("rate", self.rate, "> 0 and <= 1", lambda x: 0 < x <= 1)
+            self, "rate", check_number("rate", self.rate, "> 0 and <= 1", lambda x: 0 < x <= 1)
         )
 
     def __call__(self, step: int) -> float:
@@ -505,9 +492,9 @@ class PowerDecay(Schedule):
     c: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lr0", _number("lr0", self.lr0, "> 0", lambda x: x > 0))
-        object.__setattr__(self, "s", _number("s", self.s, "> 0", lambda x: x > 0))
-        object.__setattr__(self, "c", _number("c", self.c, ">= 0", lambda x: x >= 0))
+        object.__setattr__(self, "lr0", check_positive("lr0", self.lr0))
+        object.__setattr__(self, "s", check_positive("s", self.s))
+        object.__setattr__(self, "c", check_non_negative("c", self.c))
 
     def __call__(self, step: int) -> float:
         """The learning rate at ``step``.
@@ -556,11 +543,9 @@ class PiecewiseConstant(Schedule):
 
     def __post_init__(self) -> None:
         boundaries = tuple(
-            _check_int(f"boundaries[{i}]", b, 1) for i, b in enumerate(self.boundaries)
+            check_int(f"boundaries[{i}]", b, 1) for i, b in enumerate(self.boundaries)
         )
-        values = tuple(
-            _number(f"values[{i}]", v, ">= 0", lambda x: x >= 0) for i, v in enumerate(self.values)
-        )
+        values = tuple(check_non_negative(f"values[{i}]", v) for i, v in enumerate(self.values))
         if len(values) != len(boundaries) + 1:
             raise ValueError(
                 f"`values` must have len(boundaries) + 1 = {len(boundaries) + 1} entries, "

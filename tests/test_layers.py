@@ -129,7 +129,7 @@ def test_dense_block_structure_and_validation() -> None:
     assert [type(m) for m in dense_block(8, 8, dropout=0.0)] == [nn.Linear, nn.ELU]
     assert isinstance(dense_block(8, 8, dropout=0.5, mc=True)[2], MCDropout)
     assert isinstance(dense_block(8, 8, "selu", dropout=0.5, mc=True)[2], MCAlphaDropout)
-    with pytest.raises(ValueError, match=r"`dropout` must be a float in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"`dropout` must be a finite number in \[0, 1\), got 1.0"):
         dense_block(8, 8, dropout=1.0)
     with pytest.raises(TypeError, match="`dropout`"):
         dense_block(8, 8, dropout="0.1")  # type: ignore[arg-type]

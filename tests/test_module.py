@@ -331,8 +331,8 @@ def test_selu_preset_self_normalizes_through_20_layers() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"dropout": 1.0}, ValueError, r"`dropout` must be a float in \[0, 1\), got 1.0"),
-        ({"dropout": -0.1}, ValueError, "`dropout` must be a float in"),
+        ({"dropout": 1.0}, ValueError, r"`dropout` must be a finite number in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, ValueError, "`dropout` must be a finite number in"),
         ({"activation": "swish"}, ValueError, r"`activation` must be one of \[.*'selu'"),
         ({"init": "xavier"}, ValueError, r"`init` must be one of \['auto', 'he_normal'"),
         ({"init": 3}, TypeError, "`init` must be a string"),

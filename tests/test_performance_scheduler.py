@@ -146,7 +146,7 @@ def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
     [
         (dict(factor=1.0), "factor", ValueError),
         (dict(factor=0.0), "factor", ValueError),
-        (dict(factor=math.nan), "factor", TypeError),
+        (dict(factor=math.nan), "factor", ValueError),
         (dict(patience=-1), "patience", ValueError),
         (dict(patience=1.5), "patience", TypeError),
         (dict(mode="lowest"), "mode", ValueError),

@@ -74,7 +74,7 @@ def test_missing_or_bad_total_steps_is_a_clear_error() -> None:
         plot_schedule(lambda step: 0.1)
     with pytest.raises(ValueError, match="`total_steps` is required"):
         plot_schedule(ExponentialDecay(lr0=0.1, s=10))
-    with pytest.raises(ValueError, match="`total_steps` must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="`total_steps` must be an integer >= 1, got 0"):
         plot_schedule(lambda step: 0.1, total_steps=0)
     with pytest.raises(TypeError, match="`total_steps` must be an int"):
         plot_schedule(lambda step: 0.1, total_steps=5.0)  # type: ignore[arg-type]

@@ -10,11 +10,11 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
+from lightning_reg._validation import check_positive
 from lightning_reg.penalties import (
     DEFAULT_MAX_NORM_MODULES,
     _check_max_norm_modules,
     _check_norm_type,
-    _check_number,
     _select_weights,
     apply_max_norm_,
 )
@@ -70,7 +70,7 @@ class MaxNorm(Callback):
         modules: tuple[type[nn.Module], ...] = DEFAULT_MAX_NORM_MODULES,
         norm_type: float = 2.0,
     ) -> None:
-        self.max_value = _check_number("max_value", max_value, minimum=0.0, strict=True)
+        self.max_value = check_positive("max_value", max_value)
         _check_max_norm_modules("modules", modules)
         self.modules = modules
         self.norm_type = _check_norm_type(norm_type)

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lightning_reg._validation import check_int, check_non_negative, check_number
 from lightning_reg.callbacks._lr_base import LRCallback
 
 __all__ = ["PerformanceScheduler"]
@@ -18,28 +19,6 @@ _MODES = ("min", "max")
 _CHECK_ON = ("validation_end", "train_epoch_end")
 # torch's ReduceLROnPlateau ignores reductions smaller than this.
 _EPS = 1e-8
-
-
-def _number(
-    value: Any, name: str, low: float, high: float | None = None, *, closed: bool = True
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"`{name}` must be a finite number, got {value!r}.")
-    too_low = value < low if closed else value <= low
-    too_high = high is not None and (value > high if closed else value >= high)
-    if too_low or too_high:
-        lo, hi = ("[", "]") if closed else ("(", ")")
-        allowed = f"{lo}{low}, {high}{hi}" if high is not None else f"{lo}{low}, inf)"
-        raise ValueError(f"`{name}` must be in {allowed}, got {value!r}.")
-    return float(value)
-
-
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {value!r}.")
-    if value < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
-    return value
 
 
 class PerformanceScheduler(LRCallback):
@@ -105,12 +84,12 @@ class PerformanceScheduler(LRCallback):
             raise ValueError(f"`check_on` must be one of {_CHECK_ON}, got {check_on!r}.")
         self.monitor = monitor
         self.mode = mode
-        self.factor = _number(factor, "factor", 0.0, 1.0, closed=False)
-        self.patience = _count(patience, "patience")
-        self.min_delta = _number(min_delta, "min_delta", 0.0)
-        self.cooldown = _count(cooldown, "cooldown")
+        self.factor = check_number("factor", factor, "in (0, 1)", lambda x: 0 < x < 1)
+        self.patience = check_int("patience", patience, 0)
+        self.min_delta = check_non_negative("min_delta", min_delta)
+        self.cooldown = check_int("cooldown", cooldown, 0)
         lrs = list(min_lr) if isinstance(min_lr, Sequence) else [min_lr]
-        self.min_lr = [_number(v, "min_lr", 0.0) for v in lrs]
+        self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
         self.check_on = check_on
         self.strict = bool(strict)
         self.best = math.inf if mode == "min" else -math.inf

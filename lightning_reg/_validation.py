@@ -1,0 +1,44 @@
+"""Argument checks shared by every public constructor and function.
+
+Each check raises ``TypeError`` for a value of the wrong type (bools are never numbers here) and
+``ValueError`` for one out of range, with a message that names the argument, the allowed range
+and the value received.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+__all__ = ["check_int", "check_non_negative", "check_number", "check_positive"]
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_number(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a finite float accepted by ``ok``; ``allowed`` words the range."""
+    message = f"`{name}` must be a finite number {allowed}, got {value!r}."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(message)
+    number = float(value)
+    if not math.isfinite(number) or not ok(number):
+        raise ValueError(message)
+    return number
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a finite float > 0."""
+    return check_number(name, value, "> 0", lambda x: x > 0)
+
+
+def check_non_negative(name: str, value: object) -> float:
+    """``value`` as a finite float >= 0."""
+    return check_number(name, value, ">= 0", lambda x: x >= 0)
