@@ -70,7 +70,9 @@ def single_process_reference(tmp_path: Path) -> torch.Tensor:
     model = Regularized()
     make_trainer(tmp_path, **regularized_kwargs()).fit(model, loader)
     # The constraint binds in this run: the largest row norm sits at the bound.
-    largest = max(float(m.weight.norm(dim=1).max()) for m in model.net if hasattr(m, "weight"))
+    largest = max(
+        float(m.weight.detach().norm(dim=1).max()) for m in model.net if hasattr(m, "weight")
+    )
     assert largest == pytest.approx(0.5, rel=1e-5)
     return flat_params(model)
 

@@ -57,7 +57,10 @@ def _run(cmds: list[list[str]], envs: list[dict[str, str]], timeout: float) -> N
 
 
 def _env(port: int, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    # Lightning's own variables (seeds, ranks) set by earlier in-process runs must not leak in.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PL_", "LOCAL_RANK", "NODE_RANK"))
+    }
     env.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),

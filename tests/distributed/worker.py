@@ -181,6 +181,11 @@ def main() -> None:
     torch.set_num_threads(1)
     result = CASES[args.case](args)
     torch.save(result, args.out / f"rank{result['rank']}.pt")
+    # Lightning leaves the process group up; tearing it down before exit keeps gloo's threads
+    # from aborting the process ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
