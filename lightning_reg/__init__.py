@@ -9,7 +9,8 @@ Every public name is importable from here; the modules hold one job each:
 - :mod:`lightning_reg.layers`: MC dropout layers, activations, init presets, dense blocks.
 - :mod:`lightning_reg.uncertainty`: Monte Carlo dropout prediction.
 - :mod:`lightning_reg.plotting`: ``plot_schedule`` (needs the ``plot`` extra).
-- :mod:`lightning_reg.data`: the offline digits data.
+- :mod:`lightning_reg.data`: the offline digits data and Fashion-MNIST.
+- :mod:`lightning_reg.cli`: the ``lightning-reg`` command (LightningCLI).
 """
 
 from lightning_reg.callbacks import (
@@ -19,7 +20,7 @@ from lightning_reg.callbacks import (
     PerformanceScheduler,
     ScheduledLR,
 )
-from lightning_reg.data import DigitsDataModule, load_digits_tensors
+from lightning_reg.data import DigitsDataModule, FashionMNISTDataModule, load_digits_tensors
 from lightning_reg.layers import MCAlphaDropout, MCDropout, dense_block, init_weights_
 from lightning_reg.module import RegularizedMLP, RegularizedModule, WeightPenaltyMixin
 from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
@@ -36,6 +37,7 @@ from lightning_reg.uncertainty import MCDropoutMixin, MCDropoutResult, mc_dropou
 __all__ = [
     "DigitsDataModule",
     "ExponentialDecay",
+    "FashionMNISTDataModule",
     "LRCallback",
     "MCAlphaDropout",
     "MCDropout",

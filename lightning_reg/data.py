@@ -1,19 +1,45 @@
-"""Small datasets that ship offline, wrapped as ``LightningDataModule``s.
+"""Small classification datasets wrapped as ``LightningDataModule``s.
 
 The default data of every example, test and of the main job is scikit-learn's
 ``load_digits`` (1,797 8x8 greyscale digits, bundled with scikit-learn), so nothing
-is downloaded at run time.
+is downloaded at run time. :class:`FashionMNISTDataModule` downloads Fashion-MNIST through
+torchvision (an optional dependency) for a larger benchmark.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DigitsDataModule", "load_digits_tensors"]
+__all__ = [
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "fashion_mnist_splits",
+    "load_digits_tensors",
+]
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+
+
+def _check_fraction(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+
+
+def _standardize(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``x`` standardized per feature with ``reference``'s statistics (a constant feature keeps
+    standard deviation 1)."""
+    mean = reference.mean(0)
+    std = reference.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (x - mean) / std
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +66,41 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class _SplitsDataModule(pl.LightningDataModule):
+    """Serves the ``train``/``val``/``test`` ``TensorDataset``s that ``setup`` puts in
+    ``self._splits``; predicting uses the test split."""
+
+    batch_size: int
+    num_workers: int
+    _splits: dict[str, TensorDataset]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Fill ``self._splits`` with the ``train``, ``val`` and ``test`` datasets."""
+        raise NotImplementedError
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Any]:
+        self.setup()
+        return DataLoader(
+            self._splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test")
+
+
+class DigitsDataModule(_SplitsDataModule):
     """scikit-learn's digits, standardized and split into train/val/test with a fixed seed.
 
     Features are standardized with the training split's mean and standard deviation
@@ -76,11 +136,9 @@ class DigitsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+        _check_batch_size(batch_size)
+        _check_fraction("val_fraction", val_fraction)
+        _check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(
                 "`val_fraction + test_fraction` must be < 1 to leave training data, got "
@@ -106,33 +164,155 @@ class DigitsDataModule(pl.LightningDataModule):
             perm[n_test : n_test + n_val],
             perm[n_test + n_val :],
         )
-        mean = x[train_idx].mean(0)
-        std = x[train_idx].std(0)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        x = (x - mean) / std
+        x = _standardize(x, x[train_idx])
         self._splits = {
             "train": TensorDataset(x[train_idx], y[train_idx]),
             "val": TensorDataset(x[val_idx], y[val_idx]),
             "test": TensorDataset(x[test_idx], y[test_idx]),
         }
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader[Any]:
-        self.setup()
-        return DataLoader(
-            self._splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
+
+def _fashion_mnist_class() -> Any:
+    """torchvision's ``FashionMNIST`` dataset class, imported on first use."""
+    try:
+        from torchvision.datasets import FashionMNIST
+    except ImportError as err:
+        raise ImportError(
+            "FashionMNISTDataModule needs torchvision: install it with `pip install torchvision` "
+            "(or use DigitsDataModule, which needs nothing beyond scikit-learn)."
+        ) from err
+    return FashionMNIST
+
+
+def fashion_mnist_splits(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    val_fraction: float,
+    seed: int,
+) -> dict[str, TensorDataset]:
+    """Flatten, scale and standardize Fashion-MNIST images; hold out a seeded validation split.
+
+    The images (``uint8``, shape ``(N, 28, 28)``) become float32 rows of ``28 * 28`` features,
+    standardized per pixel with the statistics of the training split only. ``val_fraction`` of the
+    official training set is held out for validation; the official test set is the test split.
+
+    Args:
+        train_images: official training images, ``(N, H, W)``. Required.
+        train_labels: their labels, ``(N,)``. Required.
+        test_images: official test images, ``(M, H, W)``. Required.
+        test_labels: their labels, ``(M,)``. Required.
+        val_fraction: share of the training set held out for validation, in ``[0, 1)``. Required.
+        seed: seed of the validation split. Required.
+
+    Returns:
+        ``{"train": ..., "val": ..., "test": ...}`` ``TensorDataset``s of ``(x, y)``.
+
+    Example::
+
+        images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
+        labels = torch.randint(0, 10, (100,))
+        splits = fashion_mnist_splits(images, labels, images[:20], labels[:20], 0.1, seed=0)
+        assert splits["train"].tensors[0].shape == (90, 784)
+    """
+    x = train_images.flatten(1).to(torch.float32) / 255.0
+    x_test = test_images.flatten(1).to(torch.float32) / 255.0
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = round(val_fraction * len(x))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    reference = x[train_idx]
+    x, x_test = _standardize(x, reference), _standardize(x_test, reference)
+    labels = train_labels.to(torch.int64)
+    return {
+        "train": TensorDataset(x[train_idx], labels[train_idx]),
+        "val": TensorDataset(x[val_idx], labels[val_idx]),
+        "test": TensorDataset(x_test, test_labels.to(torch.int64)),
+    }
+
+
+class FashionMNISTDataModule(_SplitsDataModule):
+    """Fashion-MNIST (70,000 28x28 greyscale clothing images, 10 classes) through torchvision.
+
+    Images are flattened to 784 features, scaled to ``[0, 1]`` and standardized per pixel with the
+    training split's statistics (see :func:`fashion_mnist_splits`). ``val_fraction`` of the
+    official 60,000 training images is held out for validation with a fixed seed; the official
+    10,000 test images are the test split. torchvision is imported only when the data is needed,
+    so constructing the module (e.g. to print a config) works without it.
+
+    Args:
+        data_dir: folder holding (or receiving) the ``FashionMNIST/raw`` files. Default ``"data"``.
+        batch_size: mini-batch size of every loader. Default ``128``.
+        val_fraction: share of the training images held out for validation, in ``[0, 1)``.
+            Default ``0.1``.
+        download: download the files into ``data_dir`` when they are missing (on one process).
+            Default ``True``.
+        seed: seed of the validation split. Default ``0``.
+        num_workers: ``DataLoader`` workers. Default ``0`` (the data is held in memory).
+
+    Raises:
+        ValueError: at construction, if ``batch_size < 1`` or ``val_fraction`` is outside
+            ``[0, 1)``; TypeError if ``download`` is not a bool.
+        ImportError: when the data is loaded without torchvision installed.
+        RuntimeError: when the files are missing and cannot be downloaded (no internet access),
+            or are missing with ``download=False``.
+
+    Example::
+
+        dm = FashionMNISTDataModule(data_dir="data", batch_size=256)
+        model = RegularizedMLP(in_features=dm.num_features, hidden=(300, 100), dropout=0.2)
+        Trainer(max_epochs=10).fit(model, datamodule=dm)
+    """
+
+    num_features = 28 * 28
+    num_classes = 10
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] = "data",
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        download: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_batch_size(batch_size)
+        _check_fraction("val_fraction", val_fraction)
+        if not isinstance(download, bool):
+            raise TypeError(f"`download` must be a bool, got {download!r}.")
+        self.data_dir = os.fspath(data_dir)
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.download = download
+        self.seed = seed
+        self.num_workers = num_workers
+        self.save_hyperparameters()
+        self._splits: dict[str, TensorDataset] = {}
+
+    def _load(self, train: bool, download: bool) -> Any:
+        dataset_class = _fashion_mnist_class()
+        try:
+            return dataset_class(self.data_dir, train=train, download=download)
+        except (RuntimeError, OSError) as err:
+            action = "downloaded to" if download else "found in"
+            raise RuntimeError(
+                f"Fashion-MNIST could not be {action} {self.data_dir!r} ({err}). Without internet "
+                "access, use DigitsDataModule (it ships with scikit-learn), or put the "
+                "Fashion-MNIST files in `data_dir` (as FashionMNIST/raw/*-ubyte.gz) and set "
+                "`download=False`."
+            ) from err
+
+    def prepare_data(self) -> None:
+        """Download the files into ``data_dir`` if ``download`` is set (one process only)."""
+        if self.download:
+            self._load(train=True, download=True)
+            self._load(train=False, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        train, test = self._load(train=True, download=False), self._load(False, download=False)
+        self._splits = fashion_mnist_splits(
+            train.data, train.targets, test.data, test.targets, self.val_fraction, self.seed
         )
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test")

@@ -50,6 +50,12 @@ class MCDropoutResult(NamedTuple):
         entropy: predictive entropy ``-sum_c mean_c * log(mean_c)`` in nats, shape ``(N, ...)``.
         samples: every sampled probability tensor, shape ``(n_samples, N, ..., C)``, when asked
             for with ``return_samples=True``; ``None`` otherwise.
+
+    Example::
+
+        result = mc_dropout_predict(model, x_test, n_samples=100)
+        prediction = result.mean.argmax(-1)
+        least_sure = result.entropy.topk(10).indices  # the 10 most uncertain inputs
     """
 
     mean: Tensor

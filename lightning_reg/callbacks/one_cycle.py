@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 
@@ -50,10 +50,20 @@ class OneCycleScheduler(ScheduledLR):
         max_lr: peak learning rate, or one per param group (all optimizers' groups in order).
         total_steps: length of the cycle in optimizer steps. ``None`` (default) takes
             ``trainer.estimated_stepping_batches`` when training starts.
+        start_lr: LR at step 0 and at the end of the descent. Default ``None``: ``max_lr / 10``.
+        final_lr: LR at the end of the final phase. Default ``None``: ``start_lr / 1000``.
+        final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``;
+            ``0`` gives two phases.
+        warmup_steps: length of the rise. Default ``None``: half of the non-final steps.
+        anneal: ``"linear"`` (default, the textbook's) or ``"cos"``.
+        cycle_momentum: cycle momentum inversely to the LR. Default ``True``.
+        max_momentum: momentum at the start and the end. Default ``0.95``.
+        min_momentum: momentum at the LR peak. Default ``0.85``.
+        end_step: step at which ``final_lr`` is reached. Default ``None``: ``total_steps``.
         log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>``. Default ``True``.
-        **one_cycle_kwargs: any other :class:`~lightning_reg.schedules.OneCycle` field
-            (``start_lr``, ``final_lr``, ``final_steps``, ``warmup_steps``, ``anneal``,
-            ``cycle_momentum``, ``max_momentum``, ``min_momentum``, ...).
+
+    These are the fields of :class:`~lightning_reg.schedules.OneCycle`, which holds their exact
+    semantics and ranges.
 
     Raises:
         ValueError, TypeError: at construction, for invalid hyperparameters (the message names
@@ -75,8 +85,16 @@ class OneCycleScheduler(ScheduledLR):
         self,
         max_lr: float | Sequence[float],
         total_steps: int | None = None,
+        start_lr: float | None = None,
+        final_lr: float | None = None,
+        final_steps: float | None = None,
+        warmup_steps: float | None = None,
+        anneal: Literal["linear", "cos"] = "linear",
+        cycle_momentum: bool = True,
+        max_momentum: float = 0.95,
+        min_momentum: float = 0.85,
+        end_step: float | None = None,
         log_values: bool = True,
-        **one_cycle_kwargs: Any,
     ) -> None:
         self.max_lr = _check_max_lr(max_lr)
         if total_steps is not None and (
@@ -84,7 +102,17 @@ class OneCycleScheduler(ScheduledLR):
         ):
             raise TypeError(f"`total_steps` must be an int or None, got {total_steps!r}.")
         self.total_steps = total_steps
-        self.one_cycle_kwargs = dict(one_cycle_kwargs)
+        self.one_cycle_kwargs: dict[str, Any] = {
+            "start_lr": start_lr,
+            "final_lr": final_lr,
+            "final_steps": final_steps,
+            "warmup_steps": warmup_steps,
+            "anneal": anneal,
+            "cycle_momentum": cycle_momentum,
+            "max_momentum": max_momentum,
+            "min_momentum": min_momentum,
+            "end_step": end_step,
+        }
         steps = _PROBE_STEPS if total_steps is None else total_steps
         probe = [self._one_cycle(steps, m) for m in self.max_lr]
         super().__init__(probe if len(probe) > 1 else probe[0], "step", log_values)
@@ -118,7 +146,7 @@ class OneCycleScheduler(ScheduledLR):
             )
         max_lrs = self.max_lr * num_groups if len(self.max_lr) == 1 else self.max_lr
         schedules: list[ScheduleLike] = [self._one_cycle(total, m) for m in max_lrs]
-        if self.one_cycle_kwargs.get("cycle_momentum", True):
+        if self.one_cycle_kwargs["cycle_momentum"]:
             groups = [group for _, _, group in self.param_groups(trainer)]
             if any(momentum_key(group) is None for group in groups):
                 self.warn(

@@ -1,0 +1,347 @@
+"""The end-of-run report of the ``lightning-reg`` command: plots and an MC-dropout summary.
+
+Everything here reads what a run left behind (the CSV logger's ``metrics.csv``, the trained
+model, the test data) and writes files; nothing runs during training. Figures are made with
+matplotlib's object API (``matplotlib.figure.Figure``), so no GUI backend or global state is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from lightning_reg.uncertainty import _check_n_samples, mc_dropout_predict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ReportOptions",
+    "mc_dropout_summary",
+    "plot_learning_curves",
+    "plot_logged_schedule",
+    "read_metrics",
+    "write_report",
+]
+
+ECE_BINS = 15
+"""Confidence bins of the expected calibration error (torchmetrics' default)."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the ``lightning-reg fit`` command does after training (the ``report`` config group).
+
+    Args:
+        enabled: test the model and write the report into the run's folder. Default ``True``.
+        mc_samples: Monte Carlo dropout samples per test example, an integer >= 1.
+            Default ``50``.
+
+    Raises:
+        TypeError: if ``enabled`` is not a bool or ``mc_samples`` is not an integer.
+        ValueError: if ``mc_samples < 1``.
+
+    Example::
+
+        lightning-reg fit --report.mc_samples 100   # or --report.enabled false
+    """
+
+    enabled: bool = True
+    mc_samples: int = 50
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"`enabled` must be a bool, got {self.enabled!r}.")
+        _check_n_samples(self.mc_samples, "mc_samples")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Read a CSV logger's ``metrics.csv`` into one dict per row, keeping only filled cells.
+
+    Args:
+        path: the ``metrics.csv`` file. Required.
+
+    Returns:
+        The rows in file order, each mapping column name to value (``epoch`` and ``step`` too).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+
+    Example::
+
+        rows = read_metrics("lightning_reg_runs/version_0/metrics.csv")
+        val_acc = [row["val/acc"] for row in rows if "val/acc" in row]
+    """
+    with open(path, newline="") as file:
+        return [
+            {key: float(value) for key, value in row.items() if key and value not in (None, "")}
+            for row in csv.DictReader(file)
+        ]
+
+
+def _series(rows: Sequence[dict[str, float]], x: str, y: str) -> tuple[list[float], list[float]]:
+    pairs = [(row[x], row[y]) for row in rows if x in row and y in row]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def _new_figure(ncols: int = 1) -> tuple[Figure, list[Any]]:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            'The report\'s plots need matplotlib: pip install "lightning-reg[plot]"'
+        ) from err
+    figure = Figure(figsize=(5.5 * ncols, 4.0), layout="constrained")
+    return figure, [figure.add_subplot(1, ncols, k + 1) for k in range(ncols)]
+
+
+_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_logged_schedule(rows: Sequence[dict[str, float]]) -> Figure | None:
+    """Plot the learning rate (``lr-pg<k>``) and momentum (``momentum-pg0``) that were logged.
+
+    The learning-rate callbacks log what they set at every optimizer step, so this is the schedule
+    the run really followed (for ``PerformanceScheduler``: the value after each check).
+
+    Args:
+        rows: rows of ``metrics.csv`` (see :func:`read_metrics`). Required.
+
+    Returns:
+        The figure (learning rates on the left axis, momentum on a twin axis), or ``None`` when
+        no ``lr-pg<k>`` column was logged.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+
+    Example::
+
+        figure = plot_logged_schedule(read_metrics("run/metrics.csv"))
+        if figure is not None:
+            figure.savefig("schedule.png")
+    """
+    columns = sorted({key for row in rows for key in row if key.startswith("lr-pg")})
+    if not columns:
+        return None
+    figure, (ax,) = _new_figure()
+    for k, column in enumerate(columns):
+        ax.plot(*_series(rows, "step", column), linestyle=_STYLES[k % len(_STYLES)], label=column)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("learning-rate schedule (as logged)")
+    handles, labels = ax.get_legend_handles_labels()
+    steps, momentum = _series(rows, "step", "momentum-pg0")
+    if momentum:
+        twin = ax.twinx()
+        (line,) = twin.plot(steps, momentum, color="tab:red", alpha=0.6, label="momentum-pg0")
+        twin.set_ylabel("momentum", color="tab:red")
+        handles, labels = [*handles, line], [*labels, "momentum-pg0"]
+    ax.legend(handles, labels, loc="upper right")
+    return figure
+
+
+_CURVES = (
+    ("loss", ("train/loss_epoch", "train/loss"), "val/loss"),
+    ("accuracy", ("train/acc_epoch", "train/acc"), "val/acc"),
+)
+
+
+def plot_learning_curves(rows: Sequence[dict[str, float]]) -> Figure | None:
+    """Plot training and validation loss and accuracy per epoch from ``metrics.csv`` rows.
+
+    Reads ``train/loss_epoch`` (or ``train/loss``), ``val/loss``, ``train/acc`` and ``val/acc``,
+    the names :class:`~lightning_reg.RegularizedMLP` logs.
+
+    Args:
+        rows: rows of ``metrics.csv`` (see :func:`read_metrics`). Required.
+
+    Returns:
+        A figure with a loss panel and an accuracy panel, or ``None`` when none of these metrics
+        was logged per epoch.
+
+    Raises:
+        ImportError: if matplotlib is not installed.
+
+    Example::
+
+        plot_learning_curves(read_metrics("run/metrics.csv")).savefig("learning_curves.png")
+    """
+    panels = []
+    for title, train_names, val_name in _CURVES:
+        train_name = next((n for n in train_names if any(n in row for row in rows)), None)
+        lines = [(name, _series(rows, "epoch", name)) for name in (train_name, val_name) if name]
+        lines = [(name, xy) for name, xy in lines if xy[0]]
+        if lines:
+            panels.append((title, lines))
+    if not panels:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = _new_figure(len(panels))
+    for ax, (title, lines) in zip(axes, panels, strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for name, (epochs, values) in lines:
+            ax.plot(epochs, values, marker="o", markersize=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        ax.set_title(title)
+        ax.legend()
+    return figure
+
+
+def _scores(probs: Tensor, log_probs: Tensor, y: Tensor) -> dict[str, float]:
+    num_classes = probs.shape[-1]
+    accuracy = MulticlassAccuracy(num_classes).to(probs.device)(probs, y)
+    ece = MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1").to(probs.device)
+    nll = -log_probs.gather(1, y[:, None]).mean()
+    entropy = -torch.special.xlogy(probs, probs).sum(-1).mean()
+    return {
+        "accuracy": float(accuracy),
+        "ece": float(ece(probs, y)),
+        "nll": float(nll),
+        "mean_entropy": float(entropy),
+    }
+
+
+def mc_dropout_summary(
+    model: nn.Module, x: Tensor, y: Tensor, n_samples: int = 50
+) -> dict[str, Any]:
+    """Score deterministic and Monte Carlo dropout predictions of a classifier on ``(x, y)``.
+
+    Deterministic: one pass in eval mode (dropout off). MC dropout: the mean of ``n_samples``
+    passes with only the dropout layers on (:func:`~lightning_reg.mc_dropout_predict`). Each is
+    scored with torchmetrics' ``MulticlassAccuracy`` (its default, macro average over classes:
+    the ``test/acc`` that :class:`~lightning_reg.RegularizedMLP` logs) and
+    ``MulticlassCalibrationError`` (expected calibration error, ``l1`` norm, 15 bins), plus the
+    negative log-likelihood and the mean predictive entropy (nats). The model's modes are
+    restored afterwards.
+
+    Args:
+        model: a classifier returning logits of shape ``(N, C)``. Required.
+        x: inputs, on any device (moved to the model's device). Required.
+        y: integer labels of shape ``(N,)``. Required.
+        n_samples: MC dropout samples, an integer >= 1. Default ``50``.
+
+    Returns:
+        ``{"n_samples", "num_examples", "ece_bins", "deterministic": {...}, "mc_dropout":
+        {...}}`` where both inner dicts hold ``accuracy``, ``ece``, ``nll`` and ``mean_entropy``;
+        ``mc_dropout`` also holds ``mean_std`` (the per-class standard deviation over the samples,
+        averaged).
+
+    Raises:
+        TypeError, ValueError: if ``n_samples`` is not an integer >= 1.
+
+    Example::
+
+        summary = mc_dropout_summary(model, x_test, y_test, n_samples=100)
+        print(summary["mc_dropout"]["ece"], summary["deterministic"]["ece"])
+    """
+    _check_n_samples(n_samples)
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        model.train(was_training)
+    mc = mc_dropout_predict(model, x, n_samples=n_samples)
+    mc_log_probs = mc.mean.clamp_min(torch.finfo(mc.mean.dtype).tiny).log()
+    return {
+        "n_samples": n_samples,
+        "num_examples": len(y),
+        "ece_bins": ECE_BINS,
+        "deterministic": _scores(logits.softmax(-1), logits.log_softmax(-1), y),
+        "mc_dropout": {**_scores(mc.mean, mc_log_probs, y), "mean_std": float(mc.std.mean())},
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The MC-dropout summary as a small text table (what the command prints).
+
+    Args:
+        summary: the result of :func:`mc_dropout_summary`. Required.
+
+    Returns:
+        The table, one line per prediction mode.
+
+    Example::
+
+        print(format_summary(mc_dropout_summary(model, x_test, y_test)))
+    """
+    header = f"{'':<22}{'accuracy':>10}{'ECE':>10}{'NLL':>10}{'entropy':>10}"
+    lines = [
+        f"MC dropout on {summary['num_examples']} test examples "
+        f"({summary['n_samples']} samples, ECE over {summary['ece_bins']} bins):",
+        header,
+    ]
+    for label, key in (("deterministic", "deterministic"), ("MC dropout", "mc_dropout")):
+        s = summary[key]
+        lines.append(
+            f"{label:<22}{s['accuracy']:>10.4f}{s['ece']:>10.4f}{s['nll']:>10.4f}"
+            f"{s['mean_entropy']:>10.4f}"
+        )
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str | Path,
+    model: nn.Module | None = None,
+    test_data: tuple[Tensor, Tensor] | None = None,
+    mc_samples: int = 50,
+) -> dict[str, Path]:
+    """Write the plots and the MC-dropout summary of a finished run into ``out_dir``.
+
+    * ``schedule.png``: :func:`plot_logged_schedule` of ``out_dir/metrics.csv``.
+    * ``learning_curves.png``: :func:`plot_learning_curves` of ``out_dir/metrics.csv``.
+    * ``mc_dropout.json``: :func:`mc_dropout_summary` of ``model`` on ``test_data``.
+
+    A file whose input is missing (no ``metrics.csv``, nothing logged, no model or test data)
+    is skipped. Call it on one process only (rank zero).
+
+    Args:
+        out_dir: the run's folder (the CSV logger's ``log_dir``), created if missing. Required.
+        model: the trained classifier. Default ``None`` (no MC-dropout summary).
+        test_data: ``(x, y)`` to score the model on. Default ``None`` (no MC-dropout summary).
+        mc_samples: MC dropout samples per example, an integer >= 1. Default ``50``.
+
+    Returns:
+        The files written, keyed ``"schedule"``, ``"learning_curves"`` and ``"mc_dropout"``.
+
+    Raises:
+        TypeError, ValueError: if ``mc_samples`` is not an integer >= 1.
+        ImportError: if matplotlib is not installed and there is something to plot.
+
+    Example::
+
+        written = write_report(trainer.log_dir, model, (x_test, y_test), mc_samples=100)
+        print(written["mc_dropout"].read_text())
+    """
+    _check_n_samples(mc_samples, "mc_samples")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    metrics = out / "metrics.csv"
+    rows = read_metrics(metrics) if metrics.is_file() else []
+    for name, plot in (
+        ("schedule", plot_logged_schedule),
+        ("learning_curves", plot_learning_curves),
+    ):
+        figure = plot(rows)
+        if figure is not None:
+            written[name] = out / f"{name}.png"
+            figure.savefig(written[name], dpi=110)
+    if model is not None and test_data is not None:
+        summary = mc_dropout_summary(model, *test_data, n_samples=mc_samples)
+        written["mc_dropout"] = out / "mc_dropout.json"
+        written["mc_dropout"].write_text(json.dumps(summary, indent=2) + "\n")
+    return written

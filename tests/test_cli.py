@@ -1,0 +1,243 @@
+"""The ``lightning-reg`` command, run in-process on the offline digits with short budgets."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from lightning_reg import (
+    DigitsDataModule,
+    ExponentialDecay,
+    OneCycleScheduler,
+    PerformanceScheduler,
+    RegularizedMLP,
+    ScheduledLR,
+)
+from lightning_reg.callbacks import LRCallback, MaxNorm
+from lightning_reg.cli import LightningRegCLI, main
+from lightning_reg.report import ReportOptions, read_metrics
+from lightning_reg.schedules import OneCycle
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+QUIET = [
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--report.mc_samples=3",
+]
+
+
+def fit(tmp_path: Path, *args: str, epochs: int = 1, batches: int | None = 5) -> LightningRegCLI:
+    """``lightning-reg fit`` into ``tmp_path`` with a short budget; returns the CLI object."""
+    budget = [f"--trainer.max_epochs={epochs}"]
+    if batches is not None:
+        budget.append(f"--trainer.limit_train_batches={batches}")
+    argv = ["fit", *QUIET, *args, f"--trainer.default_root_dir={tmp_path}", *budget]
+    return LightningRegCLI(args=argv)
+
+
+def printed_config(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *args, "--print_config"])
+    assert info.value.code == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def lr_callbacks(cli: LightningRegCLI) -> list[LRCallback]:
+    return [cb for cb in cli.trainer.callbacks if isinstance(cb, LRCallback)]
+
+
+def ece(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error (l1, equal-width confidence bins), written out independently."""
+    confidence, prediction = probs.max(1), probs.argmax(1)
+    correct = (prediction == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    total = 0.0
+    for low, high in itertools.pairwise(edges):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            total += in_bin.mean() * abs(confidence[in_bin].mean() - correct[in_bin].mean())
+    return total
+
+
+def test_default_run_trains_tests_and_writes_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = fit(tmp_path, epochs=2, batches=None)
+    model, trainer = cli.model, cli.trainer
+    # The documented defaults: RegularizedMLP with l2, dropout and max-norm, 1cycle at 0.1.
+    assert isinstance(model, RegularizedMLP) and isinstance(cli.datamodule, DigitsDataModule)
+    assert (model.hparams["in_features"], model.hparams["num_classes"]) == (64, 10)
+    assert list(model.hparams["hidden"]) == [128, 128]
+    assert (model.dropout_rate, model.l2, model.max_norm) == (0.2, 1e-4, 3.0)
+    (schedule,) = lr_callbacks(cli)
+    assert isinstance(schedule, OneCycleScheduler) and schedule.max_lr == [0.1]
+    assert any(isinstance(cb, MaxNorm) for cb in trainer.callbacks)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert max(float(m.weight.detach().norm(dim=1).max()) for m in linears) <= 3.0 + 1e-5
+
+    out = Path(trainer.log_dir)
+    assert out == tmp_path / "version_0"
+    for name in ("config.yaml", "metrics.csv", "schedule.png", "learning_curves.png"):
+        assert (out / name).is_file(), name
+    for name in ("schedule.png", "learning_curves.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The schedule in metrics.csv is the 1cycle closed form over the run's optimizer steps.
+    metrics = read_metrics(out / "metrics.csv")
+    total = trainer.global_step
+    assert total == 2 * len(cli.datamodule.train_dataloader())
+    cycle = OneCycle(total_steps=total, max_lr=0.1)
+    logged = [(int(r["step"]), r["lr-pg0"], r["momentum-pg0"]) for r in metrics if "lr-pg0" in r]
+    assert len(logged) >= 4
+    for step, lr, momentum in logged:
+        assert lr == pytest.approx(cycle(step), rel=1e-6)
+        assert momentum == pytest.approx(cycle.momentum(step), rel=1e-6)
+
+    # mc_dropout.json: the deterministic scores are the logged test metrics, ECE recomputed here.
+    summary = json.loads((out / "mc_dropout.json").read_text())
+    test = trainer.callback_metrics
+    assert summary["num_examples"] == 270 and summary["n_samples"] == 3
+    assert summary["deterministic"]["accuracy"] == pytest.approx(float(test["test/acc"]), abs=1e-6)
+    assert summary["deterministic"]["nll"] == pytest.approx(float(test["test/loss"]), rel=1e-4)
+    x, y = (torch.cat(t) for t in zip(*cli.datamodule.test_dataloader(), strict=True))
+    model.eval()
+    with torch.no_grad():
+        probs = model(x).softmax(-1).double().numpy()
+    assert summary["deterministic"]["ece"] == pytest.approx(ece(probs, y.numpy()), abs=1e-5)
+    entropy = -(probs * np.log(probs)).sum(1).mean()
+    assert summary["deterministic"]["mean_entropy"] == pytest.approx(entropy, rel=1e-4)
+    assert summary["mc_dropout"]["mean_std"] > 0  # dropout 0.2: the samples differ
+
+    printed = capsys.readouterr().out
+    assert "deterministic" in printed and "MC dropout" in printed
+    assert f"test accuracy {float(test['test/acc']):.4f}" in printed
+    assert f"Outputs in {out}" in printed
+
+
+def test_no_arguments_means_the_default_config(capsys: pytest.CaptureFixture[str]) -> None:
+    defaults = printed_config(capsys)
+    assert defaults == printed_config(capsys, f"--config={CONFIGS / 'default.yaml'}")
+    assert defaults["trainer"]["max_epochs"] == 15
+    assert defaults["trainer"]["default_root_dir"] == "lightning_reg_runs"
+    assert defaults["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
+    assert defaults["lr_schedule"]["class_path"] == "lightning_reg.OneCycleScheduler"
+    assert defaults["lr_schedule"]["init_args"]["max_lr"] == 0.1
+    assert defaults["model"]["dropout"] == 0.2 and defaults["model"]["max_norm"] == 3.0
+    assert defaults["seed_everything"] == 0
+
+
+def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        f"--config={CONFIGS / 'selu.yaml'}",
+        "--model.dropout=0.05",
+        "--lr_schedule.max_lr=0.03",
+    ]
+    first = printed_config(capsys, *args)
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(yaml.safe_dump(first))
+    assert printed_config(capsys, f"--config={saved}") == first
+    cli = fit(tmp_path, f"--config={saved}")
+    assert cli.model.dropout_rate == 0.05 and cli.model.activation_name == "selu"
+    (schedule,) = lr_callbacks(cli)
+    assert schedule.max_lr == [0.03]
+
+
+@pytest.mark.parametrize("name", ["default", "selu", "performance", "l1_l2", "exponential"])
+def test_each_shipped_config_trains(tmp_path: Path, name: str) -> None:
+    cli = fit(tmp_path, f"--config={CONFIGS / f'{name}.yaml'}", batches=4)
+    model, trainer = cli.model, cli.trainer
+    assert trainer.global_step == 4
+    (schedule,) = lr_callbacks(cli)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    if name == "selu":
+        dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout | nn.AlphaDropout)]
+        assert len(dropouts) == 3 and all(isinstance(m, nn.AlphaDropout) for m in dropouts)
+        assert model.max_norm is None and schedule.max_lr == [0.05]
+    elif name == "performance":
+        assert isinstance(schedule, PerformanceScheduler)
+        assert (schedule.patience, schedule.factor, schedule.min_lr) == (2, 0.5, [1e-4])
+        assert lr == 0.05  # one validation run cannot be a plateau of patience 2
+    elif name == "l1_l2":
+        assert (model.l1, model.l2, model.dropout_rate) == (1e-5, 1e-4, 0.0)
+        weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+        expected = sum(1e-5 * w.abs().sum() + 1e-4 * w.pow(2).sum() for w in weights)
+        assert float(model.penalty()) == pytest.approx(float(expected), rel=1e-5)
+    elif name == "exponential":
+        assert isinstance(schedule, ScheduledLR)
+        assert lr == pytest.approx(ExponentialDecay(lr0=0.05, s=300, rate=0.1)(4), rel=1e-9)
+    else:
+        assert isinstance(schedule, OneCycleScheduler)
+        total = trainer.global_step
+        assert lr == pytest.approx(OneCycle(total_steps=total, max_lr=0.1)(total), rel=1e-9)
+    assert (Path(trainer.log_dir) / "mc_dropout.json").is_file()
+
+
+def test_null_schedule_keeps_the_model_lr(tmp_path: Path) -> None:
+    cli = fit(tmp_path, "--lr_schedule=null", "--model.lr=0.02", "--report.enabled=false")
+    assert lr_callbacks(cli) == []
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == 0.02
+    assert not (Path(cli.trainer.log_dir) / "mc_dropout.json").exists()
+
+
+def expected_message(build: Any) -> str:
+    with pytest.raises((ValueError, TypeError)) as info:
+        build()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("flag", "build"),
+    [
+        ("--model.dropout=1.5", lambda: RegularizedMLP(dropout=1.5)),
+        ("--model.activation=swish", lambda: RegularizedMLP(activation="swish")),
+        ("--lr_schedule.max_lr=-1", lambda: OneCycleScheduler(max_lr=-1.0)),
+        ("--data.batch_size=0", lambda: DigitsDataModule(batch_size=0)),
+        ("--report.mc_samples=0", lambda: ReportOptions(mc_samples=0)),
+    ],
+)
+def test_bad_values_raise_the_python_api_error(tmp_path: Path, flag: str, build: Any) -> None:
+    with pytest.raises((ValueError, TypeError), match=f"^{re.escape(expected_message(build))}$"):
+        fit(tmp_path, flag)
+
+
+def test_bad_value_in_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  dropout: 1.5\n")
+    with pytest.raises(ValueError) as info:
+        fit(tmp_path, f"--config={config}")
+    assert str(info.value) == expected_message(lambda: RegularizedMLP(dropout=1.5))
+
+
+def test_wrong_type_is_a_parser_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--model.dropout=abc"])
+    assert info.value.code == 2
+    assert 'Parser key "model.dropout"' in capsys.readouterr().err
+
+
+def test_test_subcommand_reloads_the_checkpoint(tmp_path: Path) -> None:
+    cli = fit(tmp_path, "--report.enabled=false")
+    (ckpt,) = (Path(cli.trainer.log_dir) / "checkpoints").glob("*.ckpt")
+    fitted = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    tested = LightningRegCLI(
+        args=["test", f"--ckpt_path={ckpt}", f"--trainer.default_root_dir={tmp_path}", *QUIET[:2]]
+    )
+    assert float(tested.trainer.callback_metrics["test/acc"]) == pytest.approx(fitted["test/acc"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed"
+)
+def test_fashion_mnist_config_without_torchvision(tmp_path: Path) -> None:
+    with pytest.raises(ImportError, match="pip install torchvision"):
+        fit(tmp_path, f"--config={CONFIGS / 'fashion_mnist.yaml'}")

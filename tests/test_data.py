@@ -1,0 +1,117 @@
+"""The data modules: digits splits and standardization, Fashion-MNIST's preprocessing and errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_reg.data import (
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    fashion_mnist_splits,
+    load_digits_tensors,
+)
+
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+
+
+def test_digits_splits_are_disjoint_seeded_and_standardized_with_train_statistics() -> None:
+    dm = DigitsDataModule(val_fraction=0.2, test_fraction=0.1, seed=3)
+    dm.setup()
+    x, y = load_digits_tensors()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
+    n_test, n_val = round(0.1 * len(x)), round(0.2 * len(x))
+    test_idx, val_idx, train_idx = (
+        perm[:n_test],
+        perm[n_test : n_test + n_val],
+        perm[n_test + n_val :],
+    )
+    mean, std = x[train_idx].mean(0), x[train_idx].std(0)
+    std[std == 0] = 1.0
+    for split, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
+        xs, ys = dm._splits[split].tensors
+        torch.testing.assert_close(xs, (x[idx] - mean) / std)
+        assert torch.equal(ys, y[idx])
+    assert len(dm.train_dataloader().dataset) == len(x) - n_test - n_val  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1, got 0."),
+        ({"val_fraction": 1.0}, "`val_fraction` must be in [0, 1), got 1.0."),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "`val_fraction + test_fraction` must be < 1"),
+    ],
+)
+def test_digits_rejects_bad_arguments(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DigitsDataModule(**kwargs)  # type: ignore[arg-type]
+
+
+def fake_fashion(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+    images[:, 0, 0] = 7  # a constant pixel keeps standard deviation 1
+    return images, torch.randint(0, 10, (n,), generator=g)
+
+
+def test_fashion_mnist_splits_flatten_and_standardize_with_train_statistics() -> None:
+    train_images, train_labels = fake_fashion(200, seed=0)
+    test_images, test_labels = fake_fashion(30, seed=1)
+    splits = fashion_mnist_splits(train_images, train_labels, test_images, test_labels, 0.25, 5)
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(5))
+    val_idx, train_idx = perm[:50], perm[50:]
+    x = train_images.reshape(200, 784).double() / 255
+    mean, std = x[train_idx].mean(0), x[train_idx].std(0)
+    std[std == 0] = 1.0
+    expected = {
+        "train": ((x[train_idx] - mean) / std, train_labels[train_idx]),
+        "val": ((x[val_idx] - mean) / std, train_labels[val_idx]),
+        "test": ((test_images.reshape(30, 784).double() / 255 - mean) / std, test_labels),
+    }
+    for name, (ex, ey) in expected.items():
+        xs, ys = splits[name].tensors
+        assert xs.dtype == torch.float32 and ys.dtype == torch.int64
+        torch.testing.assert_close(xs.double(), ex, atol=1e-5, rtol=1e-5)
+        assert torch.equal(ys, ey)
+    assert splits["train"].tensors[0][:, 0].abs().max() == 0  # the constant pixel
+
+
+def test_fashion_mnist_module_is_configured_without_torchvision() -> None:
+    dm = FashionMNISTDataModule(data_dir=Path("somewhere"), batch_size=32, val_fraction=0.2)
+    assert (dm.num_features, dm.num_classes, dm.data_dir) == (784, 10, "somewhere")
+    assert dm.hparams["batch_size"] == 32 and dm.hparams["val_fraction"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"batch_size": 0}, ValueError, "`batch_size` must be an integer >= 1, got 0."),
+        ({"val_fraction": -0.1}, ValueError, r"`val_fraction` must be in \[0, 1\), got -0.1."),
+        ({"download": "yes"}, TypeError, "`download` must be a bool, got 'yes'."),
+    ],
+)
+def test_fashion_mnist_rejects_bad_arguments(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        FashionMNISTDataModule(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision is installed")
+@pytest.mark.parametrize("hook", ["prepare_data", "setup"])
+def test_fashion_mnist_without_torchvision_says_what_to_install(tmp_path: Path, hook: str) -> None:
+    dm = FashionMNISTDataModule(data_dir=tmp_path)
+    with pytest.raises(ImportError, match=r"`pip install torchvision`.*DigitsDataModule"):
+        getattr(dm, hook)()
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="needs torchvision")
+def test_fashion_mnist_missing_files_say_what_to_do(tmp_path: Path) -> None:
+    dm = FashionMNISTDataModule(data_dir=tmp_path, download=False)
+    with pytest.raises(RuntimeError, match=r"could not be found in .*DigitsDataModule"):
+        dm.setup("fit")
