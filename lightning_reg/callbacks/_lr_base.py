@@ -62,6 +62,17 @@ class LRCallback(Callback):
         log_values: log the learning rate (and momentum) it sets as ``lr-pg<k>`` /
             ``momentum-pg<k>`` through the Trainer's loggers, ``k`` counting the param groups of all
             optimizers in order. Default ``True``.
+
+    Raises:
+        TypeError: if ``log_values`` is not a bool.
+
+    Example::
+
+        from lightning_reg import LRCallback, OneCycleScheduler
+
+        cb = OneCycleScheduler(max_lr=0.1)
+        assert isinstance(cb, LRCallback)  # one learning-rate callback per Trainer
+        trainer = Trainer(max_epochs=5, callbacks=[cb])
     """
 
     def __init__(self, log_values: bool = True) -> None:
