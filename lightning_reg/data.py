@@ -15,22 +15,14 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_reg._validation import check_int, check_number
+
 __all__ = [
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "fashion_mnist_splits",
     "load_digits_tensors",
 ]
-
-
-def _check_batch_size(batch_size: object) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
-
-
-def _check_fraction(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
 
 
 def _standardize(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -136,9 +128,9 @@ class DigitsDataModule(_SplitsDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        _check_batch_size(batch_size)
-        _check_fraction("val_fraction", val_fraction)
-        _check_fraction("test_fraction", test_fraction)
+        check_int("batch_size", batch_size, 1)
+        check_number("val_fraction", val_fraction, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
+        check_number("test_fraction", test_fraction, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(
                 "`val_fraction + test_fraction` must be < 1 to leave training data, got "
@@ -277,8 +269,8 @@ class FashionMNISTDataModule(_SplitsDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        _check_batch_size(batch_size)
-        _check_fraction("val_fraction", val_fraction)
+        check_int("batch_size", batch_size, 1)
+        check_number("val_fraction", val_fraction, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
         if not isinstance(download, bool):
             raise TypeError(f"`download` must be a bool, got {download!r}.")
         self.data_dir = os.fspath(data_dir)

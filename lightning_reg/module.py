@@ -31,7 +31,7 @@ from lightning_reg.penalties import (
     select_weights,
     weight_penalty,
 )
-from lightning_reg.uncertainty import MCDropoutMixin, _check_n_samples
+from lightning_reg.uncertainty import MCDropoutMixin
 
 __all__ = ["RegularizedMLP", "RegularizedModule", "WeightPenaltyMixin"]
 
@@ -448,7 +448,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         self.max_norm = max_norm
         self.configure_penalty(l1=l1, l2=l2, as_weight_decay=as_weight_decay)
         if mc_samples is not None:
-            _check_n_samples(mc_samples, "mc_samples")
+            check_int("mc_samples", mc_samples, 1)
         self.mc_samples = mc_samples
         self.save_hyperparameters()
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from lightning_reg.uncertainty import _check_n_samples, mc_dropout_predict
+from lightning_reg._validation import check_int
+from lightning_reg.uncertainty import mc_dropout_predict
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,7 +61,7 @@ class ReportOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise TypeError(f"`enabled` must be a bool, got {self.enabled!r}.")
-        _check_n_samples(self.mc_samples, "mc_samples")
+        check_int("mc_samples", self.mc_samples, 1)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
@@ -244,7 +245,7 @@ def mc_dropout_summary(
         summary = mc_dropout_summary(model, x_test, y_test, n_samples=100)
         print(summary["mc_dropout"]["ece"], summary["deterministic"]["ece"])
     """
-    _check_n_samples(n_samples)
+    check_int("n_samples", n_samples, 1)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     was_training = model.training
@@ -326,7 +327,7 @@ def write_report(
         written = write_report(trainer.log_dir, model, (x_test, y_test), mc_samples=100)
         print(written["mc_dropout"].read_text())
     """
-    _check_n_samples(mc_samples, "mc_samples")
+    check_int("mc_samples", mc_samples, 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

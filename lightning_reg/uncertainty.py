@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lightning_reg._validation import check_int
+
 __all__ = [
     "DROPOUT_MODULES",
     "MCDropoutMixin",
@@ -62,14 +64,6 @@ class MCDropoutResult(NamedTuple):
     std: Tensor
     entropy: Tensor
     samples: Tensor | None = None
-
-
-def _check_n_samples(n_samples: int, name: str = "n_samples") -> int:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int):
-        raise TypeError(f"`{name}` must be an integer >= 1, got {n_samples!r}.")
-    if n_samples < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {n_samples!r}.")
-    return n_samples
 
 
 @contextmanager
@@ -187,9 +181,9 @@ def mc_dropout_predict(
         result = mc_dropout_predict(model, torch.randn(32, 64), n_samples=50)
         assert result.mean.shape == (32, 10) and result.entropy.shape == (32,)
     """
-    _check_n_samples(n_samples)
+    check_int("n_samples", n_samples, 1)
     if batch_size is not None:
-        _check_n_samples(batch_size, "batch_size")
+        check_int("batch_size", batch_size, 1)
     if x.dim() == 0 or len(x) == 0:
         raise ValueError(f"`x` must have a non-empty batch dimension, got shape {tuple(x.shape)}.")
     rows = batch_size if batch_size is not None else _default_batch_size(x, n_samples)
@@ -238,7 +232,7 @@ class MCDropoutMixin:
     def on_predict_model_eval(self) -> None:
         super().on_predict_model_eval()  # type: ignore[misc]
         if self.mc_samples is not None:
-            _check_n_samples(self.mc_samples, "mc_samples")
+            check_int("mc_samples", self.mc_samples, 1)
             for module in self.trainer.model.modules():  # type: ignore[attr-defined]
                 if isinstance(module, DROPOUT_MODULES):
                     module.train()

@@ -43,7 +43,7 @@ def test_digits_splits_are_disjoint_seeded_and_standardized_with_train_statistic
     ("kwargs", "message"),
     [
         ({"batch_size": 0}, "`batch_size` must be an integer >= 1, got 0."),
-        ({"val_fraction": 1.0}, "`val_fraction` must be in [0, 1), got 1.0."),
+        ({"val_fraction": 1.0}, "`val_fraction` must be a finite number in [0, 1), got 1.0."),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, "`val_fraction + test_fraction` must be < 1"),
     ],
 )
@@ -91,7 +91,11 @@ def test_fashion_mnist_module_is_configured_without_torchvision() -> None:
     ("kwargs", "error", "message"),
     [
         ({"batch_size": 0}, ValueError, "`batch_size` must be an integer >= 1, got 0."),
-        ({"val_fraction": -0.1}, ValueError, r"`val_fraction` must be in \[0, 1\), got -0.1."),
+        (
+            {"val_fraction": -0.1},
+            ValueError,
+            r"`val_fraction` must be a finite number in \[0, 1\), got -0.1.",
+        ),
         ({"download": "yes"}, TypeError, "`download` must be a bool, got 'yes'."),
     ],
 )
