@@ -12,7 +12,18 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_reg import penalties
 from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
+
+
+@pytest.fixture(autouse=True, params=["per-tensor", "foreach"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both code paths: CPU's per-tensor kernels and the accelerators'
+    ``torch._foreach_*`` form (taken here on CPU by switching the dispatch off)."""
+    if request.param == "foreach":
+        monkeypatch.setattr(penalties, "_per_tensor_kernels", lambda tensors: False)
+    return str(request.param)
+
 
 SHAPES = {"linear": (7, 5), "conv1d": (6, 3, 4), "conv2d": (5, 3, 3, 3), "conv3d": (4, 2, 2, 2, 2)}
 NORMS = (1.0, 2.0, 3.0, math.inf)
