@@ -1,0 +1,65 @@
+"""The overhead and convergence benchmarks run end to end at tiny sizes and print their tables.
+
+They are not timed tests: this only keeps them from rotting. ``--no-write`` keeps the docs as
+they are, so the check is that each script exits 0 and prints a complete, well-formed table.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def run_quick(script: str) -> list[str]:
+    before = DOCS.read_text() if DOCS.exists() else None
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (DOCS.read_text() if DOCS.exists() else None) == before, "--no-write wrote the docs"
+    assert f"- Command: `python benchmarks/{script} --quick --no-write`" in result.stdout
+    return [line for line in result.stdout.splitlines() if line.startswith("| ")]
+
+
+def cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_overhead_quick() -> None:
+    header, rule, *rows = run_quick("overhead.py")
+    assert cells(header)[:4] == ["model", "arm", "CPU ms/step, best round", "x bare"]
+    assert rule.count("|") == header.count("|")
+    arms = [cells(row)[1] for row in rows]
+    assert arms[0] == "bare" and "all: ours" in arms and "plateau: peer" in arms
+    for label in ("1cycle", "exponential", "max-norm", "l1+l2 penalty", "plateau", "all"):
+        assert f"{label}: ours" in arms and f"{label}: peer" in arms
+    by_arm = {cells(row)[1]: cells(row) for row in rows}
+    assert float(by_arm["bare"][3]) == 1.0 and float(by_arm["bare + validation"][3]) == 1.0
+    for row in rows:
+        best, ratio, median, paired, wall = (float(x) for x in cells(row)[2:7])
+        assert 0 < best <= median and ratio > 0 and paired > 0 and wall > 0, row
+
+
+def test_convergence_quick() -> None:
+    header, _, *rows = run_quick("convergence.py")
+    assert cells(header)[0] == "schedule"
+    names = [cells(row)[0] for row in rows]
+    assert names == [
+        "constant",
+        "exponential",
+        "power",
+        "piecewise",
+        "performance",
+        "1cycle",
+        "1cycle, 1/3 budget",
+    ]
+    for row in rows:
+        final_val, test = float(cells(row)[6]), float(cells(row)[7])
+        assert 10.0 < final_val <= 100.0 and 10.0 < test <= 100.0, row  # trained: above chance
