@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +12,7 @@ import torch
 from torch import nn
 
 from lightning_reg.schedules import OneCycle
-from tests.distributed.harness import free_port
+from tests.distributed.harness import run_script
 from tests.test_examples import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,28 +63,7 @@ def _lines(stdout: str) -> dict[str, str]:
     reason="needs torch.distributed with gloo",
 )
 def test_ddp_example_ranks_agree() -> None:
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        OMP_NUM_THREADS="1",
-        PYTHONWARNINGS="ignore",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "ddp.py"), "--epochs", "2"],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        stdout = proc.communicate(timeout=120)[0]
-    finally:  # the script's rank-1 process is in the same session: nothing outlives the test
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, stdout[-4000:]
+    stdout = run_script([str(ROOT / "examples" / "ddp.py"), "--epochs", "2"])
     out = _lines(stdout)
     assert out["world size"] == "2"
     # 1258 training digits over 2 ranks, batches of 32: 20 optimizer steps per epoch.

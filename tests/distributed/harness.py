@@ -30,7 +30,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run(cmds: list[list[str]], envs: list[dict[str, str]], timeout: float) -> None:
+def _run(cmds: list[list[str]], envs: list[dict[str, str]], timeout: float) -> list[str]:
     procs = [
         subprocess.Popen(
             cmd,
@@ -54,6 +54,7 @@ def _run(cmds: list[list[str]], envs: list[dict[str, str]], timeout: float) -> N
     for proc, out in zip(procs, outputs, strict=True):
         if proc.returncode != 0:
             raise AssertionError(f"distributed job failed (exit {proc.returncode}):\n{out[-6000:]}")
+    return outputs
 
 
 def _env(port: int, **extra: str) -> dict[str, str]:
@@ -87,6 +88,12 @@ def run_two_nodes(case: str, out: Path, *args: str, timeout: float = 180) -> lis
     cmd = [sys.executable, str(WORKER), case, str(out), "--devices", "1", "--num-nodes", "2", *args]
     _run([cmd, cmd], [_env(port, NODE_RANK="0"), _env(port, NODE_RANK="1")], timeout)
     return load_results(out, 2)
+
+
+def run_script(args: list[str], timeout: float = 120) -> str:
+    """Run ``python ARGS`` (a script that may launch its own DDP ranks) on a free port; return
+    its output."""
+    return _run([[sys.executable, *args]], [_env(free_port())], timeout)[0]
 
 
 def load_results(out: Path, world_size: int) -> list[dict[str, Any]]:
