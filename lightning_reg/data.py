@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+def _check_fraction(name: str, value: object) -> float:
+    return check_number(name, value, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
+
+
 def _standardize(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``x`` standardized per feature with ``reference``'s statistics (a constant feature keeps
     standard deviation 1)."""
@@ -129,8 +133,8 @@ class DigitsDataModule(_SplitsDataModule):
     ) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
-        check_number("val_fraction", val_fraction, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
-        check_number("test_fraction", test_fraction, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
+        _check_fraction("val_fraction", val_fraction)
+        _check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(
                 "`val_fraction + test_fraction` must be < 1 to leave training data, got "
@@ -270,7 +274,7 @@ class FashionMNISTDataModule(_SplitsDataModule):
     ) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
-        check_number("val_fraction", val_fraction, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
+        _check_fraction("val_fraction", val_fraction)
         if not isinstance(download, bool):
             raise TypeError(f"`download` must be a bool, got {download!r}.")
         self.data_dir = os.fspath(data_dir)

@@ -44,12 +44,7 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
         fig = plot_schedule(OneCycle(total_steps=1000, max_lr=0.1))
         fig.savefig("one_cycle.png")
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError(
-            'plot_schedule needs matplotlib: pip install "lightning-reg[plot]"'
-        ) from error
+    figure_class = matplotlib_figure("plot_schedule")
     as_schedule = getattr(schedule, "as_schedule", None)
     if callable(as_schedule):
         schedule = as_schedule(total_steps)
@@ -63,7 +58,7 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
     momentum = getattr(schedule, "momentum", None)
 
     if ax is None:
-        ax = Figure().add_subplot()
+        ax = figure_class().add_subplot()
     ax.plot(steps, lrs, color="tab:blue", label="learning rate")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate", color="tab:blue")
@@ -74,6 +69,15 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
         )
         twin.set_ylabel("momentum", color="tab:orange")
     return ax.figure.figure  # the root figure, also when ``ax`` is on a SubFigure
+
+
+def matplotlib_figure(user: str) -> type[Figure]:
+    """``matplotlib.figure.Figure``, or an ImportError naming ``user`` and the ``plot`` extra."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f'{user} needs matplotlib: pip install "lightning-reg[plot]"') from error
+    return Figure
 
 
 def _resolve_steps(schedule: Callable[[int], float], total_steps: int | None) -> range:

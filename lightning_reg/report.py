@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from lightning_reg._validation import check_int
+from lightning_reg.plotting import matplotlib_figure
 from lightning_reg.uncertainty import mc_dropout_predict
 
 if TYPE_CHECKING:
@@ -94,13 +95,9 @@ def _series(rows: Sequence[dict[str, float]], x: str, y: str) -> tuple[list[floa
 
 
 def _new_figure(ncols: int = 1) -> tuple[Figure, list[Any]]:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(
-            'The report\'s plots need matplotlib: pip install "lightning-reg[plot]"'
-        ) from err
-    figure = Figure(figsize=(5.5 * ncols, 4.0), layout="constrained")
+    figure = matplotlib_figure("The report's plots")(
+        figsize=(5.5 * ncols, 4.0), layout="constrained"
+    )
     return figure, [figure.add_subplot(1, ncols, k + 1) for k in range(ncols)]
 
 
@@ -110,8 +107,9 @@ _STYLES = ("-", "--", ":", "-.")
 def plot_logged_schedule(rows: Sequence[dict[str, float]]) -> Figure | None:
     """Plot the learning rate (``lr-pg<k>``) and momentum (``momentum-pg0``) that were logged.
 
-    The learning-rate callbacks log what they set at every optimizer step, so this is the schedule
-    the run really followed (for ``PerformanceScheduler``: the value after each check).
+    The learning-rate callbacks log what they set every ``log_every_n_steps`` optimizer steps, so
+    this is the schedule the run really followed (for ``PerformanceScheduler``: the value after
+    each check).
 
     Args:
         rows: rows of ``metrics.csv`` (see :func:`read_metrics`). Required.
