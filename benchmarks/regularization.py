@@ -1,7 +1,7 @@
 """Fused max-norm and weight penalty against per-tensor loops and the memory-bandwidth floor.
 
-Runs every case of a model in interleaved repeats (A B C A B C ...) and prints the medians as a
-Markdown table:
+Runs every case of a model in interleaved repeats (each repeat runs every case once, in a new
+random order) and prints the medians as a Markdown table:
 
     python benchmarks/regularization.py                 # CPU, full sizes
     python benchmarks/regularization.py --device cuda   # if a GPU is present
@@ -11,12 +11,14 @@ Models: (a) ``--layers`` Linear layers of ``--width`` x ``--width`` with biases 
 are selected: 50 x 256 x 256 by default, 100 tensors in the model) and (b) an MLP of
 ``--mlp-layers`` Linear layers of ``--mlp-width`` x ``--mlp-width`` (6 x 2048 x 2048, about 25M
 parameters). The floor is one read+write pass over the same weights,
-``torch._foreach_mul_(weights, 1.0)``.
+``torch._foreach_mul_(weights, 1.0)``. "penalty" times the forward alone; "penalty+backward"
+times forward and backward (gradients reset to ``None`` first), the cost a training step pays.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -64,8 +66,13 @@ def time_interleaved(
         for fn in cases.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
+    order = random.Random(0)
     for _ in range(repeats):
-        for name, fn in cases.items():
+        # A new order each repeat: a case that runs right after another one touching the same
+        # weights finds them in cache, one after the allocation-heavy penalty cases does not,
+        # and no case may always have the same neighbour.
+        for name in order.sample(list(cases), len(cases)):
+            fn = cases[name]
             sync()
             start = time.perf_counter()
             fn()
@@ -90,13 +97,28 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
     def penalty_loop() -> torch.Tensor:
         return L1 * sum(w.abs().sum() for w in weights) + L2 * sum((w * w).sum() for w in weights)
 
+    def training(penalty: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        """Forward and backward as in a training step (gradients reset to None first)."""
+
+        def step() -> None:
+            for w in weights:
+                w.grad = None
+            penalty().backward()
+
+        return step
+
+    def fused_penalty() -> torch.Tensor:
+        return weight_penalty(weights, l1=L1, l2=L2)
+
     ms = time_interleaved(
         {
             "max-norm fused": lambda: apply_max_norm_(weights, MAX_VALUE),
             "max-norm loop": renorm_loop,
             "floor": floor,
-            "penalty fused": lambda: weight_penalty(weights, l1=L1, l2=L2),
+            "penalty fused": fused_penalty,
             "penalty loop": penalty_loop,
+            "penalty+backward fused": training(fused_penalty),
+            "penalty+backward loop": training(penalty_loop),
         },
         args.repeats,
         args.warmup,
@@ -104,7 +126,7 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
     )
     size = f"{name}: {len(list(model.parameters()))} tensors, {sum(w.numel() for w in weights):,}"
     rows = []
-    for op in ("max-norm", "penalty"):
+    for op in ("max-norm", "penalty", "penalty+backward"):
         fused, loop = ms[f"{op} fused"], ms[f"{op} loop"]
         rows.append(
             f"| {size} | {op} | {fused:.3f} | {loop:.3f} | {loop / fused:.2f}x "

@@ -16,12 +16,15 @@ from lightning_reg import penalties
 from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
 
 
-@pytest.fixture(autouse=True, params=["per-tensor", "foreach"])
+@pytest.fixture(autouse=True, params=["default", "fallback"])
 def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on both code paths: CPU's per-tensor kernels and the accelerators'
-    ``torch._foreach_*`` form (taken here on CPU by switching the dispatch off)."""
-    if request.param == "foreach":
+    """Every test runs on both code paths. "default" is what plain CPU tensors take: max-norm by
+    torch's per-tensor ``renorm_``, the penalty by the hand-written multi-tensor backward.
+    "fallback" switches both dispatches off: the fused ``torch._foreach_*`` max-norm that
+    accelerators and DTensors take, and the penalty by autograd through the norms (DTensors)."""
+    if request.param == "fallback":
         monkeypatch.setattr(penalties, "_per_tensor_kernels", lambda tensors: False)
+        monkeypatch.setattr(penalties, "_hand_backward", lambda tensors: False)
     return str(request.param)
 
 
@@ -150,6 +153,30 @@ def test_penalty_gradient_is_l1_sign_plus_2_l2_w_and_finite_at_zero() -> None:
             assert p.grad is not None and torch.isfinite(p.grad).all()
             expected = l1 * torch.sign(p.detach()) + 2 * l2 * p.detach()
             torch.testing.assert_close(p.grad, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_penalty_backward_scales_keeps_dtypes_and_is_twice_differentiable() -> None:
+    """The upstream gradient (a GradScaler's scale, 1/accumulation) multiplies the penalty's;
+    each weight's gradient keeps its dtype; frozen inputs get none; gradcheck and gradgradcheck
+    pass on float64 (the backward is itself differentiable)."""
+    g = torch.Generator().manual_seed(2)
+    half = torch.randn(4, 3, generator=g).half().requires_grad_()
+    single = torch.randn(3, 3, generator=g).requires_grad_()
+    frozen = torch.randn(2, 2, generator=g)
+    (weight_penalty([half, single, frozen], l1=0.1, l2=0.2) * 1024.0).backward()
+    assert frozen.grad is None
+    for w in (half, single):
+        assert w.grad is not None and w.grad.dtype == w.dtype
+        ref = 1024.0 * (0.1 * torch.sign(w.detach().float()) + 0.4 * w.detach().float())
+        torch.testing.assert_close(w.grad.float(), ref, rtol=1e-3 if w is half else 1e-6, atol=0)
+    ws = [torch.randn(3, 2, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2)]
+    for l1, l2 in [(0.3, 0.7), (0.0, 0.7), (0.3, 0.0)]:
+        assert torch.autograd.gradcheck(lambda *w, a=l1, b=l2: weight_penalty(w, l1=a, l2=b), ws)
+        assert torch.autograd.gradgradcheck(
+            lambda *w, a=l1, b=l2: weight_penalty(w, l1=a, l2=b), ws
+        )
+    with torch.no_grad():
+        assert not weight_penalty(ws, l1=0.1, l2=0.1).requires_grad
 
 
 def test_penalty_degenerate_inputs_and_precision() -> None:
