@@ -601,6 +601,19 @@ class RegularizedMLP(RegularizedModule):
         """Logits of shape ``(N, num_classes)``."""
         return cast(Tensor, self.net(x))
 
+    def mc_dropout_module(self) -> nn.Module:
+        """``self.net``, which is the whole forward pass, so MC dropout runs the layers before
+        the first dropout once per input (see :meth:`MCDropoutMixin.mc_dropout_module`); ``self``
+        when a subclass overrides ``forward``.
+
+        Example::
+
+            assert isinstance(RegularizedMLP().mc_dropout_module(), torch.nn.Sequential)
+        """
+        if type(self).forward is not RegularizedMLP.forward:
+            return self
+        return self.net
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_reg._validation import check_int
+from lightning_reg.layers import _fast_sampling, _sample_dropout
 
 __all__ = [
     "DROPOUT_MODULES",
@@ -99,6 +101,30 @@ def dropout_enabled(model: nn.Module) -> Iterator[int]:
             module.training = mode
 
 
+@contextmanager
+def _uniform_masks(model: nn.Module) -> Iterator[None]:
+    """Let every plain ``nn.Dropout`` of ``model`` draw its masks with
+    :func:`~lightning_reg.layers._sample_dropout` where that is faster (CPU, no autograd; see
+    :func:`~lightning_reg.layers._fast_sampling`), by giving the module an instance ``forward``
+    for the duration of the block (hooks and modes untouched). Torch's Bernoulli sampler is
+    most of the cost of MC dropout on CPU. ``MCDropout`` does this itself; dropout subclasses
+    and the channel and alpha variants keep their own forward."""
+    patched = [m for m in model.modules() if type(m) is nn.Dropout and "forward" not in vars(m)]
+    try:
+        for m in patched:
+            vars(m)["forward"] = functools.partial(_dropout_forward, m)
+        yield
+    finally:
+        for m in patched:
+            vars(m).pop("forward", None)
+
+
+def _dropout_forward(module: nn.Dropout, x: Tensor) -> Tensor:
+    if module.training and _fast_sampling(x, module.p):
+        return _sample_dropout(x, module.p)
+    return nn.Dropout.forward(module, x)
+
+
 def _summarize(samples: Tensor, return_samples: bool) -> MCDropoutResult:
     std, mean = torch.std_mean(samples, dim=0, correction=0)
     entropy = -torch.special.xlogy(mean, mean).sum(-1)
@@ -112,21 +138,73 @@ def _draw(
 
     Each forward pass sees ``x`` replicated ``k`` times along the batch dimension (sample-major),
     with ``k * len(chunk) <= batch_size``; rows of ``x`` are chunked when ``len(x) > batch_size``.
+    For an ``nn.Sequential`` the layers before the first one holding a dropout module run once per
+    chunk, and their output is what gets replicated (see :func:`_split`).
     """
+    prefix, stochastic = _split(model)
     per_row: list[Tensor] = []
     for rows in x.split(batch_size):
-        reps = max(1, batch_size // len(rows))
+        n_rows = len(rows)
+        for layer in prefix:
+            rows = layer(rows)
+        reps = max(1, batch_size // n_rows)
         chunks: list[Tensor] = []
         remaining = n_samples
         while remaining > 0:
             k = min(reps, remaining)
-            out = model(rows.repeat(k, *([1] * (rows.dim() - 1))))
+            out = stochastic(rows.repeat(k, *([1] * (rows.dim() - 1))))
             if apply_softmax:
                 out = out.softmax(-1)
-            chunks.append(out.reshape(k, len(rows), *out.shape[1:]))
+            chunks.append(out.reshape(k, n_rows, *out.shape[1:]))
             remaining -= k
         per_row.append(torch.cat(chunks))
     return torch.cat(per_row, dim=1)
+
+
+def _split(model: nn.Module) -> tuple[list[nn.Module], Callable[[Tensor], Tensor]]:
+    """``(prefix, stochastic)``: the layers whose output is the same for every sample, and the
+    function that computes the rest.
+
+    Only an ``nn.Sequential`` is split (its forward is known to apply its layers in turn; nested
+    plain Sequentials are expanded): the prefix is every layer before the first one that holds a
+    dropout module. Any other model, a Sequential subclass with its own ``forward``, or one with
+    forward hooks of its own (they would be skipped) runs whole on the replicated input.
+    """
+    chain = _chain(model)
+    if chain is None:
+        return [], model
+    first = next(
+        (i for i, layer in enumerate(chain) if _holds_dropout(layer)),
+        len(chain),
+    )
+    prefix, rest = chain[:first], chain[first:]
+
+    def stochastic(h: Tensor) -> Tensor:
+        for layer in rest:
+            h = layer(h)
+        return h
+
+    return prefix, stochastic
+
+
+def _chain(module: nn.Module) -> list[nn.Module] | None:
+    """The layers a plain ``nn.Sequential`` applies in turn (nested ones expanded), or None."""
+    if not (
+        isinstance(module, nn.Sequential)
+        and type(module).forward is nn.Sequential.forward
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+    ):
+        return None
+    layers: list[nn.Module] = []
+    for child in module:
+        inner = _chain(child)
+        layers.extend([child] if inner is None else inner)
+    return layers
+
+
+def _holds_dropout(module: nn.Module) -> bool:
+    return any(isinstance(m, DROPOUT_MODULES) for m in module.modules())
 
 
 def _default_batch_size(x: Tensor, n_samples: int) -> int:
@@ -152,6 +230,14 @@ def mc_dropout_predict(
     replicated along the batch dimension so one forward pass computes many samples, up to
     ``batch_size`` rows at a time. The model must treat batch rows independently (true for
     dropout, eval-mode BatchNorm, linear and conv layers).
+
+    Layers that come before any dropout give every sample the same output, so they run once: for
+    an ``nn.Sequential`` (nested ones included) the layers before the first one that holds a
+    dropout module see ``x`` itself, and only their output is replicated. A CNN whose dropout is
+    in the classifier head thus pays for its convolutions once, not ``n_samples`` times. Other
+    models run whole on the replicated input; a LightningModule with :class:`MCDropoutMixin` can
+    point at its Sequential body with :meth:`MCDropoutMixin.mc_dropout_module` (as
+    :class:`~lightning_reg.module.RegularizedMLP` does).
 
     Args:
         model: maps ``x`` of shape ``(N, ...)`` to logits or probabilities ``(N, ..., C)``.
@@ -195,7 +281,9 @@ def mc_dropout_predict(
                 UserWarning,
                 stacklevel=2,
             )
-        samples = _draw(model, x, n_samples, rows, apply_softmax)
+        body = model.mc_dropout_module() if isinstance(model, MCDropoutMixin) else model
+        with _uniform_masks(model):
+            samples = _draw(body, x, n_samples, rows, apply_softmax)
     return _summarize(samples, return_samples)
 
 
@@ -228,6 +316,24 @@ class MCDropoutMixin:
 
     mc_samples: int | None = None
     mc_batch_size: int | None = None
+
+    def mc_dropout_module(self) -> nn.Module:
+        """The module :func:`mc_dropout_predict` runs as this model's forward pass: ``self``.
+
+        Override it to return an ``nn.Sequential`` that computes exactly this model's forward
+        (for instance the body the model's ``forward`` calls): the layers before its first
+        dropout then run once per input rather than once per sample.
+
+        Example::
+
+            class Net(MCDropoutMixin, LightningModule):
+                def forward(self, x):
+                    return self.body(x)
+
+                def mc_dropout_module(self):
+                    return self.body  # an nn.Sequential: its dropout-free prefix runs once
+        """
+        return self  # type: ignore[return-value]
 
     def on_predict_model_eval(self) -> None:
         super().on_predict_model_eval()  # type: ignore[misc]

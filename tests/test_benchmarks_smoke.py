@@ -25,3 +25,22 @@ def test_regularization_benchmark_quick() -> None:
     for row in rows:
         timings = [float(cell.strip().rstrip("x")) for cell in row.split("|")[3:8]]
         assert all(t > 0 for t in timings), row
+
+
+MC_SCRIPT = SCRIPT.parent / "mc_dropout.py"
+
+
+def test_mc_dropout_benchmark_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, str(MC_SCRIPT), "--quick"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "MLP 784-512x3-10",
+        "digits RegularizedMLP 64-128x2-10",
+        "CNN 28x28, dropout in the head",
+    ]
+    for row in rows:
+        cells = [float(cell.strip().rstrip("x")) for cell in row.split("|")[2:-1]]
+        assert len(cells) == 7 and all(c > 0 for c in cells), row
