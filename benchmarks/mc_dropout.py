@@ -1,29 +1,35 @@
 """Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` vs one forward pass.
 
-Run: ``python benchmarks/mc_dropout.py`` (``--quick`` for a short run).
+Run: ``python benchmarks/mc_dropout.py [--batch N]`` (``--quick``: 3 rounds of batch 8).
 
-For each model the three timings are interleaved (one of each per round, so drifts in machine
-load hit all three alike) and the table reports medians:
+For each model the four timings are interleaved (one of each per round, so drifts in machine
+load hit all alike) and the table reports medians:
 
 * one forward pass of the batch in eval mode (``torch.no_grad``);
 * ``mc_dropout_predict(model, x, n_samples=100)``: batched sampling (the batch replicated along
-  the batch dimension), dropout on, summary (mean, std, entropy) included;
+  the batch dimension), the layers before the first dropout run once, summary (mean, std,
+  entropy) included;
+* the same with the whole model replicated (the model hidden behind a plain ``nn.Module``, so
+  nothing is shared): what batched sampling costs without the shared prefix;
 * the naive loop: 100 separate forward passes with dropout on, plus the same summary.
 
-The target was MC dropout within 20x one forward pass. Batched sampling does 100x the
-arithmetic of one pass plus drawing the dropout masks, so it can meet that only where one pass
-of the batch leaves the hardware idle (overhead- or latency-bound: small batches on a GPU). On a
-CPU that one pass already keeps busy the floor is about 100x, and the masks (one Bernoulli draw
-per activation, about 7 ns each on CPU) roughly double it. Measured on the development machine
-(2 shared CPU cores, torch 2.13, 2 threads, batch 128, median of 30 rounds):
+Models: an MLP 784-512x3-10 with dropout after each hidden layer, the digits
+``RegularizedMLP`` (through ``mc_dropout_module()``, its ``nn.Sequential`` body), and the
+textbook's small CNN on 28x28 inputs with dropout only in its dense head. Measured on the
+development machine (2 shared CPU cores, torch 2.13, 2 threads, batch 128, median of 30 rounds):
 
-| model | 1 forward (ms) | mc_dropout_predict (ms) | ratio | naive loop (ms) | batched vs loop |
-| --- | ---: | ---: | ---: | ---: | ---: |
-| MLP 784-512x3-10 | 1.259 | 251.74 | 199.9x | 245.95 | 0.98x |
-| digits RegularizedMLP 64-128x2-10 | 0.106 | 25.87 | 243.1x | 30.85 | 1.19x |
+=============================== ========= ========= ======= ========== ======= ========= ======
+model                           1 fwd ms  ours ms   ratio   whole ms   ratio   loop ms   loop /
+                                                                                         ours
+=============================== ========= ========= ======= ========== ======= ========= ======
+MLP 784-512x3-10                1.248     129.30    103.6x  185.26     148.5x  246.50    1.91x
+digits RegularizedMLP 64-128x2  0.109     12.02     110.1x  13.71      125.6x  31.82     2.65x
+CNN 28x28, dropout in the head  14.011    20.18     1.4x    3274.77    233.7x  1410.17   69.87x
+=============================== ========= ========= ======= ========== ======= ========= ======
 
-100 eval-mode forward passes alone (no masks) take about 150 ms for the first model: the masks
-cost the other ~100 ms. The 20x target is not met on CPU; no GPU was available to measure.
+``--batch 1``: 18.1x, 9.8x, 2.6x. The target was 100 samples within 20x one forward pass: met
+by the CNN and by every model on a single input; not by the MLPs at batch 128, where one pass
+already keeps the CPU busy and 100 samples do 100x the arithmetic after the first dropout.
 """
 
 from __future__ import annotations
