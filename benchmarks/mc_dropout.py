@@ -22,12 +22,12 @@ development machine (2 shared CPU cores, torch 2.13, 2 threads, batch 128, media
 model                           1 fwd ms  ours ms   ratio   whole ms   ratio   loop ms   loop /
                                                                                          ours
 =============================== ========= ========= ======= ========== ======= ========= ======
-MLP 784-512x3-10                1.248     129.30    103.6x  185.26     148.5x  246.50    1.91x
-digits RegularizedMLP 64-128x2  0.109     12.02     110.1x  13.71      125.6x  31.82     2.65x
-CNN 28x28, dropout in the head  14.011    20.18     1.4x    3274.77    233.7x  1410.17   69.87x
+MLP 784-512x3-10                1.215     112.36    92.5x   181.44     149.4x  237.41    2.11x
+digits RegularizedMLP 64-128x2  0.107     11.94     111.5x  13.43      125.4x  31.35     2.63x
+CNN 28x28, dropout in the head  22.267    26.59     1.2x    2010.36    90.3x   2022.97   76.07x
 =============================== ========= ========= ======= ========== ======= ========= ======
 
-``--batch 1``: 18.1x, 9.8x, 2.6x. The target was 100 samples within 20x one forward pass: met
+``--batch 1``: 15.1x, 10.2x, 3.6x. The target was 100 samples within 20x one forward pass: met
 by the CNN and by every model on a single input; not by the MLPs at batch 128, where one pass
 already keeps the CPU busy and 100 samples do 100x the arithmetic after the first dropout.
 """

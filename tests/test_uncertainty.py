@@ -118,10 +118,10 @@ def test_batched_sampling_forward_counts() -> None:
     x, _ = digits(32)
     rows = _count_forwards(model)
     mc_dropout_predict(model, x, n_samples=100)
-    assert rows == [3200]  # all samples in one forward pass by default
+    assert rows == [32, 3168]  # CPU default: one sample (measuring activations), then the rest
     rows.clear()
     mc_dropout_predict(model, x, n_samples=200)
-    assert rows == [4096, 2304]  # the CPU default holds at most 4096 rows: 128 + 72 samples
+    assert rows == [32, 4096, 2272]  # at most 4096 rows a pass on CPU: 1 + 128 + 71 samples
     rows.clear()
     mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2)
     assert rows == [5000, 5000]  # never fewer rows than the input has
@@ -131,6 +131,19 @@ def test_batched_sampling_forward_counts() -> None:
     rows.clear()
     mc_dropout_predict(model, x, n_samples=3, batch_size=20)
     assert rows == [20, 20, 20, 12, 12, 12]  # rows chunked, one sample per pass
+
+
+def test_cpu_default_passes_keep_the_largest_activation_within_budget() -> None:
+    """A layer 4096x wider than the input: the first pass (one sample) measures it, and the
+    passes after it hold at most 2**22 / 65536 = 64 rows, where the input alone allows 4096."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Dropout(0.1), nn.Linear(16, 65536), nn.ReLU(), nn.Linear(65536, 4), nn.Dropout(0.1)
+    )
+    rows = _count_forwards(model)
+    result = mc_dropout_predict(model, torch.randn(16, 16), n_samples=20, return_samples=True)
+    assert rows == [16, 64, 64, 64, 64, 48]  # 1 + 4 + 4 + 4 + 4 + 3 samples
+    assert result.samples is not None and result.samples.shape == (20, 16, 4)
 
 
 def test_one_sample_per_pass_equals_the_plain_loop_under_the_same_seed() -> None:
@@ -281,19 +294,19 @@ def test_layers_before_the_first_dropout_run_once_per_input_row() -> None:
     x, _ = digits(32)
     torch.manual_seed(3)
     shared = mc_dropout_predict(model, x, n_samples=100, return_samples=True)
-    assert first == [32] and last == [3200]
+    assert first == [32] and last == [32, 3168]
     first.clear()
     last.clear()
     # The same samples as running the whole model on the replicated input: same masks drawn.
     torch.manual_seed(3)
     whole = mc_dropout_predict(_Opaque(model), x, n_samples=100, return_samples=True)
-    assert first == [3200] and last == [3200]
+    assert first == [32, 3168] and last == [32, 3168]
     assert shared.samples is not None and whole.samples is not None
     torch.testing.assert_close(shared.samples, whole.samples, rtol=1e-5, atol=1e-6)
     first.clear()
     last.clear()
-    mc_dropout_predict(model, x, n_samples=200)  # two passes of 4096 and 2304 rows
-    assert first == [32] and last == [4096, 2304]
+    mc_dropout_predict(model, x, n_samples=200)  # 1 + 128 + 71 samples
+    assert first == [32] and last == [32, 4096, 2272]
 
 
 def test_nested_sequentials_are_expanded_but_custom_forwards_and_hooks_are_respected() -> None:
@@ -316,7 +329,7 @@ def test_nested_sequentials_are_expanded_but_custom_forwards_and_hooks_are_respe
     got = mc_dropout_predict(custom, x, n_samples=10, apply_softmax=False, return_samples=True)
     torch.manual_seed(1)
     plain = mc_dropout_predict(model, x, n_samples=10, apply_softmax=False, return_samples=True)
-    assert first == [80, 8]  # Doubling ran whole; the plain model shared its prefix
+    assert first == [8, 72, 8]  # Doubling ran whole (1 + 9 samples); the plain model shared
     assert got.samples is not None and plain.samples is not None
     torch.testing.assert_close(got.samples, 2 * plain.samples)
 
@@ -324,7 +337,7 @@ def test_nested_sequentials_are_expanded_but_custom_forwards_and_hooks_are_respe
     calls: list[int] = []
     model.register_forward_hook(lambda m, args, out: calls.append(len(out)))
     mc_dropout_predict(model, x, n_samples=10)
-    assert calls == [80] and first == [80]  # a hook on the model itself still runs
+    assert calls == [8, 72] and first == [8, 72]  # a hook on the model itself still runs
 
 
 def test_regularized_mlp_shares_its_prefix_unless_forward_is_overridden() -> None:
