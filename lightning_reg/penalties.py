@@ -223,12 +223,15 @@ class _FusedPenalty(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, l1: float, l2: float, acc: torch.dtype, *tensors: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(l1: float, l2: float, acc: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
+        return _penalty_value(tensors, l1, l2, acc)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        # Separate from forward, so torch.func transforms (torch.func.grad) accept the Function.
+        l1, l2, _, *tensors = inputs
         ctx.l1, ctx.l2 = l1, l2
         ctx.save_for_backward(*tensors)
-        return _penalty_value(tensors, l1, l2, acc)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

@@ -158,7 +158,7 @@ def test_penalty_gradient_is_l1_sign_plus_2_l2_w_and_finite_at_zero() -> None:
 def test_penalty_backward_scales_keeps_dtypes_and_is_twice_differentiable() -> None:
     """The upstream gradient (a GradScaler's scale, 1/accumulation) multiplies the penalty's;
     each weight's gradient keeps its dtype; frozen inputs get none; gradcheck and gradgradcheck
-    pass on float64 (the backward is itself differentiable)."""
+    pass on float64 (the backward is itself differentiable); torch.func.grad works."""
     g = torch.Generator().manual_seed(2)
     half = torch.randn(4, 3, generator=g).half().requires_grad_()
     single = torch.randn(3, 3, generator=g).requires_grad_()
@@ -177,6 +177,10 @@ def test_penalty_backward_scales_keeps_dtypes_and_is_twice_differentiable() -> N
         )
     with torch.no_grad():
         assert not weight_penalty(ws, l1=0.1, l2=0.1).requires_grad
+    # torch.func transforms accept it too (functional per-parameter gradients).
+    w = ws[0].detach()
+    functional = torch.func.grad(lambda t: weight_penalty([t], l1=0.3, l2=0.7))(w)
+    torch.testing.assert_close(functional, 0.3 * torch.sign(w) + 1.4 * w)
 
 
 def test_penalty_degenerate_inputs_and_precision() -> None:
