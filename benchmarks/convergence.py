@@ -43,15 +43,14 @@ from _common import IMG, machine_header, markdown_table, quiet_lightning, write_
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import (
-    DigitsDataModule,
     ExponentialDecay,
     OneCycleScheduler,
     PerformanceScheduler,
     PiecewiseConstant,
     PowerDecay,
-    RegularizedMLP,
     ScheduledLR,
 )
+from lightning_reg.demos import DigitsDataModule, RegularizedMLP
 
 SCHEDULES = (
     "constant",

@@ -42,7 +42,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lightning_reg.module import RegularizedMLP
+from lightning_reg.demos import RegularizedMLP
 from lightning_reg.uncertainty import mc_dropout_predict
 
 N_SAMPLES = 100

@@ -28,7 +28,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_reg import DigitsDataModule, MaxNorm, OneCycleScheduler, WeightPenaltyMixin
+from lightning_reg import MaxNorm, OneCycleScheduler, WeightPenaltyMixin
+from lightning_reg.demos import DigitsDataModule
 
 
 class DigitsNet(WeightPenaltyMixin, pl.LightningModule):

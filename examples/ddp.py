@@ -24,7 +24,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from lightning_reg import DigitsDataModule, MaxNorm, OneCycle, OneCycleScheduler, RegularizedMLP
+from lightning_reg import MaxNorm, OneCycle, OneCycleScheduler
+from lightning_reg.demos import DigitsDataModule, RegularizedMLP
 
 
 class GatherTrace(Callback):

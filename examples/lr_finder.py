@@ -35,7 +35,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.tuner import Tuner
 
-from lightning_reg import DigitsDataModule, OneCycleScheduler, RegularizedMLP
+from lightning_reg import OneCycleScheduler
+from lightning_reg.demos import DigitsDataModule, RegularizedMLP
 
 
 def build_model(seed: int) -> RegularizedMLP:

@@ -17,8 +17,8 @@ import argparse
 import lightning.pytorch as pl
 import torch
 
-from lightning_reg.data import DigitsDataModule
-from lightning_reg.module import RegularizedMLP
+from lightning_reg.demos import RegularizedMLP
+from lightning_reg.demos.data import DigitsDataModule
 from lightning_reg.uncertainty import MCDropoutResult, mc_dropout_predict
 
 

@@ -15,7 +15,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from lightning_reg import DigitsDataModule, OneCycleScheduler, RegularizedMLP
+from lightning_reg import OneCycleScheduler
+from lightning_reg.demos import DigitsDataModule, RegularizedMLP
 
 
 class StepTrace(Callback):

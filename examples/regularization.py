@@ -15,8 +15,8 @@ import argparse
 import lightning.pytorch as pl
 from torch import nn
 
-from lightning_reg.data import DigitsDataModule
-from lightning_reg.module import RegularizedMLP
+from lightning_reg.demos import RegularizedMLP
+from lightning_reg.demos.data import DigitsDataModule
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

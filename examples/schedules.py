@@ -14,17 +14,16 @@ import argparse
 import lightning.pytorch as pl
 
 from lightning_reg import (
-    DigitsDataModule,
     ExponentialDecay,
     OneCycle,
     PerformanceScheduler,
     PiecewiseConstant,
     PowerDecay,
-    RegularizedMLP,
     Schedule,
     ScheduledLR,
     plot_schedule,
 )
+from lightning_reg.demos import DigitsDataModule, RegularizedMLP
 
 NAMES = ("constant", "exponential", "power", "piecewise", "performance", "1cycle")
 

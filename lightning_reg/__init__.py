@@ -5,12 +5,13 @@ Every public name is importable from here; the modules hold one job each:
 - :mod:`lightning_reg.schedules`: pure schedules ``step -> lr`` (``OneCycle``, decays).
 - :mod:`lightning_reg.callbacks`: the Lightning callbacks (LR schedulers, ``MaxNorm``).
 - :mod:`lightning_reg.penalties`: fused l1/l2 penalty and max-norm on plain tensors.
-- :mod:`lightning_reg.module`: ``WeightPenaltyMixin``, ``RegularizedModule``, ``RegularizedMLP``.
+- :mod:`lightning_reg.module`: ``WeightPenaltyMixin``, ``RegularizedModule``.
 - :mod:`lightning_reg.layers`: MC dropout layers, activations, init presets, dense blocks.
 - :mod:`lightning_reg.uncertainty`: Monte Carlo dropout prediction.
 - :mod:`lightning_reg.plotting`: ``plot_schedule`` (needs the ``plot`` extra).
-- :mod:`lightning_reg.data`: the offline digits data and Fashion-MNIST.
-- :mod:`lightning_reg.cli`: the ``lightning-reg`` command (LightningCLI).
+
+Demo code (data modules, the ready ``RegularizedMLP``, the report and the ``lightning-reg``
+command) lives apart in :mod:`lightning_reg.demos`.
 """
 
 from lightning_reg.callbacks import (
@@ -20,9 +21,8 @@ from lightning_reg.callbacks import (
     PerformanceScheduler,
     ScheduledLR,
 )
-from lightning_reg.data import DigitsDataModule, FashionMNISTDataModule, load_digits_tensors
 from lightning_reg.layers import MCAlphaDropout, MCDropout, dense_block, init_weights_
-from lightning_reg.module import RegularizedMLP, RegularizedModule, WeightPenaltyMixin
+from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
 from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
 from lightning_reg.plotting import plot_schedule
 from lightning_reg.schedules import (
@@ -35,9 +35,7 @@ from lightning_reg.schedules import (
 from lightning_reg.uncertainty import MCDropoutMixin, MCDropoutResult, mc_dropout_predict
 
 __all__ = [
-    "DigitsDataModule",
     "ExponentialDecay",
-    "FashionMNISTDataModule",
     "LRCallback",
     "MCAlphaDropout",
     "MCDropout",
@@ -49,7 +47,6 @@ __all__ = [
     "PerformanceScheduler",
     "PiecewiseConstant",
     "PowerDecay",
-    "RegularizedMLP",
     "RegularizedModule",
     "ScheduledLR",
     "Schedule",
@@ -57,7 +54,6 @@ __all__ = [
     "apply_max_norm_",
     "dense_block",
     "init_weights_",
-    "load_digits_tensors",
     "mc_dropout_predict",
     "plot_schedule",
     "select_weights",

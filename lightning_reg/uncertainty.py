@@ -273,7 +273,7 @@ def mc_dropout_predict(
     in the classifier head thus pays for its convolutions once, not ``n_samples`` times. Other
     models run whole on the replicated input; a LightningModule with :class:`MCDropoutMixin` can
     point at its Sequential body with :meth:`MCDropoutMixin.mc_dropout_module` (as
-    :class:`~lightning_reg.module.RegularizedMLP` does). Randomness that is not a dropout module
+    :class:`~lightning_reg.demos.RegularizedMLP` does). Randomness that is not a dropout module
     (:data:`DROPOUT_MODULES`), such as a custom noise layer that stays on in eval mode, is
     drawn once if it sits before the first dropout module.
 

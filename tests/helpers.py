@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reg.data import load_digits_tensors
+from lightning_reg.demos.data import load_digits_tensors
 
 _DIGITS: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -15,17 +15,11 @@ import torch
 import yaml
 from torch import nn
 
-from lightning_reg import (
-    DigitsDataModule,
-    ExponentialDecay,
-    OneCycleScheduler,
-    PerformanceScheduler,
-    RegularizedMLP,
-    ScheduledLR,
-)
+from lightning_reg import ExponentialDecay, OneCycleScheduler, PerformanceScheduler, ScheduledLR
 from lightning_reg.callbacks import LRCallback, MaxNorm
-from lightning_reg.cli import LightningRegCLI, main
-from lightning_reg.report import ReportOptions, read_metrics
+from lightning_reg.demos import DigitsDataModule, RegularizedMLP
+from lightning_reg.demos.cli import LightningRegCLI, main
+from lightning_reg.demos.report import ReportOptions, read_metrics
 from lightning_reg.schedules import OneCycle
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_reg.data import (
+from lightning_reg.demos.data import (
     DigitsDataModule,
     FashionMNISTDataModule,
     fashion_mnist_splits,

@@ -14,8 +14,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import nn
 
 from lightning_reg.callbacks.max_norm import MaxNorm
-from lightning_reg.data import DigitsDataModule
-from lightning_reg.module import RegularizedMLP, RegularizedModule, WeightPenaltyMixin
+from lightning_reg.demos import RegularizedMLP
+from lightning_reg.demos.data import DigitsDataModule
+from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
 from lightning_reg.uncertainty import MCDropoutResult
 from tests.helpers import digits, digits_loader, make_trainer
 

@@ -341,7 +341,7 @@ def test_nested_sequentials_are_expanded_but_custom_forwards_and_hooks_are_respe
 
 
 def test_regularized_mlp_shares_its_prefix_unless_forward_is_overridden() -> None:
-    from lightning_reg.module import RegularizedMLP
+    from lightning_reg.demos import RegularizedMLP
 
     model = RegularizedMLP(hidden=(32, 32), dropout=0.2)
     linears = [m for m in model.net.modules() if isinstance(m, nn.Linear)]

@@ -19,7 +19,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from lightning_reg.callbacks import MaxNorm, OneCycleScheduler, PerformanceScheduler
-from lightning_reg.module import RegularizedMLP, WeightPenaltyMixin
+from lightning_reg.demos import RegularizedMLP
+from lightning_reg.module import WeightPenaltyMixin
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
 

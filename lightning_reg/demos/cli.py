@@ -18,8 +18,8 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_reg.callbacks import LRCallback
-from lightning_reg.module import RegularizedMLP
-from lightning_reg.report import ReportOptions, format_summary, write_report
+from lightning_reg.demos import RegularizedMLP
+from lightning_reg.demos.report import ReportOptions, format_summary, write_report
 
 __all__ = ["DEFAULTS", "LightningRegCLI", "main"]
 
@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "model.dropout": 0.2,
     "model.l2": 1e-4,
     "model.max_norm": 3.0,
-    "data": {"class_path": "lightning_reg.DigitsDataModule"},
+    "data": {"class_path": "lightning_reg.demos.DigitsDataModule"},
     "lr_schedule": {"class_path": "lightning_reg.OneCycleScheduler", "init_args": {"max_lr": 0.1}},
     "trainer.max_epochs": 15,
     "trainer.log_every_n_steps": 10,
@@ -78,9 +78,9 @@ class LightningRegCLI(LightningCLI):
     * ``lr_schedule``: one learning-rate callback, any subclass of
       :class:`~lightning_reg.LRCallback` (default ``OneCycleScheduler(max_lr=0.1)``;
       ``PerformanceScheduler``, ``ScheduledLR`` or ``null`` for a constant learning rate).
-    * ``report``: :class:`~lightning_reg.report.ReportOptions` (after ``fit``: test the model and
-      write ``schedule.png``, ``learning_curves.png`` and ``mc_dropout.json`` into the run's
-      folder, printing the MC-dropout table and where the files are).
+    * ``report``: :class:`~lightning_reg.demos.report.ReportOptions` (after ``fit``: test the
+      model and write ``schedule.png``, ``learning_curves.png`` and ``mc_dropout.json`` into the
+      run's folder, printing the MC-dropout table and where the files are).
 
     The model is always ``RegularizedMLP`` (its options sit directly under ``model:``, so configs
     stay short); its ``in_features`` and ``num_classes`` are taken from the data module's
