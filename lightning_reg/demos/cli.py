@@ -1,14 +1,21 @@
 """The ``lightning-reg`` command: Lightning's ``LightningCLI`` set up for the default experiment.
 
-``lightning-reg fit`` with no arguments trains :class:`~lightning_reg.RegularizedMLP` (ELU, He
-init, dropout 0.2, l2 1e-4, max-norm 3) on the offline digits data with the 1cycle policy, tests
-it, and writes a report (schedule and learning-curve plots, an MC-dropout summary) into the run's
-folder. Every option is a command-line flag and a YAML key; see ``docs/cli.md``.
+``lightning-reg fit`` with no arguments trains :class:`~lightning_reg.demos.RegularizedMLP` (ELU,
+He init, dropout 0.2, l2 1e-4, max-norm 3) on the offline digits data with the 1cycle policy,
+tests it, and writes a report (schedule and learning-curve plots, an MC-dropout summary) into the
+run's folder. Every option is a command-line flag and a YAML key; ``lightning-reg configs`` lists
+the example configs. The command needs the ``cli`` extra (``pip install "lightning-reg[cli]"``);
+:func:`main` checks for it before anything else.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
+from argparse import Action
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +23,29 @@ import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from packaging.requirements import Requirement
+from typing_extensions import override
 
 from lightning_reg.callbacks import LRCallback
-from lightning_reg.demos import RegularizedMLP
+from lightning_reg.demos.mlp import RegularizedMLP
 from lightning_reg.demos.report import ReportOptions, format_summary, write_report
 
-__all__ = ["DEFAULTS", "LightningRegCLI", "main"]
+__all__ = [
+    "CLI_REQUIREMENTS",
+    "DEFAULTS",
+    "LightningRegCLI",
+    "config_names",
+    "config_path",
+    "main",
+    "missing_requirements",
+]
+
+CLI_REQUIREMENTS: tuple[str, ...] = (
+    "jsonargparse[signatures]>=4.39.0",
+    "scikit-learn>=1.2",
+    "matplotlib>=3.7",
+)
+"""What the command needs beyond the library: the ``cli`` extra of ``pyproject.toml``."""
 
 DEFAULTS: dict[str, Any] = {
     "model.hidden": [128, 128],
@@ -41,6 +65,112 @@ DEFAULTS: dict[str, Any] = {
 }
 """The defaults of ``lightning-reg fit`` on top of the classes' own (dotted config keys)."""
 
+_DESCRIPTION = (
+    "lightning-reg: train the default experiment (RegularizedMLP on the offline digits, 1cycle, "
+    "l2 + dropout + max-norm) or your variant of it, then test it and write a report. Every "
+    "option is a flag and a YAML key. `lightning-reg configs` lists the example configs."
+)
+_SUBCOMMAND_DESCRIPTIONS = {
+    "fit": "Train, then test the model and write the report (plots, MC-dropout table) into the "
+    "run's folder <trainer.default_root_dir>/version_<n>/. Options below; the value after "
+    "`default:` is the one this command uses.",
+    "validate": "Run one validation epoch (give --ckpt_path to load trained weights).",
+    "test": "Run one test epoch (give --ckpt_path to load trained weights).",
+    "predict": "Predict on the data module's predict loader (give --ckpt_path).",
+}
+
+
+def _installed(requirement: Requirement) -> bool:
+    """Whether ``requirement`` (its version and, recursively, its extras) is installed."""
+    try:
+        installed = metadata.version(requirement.name)
+    except metadata.PackageNotFoundError:
+        return False
+    if not requirement.specifier.contains(installed, prereleases=True):
+        return False
+    for extra in requirement.extras:
+        for line in metadata.requires(requirement.name) or []:
+            nested = Requirement(line)
+            if nested.marker is not None and nested.marker.evaluate({"extra": extra}):
+                nested.marker = None
+                if not _installed(nested):
+                    return False
+    return True
+
+
+def missing_requirements(requirements: Sequence[str] = CLI_REQUIREMENTS) -> list[str]:
+    """The requirements that are not installed (or too old), in the order given.
+
+    Args:
+        requirements: requirement strings (``"name[extra]>=version"``). Default
+            :data:`CLI_REQUIREMENTS`.
+
+    Returns:
+        The requirement strings whose distribution, version or extra is missing.
+
+    Examples:
+        >>> missing_requirements(["torch>=2.0", "no-such-distribution>=1"])
+        ['no-such-distribution>=1']
+    """
+    return [line for line in requirements if not _installed(Requirement(line))]
+
+
+def _configs_dir() -> Path:
+    """Where the example configs are: inside the package after a wheel install, else the
+    checkout's ``examples/configs``."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    return (
+        packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "examples/configs"
+    )
+
+
+def config_names() -> list[str]:
+    """The names of the example configs (``examples/configs/<name>.yaml``), sorted.
+
+    Examples:
+        >>> {"default", "selu"} <= set(config_names())
+        True
+    """
+    return sorted(path.stem for path in _configs_dir().glob("*.yaml"))
+
+
+def config_path(name: str) -> Path:
+    """The file of the example config ``name`` (shipped in the wheel, or in the checkout).
+
+    Args:
+        name: a config name from :func:`config_names` (``"selu"`` or ``"selu.yaml"``). Required.
+
+    Returns:
+        The path of the YAML file, to pass as ``--config``.
+
+    Raises:
+        ValueError: if there is no such config (the message lists the names).
+
+    Examples:
+        >>> config_path("selu").name
+        'selu.yaml'
+    """
+    stem = name.removesuffix(".yaml")
+    path = _configs_dir() / f"{stem}.yaml"
+    if not path.is_file():
+        raise ValueError(f"No example config named {name!r}; the configs are {config_names()}.")
+    return path
+
+
+def _configs_command(args: Sequence[str]) -> None:
+    """``lightning-reg configs [NAME]``: list the configs, or print one."""
+    if not args or args[0] in ("-h", "--help"):
+        print("Example configs (`lightning-reg configs NAME` prints one; save it and pass it as")
+        print("`lightning-reg fit --config FILE`, or pass the printed path directly):")
+        for name in config_names():
+            print(f"  {name:<16}{config_path(name)}")
+        return
+    try:
+        path = config_path(args[0])
+    except ValueError as err:
+        raise SystemExit(f"lightning-reg configs: {err}") from None
+    print(path.read_text(), end="")
+
 
 def _data_attribute(name: str) -> Any:
     def read(data: LightningDataModule) -> Any:
@@ -52,6 +182,7 @@ def _data_attribute(name: str) -> Any:
             )
         return getattr(data, name)
 
+    read.__name__ = name  # how the help's "Linked arguments" section names it
     return read
 
 
@@ -68,9 +199,47 @@ def _test_tensors(data: LightningDataModule) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat(xs), torch.cat(ys)
 
 
+_ROLE = re.compile(r":[a-z]+:`~?(?:[\w.]*\.)?([^`.]+)`")
+_LINK = re.compile(r"`([^`<]+?)\s*<([^>]+)>`_")
+_DEFAULT_SENTENCE = re.compile(r"\s*Default:?\s+``[^`]*``(?:\s*\([^)]*\))?\.")
+
+
+def plain_help(text: str) -> str:
+    """A docstring's argument description as plain help text: reST roles and literals become
+    plain words, and its ``Default ...`` sentence is dropped (the help prints the default the
+    command really uses after it).
+
+    Examples:
+        >>> plain_help("dropout of :meth:`dense` blocks, in ``[0, 1)``. Default ``0.0``.")
+        'dropout of dense blocks, in [0, 1).'
+        >>> plain_help("see `the notes <https://example.org/notes>`_.")
+        'see the notes (https://example.org/notes).'
+    """
+    text = _DEFAULT_SENTENCE.sub("", text)
+    text = _LINK.sub(r"\1 (\2)", text)
+    return _ROLE.sub(r"\1", text).replace("``", "")
+
+
+def _help_formatter() -> type:
+    """jsonargparse's help formatter with :func:`plain_help` applied to every description."""
+    from jsonargparse import DefaultHelpFormatter
+
+    class PlainHelpFormatter(DefaultHelpFormatter):
+        def _get_help_string(self, action: Action) -> str:
+            # argparse's documented way to change help text (ArgumentDefaultsHelpFormatter
+            # overrides this method too); jsonargparse's formatter appends type and default.
+            return plain_help(super()._get_help_string(action))
+
+        def start_section(self, heading: str | None) -> None:
+            # Group headings are the first line of each class's docstring.
+            super().start_section(None if heading is None else plain_help(heading))
+
+    return PlainHelpFormatter
+
+
 class LightningRegCLI(LightningCLI):
-    """``LightningCLI`` for :class:`~lightning_reg.RegularizedMLP` with a learning-rate callback
-    and an end-of-run report.
+    """``LightningCLI`` for :class:`~lightning_reg.demos.RegularizedMLP` with a learning-rate
+    callback and an end-of-run report.
 
     On top of Lightning's own groups (``trainer``, ``model``, ``data``, ``seed_everything``,
     ``ckpt_path``) it adds:
@@ -85,8 +254,8 @@ class LightningRegCLI(LightningCLI):
     The model is always ``RegularizedMLP`` (its options sit directly under ``model:``, so configs
     stay short); its ``in_features`` and ``num_classes`` are taken from the data module's
     ``num_features`` and ``num_classes``. The data module may be any ``LightningDataModule``
-    (``data: class_path: ...``), by default :class:`~lightning_reg.DigitsDataModule`. The CSV
-    logger writes into ``trainer.default_root_dir``. Optimizer options come from the model
+    (``data: class_path: ...``), by default :class:`~lightning_reg.demos.DigitsDataModule`. The
+    CSV logger writes into ``trainer.default_root_dir``. Optimizer options come from the model
     (``model.optimizer``, ``model.lr``, ``model.momentum``): Lightning's automatic ``optimizer``
     and ``lr_scheduler`` groups are off, since the model builds its optimizer from its penalty
     param groups and the learning-rate callbacks refuse a second scheduler.
@@ -105,29 +274,51 @@ class LightningRegCLI(LightningCLI):
         ValueError, TypeError: for values the classes reject, with the same message as the
             Python API (e.g. ``model.dropout: 1.5``).
 
-    Example::
-
-        cli = LightningRegCLI(args=["fit", "--trainer.max_epochs", "5", "--model.dropout", "0.1"])
-        print(cli.trainer.callback_metrics["val/acc"])
+    Examples:
+        >>> cli = LightningRegCLI(
+        ...     args=["--trainer.max_steps=2", "--trainer.logger=false", "--model.dropout=0.1"],
+        ...     run=False,
+        ... )
+        >>> cli.model.dropout_rate, type(cli.datamodule).__name__
+        (0.1, 'DigitsDataModule')
+        >>> [type(cb).__name__ for cb in cli.trainer.callbacks if hasattr(cb, "max_lr")]
+        ['OneCycleScheduler']
     """
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        parser_kwargs = dict(kwargs.pop("parser_kwargs", None) or {})
+        parser_kwargs.setdefault("description", _DESCRIPTION)
+        parser_kwargs.setdefault("formatter_class", _help_formatter())
+        parser_kwargs.setdefault("prog", "lightning-reg")
+        for subcommand, description in _SUBCOMMAND_DESCRIPTIONS.items():
+            sub = parser_kwargs[subcommand] = dict(parser_kwargs.get(subcommand) or {})
+            sub.setdefault("description", description)
+            sub.setdefault("formatter_class", parser_kwargs["formatter_class"])
         super().__init__(
             RegularizedMLP,
             LightningDataModule,
             subclass_mode_data=True,
             seed_everything_default=0,
             auto_configure_optimizers=False,
+            parser_kwargs=parser_kwargs,
             args=args,
             run=run,
             **kwargs,
         )
 
+    def _section(self, key: str, default: Any = None) -> Any:
+        """``key`` of the instantiated config (inside the subcommand's part when there is one)."""
+        config = self.config_init
+        if self.subcommand is not None:
+            config = config[self.subcommand]
+        return config.get(key, default)
+
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(
-            LRCallback, "lr_schedule", subclass_mode=True, required=False
-        )
+        # Not `add_lightning_class_args`: a callback group registered there must not be null.
+        # `instantiate_trainer` adds the schedule to the Trainer's callbacks instead.
+        parser.add_subclass_arguments(LRCallback, "lr_schedule", required=False)
         parser.add_class_arguments(ReportOptions, "report")
         for name, target in (
             ("num_features", "model.in_features"),
@@ -139,6 +330,7 @@ class LightningRegCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
         parser.set_defaults(DEFAULTS)
 
+    @override
     def instantiate_classes(self) -> None:
         """Instantiate as ``LightningCLI`` does, but raise a class's own ``ValueError`` or
         ``TypeError`` as is (jsonargparse wraps those of subclass-typed groups in a union error
@@ -148,16 +340,20 @@ class LightningRegCLI(LightningCLI):
         except (ValueError, TypeError) as err:
             raise _innermost(err) from None
 
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer with the configured callbacks, plus ``lr_schedule`` unless it is null."""
-        keys = self._parser(self.subcommand).callback_keys
-        extra = [self._get(self.config_init, key) for key in keys]
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return self._instantiate_trainer(config, [cb for cb in extra if cb is not None])
+        schedule = self._section("lr_schedule")
+        if schedule is not None and "callbacks" not in kwargs:
+            configured = self._section("trainer", {}).get("callbacks") or []
+            if not isinstance(configured, list):
+                configured = [configured]
+            kwargs["callbacks"] = [*configured, schedule]
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         """Test the trained model and write the report (``report.enabled``), on rank zero."""
-        options: ReportOptions = self._get(self.config_init, "report")
+        options: ReportOptions = self._section("report")
         if not options.enabled or self.trainer.interrupted:
             return
         trainer, data = self.trainer, self.datamodule
@@ -188,16 +384,36 @@ class LightningRegCLI(LightningCLI):
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``lightning-reg`` console script.
 
+    First checks that the ``cli`` extra is installed (:data:`CLI_REQUIREMENTS`); if not, exits
+    with one line naming ``pip install "lightning-reg[cli]"`` before anything is parsed or
+    written. ``lightning-reg configs [NAME]`` lists the example configs or prints one; anything
+    else goes to :class:`LightningRegCLI`.
+
     Args:
         args: the arguments after ``lightning-reg`` as a list, or ``None`` for ``sys.argv[1:]``.
             Default ``None``.
 
     Raises:
-        SystemExit: for arguments the parser rejects (and for ``--help``/``--print_config``).
+        SystemExit: when the ``cli`` extra is missing (code 1), for arguments the parser rejects
+            (code 2), and for ``--help``/``--print_config`` (code 0).
         ValueError, TypeError: for values a class rejects, with the Python API's message.
 
-    Example::
-
-        main(["fit", "--config", "examples/configs/selu.yaml", "--trainer.max_epochs", "3"])
+    Examples:
+        >>> main(["configs", "selu"])  # doctest: +ELLIPSIS
+        # A self-normalizing net: SELU picks LeCun normal init ...
+        model:
+          hidden: [128, 128, 128]
+          activation: selu
+        ...
     """
+    missing = missing_requirements()
+    if missing:
+        raise SystemExit(
+            f"lightning-reg: the command needs the `cli` extra (missing: {', '.join(missing)}); "
+            'install it with: pip install "lightning-reg[cli]"'
+        )
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list | tuple) and argv and argv[0] == "configs":
+        _configs_command(argv[1:])
+        return
     LightningRegCLI(args=args)
