@@ -7,9 +7,8 @@ kernel_initializer=...)`` idiom. Everything here works on plain ``nn.Module`` ob
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,21 +46,23 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 """Activation names accepted everywhere in the package, mapped to a factory of the module."""
 
-# Gain g of the He preset (std = g / sqrt(fan_in)) for each activation: sqrt(2) for ReLU and its
-# smooth variants (He et al., 2015; the textbook's table of initializations), torch's
-# ``calculate_gain`` values for leaky ReLU, tanh and sigmoid, 1 (LeCun) for SELU and identity.
-_GAINS: dict[str, float] = {
-    "relu": math.sqrt(2.0),
-    "leaky_relu": math.sqrt(2.0 / (1.0 + _LEAKY_SLOPE**2)),
-    "elu": math.sqrt(2.0),
-    "selu": 1.0,
-    "gelu": math.sqrt(2.0),
-    "silu": math.sqrt(2.0),
-    "mish": math.sqrt(2.0),
-    "softplus": math.sqrt(2.0),
-    "tanh": 5.0 / 3.0,
-    "sigmoid": 1.0,
-    "identity": 1.0,
+# The He preset of each activation as arguments of ``torch.nn.init.kaiming_*_``/``calculate_gain``
+# (nonlinearity, negative slope): ReLU's gain sqrt(2) for ReLU and its smooth variants (He et al.,
+# 2015; the textbook's table of initializations), torch's own gains for leaky ReLU, tanh and
+# sigmoid, and gain 1 ("linear", i.e. LeCun) for SELU and identity.
+_Nonlinearity = Literal["linear", "relu", "leaky_relu", "tanh", "sigmoid"]
+_NONLINEARITY: dict[str, tuple[_Nonlinearity, float]] = {
+    "relu": ("relu", 0.0),
+    "leaky_relu": ("leaky_relu", _LEAKY_SLOPE),
+    "elu": ("relu", 0.0),
+    "selu": ("linear", 0.0),
+    "gelu": ("relu", 0.0),
+    "silu": ("relu", 0.0),
+    "mish": ("relu", 0.0),
+    "softplus": ("relu", 0.0),
+    "tanh": ("tanh", 0.0),
+    "sigmoid": ("sigmoid", 0.0),
+    "identity": ("linear", 0.0),
 }
 
 INIT_PRESETS: tuple[str, ...] = (
@@ -198,11 +199,14 @@ def activation_gain(name: str) -> float:
         TypeError: if ``name`` is not a string.
         ValueError: if ``name`` is unknown.
 
-    Example::
-
-        assert activation_gain("relu") == 2 ** 0.5
+    Examples:
+        >>> activation_gain("relu") == 2**0.5 == activation_gain("elu")
+        True
+        >>> activation_gain("selu"), activation_gain("tanh")
+        (1.0, 1.6666666666666667)
     """
-    return _GAINS[_check_activation(name)]
+    nonlinearity, slope = _NONLINEARITY[_check_activation(name)]
+    return float(nn.init.calculate_gain(nonlinearity, slope))
 
 
 def resolve_init(init: str, activation: str) -> str:
@@ -216,10 +220,9 @@ def resolve_init(init: str, activation: str) -> str:
         TypeError: if ``init`` or ``activation`` is not a string.
         ValueError: if ``init`` or ``activation`` is unknown (the message lists the valid names).
 
-    Example::
-
-        assert resolve_init("auto", "selu") == "lecun_normal"
-        assert resolve_init("auto", "relu") == "he_normal"
+    Examples:
+        >>> resolve_init("auto", "selu"), resolve_init("auto", "relu")
+        ('lecun_normal', 'he_normal')
     """
     _check_activation(activation)
     if not isinstance(init, str):
@@ -231,30 +234,32 @@ def resolve_init(init: str, activation: str) -> str:
     return init
 
 
-def _fans(weight: Tensor) -> tuple[int, int]:
-    receptive_field = math.prod(weight.shape[2:])
-    return weight.shape[1] * receptive_field, weight.shape[0] * receptive_field
-
-
-def _preset_std(preset: str, activation: str, weight: Tensor) -> float:
-    fan_in, fan_out = _fans(weight)
-    if preset.startswith("he"):
-        return _GAINS[activation] / math.sqrt(fan_in)
+def _init_weight_(weight: Tensor, preset: str, activation: str) -> None:
+    """Draw ``weight`` from a resolved preset with ``torch.nn.init`` (torch's own fans)."""
+    nonlinearity, slope = _NONLINEARITY[activation]
     if preset.startswith("lecun"):
-        return 1.0 / math.sqrt(fan_in)
-    return math.sqrt(2.0 / (fan_in + fan_out))
+        nonlinearity, slope = "linear", 0.0
+    if preset.startswith(("he", "lecun")):
+        init = nn.init.kaiming_uniform_ if preset.endswith("uniform") else nn.init.kaiming_normal_
+        init(weight, a=slope, mode="fan_in", nonlinearity=nonlinearity)
+    elif preset == "glorot_uniform":
+        nn.init.xavier_uniform_(weight)
+    else:
+        nn.init.xavier_normal_(weight)
 
 
 def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu") -> nn.Module:
     """Initialize, in place, every Linear/Conv/ConvTranspose weight of ``module`` with a preset.
 
-    Normal presets draw ``N(0, std**2)`` (not truncated, like ``nn.init.kaiming_normal_``);
-    uniform presets draw from ``U(-a, a)`` with ``a = sqrt(3) * std``, the same variance:
+    Normal presets draw ``N(0, std**2)`` (not truncated); uniform presets draw from ``U(-a, a)``
+    with ``a = sqrt(3) * std``, the same variance. The draws are ``torch.nn.init``'s, with its fans:
 
     * He: ``std = gain / sqrt(fan_in)``, ``gain`` from :func:`activation_gain` (sqrt(2) for ReLU,
-      ELU, GELU, SiLU...);
-    * LeCun: ``std = 1 / sqrt(fan_in)``;
-    * Glorot: ``std = sqrt(2 / (fan_in + fan_out))``.
+      ELU, GELU, SiLU...): ``nn.init.kaiming_normal_``/``kaiming_uniform_`` with
+      ``mode="fan_in"``;
+    * LeCun: ``std = 1 / sqrt(fan_in)``: the same with ``nonlinearity="linear"``;
+    * Glorot: ``std = sqrt(2 / (fan_in + fan_out))``: ``nn.init.xavier_normal_``/
+      ``xavier_uniform_``.
 
     Biases are set to zero. ``"default"`` leaves the module untouched. Lazy (uninitialized)
     parameters are skipped.
@@ -271,15 +276,15 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
         TypeError: if ``init`` or ``activation`` is not a string.
         ValueError: if ``init`` or ``activation`` is unknown.
 
-    Example::
-
-        layer = init_weights_(torch.nn.Linear(512, 256), "he_normal", "relu")
-        assert abs(layer.weight.std().item() - (2 / 512) ** 0.5) < 0.003
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> layer = init_weights_(torch.nn.Linear(512, 256), "he_normal", "relu")
+        >>> round(layer.weight.std().item() / (2 / 512) ** 0.5, 2), layer.bias.abs().max().item()
+        (1.0, 0.0)
     """
     preset = resolve_init(init, activation)
     if preset == "default":
         return module
-    uniform = preset.endswith("uniform")
     with torch.no_grad():
         for layer in module.modules():
             if not isinstance(layer, INIT_MODULES):
@@ -288,12 +293,7 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
             bias = cast("Tensor | None", layer.bias)
             if nn.parameter.is_lazy(weight):
                 continue
-            std = _preset_std(preset, activation, weight)
-            if uniform:
-                bound = math.sqrt(3.0) * std
-                weight.uniform_(-bound, bound)
-            else:
-                weight.normal_(0.0, std)
+            _init_weight_(weight, preset, activation)
             if bias is not None and not nn.parameter.is_lazy(bias):
                 bias.zero_()
     return module

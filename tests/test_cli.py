@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +18,26 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from packaging.requirements import Requirement
 from torch import nn
 
 from lightning_reg import ExponentialDecay, OneCycleScheduler, PerformanceScheduler, ScheduledLR
 from lightning_reg.callbacks import LRCallback, MaxNorm
 from lightning_reg.demos import DigitsDataModule, RegularizedMLP
-from lightning_reg.demos.cli import LightningRegCLI, main
+from lightning_reg.demos.cli import (
+    CLI_REQUIREMENTS,
+    LightningRegCLI,
+    config_names,
+    config_path,
+    main,
+    missing_requirements,
+    plain_help,
+)
 from lightning_reg.demos.report import ReportOptions, read_metrics
 from lightning_reg.schedules import OneCycle
 
-CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "examples" / "configs"
 QUIET = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
@@ -235,3 +250,124 @@ def test_test_subcommand_reloads_the_checkpoint(tmp_path: Path) -> None:
 def test_fashion_mnist_config_without_torchvision(tmp_path: Path) -> None:
     with pytest.raises(ImportError, match="pip install torchvision"):
         fit(tmp_path, f"--config={CONFIGS / 'fashion_mnist.yaml'}")
+
+
+def test_cli_requirements_are_the_cli_extra() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert list(CLI_REQUIREMENTS) == pyproject["project"]["optional-dependencies"]["cli"]
+    # jsonargparse's floor is at least the one Lightning itself asks of it.
+    lightning_floor = [
+        Requirement(line)
+        for line in metadata.requires("lightning") or []
+        if line.startswith("jsonargparse") and "extra" in line
+    ]
+    (ours,) = (Requirement(line) for line in CLI_REQUIREMENTS if line.startswith("jsonargparse"))
+    assert lightning_floor and "signatures" in ours.extras
+    for theirs in lightning_floor:
+        floor = next(s.version for s in theirs.specifier if s.operator == ">=")
+        assert ours.specifier.contains(floor) and not ours.specifier.contains(_below(floor))
+    assert missing_requirements() == []  # the dev install has them all
+
+
+def _below(version: str) -> str:
+    """A version just below ``version`` (``4.39.0`` -> ``4.38.999``)."""
+    major, minor, *_ = version.split(".")
+    return f"{major}.{int(minor) - 1}.999"
+
+
+def test_missing_requirements_checks_versions_and_extras(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert missing_requirements(["torch>=2.0", "torch>=999", "no-such-dist"]) == [
+        "torch>=999",
+        "no-such-dist",
+    ]
+    # A distribution whose extra needs something missing: the extra counts as missing.
+    info = tmp_path / "fakepkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.0\nProvides-Extra: x\n"
+        'Requires-Dist: no-such-dist; extra == "x"\nRequires-Dist: torch\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert missing_requirements(["fakepkg>=1", "fakepkg[x]", "fakepkg>1"]) == [
+        "fakepkg[x]",
+        "fakepkg>1",
+    ]
+
+
+@pytest.mark.slow
+def test_without_the_cli_extra_the_command_says_so_in_one_line(tmp_path: Path) -> None:
+    # A too-old jsonargparse found first on sys.path, as after `pip install lightning-reg` with
+    # an old jsonargparse: the command stops before parsing anything and writes nothing.
+    fake = tmp_path / "site" / "jsonargparse-4.27.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: jsonargparse\nVersion: 4.27.0\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    script = (  # the console script's two entries, `lightning-reg fit` and `lightning-reg --help`
+        f"import sys\nfrom {main.__module__} import main\n"
+        "for argv in (['fit'], ['--help']):\n"
+        "    sys.argv = ['lightning-reg', *argv]\n"
+        "    try:\n        main()\n"
+        "    except SystemExit as exit:\n"
+        "        print(repr(exit.code))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=run_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    message = (
+        "lightning-reg: the command needs the `cli` extra (missing: "
+        'jsonargparse[signatures]>=4.39.0); install it with: pip install "lightning-reg[cli]"'
+    )
+    assert result.stdout.splitlines() == [repr(message)] * 2  # SystemExit(message): exit code 1
+    assert result.stderr == ""
+    assert list(run_dir.iterdir()) == []
+
+
+def test_configs_subcommand_lists_and_prints_the_example_configs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert config_names() == sorted(path.stem for path in CONFIGS.glob("*.yaml"))
+    main(["configs"])
+    listing = capsys.readouterr().out
+    for name in config_names():
+        assert f"{name} " in listing and str(config_path(name)) in listing
+    main(["configs", "selu"])
+    assert capsys.readouterr().out == (CONFIGS / "selu.yaml").read_text()
+    assert config_path("selu.yaml") == config_path("selu") == (CONFIGS / "selu.yaml").resolve()
+    with pytest.raises(SystemExit, match="No example config named 'nope'; the configs are"):
+        main(["configs", "nope"])
+
+
+def test_fit_help_describes_the_app_in_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    top = capsys.readouterr().out
+    assert top.startswith("usage: lightning-reg ")
+    assert "lightning-reg: train the default experiment" in top
+    assert "Lightning Trainer command line tool" not in top
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    assert "Train, then test the model and write the report" in text
+    for markup in ("``", ":class:", ":meth:", ":func:", ":data:", ">`_"):
+        assert markup not in text, markup
+    # One default per option, the one the command uses (the docstring's own is dropped).
+    assert "dropout rate of dense blocks, in [0, 1). (type: float, default: 0.2)" in text
+    assert "or None for no constraint. (type: float | null, default: 3.0)" in text
+    assert "Default 0.0" not in text
+
+
+def test_plain_help_examples() -> None:
+    assert plain_help("a :class:`~lightning_reg.MaxNorm` (``r``). Default ``1.0``.") == (
+        "a MaxNorm (r)."
+    )
+    assert plain_help("Uses ``x``. Default: ``True``. (type: bool)") == "Uses x. (type: bool)"

@@ -6,6 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,29 +15,47 @@ from lightning_reg.demos.data import (
     FashionMNISTDataModule,
     fashion_mnist_splits,
     load_digits_tensors,
+    stratified_split,
 )
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
-def test_digits_splits_are_disjoint_seeded_and_standardized_with_train_statistics() -> None:
+def test_digits_splits_are_stratified_seeded_and_standardized_with_train_statistics() -> None:
+    from sklearn.model_selection import train_test_split
+
     dm = DigitsDataModule(val_fraction=0.2, test_fraction=0.1, seed=3)
     dm.setup()
     x, y = load_digits_tensors()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
     n_test, n_val = round(0.1 * len(x)), round(0.2 * len(x))
-    test_idx, val_idx, train_idx = (
-        perm[:n_test],
-        perm[n_test : n_test + n_val],
-        perm[n_test + n_val :],
+    # The reference: scikit-learn's stratified split, test first, then validation of the rest.
+    rest, test_idx = train_test_split(
+        np.arange(len(x)), test_size=n_test, stratify=y.numpy(), random_state=3
+    )
+    train_idx, val_idx = train_test_split(
+        rest, test_size=n_val, stratify=y.numpy()[rest], random_state=3
     )
     mean, std = x[train_idx].mean(0), x[train_idx].std(0)
     std[std == 0] = 1.0
+    counts = y.bincount()
     for split, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
         xs, ys = dm._splits[split].tensors
         torch.testing.assert_close(xs, (x[idx] - mean) / std)
         assert torch.equal(ys, y[idx])
+        # Stratified: each class within one example of its share of the data.
+        share = counts * len(idx) / len(x)
+        assert (ys.bincount(minlength=10) - share).abs().max() <= 1.0
+    assert sorted([*train_idx, *val_idx, *test_idx]) == list(range(len(x)))
     assert len(dm.train_dataloader().dataset) == len(x) - n_test - n_val  # type: ignore[arg-type]
+
+
+def test_stratified_split_holds_out_nothing_for_a_zero_fraction() -> None:
+    y = load_digits_tensors()[1]
+    kept, held = stratified_split(y, 0, seed=0)
+    assert torch.equal(kept, torch.arange(len(y))) and len(held) == 0
+    dm = DigitsDataModule(val_fraction=0.0, test_fraction=0.0)
+    dm.setup()
+    assert len(dm._splits["train"]) == len(y) and len(dm._splits["test"]) == 0
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ __all__ = [
     "FashionMNISTDataModule",
     "fashion_mnist_splits",
     "load_digits_tensors",
+    "stratified_split",
 ]
 
 
@@ -38,16 +39,48 @@ def _standardize(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def stratified_split(
+    labels: torch.Tensor, n_held_out: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the indices of ``labels`` in two, ``n_held_out`` of them held out, each class in
+    the same proportion on both sides (scikit-learn's ``train_test_split(stratify=labels)``).
+
+    Args:
+        labels: integer class labels, shape ``(N,)``. Required.
+        n_held_out: how many indices to hold out, ``0 <= n_held_out < N``; at least the number
+            of classes when it is not 0 (stratification puts one of each class there). Required.
+        seed: the split's ``random_state``. Required.
+
+    Returns:
+        ``(kept, held_out)``: int64 index tensors, disjoint, together ``0 .. N - 1``.
+
+    Examples:
+        >>> labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+        >>> kept, held = stratified_split(labels, 4, seed=0)
+        >>> labels[held].bincount().tolist(), sorted([*kept.tolist(), *held.tolist()])
+        ([2, 2], [0, 1, 2, 3, 4, 5, 6, 7])
+    """
+    from sklearn.model_selection import train_test_split
+
+    index = torch.arange(len(labels))
+    if n_held_out == 0:
+        return index, index[:0]
+    kept, held = train_test_split(
+        index.numpy(), test_size=n_held_out, stratify=labels.numpy(), random_state=seed
+    )
+    return torch.as_tensor(kept), torch.as_tensor(held)
+
+
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """Return scikit-learn's digits as ``(x, y)``: ``x`` float32 ``(1797, 64)``, ``y`` int64.
 
     Raises:
         ImportError: if scikit-learn is not installed (``pip install "lightning-reg[data]"``).
 
-    Example::
-
-        x, y = load_digits_tensors()
-        assert x.shape == (1797, 64) and int(y.max()) == 9
+    Examples:
+        >>> x, y = load_digits_tensors()
+        >>> x.shape, x.dtype, y.bincount().tolist()
+        (torch.Size([1797, 64]), torch.float32, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
     """
     try:
         from sklearn.datasets import load_digits
@@ -99,6 +132,8 @@ class _SplitsDataModule(pl.LightningDataModule):
 class DigitsDataModule(_SplitsDataModule):
     """scikit-learn's digits, standardized and split into train/val/test with a fixed seed.
 
+    The splits are stratified (each holds the ten classes in the data's proportions; see
+    :func:`stratified_split`): first the test split, then the validation split of the rest.
     Features are standardized with the training split's mean and standard deviation
     (a constant pixel keeps standard deviation 1), so every split sees the same transform.
 
@@ -113,11 +148,12 @@ class DigitsDataModule(_SplitsDataModule):
         ValueError: if a fraction is outside ``[0, 1)`` or both together leave no training data,
             or ``batch_size < 1``.
 
-    Example::
-
-        dm = DigitsDataModule(batch_size=32)
-        trainer = Trainer(max_epochs=3)
-        trainer.fit(model, datamodule=dm)
+    Examples:
+        >>> dm = DigitsDataModule(batch_size=32)
+        >>> dm.setup("fit")
+        >>> x, y = next(iter(dm.train_dataloader()))
+        >>> tuple(x.shape), len(dm.val_dataloader().dataset), len(dm.test_dataloader().dataset)
+        ((32, 64), 270, 270)
     """
 
     num_features = 64
@@ -152,14 +188,11 @@ class DigitsDataModule(_SplitsDataModule):
         if self._splits:
             return
         x, y = load_digits_tensors()
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
         n_val = round(self.val_fraction * len(x))
         n_test = round(self.test_fraction * len(x))
-        test_idx, val_idx, train_idx = (
-            perm[:n_test],
-            perm[n_test : n_test + n_val],
-            perm[n_test + n_val :],
-        )
+        rest, test_idx = stratified_split(y, n_test, self.seed)
+        kept, held = stratified_split(y[rest], n_val, self.seed)
+        train_idx, val_idx = rest[kept], rest[held]
         x = _standardize(x, x[train_idx])
         self._splits = {
             "train": TensorDataset(x[train_idx], y[train_idx]),
@@ -205,12 +238,12 @@ def fashion_mnist_splits(
     Returns:
         ``{"train": ..., "val": ..., "test": ...}`` ``TensorDataset``s of ``(x, y)``.
 
-    Example::
-
-        images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
-        labels = torch.randint(0, 10, (100,))
-        splits = fashion_mnist_splits(images, labels, images[:20], labels[:20], 0.1, seed=0)
-        assert splits["train"].tensors[0].shape == (90, 784)
+    Examples:
+        >>> images = torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8)
+        >>> labels = torch.randint(0, 10, (100,))
+        >>> splits = fashion_mnist_splits(images, labels, images[:20], labels[:20], 0.1, seed=0)
+        >>> [tuple(splits[name].tensors[0].shape) for name in ("train", "val", "test")]
+        [(90, 784), (10, 784), (20, 784)]
     """
     x = train_images.flatten(1).to(torch.float32) / 255.0
     x_test = test_images.flatten(1).to(torch.float32) / 255.0
@@ -253,11 +286,15 @@ class FashionMNISTDataModule(_SplitsDataModule):
         RuntimeError: when the files are missing and cannot be downloaded (no internet access),
             or are missing with ``download=False``.
 
-    Example::
+    Examples:
+        >>> from lightning_reg.demos import RegularizedMLP
+        >>> dm = FashionMNISTDataModule(data_dir="data", batch_size=256)  # nothing loaded yet
+        >>> model = RegularizedMLP(in_features=dm.num_features, hidden=(300, 100), dropout=0.2)
+        >>> dm.num_features, dm.num_classes
+        (784, 10)
 
-        dm = FashionMNISTDataModule(data_dir="data", batch_size=256)
-        model = RegularizedMLP(in_features=dm.num_features, hidden=(300, 100), dropout=0.2)
-        Trainer(max_epochs=10).fit(model, datamodule=dm)
+        ``Trainer(max_epochs=10).fit(model, datamodule=dm)`` then downloads the data (with
+        torchvision installed and a network) and trains.
     """
 
     num_features = 28 * 28
