@@ -53,7 +53,7 @@ def machine_header(device: torch.device) -> str:
         f"lightning {lightning.__version__}, {torch.get_num_threads()} torch thread(s), "
         f"device `{device}`"
     )
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         [
             f"- Command: `{command}`",

@@ -15,7 +15,15 @@ __all__ = ["check_int", "check_non_negative", "check_number", "check_positive"]
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``."""
+    """``value`` as an int >= ``minimum``.
+
+    Examples:
+        >>> check_int("batch_size", 32, 1)
+        32
+        >>> check_int("batch_size", 0, 1)
+        Traceback (most recent call last):
+        ValueError: `batch_size` must be an integer >= 1, got 0.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
     if value < minimum:
@@ -24,7 +32,15 @@ def check_int(name: str, value: object, minimum: int) -> int:
 
 
 def check_number(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> float:
-    """``value`` as a finite float accepted by ``ok``; ``allowed`` words the range."""
+    """``value`` as a finite float accepted by ``ok``; ``allowed`` words the range.
+
+    Examples:
+        >>> check_number("dropout", 0.5, "in [0, 1)", lambda p: 0 <= p < 1)
+        0.5
+        >>> check_number("dropout", True, "in [0, 1)", lambda p: 0 <= p < 1)
+        Traceback (most recent call last):
+        TypeError: `dropout` must be a finite number in [0, 1), got True.
+    """
     message = f"`{name}` must be a finite number {allowed}, got {value!r}."
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(message)
@@ -35,10 +51,21 @@ def check_number(name: str, value: object, allowed: str, ok: Callable[[float], b
 
 
 def check_positive(name: str, value: object) -> float:
-    """``value`` as a finite float > 0."""
+    """``value`` as a finite float > 0.
+
+    Examples:
+        >>> check_positive("lr", float("nan"))
+        Traceback (most recent call last):
+        ValueError: `lr` must be a finite number > 0, got nan.
+    """
     return check_number(name, value, "> 0", lambda x: x > 0)
 
 
 def check_non_negative(name: str, value: object) -> float:
-    """``value`` as a finite float >= 0."""
+    """``value`` as a finite float >= 0.
+
+    Examples:
+        >>> check_non_negative("l2", 0)
+        0.0
+    """
     return check_number(name, value, ">= 0", lambda x: x >= 0)
