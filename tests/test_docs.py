@@ -1,62 +1,77 @@
-"""`mkdocs build --strict` passes, and every public name has a pasteable example."""
+"""The docs: `mkdocs build --strict` covers every public module, and every public class and
+function has a ``>>>`` example that pytest runs as a doctest (``--doctest-modules``)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import os
+import pkgutil
 import re
 import subprocess
 import sys
-import textwrap
+import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import lightning_reg
 
 ROOT = Path(__file__).resolve().parents[1]
-_EXAMPLE = re.compile(r"^(?P<indent>[ \t]*)Examples?::[ \t]*$", re.MULTILINE)
 
 
-def example_code(doc: str) -> str:
-    """The indented code block that follows ``Example::`` in a docstring ("" when absent)."""
-    doc = inspect.cleandoc(doc)
-    match = _EXAMPLE.search(doc)
-    if match is None:
-        return ""
-    base = len(match.group("indent"))
-    block: list[str] = []
-    for line in doc[match.end() :].splitlines()[1:]:
-        if line.strip() and len(line) - len(line.lstrip()) <= base:
-            break
-        block.append(line)
-    return textwrap.dedent("\n".join(block)).strip()
+def public_modules() -> list[ModuleType]:
+    """``lightning_reg`` and every module under it whose dotted name has no ``_`` part."""
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(lightning_reg.__path__, "lightning_reg.")
+        if not any(part.startswith("_") for part in info.name.split("."))
+    ]
+    return [lightning_reg, *(importlib.import_module(name) for name in names)]
 
 
-@pytest.mark.parametrize("name", lightning_reg.__all__)
-def test_public_name_has_a_pasteable_example(name: str) -> None:
-    doc = getattr(lightning_reg, name).__doc__ or ""
-    assert "Example" in doc, f"{name}'s docstring has no example"
-    code = example_code(doc)
-    assert code, f"{name}'s docstring has no code block after `Example::`"
-    compile(code, f"<{name} example>", "exec")  # a user can paste it: it is valid Python
+def public_objects() -> dict[str, object]:
+    """Every name in a public module's ``__all__``, by its defining module's dotted path."""
+    found: dict[str, object] = {}
+    for module in public_modules():
+        for name in module.__all__:
+            obj = getattr(module, name)
+            home = getattr(obj, "__module__", module.__name__)
+            found[f"{home}.{name}"] = obj
+    return found
 
 
-def test_example_code_reads_the_indented_block() -> None:
-    doc = """Summary.
-
-    Example::
-
-        x = 1
-
-        y = 2
-    Trailing text.
-    """
-    assert example_code(doc) == "x = 1\n\ny = 2"
-    assert example_code("No example here.") == ""
+def classes_and_functions() -> list[str]:
+    return sorted(
+        path
+        for path, obj in public_objects().items()
+        if inspect.isclass(obj) or inspect.isfunction(obj)
+    )
 
 
+def test_every_public_module_has_an_all() -> None:
+    for module in public_modules():
+        assert isinstance(getattr(module, "__all__", None), list), module.__name__
+
+
+@pytest.mark.parametrize("path", classes_and_functions())
+def test_public_name_has_a_doctest_example(path: str) -> None:
+    doc = inspect.getdoc(public_objects()[path]) or ""
+    assert "Example::" not in doc, f"{path}: an `Example::` block (write it as `>>>` lines)"
+    assert re.search(r"^\s*>>> ", doc, flags=re.MULTILINE), f"{path} has no `>>>` example"
+
+
+def test_pytest_collects_the_docstring_examples() -> None:
+    # The README's test command, `python -m pytest`, runs them: the package is a test path and
+    # doctest collection is on.
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "lightning_reg" in options["testpaths"]
+    assert "--doctest-modules" in options["addopts"].split()
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
     reason="needs the docs extra (mkdocs, mkdocs-material, mkdocstrings[python])",
@@ -74,9 +89,13 @@ def test_site_builds_strict_with_the_api_reference(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     pages = {path: path.read_text(encoding="utf-8") for path in site.rglob("*.html")}
     api = "\n".join(text for path, text in pages.items() if "api" in path.parts)
-    # Every public name has an entry (an anchor) in the API reference.
-    for name in lightning_reg.__all__:
-        assert re.search(rf'id="lightning_reg\.[\w.]+\.{name}"', api), f"{name} not in the API"
-    # `Example::` blocks render as highlighted Python examples, not as literal text.
+    # Every public module has a page, every public name an entry (an anchor) on it.
+    for module in public_modules():
+        if module.__name__.count(".") < 2:  # lightning_reg.callbacks.one_cycle: its package's page
+            assert f'id="{module.__name__}"' in api, f"{module.__name__} has no API page"
+    for path in public_objects():
+        name = path.rsplit(".", 1)[1]
+        assert re.search(rf'id="lightning_reg\.[\w.]+\.{name}"', api), f"{path} not in the API"
+    # Examples render as highlighted Python sessions, not as literal text.
     assert not [path for path, text in pages.items() if "Example::" in text]
-    assert 'class="example"' in api and '<span class="kn">import</span>' in api
+    assert '<span class="gp">&gt;&gt;&gt; </span>' in api

@@ -38,6 +38,7 @@ __all__ = [
     "config_path",
     "main",
     "missing_requirements",
+    "plain_help",
 ]
 
 CLI_REQUIREMENTS: tuple[str, ...] = (

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ReportOptions",
+    "format_summary",
     "mc_dropout_summary",
     "plot_learning_curves",
     "plot_logged_schedule",
