@@ -341,6 +341,8 @@ def test_configs_subcommand_lists_and_prints_the_example_configs(
         assert f"{name} " in listing and str(config_path(name)) in listing
     main(["configs", "selu"])
     assert capsys.readouterr().out == (CONFIGS / "selu.yaml").read_text()
+    main(["configs", "--path", "selu"])
+    assert capsys.readouterr().out == f"{(CONFIGS / 'selu.yaml').resolve()}\n"
     assert config_path("selu.yaml") == config_path("selu") == (CONFIGS / "selu.yaml").resolve()
     with pytest.raises(SystemExit, match="No example config named 'nope'; the configs are"):
         main(["configs", "nope"])

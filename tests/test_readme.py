@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,17 @@ def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         exec(compile(block, str(README), "exec"), namespace)
     assert (tmp_path / "one_cycle.png").stat().st_size > 0
     assert float(namespace["result"].entropy.mean()) >= 0  # type: ignore[attr-defined]
+
+
+def test_readme_renders_on_a_package_index() -> None:
+    # A package index shows README.md alone: links must be absolute, and a user who is not in a
+    # checkout needs an install line and every extra named.
+    text = README.read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.startswith("https://") for link in links), links
+    assert 'pip install "lightning-reg[cli]"' in text
+    extras = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for extra in extras:
+        assert f"| `{extra}` |" in text, f"the `{extra}` extra is not in the README's table"

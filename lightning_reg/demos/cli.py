@@ -159,10 +159,15 @@ def config_path(name: str) -> Path:
 
 
 def _configs_command(args: Sequence[str]) -> None:
-    """``lightning-reg configs [NAME]``: list the configs, or print one."""
+    """``lightning-reg configs [--path] [NAME]``: list the configs, print one, or its path."""
+    args = list(args)
+    as_path = "--path" in args
+    if as_path:
+        args.remove("--path")
     if not args or args[0] in ("-h", "--help"):
-        print("Example configs (`lightning-reg configs NAME` prints one; save it and pass it as")
-        print("`lightning-reg fit --config FILE`, or pass the printed path directly):")
+        print("Example configs: `lightning-reg configs NAME` prints one, `lightning-reg configs")
+        print('--path NAME` its file, to run it: lightning-reg fit --config "$(lightning-reg')
+        print('configs --path NAME)"')
         for name in config_names():
             print(f"  {name:<16}{config_path(name)}")
         return
@@ -170,7 +175,7 @@ def _configs_command(args: Sequence[str]) -> None:
         path = config_path(args[0])
     except ValueError as err:
         raise SystemExit(f"lightning-reg configs: {err}") from None
-    print(path.read_text(), end="")
+    print(path if as_path else path.read_text(), end="\n" if as_path else "")
 
 
 def _data_attribute(name: str) -> Any:
@@ -387,8 +392,8 @@ def main(args: ArgsType = None) -> None:
 
     First checks that the ``cli`` extra is installed (:data:`CLI_REQUIREMENTS`); if not, exits
     with one line naming ``pip install "lightning-reg[cli]"`` before anything is parsed or
-    written. ``lightning-reg configs [NAME]`` lists the example configs or prints one; anything
-    else goes to :class:`LightningRegCLI`.
+    written. ``lightning-reg configs [--path] [NAME]`` lists the example configs, prints one, or
+    prints its file's path; anything else goes to :class:`LightningRegCLI`.
 
     Args:
         args: the arguments after ``lightning-reg`` as a list, or ``None`` for ``sys.argv[1:]``.
