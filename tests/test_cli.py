@@ -373,3 +373,16 @@ def test_plain_help_examples() -> None:
         "a MaxNorm (r)."
     )
     assert plain_help("Uses ``x``. Default: ``True``. (type: bool)") == "Uses x. (type: bool)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", config_names())
+def test_every_example_config_parses_and_says_what_it_is(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Adding a config is adding its file: it is listed, shipped, parsed here, and its opening
+    # comment is its line in docs/cli.md's table (docs/hooks/example_configs.py).
+    path = config_path(name)
+    assert path.read_text().startswith("# "), f"{path.name} opens without a comment"
+    config = printed_config(capsys, f"--config={path}")
+    assert config["model"] and "class_path" in config["data"]

@@ -96,6 +96,10 @@ def test_site_builds_strict_with_the_api_reference(tmp_path: Path) -> None:
     for path in public_objects():
         name = path.rsplit(".", 1)[1]
         assert re.search(rf'id="lightning_reg\.[\w.]+\.{name}"', api), f"{path} not in the API"
+    # The command's page lists every example config (built from the files by a mkdocs hook).
+    cli_page = pages[site / "cli" / "index.html"]
+    for config in sorted((ROOT / "examples" / "configs").glob("*.yaml")):
+        assert f"<td><code>{config.stem}</code></td>" in cli_page, config.name
     # Examples render as highlighted Python sessions, not as literal text.
     assert not [path for path, text in pages.items() if "Example::" in text]
     assert '<span class="gp">&gt;&gt;&gt; </span>' in api
