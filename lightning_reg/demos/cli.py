@@ -231,11 +231,13 @@ def _help_formatter() -> type:
     from jsonargparse import DefaultHelpFormatter
 
     class PlainHelpFormatter(DefaultHelpFormatter):
+        @override
         def _get_help_string(self, action: Action) -> str:
             # argparse's documented way to change help text (ArgumentDefaultsHelpFormatter
             # overrides this method too); jsonargparse's formatter appends type and default.
             return plain_help(super()._get_help_string(action))
 
+        @override
         def start_section(self, heading: str | None) -> None:
             # Group headings are the first line of each class's docstring.
             super().start_section(None if heading is None else plain_help(heading))

@@ -14,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_number
 
@@ -103,6 +104,7 @@ class _SplitsDataModule(pl.LightningDataModule):
     num_workers: int
     _splits: dict[str, TensorDataset]
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         """Fill ``self._splits`` with the ``train``, ``val`` and ``test`` datasets."""
         raise NotImplementedError
@@ -116,15 +118,19 @@ class _SplitsDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    @override
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", shuffle=True)
 
+    @override
     def val_dataloader(self) -> DataLoader[Any]:
         return self._loader("val")
 
+    @override
     def test_dataloader(self) -> DataLoader[Any]:
         return self._loader("test")
 
+    @override
     def predict_dataloader(self) -> DataLoader[Any]:
         return self._loader("test")
 
@@ -184,6 +190,7 @@ class DigitsDataModule(_SplitsDataModule):
         self.save_hyperparameters()
         self._splits: dict[str, TensorDataset] = {}
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return
@@ -336,12 +343,14 @@ class FashionMNISTDataModule(_SplitsDataModule):
                 "`download=False`."
             ) from err
 
+    @override
     def prepare_data(self) -> None:
         """Download the files into ``data_dir`` if ``download`` is set (one process only)."""
         if self.download:
             self._load(train=True, download=True)
             self._load(train=False, download=True)
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self._splits:
             return

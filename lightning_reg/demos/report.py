@@ -169,7 +169,7 @@ def plot_learning_curves(rows: Sequence[dict[str, float]]) -> Figure | None:
     """Plot training and validation loss and accuracy per epoch from ``metrics.csv`` rows.
 
     Reads ``train/loss_epoch`` (or ``train/loss``), ``val/loss``, ``train/acc`` and ``val/acc``,
-    the names :class:`~lightning_reg.RegularizedMLP` logs.
+    the names :class:`~lightning_reg.demos.RegularizedMLP` logs.
 
     Args:
         rows: rows of ``metrics.csv`` (see :func:`read_metrics`). Required.
@@ -232,7 +232,7 @@ def mc_dropout_summary(
     Deterministic: one pass in eval mode (dropout off). MC dropout: the mean of ``n_samples``
     passes with only the dropout layers on (:func:`~lightning_reg.mc_dropout_predict`). Each is
     scored with torchmetrics' ``MulticlassAccuracy`` (its default, macro average over classes:
-    the ``test/acc`` that :class:`~lightning_reg.RegularizedMLP` logs) and
+    the ``test/acc`` that :class:`~lightning_reg.demos.RegularizedMLP` logs) and
     ``MulticlassCalibrationError`` (expected calibration error, ``l1`` norm, 15 bins), plus the
     negative log-likelihood and the mean predictive entropy (nats). The model's modes are
     restored afterwards.
