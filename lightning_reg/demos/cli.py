@@ -43,8 +43,8 @@ __all__ = [
 
 CLI_REQUIREMENTS: tuple[str, ...] = (
     "jsonargparse[signatures]>=4.39.0",
-    "scikit-learn>=1.2",
-    "matplotlib>=3.7",
+    "scikit-learn>=1.4.2",
+    "matplotlib>=3.8.4",
 )
 """What the command needs beyond the library: the ``cli`` extra of ``pyproject.toml``."""
 
