@@ -64,6 +64,14 @@ def test_stratified_split_holds_out_nothing_for_a_zero_fraction() -> None:
         ({"batch_size": 0}, "`batch_size` must be an integer >= 1, got 0."),
         ({"val_fraction": 1.0}, "`val_fraction` must be a finite number in [0, 1), got 1.0."),
         ({"val_fraction": 0.5, "test_fraction": 0.5}, "`val_fraction + test_fraction` must be < 1"),
+        (
+            {"val_fraction": 0.003},
+            "`val_fraction` leaves 5 of the 1797 digits in its split; a stratified split holds 0",
+        ),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.497},
+            "`1 - val_fraction - test_fraction` leaves 6 of the 1797 digits",
+        ),
     ],
 )
 def test_digits_rejects_bad_arguments(kwargs: dict[str, float], message: str) -> None:

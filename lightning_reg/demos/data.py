@@ -135,6 +135,10 @@ class _SplitsDataModule(pl.LightningDataModule):
         return self._loader("test")
 
 
+_NUM_DIGITS = 1797
+"""The number of samples in scikit-learn's digits."""
+
+
 class DigitsDataModule(_SplitsDataModule):
     """scikit-learn's digits, standardized and split into train/val/test with a fixed seed.
 
@@ -151,8 +155,9 @@ class DigitsDataModule(_SplitsDataModule):
         num_workers: ``DataLoader`` workers. Default ``0`` (the data is tiny and in memory).
 
     Raises:
-        ValueError: if a fraction is outside ``[0, 1)`` or both together leave no training data,
-            or ``batch_size < 1``.
+        ValueError: if a fraction is outside ``[0, 1)``, both together leave no training data,
+            a split would hold fewer examples than classes (but more than 0), or
+            ``batch_size < 1``.
 
     Examples:
         >>> dm = DigitsDataModule(batch_size=32)
@@ -182,6 +187,17 @@ class DigitsDataModule(_SplitsDataModule):
                 "`val_fraction + test_fraction` must be < 1 to leave training data, got "
                 f"{val_fraction} + {test_fraction}."
             )
+        n_test = round(test_fraction * _NUM_DIGITS)
+        n_val = round(val_fraction * _NUM_DIGITS)
+        sizes = {"test_fraction": n_test, "val_fraction": n_val}
+        sizes["1 - val_fraction - test_fraction"] = _NUM_DIGITS - n_test - n_val
+        for name, size in sizes.items():
+            if 0 < size < self.num_classes or (size == 0 and name.startswith("1 -")):
+                raise ValueError(
+                    f"`{name}` leaves {size} of the {_NUM_DIGITS} digits in its split; a "
+                    f"stratified split holds 0 (validation and test only) or at least "
+                    f"{self.num_classes}, one per class."
+                )
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
