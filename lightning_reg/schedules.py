@@ -24,7 +24,11 @@ from lightning_reg._validation import (
 )
 
 __all__ = [
+    "Chain",
+    "Constant",
+    "CosineDecay",
     "ExponentialDecay",
+    "LinearWarmup",
     "OneCycle",
     "Phase",
     "PiecewiseConstant",
@@ -49,15 +53,13 @@ class Schedule(abc.ABC):
     the ``k``-th update. Subclasses implement :meth:`__call__` (starting with
     ``step = self._check_step(step)``) and may override :meth:`momentum`.
 
-    Example::
-
-        from lightning_reg.schedules import Schedule
-
-        class Halving(Schedule):
-            def __call__(self, step: int) -> float:
-                return 0.1 * 0.5 ** (self._check_step(step) // 100)
-
-        assert Halving()(250) == 0.025
+    Example:
+        >>> from lightning_reg.schedules import Schedule
+        >>> class Halving(Schedule):
+        ...     def __call__(self, step: int) -> float:
+        ...         return 0.1 * 0.5 ** (self._check_step(step) // 100)
+        >>> Halving()(250)
+        0.025
     """
 
     @abc.abstractmethod
@@ -89,6 +91,15 @@ class Schedule(abc.ABC):
             ValueError: if ``step`` is negative.
         """
         self._check_step(step)
+        return None
+
+    @property
+    def length(self) -> int | None:
+        """Steps after which the value no longer changes, or ``None`` for an open-ended schedule.
+
+        A :class:`Chain` hands over to its next schedule after this many steps, and the
+        callbacks warn when a run ends before a schedule's ``length``. ``None`` by default.
+        """
         return None
 
     def as_schedule(self, total_steps: int | None = None) -> Schedule:
@@ -182,13 +193,11 @@ class OneCycle(Schedule):
             ``final_lr <= start_lr <= max_lr`` fails, or if a phase would be empty
             (``0 < warmup_steps < end_step - final_steps`` is required).
 
-    Example::
-
-        from lightning_reg.schedules import OneCycle
-
-        schedule = OneCycle(total_steps=1000, max_lr=0.1)
-        schedule(0), schedule(449), schedule(999)   # 0.01, 0.1, ~1e-4
-        schedule.momentum(449)                      # 0.85
+    Example:
+        >>> from lightning_reg.schedules import OneCycle
+        >>> schedule = OneCycle(total_steps=1000, max_lr=0.1)
+        >>> schedule(0), schedule(449), round(schedule(999), 6), schedule.momentum(449)
+        (0.01, 0.1, 0.000108, 0.85)
     """
 
     total_steps: int
@@ -325,12 +334,11 @@ class OneCycle(Schedule):
             TypeError: if an argument has the wrong type.
             ValueError: if an argument is out of range or a phase would be empty.
 
-        Example::
-
-            from lightning_reg.schedules import OneCycle
-
-            schedule = OneCycle.from_torch(total_steps=1000, max_lr=0.1, pct_start=0.25)
-            schedule(0), schedule(249), schedule(999)   # 0.004, 0.1, 4e-07
+        Example:
+            >>> from lightning_reg.schedules import OneCycle
+            >>> schedule = OneCycle.from_torch(total_steps=1000, max_lr=0.1, pct_start=0.25)
+            >>> round(schedule(0), 12), schedule(249), schedule(999)
+            (0.004, 0.1, 4e-07)
         """
         total_steps = check_int("total_steps", total_steps, 2)
         max_lr = check_positive("max_lr", max_lr)
@@ -371,6 +379,11 @@ class OneCycle(Schedule):
             min_momentum=base_momentum,
             end_step=end,
         )
+
+    @property
+    def length(self) -> int:
+        """``total_steps``: the cycle's length (``final_lr`` is held from ``end_step`` on)."""
+        return self.total_steps
 
     def _locate(self, step: int) -> tuple[Phase, float]:
         """The phase holding ``step`` and the fraction of it done; after the end, a constant."""
@@ -430,12 +443,11 @@ class ExponentialDecay(Schedule):
         TypeError: if an argument is not a number (bools included).
         ValueError: if an argument is out of range, NaN or infinite.
 
-    Example::
-
-        from lightning_reg.schedules import ExponentialDecay
-
-        schedule = ExponentialDecay(lr0=0.01, s=1000)
-        schedule(2000)   # 1e-4
+    Example:
+        >>> from lightning_reg.schedules import ExponentialDecay
+        >>> schedule = ExponentialDecay(lr0=0.01, s=1000)
+        >>> round(schedule(2000), 12)
+        0.0001
     """
 
     lr0: float
@@ -479,12 +491,11 @@ class PowerDecay(Schedule):
         TypeError: if an argument is not a number (bools included).
         ValueError: if an argument is out of range, NaN or infinite.
 
-    Example::
-
-        from lightning_reg.schedules import PowerDecay
-
-        schedule = PowerDecay(lr0=0.01, s=1000)
-        schedule(1000)   # 0.005
+    Example:
+        >>> from lightning_reg.schedules import PowerDecay
+        >>> schedule = PowerDecay(lr0=0.01, s=1000)
+        >>> schedule(1000)
+        0.005
     """
 
     lr0: float
@@ -530,12 +541,11 @@ class PiecewiseConstant(Schedule):
         ValueError: if the lengths do not match, the boundaries are not strictly increasing
             positive ints, or a value is negative, NaN or infinite.
 
-    Example::
-
-        from lightning_reg.schedules import PiecewiseConstant
-
-        schedule = PiecewiseConstant(boundaries=[500, 800], values=[0.01, 0.005, 0.001])
-        schedule(499), schedule(500), schedule(800)   # 0.01, 0.005, 0.001
+    Example:
+        >>> from lightning_reg.schedules import PiecewiseConstant
+        >>> schedule = PiecewiseConstant(boundaries=[500, 800], values=[0.01, 0.005, 0.001])
+        >>> schedule(499), schedule(500), schedule(800)
+        (0.01, 0.005, 0.001)
     """
 
     boundaries: Sequence[int]
@@ -570,3 +580,259 @@ class PiecewiseConstant(Schedule):
             ValueError: if ``step`` is negative.
         """
         return self.values[bisect.bisect_right(self.boundaries, self._check_step(step))]
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """A constant learning rate: ``lr`` at every step (a tail for :class:`Chain`).
+
+    Args:
+        lr: the learning rate; finite >= 0.
+
+    Raises:
+        TypeError: if ``lr`` is not a number (bools included).
+        ValueError: if ``lr`` is negative, NaN or infinite.
+
+    Example:
+        >>> from lightning_reg.schedules import Constant
+        >>> Constant(0.01)(12345)
+        0.01
+    """
+
+    lr: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr", check_non_negative("lr", self.lr))
+
+    def __call__(self, step: int) -> float:
+        """``lr``, whatever the (valid) ``step``."""
+        self._check_step(step)
+        return self.lr
+
+
+@dataclass(frozen=True)
+class LinearWarmup(Schedule):
+    """Linear warm-up: from ``start_lr`` at step 0 up to ``lr`` at step ``steps``, then ``lr``.
+
+    ``lr(k) = start_lr + (lr - start_lr) * k / steps`` for ``k < steps`` (timm's and Composer's
+    linear warm-up). Chain it before a decay: ``Chain([LinearWarmup(100, 0.1),
+    CosineDecay(900, 0.1)])``.
+
+    Args:
+        steps: length of the warm-up in optimizer steps; int >= 1. Also its :attr:`length`.
+        lr: learning rate reached at step ``steps``; finite > 0.
+        start_lr: learning rate at step 0 (default 0.0); ``0 <= start_lr <= lr``.
+
+    Raises:
+        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        ValueError: if an argument is out of range, NaN or infinite.
+
+    Example:
+        >>> from lightning_reg.schedules import LinearWarmup
+        >>> warmup = LinearWarmup(steps=4, lr=0.1)
+        >>> [round(warmup(k), 3) for k in range(6)]
+        [0.0, 0.025, 0.05, 0.075, 0.1, 0.1]
+    """
+
+    steps: int
+    lr: float
+    start_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
+        lr = check_positive("lr", self.lr)
+        object.__setattr__(self, "lr", lr)
+        start = check_number(
+            "start_lr", self.start_lr, f">= 0 and <= lr ({lr!r})", lambda x: 0 <= x <= lr
+        )
+        object.__setattr__(self, "start_lr", start)
+
+    @property
+    def length(self) -> int:
+        """``steps``."""
+        return self.steps
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``; ``lr`` from step ``steps`` on.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        step = self._check_step(step)
+        if step >= self.steps:
+            return self.lr
+        return _interpolate(self.start_lr, self.lr, step / self.steps, "linear")
+
+
+@dataclass(frozen=True)
+class CosineDecay(Schedule):
+    """Cosine decay: from ``lr0`` at step 0 to ``final_lr`` at step ``steps`` along a half
+    cosine, then ``final_lr`` (Loshchilov & Hutter's SGDR without restarts; Keras'
+    ``CosineDecay`` with ``alpha = final_lr / lr0``).
+
+    ``lr(k) = final_lr + (lr0 - final_lr) / 2 * (1 + cos(pi * min(k, steps) / steps))``.
+
+    Args:
+        steps: length of the decay in optimizer steps; int >= 1. Also its :attr:`length`.
+        lr0: learning rate at step 0; finite > 0.
+        final_lr: learning rate from step ``steps`` on (default 0.0); ``0 <= final_lr <= lr0``.
+
+    Raises:
+        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        ValueError: if an argument is out of range, NaN or infinite.
+
+    Example:
+        >>> from lightning_reg.schedules import CosineDecay
+        >>> decay = CosineDecay(steps=100, lr0=0.1)
+        >>> decay(0), round(decay(50), 12), decay(100), decay(1000)
+        (0.1, 0.05, 0.0, 0.0)
+    """
+
+    steps: int
+    lr0: float
+    final_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
+        lr0 = check_positive("lr0", self.lr0)
+        object.__setattr__(self, "lr0", lr0)
+        final = check_number(
+            "final_lr", self.final_lr, f">= 0 and <= lr0 ({lr0!r})", lambda x: 0 <= x <= lr0
+        )
+        object.__setattr__(self, "final_lr", final)
+
+    @property
+    def length(self) -> int:
+        """``steps``."""
+        return self.steps
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``; ``final_lr`` from step ``steps`` on.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        step = min(self._check_step(step), self.steps)
+        return _interpolate(self.lr0, self.final_lr, step / self.steps, "cos")
+
+
+@dataclass(frozen=True)
+class Chain(Schedule):
+    """Schedules one after another, each for a number of optimizer steps.
+
+    ``schedules[i]`` runs for ``steps[i]`` steps, counted from its own step 0; the last one runs
+    from then on. ``steps`` defaults to each schedule's :attr:`~Schedule.length`
+    (``LinearWarmup.steps``, ``CosineDecay.steps``, ``OneCycle.total_steps``), so a warm-up then
+    a cosine decay is ``Chain([LinearWarmup(100, 0.1), CosineDecay(900, 0.1)])``. Momentum comes
+    from the running schedule (``None`` while it does not drive momentum, which leaves the
+    optimizer's momentum as the previous schedule left it). A chain is a pure function of the
+    step like any schedule, so it resumes and agrees across processes with no extra state.
+
+    Args:
+        schedules: one or more :class:`Schedule` objects (stored as a tuple).
+        steps: how long each schedule but the last runs, ints >= 1 (``len(schedules) - 1``
+            values). Default ``None``: each one's ``length``.
+
+    Raises:
+        TypeError: if an entry is not a :class:`Schedule` or a step count not an int.
+        ValueError: if ``schedules`` is empty, ``steps`` has the wrong length or a value < 1, or
+            ``steps`` is ``None`` and a schedule before the last has no ``length``.
+
+    Example:
+        >>> from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup
+        >>> chain = Chain([LinearWarmup(10, 0.1), CosineDecay(90, 0.1), Constant(0.001)])
+        >>> chain(5), chain(10), round(chain(55), 12), chain(100), chain.length is None
+        (0.05, 0.1, 0.05, 0.001, True)
+    """
+
+    schedules: Sequence[Schedule]
+    steps: Sequence[int] | None = None
+    offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """The step at which each schedule after the first starts; derived, read-only."""
+
+    def __post_init__(self) -> None:
+        schedules = tuple(self.schedules)
+        if not schedules:
+            raise ValueError("`schedules` must hold at least one schedule, got none.")
+        for i, schedule in enumerate(schedules):
+            if not isinstance(schedule, Schedule):
+                raise TypeError(
+                    f"`schedules[{i}]` must be a Schedule (lightning_reg.schedules), got "
+                    f"{schedule!r}."
+                )
+        if self.steps is None:
+            missing = [i for i, s in enumerate(schedules[:-1]) if s.length is None]
+            if missing:
+                raise ValueError(
+                    f"`schedules[{missing[0]}]` ({schedules[missing[0]]!r}) has no length; pass "
+                    "`steps=[...]` with how long each schedule but the last runs."
+                )
+            lengths = [s.length for s in schedules[:-1]]
+        else:
+            lengths = list(self.steps)
+        if len(lengths) != len(schedules) - 1:
+            raise ValueError(
+                f"`steps` must have len(schedules) - 1 = {len(schedules) - 1} entries, "
+                f"got {len(lengths)}."
+            )
+        steps = tuple(check_int(f"steps[{i}]", n, 1) for i, n in enumerate(lengths))
+        object.__setattr__(self, "schedules", schedules)
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "offsets", tuple(itertools.accumulate(steps)))
+
+    @property
+    def length(self) -> int | None:
+        """Where the last schedule ends, or ``None`` when it is open-ended."""
+        last = self.schedules[-1].length
+        return None if last is None else (self.offsets[-1] if self.offsets else 0) + last
+
+    def _locate(self, step: int) -> tuple[Schedule, int]:
+        """The schedule running at ``step`` and its own step."""
+        i = bisect.bisect_right(self.offsets, self._check_step(step))
+        return self.schedules[i], step - (self.offsets[i - 1] if i else 0)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate of the schedule running at ``step``, at its own step.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        schedule, local = self._locate(step)
+        return schedule(local)
+
+    def momentum(self, step: int) -> float | None:
+        """The momentum of the schedule running at ``step``, or ``None`` if it drives none.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The momentum, or ``None``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        schedule, local = self._locate(step)
+        return schedule.momentum(local)
