@@ -298,25 +298,40 @@ def test_one_cycle_scheduler_rejects_bad_hyperparameters(
         OneCycleScheduler(**kwargs)
 
 
-def test_logs_lr_and_momentum_and_composes_with_lr_monitor(tmp_path: Path) -> None:
+def read_csv(logger: CSVLogger) -> list[dict[str, str]]:
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def series(rows: list[dict[str, str]], key: str) -> dict[int, float]:
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+@pytest.mark.parametrize("monitor_momentum", [None, False, True])
+def test_logging_leaves_to_lr_monitor_what_it_logs(
+    tmp_path: Path, monitor_momentum: bool | None
+) -> None:
+    # Without a LearningRateMonitor we log `lr-pg<k>` and `momentum-pg<k>`; beside one, only
+    # what it does not log, so every value is one series (no `lr-pg0` next to `lr-SGD`).
     logger = CSVLogger(tmp_path, name="csv")
+    monitor = [] if monitor_momentum is None else [LearningRateMonitor("step", monitor_momentum)]
     fit(
         tmp_path,
-        [OneCycleScheduler(max_lr=0.1), LearningRateMonitor("step")],
+        [OneCycleScheduler(max_lr=0.1), *monitor],
         max_epochs=2,
         logger=logger,
         log_every_n_steps=1,
     )
-    with open(Path(logger.log_dir) / "metrics.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    ours = {int(r["step"]): float(r["lr-pg0"]) for r in rows if r.get("lr-pg0")}
-    theirs = {int(r["step"]): float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")}
-    moms = {int(r["step"]): float(r["momentum-pg0"]) for r in rows if r.get("momentum-pg0")}
+    rows = read_csv(logger)
+    keys = {key for row in rows for key, value in row.items() if value}
     sched = OneCycle(16, 0.1)
-    assert ours == {k: pytest.approx(sched(k)) for k in range(17)}
-    assert moms == {k: pytest.approx(sched.momentum(k)) for k in range(17)}
-    # LearningRateMonitor sees exactly the LR we set for each step.
-    assert theirs and all(theirs[k] == pytest.approx(ours[k]) for k in theirs)
+    lr_key = "lr-pg0" if monitor_momentum is None else "lr-SGD"
+    momentum_key = "lr-SGD-momentum" if monitor_momentum else "momentum-pg0"
+    lrs, moms = series(rows, lr_key), series(rows, momentum_key)
+    assert len(lrs) >= 16 and len(moms) >= 16
+    assert lrs == {k: pytest.approx(sched(k)) for k in lrs}
+    assert moms == {k: pytest.approx(sched.momentum(k)) for k in moms}
+    assert {k for k in keys if k.startswith(("lr-", "momentum-"))} == {lr_key, momentum_key}
 
 
 def test_scheduled_lr_per_step_and_per_epoch(tmp_path: Path) -> None:
