@@ -34,16 +34,9 @@ def test_plateau_rules() -> None:
     # min_delta: an improvement smaller than min_delta does not count.
     sched = PerformanceScheduler(patience=1, min_delta=0.1)
     assert decisions(sched, [1.0, 0.95, 0.85]) == [False, True, False]
-    # cooldown: evaluations inside it neither count nor reduce.
-    sched = PerformanceScheduler(patience=1, cooldown=2, min_delta=0.0)
-    assert decisions(sched, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == [
-        False,
-        True,
-        False,
-        False,
-        True,
-        False,
-    ]
+    # cooldown as Keras: counted down before the check, so cooldown=3 leaves 2 evaluations out.
+    sched = PerformanceScheduler(patience=1, cooldown=3, min_delta=0.0)
+    assert decisions(sched, [1.0] * 8) == [False, True, False, False, True, False, False, True]
     # mode="max"
     sched = PerformanceScheduler(mode="max", patience=1, min_delta=0.0)
     assert decisions(sched, [0.5, 0.6, 0.55]) == [False, False, True]
@@ -95,7 +88,8 @@ def test_reduces_at_the_right_evaluations_with_cooldown_and_min_lr(tmp_path: Pat
         min_lr=0.015,
         min_delta=0.0,
     )
-    assert lrs == pytest.approx([0.08, 0.04, 0.04, 0.02, 0.02, 0.015, 0.015, 0.015])
+    # Keras' cooldown=1 leaves no evaluation out (its counter is back at 0 when checked).
+    assert lrs == pytest.approx([0.08, 0.04, 0.02, 0.015, 0.015, 0.015, 0.015, 0.015])
 
 
 def test_missing_monitor_lists_available_keys(tmp_path: Path) -> None:

@@ -258,6 +258,18 @@ class LRCallback(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 
+    def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
+        """Warn when one schedule would give param groups with different LRs the same LR."""
+        lrs = [float(group["lr"]) for _, _, group in self.param_groups(trainer)]
+        if max(lrs) > min(lrs) * (1 + 1e-9):
+            self.warn(
+                f"{self.name}: the param groups have different learning rates {lrs}, but one "
+                "schedule drives all of them to the same value, erasing their ratio. Pass one "
+                "schedule per param group (for OneCycleScheduler, one `max_lr` per group, e.g. "
+                f"max_lr={[round(lr / max(lrs), 12) for lr in lrs]} times your peak keeps the "
+                "ratio)."
+            )
+
     @staticmethod
     def warn(message: str) -> None:
         rank_zero_warn(message, category=UserWarning)
