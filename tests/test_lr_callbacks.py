@@ -393,3 +393,242 @@ def test_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule(tmp_path: 
     expected = [sched(k) for k in (0, 1, 2, 3, 3, 3, 4, 5)]
     assert rec.lrs == pytest.approx(expected, rel=1e-12)
     assert scaler.get_scale() < 2.0**16  # the scaler did back off
+
+
+# -- lifecycle: reuse across fits, resume with a changed config -------------------------------
+
+
+def test_one_callbacks_list_reused_across_folds_trains_each_fold_alike(tmp_path: Path) -> None:
+    # Cross-validation: one callbacks list, three Trainers. Each fold's trace is the trace of a
+    # fresh instance (before, fold 2 ran at the previous cycle's final LR, 1e-5, throughout).
+    cbs: list[Callback] = [OneCycleScheduler(max_lr=0.1)]
+    fresh, _ = fit(tmp_path / "fresh", [OneCycleScheduler(max_lr=0.1)], max_epochs=2)
+    assert fresh.lrs == pytest.approx([OneCycle(16, 0.1)(k) for k in range(16)], rel=1e-12)
+    for fold in range(3):
+        rec, _ = fit(tmp_path / f"fold{fold}", cbs, max_epochs=2)
+        assert rec.lrs == fresh.lrs
+        assert rec.moms == fresh.moms
+
+
+def checkpointed_fit(
+    tmp_path: Path, cb: Callback, **kwargs: Any
+) -> tuple[Recorder, pl.Trainer, Path]:
+    torch.manual_seed(0)
+    rec = Recorder()
+    trainer = make_trainer(tmp_path, callbacks=[cb, rec], **kwargs)
+    trainer.fit(DigitsClassifier(), digits_loader(256, 32))
+    ckpt = tmp_path / "first.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return rec, trainer, ckpt
+
+
+def test_resume_with_more_epochs_continues_the_saved_cycle_and_names_total_steps(
+    tmp_path: Path,
+) -> None:
+    # Fit 2 epochs (a 16-step cycle sized by the Trainer), then resume with max_epochs=4. Before,
+    # the cycle was silently re-sized to 32 and the LR jumped from 1e-5 back to 0.087.
+    with pytest.warns(UserWarning, match="training ended after 16 of the 16|"):
+        first, _, ckpt = checkpointed_fit(tmp_path, OneCycleScheduler(max_lr=0.1), max_epochs=2)
+    second = Recorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler(max_lr=0.1), second], max_epochs=4
+    )
+    with pytest.warns(UserWarning, match=r"`total_steps`: \[16\] in the checkpoint, \[32\] now"):
+        trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
+    cycle = OneCycle(16, 0.1)
+    assert first.lrs == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
+    assert second.lrs == [cycle(k) for k in range(16, 32)]  # the saved cycle's final LR held
+    assert max(second.lrs) == pytest.approx(1e-5)
+
+
+def test_resume_from_last_checkpoint_with_a_changed_max_lr_keeps_the_saved_cycle(
+    tmp_path: Path,
+) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(cb: Callback, rec: Recorder, epochs: int) -> pl.Trainer:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+        return make_trainer(
+            tmp_path, callbacks=[cb, rec, ckpt], enable_checkpointing=True, max_epochs=epochs
+        )
+
+    torch.manual_seed(0)
+    first = Recorder()
+    trainer(OneCycleScheduler(max_lr=0.1, total_steps=32), first, 2).fit(
+        DigitsClassifier(), digits_loader(256, 32)
+    )
+    second = Recorder()
+    resumed = trainer(OneCycleScheduler(max_lr=0.2, total_steps=32), second, 4)
+    # Before, the new max_lr changed the state key: the saved state was dropped, the warm-up
+    # restarted at step 0.
+    with pytest.warns(UserWarning, match=r"`max_lr`: \[0.1\] in the checkpoint, \[0.2\] now"):
+        resumed.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path="last")
+    cycle = OneCycle(32, 0.1)
+    assert first.lrs + second.lrs == pytest.approx([cycle(k) for k in range(32)], rel=1e-12)
+
+
+def test_resume_from_a_checkpoint_without_our_state_says_so(tmp_path: Path) -> None:
+    _, _, ckpt = checkpointed_fit(tmp_path, Callback(), max_steps=4)
+    trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=8)], max_steps=8)
+    with pytest.warns(UserWarning, match="holds no state of OneCycleScheduler"):
+        trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
+
+
+def test_resume_from_the_cli_continues_the_saved_cycle(tmp_path: Path) -> None:
+    from lightning_reg.demos.cli import LightningRegCLI
+
+    common = [
+        "fit",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--report.enabled=false",
+        "--trainer.limit_train_batches=4",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    with pytest.warns(UserWarning, match="training ended|"):
+        first = LightningRegCLI(args=[*common, "--trainer.max_epochs=2"])
+    (ckpt,) = (Path(first.trainer.log_dir) / "checkpoints").glob("*.ckpt")
+    with pytest.warns(UserWarning, match=r"`total_steps`: \[8\] in the checkpoint, \[16\] now"):
+        second = LightningRegCLI(args=[*common, "--trainer.max_epochs=4", f"--ckpt_path={ckpt}"])
+    lr = second.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == OneCycle(8, 0.1)(16)  # the saved 8-step cycle's final LR, not a jump back up
+
+
+# -- manual optimization: cycles sized per optimizer -------------------------------------------
+
+
+class TwoOptimizerGAN(DigitsClassifier):
+    """Manual optimization with two optimizers stepped once per batch each (a GAN's shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.lrs: tuple[list[float], list[float]] = ([], [])
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        for k, opt in enumerate(self.optimizers()):  # type: ignore[union-attr]
+            self.lrs[k].append(opt.param_groups[0]["lr"])
+            loss = torch.nn.functional.cross_entropy(self(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    def configure_optimizers(self) -> Any:
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.1, momentum=0.9),
+            torch.optim.Adam(self.net[2].parameters(), lr=0.01),
+        ]
+
+
+def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(tmp_path: Path) -> None:
+    # `global_step` counts both optimizers' steps: max_steps=16 is 8 batches, 8 steps each.
+    # Before, each cycle was sized for 16 steps and the run ended at the peak.
+    model = TwoOptimizerGAN()
+    cb = OneCycleScheduler(max_lr=[0.1, 0.01])
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=16)
+    trainer.fit(model, digits_loader(512, 32))
+    assert trainer.global_step == 16 and cb.steps == [8, 8]
+    for k, (peak, opt) in enumerate(zip((0.1, 0.01), trainer.optimizers, strict=True)):
+        cycle = OneCycle(8, peak)
+        assert model.lrs[k] == pytest.approx([cycle(s) for s in range(8)], rel=1e-12)
+        assert opt.param_groups[0]["lr"] == cycle(8) == pytest.approx(cycle.final_lr)
+
+
+# -- runs that end before the schedule; short runs --------------------------------------------
+
+
+class ShortStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Six batches of 32 digits, then exhausted."""
+
+    def __iter__(self) -> Any:
+        return iter(digits_loader(192, 32))
+
+
+def test_iterable_dataset_shorter_than_max_steps_warns_how_far_it_got(tmp_path: Path) -> None:
+    model = DigitsClassifier()
+    trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1)], max_steps=20, max_epochs=1)
+    loader = torch.utils.data.DataLoader(ShortStream(), batch_size=None)
+    with pytest.warns(UserWarning, match=r"ended after 6 of the 20 optimizer steps .*30\.0%"):
+        trainer.fit(model, loader)
+
+
+def test_early_stopping_before_the_end_of_the_cycle_warns(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    class Flat(DigitsClassifier):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", torch.tensor(1.0))
+
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[OneCycleScheduler(0.1), EarlyStopping("val_loss", patience=1)],
+        max_epochs=10,
+        limit_train_batches=4,
+    )
+    with pytest.warns(UserWarning, match=r"ended after 8 of the 40 optimizer steps .*20\.0%"):
+        trainer.fit(Flat(), digits_loader(256, 32), digits_loader(32, 32))
+
+
+def test_fast_dev_run_works_and_a_two_step_run_says_where_the_count_came_from(
+    tmp_path: Path,
+) -> None:
+    # fast_dev_run: a smoke test of one step on a 3-step cycle, no early-end warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*OneCycleScheduler.*")
+        rec, _ = fit(tmp_path, [OneCycleScheduler(max_lr=0.1)], fast_dev_run=True)
+    assert rec.lrs == [OneCycle(3, 0.1)(0)]
+    # Two steps: no 1cycle fits; the error names the Trainer's estimate and what to change.
+    with pytest.raises(ValueError) as info:
+        fit(tmp_path, [OneCycleScheduler(max_lr=0.1)], max_steps=2)
+    message = str(info.value)
+    assert "`trainer.estimated_stepping_batches` = 2" in message
+    assert "`max_steps`" in message and "total_steps=" in message
+
+
+# -- quiet overrides ---------------------------------------------------------------------------
+
+
+def test_momentum_switched_on_is_warned(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"momentum 0 .*switches momentum on"):
+        rec, _ = fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1, total_steps=8)],
+            model=DigitsClassifier(momentum=0.0),
+            max_steps=8,
+        )
+    assert rec.moms[0] == 0.95
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*switches momentum on")
+        rec, _ = fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1, total_steps=8, cycle_momentum=False)],
+            model=DigitsClassifier(momentum=0.0),
+            max_steps=8,
+        )
+    assert rec.moms == [0.0] * 8
+
+
+class RatioGroups(DigitsClassifier):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(
+            [
+                {"params": self.net[0].parameters(), "lr": 0.1},
+                {"params": self.net[2].parameters(), "lr": 0.001},
+            ],
+            momentum=0.9,
+        )
+
+
+def test_one_max_lr_over_groups_with_different_lrs_is_warned(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=4)], max_steps=4)
+    with pytest.warns(UserWarning, match=r"different learning rates \[0.1, 0.001\].*\[1.0, 0.01\]"):
+        trainer.fit(RatioGroups(), digits_loader(128, 32))
+    # One max_lr per group keeps the ratio, and says nothing.
+    cb = OneCycleScheduler([0.1, 0.001], total_steps=4)
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*erasing their ratio")
+        trainer.fit(RatioGroups(), digits_loader(128, 32))
+    lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+    assert lrs[0] == pytest.approx(100 * lrs[1], rel=1e-12)
