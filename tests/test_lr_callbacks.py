@@ -15,8 +15,15 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_reg.callbacks import OneCycleScheduler, ScheduledLR
-from lightning_reg.schedules import ExponentialDecay, OneCycle, PiecewiseConstant
+from lightning_reg.callbacks import OneCycleScheduler, PerformanceScheduler, ScheduledLR
+from lightning_reg.schedules import (
+    Chain,
+    ExponentialDecay,
+    LinearWarmup,
+    OneCycle,
+    PiecewiseConstant,
+)
+from tests.distributed.worker import FlatValLoss, composed_callbacks, composed_trainer_kwargs
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
 
@@ -632,3 +639,88 @@ def test_one_max_lr_over_groups_with_different_lrs_is_warned(tmp_path: Path) -> 
         trainer.fit(RatioGroups(), digits_loader(128, 32))
     lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
     assert lrs[0] == pytest.approx(100 * lrs[1], rel=1e-12)
+
+
+# -- composition: warm-up + cosine, 1cycle + constant, warm-up + plateau ------------------------
+
+
+def expected_composed_trace(name: str) -> list[float]:
+    if name == "warmup_plateau":
+        # Warm-up over steps 0..7; the evaluation at step 4 is ignored (hand-over at 8), the one
+        # at step 8 sets the best, each later flat one halves the LR (patience 1).
+        warm = LinearWarmup(8, 0.08, start_lr=0.008)
+        return [warm(k) for k in range(8)] + [0.08] * 4 + [0.04] * 4
+    schedule = composed_callbacks()[name]().as_schedule()
+    return [schedule(k) for k in range(16)]
+
+
+def composed_fit(
+    root: Path, name: str, epochs: int, ckpt: Path | None = None
+) -> tuple[Recorder, pl.Trainer, pl.LightningModule]:
+    torch.manual_seed(0 if ckpt is None else 123)  # a resumed run takes everything from ckpt
+    model, rec = FlatValLoss(), Recorder()
+    kwargs = {**composed_trainer_kwargs(), "max_epochs": epochs}
+    trainer = make_trainer(root, callbacks=[composed_callbacks()[name](), rec], **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*training ended after")
+        trainer.fit(model, digits_loader(256, 32), digits_loader(32, 32), ckpt_path=ckpt)
+    return rec, trainer, model
+
+
+@pytest.mark.parametrize("name", ["warmup_cosine", "one_cycle_constant", "warmup_plateau"])
+def test_composed_schedule_runs_and_resumes_exactly_mid_chain(tmp_path: Path, name: str) -> None:
+    full, _, full_model = composed_fit(tmp_path / "full", name, 4)
+    assert full.lrs == pytest.approx(expected_composed_trace(name), rel=1e-12)
+    if name == "one_cycle_constant":  # the cycle drives momentum, the constant tail keeps 0.95
+        cycle = OneCycle(10, 0.1)
+        assert full.moms == pytest.approx([cycle.momentum(min(k, 10)) for k in range(16)])
+    for stop in (1, 3):  # mid first part (step 4) and in the last part (step 12)
+        first, trainer, _ = composed_fit(tmp_path / f"a{stop}", name, stop)
+        ckpt = tmp_path / f"stop{stop}.ckpt"
+        trainer.save_checkpoint(ckpt)
+        second, _, model = composed_fit(tmp_path / f"b{stop}", name, 4, ckpt)
+        assert first.lrs + second.lrs == full.lrs
+        assert first.moms + second.moms == full.moms
+        for a, b in zip(full_model.parameters(), model.parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(tmp_path: Path) -> None:
+    from tests.distributed.harness import run_ddp
+
+    results = run_ddp("composed_schedules", tmp_path)
+    for name in ("warmup_cosine", "one_cycle_constant", "warmup_plateau"):
+        assert results[0][name] == results[1][name], name
+        assert results[0][name] == pytest.approx(expected_composed_trace(name), rel=1e-12), name
+
+
+@pytest.mark.parametrize("name", ["warmup_cosine", "warmup_plateau", "one_cycle_constant"])
+def test_composed_schedule_configs_run_through_the_cli(tmp_path: Path, name: str) -> None:
+    from lightning_reg.demos.cli import LightningRegCLI
+
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / f"{name}.yaml"
+    argv = [
+        "fit",
+        f"--config={config}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--report.enabled=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=6",
+    ]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*training ended after")
+        cli = LightningRegCLI(args=argv)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, (ScheduledLR, PerformanceScheduler))]
+    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    if name == "warmup_plateau":
+        assert isinstance(cb, PerformanceScheduler)
+        assert cb.schedule == LinearWarmup(40, 0.05, start_lr=0.001) and cb.steps == [6]
+        assert lr == cb.schedule(6)
+    else:
+        schedule = cb.as_schedule()
+        assert isinstance(schedule, Chain) and cb.steps == [6]
+        first = (LinearWarmup(30, 0.1, 0.001), OneCycle(200, 0.1))
+        assert schedule.schedules[0] in first
+        assert lr == schedule(6)
