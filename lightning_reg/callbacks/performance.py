@@ -196,9 +196,8 @@ class PerformanceScheduler(LRCallback):
                 f"`min_lr` has {len(self.min_lr)} values but the optimizers have {num_groups} "
                 "param groups; pass one value, or exactly one per param group."
             )
-        no_batches = trainer.val_dataloaders is not None and not sum(trainer.num_val_batches)
-        if self.check_on == "validation_end" and no_batches:
-            self._never_runs("the fit has no validation data (no `val_dataloaders`, or empty)")
+        if self.check_on == "validation_end" and self._no_validation_data(trainer):
+            self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         if self.schedule is None:
             return
         if num_groups > 1 and not self.restored:
@@ -251,6 +250,15 @@ class PerformanceScheduler(LRCallback):
             "`validation_step` that logs the metric), or pass `check_on='train_epoch_end'` with "
             "a training metric as `monitor`."
         )
+
+    @staticmethod
+    def _no_validation_data(trainer: pl.Trainer) -> bool:
+        """Whether the fit has no validation batches. Lightning loads the validation data before
+        ``on_train_start`` when the first epoch validates (``check_val_every_n_epoch`` 1 or
+        ``None``); otherwise this cannot be known yet and is not claimed."""
+        if trainer.val_dataloaders is not None:
+            return not sum(trainer.num_val_batches)
+        return trainer.check_val_every_n_epoch in (None, 1)
 
     def _in_handover(self) -> bool:
         """Whether the step schedule still drives the LR (evaluations are then ignored)."""
