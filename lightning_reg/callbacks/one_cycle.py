@@ -46,9 +46,22 @@ class OneCycleScheduler(ScheduledLR):
 
     The step is the number of optimizer steps actually taken (see :class:`ScheduledLR`), so
     gradient accumulation, ``limit_train_batches``, ``max_steps``, several devices and resuming
-    from a checkpoint all give the right trace. Past ``total_steps`` the final LR is held and a
-    single warning is emitted. Optimizers with neither ``momentum`` nor ``betas`` get the LR cycle
-    only, with one warning.
+    from a checkpoint all give the right trace. Each optimizer has its own count and its own
+    cycle: under manual optimization with several optimizers, ``global_step`` (and so
+    ``max_steps``) counts all of their steps, so each cycle gets ``max_steps // n`` steps.
+
+    Lifecycle: each fit sizes a fresh cycle, unless it resumes from a checkpoint. The checkpoint
+    holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group and the phase
+    arguments); a resumed fit continues that cycle, and when it would have planned a different
+    one (more epochs, a new ``max_lr``) a warning names each changed value. Past the cycle's end
+    the final LR is held with one warning; a run that ends before it (``max_time``,
+    ``EarlyStopping``) gets a warning saying how far it got. ``fast_dev_run`` runs on a cycle
+    of at least 3 steps; other runs too short for the cycle raise an error naming the Trainer's
+    estimate it came from.
+
+    Quiet overrides are warned: an optimizer with neither ``momentum`` nor ``betas`` (the LR is
+    cycled, not the momentum), momentum 0 that cycling would switch on, and one ``max_lr`` over
+    param groups with different learning rates (pass one per group to keep their ratio).
 
     Args:
         max_lr: peak learning rate, or one per param group (all optimizers' groups in order).
@@ -64,7 +77,8 @@ class OneCycleScheduler(ScheduledLR):
         max_momentum: momentum at the start and the end. Default ``0.95``.
         min_momentum: momentum at the LR peak. Default ``0.85``.
         end_step: step at which ``final_lr`` is reached. Default ``None``: ``total_steps``.
-        log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>``. Default ``True``.
+        log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>`` (except what a
+            ``LearningRateMonitor`` logs). Default ``True``.
 
     These are the fields of :class:`~lightning_reg.schedules.OneCycle`, which holds their exact
     semantics and ranges.
@@ -72,17 +86,16 @@ class OneCycleScheduler(ScheduledLR):
     Raises:
         ValueError, TypeError: at construction, for invalid hyperparameters (the message names
             the argument and the allowed range); at fit time, when ``total_steps`` is ``None`` and
-            the Trainer cannot estimate it (infinite or unknown length), or ``max_lr`` has a length
-            other than the number of param groups.
+            the Trainer cannot estimate it (infinite or unknown length) or plans too few steps
+            for the cycle, or ``max_lr`` has a length other than the number of param groups.
         MisconfigurationException: at fit time, without an optimizer, beside an ``lr_scheduler``
             from ``configure_optimizers`` or beside another learning-rate callback.
 
-    Example::
-
-        from lightning_reg import OneCycleScheduler
-
-        trainer = Trainer(max_epochs=10, callbacks=[OneCycleScheduler(max_lr=0.1)])
-        trainer.fit(model)  # model.configure_optimizers returns e.g. SGD(momentum=0.9)
+    Example:
+        >>> from lightning_reg import OneCycleScheduler
+        >>> callback = OneCycleScheduler(max_lr=0.1)  # sized by the Trainer at fit time
+        >>> callback.as_schedule(total_steps=1000)(449)
+        0.1
     """
 
     def __init__(
