@@ -667,6 +667,7 @@ def composed_fit(
     return rec, trainer, model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["warmup_cosine", "one_cycle_constant", "warmup_plateau"])
 def test_composed_schedule_runs_and_resumes_exactly_mid_chain(tmp_path: Path, name: str) -> None:
     full, _, full_model = composed_fit(tmp_path / "full", name, 4)
@@ -685,6 +686,11 @@ def test_composed_schedule_runs_and_resumes_exactly_mid_chain(tmp_path: Path, na
             assert torch.equal(a, b)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
 def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(tmp_path: Path) -> None:
     from tests.distributed.harness import run_ddp
 
