@@ -14,7 +14,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from lightning_reg._validation import (
     check_int,
@@ -29,8 +29,8 @@ __all__ = [
     "CosineDecay",
     "ExponentialDecay",
     "LinearWarmup",
+    "Knots",
     "OneCycle",
-    "Phase",
     "PiecewiseConstant",
     "PowerDecay",
     "Schedule",
@@ -123,21 +123,126 @@ class Schedule(abc.ABC):
         return int(step)
 
 
-class Phase(NamedTuple):
-    """One interpolation segment of a :class:`OneCycle`, from step ``start`` to step ``end``.
+@dataclass(frozen=True)
+class Knots(Schedule):
+    """A schedule given by its knots: the LR (and momentum) at a few steps, interpolated between.
+
+    Between knots ``steps[i]`` and ``steps[i + 1]`` the value moves from ``lrs[i]`` to
+    ``lrs[i + 1]`` linearly or along a half cosine (``anneal``), with the arithmetic of torch's
+    ``OneCycleLR``; at and after the last knot it holds ``lrs[-1]``. Knot positions may be
+    fractional (torch's phase ends are). Both forms of the 1cycle policy are knots:
+    :class:`OneCycle` (the textbook's) builds them from its fields, and
+    :meth:`OneCycle.from_torch` returns torch's.
+
+    Args:
+        steps: knot positions, strictly increasing finite numbers starting at 0 (at least 2).
+        lrs: the learning rate at each knot, finite >= 0.
+        momenta: the momentum at each knot, in ``[0, 1)``, or ``None`` (default) to leave
+            momentum alone.
+        anneal: ``"linear"`` (default) or ``"cos"``.
+        total_steps: the optimizer steps the schedule is meant for (its :attr:`length`), an int
+            >= the last knot - 1. Default ``None``: the last knot, rounded up.
+
+    Raises:
+        TypeError: if a value has the wrong type (bools are rejected for numbers).
+        ValueError: if the lengths differ, the steps are not strictly increasing from 0, or a
+            value is out of range.
 
     Example:
-        >>> from lightning_reg.schedules import OneCycle
-        >>> OneCycle(total_steps=20, max_lr=0.8).phases[0]
-        Phase(start=0.0, end=8.0, start_lr=0.08, end_lr=0.8, start_momentum=0.95, end_momentum=0.85)
+        >>> from lightning_reg.schedules import Knots
+        >>> triangle = Knots(steps=[0, 10, 20], lrs=[0.0, 0.1, 0.0])
+        >>> triangle(5), triangle(10), triangle(15), triangle(99), triangle.length
+        (0.05, 0.1, 0.05, 0.0, 20)
     """
 
-    start: float
-    end: float
-    start_lr: float
-    end_lr: float
-    start_momentum: float
-    end_momentum: float
+    steps: Sequence[float]
+    lrs: Sequence[float]
+    momenta: Sequence[float] | None = None
+    anneal: Anneal = "linear"
+    total_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        steps = tuple(check_non_negative(f"steps[{i}]", s) for i, s in enumerate(self.steps))
+        if len(steps) < 2 or steps[0] != 0 or any(a >= b for a, b in itertools.pairwise(steps)):
+            raise ValueError(
+                "`steps` must be at least 2 strictly increasing numbers starting at 0, "
+                f"got {tuple(self.steps)}."
+            )
+        lrs = tuple(check_non_negative(f"lrs[{i}]", v) for i, v in enumerate(self.lrs))
+        momenta = None
+        if self.momenta is not None:
+            momenta = tuple(
+                check_number(f"momenta[{i}]", m, ">= 0 and < 1", lambda x: 0 <= x < 1)
+                for i, m in enumerate(self.momenta)
+            )
+        for name, values in (("lrs", lrs), ("momenta", momenta)):
+            if values is not None and len(values) != len(steps):
+                raise ValueError(
+                    f"`{name}` must have one value per knot ({len(steps)}), got {len(values)}."
+                )
+        if self.anneal not in ("linear", "cos"):
+            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {self.anneal!r}.")
+        last = math.ceil(steps[-1])
+        total = last if self.total_steps is None else self.total_steps
+        total = check_int("total_steps", total, max(last - 1, 1))
+        for name, value in (("steps", steps), ("lrs", lrs), ("momenta", momenta)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "total_steps", total)
+
+    @property
+    def length(self) -> int:
+        """``total_steps``."""
+        return int(self.total_steps)  # type: ignore[arg-type]  # resolved in __post_init__
+
+    def _segment(self, step: int) -> tuple[int, float]:
+        """The knot ``i`` that starts the segment holding ``step``, and the fraction done.
+
+        As torch's ``OneCycleLR``: the first segment whose end is at or after ``step``.
+        """
+        for i in range(len(self.steps) - 1):
+            start, end = self.steps[i], self.steps[i + 1]
+            if step <= end:
+                return i, (step - start) / (end - start)
+        return len(self.steps) - 1, 0.0
+
+    def _value(self, values: Sequence[float], step: int) -> float:
+        i, pct = self._segment(self._check_step(step))
+        if i == len(values) - 1:
+            return values[-1]
+        return _interpolate(values[i], values[i + 1], pct, self.anneal)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``; the last knot's from there on.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        return self._value(self.lrs, step)
+
+    def momentum(self, step: int) -> float | None:
+        """The momentum at ``step``, or ``None`` when ``momenta`` is ``None``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The momentum, or ``None``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        if self.momenta is None:
+            self._check_step(step)
+            return None
+        return self._value(self.momenta, step)
 
 
 @dataclass(frozen=True)
@@ -151,18 +256,19 @@ class OneCycle(Schedule):
     the other way: from ``max_momentum`` down to ``min_momentum`` while the LR rises, back up
     while it falls, and holds ``max_momentum`` in the final phase.
 
-    The phases, as step positions (available as :attr:`phases`):
+    The schedule is its :attr:`knots` (a :class:`Knots`), at the steps
+    ``0, warmup_steps, total_steps - final_steps, total_steps``:
 
-    - rise: ``[0, warmup_steps]``, ``start_lr -> max_lr``, ``max_momentum -> min_momentum``;
-    - descent: ``[warmup_steps, end_step - final_steps]``, ``max_lr -> start_lr``,
-      ``min_momentum -> max_momentum``;
-    - final: ``[end_step - final_steps, end_step]``, ``start_lr -> final_lr``, momentum held.
+    - rise: ``start_lr -> max_lr``, ``max_momentum -> min_momentum``;
+    - descent: ``max_lr -> start_lr``, ``min_momentum -> max_momentum``;
+    - final: ``start_lr -> final_lr``, momentum held at ``max_momentum``.
 
     With ``final_steps=0`` there is no final phase and the descent goes straight from
-    ``max_lr`` to ``final_lr`` (the two-phase schedule of fastai and of torch's default).
-    Steps at or after ``end_step`` hold ``final_lr`` and ``max_momentum``; asking for them is
-    not an error. Phase positions may be fractional, which :meth:`from_torch` needs to
-    reproduce ``torch.optim.lr_scheduler.OneCycleLR`` exactly.
+    ``max_lr`` to ``final_lr`` (the two-phase schedule of fastai). ``final_lr`` is reached at
+    step ``total_steps``, one step after the last update, as in the textbook; steps from there
+    on hold ``final_lr`` and ``max_momentum`` (asking for them is not an error). Torch's
+    ``OneCycleLR`` places its knots differently (fractional phase ends, ``final_lr`` on the last
+    update): :meth:`from_torch` builds those knots.
 
     Resolved defaults are stored in the fields: ``OneCycle(100, 1.0).start_lr == 0.1``, and
     ``OneCycle(**{f: getattr(s, f) for f in init_fields})`` rebuilds the same schedule.
@@ -173,13 +279,14 @@ class OneCycle(Schedule):
         max_lr: peak learning rate; finite > 0.
         start_lr: learning rate at step 0 and at the end of the descent. Default ``None``:
             ``max_lr / 10``.
-        final_lr: learning rate reached at ``end_step``. Default ``None``: ``start_lr / 1000``.
-        final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``
-            (when ``warmup_steps`` is also ``None``, rounded up by one step where needed so
-            that the rise and the descent have the same whole length, as in the textbook,
-            e.g. 12 for ``total_steps=100``). ``0`` gives the two-phase schedule.
-        warmup_steps: length of the rise, i.e. the step at which the LR peaks; > 0. Default
-            ``None``: half of ``end_step - final_steps``, rounded down.
+        final_lr: learning rate reached at ``total_steps``. Default ``None``:
+            ``start_lr / 1000``.
+        final_steps: length of the final phase, an int. Default ``None``:
+            ``total_steps // 10 + 1`` (when ``warmup_steps`` is also ``None``, rounded up by one
+            step where needed so that the rise and the descent have the same whole length, as in
+            the textbook, e.g. 12 for ``total_steps=100``). ``0`` gives the two-phase schedule.
+        warmup_steps: length of the rise, i.e. the step at which the LR peaks; an int > 0.
+            Default ``None``: half of ``total_steps - final_steps``, rounded down.
         anneal: ``"linear"`` (default) or ``"cos"`` (cosine interpolation inside each phase).
         cycle_momentum: drive momentum inversely to the LR (default ``True``); when ``False``
             :meth:`momentum` returns ``None`` and the momentum fields are neither checked nor
@@ -188,113 +295,103 @@ class OneCycle(Schedule):
             phase (default 0.95).
         min_momentum: momentum at the LR peak (default 0.85);
             ``0 <= min_momentum <= max_momentum < 1``.
-        end_step: step at which the LR reaches ``final_lr``, in ``(0, total_steps]``. Default
-            ``None``: ``total_steps``, as in the textbook (the last step, ``total_steps - 1``,
-            is one interpolation step above ``final_lr``); torch's OneCycleLR uses
-            ``total_steps - 1``.
 
     Raises:
-        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        TypeError: if an argument has the wrong type (bools are rejected for numbers, and
+            ``warmup_steps``/``final_steps`` must be ints).
         ValueError: if an argument is out of range (NaN and inf included), if
             ``final_lr <= start_lr <= max_lr`` fails, or if a phase would be empty
-            (``0 < warmup_steps < end_step - final_steps`` is required).
+            (``0 < warmup_steps < total_steps - final_steps`` is required).
 
     Example:
         >>> from lightning_reg.schedules import OneCycle
         >>> schedule = OneCycle(total_steps=1000, max_lr=0.1)
         >>> schedule(0), schedule(449), round(schedule(999), 6), schedule.momentum(449)
         (0.01, 0.1, 0.000108, 0.85)
+        >>> schedule.knots.steps
+        (0.0, 449.0, 898.0, 1000.0)
     """
 
     total_steps: int
     max_lr: float
     start_lr: float | None = None
     final_lr: float | None = None
-    final_steps: float | None = None
-    warmup_steps: float | None = None
+    final_steps: int | None = None
+    warmup_steps: int | None = None
     anneal: Anneal = "linear"
     cycle_momentum: bool = True
     max_momentum: float = 0.95
     min_momentum: float = 0.85
-    end_step: float | None = None
-    phases: tuple[Phase, ...] = field(init=False, repr=False, compare=False)
-    """The rise, descent and (unless ``final_steps == 0``) final phase; derived, read-only."""
+    knots: Knots = field(init=False, repr=False, compare=False)
+    """The cycle as :class:`Knots`; derived, read-only."""
 
     def __post_init__(self) -> None:
-        total_steps = check_int("total_steps", self.total_steps, 2)
+        total = check_int("total_steps", self.total_steps, 2)
         max_lr = check_positive("max_lr", self.max_lr)
+        start_lr = max_lr / 10 if self.start_lr is None else self.start_lr
         start_lr = check_number(
-            "start_lr",
-            max_lr / 10 if self.start_lr is None else self.start_lr,
-            f">= 0 and <= max_lr ({max_lr!r})",
-            lambda x: 0 <= x <= max_lr,
+            "start_lr", start_lr, f">= 0 and <= max_lr ({max_lr!r})", lambda x: 0 <= x <= max_lr
         )
+        final_lr = start_lr / 1000 if self.final_lr is None else self.final_lr
         final_lr = check_number(
             "final_lr",
-            start_lr / 1000 if self.final_lr is None else self.final_lr,
+            final_lr,
             f">= 0 and <= start_lr ({start_lr!r})",
             lambda x: 0 <= x <= start_lr,
         )
-        end = check_number(
-            "end_step",
-            total_steps if self.end_step is None else self.end_step,
-            f"> 0 and <= total_steps ({total_steps})",
-            lambda x: 0 < x <= total_steps,
-        )
-        final_steps = check_number(
-            "final_steps",
-            total_steps // 10 + 1 if self.final_steps is None else self.final_steps,
-            f">= 0 and < end_step ({end!r})",
-            lambda x: 0 <= x < end,
-        )
-        descent_end = end - final_steps
-        warmup = check_number(
-            "warmup_steps",
-            descent_end // 2 if self.warmup_steps is None else self.warmup_steps,
-            f"> 0 and < end_step - final_steps ({descent_end!r}) so that the rise and the "
-            f"descent are not empty (total_steps={total_steps})",
-            lambda x: 0 < x < descent_end,
-        )
+        final = total // 10 + 1 if self.final_steps is None else self.final_steps
+        final = check_int("final_steps", final, 0)
+        if final >= total:
+            raise ValueError(f"`final_steps` must be < total_steps ({total}), got {final!r}.")
+        warmup = (total - final) // 2 if self.warmup_steps is None else self.warmup_steps
+        warmup = check_int("warmup_steps", warmup, 0)
+        if not 0 < warmup < total - final:
+            raise ValueError(
+                f"`warmup_steps` must be > 0 and < total_steps - final_steps ({total - final}) "
+                f"so that the rise and the descent are not empty (total_steps={total}), "
+                f"got {warmup!r}."
+            )
         if self.final_steps is None and self.warmup_steps is None:
-            descent_end = 2 * warmup
-            final_steps = end - descent_end
-        if self.anneal not in ("linear", "cos"):
-            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {self.anneal!r}.")
+            final = total - 2 * warmup  # the textbook's rounding: the odd step goes last
         if not isinstance(self.cycle_momentum, bool):
             raise TypeError(f"`cycle_momentum` must be a bool, got {self.cycle_momentum!r}.")
-        max_mom, min_mom = self.max_momentum, self.min_momentum
+        high, low = self.max_momentum, self.min_momentum
         if self.cycle_momentum:
-            max_mom = check_number("max_momentum", max_mom, ">= 0 and < 1", lambda x: 0 <= x < 1)
-            min_mom = check_number(
+            high = check_number("max_momentum", high, ">= 0 and < 1", lambda x: 0 <= x < 1)
+            low = check_number(
                 "min_momentum",
-                min_mom,
-                f">= 0 and <= max_momentum ({max_mom!r})",
-                lambda x: 0 <= x <= max_mom,
+                low,
+                f">= 0 and <= max_momentum ({high!r})",
+                lambda x: 0 <= x <= high,
             )
         resolved = {
-            "total_steps": total_steps,
+            "total_steps": total,
             "max_lr": max_lr,
             "start_lr": start_lr,
             "final_lr": final_lr,
-            "final_steps": final_steps,
+            "final_steps": final,
             "warmup_steps": warmup,
-            "max_momentum": max_mom,
-            "min_momentum": min_mom,
-            "end_step": end,
+            "max_momentum": high,
+            "min_momentum": low,
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
-        descent_lr = start_lr if final_steps > 0 else final_lr
-        phases = [
-            Phase(0.0, warmup, start_lr, max_lr, max_mom, min_mom),
-            Phase(warmup, descent_end, max_lr, descent_lr, min_mom, max_mom),
-            Phase(descent_end, end, start_lr, final_lr, max_mom, max_mom),
-        ]
-        object.__setattr__(self, "phases", tuple(phases[: 3 if final_steps > 0 else 2]))
+        if final > 0:
+            steps, lrs = [0, warmup, total - final, total], [start_lr, max_lr, start_lr, final_lr]
+            momenta = [high, low, high, high]
+        else:
+            steps, lrs, momenta = (
+                [0, warmup, total],
+                [start_lr, max_lr, final_lr],
+                [high, low, high],
+            )
+        knots = Knots(
+            steps, lrs, momenta if self.cycle_momentum else None, self.anneal, total_steps=total
+        )
+        object.__setattr__(self, "knots", knots)
 
-    @classmethod
+    @staticmethod
     def from_torch(
-        cls,
         total_steps: int,
         max_lr: float,
         pct_start: float = 0.3,
@@ -305,21 +402,19 @@ class OneCycle(Schedule):
         cycle_momentum: bool = True,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
-    ) -> OneCycle:
+    ) -> Knots:
         """The schedule of ``torch.optim.lr_scheduler.OneCycleLR`` with the same arguments.
 
         ``schedule(k)`` and ``schedule.momentum(k)`` equal the LR and momentum (SGD
         ``momentum``, Adam ``betas[0]``) that torch's scheduler has set when the ``k``-th
         optimizer step is taken, i.e. after ``k`` calls of ``scheduler.step()``: bit for bit,
-        with the same phase ends and float arithmetic, except that a three-phase descent end
-        stored as ``end_step - final_steps`` can round differently in the last bit. Torch's phase
-        ends are ``pct_start * total_steps - 1`` (peak), ``2 * pct_start * total_steps - 2``
-        (end of the descent, three-phase only) and ``total_steps - 1``; they map to
-        ``warmup_steps``, ``end_step - final_steps`` and ``end_step``. Torch's two-phase
-        schedule is ``final_steps=0``.
+        with the same knots and float arithmetic. Torch's knots are ``0``,
+        ``pct_start * total_steps - 1`` (the peak), for three phases
+        ``2 * pct_start * total_steps - 2`` (end of the descent), and ``total_steps - 1``
+        (``final_lr`` on the last update).
 
         Args:
-            total_steps: number of optimizer steps; int >= 2.
+            total_steps: number of optimizer steps; int >= 2. Also the schedule's ``length``.
             max_lr: peak learning rate; finite > 0.
             pct_start: fraction of the steps spent rising (default 0.3); in ``(0, 1)`` with
                 ``pct_start * total_steps > 1``, and for ``three_phase`` also
@@ -330,11 +425,11 @@ class OneCycle(Schedule):
             three_phase: descend back to ``start_lr`` symmetrically, then annihilate to
                 ``final_lr`` (default ``False``: descend straight to ``final_lr``).
             cycle_momentum: cycle momentum inversely to the LR (default ``True``).
-            base_momentum: momentum at the LR peak (default 0.85); ``min_momentum``.
+            base_momentum: momentum at the LR peak (default 0.85).
             max_momentum: momentum at the start and the end (default 0.95).
 
         Returns:
-            The equivalent :class:`OneCycle`.
+            The equivalent :class:`Knots`.
 
         Raises:
             TypeError: if an argument has the wrong type.
@@ -346,7 +441,7 @@ class OneCycle(Schedule):
             >>> round(schedule(0), 12), schedule(249), schedule(999)
             (0.004, 0.1, 4e-07)
         """
-        total_steps = check_int("total_steps", total_steps, 2)
+        total = check_int("total_steps", total_steps, 2)
         max_lr = check_positive("max_lr", max_lr)
         pct = check_number("pct_start", pct_start, "> 0 and < 1", lambda x: 0 < x < 1)
         div = check_number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
@@ -362,46 +457,33 @@ class OneCycle(Schedule):
                 f">= 0 and <= max_momentum ({max_momentum!r})",
                 lambda x: 0 <= x <= max_momentum,
             )
-        warmup = float(pct * total_steps) - 1
-        end = total_steps - 1
-        descent_end = float(2 * pct * total_steps) - 2 if three_phase else end
-        if not (0 < warmup < descent_end and (descent_end < end or not three_phase)):
+        peak, end = float(pct * total) - 1, total - 1
+        descent_end = float(2 * pct * total) - 2 if three_phase else end
+        if not (0 < peak < descent_end and (descent_end < end or not three_phase)):
             extra = " and 2 * pct_start * total_steps - 2 < total_steps - 1" if three_phase else ""
             raise ValueError(
                 f"`pct_start` must satisfy pct_start * total_steps > 1{extra} so that no "
                 f"phase is empty, got pct_start={pct_start!r} with total_steps={total_steps}."
             )
         start_lr = max_lr / div
-        return cls(
-            total_steps=total_steps,
-            max_lr=max_lr,
-            start_lr=start_lr,
-            final_lr=start_lr / final_div,
-            final_steps=end - descent_end,
-            warmup_steps=warmup,
-            anneal=anneal_strategy,
-            cycle_momentum=cycle_momentum,
-            max_momentum=max_momentum,
-            min_momentum=base_momentum,
-            end_step=end,
+        final_lr = start_lr / final_div
+        high, low = max_momentum, base_momentum
+        if three_phase:
+            steps = [0.0, peak, descent_end, end]
+            lrs, momenta = [start_lr, max_lr, start_lr, final_lr], [high, low, high, high]
+        else:
+            steps, lrs, momenta = [0.0, peak, end], [start_lr, max_lr, final_lr], [high, low, high]
+        return Knots(
+            steps, lrs, momenta if cycle_momentum else None, anneal_strategy, total_steps=total
         )
 
     @property
     def length(self) -> int:
-        """``total_steps``: the cycle's length (``final_lr`` is held from ``end_step`` on)."""
+        """``total_steps``: the cycle's length (``final_lr`` is held from there on)."""
         return self.total_steps
 
-    def _locate(self, step: int) -> tuple[Phase, float]:
-        """The phase holding ``step`` and the fraction of it done; after the end, a constant."""
-        for phase in self.phases:
-            if step <= phase.end:
-                return phase, (step - phase.start) / (phase.end - phase.start)
-        last = self.phases[-1]
-        lr, momentum = last.end_lr, last.end_momentum
-        return Phase(last.end, math.inf, lr, lr, momentum, momentum), 0.0
-
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``; ``final_lr`` at and after ``end_step``.
+        """The learning rate at ``step``; ``final_lr`` at and after ``total_steps``.
 
         Args:
             step: 0-based optimizer step.
@@ -413,8 +495,7 @@ class OneCycle(Schedule):
             TypeError: if ``step`` is not an int (bools included).
             ValueError: if ``step`` is negative.
         """
-        phase, pct = self._locate(self._check_step(step))
-        return _interpolate(phase.start_lr, phase.end_lr, pct, self.anneal)
+        return self.knots(step)
 
     def momentum(self, step: int) -> float | None:
         """The momentum at ``step``, or ``None`` when ``cycle_momentum`` is ``False``.
@@ -423,16 +504,13 @@ class OneCycle(Schedule):
             step: 0-based optimizer step.
 
         Returns:
-            The momentum (``max_momentum`` at and after ``end_step``), or ``None``.
+            The momentum (``max_momentum`` at and after ``total_steps``), or ``None``.
 
         Raises:
             TypeError: if ``step`` is not an int (bools included).
             ValueError: if ``step`` is negative.
         """
-        phase, pct = self._locate(self._check_step(step))
-        if not self.cycle_momentum:
-            return None
-        return _interpolate(phase.start_momentum, phase.end_momentum, pct, self.anneal)
+        return self.knots.momentum(step)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,6 @@ class OneCycleScheduler(ScheduledLR):
         cycle_momentum: cycle momentum inversely to the LR. Default ``True``.
         max_momentum: momentum at the start and the end. Default ``0.95``.
         min_momentum: momentum at the LR peak. Default ``0.85``.
-        end_step: step at which ``final_lr`` is reached. Default ``None``: ``total_steps``.
         log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>`` (except what a
             ``LearningRateMonitor`` logs). Default ``True``.
 
@@ -104,13 +103,12 @@ class OneCycleScheduler(ScheduledLR):
         total_steps: int | None = None,
         start_lr: float | None = None,
         final_lr: float | None = None,
-        final_steps: float | None = None,
-        warmup_steps: float | None = None,
+        final_steps: int | None = None,
+        warmup_steps: int | None = None,
         anneal: Literal["linear", "cos"] = "linear",
         cycle_momentum: bool = True,
         max_momentum: float = 0.95,
         min_momentum: float = 0.85,
-        end_step: float | None = None,
         log_values: bool = True,
     ) -> None:
         self.max_lr = _check_max_lr(max_lr)
@@ -128,7 +126,6 @@ class OneCycleScheduler(ScheduledLR):
             "cycle_momentum": cycle_momentum,
             "max_momentum": max_momentum,
             "min_momentum": min_momentum,
-            "end_step": end_step,
         }
         steps = _PROBE_STEPS if total_steps is None else total_steps
         probe = [self._one_cycle(steps, m) for m in self.max_lr]
