@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -730,3 +731,60 @@ def test_composed_schedule_configs_run_through_the_cli(tmp_path: Path, name: str
         first = (LinearWarmup(30, 0.1, 0.001), OneCycle(200, 0.1))
         assert schedule.schedules[0] in first
         assert lr == schedule(6)
+
+
+def test_max_time_before_the_end_of_the_cycle_warns(tmp_path: Path) -> None:
+    class Slow(DigitsClassifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            time.sleep(0.25)
+            return super().training_step(batch, batch_idx)
+
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[OneCycleScheduler(0.1)],
+        max_epochs=100,
+        limit_train_batches=4,
+        max_time={"seconds": 1},
+    )
+    with pytest.warns(UserWarning, match=r"ended after \d+ of the 400 optimizer steps") as record:
+        trainer.fit(Slow(), digits_loader(128, 32))
+    assert trainer.global_step < 400
+    (message,) = [str(w.message) for w in record if "ended after" in str(w.message)]
+    assert f"ended after {trainer.global_step} of the 400" in message
+
+
+def test_resumed_scheduled_lr_with_a_different_schedule_warns_and_uses_it(tmp_path: Path) -> None:
+    _, _, ckpt = checkpointed_fit(tmp_path, ScheduledLR(ExponentialDecay(0.1, 4)), max_steps=4)
+    rec = Recorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[ScheduledLR(ExponentialDecay(0.2, 4)), rec], max_steps=8
+    )
+    with pytest.warns(UserWarning, match=r"differs from the one in the checkpoint .*lr0=0\.2"):
+        trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
+    assert rec.lrs == pytest.approx([0.2 * 0.1 ** (k / 4) for k in range(4, 8)], rel=1e-12)
+
+
+def test_fast_dev_run_from_the_cli(tmp_path: Path) -> None:
+    from lightning_reg.demos.cli import LightningRegCLI
+
+    cli = LightningRegCLI(
+        args=[
+            "fit",
+            "--trainer.fast_dev_run=true",
+            "--trainer.enable_progress_bar=false",
+            "--report.enabled=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    # One step on a 3-step cycle: the LR of the next step is the peak (before: an error naming
+    # `total_steps`, which the user never passed).
+    assert cli.trainer.global_step == 1
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == OneCycle(3, 0.1)(1)
+
+
+def test_plateau_hand_over_not_reached_warns(tmp_path: Path) -> None:
+    cb = PerformanceScheduler(schedule=LinearWarmup(100, 0.05))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_epochs=1, limit_train_batches=4)
+    with pytest.warns(UserWarning, match="before the hand-over to plateau scheduling at step 100"):
+        trainer.fit(FlatValLoss(), digits_loader(256, 32), digits_loader(32, 32))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == LinearWarmup(100, 0.05)(4)

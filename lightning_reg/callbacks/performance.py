@@ -214,6 +214,17 @@ class PerformanceScheduler(LRCallback):
             self.apply(trainer, opt_idx, step, [self.schedule] * num_groups)
 
     @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self._in_handover() and not getattr(trainer, "fast_dev_run", False):
+            self.warn(
+                f"{self.name}: training ended after {min(self.steps)} optimizer steps, before "
+                f"the hand-over to plateau scheduling at step {self.schedule_steps}; plateau "
+                "scheduling never acted. Shorten the schedule (`schedule_steps=...`) or train "
+                "longer."
+            )
+
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
         if self.check_on == "validation_end" and fitting:
