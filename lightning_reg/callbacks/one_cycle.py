@@ -132,8 +132,12 @@ class OneCycleScheduler(ScheduledLR):
         super().__init__(probe if len(probe) > 1 else probe[0], "step", log_values)
         self._step_source: str | None = None
 
-    def _one_cycle(self, total_steps: int, max_lr: float, **kwargs: Any) -> OneCycle:
-        return OneCycle(total_steps=total_steps, max_lr=max_lr, **(kwargs or self.one_cycle_kwargs))
+    def _one_cycle(
+        self, total_steps: int, max_lr: float, kwargs: dict[str, Any] | None = None
+    ) -> OneCycle:
+        return OneCycle(
+            total_steps, max_lr, **(self.one_cycle_kwargs if kwargs is None else kwargs)
+        )
 
     def resolve_cycle(self, trainer: pl.Trainer, num_groups: int) -> tuple[list[int], list[float]]:
         """The cycle of this fit: ``total_steps`` per optimizer and ``max_lr`` per param group.
@@ -182,11 +186,6 @@ class OneCycleScheduler(ScheduledLR):
         self._step_source = f"{source} = {int(estimate)}"
         return int(estimate)
 
-    @override
-    def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
-        totals, max_lrs = self.resolve_cycle(trainer, num_groups)
-        return self._build(trainer, totals, max_lrs, self.one_cycle_kwargs)
-
     def _build(
         self,
         trainer: pl.Trainer,
@@ -197,7 +196,7 @@ class OneCycleScheduler(ScheduledLR):
         opt_of_group = [idx for idx, _, _ in self.param_groups(trainer)]
         try:
             return [
-                self._one_cycle(totals[idx], m, **kwargs)
+                self._one_cycle(totals[idx], m, kwargs)
                 for idx, m in zip(opt_of_group, max_lrs, strict=True)
             ]
         except ValueError as error:
@@ -222,8 +221,9 @@ class OneCycleScheduler(ScheduledLR):
         if saved is not None and changed:
             self.warn(
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
-                f"({changed}). Continuing the checkpoint's cycle at its step {self.steps}, so the "
-                "learning rate does not jump; to train a new cycle, start a fit without "
+                f"({changed}). Continuing the checkpoint's cycle at its step count "
+                f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
+                "a fit without "
                 "`ckpt_path` (loading only the weights)."
             )
             self.config = {**self.config, **saved}
