@@ -26,7 +26,12 @@ from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
 from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
 from lightning_reg.plotting import plot_schedule
 from lightning_reg.schedules import (
+    Chain,
+    Constant,
+    CosineDecay,
     ExponentialDecay,
+    Knots,
+    LinearWarmup,
     OneCycle,
     PiecewiseConstant,
     PowerDecay,
@@ -35,8 +40,13 @@ from lightning_reg.schedules import (
 from lightning_reg.uncertainty import MCDropoutMixin, MCDropoutResult, mc_dropout_predict
 
 __all__ = [
+    "Chain",
+    "Constant",
+    "CosineDecay",
     "ExponentialDecay",
+    "Knots",
     "LRCallback",
+    "LinearWarmup",
     "MCAlphaDropout",
     "MCDropout",
     "MCDropoutMixin",

@@ -21,8 +21,10 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
         schedule: a :class:`~lightning_reg.schedules.Schedule`, a plain callable
             ``step -> lr``, or an object with ``as_schedule(total_steps)`` (the LR callbacks).
         total_steps: number of steps to draw (steps ``0 .. total_steps - 1``). Default ``None``:
-            the schedule's own ``total_steps`` (a :class:`~lightning_reg.schedules.OneCycle`
-            has one); required for plain callables and open-ended schedules.
+            the schedule's own :attr:`~lightning_reg.schedules.Schedule.length` (a
+            :class:`~lightning_reg.schedules.OneCycle`, a warm-up, a cosine decay or a
+            :class:`~lightning_reg.schedules.Chain` ending in one has one); required for plain
+            callables and open-ended schedules.
         ax: axes to draw on. Default ``None``: a new figure with one axes (made without
             ``pyplot``, so no global figure state and no GUI backend is needed).
 
@@ -36,13 +38,12 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
         TypeError: if ``schedule`` is not callable or ``total_steps`` is not an int.
         ValueError: if the number of steps is unknown or ``total_steps < 1``.
 
-    Example::
-
-        from lightning_reg.plotting import plot_schedule
-        from lightning_reg.schedules import OneCycle
-
-        fig = plot_schedule(OneCycle(total_steps=1000, max_lr=0.1))
-        fig.savefig("one_cycle.png")
+    Example:
+        >>> from lightning_reg.plotting import plot_schedule
+        >>> from lightning_reg.schedules import Chain, CosineDecay, LinearWarmup
+        >>> fig = plot_schedule(Chain([LinearWarmup(100, 0.1), CosineDecay(900, 0.1)]))
+        >>> len(fig.axes[0].lines[0].get_xdata())  # the chain's length: 1000 steps
+        1000
     """
     figure_class = matplotlib_figure("plot_schedule")
     as_schedule = getattr(schedule, "as_schedule", None)
@@ -81,9 +82,9 @@ def matplotlib_figure(user: str) -> type[Figure]:
 
 
 def _resolve_steps(schedule: Callable[[int], float], total_steps: int | None) -> range:
-    """``range(total_steps)``, taking ``schedule.total_steps`` when ``total_steps`` is None."""
+    """``range(total_steps)``, taking the schedule's ``length`` when ``total_steps`` is None."""
     if total_steps is None:
-        total_steps = getattr(schedule, "total_steps", None)
+        total_steps = getattr(schedule, "length", None)
         if total_steps is None:
             raise ValueError(
                 f"`total_steps` is required to plot {schedule!r}: it has no length of its own."

@@ -14,7 +14,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from lightning_reg._validation import (
     check_int,
@@ -24,9 +24,13 @@ from lightning_reg._validation import (
 )
 
 __all__ = [
+    "Chain",
+    "Constant",
+    "CosineDecay",
     "ExponentialDecay",
+    "LinearWarmup",
+    "Knots",
     "OneCycle",
-    "Phase",
     "PiecewiseConstant",
     "PowerDecay",
     "Schedule",
@@ -49,15 +53,13 @@ class Schedule(abc.ABC):
     the ``k``-th update. Subclasses implement :meth:`__call__` (starting with
     ``step = self._check_step(step)``) and may override :meth:`momentum`.
 
-    Example::
-
-        from lightning_reg.schedules import Schedule
-
-        class Halving(Schedule):
-            def __call__(self, step: int) -> float:
-                return 0.1 * 0.5 ** (self._check_step(step) // 100)
-
-        assert Halving()(250) == 0.025
+    Example:
+        >>> from lightning_reg.schedules import Schedule
+        >>> class Halving(Schedule):
+        ...     def __call__(self, step: int) -> float:
+        ...         return 0.1 * 0.5 ** (self._check_step(step) // 100)
+        >>> Halving()(250)
+        0.025
     """
 
     @abc.abstractmethod
@@ -91,6 +93,15 @@ class Schedule(abc.ABC):
         self._check_step(step)
         return None
 
+    @property
+    def length(self) -> int | None:
+        """Steps after which the value no longer changes, or ``None`` for an open-ended schedule.
+
+        A :class:`Chain` hands over to its next schedule after this many steps, and the
+        callbacks warn when a run ends before a schedule's ``length``. ``None`` by default.
+        """
+        return None
+
     def as_schedule(self, total_steps: int | None = None) -> Schedule:
         """This schedule itself, so schedules and callbacks are interchangeable for plotting.
 
@@ -112,15 +123,126 @@ class Schedule(abc.ABC):
         return int(step)
 
 
-class Phase(NamedTuple):
-    """One interpolation segment of a :class:`OneCycle`, from step ``start`` to step ``end``."""
+@dataclass(frozen=True)
+class Knots(Schedule):
+    """A schedule given by its knots: the LR (and momentum) at a few steps, interpolated between.
 
-    start: float
-    end: float
-    start_lr: float
-    end_lr: float
-    start_momentum: float
-    end_momentum: float
+    Between knots ``steps[i]`` and ``steps[i + 1]`` the value moves from ``lrs[i]`` to
+    ``lrs[i + 1]`` linearly or along a half cosine (``anneal``), with the arithmetic of torch's
+    ``OneCycleLR``; at and after the last knot it holds ``lrs[-1]``. Knot positions may be
+    fractional (torch's phase ends are). Both forms of the 1cycle policy are knots:
+    :class:`OneCycle` (the textbook's) builds them from its fields, and
+    :meth:`OneCycle.from_torch` returns torch's.
+
+    Args:
+        steps: knot positions, strictly increasing finite numbers starting at 0 (at least 2).
+        lrs: the learning rate at each knot, finite >= 0.
+        momenta: the momentum at each knot, in ``[0, 1)``, or ``None`` (default) to leave
+            momentum alone.
+        anneal: ``"linear"`` (default) or ``"cos"``.
+        total_steps: the optimizer steps the schedule is meant for (its :attr:`length`), an int
+            >= the last knot - 1. Default ``None``: the last knot, rounded up.
+
+    Raises:
+        TypeError: if a value has the wrong type (bools are rejected for numbers).
+        ValueError: if the lengths differ, the steps are not strictly increasing from 0, or a
+            value is out of range.
+
+    Example:
+        >>> from lightning_reg.schedules import Knots
+        >>> triangle = Knots(steps=[0, 10, 20], lrs=[0.0, 0.1, 0.0])
+        >>> triangle(5), triangle(10), triangle(15), triangle(99), triangle.length
+        (0.05, 0.1, 0.05, 0.0, 20)
+    """
+
+    steps: Sequence[float]
+    lrs: Sequence[float]
+    momenta: Sequence[float] | None = None
+    anneal: Anneal = "linear"
+    total_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        steps = tuple(check_non_negative(f"steps[{i}]", s) for i, s in enumerate(self.steps))
+        if len(steps) < 2 or steps[0] != 0 or any(a >= b for a, b in itertools.pairwise(steps)):
+            raise ValueError(
+                "`steps` must be at least 2 strictly increasing numbers starting at 0, "
+                f"got {tuple(self.steps)}."
+            )
+        lrs = tuple(check_non_negative(f"lrs[{i}]", v) for i, v in enumerate(self.lrs))
+        momenta = None
+        if self.momenta is not None:
+            momenta = tuple(
+                check_number(f"momenta[{i}]", m, ">= 0 and < 1", lambda x: 0 <= x < 1)
+                for i, m in enumerate(self.momenta)
+            )
+        for name, values in (("lrs", lrs), ("momenta", momenta)):
+            if values is not None and len(values) != len(steps):
+                raise ValueError(
+                    f"`{name}` must have one value per knot ({len(steps)}), got {len(values)}."
+                )
+        if self.anneal not in ("linear", "cos"):
+            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {self.anneal!r}.")
+        last = math.ceil(steps[-1])
+        total = last if self.total_steps is None else self.total_steps
+        total = check_int("total_steps", total, max(last - 1, 1))
+        for name, value in (("steps", steps), ("lrs", lrs), ("momenta", momenta)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "total_steps", total)
+
+    @property
+    def length(self) -> int:
+        """``total_steps``."""
+        return int(self.total_steps)  # type: ignore[arg-type]  # resolved in __post_init__
+
+    def _segment(self, step: int) -> tuple[int, float]:
+        """The knot ``i`` that starts the segment holding ``step``, and the fraction done.
+
+        As torch's ``OneCycleLR``: the first segment whose end is at or after ``step``.
+        """
+        for i in range(len(self.steps) - 1):
+            start, end = self.steps[i], self.steps[i + 1]
+            if step <= end:
+                return i, (step - start) / (end - start)
+        return len(self.steps) - 1, 0.0
+
+    def _value(self, values: Sequence[float], step: int) -> float:
+        i, pct = self._segment(self._check_step(step))
+        if i == len(values) - 1:
+            return values[-1]
+        return _interpolate(values[i], values[i + 1], pct, self.anneal)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``; the last knot's from there on.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        return self._value(self.lrs, step)
+
+    def momentum(self, step: int) -> float | None:
+        """The momentum at ``step``, or ``None`` when ``momenta`` is ``None``.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The momentum, or ``None``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        if self.momenta is None:
+            self._check_step(step)
+            return None
+        return self._value(self.momenta, step)
 
 
 @dataclass(frozen=True)
@@ -134,18 +256,19 @@ class OneCycle(Schedule):
     the other way: from ``max_momentum`` down to ``min_momentum`` while the LR rises, back up
     while it falls, and holds ``max_momentum`` in the final phase.
 
-    The phases, as step positions (available as :attr:`phases`):
+    The schedule is its :attr:`knots` (a :class:`Knots`), at the steps
+    ``0, warmup_steps, total_steps - final_steps, total_steps``:
 
-    - rise: ``[0, warmup_steps]``, ``start_lr -> max_lr``, ``max_momentum -> min_momentum``;
-    - descent: ``[warmup_steps, end_step - final_steps]``, ``max_lr -> start_lr``,
-      ``min_momentum -> max_momentum``;
-    - final: ``[end_step - final_steps, end_step]``, ``start_lr -> final_lr``, momentum held.
+    - rise: ``start_lr -> max_lr``, ``max_momentum -> min_momentum``;
+    - descent: ``max_lr -> start_lr``, ``min_momentum -> max_momentum``;
+    - final: ``start_lr -> final_lr``, momentum held at ``max_momentum``.
 
     With ``final_steps=0`` there is no final phase and the descent goes straight from
-    ``max_lr`` to ``final_lr`` (the two-phase schedule of fastai and of torch's default).
-    Steps at or after ``end_step`` hold ``final_lr`` and ``max_momentum``; asking for them is
-    not an error. Phase positions may be fractional, which :meth:`from_torch` needs to
-    reproduce ``torch.optim.lr_scheduler.OneCycleLR`` exactly.
+    ``max_lr`` to ``final_lr`` (the two-phase schedule of fastai). ``final_lr`` is reached at
+    step ``total_steps``, one step after the last update, as in the textbook; steps from there
+    on hold ``final_lr`` and ``max_momentum`` (asking for them is not an error). Torch's
+    ``OneCycleLR`` places its knots differently (fractional phase ends, ``final_lr`` on the last
+    update): :meth:`from_torch` builds those knots.
 
     Resolved defaults are stored in the fields: ``OneCycle(100, 1.0).start_lr == 0.1``, and
     ``OneCycle(**{f: getattr(s, f) for f in init_fields})`` rebuilds the same schedule.
@@ -156,13 +279,14 @@ class OneCycle(Schedule):
         max_lr: peak learning rate; finite > 0.
         start_lr: learning rate at step 0 and at the end of the descent. Default ``None``:
             ``max_lr / 10``.
-        final_lr: learning rate reached at ``end_step``. Default ``None``: ``start_lr / 1000``.
-        final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``
-            (when ``warmup_steps`` is also ``None``, rounded up by one step where needed so
-            that the rise and the descent have the same whole length, as in the textbook,
-            e.g. 12 for ``total_steps=100``). ``0`` gives the two-phase schedule.
-        warmup_steps: length of the rise, i.e. the step at which the LR peaks; > 0. Default
-            ``None``: half of ``end_step - final_steps``, rounded down.
+        final_lr: learning rate reached at ``total_steps``. Default ``None``:
+            ``start_lr / 1000``.
+        final_steps: length of the final phase, an int. Default ``None``:
+            ``total_steps // 10 + 1`` (when ``warmup_steps`` is also ``None``, rounded up by one
+            step where needed so that the rise and the descent have the same whole length, as in
+            the textbook, e.g. 12 for ``total_steps=100``). ``0`` gives the two-phase schedule.
+        warmup_steps: length of the rise, i.e. the step at which the LR peaks; an int > 0.
+            Default ``None``: half of ``total_steps - final_steps``, rounded down.
         anneal: ``"linear"`` (default) or ``"cos"`` (cosine interpolation inside each phase).
         cycle_momentum: drive momentum inversely to the LR (default ``True``); when ``False``
             :meth:`momentum` returns ``None`` and the momentum fields are neither checked nor
@@ -171,115 +295,103 @@ class OneCycle(Schedule):
             phase (default 0.95).
         min_momentum: momentum at the LR peak (default 0.85);
             ``0 <= min_momentum <= max_momentum < 1``.
-        end_step: step at which the LR reaches ``final_lr``, in ``(0, total_steps]``. Default
-            ``None``: ``total_steps``, as in the textbook (the last step, ``total_steps - 1``,
-            is one interpolation step above ``final_lr``); torch's OneCycleLR uses
-            ``total_steps - 1``.
 
     Raises:
-        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        TypeError: if an argument has the wrong type (bools are rejected for numbers, and
+            ``warmup_steps``/``final_steps`` must be ints).
         ValueError: if an argument is out of range (NaN and inf included), if
             ``final_lr <= start_lr <= max_lr`` fails, or if a phase would be empty
-            (``0 < warmup_steps < end_step - final_steps`` is required).
+            (``0 < warmup_steps < total_steps - final_steps`` is required).
 
-    Example::
-
-        from lightning_reg.schedules import OneCycle
-
-        schedule = OneCycle(total_steps=1000, max_lr=0.1)
-        schedule(0), schedule(449), schedule(999)   # 0.01, 0.1, ~1e-4
-        schedule.momentum(449)                      # 0.85
+    Example:
+        >>> from lightning_reg.schedules import OneCycle
+        >>> schedule = OneCycle(total_steps=1000, max_lr=0.1)
+        >>> schedule(0), schedule(449), round(schedule(999), 6), schedule.momentum(449)
+        (0.01, 0.1, 0.000108, 0.85)
+        >>> schedule.knots.steps
+        (0.0, 449.0, 898.0, 1000.0)
     """
 
     total_steps: int
     max_lr: float
     start_lr: float | None = None
     final_lr: float | None = None
-    final_steps: float | None = None
-    warmup_steps: float | None = None
+    final_steps: int | None = None
+    warmup_steps: int | None = None
     anneal: Anneal = "linear"
     cycle_momentum: bool = True
     max_momentum: float = 0.95
     min_momentum: float = 0.85
-    end_step: float | None = None
-    phases: tuple[Phase, ...] = field(init=False, repr=False, compare=False)
-    """The rise, descent and (unless ``final_steps == 0``) final phase; derived, read-only."""
+    knots: Knots = field(init=False, repr=False, compare=False)
+    """The cycle as :class:`Knots`; derived, read-only."""
 
     def __post_init__(self) -> None:
-        total_steps = check_int("total_steps", self.total_steps, 2)
+        total = check_int("total_steps", self.total_steps, 2)
         max_lr = check_positive("max_lr", self.max_lr)
+        start_lr = max_lr / 10 if self.start_lr is None else self.start_lr
         start_lr = check_number(
-            "start_lr",
-            max_lr / 10 if self.start_lr is None else self.start_lr,
-            f">= 0 and <= max_lr ({max_lr!r})",
-            lambda x: 0 <= x <= max_lr,
+            "start_lr", start_lr, f">= 0 and <= max_lr ({max_lr!r})", lambda x: 0 <= x <= max_lr
         )
+        final_lr = start_lr / 1000 if self.final_lr is None else self.final_lr
         final_lr = check_number(
             "final_lr",
-            start_lr / 1000 if self.final_lr is None else self.final_lr,
+            final_lr,
             f">= 0 and <= start_lr ({start_lr!r})",
             lambda x: 0 <= x <= start_lr,
         )
-        end = check_number(
-            "end_step",
-            total_steps if self.end_step is None else self.end_step,
-            f"> 0 and <= total_steps ({total_steps})",
-            lambda x: 0 < x <= total_steps,
-        )
-        final_steps = check_number(
-            "final_steps",
-            total_steps // 10 + 1 if self.final_steps is None else self.final_steps,
-            f">= 0 and < end_step ({end!r})",
-            lambda x: 0 <= x < end,
-        )
-        descent_end = end - final_steps
-        warmup = check_number(
-            "warmup_steps",
-            descent_end // 2 if self.warmup_steps is None else self.warmup_steps,
-            f"> 0 and < end_step - final_steps ({descent_end!r}) so that the rise and the "
-            f"descent are not empty (total_steps={total_steps})",
-            lambda x: 0 < x < descent_end,
-        )
+        final = total // 10 + 1 if self.final_steps is None else self.final_steps
+        final = check_int("final_steps", final, 0)
+        if final >= total:
+            raise ValueError(f"`final_steps` must be < total_steps ({total}), got {final!r}.")
+        warmup = (total - final) // 2 if self.warmup_steps is None else self.warmup_steps
+        warmup = check_int("warmup_steps", warmup, 0)
+        if not 0 < warmup < total - final:
+            raise ValueError(
+                f"`warmup_steps` must be > 0 and < total_steps - final_steps ({total - final}) "
+                f"so that the rise and the descent are not empty (total_steps={total}), "
+                f"got {warmup!r}."
+            )
         if self.final_steps is None and self.warmup_steps is None:
-            descent_end = 2 * warmup
-            final_steps = end - descent_end
-        if self.anneal not in ("linear", "cos"):
-            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {self.anneal!r}.")
+            final = total - 2 * warmup  # the textbook's rounding: the odd step goes last
         if not isinstance(self.cycle_momentum, bool):
             raise TypeError(f"`cycle_momentum` must be a bool, got {self.cycle_momentum!r}.")
-        max_mom, min_mom = self.max_momentum, self.min_momentum
+        high, low = self.max_momentum, self.min_momentum
         if self.cycle_momentum:
-            max_mom = check_number("max_momentum", max_mom, ">= 0 and < 1", lambda x: 0 <= x < 1)
-            min_mom = check_number(
+            high = check_number("max_momentum", high, ">= 0 and < 1", lambda x: 0 <= x < 1)
+            low = check_number(
                 "min_momentum",
-                min_mom,
-                f">= 0 and <= max_momentum ({max_mom!r})",
-                lambda x: 0 <= x <= max_mom,
+                low,
+                f">= 0 and <= max_momentum ({high!r})",
+                lambda x: 0 <= x <= high,
             )
         resolved = {
-            "total_steps": total_steps,
+            "total_steps": total,
             "max_lr": max_lr,
             "start_lr": start_lr,
             "final_lr": final_lr,
-            "final_steps": final_steps,
+            "final_steps": final,
             "warmup_steps": warmup,
-            "max_momentum": max_mom,
-            "min_momentum": min_mom,
-            "end_step": end,
+            "max_momentum": high,
+            "min_momentum": low,
         }
         for name, value in resolved.items():
             object.__setattr__(self, name, value)
-        descent_lr = start_lr if final_steps > 0 else final_lr
-        phases = [
-            Phase(0.0, warmup, start_lr, max_lr, max_mom, min_mom),
-            Phase(warmup, descent_end, max_lr, descent_lr, min_mom, max_mom),
-            Phase(descent_end, end, start_lr, final_lr, max_mom, max_mom),
-        ]
-        object.__setattr__(self, "phases", tuple(phases[: 3 if final_steps > 0 else 2]))
+        if final > 0:
+            steps, lrs = [0, warmup, total - final, total], [start_lr, max_lr, start_lr, final_lr]
+            momenta = [high, low, high, high]
+        else:
+            steps, lrs, momenta = (
+                [0, warmup, total],
+                [start_lr, max_lr, final_lr],
+                [high, low, high],
+            )
+        knots = Knots(
+            steps, lrs, momenta if self.cycle_momentum else None, self.anneal, total_steps=total
+        )
+        object.__setattr__(self, "knots", knots)
 
-    @classmethod
+    @staticmethod
     def from_torch(
-        cls,
         total_steps: int,
         max_lr: float,
         pct_start: float = 0.3,
@@ -290,21 +402,19 @@ class OneCycle(Schedule):
         cycle_momentum: bool = True,
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
-    ) -> OneCycle:
+    ) -> Knots:
         """The schedule of ``torch.optim.lr_scheduler.OneCycleLR`` with the same arguments.
 
         ``schedule(k)`` and ``schedule.momentum(k)`` equal the LR and momentum (SGD
         ``momentum``, Adam ``betas[0]``) that torch's scheduler has set when the ``k``-th
         optimizer step is taken, i.e. after ``k`` calls of ``scheduler.step()``: bit for bit,
-        with the same phase ends and float arithmetic, except that a three-phase descent end
-        stored as ``end_step - final_steps`` can round differently in the last bit. Torch's phase
-        ends are ``pct_start * total_steps - 1`` (peak), ``2 * pct_start * total_steps - 2``
-        (end of the descent, three-phase only) and ``total_steps - 1``; they map to
-        ``warmup_steps``, ``end_step - final_steps`` and ``end_step``. Torch's two-phase
-        schedule is ``final_steps=0``.
+        with the same knots and float arithmetic. Torch's knots are ``0``,
+        ``pct_start * total_steps - 1`` (the peak), for three phases
+        ``2 * pct_start * total_steps - 2`` (end of the descent), and ``total_steps - 1``
+        (``final_lr`` on the last update).
 
         Args:
-            total_steps: number of optimizer steps; int >= 2.
+            total_steps: number of optimizer steps; int >= 2. Also the schedule's ``length``.
             max_lr: peak learning rate; finite > 0.
             pct_start: fraction of the steps spent rising (default 0.3); in ``(0, 1)`` with
                 ``pct_start * total_steps > 1``, and for ``three_phase`` also
@@ -315,24 +425,23 @@ class OneCycle(Schedule):
             three_phase: descend back to ``start_lr`` symmetrically, then annihilate to
                 ``final_lr`` (default ``False``: descend straight to ``final_lr``).
             cycle_momentum: cycle momentum inversely to the LR (default ``True``).
-            base_momentum: momentum at the LR peak (default 0.85); ``min_momentum``.
+            base_momentum: momentum at the LR peak (default 0.85).
             max_momentum: momentum at the start and the end (default 0.95).
 
         Returns:
-            The equivalent :class:`OneCycle`.
+            The equivalent :class:`Knots`.
 
         Raises:
             TypeError: if an argument has the wrong type.
             ValueError: if an argument is out of range or a phase would be empty.
 
-        Example::
-
-            from lightning_reg.schedules import OneCycle
-
-            schedule = OneCycle.from_torch(total_steps=1000, max_lr=0.1, pct_start=0.25)
-            schedule(0), schedule(249), schedule(999)   # 0.004, 0.1, 4e-07
+        Example:
+            >>> from lightning_reg.schedules import OneCycle
+            >>> schedule = OneCycle.from_torch(total_steps=1000, max_lr=0.1, pct_start=0.25)
+            >>> round(schedule(0), 12), schedule(249), schedule(999)
+            (0.004, 0.1, 4e-07)
         """
-        total_steps = check_int("total_steps", total_steps, 2)
+        total = check_int("total_steps", total_steps, 2)
         max_lr = check_positive("max_lr", max_lr)
         pct = check_number("pct_start", pct_start, "> 0 and < 1", lambda x: 0 < x < 1)
         div = check_number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
@@ -348,41 +457,33 @@ class OneCycle(Schedule):
                 f">= 0 and <= max_momentum ({max_momentum!r})",
                 lambda x: 0 <= x <= max_momentum,
             )
-        warmup = float(pct * total_steps) - 1
-        end = total_steps - 1
-        descent_end = float(2 * pct * total_steps) - 2 if three_phase else end
-        if not (0 < warmup < descent_end and (descent_end < end or not three_phase)):
+        peak, end = float(pct * total) - 1, total - 1
+        descent_end = float(2 * pct * total) - 2 if three_phase else end
+        if not (0 < peak < descent_end and (descent_end < end or not three_phase)):
             extra = " and 2 * pct_start * total_steps - 2 < total_steps - 1" if three_phase else ""
             raise ValueError(
                 f"`pct_start` must satisfy pct_start * total_steps > 1{extra} so that no "
                 f"phase is empty, got pct_start={pct_start!r} with total_steps={total_steps}."
             )
         start_lr = max_lr / div
-        return cls(
-            total_steps=total_steps,
-            max_lr=max_lr,
-            start_lr=start_lr,
-            final_lr=start_lr / final_div,
-            final_steps=end - descent_end,
-            warmup_steps=warmup,
-            anneal=anneal_strategy,
-            cycle_momentum=cycle_momentum,
-            max_momentum=max_momentum,
-            min_momentum=base_momentum,
-            end_step=end,
+        final_lr = start_lr / final_div
+        high, low = max_momentum, base_momentum
+        if three_phase:
+            steps = [0.0, peak, descent_end, end]
+            lrs, momenta = [start_lr, max_lr, start_lr, final_lr], [high, low, high, high]
+        else:
+            steps, lrs, momenta = [0.0, peak, end], [start_lr, max_lr, final_lr], [high, low, high]
+        return Knots(
+            steps, lrs, momenta if cycle_momentum else None, anneal_strategy, total_steps=total
         )
 
-    def _locate(self, step: int) -> tuple[Phase, float]:
-        """The phase holding ``step`` and the fraction of it done; after the end, a constant."""
-        for phase in self.phases:
-            if step <= phase.end:
-                return phase, (step - phase.start) / (phase.end - phase.start)
-        last = self.phases[-1]
-        lr, momentum = last.end_lr, last.end_momentum
-        return Phase(last.end, math.inf, lr, lr, momentum, momentum), 0.0
+    @property
+    def length(self) -> int:
+        """``total_steps``: the cycle's length (``final_lr`` is held from there on)."""
+        return self.total_steps
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``; ``final_lr`` at and after ``end_step``.
+        """The learning rate at ``step``; ``final_lr`` at and after ``total_steps``.
 
         Args:
             step: 0-based optimizer step.
@@ -394,8 +495,7 @@ class OneCycle(Schedule):
             TypeError: if ``step`` is not an int (bools included).
             ValueError: if ``step`` is negative.
         """
-        phase, pct = self._locate(self._check_step(step))
-        return _interpolate(phase.start_lr, phase.end_lr, pct, self.anneal)
+        return self.knots(step)
 
     def momentum(self, step: int) -> float | None:
         """The momentum at ``step``, or ``None`` when ``cycle_momentum`` is ``False``.
@@ -404,16 +504,13 @@ class OneCycle(Schedule):
             step: 0-based optimizer step.
 
         Returns:
-            The momentum (``max_momentum`` at and after ``end_step``), or ``None``.
+            The momentum (``max_momentum`` at and after ``total_steps``), or ``None``.
 
         Raises:
             TypeError: if ``step`` is not an int (bools included).
             ValueError: if ``step`` is negative.
         """
-        phase, pct = self._locate(self._check_step(step))
-        if not self.cycle_momentum:
-            return None
-        return _interpolate(phase.start_momentum, phase.end_momentum, pct, self.anneal)
+        return self.knots.momentum(step)
 
 
 @dataclass(frozen=True)
@@ -430,12 +527,11 @@ class ExponentialDecay(Schedule):
         TypeError: if an argument is not a number (bools included).
         ValueError: if an argument is out of range, NaN or infinite.
 
-    Example::
-
-        from lightning_reg.schedules import ExponentialDecay
-
-        schedule = ExponentialDecay(lr0=0.01, s=1000)
-        schedule(2000)   # 1e-4
+    Example:
+        >>> from lightning_reg.schedules import ExponentialDecay
+        >>> schedule = ExponentialDecay(lr0=0.01, s=1000)
+        >>> round(schedule(2000), 12)
+        0.0001
     """
 
     lr0: float
@@ -479,12 +575,11 @@ class PowerDecay(Schedule):
         TypeError: if an argument is not a number (bools included).
         ValueError: if an argument is out of range, NaN or infinite.
 
-    Example::
-
-        from lightning_reg.schedules import PowerDecay
-
-        schedule = PowerDecay(lr0=0.01, s=1000)
-        schedule(1000)   # 0.005
+    Example:
+        >>> from lightning_reg.schedules import PowerDecay
+        >>> schedule = PowerDecay(lr0=0.01, s=1000)
+        >>> schedule(1000)
+        0.005
     """
 
     lr0: float
@@ -530,12 +625,11 @@ class PiecewiseConstant(Schedule):
         ValueError: if the lengths do not match, the boundaries are not strictly increasing
             positive ints, or a value is negative, NaN or infinite.
 
-    Example::
-
-        from lightning_reg.schedules import PiecewiseConstant
-
-        schedule = PiecewiseConstant(boundaries=[500, 800], values=[0.01, 0.005, 0.001])
-        schedule(499), schedule(500), schedule(800)   # 0.01, 0.005, 0.001
+    Example:
+        >>> from lightning_reg.schedules import PiecewiseConstant
+        >>> schedule = PiecewiseConstant(boundaries=[500, 800], values=[0.01, 0.005, 0.001])
+        >>> schedule(499), schedule(500), schedule(800)
+        (0.01, 0.005, 0.001)
     """
 
     boundaries: Sequence[int]
@@ -570,3 +664,259 @@ class PiecewiseConstant(Schedule):
             ValueError: if ``step`` is negative.
         """
         return self.values[bisect.bisect_right(self.boundaries, self._check_step(step))]
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """A constant learning rate: ``lr`` at every step (a tail for :class:`Chain`).
+
+    Args:
+        lr: the learning rate; finite >= 0.
+
+    Raises:
+        TypeError: if ``lr`` is not a number (bools included).
+        ValueError: if ``lr`` is negative, NaN or infinite.
+
+    Example:
+        >>> from lightning_reg.schedules import Constant
+        >>> Constant(0.01)(12345)
+        0.01
+    """
+
+    lr: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr", check_non_negative("lr", self.lr))
+
+    def __call__(self, step: int) -> float:
+        """``lr``, whatever the (valid) ``step``."""
+        self._check_step(step)
+        return self.lr
+
+
+@dataclass(frozen=True)
+class LinearWarmup(Schedule):
+    """Linear warm-up: from ``start_lr`` at step 0 up to ``lr`` at step ``steps``, then ``lr``.
+
+    ``lr(k) = start_lr + (lr - start_lr) * k / steps`` for ``k < steps`` (timm's and Composer's
+    linear warm-up). Chain it before a decay: ``Chain([LinearWarmup(100, 0.1),
+    CosineDecay(900, 0.1)])``.
+
+    Args:
+        steps: length of the warm-up in optimizer steps; int >= 1. Also its :attr:`length`.
+        lr: learning rate reached at step ``steps``; finite > 0.
+        start_lr: learning rate at step 0 (default 0.0); ``0 <= start_lr <= lr``.
+
+    Raises:
+        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        ValueError: if an argument is out of range, NaN or infinite.
+
+    Example:
+        >>> from lightning_reg.schedules import LinearWarmup
+        >>> warmup = LinearWarmup(steps=4, lr=0.1)
+        >>> warmup(0), warmup(1), warmup(2), warmup(4), warmup(5)
+        (0.0, 0.025, 0.05, 0.1, 0.1)
+    """
+
+    steps: int
+    lr: float
+    start_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
+        lr = check_positive("lr", self.lr)
+        object.__setattr__(self, "lr", lr)
+        start = check_number(
+            "start_lr", self.start_lr, f">= 0 and <= lr ({lr!r})", lambda x: 0 <= x <= lr
+        )
+        object.__setattr__(self, "start_lr", start)
+
+    @property
+    def length(self) -> int:
+        """``steps``."""
+        return self.steps
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``; ``lr`` from step ``steps`` on.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        step = self._check_step(step)
+        if step >= self.steps:
+            return self.lr
+        return _interpolate(self.start_lr, self.lr, step / self.steps, "linear")
+
+
+@dataclass(frozen=True)
+class CosineDecay(Schedule):
+    """Cosine decay: from ``lr0`` at step 0 to ``final_lr`` at step ``steps`` along a half
+    cosine, then ``final_lr`` (Loshchilov & Hutter's SGDR without restarts; Keras'
+    ``CosineDecay`` with ``alpha = final_lr / lr0``).
+
+    ``lr(k) = final_lr + (lr0 - final_lr) / 2 * (1 + cos(pi * min(k, steps) / steps))``.
+
+    Args:
+        steps: length of the decay in optimizer steps; int >= 1. Also its :attr:`length`.
+        lr0: learning rate at step 0; finite > 0.
+        final_lr: learning rate from step ``steps`` on (default 0.0); ``0 <= final_lr <= lr0``.
+
+    Raises:
+        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        ValueError: if an argument is out of range, NaN or infinite.
+
+    Example:
+        >>> from lightning_reg.schedules import CosineDecay
+        >>> decay = CosineDecay(steps=100, lr0=0.1)
+        >>> decay(0), round(decay(50), 12), decay(100), decay(1000)
+        (0.1, 0.05, 0.0, 0.0)
+    """
+
+    steps: int
+    lr0: float
+    final_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
+        lr0 = check_positive("lr0", self.lr0)
+        object.__setattr__(self, "lr0", lr0)
+        final = check_number(
+            "final_lr", self.final_lr, f">= 0 and <= lr0 ({lr0!r})", lambda x: 0 <= x <= lr0
+        )
+        object.__setattr__(self, "final_lr", final)
+
+    @property
+    def length(self) -> int:
+        """``steps``."""
+        return self.steps
+
+    def __call__(self, step: int) -> float:
+        """The learning rate at ``step``; ``final_lr`` from step ``steps`` on.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        step = min(self._check_step(step), self.steps)
+        return _interpolate(self.lr0, self.final_lr, step / self.steps, "cos")
+
+
+@dataclass(frozen=True)
+class Chain(Schedule):
+    """Schedules one after another, each for a number of optimizer steps.
+
+    ``schedules[i]`` runs for ``steps[i]`` steps, counted from its own step 0; the last one runs
+    from then on. ``steps`` defaults to each schedule's :attr:`~Schedule.length`
+    (``LinearWarmup.steps``, ``CosineDecay.steps``, ``OneCycle.total_steps``), so a warm-up then
+    a cosine decay is ``Chain([LinearWarmup(100, 0.1), CosineDecay(900, 0.1)])``. Momentum comes
+    from the running schedule (``None`` while it does not drive momentum, which leaves the
+    optimizer's momentum as the previous schedule left it). A chain is a pure function of the
+    step like any schedule, so it resumes and agrees across processes with no extra state.
+
+    Args:
+        schedules: one or more :class:`Schedule` objects (stored as a tuple).
+        steps: how long each schedule but the last runs, ints >= 1 (``len(schedules) - 1``
+            values). Default ``None``: each one's ``length``.
+
+    Raises:
+        TypeError: if an entry is not a :class:`Schedule` or a step count not an int.
+        ValueError: if ``schedules`` is empty, ``steps`` has the wrong length or a value < 1, or
+            ``steps`` is ``None`` and a schedule before the last has no ``length``.
+
+    Example:
+        >>> from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup
+        >>> chain = Chain([LinearWarmup(10, 0.1), CosineDecay(90, 0.1), Constant(0.001)])
+        >>> chain(5), chain(10), round(chain(55), 12), chain(100), chain.length is None
+        (0.05, 0.1, 0.05, 0.001, True)
+    """
+
+    schedules: Sequence[Schedule]
+    steps: Sequence[int] | None = None
+    offsets: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    """The step at which each schedule after the first starts; derived, read-only."""
+
+    def __post_init__(self) -> None:
+        schedules = tuple(self.schedules)
+        if not schedules:
+            raise ValueError("`schedules` must hold at least one schedule, got none.")
+        for i, schedule in enumerate(schedules):
+            if not isinstance(schedule, Schedule):
+                raise TypeError(
+                    f"`schedules[{i}]` must be a Schedule (lightning_reg.schedules), got "
+                    f"{schedule!r}."
+                )
+        if self.steps is None:
+            missing = [i for i, s in enumerate(schedules[:-1]) if s.length is None]
+            if missing:
+                raise ValueError(
+                    f"`schedules[{missing[0]}]` ({schedules[missing[0]]!r}) has no length; pass "
+                    "`steps=[...]` with how long each schedule but the last runs."
+                )
+            lengths = [s.length for s in schedules[:-1]]
+        else:
+            lengths = list(self.steps)
+        if len(lengths) != len(schedules) - 1:
+            raise ValueError(
+                f"`steps` must have len(schedules) - 1 = {len(schedules) - 1} entries, "
+                f"got {len(lengths)}."
+            )
+        steps = tuple(check_int(f"steps[{i}]", n, 1) for i, n in enumerate(lengths))
+        object.__setattr__(self, "schedules", schedules)
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "offsets", tuple(itertools.accumulate(steps)))
+
+    @property
+    def length(self) -> int | None:
+        """Where the last schedule ends, or ``None`` when it is open-ended."""
+        last = self.schedules[-1].length
+        return None if last is None else (self.offsets[-1] if self.offsets else 0) + last
+
+    def _locate(self, step: int) -> tuple[Schedule, int]:
+        """The schedule running at ``step`` and its own step."""
+        i = bisect.bisect_right(self.offsets, self._check_step(step))
+        return self.schedules[i], step - (self.offsets[i - 1] if i else 0)
+
+    def __call__(self, step: int) -> float:
+        """The learning rate of the schedule running at ``step``, at its own step.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The learning rate.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        schedule, local = self._locate(step)
+        return schedule(local)
+
+    def momentum(self, step: int) -> float | None:
+        """The momentum of the schedule running at ``step``, or ``None`` if it drives none.
+
+        Args:
+            step: 0-based optimizer step.
+
+        Returns:
+            The momentum, or ``None``.
+
+        Raises:
+            TypeError: if ``step`` is not an int (bools included).
+            ValueError: if ``step`` is negative.
+        """
+        schedule, local = self._locate(step)
+        return schedule.momentum(local)

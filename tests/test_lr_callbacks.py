@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,15 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_reg.callbacks import OneCycleScheduler, ScheduledLR
-from lightning_reg.schedules import ExponentialDecay, OneCycle, PiecewiseConstant
+from lightning_reg.callbacks import OneCycleScheduler, PerformanceScheduler, ScheduledLR
+from lightning_reg.schedules import (
+    Chain,
+    ExponentialDecay,
+    LinearWarmup,
+    OneCycle,
+    PiecewiseConstant,
+)
+from tests.distributed.worker import FlatValLoss, composed_callbacks, composed_trainer_kwargs
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
 
@@ -298,25 +306,40 @@ def test_one_cycle_scheduler_rejects_bad_hyperparameters(
         OneCycleScheduler(**kwargs)
 
 
-def test_logs_lr_and_momentum_and_composes_with_lr_monitor(tmp_path: Path) -> None:
+def read_csv(logger: CSVLogger) -> list[dict[str, str]]:
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def series(rows: list[dict[str, str]], key: str) -> dict[int, float]:
+    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+
+
+@pytest.mark.parametrize("monitor_momentum", [None, False, True])
+def test_logging_leaves_to_lr_monitor_what_it_logs(
+    tmp_path: Path, monitor_momentum: bool | None
+) -> None:
+    # Without a LearningRateMonitor we log `lr-pg<k>` and `momentum-pg<k>`; beside one, only
+    # what it does not log, so every value is one series (no `lr-pg0` next to `lr-SGD`).
     logger = CSVLogger(tmp_path, name="csv")
+    monitor = [] if monitor_momentum is None else [LearningRateMonitor("step", monitor_momentum)]
     fit(
         tmp_path,
-        [OneCycleScheduler(max_lr=0.1), LearningRateMonitor("step")],
+        [OneCycleScheduler(max_lr=0.1), *monitor],
         max_epochs=2,
         logger=logger,
         log_every_n_steps=1,
     )
-    with open(Path(logger.log_dir) / "metrics.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    ours = {int(r["step"]): float(r["lr-pg0"]) for r in rows if r.get("lr-pg0")}
-    theirs = {int(r["step"]): float(r["lr-SGD"]) for r in rows if r.get("lr-SGD")}
-    moms = {int(r["step"]): float(r["momentum-pg0"]) for r in rows if r.get("momentum-pg0")}
+    rows = read_csv(logger)
+    keys = {key for row in rows for key, value in row.items() if value}
     sched = OneCycle(16, 0.1)
-    assert ours == {k: pytest.approx(sched(k)) for k in range(17)}
-    assert moms == {k: pytest.approx(sched.momentum(k)) for k in range(17)}
-    # LearningRateMonitor sees exactly the LR we set for each step.
-    assert theirs and all(theirs[k] == pytest.approx(ours[k]) for k in theirs)
+    lr_key = "lr-pg0" if monitor_momentum is None else "lr-SGD"
+    momentum_key = "lr-SGD-momentum" if monitor_momentum else "momentum-pg0"
+    lrs, moms = series(rows, lr_key), series(rows, momentum_key)
+    assert len(lrs) >= 16 and len(moms) >= 16
+    assert lrs == {k: pytest.approx(sched(k)) for k in lrs}
+    assert moms == {k: pytest.approx(sched.momentum(k)) for k in moms}
+    assert {k for k in keys if k.startswith(("lr-", "momentum-"))} == {lr_key, momentum_key}
 
 
 def test_scheduled_lr_per_step_and_per_epoch(tmp_path: Path) -> None:
@@ -378,3 +401,390 @@ def test_steps_skipped_by_the_grad_scaler_do_not_advance_the_schedule(tmp_path: 
     expected = [sched(k) for k in (0, 1, 2, 3, 3, 3, 4, 5)]
     assert rec.lrs == pytest.approx(expected, rel=1e-12)
     assert scaler.get_scale() < 2.0**16  # the scaler did back off
+
+
+# -- lifecycle: reuse across fits, resume with a changed config -------------------------------
+
+
+def test_one_callbacks_list_reused_across_folds_trains_each_fold_alike(tmp_path: Path) -> None:
+    # Cross-validation: one callbacks list, three Trainers. Each fold's trace is the trace of a
+    # fresh instance (before, fold 2 ran at the previous cycle's final LR, 1e-5, throughout).
+    cbs: list[Callback] = [OneCycleScheduler(max_lr=0.1)]
+    fresh, _ = fit(tmp_path / "fresh", [OneCycleScheduler(max_lr=0.1)], max_epochs=2)
+    assert fresh.lrs == pytest.approx([OneCycle(16, 0.1)(k) for k in range(16)], rel=1e-12)
+    for fold in range(3):
+        rec, _ = fit(tmp_path / f"fold{fold}", cbs, max_epochs=2)
+        assert rec.lrs == fresh.lrs
+        assert rec.moms == fresh.moms
+
+
+def checkpointed_fit(
+    tmp_path: Path, cb: Callback, **kwargs: Any
+) -> tuple[Recorder, pl.Trainer, Path]:
+    torch.manual_seed(0)
+    rec = Recorder()
+    trainer = make_trainer(tmp_path, callbacks=[cb, rec], **kwargs)
+    trainer.fit(DigitsClassifier(), digits_loader(256, 32))
+    ckpt = tmp_path / "first.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return rec, trainer, ckpt
+
+
+def test_resume_with_more_epochs_continues_the_saved_cycle_and_names_total_steps(
+    tmp_path: Path,
+) -> None:
+    # Fit 2 epochs (a 16-step cycle sized by the Trainer), then resume with max_epochs=4. Before,
+    # the cycle was silently re-sized to 32 and the LR jumped from 1e-5 back to 0.087.
+    with pytest.warns(UserWarning, match="training ended after 16 of the 16|"):
+        first, _, ckpt = checkpointed_fit(tmp_path, OneCycleScheduler(max_lr=0.1), max_epochs=2)
+    second = Recorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler(max_lr=0.1), second], max_epochs=4
+    )
+    with pytest.warns(UserWarning, match=r"`total_steps`: \[16\] in the checkpoint, \[32\] now"):
+        trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
+    cycle = OneCycle(16, 0.1)
+    assert first.lrs == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
+    assert second.lrs == [cycle(k) for k in range(16, 32)]  # the saved cycle's final LR held
+    assert max(second.lrs) == pytest.approx(1e-5)
+
+
+def test_resume_from_last_checkpoint_with_a_changed_max_lr_keeps_the_saved_cycle(
+    tmp_path: Path,
+) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(cb: Callback, rec: Recorder, epochs: int) -> pl.Trainer:
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+        return make_trainer(
+            tmp_path, callbacks=[cb, rec, ckpt], enable_checkpointing=True, max_epochs=epochs
+        )
+
+    torch.manual_seed(0)
+    first = Recorder()
+    trainer(OneCycleScheduler(max_lr=0.1, total_steps=32), first, 2).fit(
+        DigitsClassifier(), digits_loader(256, 32)
+    )
+    second = Recorder()
+    resumed = trainer(OneCycleScheduler(max_lr=0.2, total_steps=32), second, 4)
+    # Before, the new max_lr changed the state key: the saved state was dropped, the warm-up
+    # restarted at step 0.
+    with pytest.warns(UserWarning, match=r"`max_lr`: \[0.1\] in the checkpoint, \[0.2\] now"):
+        resumed.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path="last")
+    cycle = OneCycle(32, 0.1)
+    assert first.lrs + second.lrs == pytest.approx([cycle(k) for k in range(32)], rel=1e-12)
+
+
+def test_resume_from_a_checkpoint_without_our_state_says_so(tmp_path: Path) -> None:
+    _, _, ckpt = checkpointed_fit(tmp_path, Callback(), max_steps=4)
+    trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=8)], max_steps=8)
+    with pytest.warns(UserWarning, match="holds no state of OneCycleScheduler"):
+        trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
+
+
+def test_resume_from_the_cli_continues_the_saved_cycle(tmp_path: Path) -> None:
+    from lightning_reg.demos.cli import LightningRegCLI
+
+    common = [
+        "fit",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--report.enabled=false",
+        "--trainer.limit_train_batches=4",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    with pytest.warns(UserWarning, match="training ended|"):
+        first = LightningRegCLI(args=[*common, "--trainer.max_epochs=2"])
+    (ckpt,) = (Path(first.trainer.log_dir) / "checkpoints").glob("*.ckpt")
+    with pytest.warns(UserWarning, match=r"`total_steps`: \[8\] in the checkpoint, \[16\] now"):
+        second = LightningRegCLI(args=[*common, "--trainer.max_epochs=4", f"--ckpt_path={ckpt}"])
+    lr = second.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == OneCycle(8, 0.1)(16)  # the saved 8-step cycle's final LR, not a jump back up
+
+
+# -- manual optimization: cycles sized per optimizer -------------------------------------------
+
+
+class TwoOptimizerGAN(DigitsClassifier):
+    """Manual optimization with two optimizers stepped once per batch each (a GAN's shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.lrs: tuple[list[float], list[float]] = ([], [])
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        for k, opt in enumerate(self.optimizers()):  # type: ignore[union-attr]
+            self.lrs[k].append(opt.param_groups[0]["lr"])
+            loss = torch.nn.functional.cross_entropy(self(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+
+    def configure_optimizers(self) -> Any:
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.1, momentum=0.9),
+            torch.optim.Adam(self.net[2].parameters(), lr=0.01),
+        ]
+
+
+def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(tmp_path: Path) -> None:
+    # `global_step` counts both optimizers' steps: max_steps=16 is 8 batches, 8 steps each.
+    # Before, each cycle was sized for 16 steps and the run ended at the peak.
+    model = TwoOptimizerGAN()
+    cb = OneCycleScheduler(max_lr=[0.1, 0.01])
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=16)
+    trainer.fit(model, digits_loader(512, 32))
+    assert trainer.global_step == 16 and cb.steps == [8, 8]
+    for k, (peak, opt) in enumerate(zip((0.1, 0.01), trainer.optimizers, strict=True)):
+        cycle = OneCycle(8, peak)
+        assert model.lrs[k] == pytest.approx([cycle(s) for s in range(8)], rel=1e-12)
+        assert opt.param_groups[0]["lr"] == cycle(8) == pytest.approx(cycle.final_lr)
+
+
+# -- runs that end before the schedule; short runs --------------------------------------------
+
+
+class ShortStream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Six batches of 32 digits, then exhausted."""
+
+    def __iter__(self) -> Any:
+        return iter(digits_loader(192, 32))
+
+
+def test_iterable_dataset_shorter_than_max_steps_warns_how_far_it_got(tmp_path: Path) -> None:
+    model = DigitsClassifier()
+    trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1)], max_steps=20, max_epochs=1)
+    loader = torch.utils.data.DataLoader(ShortStream(), batch_size=None)
+    with pytest.warns(UserWarning, match=r"ended after 6 of the 20 optimizer steps .*30\.0%"):
+        trainer.fit(model, loader)
+
+
+def test_early_stopping_before_the_end_of_the_cycle_warns(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    class Flat(DigitsClassifier):
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", torch.tensor(1.0))
+
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[OneCycleScheduler(0.1), EarlyStopping("val_loss", patience=1)],
+        max_epochs=10,
+        limit_train_batches=4,
+    )
+    with pytest.warns(UserWarning, match=r"ended after 8 of the 40 optimizer steps .*20\.0%"):
+        trainer.fit(Flat(), digits_loader(256, 32), digits_loader(32, 32))
+
+
+def test_fast_dev_run_works_and_a_two_step_run_says_where_the_count_came_from(
+    tmp_path: Path,
+) -> None:
+    # fast_dev_run: a smoke test of one step on a 3-step cycle, no early-end warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*OneCycleScheduler.*")
+        rec, _ = fit(tmp_path, [OneCycleScheduler(max_lr=0.1)], fast_dev_run=True)
+    assert rec.lrs == [OneCycle(3, 0.1)(0)]
+    # Two steps: no 1cycle fits; the error names the Trainer's estimate and what to change.
+    with pytest.raises(ValueError) as info:
+        fit(tmp_path, [OneCycleScheduler(max_lr=0.1)], max_steps=2)
+    message = str(info.value)
+    assert "`trainer.estimated_stepping_batches` = 2" in message
+    assert "`max_steps`" in message and "total_steps=" in message
+
+
+# -- quiet overrides ---------------------------------------------------------------------------
+
+
+def test_momentum_switched_on_is_warned(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"momentum 0 .*switches momentum on"):
+        rec, _ = fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1, total_steps=8)],
+            model=DigitsClassifier(momentum=0.0),
+            max_steps=8,
+        )
+    assert rec.moms[0] == 0.95
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*switches momentum on")
+        rec, _ = fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1, total_steps=8, cycle_momentum=False)],
+            model=DigitsClassifier(momentum=0.0),
+            max_steps=8,
+        )
+    assert rec.moms == [0.0] * 8
+
+
+class RatioGroups(DigitsClassifier):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(
+            [
+                {"params": self.net[0].parameters(), "lr": 0.1},
+                {"params": self.net[2].parameters(), "lr": 0.001},
+            ],
+            momentum=0.9,
+        )
+
+
+def test_one_max_lr_over_groups_with_different_lrs_is_warned(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=4)], max_steps=4)
+    with pytest.warns(UserWarning, match=r"different learning rates \[0.1, 0.001\].*\[1.0, 0.01\]"):
+        trainer.fit(RatioGroups(), digits_loader(128, 32))
+    # One max_lr per group keeps the ratio, and says nothing.
+    cb = OneCycleScheduler([0.1, 0.001], total_steps=4)
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*erasing their ratio")
+        trainer.fit(RatioGroups(), digits_loader(128, 32))
+    lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+    assert lrs[0] == pytest.approx(100 * lrs[1], rel=1e-12)
+
+
+# -- composition: warm-up + cosine, 1cycle + constant, warm-up + plateau ------------------------
+
+
+def expected_composed_trace(name: str) -> list[float]:
+    if name == "warmup_plateau":
+        # Warm-up over steps 0..7; the evaluation at step 4 is ignored (hand-over at 8), the one
+        # at step 8 sets the best, each later flat one halves the LR (patience 1).
+        warm = LinearWarmup(8, 0.08, start_lr=0.008)
+        return [warm(k) for k in range(8)] + [0.08] * 4 + [0.04] * 4
+    schedule = composed_callbacks()[name]().as_schedule()
+    return [schedule(k) for k in range(16)]
+
+
+def composed_fit(
+    root: Path, name: str, epochs: int, ckpt: Path | None = None
+) -> tuple[Recorder, pl.Trainer, pl.LightningModule]:
+    torch.manual_seed(0 if ckpt is None else 123)  # a resumed run takes everything from ckpt
+    model, rec = FlatValLoss(), Recorder()
+    kwargs = {**composed_trainer_kwargs(), "max_epochs": epochs}
+    trainer = make_trainer(root, callbacks=[composed_callbacks()[name](), rec], **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*training ended after")
+        trainer.fit(model, digits_loader(256, 32), digits_loader(32, 32), ckpt_path=ckpt)
+    return rec, trainer, model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["warmup_cosine", "one_cycle_constant", "warmup_plateau"])
+def test_composed_schedule_runs_and_resumes_exactly_mid_chain(tmp_path: Path, name: str) -> None:
+    full, _, full_model = composed_fit(tmp_path / "full", name, 4)
+    assert full.lrs == pytest.approx(expected_composed_trace(name), rel=1e-12)
+    if name == "one_cycle_constant":  # the cycle drives momentum, the constant tail keeps 0.95
+        cycle = OneCycle(10, 0.1)
+        assert full.moms == pytest.approx([cycle.momentum(min(k, 10)) for k in range(16)])
+    for stop in (1, 3):  # mid first part (step 4) and in the last part (step 12)
+        first, trainer, _ = composed_fit(tmp_path / f"a{stop}", name, stop)
+        ckpt = tmp_path / f"stop{stop}.ckpt"
+        trainer.save_checkpoint(ckpt)
+        second, _, model = composed_fit(tmp_path / f"b{stop}", name, 4, ckpt)
+        assert first.lrs + second.lrs == full.lrs
+        assert first.moms + second.moms == full.moms
+        for a, b in zip(full_model.parameters(), model.parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(tmp_path: Path) -> None:
+    from tests.distributed.harness import run_ddp
+
+    results = run_ddp("composed_schedules", tmp_path)
+    for name in ("warmup_cosine", "one_cycle_constant", "warmup_plateau"):
+        assert results[0][name] == results[1][name], name
+        assert results[0][name] == pytest.approx(expected_composed_trace(name), rel=1e-12), name
+
+
+@pytest.mark.parametrize("name", ["warmup_cosine", "warmup_plateau", "one_cycle_constant"])
+def test_composed_schedule_configs_run_through_the_cli(tmp_path: Path, name: str) -> None:
+    from lightning_reg.demos.cli import LightningRegCLI
+
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / f"{name}.yaml"
+    argv = [
+        "fit",
+        f"--config={config}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--report.enabled=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=6",
+    ]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*training ended after")
+        cli = LightningRegCLI(args=argv)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, (ScheduledLR, PerformanceScheduler))]
+    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    if name == "warmup_plateau":
+        assert isinstance(cb, PerformanceScheduler)
+        assert cb.schedule == LinearWarmup(40, 0.05, start_lr=0.001) and cb.steps == [6]
+        assert lr == cb.schedule(6)
+    else:
+        schedule = cb.as_schedule()
+        assert isinstance(schedule, Chain) and cb.steps == [6]
+        first = (LinearWarmup(30, 0.1, 0.001), OneCycle(200, 0.1))
+        assert schedule.schedules[0] in first
+        assert lr == schedule(6)
+
+
+def test_max_time_before_the_end_of_the_cycle_warns(tmp_path: Path) -> None:
+    class Slow(DigitsClassifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            time.sleep(0.25)
+            return super().training_step(batch, batch_idx)
+
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[OneCycleScheduler(0.1)],
+        max_epochs=100,
+        limit_train_batches=4,
+        max_time={"seconds": 1},
+    )
+    with pytest.warns(UserWarning, match=r"ended after \d+ of the 400 optimizer steps") as record:
+        trainer.fit(Slow(), digits_loader(128, 32))
+    assert trainer.global_step < 400
+    (message,) = [str(w.message) for w in record if "ended after" in str(w.message)]
+    assert f"ended after {trainer.global_step} of the 400" in message
+
+
+def test_resumed_scheduled_lr_with_a_different_schedule_warns_and_uses_it(tmp_path: Path) -> None:
+    _, _, ckpt = checkpointed_fit(tmp_path, ScheduledLR(ExponentialDecay(0.1, 4)), max_steps=4)
+    rec = Recorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[ScheduledLR(ExponentialDecay(0.2, 4)), rec], max_steps=8
+    )
+    with pytest.warns(UserWarning, match=r"differs from the one in the checkpoint .*lr0=0\.2"):
+        trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
+    assert rec.lrs == pytest.approx([0.2 * 0.1 ** (k / 4) for k in range(4, 8)], rel=1e-12)
+
+
+def test_fast_dev_run_from_the_cli(tmp_path: Path) -> None:
+    from lightning_reg.demos.cli import LightningRegCLI
+
+    cli = LightningRegCLI(
+        args=[
+            "fit",
+            "--trainer.fast_dev_run=true",
+            "--trainer.enable_progress_bar=false",
+            "--report.enabled=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    # One step on a 3-step cycle: the LR of the next step is the peak (before: an error naming
+    # `total_steps`, which the user never passed).
+    assert cli.trainer.global_step == 1
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == OneCycle(3, 0.1)(1)
+
+
+def test_plateau_hand_over_not_reached_warns(tmp_path: Path) -> None:
+    cb = PerformanceScheduler(schedule=LinearWarmup(100, 0.05))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_epochs=1, limit_train_batches=4)
+    with pytest.warns(UserWarning, match="before the hand-over to plateau scheduling at step 100"):
+        trainer.fit(FlatValLoss(), digits_loader(256, 32), digits_loader(32, 32))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == LinearWarmup(100, 0.05)(4)

@@ -34,16 +34,9 @@ def test_plateau_rules() -> None:
     # min_delta: an improvement smaller than min_delta does not count.
     sched = PerformanceScheduler(patience=1, min_delta=0.1)
     assert decisions(sched, [1.0, 0.95, 0.85]) == [False, True, False]
-    # cooldown: evaluations inside it neither count nor reduce.
-    sched = PerformanceScheduler(patience=1, cooldown=2, min_delta=0.0)
-    assert decisions(sched, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == [
-        False,
-        True,
-        False,
-        False,
-        True,
-        False,
-    ]
+    # cooldown as Keras: counted down before the check, so cooldown=3 leaves 2 evaluations out.
+    sched = PerformanceScheduler(patience=1, cooldown=3, min_delta=0.0)
+    assert decisions(sched, [1.0] * 8) == [False, True, False, False, True, False, False, True]
     # mode="max"
     sched = PerformanceScheduler(mode="max", patience=1, min_delta=0.0)
     assert decisions(sched, [0.5, 0.6, 0.55]) == [False, False, True]
@@ -95,7 +88,8 @@ def test_reduces_at_the_right_evaluations_with_cooldown_and_min_lr(tmp_path: Pat
         min_lr=0.015,
         min_delta=0.0,
     )
-    assert lrs == pytest.approx([0.08, 0.04, 0.04, 0.02, 0.02, 0.015, 0.015, 0.015])
+    # Keras' cooldown=1 leaves no evaluation out (its counter is back at 0 when checked).
+    assert lrs == pytest.approx([0.08, 0.04, 0.02, 0.015, 0.015, 0.015, 0.015, 0.015])
 
 
 def test_missing_monitor_lists_available_keys(tmp_path: Path) -> None:
@@ -162,3 +156,123 @@ def test_rejects_bad_hyperparameters(
 ) -> None:
     with pytest.raises(error, match=match):
         PerformanceScheduler(**kwargs)
+
+
+def keras_reduce_lr_on_plateau(
+    values: list[float], patience: int, cooldown: int, min_delta: float
+) -> list[bool]:
+    """Keras' ReduceLROnPlateau.on_epoch_end (mode "min", min_lr 0), transcribed: which epochs
+    reduce the LR."""
+    best, wait, cooldown_counter, out = math.inf, 0, 0, []
+    for current in values:
+        reduced = False
+        if cooldown_counter > 0:
+            cooldown_counter -= 1
+            wait = 0
+        if current < best - min_delta:
+            best, wait = current, 0
+        elif not cooldown_counter > 0:
+            wait += 1
+            if wait >= patience:
+                reduced, cooldown_counter, wait = True, cooldown, 0
+        out.append(reduced)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_patience_and_cooldown_follow_keras(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    values = [round(float(v), 2) for v in torch.rand(40, generator=gen)]
+    for patience, cooldown in [(1, 0), (1, 1), (1, 3), (2, 2), (3, 1), (4, 5)]:
+        sched = PerformanceScheduler(patience=patience, cooldown=cooldown, min_delta=0.05)
+        expected = keras_reduce_lr_on_plateau(values, patience, cooldown, 0.05)
+        assert decisions(sched, values) == expected, (patience, cooldown)
+
+
+def torch_reduces(mode: str, best: float, value: float) -> bool:
+    """Whether torch's ReduceLROnPlateau (patience 0, rel 10 %) reduces on ``value`` after
+    ``best``: its public ``step`` is the reference."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.1)
+    theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt,
+        mode=mode,
+        patience=0,
+        threshold=0.1,
+        threshold_mode="rel",  # type: ignore[arg-type]
+    )
+    theirs.step(best)
+    theirs.step(value)
+    return opt.param_groups[0]["lr"] < 0.1
+
+
+def test_relative_threshold_is_torchs() -> None:
+    values = [10.0, 9.5, 9.0, 8.5, 11.0, -1.0, -1.05, -0.95]
+    for mode in ("min", "max"):
+        for best in values:
+            for value in values:
+                ours = PerformanceScheduler(
+                    mode=mode,  # type: ignore[arg-type]
+                    patience=1,
+                    min_delta=0.1,
+                    threshold_mode="rel",
+                )
+                assert decisions(ours, [best, value])[1] == torch_reduces(mode, best, value)
+    # 9.5 is not 10 % better than 10 (relative), though 0.5 better (absolute).
+    abs_mode = PerformanceScheduler(patience=1, min_delta=0.1)
+    assert decisions(abs_mode, [10.0, 9.5, 8.5]) == [False, False, False]
+
+
+def test_relative_threshold_on_a_trainer(tmp_path: Path) -> None:
+    script = [10.0, 9.5, 8.5]
+    assert run(tmp_path, script, patience=1, min_delta=0.1, threshold_mode="rel") == (
+        pytest.approx([0.08, 0.04, 0.04])
+    )
+    assert run(tmp_path, script, patience=1, min_delta=0.1) == pytest.approx([0.08] * 3)
+
+
+def test_a_reduction_is_announced_on_rank_zero(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="lightning.pytorch.utilities.rank_zero"):
+        run(tmp_path, [1.0, 1.0, 1.0], patience=1, min_delta=0.0, min_lr=0.03)
+    messages = [r.getMessage() for r in caplog.records if "PerformanceScheduler" in r.getMessage()]
+    assert len(messages) == 2
+    assert "'val_loss' has not improved on 1 for 1 evaluation(s)" in messages[0]
+    assert "0.08 -> 0.04" in messages[0] and "0.04 -> 0.03" in messages[1]
+
+
+def test_one_instance_reused_across_fits_starts_each_fit_afresh(tmp_path: Path) -> None:
+    # Before, fold 2 inherited `best` and the bad count: it halved the LR after its first epoch.
+    cb = PerformanceScheduler(patience=2, min_delta=0.0)
+    lrs = []
+    for fold in range(3):
+        model = ScriptedLoss([1.0, 1.0, 0.5])
+        trainer = make_trainer(
+            tmp_path / str(fold),
+            callbacks=[cb],
+            max_epochs=3,
+            limit_train_batches=2,
+            limit_val_batches=1,
+        )
+        trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32))
+        lrs.append(model.lr_after_eval)
+    assert lrs == [[0.08, 0.08, 0.08]] * 3
+    assert cb.num_reductions == 0
+
+
+@pytest.mark.parametrize("case", ["limit_val_batches=0", "no val loader", "no validation_step"])
+def test_refuses_a_fit_where_it_could_never_act(tmp_path: Path, case: str) -> None:
+    # Before, it silently never acted.
+    model = DigitsClassifier()
+    kwargs: dict[str, Any] = {"max_epochs": 1, "limit_train_batches": 2}
+    val = digits_loader(32, 32)
+    if case == "limit_val_batches=0":
+        kwargs["limit_val_batches"] = 0
+    elif case == "no val loader":
+        val = None
+    else:
+        model.validation_step = None  # type: ignore[assignment,method-assign]
+    trainer = make_trainer(tmp_path, callbacks=[PerformanceScheduler()], **kwargs)
+    with pytest.raises(MisconfigurationException, match="would never change the learning rate"):
+        trainer.fit(model, digits_loader(64, 32), val)

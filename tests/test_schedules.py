@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from lightning_reg.schedules import (
     ExponentialDecay,
+    Knots,
     OneCycle,
     PiecewiseConstant,
     PowerDecay,
@@ -53,7 +54,9 @@ def test_textbook_defaults_are_resolved_into_the_fields() -> None:
     assert schedule.final_lr == pytest.approx(1e-4)
     assert schedule.warmup_steps == 44  # (100 - (100 // 10 + 1)) // 2
     assert schedule.final_steps == 12  # 100 - 2 * 44: the odd step goes to the final phase
-    assert schedule.end_step == 100
+    assert schedule.knots.steps == (0, 44, 88, 100)
+    assert schedule.knots.lrs == (0.1, 1.0, 0.1, schedule.final_lr)
+    assert schedule.knots.momenta == (0.95, 0.85, 0.95, 0.95)
     rebuilt = OneCycle(**{f.name: getattr(schedule, f.name) for f in _init_fields(OneCycle)})
     assert rebuilt == schedule
     assert [rebuilt(k) for k in range(101)] == [schedule(k) for k in range(101)]
@@ -76,7 +79,7 @@ def test_two_phase_with_final_steps_zero_descends_to_final_lr() -> None:
     assert [schedule(k) for k in range(11)] == pytest.approx(expected)
     assert schedule.momentum(5) == pytest.approx(0.85)
     assert schedule.momentum(10) == pytest.approx(0.95)
-    assert len(schedule.phases) == 2
+    assert schedule.knots.steps == (0, 5, 10)
 
 
 def test_explicit_warmup_steps_make_an_asymmetric_cycle() -> None:
@@ -156,9 +159,8 @@ def test_from_torch_defaults_match_torch_defaults() -> None:
     assert [schedule(k) for k in range(50)] == torch_lrs
     assert [schedule.momentum(k) for k in range(50)] == torch_momenta
     assert schedule.anneal == "cos"
-    assert schedule.final_steps == 0
-    assert schedule.warmup_steps == pytest.approx(14.0)
-    assert schedule.end_step == 49
+    assert schedule.steps == (0, 14.0, 49)  # two phases: peak at 0.3 * 50 - 1, end at 49
+    assert schedule.length == 50
 
 
 @settings(max_examples=40, deadline=None)
@@ -181,11 +183,9 @@ def test_from_torch_matches_torch_for_any_valid_pct_start(
         assert not (0 < warmup < descent_end and (descent_end < total_steps - 1 or not three_phase))
         return
     lrs, momenta = _torch_trace(torch.optim.SGD, total_steps, anneal_strategy=anneal, **kwargs)
-    # Three-phase stores torch's descent end as end_step - final_steps, which can round
-    # differently in the last bit; everything else is the same arithmetic.
-    exact = pytest.approx if three_phase else list
-    assert [schedule(k) for k in range(total_steps)] == exact(lrs)
-    assert [schedule.momentum(k) for k in range(total_steps)] == exact(momenta)
+    # The same knots and the same float arithmetic: equal to the last bit, three phases included.
+    assert [schedule(k) for k in range(total_steps)] == lrs
+    assert [schedule.momentum(k) for k in range(total_steps)] == momenta
 
 
 @st.composite
@@ -197,7 +197,7 @@ def one_cycles(draw: st.DrawFn) -> OneCycle:
     final_lr = start_lr * draw(st.floats(0.0, 1.0))
     final_steps = draw(st.none() | st.integers(0, total_steps - 2))
     limit = total_steps - (total_steps // 10 + 1 if final_steps is None else final_steps)
-    warmup = draw(st.none() | st.floats(0.5, limit - 0.5))  # limit >= 2: both phases fit
+    warmup = draw(st.none() | st.integers(1, limit - 1))  # limit >= 2: both phases fit
     min_momentum = draw(st.floats(0.0, 0.99))
     return OneCycle(
         total_steps,
@@ -229,32 +229,33 @@ def test_one_cycle_lr_stays_within_its_values(schedule: OneCycle) -> None:
 @settings(max_examples=60, deadline=None)
 @given(one_cycles())
 def test_one_cycle_phases_are_monotone_and_momentum_moves_inversely(schedule: OneCycle) -> None:
-    for phase in schedule.phases:
-        steps = [k for k in range(schedule.total_steps) if phase.start <= k <= phase.end]
+    knots = schedule.knots
+    assert knots.momenta is not None
+    for i in range(len(knots.steps) - 1):
+        start, end = knots.steps[i], knots.steps[i + 1]
+        steps = [k for k in range(schedule.total_steps) if start <= k <= end]
         lrs = [schedule(k) for k in steps]
         momenta = [schedule.momentum(k) or 0.0 for k in steps]
-        lr_sign = math.copysign(1.0, phase.end_lr - phase.start_lr)
+        lr_sign = math.copysign(1.0, knots.lrs[i + 1] - knots.lrs[i])
         tol = 1e-12 * schedule.max_lr
         for (lr0, m0), (lr1, m1) in itertools.pairwise(zip(lrs, momenta, strict=True)):
             assert (lr1 - lr0) * lr_sign >= -tol  # monotone towards the phase's end value
             assert (lr1 - lr0) * (m1 - m0) <= 1e-12  # momentum never moves with the LR
-        if phase.start_momentum == phase.end_momentum:
-            assert momenta == pytest.approx([phase.end_momentum] * len(momenta))
+        if knots.momenta[i] == knots.momenta[i + 1]:
+            assert momenta == pytest.approx([knots.momenta[i]] * len(momenta))
 
 
 @settings(max_examples=60, deadline=None)
 @given(one_cycles())
-def test_one_cycle_is_continuous_at_phase_joins(schedule: OneCycle) -> None:
-    phases = schedule.phases
-    assert phases[0].start == 0
-    for before, after in itertools.pairwise(phases):
-        assert before.end == after.start
-        assert before.end_lr == after.start_lr  # the left and right limits agree
-        assert before.end_momentum == after.start_momentum
-        if float(before.end).is_integer():  # the value at an integer join is that limit
-            assert schedule(int(before.end)) == pytest.approx(before.end_lr)
-            assert schedule.momentum(int(before.end)) == pytest.approx(before.end_momentum)
+def test_one_cycle_takes_its_knot_values_at_its_knots(schedule: OneCycle) -> None:
+    knots = schedule.knots
+    assert knots.momenta is not None
+    assert knots.steps[0] == 0 and knots.steps[-1] == schedule.total_steps
+    for step, lr, momentum in zip(knots.steps, knots.lrs, knots.momenta, strict=True):
+        assert schedule(int(step)) == pytest.approx(lr)
+        assert schedule.momentum(int(step)) == pytest.approx(momentum)
     assert schedule(0) == pytest.approx(schedule.start_lr)
+    assert schedule(int(knots.steps[1])) == pytest.approx(schedule.max_lr)
 
 
 @settings(max_examples=60, deadline=None)
@@ -307,9 +308,9 @@ def test_schedules_are_frozen_hashable_picklable_with_a_readable_repr() -> None:
     assert len(set([*schedules, OneCycle(100, 0.1)])) == 4
     assert repr(PowerDecay(0.01, 10)) == "PowerDecay(lr0=0.01, s=10.0, c=1.0)"
     assert repr(OneCycle(20, 0.8)).startswith(
-        "OneCycle(total_steps=20, max_lr=0.8, start_lr=0.08, final_lr=8e-05, final_steps=4.0"
+        "OneCycle(total_steps=20, max_lr=0.8, start_lr=0.08, final_lr=8e-05, final_steps=4,"
     )
-    assert "phases" not in repr(OneCycle(20, 0.8))
+    assert "knots" not in repr(OneCycle(20, 0.8))
     assert ExponentialDecay(0.01, 10).momentum(3) is None
 
 
@@ -353,7 +354,8 @@ NAN, INF = float("nan"), float("inf")
         ({"total_steps": 10, "max_lr": 0.1, "final_steps": 9}, ValueError, "warmup_steps"),
         ({"total_steps": 10, "max_lr": 0.1, "warmup_steps": 0}, ValueError, "warmup_steps"),
         ({"total_steps": 10, "max_lr": 0.1, "warmup_steps": 8}, ValueError, "warmup_steps"),
-        ({"total_steps": 10, "max_lr": 0.1, "end_step": 11}, ValueError, "end_step"),
+        ({"total_steps": 10, "max_lr": 0.1, "warmup_steps": 2.5}, TypeError, "warmup_steps"),
+        ({"total_steps": 10, "max_lr": 0.1, "final_steps": 1.0}, TypeError, "final_steps"),
         ({"total_steps": 10, "max_lr": 0.1, "anneal": "exp"}, ValueError, "anneal"),
         ({"total_steps": 10, "max_lr": 0.1, "cycle_momentum": 1}, TypeError, "cycle_momentum"),
         ({"total_steps": 10, "max_lr": 0.1, "max_momentum": 1.0}, ValueError, "max_momentum"),
@@ -421,3 +423,35 @@ def test_decay_schedules_reject_bad_hyperparameters(
 
 def _init_fields(cls: type) -> list[dataclasses.Field[object]]:
     return [f for f in dataclasses.fields(cls) if f.init]
+
+
+def test_knots_interpolate_like_torch_and_hold_the_last_value() -> None:
+    knots = Knots([0, 4, 8.5], [0.0, 0.4, 0.1], momenta=[0.9, 0.8, 0.9], anneal="cos")
+    assert knots(2) == pytest.approx(0.2)
+    assert knots(6) == pytest.approx(0.1 + 0.3 / 2 * (math.cos(math.pi * 2 / 4.5) + 1))
+    assert knots(9) == knots(100) == 0.1 and knots.momentum(50) == 0.9
+    assert knots.length == 9 and Knots([0, 3], [1.0, 0.0], total_steps=4).length == 4
+    assert Knots([0, 3], [1.0, 0.0]).momentum(1) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"steps": [0], "lrs": [0.1]}, ValueError, "`steps`"),
+        ({"steps": [1, 2], "lrs": [0.1, 0.2]}, ValueError, "`steps`"),
+        ({"steps": [0, 2, 2], "lrs": [0.1, 0.2, 0.3]}, ValueError, "`steps`"),
+        ({"steps": [0, NAN], "lrs": [0.1, 0.2]}, ValueError, r"`steps\[1\]`"),
+        ({"steps": [0, 2], "lrs": [0.1]}, ValueError, "`lrs`"),
+        ({"steps": [0, 2], "lrs": [0.1, -0.2]}, ValueError, r"`lrs\[1\]`"),
+        ({"steps": [0, 2], "lrs": [0.1, 0.2], "momenta": [0.9, 1.0]}, ValueError, "momenta"),
+        ({"steps": [0, 2], "lrs": [0.1, 0.2], "momenta": [0.9]}, ValueError, "`momenta`"),
+        ({"steps": [0, 2], "lrs": [0.1, 0.2], "anneal": "exp"}, ValueError, "`anneal`"),
+        ({"steps": [0, 4], "lrs": [0.1, 0.2], "total_steps": 2}, ValueError, "`total_steps`"),
+        ({"steps": [0, True], "lrs": [0.1, 0.2]}, TypeError, r"`steps\[1\]`"),
+    ],
+)
+def test_knots_reject_bad_values(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=f"{match}.*got"):
+        Knots(**kwargs)  # type: ignore[arg-type]

@@ -7,15 +7,19 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import momentum_key
-from lightning_reg.callbacks.scheduled import ScheduledLR, ScheduleLike
+from lightning_reg.callbacks._lr_base import ScheduleLike, get_momentum, momentum_key
+from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.schedules import OneCycle
 
 __all__ = ["OneCycleScheduler"]
 
 # Used only to validate the keyword arguments at construction when `total_steps` is not known yet.
 _PROBE_STEPS = 1_000_000
+# Under `fast_dev_run` (a smoke test of one or a few steps) the cycle is at least this long: the
+# shortest textbook cycle with three non-empty phases.
+_SMOKE_STEPS = 3
 
 
 def _check_max_lr(max_lr: Any) -> list[float]:
@@ -42,9 +46,22 @@ class OneCycleScheduler(ScheduledLR):
 
     The step is the number of optimizer steps actually taken (see :class:`ScheduledLR`), so
     gradient accumulation, ``limit_train_batches``, ``max_steps``, several devices and resuming
-    from a checkpoint all give the right trace. Past ``total_steps`` the final LR is held and a
-    single warning is emitted. Optimizers with neither ``momentum`` nor ``betas`` get the LR cycle
-    only, with one warning.
+    from a checkpoint all give the right trace. Each optimizer has its own count and its own
+    cycle: under manual optimization with several optimizers, ``global_step`` (and so
+    ``max_steps``) counts all of their steps, so each cycle gets ``max_steps // n`` steps.
+
+    Lifecycle: each fit sizes a fresh cycle, unless it resumes from a checkpoint. The checkpoint
+    holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group and the phase
+    arguments); a resumed fit continues that cycle, and when it would have planned a different
+    one (more epochs, a new ``max_lr``) a warning names each changed value. Past the cycle's end
+    the final LR is held with one warning; a run that ends before it (``max_time``,
+    ``EarlyStopping``) gets a warning saying how far it got. ``fast_dev_run`` runs on a cycle
+    of at least 3 steps; other runs too short for the cycle raise an error naming the Trainer's
+    estimate it came from.
+
+    Quiet overrides are warned: an optimizer with neither ``momentum`` nor ``betas`` (the LR is
+    cycled, not the momentum), momentum 0 that cycling would switch on, and one ``max_lr`` over
+    param groups with different learning rates (pass one per group to keep their ratio).
 
     Args:
         max_lr: peak learning rate, or one per param group (all optimizers' groups in order).
@@ -59,8 +76,8 @@ class OneCycleScheduler(ScheduledLR):
         cycle_momentum: cycle momentum inversely to the LR. Default ``True``.
         max_momentum: momentum at the start and the end. Default ``0.95``.
         min_momentum: momentum at the LR peak. Default ``0.85``.
-        end_step: step at which ``final_lr`` is reached. Default ``None``: ``total_steps``.
-        log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>``. Default ``True``.
+        log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>`` (except what a
+            ``LearningRateMonitor`` logs). Default ``True``.
 
     These are the fields of :class:`~lightning_reg.schedules.OneCycle`, which holds their exact
     semantics and ranges.
@@ -68,17 +85,16 @@ class OneCycleScheduler(ScheduledLR):
     Raises:
         ValueError, TypeError: at construction, for invalid hyperparameters (the message names
             the argument and the allowed range); at fit time, when ``total_steps`` is ``None`` and
-            the Trainer cannot estimate it (infinite or unknown length), or ``max_lr`` has a length
-            other than the number of param groups.
+            the Trainer cannot estimate it (infinite or unknown length) or plans too few steps
+            for the cycle, or ``max_lr`` has a length other than the number of param groups.
         MisconfigurationException: at fit time, without an optimizer, beside an ``lr_scheduler``
             from ``configure_optimizers`` or beside another learning-rate callback.
 
-    Example::
-
-        from lightning_reg import OneCycleScheduler
-
-        trainer = Trainer(max_epochs=10, callbacks=[OneCycleScheduler(max_lr=0.1)])
-        trainer.fit(model)  # model.configure_optimizers returns e.g. SGD(momentum=0.9)
+    Example:
+        >>> from lightning_reg import OneCycleScheduler
+        >>> callback = OneCycleScheduler(max_lr=0.1)  # sized by the Trainer at fit time
+        >>> callback.as_schedule(total_steps=1000)(449)
+        0.1
     """
 
     def __init__(
@@ -87,13 +103,12 @@ class OneCycleScheduler(ScheduledLR):
         total_steps: int | None = None,
         start_lr: float | None = None,
         final_lr: float | None = None,
-        final_steps: float | None = None,
-        warmup_steps: float | None = None,
+        final_steps: int | None = None,
+        warmup_steps: int | None = None,
         anneal: Literal["linear", "cos"] = "linear",
         cycle_momentum: bool = True,
         max_momentum: float = 0.95,
         min_momentum: float = 0.85,
-        end_step: float | None = None,
         log_values: bool = True,
     ) -> None:
         self.max_lr = _check_max_lr(max_lr)
@@ -111,50 +126,137 @@ class OneCycleScheduler(ScheduledLR):
             "cycle_momentum": cycle_momentum,
             "max_momentum": max_momentum,
             "min_momentum": min_momentum,
-            "end_step": end_step,
         }
         steps = _PROBE_STEPS if total_steps is None else total_steps
         probe = [self._one_cycle(steps, m) for m in self.max_lr]
         super().__init__(probe if len(probe) > 1 else probe[0], "step", log_values)
+        self._step_source: str | None = None
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(max_lr=self.max_lr, total_steps=self.total_steps)
+    def _one_cycle(
+        self, total_steps: int, max_lr: float, kwargs: dict[str, Any] | None = None
+    ) -> OneCycle:
+        return OneCycle(
+            total_steps, max_lr, **(self.one_cycle_kwargs if kwargs is None else kwargs)
+        )
 
-    def _one_cycle(self, total_steps: int, max_lr: float) -> OneCycle:
-        return OneCycle(total_steps=total_steps, max_lr=max_lr, **self.one_cycle_kwargs)
+    def resolve_cycle(self, trainer: pl.Trainer, num_groups: int) -> tuple[list[int], list[float]]:
+        """The cycle of this fit: ``total_steps`` per optimizer and ``max_lr`` per param group.
 
-    def resolve_total_steps(self, trainer: pl.Trainer) -> int:
-        """``total_steps`` if given, else the Trainer's estimate of the run's optimizer steps."""
-        if self.total_steps is not None:
-            return self.total_steps
-        estimate = trainer.estimated_stepping_batches
-        if not math.isfinite(estimate) or estimate < 1:
-            raise ValueError(
-                f"{self.name} could not size the cycle: `trainer.estimated_stepping_batches` is "
-                f"{estimate} (an infinite or unknown number of training steps). Pass "
-                "`total_steps=...` to OneCycleScheduler, or set `max_steps`/`max_epochs`."
-            )
-        return int(estimate)
-
-    def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
-        total = self.resolve_total_steps(trainer)
+        ``total_steps`` is the constructor's, else the Trainer's plan of optimizer steps per
+        optimizer (:meth:`planned_steps`); ``max_lr`` is the constructor's, one per group.
+        """
         if len(self.max_lr) not in (1, num_groups):
             raise ValueError(
                 f"`max_lr` has {len(self.max_lr)} values but the optimizers have {num_groups} "
                 "param groups; pass one value, or exactly one per param group."
             )
-        max_lrs = self.max_lr * num_groups if len(self.max_lr) == 1 else self.max_lr
-        schedules: list[ScheduleLike] = [self._one_cycle(total, m) for m in max_lrs]
-        if self.one_cycle_kwargs["cycle_momentum"]:
-            groups = [group for _, _, group in self.param_groups(trainer)]
-            if any(momentum_key(group) is None for group in groups):
-                self.warn(
-                    f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
-                    "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
-                    "to silence this."
-                )
+        max_lrs = self.max_lr * num_groups if len(self.max_lr) == 1 else list(self.max_lr)
+        num_optimizers = len(trainer.optimizers)
+        if self.total_steps is not None:
+            return [self.total_steps] * num_optimizers, max_lrs
+        return [self.planned_steps(trainer)] * num_optimizers, max_lrs
+
+    def planned_steps(self, trainer: pl.Trainer) -> int:
+        """The optimizer steps each optimizer takes in this fit, from the Trainer's plan.
+
+        ``trainer.estimated_stepping_batches``, except under manual optimization with several
+        optimizers, where ``global_step`` (and so ``max_steps``) counts the steps of all of
+        them: each optimizer, assumed to step once per batch, gets ``max_steps // n``.
+        """
+        estimate = trainer.estimated_stepping_batches
+        source = "`trainer.estimated_stepping_batches`"
+        num_optimizers = len(trainer.optimizers)
+        if num_optimizers > 1 and trainer.max_steps != -1:
+            by_batches = math.inf
+            if trainer.max_epochs != -1 and math.isfinite(trainer.num_training_batches):
+                by_batches = trainer.num_training_batches * max(trainer.max_epochs or 1, 1)
+            estimate = min(by_batches, trainer.max_steps // num_optimizers)
+            source = (
+                f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
+                "(under manual optimization `global_step` counts every optimizer's steps)"
+            )
+        if not math.isfinite(estimate) or estimate < 1:
+            raise ValueError(
+                f"{self.name} could not size the cycle: {source} is {estimate} (an infinite or "
+                "unknown number of training steps). Pass `total_steps=...` to "
+                "OneCycleScheduler, or set `max_steps`/`max_epochs`."
+            )
+        if getattr(trainer, "fast_dev_run", False):
+            return max(int(estimate), _SMOKE_STEPS)
+        self._step_source = f"{source} = {int(estimate)}"
+        return int(estimate)
+
+    def _build(
+        self,
+        trainer: pl.Trainer,
+        totals: list[int],
+        max_lrs: list[float],
+        kwargs: dict[str, Any],
+    ) -> list[ScheduleLike]:
+        opt_of_group = [idx for idx, _, _ in self.param_groups(trainer)]
+        try:
+            return [
+                self._one_cycle(totals[idx], m, kwargs)
+                for idx, m in zip(opt_of_group, max_lrs, strict=True)
+            ]
+        except ValueError as error:
+            if self.total_steps is not None or self._step_source is None:
+                raise
+            raise ValueError(
+                f"{self.name} sizes its cycle from the Trainer ({self._step_source}), which is "
+                f"too short for this 1cycle: {error} Train for more steps (`max_steps`, "
+                "`max_epochs`, `limit_train_batches`), or pass `total_steps=...` (and "
+                "`warmup_steps`/`final_steps`) to OneCycleScheduler. `fast_dev_run` works as is."
+            ) from None
+
+    @override
+    def plan(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
+        """The cycles of this fit; on resume, the checkpoint's cycles, with a warning naming
+        every value (``total_steps``, ``max_lr``, a phase argument) this fit would change."""
+        self._step_source = None
+        totals, max_lrs = self.resolve_cycle(trainer, num_groups)
+        self.config = {"total_steps": totals, "max_lr": max_lrs, **self.one_cycle_kwargs}
+        saved = self._saved_config
+        changed = self.changes(saved, self.config)
+        if saved is not None and changed:
+            self.warn(
+                f"{self.name}: this fit would plan a different cycle than the checkpoint's "
+                f"({changed}). Continuing the checkpoint's cycle at its step count "
+                f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
+                "a fit without "
+                "`ckpt_path` (loading only the weights)."
+            )
+            self.config = {**self.config, **saved}
+        kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
+        schedules = self._build(trainer, self.config["total_steps"], self.config["max_lr"], kwargs)
+        if not self.restored:
+            self.warn_if_momentum_switched_on(trainer)
         return schedules
+
+    @property
+    @override
+    def shares_one_schedule(self) -> bool:
+        return len(self.max_lr) == 1
+
+    def warn_if_momentum_switched_on(self, trainer: pl.Trainer) -> None:
+        """Warn about optimizers whose momentum the cycle cannot drive, or would switch on."""
+        if not self.one_cycle_kwargs["cycle_momentum"]:
+            return
+        groups = [group for _, _, group in self.param_groups(trainer)]
+        if any(momentum_key(group) is None for group in groups):
+            self.warn(
+                f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
+                "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
+                "to silence this."
+            )
+        if any(get_momentum(group) == 0 for group in groups):
+            self.warn(
+                f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and cycling "
+                f"momentum ({self.one_cycle_kwargs['max_momentum']} -> "
+                f"{self.one_cycle_kwargs['min_momentum']}) switches momentum on. Pass "
+                "`cycle_momentum=False` to train without momentum, or give the optimizer a "
+                "momentum to silence this."
+            )
 
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:
         """The first param group's :class:`OneCycle` (for :func:`~lightning_reg.plot_schedule`)."""

@@ -9,13 +9,18 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_non_negative, check_number
 from lightning_reg.callbacks._lr_base import LRCallback
+from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
 
 _MODES = ("min", "max")
+_THRESHOLD_MODES = ("abs", "rel")
 _CHECK_ON = ("validation_end", "train_epoch_end")
 # torch's ReduceLROnPlateau ignores reductions smaller than this.
 _EPS = 1e-8
@@ -27,13 +32,25 @@ class PerformanceScheduler(LRCallback):
     Performance scheduling (reduce on plateau) as a callback: after every validation run (or every
     training epoch with ``check_on="train_epoch_end"``) it reads ``monitor`` from
     ``trainer.callback_metrics``. A value better than the best so far by more than ``min_delta``
-    resets the count of bad evaluations; after ``patience`` consecutive bad evaluations (at least
-    one) every param group's LR is multiplied by ``factor`` (never below ``min_lr``), and the
-    next ``cooldown`` evaluations are not counted as bad. NaN and inf count as no improvement.
+    (``threshold_mode="abs"``, Keras) or by more than the fraction ``min_delta`` of the best
+    (``"rel"``, torch's default) is an improvement and resets the count of bad evaluations;
+    after ``patience`` consecutive bad evaluations (at least one) every param group's LR is
+    multiplied by ``factor`` (never below ``min_lr``), with a rank-zero message. ``cooldown``
+    follows Keras' ``ReduceLROnPlateau`` exactly: after a reduction the counter is decremented
+    at each evaluation before it is checked, so the next ``cooldown - 1`` evaluations are not
+    counted as bad (``cooldown=0`` and ``1`` both leave none out). NaN and inf count as no
+    improvement.
+
+    Hand-over from a step schedule: with ``schedule`` (e.g. a
+    :class:`~lightning_reg.schedules.LinearWarmup`) the LR follows it for its first
+    ``schedule_steps`` optimizer steps (counted like :class:`ScheduledLR` counts them); the
+    evaluations before the hand-over are ignored, and plateau scheduling then starts from the LR
+    the schedule ended at.
 
     Every rank takes the same decision: the value is averaged across ranks with the strategy's
     ``reduce`` and rank 0's result is broadcast, so a metric logged without ``sync_dist`` cannot
-    make ranks diverge. Best value and counters are saved in checkpoints.
+    make ranks diverge. Lifecycle: each fit starts with no best value and no count unless a
+    checkpoint is restored; best value, counters and the step count are saved in checkpoints.
 
     Args:
         monitor: key of the metric in ``trainer.callback_metrics``. Default ``"val_loss"``.
@@ -42,24 +59,34 @@ class PerformanceScheduler(LRCallback):
         patience: consecutive evaluations without improvement after which the LR is reduced,
             ``>= 0`` (Keras' convention; 0 acts as 1). Default ``5``.
         min_delta: smallest change that counts as an improvement, ``>= 0``. Default ``1e-4``.
-        cooldown: evaluations after a reduction that are not counted as bad, ``>= 0``.
-            Default ``0``.
+        threshold_mode: ``"abs"`` (default): improve on the best by more than ``min_delta``;
+            ``"rel"``: beat ``best * (1 - min_delta)`` (``"min"``) or ``best * (1 + min_delta)``
+            (``"max"``), torch's ``threshold_mode="rel"``.
+        cooldown: as Keras' (see above), ``>= 0``. Default ``0``.
         min_lr: lower bound of the LR, ``>= 0``, or one per param group. Default ``0.0``.
         check_on: ``"validation_end"`` (default) or ``"train_epoch_end"``.
         strict: raise when ``monitor`` is missing (default); ``False`` warns and skips the check.
-        log_values: log the LR as ``lr-pg<k>`` after each check. Default ``True``.
+        log_values: log the LR as ``lr-pg<k>`` after each check (not beside a
+            ``LearningRateMonitor``, which logs it). Default ``True``.
+        schedule: a step schedule followed before plateau scheduling takes over. Default
+            ``None``: plateau scheduling from the start, on the optimizer's own LR.
+        schedule_steps: optimizer steps after which plateau scheduling takes over, int >= 1.
+            Default ``None``: ``schedule.length``.
 
     Raises:
         ValueError, TypeError: for invalid hyperparameters, naming the argument and allowed range.
         MisconfigurationException: at fit time, without an optimizer, beside an ``lr_scheduler``
-            from ``configure_optimizers`` or another learning-rate callback; and when ``monitor``
-            is missing with ``strict=True`` (the message lists the available keys).
+            from ``configure_optimizers`` or another learning-rate callback; when it can never
+            run (``check_on="validation_end"`` with ``limit_val_batches=0``, no
+            ``validation_step`` or no validation data); and when ``monitor`` is missing with
+            ``strict=True`` (the message lists the available keys).
 
-    Example::
-
-        from lightning_reg import PerformanceScheduler
-
-        trainer = Trainer(callbacks=[PerformanceScheduler(monitor="val_loss", patience=3)])
+    Example:
+        >>> from lightning_reg import LinearWarmup, PerformanceScheduler
+        >>> plateau = PerformanceScheduler(monitor="val_loss", patience=3)
+        >>> warm = PerformanceScheduler(schedule=LinearWarmup(steps=100, lr=0.05))
+        >>> warm.schedule_steps
+        100
     """
 
     def __init__(
@@ -74,16 +101,24 @@ class PerformanceScheduler(LRCallback):
         check_on: Literal["validation_end", "train_epoch_end"] = "validation_end",
         strict: bool = True,
         log_values: bool = True,
+        threshold_mode: Literal["abs", "rel"] = "abs",
+        schedule: Schedule | None = None,
+        schedule_steps: int | None = None,
     ) -> None:
         super().__init__(log_values=log_values)
         if not isinstance(monitor, str) or not monitor:
             raise TypeError(f"`monitor` must be a non-empty string, got {monitor!r}.")
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}.")
+        if threshold_mode not in _THRESHOLD_MODES:
+            raise ValueError(
+                f"`threshold_mode` must be one of {_THRESHOLD_MODES}, got {threshold_mode!r}."
+            )
         if check_on not in _CHECK_ON:
             raise ValueError(f"`check_on` must be one of {_CHECK_ON}, got {check_on!r}.")
         self.monitor = monitor
         self.mode = mode
+        self.threshold_mode = threshold_mode
         self.factor = check_number("factor", factor, "in (0, 1)", lambda x: 0 < x < 1)
         self.patience = check_int("patience", patience, 0)
         self.min_delta = check_non_negative("min_delta", min_delta)
@@ -92,19 +127,25 @@ class PerformanceScheduler(LRCallback):
         self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
         self.check_on = check_on
         self.strict = bool(strict)
-        self.best = math.inf if mode == "min" else -math.inf
+        self.schedule, self.schedule_steps = _check_handover(schedule, schedule_steps)
+        self.reset()
+
+    @override
+    def reset(self) -> None:
+        super().reset()
+        self.best = math.inf if self.mode == "min" else -math.inf
         self.num_bad = 0
         self.cooldown_counter = 0
         self.num_reductions = 0
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
-
     def is_improvement(self, value: float) -> bool:
-        """Whether ``value`` beats the best so far by more than ``min_delta`` (NaN never does)."""
+        """Whether ``value`` beats the best so far by more than the threshold (NaN never does)."""
         if not math.isfinite(value):
             return False
+        if self.threshold_mode == "rel":
+            scale = 1 - self.min_delta if self.mode == "min" else 1 + self.min_delta
+            bar = self.best * scale
+            return value < bar if self.mode == "min" else value > bar
         if self.mode == "min":
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
@@ -112,20 +153,24 @@ class PerformanceScheduler(LRCallback):
     def step(self, value: float) -> bool:
         """Record one evaluation; return whether the LR must be reduced now.
 
-        The ``patience``-th consecutive evaluation without improvement asks for a reduction
-        (Keras' convention; torch's ``ReduceLROnPlateau`` waits one evaluation more). The
-        ``cooldown`` evaluations after a reduction may still set a new best but are not counted
-        as bad. Pure bookkeeping, usable without a Trainer; the callback calls it with the
-        rank-agreed value.
+        Keras' ``ReduceLROnPlateau.on_epoch_end``, step for step: a running cooldown is
+        decremented (and the bad count cleared) first; an improvement sets the best and clears
+        the count; otherwise, outside the cooldown, the evaluation counts as bad, and the
+        ``patience``-th one in a row asks for a reduction and starts the cooldown. (torch's
+        ``ReduceLROnPlateau`` waits one evaluation more and skips ``cooldown`` evaluations.)
+        Pure bookkeeping, usable without a Trainer; the callback calls it with the rank-agreed
+        value.
         """
-        improved = self.is_improvement(value)
-        if improved:
-            self.best = value
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.num_bad = 0
+        if self.is_improvement(value):
+            self.best = value
+            self.num_bad = 0
             return False
-        self.num_bad = 0 if improved else self.num_bad + 1
+        if self.cooldown_counter > 0:
+            return False
+        self.num_bad += 1
         if self.num_bad >= max(self.patience, 1):
             self.cooldown_counter = self.cooldown
             self.num_bad = 0
@@ -133,39 +178,103 @@ class PerformanceScheduler(LRCallback):
         return False
 
     # -- Lightning hooks ----------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit" or self.check_on != "validation_end":
+            return
+        if trainer.limit_val_batches == 0:
+            self._never_runs("`limit_val_batches=0` turns validation off")
+        if not is_overridden("validation_step", pl_module):
+            self._never_runs(f"{type(pl_module).__name__} has no `validation_step`")
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.check_fit(trainer)
         num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
         if len(self.min_lr) not in (1, num_groups):
             raise ValueError(
                 f"`min_lr` has {len(self.min_lr)} values but the optimizers have {num_groups} "
                 "param groups; pass one value, or exactly one per param group."
             )
+        if self.check_on == "validation_end" and self._no_validation_data(trainer):
+            self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
+        if self.schedule is None:
+            return
+        if num_groups > 1 and not self.restored:
+            self.warn_if_ratio_erased(trainer)
+        self.count_steps(trainer)
+        for idx in range(len(trainer.optimizers)):
+            self.after_step(trainer, idx)
 
+    @override
+    def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
+        step = self.steps[opt_idx]
+        if self.schedule is not None and step <= self.schedule_steps:
+            num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
+            self.apply(trainer, opt_idx, step, [self.schedule] * num_groups)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self._in_handover() and not getattr(trainer, "fast_dev_run", False):
+            self.warn(
+                f"{self.name}: training ended after {min(self.steps)} optimizer steps, before "
+                f"the hand-over to plateau scheduling at step {self.schedule_steps}; plateau "
+                "scheduling never acted. Shorten the schedule (`schedule_steps=...`) or train "
+                "longer."
+            )
+
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
         if self.check_on == "validation_end" and fitting:
             self._check(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.check_on == "train_epoch_end":
             self._check(trainer)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
+            **super().state_dict(),
             "best": self.best,
             "num_bad": self.num_bad,
             "cooldown_counter": self.cooldown_counter,
             "num_reductions": self.num_reductions,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         self.best = float(state_dict["best"])
         self.num_bad = int(state_dict["num_bad"])
         self.cooldown_counter = int(state_dict["cooldown_counter"])
         self.num_reductions = int(state_dict["num_reductions"])
 
     # -- internals ----------------------------------------------------------------------------
+    def _never_runs(self, reason: str) -> None:
+        raise MisconfigurationException(
+            f"{self.name} checks {self.monitor!r} after each validation run, but {reason}, so it "
+            "would never change the learning rate. Give the fit validation data (and a "
+            "`validation_step` that logs the metric), or pass `check_on='train_epoch_end'` with "
+            "a training metric as `monitor`."
+        )
+
+    @staticmethod
+    def _no_validation_data(trainer: pl.Trainer) -> bool:
+        """Whether the fit has no validation batches. Lightning loads the validation data before
+        ``on_train_start`` when the first epoch validates (``check_val_every_n_epoch`` 1 or
+        ``None``); otherwise this cannot be known yet and is not claimed."""
+        if trainer.val_dataloaders is not None:
+            return not sum(trainer.num_val_batches)
+        return trainer.check_val_every_n_epoch in (None, 1)
+
+    def _in_handover(self) -> bool:
+        """Whether the step schedule still drives the LR (evaluations are then ignored)."""
+        return self.schedule is not None and min(self.steps, default=0) < self.schedule_steps
+
     def _read_monitor(self, trainer: pl.Trainer) -> float | None:
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
@@ -185,6 +294,8 @@ class PerformanceScheduler(LRCallback):
         return float(trainer.strategy.broadcast(float(value), src=0))
 
     def _check(self, trainer: pl.Trainer) -> None:
+        if self._in_handover():
+            return
         value = self._read_monitor(trainer)
         if value is None:
             return
@@ -195,9 +306,40 @@ class PerformanceScheduler(LRCallback):
     def _reduce(self, trainer: pl.Trainer) -> None:
         groups = [group for _, _, group in self.param_groups(trainer)]
         floors = self.min_lr * len(groups) if len(self.min_lr) == 1 else self.min_lr
+        changes = []
         for group, floor in zip(groups, floors, strict=True):
             old = float(group["lr"])
             new = max(old * self.factor, floor)
             if old - new > _EPS:
                 group["lr"] = new
+                changes.append(f"{old:.4g} -> {new:.4g}")
         self.num_reductions += 1
+        rank_zero_info(
+            f"{self.name}: {self.monitor!r} has not improved on {self.best:.6g} for "
+            f"{max(self.patience, 1)} evaluation(s) (epoch {trainer.current_epoch}, global step "
+            f"{trainer.global_step}); learning rate "
+            + (", ".join(changes) if changes else f"already at min_lr {self.min_lr}, unchanged")
+            + "."
+        )
+
+
+def _check_handover(schedule: Any, steps: Any) -> tuple[Schedule | None, int]:
+    """Validate ``schedule``/``schedule_steps``; the steps default to ``schedule.length``."""
+    if schedule is None:
+        if steps is not None:
+            raise ValueError(
+                f"`schedule_steps` ({steps!r}) needs a `schedule` to follow for those steps."
+            )
+        return None, 0
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"`schedule` must be a Schedule (lightning_reg.schedules) or None, got {schedule!r}."
+        )
+    if steps is None:
+        if schedule.length is None:
+            raise ValueError(
+                f"`schedule` {schedule!r} has no length; pass `schedule_steps=...`, the number "
+                "of optimizer steps after which plateau scheduling takes over."
+            )
+        steps = schedule.length
+    return schedule, check_int("schedule_steps", steps, 1)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import LRCallback, check_lr_value, set_momentum
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 
-__all__ = ["ScheduledLR"]
-
-ScheduleLike = Callable[[int], float]
+__all__ = ["ScheduleLike", "ScheduledLR"]
 
 _INTERVALS = ("step", "epoch")
 
@@ -27,13 +24,28 @@ def _check_schedule(schedule: Any, name: str) -> ScheduleLike:
     return schedule
 
 
+def describe_schedule(schedule: ScheduleLike) -> str:
+    """A plain-text identity of a schedule for checkpoints: the ``repr`` of a schedule object
+    (its fields), the qualified name of a function (whose ``repr`` holds an address)."""
+    if hasattr(schedule, "__qualname__"):
+        return f"{getattr(schedule, '__module__', '')}.{schedule.__qualname__}"
+    return repr(schedule)
+
+
+def length_of(schedule: ScheduleLike) -> int | None:
+    """The schedule's ``length`` (steps until its final value), or ``None`` if it has none."""
+    length = getattr(schedule, "length", None)
+    return length if isinstance(length, int) and not isinstance(length, bool) else None
+
+
 class ScheduledLR(LRCallback):
     """Set the learning rate from a schedule before every optimizer step (or every epoch).
 
     The Keras ``LearningRateScheduler`` analogue for Lightning. ``schedule`` is any object of
-    :mod:`lightning_reg.schedules` (e.g. :class:`~lightning_reg.schedules.ExponentialDecay`) or a
-    plain callable ``step -> lr``; one per param group may be given as a sequence. A schedule with
-    a ``momentum(step)`` method that returns a number also drives momentum (SGD ``momentum``,
+    :mod:`lightning_reg.schedules` (e.g. :class:`~lightning_reg.schedules.ExponentialDecay`, or a
+    :class:`~lightning_reg.schedules.Chain` of warm-up, decay and constant parts) or a plain
+    callable ``step -> lr``; one per param group may be given as a sequence. A schedule with a
+    ``momentum(step)`` method that returns a number also drives momentum (SGD ``momentum``,
     Adam-family ``betas[0]``).
 
     With ``interval="step"`` the step is the number of optimizer steps this callback has seen
@@ -43,12 +55,20 @@ class ScheduledLR(LRCallback):
     is saved in checkpoints so a resumed run continues the same trace. With ``interval="epoch"``
     the step is ``trainer.current_epoch``, applied when each training epoch starts.
 
+    Lifecycle: every fit starts at step 0 (one instance can serve several Trainers) unless a
+    checkpoint is restored. The checkpoint also holds a description of the schedules; when the
+    resumed run's schedules differ, a warning names the difference and the run continues the
+    saved step count with the schedules it was given. A step schedule with a
+    :attr:`~lightning_reg.schedules.Schedule.length` warns once when a run goes past its end
+    and, at the end of training, when the run stopped before it (``max_time``,
+    ``EarlyStopping``, a short ``IterableDataset``), saying how far it got.
+
     Args:
         schedule: a schedule or callable ``int -> float``, or a sequence of them, one per param
             group (param groups of all optimizers, in order).
         interval: ``"step"`` (default) or ``"epoch"``.
-        log_values: log what it sets as ``lr-pg<k>`` (and ``momentum-pg<k>``) through the Trainer's
-            loggers. Default ``True``.
+        log_values: log what it sets as ``lr-pg<k>`` (and ``momentum-pg<k>``) through the
+            Trainer's loggers, except what a ``LearningRateMonitor`` logs. Default ``True``.
 
     Raises:
         TypeError: if ``schedule`` is not callable.
@@ -57,11 +77,11 @@ class ScheduledLR(LRCallback):
         MisconfigurationException: at fit time, without an optimizer, beside an ``lr_scheduler``
             from ``configure_optimizers`` or beside another learning-rate callback.
 
-    Example::
-
-        from lightning_reg import ExponentialDecay, ScheduledLR
-
-        trainer = Trainer(callbacks=[ScheduledLR(ExponentialDecay(lr0=0.01, s=1000))])
+    Example:
+        >>> from lightning_reg import Chain, CosineDecay, LinearWarmup, ScheduledLR
+        >>> callback = ScheduledLR(Chain([LinearWarmup(100, 0.1), CosineDecay(900, 0.1)]))
+        >>> callback.as_schedule()(100)
+        0.1
     """
 
     def __init__(
@@ -82,15 +102,17 @@ class ScheduledLR(LRCallback):
             ]
         else:
             self._schedules = [_check_schedule(schedule, "schedule")]
-        self._steps: list[int] = []
-        self._active: list[ScheduleLike] = []
-        self._handles: list[RemovableHandle] = []
+        self.reset()
+
+    @override
+    def reset(self) -> None:
+        super().reset()
+        self.active: list[ScheduleLike] = []
+        self.config: dict[str, Any] = {}
+        self._saved_config: dict[str, Any] | None = None
+        self._horizons: list[int | None] = []
         self._warned_past_end = False
         self._logged_step = -1
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(interval=self.interval)
 
     # -- what subclasses customise ------------------------------------------------------------
     def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
@@ -104,34 +126,70 @@ class ScheduledLR(LRCallback):
             )
         return list(self._schedules)
 
+    def plan(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
+        """The schedules of this fit, reconciled with the checkpoint's when resuming.
+
+        Sets :attr:`config`, the plain-data description saved in checkpoints. ``ScheduledLR``
+        keeps the schedules it was given and warns when they differ from the checkpoint's.
+        """
+        schedules = self.build_schedules(trainer, num_groups)
+        self.config = {"schedule": [describe_schedule(s) for s in schedules]}
+        changed = self.changes(self._saved_config, self.config)
+        if changed:
+            self.warn(
+                f"{self.name}: the schedule differs from the one in the checkpoint ({changed}); "
+                f"continuing from the saved step count {self.steps} with the schedule given now."
+            )
+        return schedules
+
+    @staticmethod
+    def changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
+        """``"key: saved -> now"`` for every key whose value differs ("" if none or no saved)."""
+        if saved is None:
+            return ""
+        keys = [key for key in now if key in saved and saved[key] != now[key]]
+        return "; ".join(
+            f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now" for key in keys
+        )
+
     def as_schedule(self, total_steps: int | None = None) -> ScheduleLike:
         """The schedule of the first param group (for :func:`~lightning_reg.plot_schedule`)."""
         return self._schedules[0]
 
-    # -- Lightning hooks ----------------------------------------------------------------------
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.check_fit(trainer)
-        groups = list(self.param_groups(trainer))
-        self._active = self.build_schedules(trainer, len(groups))
-        num_optimizers = len(trainer.optimizers)
-        if len(self._steps) != num_optimizers:
-            self._steps = [0] * num_optimizers
-        self._remove_hooks()
-        if self.interval == "step":
-            for idx, opt in enumerate(trainer.optimizers):
-                self._handles.append(
-                    opt.register_step_post_hook(self._make_post_hook(trainer, idx))
-                )
-            for idx in range(num_optimizers):
-                self._apply(trainer, idx, self._steps[idx])
-            self.log_groups(trainer)
+    @property
+    def shares_one_schedule(self) -> bool:
+        """Whether one schedule drives every param group."""
+        return len(self._schedules) == 1
 
+    # -- Lightning hooks ----------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        groups = list(self.param_groups(trainer))
+        if self.shares_one_schedule and len(groups) > 1 and not self.restored:
+            self.warn_if_ratio_erased(trainer)
+        self.active = self.plan(trainer, len(groups))
+        if self.interval != "step":
+            return
+        self.count_steps(trainer)
+        self._horizons = []
+        for idx in range(len(trainer.optimizers)):
+            lengths = [
+                length_of(s) for s, (i, _, _) in zip(self.active, groups, strict=True) if i == idx
+            ]
+            known = [n for n in lengths if n is not None]
+            self._horizons.append(max(known) if known and len(known) == len(lengths) else None)
+        for idx in range(len(trainer.optimizers)):
+            self.apply(trainer, idx, self.steps[idx], self.active)
+        self.log_groups(trainer)
+
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.interval == "epoch":
             for idx in range(len(trainer.optimizers)):
-                self._apply(trainer, idx, trainer.current_epoch)
+                self.apply(trainer, idx, trainer.current_epoch, self.active)
             self.log_groups(trainer)
 
+    @override
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -146,48 +204,55 @@ class ScheduledLR(LRCallback):
         if trainer.global_step % max(getattr(trainer, "log_every_n_steps", 1), 1) == 0:
             self.log_groups(trainer)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hooks()
+        super().on_train_end(trainer, pl_module)
+        if self.interval == "step" and not getattr(trainer, "fast_dev_run", False):
+            self.warn_if_stopped_early(trainer)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
-
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": list(self._steps), "warned_past_end": self._warned_past_end}
+        return {
+            **super().state_dict(),
+            "config": dict(self.config),
+            "warned_past_end": self._warned_past_end,
+        }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._steps = [int(s) for s in state_dict["steps"]]
+        super().load_state_dict(state_dict)
+        self._saved_config = state_dict.get("config")
         self._warned_past_end = bool(state_dict.get("warned_past_end", False))
 
     # -- internals ----------------------------------------------------------------------------
-    def _make_post_hook(self, trainer: pl.Trainer, idx: int) -> Callable[..., None]:
-        def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-            taken = self._steps[idx]
-            self._steps[idx] = taken + 1
-            horizon = getattr(self._active[0], "total_steps", None)
-            if isinstance(horizon, int) and taken >= horizon and not self._warned_past_end:
-                self._warned_past_end = True
-                self.warn(
-                    f"{self.name}: optimizer step {taken} is past the schedule's end "
-                    f"(total_steps={horizon}); holding its final value. Pass a larger "
-                    "`total_steps` if the run is meant to be longer."
-                )
-            self._apply(trainer, idx, taken + 1)
+    @override
+    def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
+        step = self.steps[opt_idx]
+        horizon = self._horizons[opt_idx]
+        if horizon is not None and step > horizon and not self._warned_past_end:
+            self._warned_past_end = True
+            self.warn(
+                f"{self.name}: optimizer {opt_idx} took step {step - 1}, past the schedule's end "
+                f"(length {horizon} steps); holding its final value. The run is longer than the "
+                "schedule: make the schedule as long as the run (for OneCycleScheduler leave "
+                "`total_steps=None` to size it from the Trainer)."
+            )
+        self.apply(trainer, opt_idx, step, self.active)
 
-        return post_hook
-
-    def _apply(self, trainer: pl.Trainer, opt_idx: int, step: int) -> None:
-        for k, (idx, _, group) in enumerate(self.param_groups(trainer)):
-            if idx != opt_idx:
+    def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
+        """Warn, per optimizer, when training ended before the end of its schedule."""
+        for idx, horizon in enumerate(self._horizons):
+            taken = self.steps[idx] if idx < len(self.steps) else 0
+            if horizon is None or taken >= horizon:
                 continue
-            schedule = self._active[k]
-            group["lr"] = check_lr_value(schedule(step), f"{self.name}'s schedule")
-            momentum = getattr(schedule, "momentum", None)
-            value = momentum(step) if callable(momentum) else None
-            if value is not None:
-                set_momentum(group, value)
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+            group = trainer.optimizers[idx].param_groups[0]
+            first = next(k for k, (i, _, _) in enumerate(self.param_groups(trainer)) if i == idx)
+            end_lr = self.active[first](horizon)
+            self.warn(
+                f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
+                f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
+                f"rate is {group['lr']:.4g}, not the end value {end_lr:.4g}. Runs end early "
+                "with `max_time`, `EarlyStopping` or a dataloader shorter than planned (an "
+                "IterableDataset under `max_steps`). Size the schedule to the run that really "
+                "happens (`total_steps=...`), or resume from the last checkpoint to finish it."
+            )

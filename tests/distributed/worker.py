@@ -18,9 +18,16 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from lightning_reg.callbacks import MaxNorm, OneCycleScheduler, PerformanceScheduler
+from lightning_reg.callbacks import (
+    LRCallback,
+    MaxNorm,
+    OneCycleScheduler,
+    PerformanceScheduler,
+    ScheduledLR,
+)
 from lightning_reg.demos import RegularizedMLP
 from lightning_reg.module import WeightPenaltyMixin
+from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup, OneCycle
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
 
@@ -163,9 +170,48 @@ def case_mc_predict(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def composed_callbacks() -> dict[str, Callable[[], LRCallback]]:
+    """The three composed schedules tested in one process, resumed, and under DDP."""
+    return {
+        "warmup_cosine": lambda: ScheduledLR(
+            Chain([LinearWarmup(4, 0.1, start_lr=0.01), CosineDecay(10, 0.1, final_lr=1e-3)])
+        ),
+        "one_cycle_constant": lambda: ScheduledLR(Chain([OneCycle(10, 0.1), Constant(1e-3)])),
+        "warmup_plateau": lambda: PerformanceScheduler(
+            patience=1, min_delta=0.0, schedule=LinearWarmup(8, 0.08, start_lr=0.008)
+        ),
+    }
+
+
+class FlatValLoss(DigitsClassifier):
+    """Trains for real; logs a constant `val_loss`, so plateau decisions are known in advance."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", torch.tensor(1.0), sync_dist=True)
+
+
+def composed_trainer_kwargs() -> dict[str, Any]:
+    """4 optimizer steps and one validation batch per epoch, 4 epochs: 16 steps."""
+    return {"max_epochs": 4, "limit_train_batches": 4, "limit_val_batches": 1}
+
+
+def case_composed_schedules(args: argparse.Namespace) -> dict[str, Any]:
+    """Each composed schedule under 2-rank DDP; every rank records its LR before each step."""
+    result: dict[str, Any] = {}
+    for name, make in composed_callbacks().items():
+        torch.manual_seed(0)
+        rec = Recorder()
+        trainer = ddp_trainer(args, callbacks=[make(), rec], **composed_trainer_kwargs())
+        trainer.fit(FlatValLoss(), digits_loader(256, 16), digits_loader(64, 16))
+        result[name] = rec.lrs
+        result["rank"] = trainer.global_rank
+    return result
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "one_cycle": case_one_cycle,
     "plateau": case_plateau,
+    "composed_schedules": case_composed_schedules,
     "regularized_ddp": case_regularized_ddp,
     "regularized_fsdp2": case_regularized_fsdp2,
     "mc_predict": case_mc_predict,
