@@ -547,3 +547,34 @@ def test_benchmark_prints_the_max_norm_table() -> None:
     ]
     for cells in max_norm:
         assert all(float(c.strip().rstrip("x")) > 0 for c in cells[3:8])
+
+
+def test_module_max_norm_keeps_the_trainers_own_with_a_warning(tmp_path: Path) -> None:
+    from lightning_reg.demos import RegularizedMLP
+
+    torch.manual_seed(0)
+    model = RegularizedMLP(hidden=(32,), lr=0.5, max_norm=3.0)
+    own = MaxNorm(0.1)
+    trainer = make_trainer(tmp_path, max_steps=3, callbacks=[own])
+    with pytest.warns(UserWarning, match=r"RegularizedMLP\(max_norm=3\) adds MaxNorm\(3\) beside "
+                      r"the Trainer's MaxNorm\(0.1\).*smallest bound holds"):  # fmt: skip
+        trainer.fit(model, digits_loader())
+    acting = [c for c in trainer.callbacks if isinstance(c, MaxNorm)]
+    assert [c.max_value for c in acting] == [0.1, 3.0] and acting[0] is own
+    assert own.steps == {0: 3} and acting[1].steps == {0: 3}
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            assert float(layer.weight.detach().norm(dim=1).max()) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_module_max_norm_equal_to_the_trainers_is_added_once(tmp_path: Path) -> None:
+    from lightning_reg.demos import RegularizedMLP
+
+    own = MaxNorm(3.0)
+    trainer = make_trainer(tmp_path, max_steps=2, callbacks=[own])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(RegularizedMLP(hidden=(32,), max_norm=3.0), digits_loader())
+    assert not [w for w in caught if "MaxNorm" in str(w.message)]
+    assert [c for c in trainer.callbacks if isinstance(c, MaxNorm)] == [own]
+    assert own.steps == {0: 2}

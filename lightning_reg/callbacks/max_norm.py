@@ -250,3 +250,33 @@ class MaxNorm(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def _beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
+    """What ``pl_module.configure_callbacks`` returns to add ``ours`` beside the ``MaxNorm``
+    callbacks already on its Trainer, instead of replacing them.
+
+    Lightning drops every Trainer callback whose type a module returns; so the Trainer's own
+    ``MaxNorm`` callbacks are handed back with ``ours``, and all of them act, each after every
+    step. On weights that two of them select, the smaller bound holds, which a warning says. If
+    one of them is the same constraint (same ``state_key``), ``ours`` is left out.
+    """
+    try:
+        on_trainer: list[Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]
+    except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
+        on_trainer = []
+    owner = type(pl_module).__name__
+    theirs = [c for c in on_trainer if isinstance(c, MaxNorm)]
+    if any(c.state_key == ours.state_key for c in theirs):
+        return []
+    if theirs:
+        listed = ", ".join(f"MaxNorm({c.max_value:g})" for c in theirs)
+        rank_zero_warn(
+            f"{owner}(max_norm={ours.max_value:g}) adds MaxNorm({ours.max_value:g}) beside the "
+            f"Trainer's {listed}: all of them act after every optimizer step, so on weights that "
+            f"several select the smallest bound holds. Pass `max_norm=None` to {owner} to keep "
+            "only the Trainer's.",
+            category=UserWarning,
+        )
+    # Exactly MaxNorm: Lightning drops those from the Trainer's list (subclasses stay there).
+    return [*(c for c in theirs if type(c) is MaxNorm), ours]
