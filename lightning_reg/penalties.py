@@ -376,32 +376,26 @@ def _max_norm_reference_(rows: list[torch.Tensor], max_value: float, norm_type: 
 def _max_norm_foreach_(rows: list[torch.Tensor], max_value: float, norm_type: float) -> None:
     """``renorm_`` on every tensor, writing only the tensors that have a row over the bound.
 
-    One read pass for the row norms, one host read of a flag per tensor, then the factor
-    ``max_value / (norm + 1e-7)`` (1.0 for rows within the bound) computed as ``torch.renorm``
-    computes it, once per dtype, and one ``torch._foreach_mul_`` over the tensors that need it.
+    By groups of one dtype and ndim: the row norms of every tensor (the read pass); one host
+    read of a flag per tensor ("its largest row norm is over the bound"); then, for the flagged
+    tensors only, the factor ``max_value / (norm + 1e-7)`` (1.0 for rows within the bound),
+    computed as ``torch.renorm`` computes it, and one ``torch._foreach_mul_``.
     """
-    rows = [w for w in rows if w.numel() > 0]
-    if not rows:
-        return
-    norms = [
-        torch.linalg.vector_norm(w, norm_type, tuple(range(1, w.dim())), dtype=_renorm_acc(w.dtype))
-        for w in rows
-    ]
-    over = (torch.stack(torch._foreach_max(norms)) > max_value).tolist()
-    by_dtype: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    for w, norm, needs in zip(rows, norms, over, strict=True):
-        if needs:
-            ws, ns = by_dtype.setdefault(w.dtype, ([], []))
-            ws.append(w)
-            ns.append(norm)
-    for dtype, (ws, ns) in by_dtype.items():
-        norm = torch.cat(ns)
+    groups: dict[tuple[torch.dtype, int], list[torch.Tensor]] = {}
+    for w in rows:
+        if w.numel() > 0:
+            groups.setdefault((w.dtype, w.dim()), []).append(w)
+    for (dtype, ndim), group in groups.items():
+        dims, acc = tuple(range(1, ndim)), _renorm_acc(dtype)
+        norms = [torch.linalg.vector_norm(w, norm_type, dims, True, dtype=acc) for w in group]
+        flags = (torch.stack(torch._foreach_max(norms)) > max_value).tolist()
+        ws = [w for w, flag in zip(group, flags, strict=True) if flag]
+        if not ws:
+            continue
+        norm = torch.cat([n for n, flag in zip(norms, flags, strict=True) if flag])
         scale = torch.full_like(norm, max_value).div_(norm + _RENORM_EPS)
         factor = torch.where(norm > max_value, scale, 1.0).to(dtype)
-        parts = factor.split([w.shape[0] for w in ws])
-        torch._foreach_mul_(
-            ws, [f.view(-1, *(1,) * (w.dim() - 1)) for w, f in zip(ws, parts, strict=True)]
-        )
+        torch._foreach_mul_(ws, factor.split([w.shape[0] for w in ws]))
 
 
 def _max_norm_targets(
