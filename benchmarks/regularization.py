@@ -157,42 +157,43 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
 
 
 def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> list[str]:
-    """Max-norm rows: both paths of ``apply_max_norm_`` against the floor, in two states.
+    """Max-norm rows: both paths of ``apply_max_norm_`` against the floor, in three states.
 
-    "within": every row already within the bound (what a loose bound sees; ``renorm_`` still
-    writes every weight). "over": every row over the bound, so every weight must be written
-    (the weights are reset, untimed, before each run). The weights of the two states are
-    separate copies, so one state never hands the other its weights in cache.
+    "within": every row already within the bound (a loose bound; ``renorm_`` still writes every
+    weight). "one over": the rows of the first weight over the bound, the others within (a bound
+    that binds in one layer). "over": every row of every weight over the bound. The weights of
+    "one over" and "over" are reset, untimed, before each run. Each state has its own copy of
+    the weights, so no state hands another its weights in cache.
     """
     within = select_weights(model)
     with torch.no_grad():
         largest = max(float(w.norm(dim=1).max()) for w in within)
         torch._foreach_mul_(within, 0.5 * MAX_VALUE / largest)
         over_init = [w * (2.0 * MAX_VALUE / float(w.norm(dim=1).min())) for w in within]
-    over = [w.clone() for w in over_init]
+    one_init = [over_init[0], *(w.detach().clone() for w in within[1:])]
+    states = {"within": within, "one over": [w.clone() for w in one_init]}
+    states["over"] = [w.clone() for w in over_init]
+    initial = {"one over": one_init, "over": over_init}
     device = within[0].device
 
     def floor() -> None:
         with torch.no_grad():
             torch._foreach_mul_(within, 1.0)
 
-    def reset_over() -> None:
-        torch._foreach_copy_(over, over_init)
-
     cases: dict[str, Callable[[], object]] = {"floor": floor}
     setup: dict[str, Callable[[], object]] = {}
-    for state, weights in (("within", within), ("over", over)):
+    for state, weights in states.items():
         for path in ("reference", "foreach"):
             key = f"{state} {path}"
             cases[key] = functools.partial(
                 apply_max_norm_, weights, MAX_VALUE, foreach=path == "foreach"
             )
-            if state == "over":
-                setup[key] = reset_over
+            if state in initial:
+                setup[key] = functools.partial(torch._foreach_copy_, weights, initial[state])
     ms = time_interleaved(cases, args.repeats, args.warmup, device, setup)
     size = f"{name}: {len(within)} weights, {sum(w.numel() for w in within):,}"
     rows = []
-    for state in ("within", "over"):
+    for state in states:
         ref, fast = ms[f"{state} reference"], ms[f"{state} foreach"]
         rows.append(
             f"| {size} | {state} | {ref:.3f} | {fast:.3f} | {ms['floor']:.3f} "
