@@ -510,10 +510,14 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         otherwise drop it), with a warning that both act and the smaller bound holds where they
         overlap; an identical one (same ``state_key``) is used instead of adding this one.
 
-        Example::
-
-            def configure_callbacks(self):
-                return [*super().configure_callbacks(), EarlyStopping("val_loss")]
+        Example:
+            >>> from lightning.pytorch.callbacks import EarlyStopping
+            >>> from lightning_reg import RegularizedModule
+            >>> class Net(RegularizedModule):
+            ...     def configure_callbacks(self):
+            ...         return [*super().configure_callbacks(), EarlyStopping("val_loss")]
+            >>> [type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks()]
+            ['MaxNorm', 'EarlyStopping']
         """
         inherited = super().configure_callbacks()
         callbacks = [inherited] if isinstance(inherited, pl.Callback) else list(inherited)

@@ -359,12 +359,18 @@ def _max_norm_(
     if not rows:
         return
     if foreach is None:
-        foreach = all(t.device.type == "cpu" for t in rows)
+        foreach = _default_foreach(rows)
     with torch.no_grad():
         if foreach:
             _max_norm_foreach_(rows, max_value, norm_type)
         else:
             _max_norm_reference_(rows, max_value, norm_type)
+
+
+def _default_foreach(rows: Sequence[torch.Tensor]) -> bool:
+    """The path ``foreach=None`` takes: multi-tensor on CPU, where its host read costs nothing;
+    the reference on accelerators, where that read is a device sync."""
+    return all(t.device.type == "cpu" for t in rows)
 
 
 def _max_norm_reference_(rows: list[torch.Tensor], max_value: float, norm_type: float) -> None:

@@ -22,6 +22,7 @@ from lightning_reg.penalties import (
     _check_foreach,
     _check_max_norm_modules,
     _check_norm_type,
+    _default_foreach,
     _is_dtensor,
     _local_rows,
     _max_norm_,
@@ -45,17 +46,22 @@ class _Binding:
         self.targets: list[torch.Tensor] = []
         self.rows: list[torch.Tensor] = []
         self.sharded = False
+        self.foreach: bool | None = None
 
     def current_flags(self) -> list[bool]:
         return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
 
-    def resolve(self, weights: Sequence[torch.Tensor], flags: list[bool]) -> None:
-        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds."""
+    def resolve(
+        self, weights: Sequence[torch.Tensor], flags: list[bool], foreach: bool | None
+    ) -> None:
+        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds;
+        settle the path of ``apply_max_norm_`` for them (``foreach=None``: by their device)."""
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         self.targets = [w for w in weights if id(w) in held]
         self.rows = [_local_rows(w) for w in self.targets]  # checks dims, dtype, placements
         self.sharded = any(_is_dtensor(w) for w in self.targets)
         self.flags = flags
+        self.foreach = _default_foreach(self.rows) if foreach is None else foreach
 
     def local_rows(self) -> list[torch.Tensor]:
         """The tensors to renorm now: DTensors' local shards are taken afresh at every step."""
@@ -225,7 +231,7 @@ class MaxNorm(Callback):
             flags = binding.current_flags()
             if flags != binding.flags:
                 self._refresh(pl_module, binding, flags)
-            _max_norm_(binding.local_rows(), self.max_value, self.norm_type, self.foreach)
+            _max_norm_(binding.local_rows(), self.max_value, self.norm_type, binding.foreach)
             self._steps[idx] = self._steps.get(idx, 0) + 1
 
         return post_hook
@@ -235,7 +241,8 @@ class MaxNorm(Callback):
     ) -> None:
         """Resolve the optimizer's targets again; name the kernels that cannot be constrained."""
         weights, skipped = _max_norm_targets(pl_module, self.modules, self.norm_type)
-        binding.resolve(weights, binding.current_flags() if flags is None else flags)
+        flags = binding.current_flags() if flags is None else flags
+        binding.resolve(weights, flags, self.foreach)
         new = [name for name in skipped if name not in self._warned]
         if new:
             self._warned.update(new)
