@@ -501,7 +501,7 @@ def _local_rows(t: torch.Tensor) -> torch.Tensor:
                 f"{tuple(t.shape)} has placements {t.placements}; only Shard(0) and Replicate() "
                 "are supported (rows split across ranks cannot be renormed locally)."
             )
-        t = t.to_local()
+        t = _as_local(t)
     if not t.is_floating_point():
         raise TypeError(f"max-norm needs floating-point weights, got dtype {t.dtype}.")
     if t.dim() < 2:
@@ -510,6 +510,11 @@ def _local_rows(t: torch.Tensor) -> torch.Tensor:
             "(a bias or a normalization parameter?)."
         )
     return t
+
+
+def _as_local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a view the optimizer's updates reach), else ``t`` itself."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def _is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:

@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_reg._validation import check_positive
 from lightning_reg.penalties import (
     DEFAULT_MAX_NORM_MODULES,
+    _as_local,
     _check_foreach,
     _check_max_norm_modules,
     _check_norm_type,
@@ -65,7 +66,7 @@ class _Binding:
 
     def local_rows(self) -> list[torch.Tensor]:
         """The tensors to renorm now: DTensors' local shards are taken afresh at every step."""
-        return [_local_rows(w) for w in self.targets] if self.sharded else self.rows
+        return [_as_local(w) for w in self.targets] if self.sharded else self.rows
 
 
 class MaxNorm(Callback):
