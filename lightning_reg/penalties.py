@@ -428,10 +428,10 @@ def _max_norm_targets(
         if parametrize.is_parametrized(layer):  # torch subclasses it as Parametrized<Layer>
             kind = type(layer).__mro__[1].__name__
         reparametrized: set[int] = set()
-        for kernel, originals in _reparametrized(layer):
+        for kernel, originals, computed in _reparametrized(layer):
             reparametrized.update(id(p) for p in originals)
             chosen.difference_update(id(p) for p in originals)
-            magnitude = _weight_norm_magnitude(originals)
+            magnitude = _weight_norm_magnitude(originals, computed)
             if magnitude is not None and norm_type == 2.0:
                 if magnitude.requires_grad:
                     chosen.add(id(magnitude))
@@ -452,31 +452,44 @@ def _max_norm_targets(
     return targets, skipped
 
 
-def _reparametrized(layer: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
-    """``(kernel name, parameters the optimizer updates for it)`` of each parametrized tensor of
-    ``layer``: ``torch.nn.utils.parametrize`` and the older hook-based weight and spectral norm."""
-    found: list[tuple[str, list[nn.Parameter]]] = []
+def _reparametrized(
+    layer: nn.Module,
+) -> list[tuple[str, list[nn.Parameter], torch.Tensor | None]]:
+    """``(kernel name, parameters the optimizer updates for it, the kernel computed from them)``
+    of each parametrized tensor of ``layer``: ``torch.nn.utils.parametrize`` (kernel computed),
+    the older hook-based weight norm (``None``: known to be weight norm) and spectral norm."""
+    found: list[tuple[str, list[nn.Parameter], torch.Tensor | None]] = []
     if parametrize.is_parametrized(layer):
         for name, originals in cast(nn.ModuleDict, layer.parametrizations).items():
-            found.append((name, list(originals.parameters(recurse=False))))
+            with torch.no_grad():
+                kernel = getattr(layer, name)
+            found.append((name, list(originals.parameters(recurse=False)), kernel))
     own = dict(layer.named_parameters(recurse=False))
     for name, p in own.items():
         if name.endswith("_g") and name[:-2] + "_v" in own:  # torch.nn.utils.weight_norm
-            found.append((name[:-2], [p, own[name[:-2] + "_v"]]))
+            found.append((name[:-2], [p, own[name[:-2] + "_v"]], None))
         elif name.endswith("_orig"):  # torch.nn.utils.spectral_norm
-            found.append((name[:-5], [p]))
+            found.append((name[:-5], [p], p))
     return found
 
 
-def _weight_norm_magnitude(originals: list[nn.Parameter]) -> nn.Parameter | None:
-    """``g`` if ``originals`` are weight norm's ``(g, v)`` along dim 0: ``g`` holds one number per
-    row of ``v``."""
+def _weight_norm_magnitude(
+    originals: list[nn.Parameter], kernel: torch.Tensor | None
+) -> nn.Parameter | None:
+    """``g`` if ``originals`` are weight norm's ``(g, v)`` along dim 0: ``g`` holds one number
+    per row of ``v``, and each row of the computed ``kernel`` (if given) has norm ``|g_i|``."""
     if len(originals) != 2:
         return None
     g, v = originals
-    if g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1:
+    if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
+        return None
+    if kernel is None:
         return g
-    return None
+    with torch.no_grad():
+        rows = torch.linalg.vector_norm(kernel.flatten(1).double(), dim=1)
+        magnitudes = g.flatten().double().abs()
+        matches = rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
+    return g if matches else None
 
 
 def _renorm_acc(dtype: torch.dtype) -> torch.dtype:

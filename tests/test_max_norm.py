@@ -127,12 +127,28 @@ def test_module_form_constrains_kernels_and_weight_norm_magnitudes() -> None:
     assert torch.equal(zoo.emb.weight, torch.renorm(before["emb.weight"], math.inf, 0, 0.5))
 
 
-def test_weight_norm_with_another_p_is_named() -> None:
+def test_weight_norm_with_another_p_and_look_alike_parametrizations_are_named() -> None:
     layer = parametrizations.weight_norm(nn.Linear(4, 3))
     g = layer.parametrizations.weight.original0.detach().clone()
     with pytest.warns(UserWarning, match=r"weight \(Linear, weight norm bounds 2-norms only\)"):
         apply_max_norm_(layer, max_value=1e-3, norm_type=1.0)
     assert torch.equal(layer.parametrizations.weight.original0, g)
+
+    class RowScale(nn.Module):
+        """``(s, v) -> s * v``: the shapes of weight norm's ``(g, v)``, without the norm."""
+
+        def forward(self, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return s * v
+
+        def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.ones(len(w), 1), w
+
+    scaled = nn.Linear(4, 3)
+    torch.nn.utils.parametrize.register_parametrization(scaled, "weight", RowScale())
+    before = [p.detach().clone() for p in scaled.parameters()]
+    with pytest.warns(UserWarning, match=r"weight \(Linear, parametrized\)"):
+        apply_max_norm_(scaled, max_value=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(scaled.parameters(), before, strict=True))
 
 
 @pytest.mark.parametrize(
