@@ -406,6 +406,37 @@ def test_frozen_backbone_untouched_then_constrained_after_unfreezing(tmp_path: P
     assert float(model.head.weight.detach().norm(dim=1).max()) == pytest.approx(MAX, rel=1e-5)
 
 
+class AddHeadGroup(Callback):
+    """Adds the head's parameters to the optimizer as a new param group when epoch 1 starts."""
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == 1:
+            head = list(pl_module.head.parameters())
+            trainer.optimizers[0].add_param_group({"params": head, "lr": pl_module.lr})
+
+
+def test_a_param_group_added_during_fit_is_constrained_from_then_on(tmp_path: Path) -> None:
+    class HeadLater(WithBackbone):
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.backbone.parameters(), lr=self.lr)
+
+    torch.manual_seed(0)
+    model = HeadLater()
+    initial = model.head.weight.detach().clone()
+
+    class HeadWeights(Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            self.after_epoch_0 = getattr(self, "after_epoch_0", pl_module.head.weight.clone())
+
+    record = HeadWeights()
+    make_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=3,
+        callbacks=[AddHeadGroup(), MaxNorm(MAX), record],
+    ).fit(model, digits_loader())  # fmt: skip
+    assert torch.equal(record.after_epoch_0, initial)  # not in the optimizer: not updated
+    assert float(model.head.weight.detach().norm(dim=1).max()) == pytest.approx(MAX, rel=1e-5)
+
+
 def test_one_callbacks_list_reused_across_trainers_binds_every_fold(tmp_path: Path) -> None:
     callbacks = [MaxNorm(MAX)]
     for fold in range(3):
