@@ -191,7 +191,7 @@ def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> lis
             if state in initial:
                 setup[key] = functools.partial(torch._foreach_copy_, weights, initial[state])
     ms = time_interleaved(cases, args.repeats, args.warmup, device, setup)
-    size = f"{name}: {len(within)} weights, {sum(w.numel() for w in within):,}"
+    size = f"max-norm, {name}: {len(within)} weights, {sum(w.numel() for w in within):,}"
     rows = []
     for state in states:
         ref, fast = ms[f"{state} reference"], ms[f"{state} foreach"]
