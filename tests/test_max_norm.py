@@ -20,6 +20,7 @@ from torch.nn.utils import parametrizations
 
 from lightning_reg.callbacks.max_norm import MaxNorm
 from lightning_reg.penalties import apply_max_norm_
+from tests.distributed.worker import TwoOptimizerSteps
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
 MAX = 0.5
@@ -277,46 +278,12 @@ def test_acts_once_per_optimizer_step_under_accumulation(tmp_path: Path) -> None
     assert_same_params(model, reference)
 
 
-class TwoOptimizers(DigitsClassifier):
-    """Manual optimization: ``net[0]`` stepped every batch, ``net[2]`` every second batch."""
-
-    def __init__(self, renorm: bool = False) -> None:
-        super().__init__(lr=0.5)
-        self.automatic_optimization = False
-        self.renorm = renorm
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        first, second = self.optimizers()
-        loss = F.cross_entropy(self(x), y)
-        self.manual_backward(loss)
-        first.step()
-        if self.renorm:
-            renorm_((self.net[0],))
-        if batch_idx % 2 == 1:
-            second.step()
-            if self.renorm:
-                renorm_((self.net[2],))
-        first.zero_grad()
-        second.zero_grad()
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        return (
-            torch.optim.SGD(self.net[0].parameters(), lr=self.lr),
-            torch.optim.SGD(self.net[2].parameters(), lr=self.lr),
-        )
-
-
 def test_manual_optimization_constrains_each_optimizers_weights_after_its_step(
     tmp_path: Path,
 ) -> None:
     torch.manual_seed(0)
-    model = TwoOptimizers()
-    with torch.no_grad():
-        model.net[0].weight.mul_(20.0)
-        model.net[2].weight.mul_(20.0)
-    reference = copy_init(model, TwoOptimizers(renorm=True))
+    model = TwoOptimizerSteps()  # rows far above the bound; net[2] stepped every second batch
+    reference = copy_init(model, TwoOptimizerSteps(renorm=True))
     second_before = model.net[2].weight.detach().clone()
 
     class SecondAfterBatch0(Callback):
