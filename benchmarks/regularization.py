@@ -18,6 +18,8 @@ times forward and backward (gradients reset to ``None`` first), the cost a train
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import random
 import statistics
 import time
@@ -53,17 +55,34 @@ def stack_of_linears(layers: int, width: int, device: torch.device) -> nn.Module
     return nn.Sequential(*(nn.Linear(width, width) for _ in range(layers))).to(device)
 
 
+def mlp_784(quick: bool, device: torch.device) -> nn.Module:
+    """The 784-512x3-10 MLP of ``overhead.py`` (64-32x3-10 with ``--quick``)."""
+    sizes = [64, 32, 32, 32, 10] if quick else [784, 512, 512, 512, 10]
+    layers = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
+    return nn.Sequential(*layers).to(device)
+
+
 def time_interleaved(
-    cases: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+    cases: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    setup: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, float]:
-    """Median wall time (ms) of each case, the cases run in turn within every repeat."""
+    """Median wall time (ms) of each case, the cases run in turn within every repeat.
+
+    ``setup[name]``, if given, runs untimed right before every run of case ``name``.
+    """
+    setup = setup or {}
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        for fn in cases.values():
+        for name, fn in cases.items():
+            if name in setup:
+                setup[name]()
             fn()
     times: dict[str, list[float]] = {name: [] for name in cases}
     order = random.Random(0)
@@ -73,6 +92,8 @@ def time_interleaved(
         # and no case may always have the same neighbour.
         for name in order.sample(list(cases), len(cases)):
             fn = cases[name]
+            if name in setup:
+                setup[name]()
             sync()
             start = time.perf_counter()
             fn()
@@ -135,6 +156,52 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
     return rows
 
 
+def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> list[str]:
+    """Max-norm rows: both paths of ``apply_max_norm_`` against the floor, in three states.
+
+    "within": every row already within the bound (a loose bound; ``renorm_`` still writes every
+    weight). "one over": the rows of the first weight over the bound, the others within (a bound
+    that binds in one layer). "over": every row of every weight over the bound. The weights of
+    "one over" and "over" are reset, untimed, before each run. Each state has its own copy of
+    the weights, so no state hands another its weights in cache.
+    """
+    within = select_weights(model)
+    with torch.no_grad():
+        largest = max(float(w.norm(dim=1).max()) for w in within)
+        torch._foreach_mul_(within, 0.5 * MAX_VALUE / largest)
+        over_init = [w * (2.0 * MAX_VALUE / float(w.norm(dim=1).min())) for w in within]
+    one_init = [over_init[0], *(w.detach().clone() for w in within[1:])]
+    states = {"within": within, "one over": [w.clone() for w in one_init]}
+    states["over"] = [w.clone() for w in over_init]
+    initial = {"one over": one_init, "over": over_init}
+    device = within[0].device
+
+    def floor() -> None:
+        with torch.no_grad():
+            torch._foreach_mul_(within, 1.0)
+
+    cases: dict[str, Callable[[], object]] = {"floor": floor}
+    setup: dict[str, Callable[[], object]] = {}
+    for state, weights in states.items():
+        for path in ("reference", "foreach"):
+            key = f"{state} {path}"
+            cases[key] = functools.partial(
+                apply_max_norm_, weights, MAX_VALUE, foreach=path == "foreach"
+            )
+            if state in initial:
+                setup[key] = functools.partial(torch._foreach_copy_, weights, initial[state])
+    ms = time_interleaved(cases, args.repeats, args.warmup, device, setup)
+    size = f"max-norm, {name}: {len(within)} weights, {sum(w.numel() for w in within):,}"
+    rows = []
+    for state in states:
+        ref, fast = ms[f"{state} reference"], ms[f"{state} foreach"]
+        rows.append(
+            f"| {size} | {state} | {ref:.3f} | {fast:.3f} | {ms['floor']:.3f} "
+            f"| {ref / ms['floor']:.2f}x | {fast / ms['floor']:.2f}x |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -156,6 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, model in models.items():
         for row in bench_model(name, model, args):
+            print(row)
+    print(
+        "\n| max-norm model: weights, elements | rows | reference (ms) | foreach (ms) | floor (ms) "
+        "| reference / floor | foreach / floor |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    models["(c) MLP 784-512x3-10"] = mlp_784(args.quick, device)
+    for name, model in models.items():
+        for row in bench_max_norm(name, model, args):
             print(row)
 
 

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_reg._validation import check_int, check_non_negative, check_positive
-from lightning_reg.callbacks.max_norm import MaxNorm
+from lightning_reg.callbacks.max_norm import MaxNorm, _beside_trainer_max_norms
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
 from lightning_reg.penalties import (
     DEFAULT_PENALIZED_MODULES,
@@ -506,13 +506,21 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
     def configure_callbacks(self) -> Sequence[pl.Callback] | pl.Callback:
         """The callbacks of the classes further down the MRO, plus ``MaxNorm(max_norm)`` if set.
 
-        Example::
+        A ``MaxNorm`` the Trainer already holds is kept beside this one (Lightning would
+        otherwise drop it), with a warning that both act and the smaller bound holds where they
+        overlap; an identical one (same ``state_key``) is used instead of adding this one.
 
-            def configure_callbacks(self):
-                return [*super().configure_callbacks(), EarlyStopping("val_loss")]
+        Example:
+            >>> from lightning.pytorch.callbacks import EarlyStopping
+            >>> from lightning_reg import RegularizedModule
+            >>> class Net(RegularizedModule):
+            ...     def configure_callbacks(self):
+            ...         return [*super().configure_callbacks(), EarlyStopping("val_loss")]
+            >>> [type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks()]
+            ['MaxNorm', 'EarlyStopping']
         """
         inherited = super().configure_callbacks()
         callbacks = [inherited] if isinstance(inherited, pl.Callback) else list(inherited)
         if self.max_norm is not None:
-            callbacks.append(MaxNorm(self.max_norm))
+            callbacks += _beside_trainer_max_norms(MaxNorm(self.max_norm), self)
         return callbacks

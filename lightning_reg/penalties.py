@@ -1,4 +1,4 @@
-"""Weight selection, fused l1/l2 penalties and the fused in-place max-norm constraint.
+"""Weight selection, fused l1/l2 penalties and the in-place max-norm constraint.
 
 Pure functions over a plain ``nn.Module`` or a list of tensors: no Lightning import, no host
 sync, and no Python loop doing per-parameter arithmetic where a multi-tensor op does the job.
@@ -11,10 +11,11 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from lightning_reg._validation import check_non_negative, check_positive
 
@@ -42,15 +43,18 @@ DEFAULT_PENALIZED_MODULES: tuple[type[nn.Module], ...] = (
 )
 """Layers whose ``.weight`` is penalized by default (kernels only, as Keras does)."""
 
-DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""Layers whose ``.weight`` rows are max-norm constrained by default."""
+DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.RNNBase,
+    nn.RNNCellBase,
+    nn.MultiheadAttention,
+)
+"""Layers whose kernel rows are max-norm constrained by default: Linear, Conv1d/2d/3d, RNN, LSTM,
+GRU and their cells (input and recurrent weights), ``MultiheadAttention`` (input projection)."""
 
-# Same-shape weights up to this many elements in total are stacked into one tensor so that their
-# row norms take one reduction; a bigger weight is reduced where it lies, without a copy. 2**16
-# float32 elements (256 KiB) keep the temporary in cache: measured on CPU, stacking 256x256
-# weights costs more than the dispatches it saves; stacking 64x64 and smaller weights beats
-# reducing them one by one (100 x 32x32: 0.29 ms stacked, 0.41 ms one by one).
-_STACK_NUMEL = 1 << 16
 # The epsilon torch.renorm adds to the norm (fixed in its kernel).
 _RENORM_EPS = 1e-7
 
@@ -267,19 +271,24 @@ def apply_max_norm_(
     max_value: float = 1.0,
     norm_type: float = 2.0,
     modules: tuple[type[nn.Module], ...] = DEFAULT_MAX_NORM_MODULES,
-    eps: float = 1e-7,
+    *,
+    foreach: bool | None = None,
 ) -> None:
     """Rescale in place each output unit's incoming weight vector whose norm exceeds ``max_value``.
 
     The incoming vector of output unit ``i`` is ``w[i]``: a row of a Linear weight, the whole
-    filter of a Conv weight (the norm runs over every dim but 0). A row with norm
-    ``n > max_value`` is multiplied by ``max_value / (n + eps)``; every other row is multiplied by
-    exactly ``1.0`` and so stays bit-identical. This is ``torch.renorm(w, norm_type, 0, max_value)``
-    to the last bit (same formula, same accumulation dtype). On accelerators it is done for all
-    weights together: grouped by (device, dtype, ndim), small same-shape weights stacked into one
-    reduction, the factor arithmetic done once per group and the scaling by one
-    ``torch._foreach_mul_``; on CPU, where foreach ops are no faster, by torch's ``renorm_``
-    kernel per weight. No host sync.
+    filter of a Conv weight (the norm runs over every dim but 0). The result is
+    ``torch.renorm(w, norm_type, 0, max_value)`` to the last bit: a row with norm
+    ``n > max_value`` is multiplied by ``max_value / (n + 1e-7)``, every other row stays
+    bit-identical.
+
+    Two paths give that same result. The reference (``foreach=False``) is torch's own
+    ``renorm_`` on each weight. The multi-tensor path (``foreach=True``) first takes the row
+    norms of every weight, reads one flag per weight to the host ("has a row over the bound"),
+    leaves the weights without such a row untouched and scales the others by one
+    ``torch._foreach_mul_``: it skips the write pass that ``renorm_`` always makes. Reading the
+    flags is a host sync, free on CPU and costly on an accelerator, so ``foreach=None`` (the
+    default) takes the multi-tensor path on CPU and the reference elsewhere.
 
     A ``DTensor`` weight whose placements are all ``Shard(0)`` or ``Replicate()`` (FSDP2, DDP
     replicas) is constrained through its local tensor, since every rank holds whole rows; the
@@ -292,11 +301,11 @@ def apply_max_norm_(
         max_value: the largest allowed norm, finite and ``> 0``. Default ``1.0``.
         norm_type: ``p`` of the p-norm, a number ``>= 1`` or ``math.inf``. Default ``2.0``.
         modules: layer types selected when ``weights`` is a module. Default
-            ``(nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)``; add ``nn.Embedding`` or
+            ``DEFAULT_MAX_NORM_MODULES`` (Linear, Conv1d/2d/3d); add ``nn.Embedding`` or
             ``nn.Bilinear`` to opt in. Transposed convolutions are refused: their dim 0 is the
             input channel, not the output unit.
-        eps: added to the norm in the denominator, finite and ``>= 0``. Default ``1e-7`` (as
-            ``torch.renorm``).
+        foreach: ``True`` for the multi-tensor path, ``False`` for the per-tensor reference,
+            ``None`` (default) for the multi-tensor path on CPU and the reference elsewhere.
 
     Raises:
         TypeError: if an argument has the wrong type, or a weight is not a floating-point tensor.
@@ -306,73 +315,192 @@ def apply_max_norm_(
     Warns:
         UserWarning: if ``weights`` is a module with no selected weight.
 
-    Example::
-
-        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-        optimizer.step()
-        apply_max_norm_(model, max_value=3.0)
-        assert (model[0].weight.norm(dim=1) <= 3.0).all()
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_reg import apply_max_norm_
+        >>> layer = nn.Linear(4, 3)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.mul_(10.0)
+        >>> apply_max_norm_(layer, max_value=1.0)
+        >>> bool((layer.weight.norm(dim=1) <= 1.0).all())
+        True
     """
     max_value = check_positive("max_value", max_value)
     norm_type = _check_norm_type(norm_type)
-    eps = check_non_negative("eps", eps)
+    foreach = _check_foreach(foreach)
     if isinstance(weights, nn.Module):
         _check_max_norm_modules("modules", modules)
-        tensors: list[torch.Tensor] = list(select_weights(weights, modules))
+        targets, skipped = _max_norm_targets(weights, modules, norm_type)
+        if skipped:
+            warnings.warn(
+                f"apply_max_norm_ does not constrain these kernels: {'; '.join(skipped)}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif not targets:
+            warnings.warn(
+                f"apply_max_norm_ found no trainable kernel of a layer in `modules` in "
+                f"{type(weights).__name__}.",
+                UserWarning,
+                stacklevel=2,
+            )
+        tensors: list[torch.Tensor] = list(targets)
     else:
         tensors = _tensor_list(weights)
-    groups: dict[tuple[torch.device, torch.dtype, int], list[torch.Tensor]] = {}
-    for t in tensors:
-        local = _local_rows(t)
-        groups.setdefault((local.device, local.dtype, local.dim()), []).append(local)
-    with torch.no_grad():
-        for group in groups.values():
-            _renorm_group_(group, max_value, norm_type, eps)
+    _max_norm_([_local_rows(t) for t in tensors], max_value, norm_type, foreach)
 
 
-def _per_tensor_kernels(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether torch's own per-tensor ``renorm_`` beats the fused form: on CPU, where a foreach
-    op is itself a loop over the same kernels and the fused form adds passes (measured with
-    ``benchmarks/regularization.py``: 0.48 ms against 0.63 ms for 50 weights of 256x256). On
-    accelerators the fused form saves launches, so it stays. DTensors keep the fused form."""
-    return tensors[0].device.type == "cpu" and not any(_is_dtensor(t) for t in tensors)
-
-
-def _renorm_group_(group: list[torch.Tensor], max_value: float, p: float, eps: float) -> None:
-    """``torch.renorm`` in place every tensor of one (device, dtype, ndim) group."""
-    if eps == _RENORM_EPS and _per_tensor_kernels(group):
-        for t in group:  # CPU: torch's own fused kernel per tensor (see _per_tensor_kernels)
-            t.renorm_(p, 0, max_value)
+def _max_norm_(
+    rows: list[torch.Tensor], max_value: float, norm_type: float, foreach: bool | None
+) -> None:
+    """:func:`apply_max_norm_` on tensors already checked by :func:`_local_rows` (plain tensors
+    whose dim 0 indexes output units): the per-step call of the ``MaxNorm`` callback."""
+    if not rows:
         return
-    dtype = group[0].dtype
-    acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    norms = torch.cat(_row_norms(group, p, acc))
-    scale = torch.full_like(norms, max_value).div_(norms + eps)
-    factor = torch.where(norms > max_value, scale, 1.0).to(dtype)
-    factor = factor.view(-1, *(1,) * (group[0].dim() - 1))
-    torch._foreach_mul_(group, factor.split([t.shape[0] for t in group]))
+    if foreach is None:
+        foreach = _default_foreach(rows)
+    with torch.no_grad():
+        if foreach:
+            _max_norm_foreach_(rows, max_value, norm_type)
+        else:
+            _max_norm_reference_(rows, max_value, norm_type)
 
 
-def _row_norms(group: list[torch.Tensor], p: float, acc: torch.dtype) -> list[torch.Tensor]:
-    """Per-row norms (1-D, dtype ``acc``) of each tensor in order, small same-shape ones stacked."""
-    by_shape: dict[torch.Size, list[int]] = {}
-    for i, t in enumerate(group):
-        by_shape.setdefault(t.shape, []).append(i)
-    norms: dict[int, torch.Tensor] = {}
-    for shape, indices in by_shape.items():
-        per_chunk = max(1, _STACK_NUMEL // max(1, math.prod(shape)))
-        row_dims = tuple(range(1, len(shape)))
-        for start in range(0, len(indices), per_chunk):
-            chunk = indices[start : start + per_chunk]
-            if len(chunk) == 1:
-                norms[chunk[0]] = torch.linalg.vector_norm(group[chunk[0]], p, row_dims, dtype=acc)
-                continue
-            stacked = torch.stack([group[i] for i in chunk])
-            dims = tuple(d + 1 for d in row_dims)
-            norms.update(
-                zip(chunk, torch.linalg.vector_norm(stacked, p, dims, dtype=acc), strict=True)
-            )
-    return [norms[i] for i in range(len(group))]
+def _default_foreach(rows: Sequence[torch.Tensor]) -> bool:
+    """The path ``foreach=None`` takes: multi-tensor on CPU, where its host read costs nothing;
+    the reference on accelerators, where that read is a device sync."""
+    return all(t.device.type == "cpu" for t in rows)
+
+
+def _max_norm_reference_(rows: list[torch.Tensor], max_value: float, norm_type: float) -> None:
+    """The reference: torch's own ``renorm_`` on each tensor."""
+    for w in rows:
+        w.renorm_(norm_type, 0, max_value)
+
+
+def _max_norm_foreach_(rows: list[torch.Tensor], max_value: float, norm_type: float) -> None:
+    """``renorm_`` on every tensor, writing only the tensors that have a row over the bound.
+
+    By groups of one dtype and ndim: the row norms of every tensor (the read pass); one host
+    read of a flag per tensor ("its largest row norm is over the bound"); then, for the flagged
+    tensors only, the factor ``max_value / (norm + 1e-7)`` (1.0 for rows within the bound),
+    computed as ``torch.renorm`` computes it, and one ``torch._foreach_mul_``.
+    """
+    groups: dict[tuple[torch.dtype, int], list[torch.Tensor]] = {}
+    for w in rows:
+        if w.numel() > 0:
+            groups.setdefault((w.dtype, w.dim()), []).append(w)
+    for (dtype, ndim), group in groups.items():
+        dims, acc = tuple(range(1, ndim)), _renorm_acc(dtype)
+        norms = [torch.linalg.vector_norm(w, norm_type, dims, True, dtype=acc) for w in group]
+        flags = (torch.stack(torch._foreach_max(norms)) > max_value).tolist()
+        ws = [w for w, flag in zip(group, flags, strict=True) if flag]
+        if not ws:
+            continue
+        norm = torch.cat([n for n, flag in zip(norms, flags, strict=True) if flag])
+        scale = torch.full_like(norm, max_value).div_(norm + _RENORM_EPS)
+        factor = torch.where(norm > max_value, scale, 1.0).to(dtype)
+        torch._foreach_mul_(ws, factor.split([w.shape[0] for w in ws]))
+
+
+def _max_norm_targets(
+    module: nn.Module, modules: tuple[type[nn.Module], ...], norm_type: float
+) -> tuple[list[nn.Parameter], list[str]]:
+    """The trainable tensors max-norm constrains in ``module``, and the kernels it cannot.
+
+    The kernels come from the shared selection (:func:`_select_weights` over ``modules``). A
+    parametrized kernel is not a parameter: the optimizer updates its originals, whose rows are
+    not the kernel's rows. For weight norm along dim 0 (``parametrizations.weight_norm``'s
+    ``original0``/``original1``, the older ``weight_g``/``weight_v``) the row 2-norm of the
+    kernel is ``|g_i|``, so the magnitude ``g`` is the target; the direction is left alone.
+    Every other parametrization, weight norm with ``norm_type != 2``, and any other parameter
+    of more than one dim of a layer in ``modules`` (not a bias) that is not a target, is
+    returned by name in the second list.
+    """
+    chosen = {id(p) for p in _select_weights(module, modules)}
+    skipped: list[str] = []
+    for layer_name, layer in module.named_modules():
+        if not isinstance(layer, modules):
+            continue
+        prefix = f"{layer_name}." if layer_name else ""
+        kind = type(layer).__name__
+        if parametrize.is_parametrized(layer):  # torch subclasses it as Parametrized<Layer>
+            kind = type(layer).__mro__[1].__name__
+        reparametrized: set[int] = set()
+        for kernel, originals, computed in _reparametrized(layer):
+            reparametrized.update(id(p) for p in originals)
+            chosen.difference_update(id(p) for p in originals)
+            magnitude = _weight_norm_magnitude(originals, computed)
+            if magnitude is not None and norm_type == 2.0:
+                if magnitude.requires_grad:
+                    chosen.add(id(magnitude))
+            elif magnitude is not None:
+                skipped.append(f"{prefix}{kernel} ({kind}, weight norm bounds 2-norms only)")
+            else:
+                skipped.append(f"{prefix}{kernel} ({kind}, parametrized)")
+        for name, p in layer.named_parameters(recurse=False):
+            if (
+                p.dim() >= 2
+                and p.requires_grad
+                and "bias" not in name
+                and id(p) not in chosen
+                and id(p) not in reparametrized
+            ):
+                skipped.append(f"{prefix}{name} ({kind})")
+    targets = [p for p in module.parameters() if id(p) in chosen]
+    return targets, skipped
+
+
+def _reparametrized(
+    layer: nn.Module,
+) -> list[tuple[str, list[nn.Parameter], torch.Tensor | None]]:
+    """``(kernel name, parameters the optimizer updates for it, the kernel computed from them)``
+    of each parametrized tensor of ``layer``: ``torch.nn.utils.parametrize`` (kernel computed),
+    the older hook-based weight norm (``None``: known to be weight norm) and spectral norm."""
+    found: list[tuple[str, list[nn.Parameter], torch.Tensor | None]] = []
+    if parametrize.is_parametrized(layer):
+        for name, originals in cast(nn.ModuleDict, layer.parametrizations).items():
+            with torch.no_grad():
+                kernel = getattr(layer, name)
+            found.append((name, list(originals.parameters(recurse=False)), kernel))
+    own = dict(layer.named_parameters(recurse=False))
+    for name, p in own.items():
+        if name.endswith("_g") and name[:-2] + "_v" in own:  # torch.nn.utils.weight_norm
+            found.append((name[:-2], [p, own[name[:-2] + "_v"]], None))
+        elif name.endswith("_orig"):  # torch.nn.utils.spectral_norm
+            found.append((name[:-5], [p], p))
+    return found
+
+
+def _weight_norm_magnitude(
+    originals: list[nn.Parameter], kernel: torch.Tensor | None
+) -> nn.Parameter | None:
+    """``g`` if ``originals`` are weight norm's ``(g, v)`` along dim 0: ``g`` holds one number
+    per row of ``v``, and each row of the computed ``kernel`` (if given) has norm ``|g_i|``."""
+    if len(originals) != 2:
+        return None
+    g, v = originals
+    if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
+        return None
+    if kernel is None:
+        return g
+    with torch.no_grad():
+        rows = torch.linalg.vector_norm(kernel.flatten(1).double(), dim=1)
+        magnitudes = g.flatten().double().abs()
+        matches = rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
+    return g if matches else None
+
+
+def _renorm_acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``torch.renorm`` accumulates norms in: float32 for half types, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_foreach(value: object) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"`foreach` must be True, False or None, got {value!r}.")
+    return value
 
 
 def _local_rows(t: torch.Tensor) -> torch.Tensor:
@@ -386,7 +514,7 @@ def _local_rows(t: torch.Tensor) -> torch.Tensor:
                 f"{tuple(t.shape)} has placements {t.placements}; only Shard(0) and Replicate() "
                 "are supported (rows split across ranks cannot be renormed locally)."
             )
-        t = t.to_local()
+        t = _as_local(t)
     if not t.is_floating_point():
         raise TypeError(f"max-norm needs floating-point weights, got dtype {t.dtype}.")
     if t.dim() < 2:
@@ -395,6 +523,11 @@ def _local_rows(t: torch.Tensor) -> torch.Tensor:
             "(a bias or a normalization parameter?)."
         )
     return t
+
+
+def _as_local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a view the optimizer's updates reach), else ``t`` itself."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def _is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:

@@ -87,6 +87,16 @@ def test_max_norm_and_penalty_match_a_single_process(tmp_path: Path, case: str) 
         assert results[0]["param_types"] == ["DTensor"]
 
 
+def test_max_norm_two_optimizers_reused_across_fits_under_ddp(tmp_path: Path) -> None:
+    results = run_ddp("max_norm_two_optimizers", tmp_path)
+    # 256 samples, 16 per rank and batch: 8 batches; the second optimizer steps every second one.
+    assert results[0]["steps"] == [{0: 8, 1: 4}, {0: 8, 1: 4}]  # the second fit started fresh
+    for key in ("callback", "callback again", "by hand", "steps"):
+        assert_same_on_every_rank(results, key)
+    assert torch.equal(results[0]["callback"], results[0]["by hand"])
+    assert torch.equal(results[0]["callback again"], results[0]["by hand"])
+
+
 def test_mc_dropout_predict_under_ddp(tmp_path: Path) -> None:
     results = run_ddp("mc_predict", tmp_path)
     # 96 samples over 2 ranks: 48 each, every one with MC statistics.

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lightning_reg import penalties
-from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
+from lightning_reg.penalties import select_weights, weight_penalty
 
 
 @pytest.fixture(autouse=True, params=["default", "fallback"])
@@ -23,7 +23,6 @@ def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     "fallback" switches both dispatches off: the fused ``torch._foreach_*`` max-norm that
     accelerators and DTensors take, and the penalty by autograd through the norms (DTensors)."""
     if request.param == "fallback":
-        monkeypatch.setattr(penalties, "_per_tensor_kernels", lambda tensors: False)
         monkeypatch.setattr(penalties, "_hand_backward", lambda tensors: False)
     return str(request.param)
 
@@ -211,96 +210,6 @@ def test_penalty_degenerate_inputs_and_precision() -> None:
 def test_penalty_rejects_bad_factors(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         weight_penalty([torch.ones(2)], **kwargs)
-
-
-# --------------------------------------------------------------------------------- max-norm
-
-
-@pytest.mark.parametrize("kind", list(SHAPES))
-@pytest.mark.parametrize("p", NORMS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_max_norm_is_bit_identical_to_torch_renorm(kind: str, p: float, dtype: torch.dtype) -> None:
-    max_value = 1.5
-    weights = [mixed_rows(SHAPES[kind], dtype, seed) for seed in range(3)]
-    original = [w.clone() for w in weights]
-    expected = [torch.renorm(w, p, 0, max_value) for w in weights]
-    over = rows_over(original[0], max_value, p)
-    assert over.any() and not over.all()
-    apply_max_norm_(weights, max_value=max_value, norm_type=p)
-    for w, ref, before in zip(weights, expected, original, strict=True):
-        assert torch.equal(w, ref)
-        keep = ~rows_over(before, max_value, p)
-        assert torch.equal(w[keep], before[keep])  # rows within the bound: bit-identical
-
-
-def test_max_norm_stacked_chunks_and_mixed_groups() -> None:
-    """Same-shape weights stacked in several chunks, big ones alone, several dtype groups."""
-    weights = [mixed_rows((128, 128), torch.float32, s) for s in range(10)]  # chunks of 4, 4, 2
-    weights += [mixed_rows((300, 300), torch.float32, 10), mixed_rows((8, 8), torch.float32, 11)]
-    weights += [mixed_rows((128, 128), torch.float64, 12), mixed_rows((9, 3), torch.bfloat16, 13)]
-    expected = [torch.renorm(w, 2, 0, 2.0) for w in weights]
-    apply_max_norm_(iter(weights), max_value=2.0)
-    for w, ref in zip(weights, expected, strict=True):
-        assert torch.equal(w, ref)
-
-
-def test_max_norm_on_module_touches_selected_weights_only() -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Embedding(6, 5), nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Conv1d(1, 4, 3), nn.Linear(8, 3)
-    )
-    frozen = nn.Linear(8, 8)
-    net.append(frozen)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(30.0)
-    frozen.weight.requires_grad_(False)
-    before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    apply_max_norm_(net, max_value=0.5)
-    after = dict(net.named_parameters())
-    for name in ("1.weight", "3.weight", "4.weight"):
-        assert torch.equal(after[name], torch.renorm(before[name], 2, 0, 0.5)), name
-        assert after[name].grad_fn is None
-    for name in ("0.weight", "1.bias", "2.weight", "2.bias", "3.bias", "4.bias", "5.weight"):
-        assert torch.equal(after[name], before[name]), name
-    apply_max_norm_(net, max_value=0.5, modules=(nn.Embedding,), norm_type=math.inf)
-    assert torch.equal(net[0].weight, torch.renorm(before["0.weight"], math.inf, 0, 0.5))
-
-
-def test_max_norm_single_tensor_and_eps() -> None:
-    w = mixed_rows((6, 4), torch.float64, 0)
-    expected = w * torch.where(rows_over(w, 1.0), 1.0 / w.norm(dim=1), 1.0).unsqueeze(1)
-    apply_max_norm_(w, eps=0.0)  # one tensor is one weight, not an iterable of rows
-    torch.testing.assert_close(w, expected, rtol=1e-15, atol=0.0)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
-    [
-        ({"max_value": 0.0}, ValueError, r"`max_value` must be a finite number > 0, got 0.0"),
-        ({"max_value": -1.0}, ValueError, r"`max_value` must be a finite number > 0, got -1.0"),
-        ({"max_value": math.inf}, ValueError, r"`max_value` must be a finite number > 0"),
-        ({"max_value": True}, TypeError, r"`max_value` must be a finite number > 0, got True"),
-        ({"norm_type": 0.5}, ValueError, r"`norm_type` must be a number >= 1 or math.inf, got 0.5"),
-        ({"norm_type": math.nan}, ValueError, r"`norm_type` must be a number >= 1"),
-        ({"norm_type": "fro"}, TypeError, r"`norm_type` must be a number >= 1"),
-        ({"eps": -1e-7}, ValueError, r"`eps` must be a finite number >= 0, got -1e-07"),
-        ({"modules": (nn.ConvTranspose2d,)}, ValueError, r"`modules` cannot hold transposed"),
-        ({"modules": nn.Linear}, TypeError, r"`modules` must be a non-empty tuple"),
-    ],
-)
-def test_max_norm_rejects_bad_arguments(kwargs: dict, error: type, match: str) -> None:
-    with pytest.raises(error, match=match):
-        apply_max_norm_(nn.Linear(3, 3), **kwargs)
-
-
-def test_max_norm_rejects_bad_tensors() -> None:
-    with pytest.raises(ValueError, match=r">= 2 dims, got shape \(4,\)"):
-        apply_max_norm_([torch.ones(4, 4), torch.ones(4)])
-    with pytest.raises(TypeError, match=r"floating-point weights, got dtype torch\.int64"):
-        apply_max_norm_([torch.ones(4, 4, dtype=torch.long)])
-    with pytest.raises(TypeError, match="must hold tensors, got list"):
-        apply_max_norm_([[1.0, 2.0]])  # type: ignore[list-item]
 
 
 # --------------------------------------------------------------------------------- DTensor

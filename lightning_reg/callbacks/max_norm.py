@@ -2,66 +2,137 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from lightning_reg._validation import check_positive
 from lightning_reg.penalties import (
     DEFAULT_MAX_NORM_MODULES,
+    _as_local,
+    _check_foreach,
     _check_max_norm_modules,
     _check_norm_type,
-    _select_weights,
-    apply_max_norm_,
+    _default_foreach,
+    _is_dtensor,
+    _local_rows,
+    _max_norm_,
+    _max_norm_targets,
 )
 
 __all__ = ["MaxNorm"]
 
 
+class _Binding:
+    """What one optimizer's steps constrain: its param groups' max-norm weights that require grad.
+
+    Resolved from the model when first used and again only when the optimizer's parameters or
+    their ``requires_grad`` flags change (``BackboneFinetuning`` freezing, unfreezing, adding a
+    param group), so each step pays one comparison of those flags, not a walk of the model.
+    """
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.flags: list[bool] | None = None
+        self.targets: list[torch.Tensor] = []
+        self.rows: list[torch.Tensor] = []
+        self.sharded = False
+        self.foreach: bool | None = None
+
+    def current_flags(self) -> list[bool]:
+        return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
+
+    def resolve(
+        self, weights: Sequence[torch.Tensor], flags: list[bool], foreach: bool | None
+    ) -> None:
+        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds;
+        settle the path of ``apply_max_norm_`` for them (``foreach=None``: by their device)."""
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        self.targets = [w for w in weights if id(w) in held]
+        self.rows = [_local_rows(w) for w in self.targets]  # checks dims, dtype, placements
+        self.sharded = any(_is_dtensor(w) for w in self.targets)
+        self.flags = flags
+        self.foreach = _default_foreach(self.rows) if foreach is None else foreach
+
+    def local_rows(self) -> list[torch.Tensor]:
+        """The tensors to renorm now: DTensors' local shards are taken afresh at every step."""
+        return [_as_local(w) for w in self.targets] if self.sharded else self.rows
+
+
 class MaxNorm(Callback):
     """Keep every output unit's incoming weight vector within a norm of ``max_value``.
 
-    After each optimizer step, every row of a Linear weight (whole output filter of a Conv weight)
-    whose ``norm_type``-norm exceeds ``max_value`` is rescaled to that norm, exactly as
-    ``torch.renorm(w, norm_type, 0, max_value)``, fused over all weights by
-    :func:`~lightning_reg.penalties.apply_max_norm_`. Biases and normalization parameters are never
-    touched, nor are frozen weights.
+    After each optimizer step, every row of a kernel (a row of a Linear weight, a whole output
+    filter of a Conv weight, one gate unit's input or recurrent weights of an RNN/LSTM/GRU, one
+    row of ``MultiheadAttention``'s input projection) whose ``norm_type``-norm exceeds
+    ``max_value`` is rescaled to that norm, exactly as ``torch.renorm(w, norm_type, 0,
+    max_value)``, by :func:`~lightning_reg.penalties.apply_max_norm_`. Biases and normalization
+    parameters are never touched.
 
-    When it acts: in ``on_train_batch_end``, only if ``trainer.global_step`` advanced since it last
-    acted, so once per real optimizer step: under ``accumulate_grad_batches=4`` once every 4
-    batches. It does not act before the first update (as Keras constraints, it follows updates).
-    Under manual optimization ``global_step`` counts ``optimizer.step()`` calls, so it acts after
-    each batch that stepped at least one optimizer, once however many steps that batch took. A
-    mixed-precision step skipped by the gradient scaler still advances ``global_step``; acting then
-    changes nothing, since rows already within the bound stay bit-identical. Under DDP every rank
-    holds the same weights and computes the same result; FSDP2 parameters (``DTensor`` sharded on
-    dim 0) are constrained shard by shard, each shard holding whole rows.
+    When and what: it acts in a step post-hook that torch calls after each real
+    ``optimizer.step()``, on the kernels in the param groups of the optimizer just stepped that
+    require grad. So under ``accumulate_grad_batches=4`` it acts once every 4 batches; a
+    mixed-precision step that the ``GradScaler`` skips is not a step; under manual optimization
+    with two optimizers each optimizer's kernels are constrained after its own step; a frozen
+    backbone is left alone and constrained again once unfrozen (``BackboneFinetuning``). The
+    kernels are resolved at the start of each fit and again only when an optimizer's parameters
+    or their ``requires_grad`` flags change. It does not act before the first update (as Keras
+    constraints, it follows updates).
+
+    Parametrized kernels: for a kernel under ``torch.nn.utils.parametrizations.weight_norm`` (or
+    the older ``torch.nn.utils.weight_norm``), the parameter the optimizer updates for a row's
+    length is the magnitude ``g`` (``original0``, ``weight_g``): with ``norm_type=2`` each row's
+    norm is ``|g_i|``, so bounding ``g`` bounds the row exactly. Every other parametrization
+    (``spectral_norm``, ``register_parametrization``), and weight norm with another
+    ``norm_type``, cannot be bounded through the parameters the optimizer updates and is named in
+    a warning at the start of fit, as is any other kernel of a layer in ``modules`` that is not
+    constrained.
+
+    Lifecycle: each fit starts fresh (the count of steps it acted on is reset in ``setup``)
+    unless a checkpoint is restored, so one callbacks list reused across Trainers (folds of a
+    cross-validation) constrains every fold alike. Its checkpoint state, the number of steps it
+    acted on per optimizer, is stored under a ``state_key`` made of its configuration, so several
+    ``MaxNorm`` callbacks with different layer types or bounds coexist on one Trainer.
+
+    Distributed: under DDP every rank holds the same weights and computes the same result;
+    FSDP2 parameters (``DTensor`` sharded on dim 0) are constrained shard by shard, each shard
+    holding whole rows. ``strategy="fsdp"`` (FSDP1, flattened shards) is refused.
 
     Args:
         max_value: the largest allowed norm, finite and ``> 0``. Default ``1.0``.
-        modules: layer types whose ``.weight`` is constrained, a non-empty tuple without transposed
-            convolutions. Default ``(nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)``; add
-            ``nn.Embedding`` to bound embedding vectors too.
+        modules: layer types whose kernels are constrained, a non-empty tuple without transposed
+            convolutions. Default ``DEFAULT_MAX_NORM_MODULES`` (Linear, Conv1d/2d/3d, RNN, LSTM,
+            GRU and their cells, MultiheadAttention); add ``nn.Embedding`` to bound embedding
+            vectors too.
         norm_type: ``p`` of the p-norm, a number ``>= 1`` or ``math.inf``. Default ``2.0``.
+        foreach: the path of :func:`~lightning_reg.penalties.apply_max_norm_`: ``True``
+            multi-tensor, ``False`` torch's per-tensor ``renorm_``, ``None`` (default)
+            multi-tensor on CPU and per-tensor elsewhere.
 
     Raises:
         TypeError: if an argument has the wrong type.
         ValueError: if ``max_value`` or ``norm_type`` is out of range, or ``modules`` holds a
             transposed convolution.
-        MisconfigurationException: when fitting starts and the model has no trainable weight in a
-            layer of ``modules``.
+        MisconfigurationException: when fitting starts under FSDP1, or if the model has no
+            layer of a type in ``modules``.
 
-    Example::
-
-        from lightning.pytorch import Trainer
-        from lightning_reg.callbacks import MaxNorm
-
-        trainer = Trainer(max_epochs=5, callbacks=[MaxNorm(max_value=3.0)])
-        trainer.fit(model, datamodule=dm)
+    Example:
+        >>> from torch import nn
+        >>> from lightning_reg.callbacks import MaxNorm
+        >>> linear = MaxNorm(max_value=3.0)
+        >>> embedding = MaxNorm(max_value=0.2, modules=(nn.Embedding,))
+        >>> linear.state_key != embedding.state_key  # both may sit on one Trainer
+        True
     """
 
     def __init__(
@@ -69,19 +140,48 @@ class MaxNorm(Callback):
         max_value: float = 1.0,
         modules: tuple[type[nn.Module], ...] = DEFAULT_MAX_NORM_MODULES,
         norm_type: float = 2.0,
+        foreach: bool | None = None,
     ) -> None:
         self.max_value = check_positive("max_value", max_value)
         _check_max_norm_modules("modules", modules)
         self.modules = modules
         self.norm_type = _check_norm_type(norm_type)
-        self._last_step = 0
-        self._weights: list[nn.Parameter] = []
+        self.foreach = _check_foreach(foreach)
+        # Computed once: Lightning reads `state_key` several times per step.
+        self._state_key = self._generate_state_key(
+            max_value=self.max_value,
+            modules=[m.__qualname__ for m in modules],
+            norm_type=self.norm_type,
+        )
+        self._steps: dict[int, int] = {}
+        self._bindings: list[_Binding] = []
+        self._handles: list[RemovableHandle] = []
+        self._warned: set[str] = set()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._state_key
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, so that ``MaxNorm(**callback.get_config())`` is equal."""
-        return {"max_value": self.max_value, "modules": self.modules, "norm_type": self.norm_type}
+        return {
+            "max_value": self.max_value,
+            "modules": self.modules,
+            "norm_type": self.norm_type,
+            "foreach": self.foreach,
+        }
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    @property
+    def steps(self) -> dict[int, int]:
+        """Optimizer steps it acted after in this fit (a restored checkpoint's included), by the
+        optimizer's index in ``trainer.optimizers``."""
+        return dict(self._steps)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
         if isinstance(trainer.strategy, FSDPStrategy):
             raise MisconfigurationException(
                 "MaxNorm cannot run under `strategy='fsdp'` (FSDP1): its flattened parameter "
@@ -89,29 +189,102 @@ class MaxNorm(Callback):
                 "`ModelParallelStrategy` with `fully_shard` in `configure_model` (every shard "
                 "then holds whole rows), or DDP."
             )
-        # Selected once per fit (after `configure_model`), not walked again every step.
-        self._weights = _select_weights(pl_module, self.modules)
-        if not self._weights:
+        # A fresh fit; a checkpoint restored after this hook loads its own count.
+        self._steps = {}
+        self._warned = set()
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here the optimizers exist and the parameters are final (configured, sharded, moved).
+        if not any(isinstance(m, self.modules) for m in pl_module.modules()):
             kinds = ", ".join(m.__name__ for m in self.modules)
             raise MisconfigurationException(
-                f"MaxNorm found no trainable weight of a layer of type {kinds} in "
-                f"{type(pl_module).__name__}: pass the layer types to constrain as `modules`."
+                f"MaxNorm found no layer of type {kinds} in {type(pl_module).__name__}: pass the "
+                "layer types to constrain as `modules`."
+            )
+        self._remove_hooks()
+        self._bindings = [_Binding(opt) for opt in trainer.optimizers]
+        for idx, binding in enumerate(self._bindings):
+            self._refresh(pl_module, binding)
+            hook = self._make_post_hook(pl_module, idx)
+            self._handles.append(binding.optimizer.register_step_post_hook(hook))
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": dict(self._steps)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._steps = {int(k): int(v) for k, v in state_dict.get("steps", {}).items()}
+
+    def _make_post_hook(self, pl_module: nn.Module, idx: int) -> Callable[..., None]:
+        binding = self._bindings[idx]
+
+        def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            flags = binding.current_flags()
+            if flags != binding.flags:
+                self._refresh(pl_module, binding, flags)
+            _max_norm_(binding.local_rows(), self.max_value, self.norm_type, binding.foreach)
+            self._steps[idx] = self._steps.get(idx, 0) + 1
+
+        return post_hook
+
+    def _refresh(
+        self, pl_module: nn.Module, binding: _Binding, flags: list[bool] | None = None
+    ) -> None:
+        """Resolve the optimizer's targets again; name the kernels that cannot be constrained."""
+        weights, skipped = _max_norm_targets(pl_module, self.modules, self.norm_type)
+        flags = binding.current_flags() if flags is None else flags
+        binding.resolve(weights, flags, self.foreach)
+        new = [name for name in skipped if name not in self._warned]
+        if new:
+            self._warned.update(new)
+            rank_zero_warn(
+                f"MaxNorm({self.max_value:g}) does not constrain these kernels of "
+                f"{type(pl_module).__name__}: {'; '.join(new)}. Leave their layer types out of "
+                "`modules` if that is intended.",
+                category=UserWarning,
             )
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if trainer.global_step > self._last_step:
-            apply_max_norm_(self._weights, self.max_value, self.norm_type)
-            self._last_step = trainer.global_step
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self._last_step}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._last_step = state_dict["last_step"]
+def _beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
+    """What ``pl_module.configure_callbacks`` returns to add ``ours`` beside the ``MaxNorm``
+    callbacks already on its Trainer, instead of replacing them.
+
+    Lightning drops every Trainer callback whose type a module returns; so the Trainer's own
+    ``MaxNorm`` callbacks are handed back with ``ours``, and all of them act, each after every
+    step. On weights that two of them select, the smaller bound holds, which a warning says. If
+    one of them is the same constraint (same ``state_key``), ``ours`` is left out.
+    """
+    try:
+        on_trainer: list[Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]
+    except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
+        on_trainer = []
+    owner = type(pl_module).__name__
+    theirs = [c for c in on_trainer if isinstance(c, MaxNorm)]
+    if any(c.state_key == ours.state_key for c in theirs):
+        return []
+    if theirs:
+        listed = ", ".join(f"MaxNorm({c.max_value:g})" for c in theirs)
+        rank_zero_warn(
+            f"{owner}(max_norm={ours.max_value:g}) adds MaxNorm({ours.max_value:g}) beside the "
+            f"Trainer's {listed}: all of them act after every optimizer step, so on weights that "
+            f"several select the smallest bound holds. Pass `max_norm=None` to {owner} to keep "
+            "only the Trainer's.",
+            category=UserWarning,
+        )
+    # Exactly MaxNorm: Lightning drops those from the Trainer's list (subclasses stay there).
+    return [*(c for c in theirs if type(c) is MaxNorm), ours]

@@ -154,6 +154,58 @@ def case_regularized_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
     return {"rank": trainer.global_rank, "params": params, "param_types": kinds}
 
 
+class TwoOptimizerSteps(DigitsClassifier):
+    """Manual optimization: ``net[0]`` stepped every batch, ``net[2]`` every second batch; with
+    ``renorm=True`` each optimizer's weight is renormed by hand right after its step."""
+
+    def __init__(self, renorm: bool = False) -> None:
+        super().__init__(lr=0.5)
+        self.automatic_optimization = False
+        self.renorm = renorm
+        with torch.no_grad():
+            self.net[0].weight.mul_(20.0)
+            self.net[2].weight.mul_(20.0)
+
+    def _step(self, optimizer: Any, layer: nn.Linear) -> None:
+        optimizer.step()
+        if self.renorm:
+            with torch.no_grad():
+                layer.weight.copy_(torch.renorm(layer.weight, 2, 0, 0.5))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        first, second = self.optimizers()
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        self.manual_backward(loss)
+        self._step(first, self.net[0])
+        if batch_idx % 2 == 1:
+            self._step(second, self.net[2])
+        first.zero_grad()
+        second.zero_grad()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return (
+            torch.optim.SGD(self.net[0].parameters(), lr=self.lr),
+            torch.optim.SGD(self.net[2].parameters(), lr=self.lr),
+        )
+
+
+def case_max_norm_two_optimizers(args: argparse.Namespace) -> dict[str, Any]:
+    """MaxNorm with two manually stepped optimizers under DDP, one callbacks list for two fits,
+    against the same run renorming by hand after each optimizer's step."""
+    callbacks = [MaxNorm(max_value=0.5)]
+    runs, steps = {}, []
+    for name in ("callback", "callback again", "by hand"):
+        torch.manual_seed(0)
+        model = TwoOptimizerSteps(renorm=name == "by hand")
+        trainer = ddp_trainer(args, max_epochs=1, callbacks=callbacks if name != "by hand" else [])
+        trainer.fit(model, digits_loader(8 * 32, 16))
+        runs[name] = flat_params(model)
+        steps.append(callbacks[0].steps)
+    return {"rank": trainer.global_rank, "steps": steps[:2], **runs}
+
+
 def case_mc_predict(args: argparse.Namespace) -> dict[str, Any]:
     """`Trainer.predict` with MC dropout under DDP: each rank samples its share of the data."""
     torch.manual_seed(0)
@@ -215,6 +267,7 @@ CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "regularized_ddp": case_regularized_ddp,
     "regularized_fsdp2": case_regularized_fsdp2,
     "mc_predict": case_mc_predict,
+    "max_norm_two_optimizers": case_max_norm_two_optimizers,
 }
 
 
