@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from typing_extensions import override
 
 from lightning_reg.callbacks._lr_base import momentum_key
 from lightning_reg.callbacks.scheduled import ScheduledLR, ScheduleLike
+from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
 
 __all__ = ["OneCycleScheduler"]
@@ -19,6 +21,8 @@ _PROBE_STEPS = 1_000_000
 
 
 def _check_max_lr(max_lr: Any) -> list[float]:
+    if max_lr == "auto":
+        return []
     values = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr]
     if not values:
         raise ValueError("`max_lr` must not be an empty sequence.")
@@ -47,7 +51,12 @@ class OneCycleScheduler(ScheduledLR):
     only, with one warning.
 
     Args:
-        max_lr: peak learning rate, or one per param group (all optimizers' groups in order).
+        max_lr: peak learning rate, or one per param group (all optimizers' groups in order), or
+            ``"auto"``: an LR range test (``range_test``) picks one peak for every group when
+            training starts, in the same ``fit``, and is undone before the cycle starts, so the
+            run equals the run with that value passed by hand. The value is logged as
+            ``lr_range_test/max_lr``, kept in ``range_test_result`` and saved in checkpoints (a
+            resumed run does not sweep again).
         total_steps: length of the cycle in optimizer steps. ``None`` (default) takes
             ``trainer.estimated_stepping_batches`` when training starts.
         start_lr: LR at step 0 and at the end of the descent. Default ``None``: ``max_lr / 10``.
@@ -61,6 +70,7 @@ class OneCycleScheduler(ScheduledLR):
         min_momentum: momentum at the LR peak. Default ``0.85``.
         end_step: step at which ``final_lr`` is reached. Default ``None``: ``total_steps``.
         log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>``. Default ``True``.
+        range_test: the sweep of ``max_lr="auto"``. Default ``None``: ``LRRangeTest()``.
 
     These are the fields of :class:`~lightning_reg.schedules.OneCycle`, which holds their exact
     semantics and ranges.
@@ -83,7 +93,7 @@ class OneCycleScheduler(ScheduledLR):
 
     def __init__(
         self,
-        max_lr: float | Sequence[float],
+        max_lr: float | Sequence[float] | Literal["auto"],
         total_steps: int | None = None,
         start_lr: float | None = None,
         final_lr: float | None = None,
@@ -95,8 +105,15 @@ class OneCycleScheduler(ScheduledLR):
         min_momentum: float = 0.85,
         end_step: float | None = None,
         log_values: bool = True,
+        range_test: LRRangeTest | None = None,
     ) -> None:
-        self.max_lr = _check_max_lr(max_lr)
+        self.auto = max_lr == "auto"
+        self.max_lr: list[float] | str = _check_max_lr(max_lr) or "auto"
+        if range_test is not None and not isinstance(range_test, LRRangeTest):
+            raise TypeError(f"`range_test` must be an LRRangeTest or None, got {range_test!r}.")
+        self.range_test = range_test or LRRangeTest()
+        self.range_test_result: RangeTestResult | None = None
+        self._auto_max_lr: float | None = None
         if total_steps is not None and (
             isinstance(total_steps, bool) or not isinstance(total_steps, int)
         ):
@@ -114,7 +131,7 @@ class OneCycleScheduler(ScheduledLR):
             "end_step": end_step,
         }
         steps = _PROBE_STEPS if total_steps is None else total_steps
-        probe = [self._one_cycle(steps, m) for m in self.max_lr]
+        probe = [self._one_cycle(steps, m) for m in self._max_lrs() or [1.0]]
         super().__init__(probe if len(probe) > 1 else probe[0], "step", log_values)
 
     @property
@@ -137,14 +154,25 @@ class OneCycleScheduler(ScheduledLR):
             )
         return int(estimate)
 
+    def _max_lrs(self) -> list[float]:
+        """The peak LRs: as given, or the range test's value once found (else empty)."""
+        if isinstance(self.max_lr, list):
+            return list(self.max_lr)
+        return [] if self._auto_max_lr is None else [self._auto_max_lr]
+
     def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
         total = self.resolve_total_steps(trainer)
-        if len(self.max_lr) not in (1, num_groups):
+        if self.auto and self._auto_max_lr is None:
+            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
+            self.range_test_result.log(trainer)
+            self._auto_max_lr = self.range_test_result.max_lr
+        given = self._max_lrs()
+        if len(given) not in (1, num_groups):
             raise ValueError(
-                f"`max_lr` has {len(self.max_lr)} values but the optimizers have {num_groups} "
+                f"`max_lr` has {len(given)} values but the optimizers have {num_groups} "
                 "param groups; pass one value, or exactly one per param group."
             )
-        max_lrs = self.max_lr * num_groups if len(self.max_lr) == 1 else self.max_lr
+        max_lrs = given * num_groups if len(given) == 1 else given
         schedules: list[ScheduleLike] = [self._one_cycle(total, m) for m in max_lrs]
         if self.one_cycle_kwargs["cycle_momentum"]:
             groups = [group for _, _, group in self.param_groups(trainer)]
@@ -159,8 +187,29 @@ class OneCycleScheduler(ScheduledLR):
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:
         """The first param group's :class:`OneCycle` (for :func:`~lightning_reg.plot_schedule`)."""
         total = total_steps if total_steps is not None else self.total_steps
+        if not self._max_lrs():
+            raise ValueError(
+                "This OneCycleScheduler has `max_lr='auto'` and no range test has run yet; pass "
+                "`max_lr` to plot it."
+            )
         if total is None:
             raise ValueError(
                 "This OneCycleScheduler is sized by the Trainer; pass `total_steps` to plot it."
             )
-        return self._one_cycle(total, self.max_lr[0])
+        return self._one_cycle(total, self._max_lrs()[0])
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "auto_max_lr": self._auto_max_lr}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.auto:
+            self._auto_max_lr = state_dict.get("auto_max_lr")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if self.auto:  # the next fit (another fold) runs its own range test
+            self._auto_max_lr = None
