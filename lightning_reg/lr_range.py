@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import CombinedLoader
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -193,7 +193,7 @@ class LRRangeTest:
 
     Each step is ``training_step`` on one batch per accumulated gradient (the module's own loss,
     penalties included), ``loss.backward()`` under the precision plugin's autocast context, the
-    gradients averaged over the ranks under DDP (FSDP2 averages them itself), clipping as set on
+    gradients averaged over the ranks under DDP, clipping as set on
     the Trainer, and ``optimizer.step()``. Loss-scaling and the Trainer's ``on_before_*`` hooks are
     not part of it. ``self.log`` calls in ``training_step`` are dropped during the sweep (the
     module is detached from the Trainer for the call), so logged metrics and the progress bar
@@ -215,8 +215,9 @@ class LRRangeTest:
         ValueError, TypeError: at construction, for values outside the ranges above; in
             :meth:`run`, when the curve cannot give a value (the message says why).
         MisconfigurationException: in :meth:`run`, for a run shape the sweep cannot undo or
-            synchronize: manual optimization, several optimizers, no training dataloader, or a
-            strategy other than single-device, DDP or ``ModelParallelStrategy`` (FSDP2).
+            synchronize: manual optimization (which several optimizers need), no training
+            dataloader, or a
+            strategy other than single-device or DDP (FSDP and DeepSpeed are refused by name).
 
     Example:
         >>> from lightning_reg import LRRangeTest, OneCycleScheduler
@@ -270,7 +271,7 @@ class LRRangeTest:
         """
         start = time.perf_counter()
         self._check_run_shape(trainer, pl_module)
-        (optimizer,) = trainer.optimizers
+        optimizer = trainer.optimizers[0]  # automatic optimization: exactly one
         loaders = _dataloaders(trainer.train_dataloader)
         generators = _loader_generators(loaders)
         saved = _Snapshot(trainer, pl_module, optimizer, generators)
@@ -294,18 +295,14 @@ class LRRangeTest:
                 f"{what} needs automatic optimization (it takes the optimizer steps itself); "
                 "with `automatic_optimization = False`, pass `max_lr` by hand."
             )
-        if len(trainer.optimizers) != 1:
-            raise MisconfigurationException(
-                f"{what} drives one optimizer, but `configure_optimizers` returned "
-                f"{len(trainer.optimizers)}; pass `max_lr` by hand."
-            )
         if trainer.train_dataloader is None:
             raise MisconfigurationException(f"{what} needs a training dataloader.")
         strategy = trainer.strategy
-        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)):
+        supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+        if not supported or isinstance(strategy, DeepSpeedStrategy):
             raise MisconfigurationException(
-                f"{what} runs under single-device, DDP and ModelParallelStrategy (FSDP2) "
-                f"strategies, not `{type(strategy).__name__}`; pass `max_lr` by hand."
+                f"{what} runs under single-device and DDP strategies, not "
+                f"`{type(strategy).__name__}`; pass `max_lr` by hand."
             )
 
     def _sweep(
