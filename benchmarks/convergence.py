@@ -14,14 +14,12 @@ order (``c`` is the best constant rate):
    target ``T`` of the "epochs to T" column.
 2. ``exponential``: ``ExponentialDecay(lr0, s=total_steps, rate=1/d)``, tuned over
    ``lr0`` in {c, 3c} and a decay ``d`` in {10, 100} over the run.
-3. ``power``: ``PowerDecay(lr0, s=total_steps/9, c=1)`` (ends at ``lr0/10``), ``lr0`` in {c, 3c}.
-4. ``piecewise``: ``PiecewiseConstant`` at ``3c``, ``c`` after half the run, ``3c/10`` after
-   three quarters.
-5. ``performance``: ``PerformanceScheduler`` on ``val_loss`` with ``patience=2``, tuned over
+3. ``power``: ``PowerDecay(lr0=3c, s=total_steps/9, c=1)`` (ends at ``3c/10``), not tuned.
+4. ``performance``: ``PerformanceScheduler`` on ``val_loss`` with ``patience=2``, tuned over
    a starting rate in {c, 3c} and ``factor`` in {0.5, 0.2}.
-6. ``1cycle``: ``OneCycleScheduler(max_lr)`` (textbook defaults), ``max_lr`` in
+5. ``1cycle``: ``OneCycleScheduler(max_lr)`` (textbook defaults), ``max_lr`` in
    ``--max-lr-grid`` ({0.01, 0.03, 0.1, 0.3}), for each of ``--cycle-epochs`` (5 and 10).
-7. ``1cycle auto``: ``OneCycleScheduler(max_lr="auto")`` for the same epochs; its fit time
+6. ``1cycle auto``: ``OneCycleScheduler(max_lr="auto")`` for the same epochs; its fit time
    includes the range test, whose own time is reported beside it.
 
 A tuned arm's row is its best setting (highest median final validation accuracy); every setting
@@ -45,7 +43,6 @@ from lightning_reg import (
     ExponentialDecay,
     OneCycleScheduler,
     PerformanceScheduler,
-    PiecewiseConstant,
     PowerDecay,
     ScheduledLR,
 )
@@ -175,25 +172,13 @@ def decay_arms(c: float, epochs: int) -> list[Arm]:
                     ),
                 )
             )
-    for lr0 in (c, 3 * c):
-        arms.append(
-            Arm(
-                "power",
-                f"lr0 {lr0:g}, s T/9, c 1",
-                epochs,
-                lr0,
-                lambda total, lr0=lr0: ScheduledLR(PowerDecay(lr0=lr0, s=total / 9, c=1.0)),
-            )
-        )
     arms.append(
         Arm(
-            "piecewise",
-            f"{3 * c:g}, {c:g}, {0.3 * c:g}",
+            "power",
+            f"lr0 {3 * c:g}, s T/9, c 1",
             epochs,
             3 * c,
-            lambda total: ScheduledLR(
-                PiecewiseConstant([total // 2, 3 * total // 4], [3 * c, c, 0.3 * c])
-            ),
+            lambda total: ScheduledLR(PowerDecay(lr0=3 * c, s=total / 9, c=1.0)),
         )
     )
     for lr0 in (c, 3 * c):

@@ -34,7 +34,7 @@ from lightning_reg._validation import check_int, check_number, check_positive
 __all__ = ["LRRangeTest", "RangeTestResult", "smooth", "suggest_max_lr"]
 
 DEFAULT_BETA = 0.9
-DEFAULT_DIVISOR = 1.0
+DEFAULT_DIVISOR = 2.0
 
 
 def smooth(losses: Sequence[float], beta: float = DEFAULT_BETA) -> list[float]:
@@ -80,7 +80,7 @@ def suggest_max_lr(
         lrs: the learning rate of each step, increasing. Required.
         losses: the loss of each step (same length; may end with a non-finite value). Required.
         beta: smoothing factor in ``[0, 1)``. Default ``0.9``.
-        divisor: the LR of the lowest smoothed loss is divided by this, ``>= 1``. Default ``1``.
+        divisor: the LR of the lowest smoothed loss is divided by this, ``>= 1``. Default ``2``.
 
     Returns:
         A finite learning rate > 0.
@@ -93,7 +93,7 @@ def suggest_max_lr(
     Example:
         >>> lrs = [0.01, 0.1, 1.0, 10.0]
         >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, float("nan")], beta=0.0)
-        1.0
+        0.5
         >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, 9.0], beta=0.0, divisor=10.0)
         0.1
     """
@@ -202,14 +202,14 @@ class LRRangeTest:
     reads the same value.
 
     Args:
-        min_lr: LR of the first step, > 0. Default ``1e-5``.
+        min_lr: LR of the first step, > 0. Default ``1e-4``.
         max_lr: LR of the last step, > ``min_lr``. Default ``10.0``.
-        num_steps: the most steps the sweep takes, >= 2. Default ``100``.
+        num_steps: the most steps the sweep takes, >= 2. Default ``50`` (ten per decade).
         early_stop_threshold: stop when the smoothed loss exceeds this multiple of its lowest
             value, > 1; ``None`` stops only at a non-finite loss. Default ``4.0``.
         beta: smoothing of the loss curve (see :func:`smooth`). Default ``0.9``.
         divisor: the chosen ``max_lr`` is the LR of the lowest smoothed loss divided by this
-            (see :func:`suggest_max_lr`). Default ``1.0``.
+            (see :func:`suggest_max_lr`). Default ``2.0``.
 
     Raises:
         ValueError, TypeError: at construction, for values outside the ranges above; in
@@ -229,9 +229,9 @@ class LRRangeTest:
 
     def __init__(
         self,
-        min_lr: float = 1e-5,
+        min_lr: float = 1e-4,
         max_lr: float = 10.0,
-        num_steps: int = 100,
+        num_steps: int = 50,
         early_stop_threshold: float | None = 4.0,
         beta: float = DEFAULT_BETA,
         divisor: float = DEFAULT_DIVISOR,
