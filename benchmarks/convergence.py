@@ -12,11 +12,11 @@ order (``c`` is the best constant rate):
 1. ``constant``: each rate of ``--lr-grid`` for ``--epochs`` (30) epochs; the best (highest
    median final validation accuracy) is ``c``, and its median final validation accuracy is the
    target ``T`` of the "epochs to T" column.
-2. ``exponential``: ``ExponentialDecay(lr0, s=total_steps, rate=1/d)``, tuned over
-   ``lr0`` in {c, 3c} and a decay ``d`` in {10, 100} over the run.
+2. ``exponential``: ``ExponentialDecay(lr0=3c, s=total_steps, rate=1/d)``, tuned over a decay
+   ``d`` in {10, 100} over the run.
 3. ``power``: ``PowerDecay(lr0=3c, s=total_steps/9, c=1)`` (ends at ``3c/10``), not tuned.
-4. ``performance``: ``PerformanceScheduler`` on ``val_loss`` with ``patience=2``, tuned over
-   a starting rate in {c, 3c} and ``factor`` in {0.5, 0.2}.
+4. ``performance``: ``PerformanceScheduler`` on ``val_loss`` from ``3c`` with ``patience=2``,
+   tuned over ``factor`` in {0.5, 0.2}.
 5. ``1cycle``: ``OneCycleScheduler(max_lr)`` (textbook defaults), ``max_lr`` in
    ``--max-lr-grid`` ({0.01, 0.03, 0.1, 0.3}), for each of ``--cycle-epochs`` (5 and 10).
 6. ``1cycle auto``: ``OneCycleScheduler(max_lr="auto")`` for the same epochs; its fit time
@@ -158,20 +158,16 @@ def constant_arms(grid: list[float], epochs: int) -> list[Arm]:
 
 def decay_arms(c: float, epochs: int) -> list[Arm]:
     """The exponential, power, piecewise and performance settings, from the best constant c."""
-    arms = []
-    for lr0 in (c, 3 * c):
-        for d in (10, 100):
-            arms.append(
-                Arm(
-                    "exponential",
-                    f"lr0 {lr0:g}, {d}x lower at the end",
-                    epochs,
-                    lr0,
-                    lambda total, lr0=lr0, d=d: ScheduledLR(
-                        ExponentialDecay(lr0=lr0, s=total, rate=1 / d)
-                    ),
-                )
-            )
+    arms = [
+        Arm(
+            "exponential",
+            f"lr0 {3 * c:g}, {d}x lower at the end",
+            epochs,
+            3 * c,
+            lambda total, d=d: ScheduledLR(ExponentialDecay(lr0=3 * c, s=total, rate=1 / d)),
+        )
+        for d in (10, 100)
+    ]
     arms.append(
         Arm(
             "power",
@@ -181,19 +177,18 @@ def decay_arms(c: float, epochs: int) -> list[Arm]:
             lambda total: ScheduledLR(PowerDecay(lr0=3 * c, s=total / 9, c=1.0)),
         )
     )
-    for lr0 in (c, 3 * c):
-        for factor in (0.5, 0.2):
-            arms.append(
-                Arm(
-                    "performance",
-                    f"lr0 {lr0:g}, factor {factor}, patience 2",
-                    epochs,
-                    lr0,
-                    lambda total, factor=factor: PerformanceScheduler(
-                        monitor="val_loss", factor=factor, patience=2
-                    ),
-                )
+    for factor in (0.5, 0.2):
+        arms.append(
+            Arm(
+                "performance",
+                f"lr0 {3 * c:g}, factor {factor}, patience 2",
+                epochs,
+                3 * c,
+                lambda total, factor=factor: PerformanceScheduler(
+                    monitor="val_loss", factor=factor, patience=2
+                ),
             )
+        )
     return arms
 
 

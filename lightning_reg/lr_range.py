@@ -53,8 +53,9 @@ def smooth(losses: Sequence[float], beta: float = DEFAULT_BETA) -> list[float]:
     Example:
         >>> smooth([2.0, 2.0, 2.0])
         [2.0, 2.0, 2.0]
-        >>> [round(v, 3) for v in smooth([1.0, 3.0], beta=0.5)]
-        [1.0, 2.333]
+        >>> smoothed = smooth([1.0, 3.0], beta=0.5)  # (0.25 + 1.5) / 0.75 for the second
+        >>> round(smoothed[1], 3)
+        2.333
     """
     avg, out = 0.0, []
     for k, loss in enumerate(losses):
