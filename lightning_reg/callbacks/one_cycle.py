@@ -209,7 +209,8 @@ class OneCycleScheduler(ScheduledLR):
             self._auto_max_lr = state_dict.get("auto_max_lr")
 
     @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().teardown(trainer, pl_module, stage)
-        if self.auto:  # the next fit (another fold) runs its own range test
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.auto and stage == "fit":  # each fit sweeps, unless a checkpoint restores a value
             self._auto_max_lr = None
+            self.range_test_result = None
