@@ -473,7 +473,12 @@ class _Snapshot:
         self.grads = [
             None if p.grad is None else p.grad.detach().clone() for p in pl_module.parameters()
         ]
-        self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+        # In place, so that anything holding the param-group dicts keeps seeing the live ones.
+        self.group_values = [
+            {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            for group in optimizer.param_groups
+        ]
+        self.optimizer_state = {p: copy.deepcopy(s) for p, s in optimizer.state.items()}
         self.modes = [(m, m.training) for m in pl_module.modules()]
         self.callback_states = [
             (cb, copy.deepcopy(cb.state_dict())) for cb in getattr(trainer, "callbacks", [])
@@ -489,7 +494,10 @@ class _Snapshot:
                 tensor.copy_(saved)
         for param, grad in zip(self.pl_module.parameters(), self.grads, strict=True):
             param.grad = grad
-        self.optimizer.load_state_dict(self.optimizer_state)
+        for group, values in zip(self.optimizer.param_groups, self.group_values, strict=True):
+            group.update(values)
+        self.optimizer.state.clear()
+        self.optimizer.state.update(self.optimizer_state)
         for module, training in self.modes:
             module.train(training)
         for callback, state in self.callback_states:
