@@ -194,13 +194,13 @@ class LRRangeTest:
 
     Each step is ``training_step`` on one batch per accumulated gradient (the module's own loss,
     penalties included), ``loss.backward()`` under the precision plugin's autocast context, the
-    gradients averaged over the ranks under DDP, clipping as set on
-    the Trainer, and ``optimizer.step()``. Loss-scaling and the Trainer's ``on_before_*`` hooks are
-    not part of it. ``self.log`` calls in ``training_step`` are dropped during the sweep (the
-    module is detached from the Trainer for the call), so logged metrics and the progress bar
-    see only real training. The loss of each step is averaged over the ranks with
-    ``trainer.strategy.reduce``, so every rank sees the same curve, stops at the same step and
-    reads the same value.
+    gradients averaged over the ranks under DDP, clipping as set on the Trainer, and
+    ``optimizer.step()``. Loss scaling and the ``on_before_backward`` /
+    ``on_before_optimizer_step`` hooks are not part of it. ``self.log`` calls in
+    ``training_step`` are dropped during the sweep (the module is detached from the Trainer for
+    the call), so logged metrics and the progress bar see only real training. The loss of each
+    step is averaged over the ranks with ``trainer.strategy.reduce``, so every rank sees the
+    same curve, stops at the same step and reads the same value.
 
     Args:
         min_lr: LR of the first step, > 0. Default ``1e-4``.
@@ -217,8 +217,8 @@ class LRRangeTest:
             :meth:`run`, when the curve cannot give a value (the message says why).
         MisconfigurationException: in :meth:`run`, for a run shape the sweep cannot undo or
             synchronize: manual optimization (which several optimizers need), no training
-            dataloader, or a
-            strategy other than single-device or DDP (FSDP and DeepSpeed are refused by name).
+            dataloader, or a strategy other than single-device or DDP (FSDP and DeepSpeed are
+            refused by name).
 
     Example:
         >>> from lightning_reg import LRRangeTest, OneCycleScheduler
