@@ -1,31 +1,30 @@
 """Learning-rate schedules compared on real data: the textbook's experiment, with lightning-reg.
 
-    python benchmarks/convergence.py                  # digits, offline; rewrites docs/benchmarks.md
+    python benchmarks/convergence.py                      # MNIST-5k and digits, offline
+    python benchmarks/convergence.py --dataset mnist5k    # one dataset
     python benchmarks/convergence.py --dataset fashion-mnist  # needs torchvision and a download
-    python benchmarks/convergence.py --quick --no-write       # tiny run that only prints
+    python benchmarks/convergence.py --quick --no-write   # tiny run that only prints
 
-The same ``RegularizedMLP`` (ELU, He init, SGD with momentum 0.9) is trained for the same number
-of epochs with each schedule and several seeds (the seed sets the init and the batch order; the
-data split is fixed). How each schedule's learning rate was chosen, in order:
+A ``RegularizedMLP`` 784-300-100-10 (64-300-100-10 on digits; ELU, He init, SGD with momentum
+0.9, batch 64) is trained through a real ``Trainer`` with each arm and several seeds (the seed
+sets the init and the batch order; the data split is fixed). Medians over seeds. The arms, in
+order (``c`` is the best constant rate):
 
-1. ``constant``: the best of ``--lr-grid`` (highest median over seeds of the best validation
-   accuracy). Every other schedule is set from that best constant rate ``c``.
-2. ``exponential``: ``ExponentialDecay(lr0=3c, s=T)``, down 10x over the ``T`` steps of the run.
-3. ``power``: ``PowerDecay(lr0=3c, s=T/9, c=1)``, also ending at ``3c/10``.
-4. ``piecewise``: ``PiecewiseConstant`` at ``3c``, then ``c`` after half the run, then ``3c/10``
-   after three quarters.
-5. ``performance``: ``PerformanceScheduler`` on ``val_loss``, starting at ``3c``, ``factor=0.5``,
-   ``patience=3`` epochs.
-6. ``1cycle``: ``OneCycleScheduler`` sized to the run, ``max_lr`` the best of
-   ``--one-cycle-grid`` times ``c`` (same selection rule as the constant rate).
-7. ``1cycle, 1/3 budget``: the same ``max_lr``, the cycle run for a third of the epochs: the
-   claim of 1cycle is reaching a given accuracy in far fewer epochs.
+1. ``constant``: each rate of ``--lr-grid`` for ``--epochs`` (30) epochs; the best (highest
+   median final validation accuracy) is ``c``, and its median final validation accuracy is the
+   target ``T`` of the "epochs to T" column.
+2. ``exponential``: ``ExponentialDecay(lr0=3c, s=total_steps, rate=1/d)``, tuned over a decay
+   ``d`` in {10, 100} over the run.
+3. ``power``: ``PowerDecay(lr0=3c, s=total_steps/9, c=1)`` (ends at ``3c/10``), not tuned.
+4. ``performance``: ``PerformanceScheduler`` on ``val_loss`` from ``3c`` with ``patience=2``,
+   tuned over ``factor`` in {0.5, 0.2}.
+5. ``1cycle``: ``OneCycleScheduler(max_lr)`` (textbook defaults), ``max_lr`` in
+   ``--max-lr-grid`` ({0.01, 0.03, 0.1, 0.3}), for each of ``--cycle-epochs`` (5 and 10).
+6. ``1cycle auto``: ``OneCycleScheduler(max_lr="auto")`` for the same epochs; its fit time
+   includes the range test, whose own time is reported beside it.
 
-Reported per schedule (medians over seeds): the epoch at which validation accuracy first reaches
-the best validation accuracy of the constant-rate run with the same seed ("-" when it never does)
-and how many seeds reach it at all; the epoch at which it first reaches a fixed ``--threshold``
-(97%); the final validation and test accuracy; the wall time of ``fit``. The learning curves
-(mean validation accuracy and loss over seeds, and the learning rate) go to ``docs/img``.
+A tuned arm's row is its best setting (highest median final validation accuracy); every setting
+is in the second table. The learning curves (mean over seeds) go to ``docs/img``.
 """
 
 from __future__ import annotations
@@ -34,33 +33,25 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from _common import IMG, machine_header, markdown_table, quiet_lightning, write_section
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import (
     ExponentialDecay,
     OneCycleScheduler,
     PerformanceScheduler,
-    PiecewiseConstant,
     PowerDecay,
     ScheduledLR,
 )
 from lightning_reg.demos import DigitsDataModule, RegularizedMLP
+from lightning_reg.demos.data import FashionMNISTDataModule, MNIST5kDataModule
 
-SCHEDULES = (
-    "constant",
-    "exponential",
-    "power",
-    "piecewise",
-    "performance",
-    "1cycle",
-    "1cycle, 1/3 budget",
-)
+DATASETS = ("mnist5k", "digits")
+THRESHOLDS = {"mnist5k": 0.93, "digits": 0.97, "fashion-mnist": 0.85}
 
 
 @dataclass
@@ -71,7 +62,29 @@ class Run:
     val_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)  # at the end of each epoch
     test_acc: float = math.nan
-    seconds: float = math.nan
+    seconds: float = math.nan  # wall time of fit, range test included
+    auto_max_lr: float = math.nan
+    sweep_seconds: float = 0.0
+    sweep_steps: int = 0
+
+
+@dataclass
+class Arm:
+    """One setting: ``make(total_steps)`` gives the LR callback (``None``: constant ``lr``)."""
+
+    group: str
+    label: str
+    epochs: int
+    lr: float
+    make: Callable[[int], pl.Callback | None]
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, value: Callable[[Run], float]) -> float:
+        return statistics.median(value(r) for r in self.runs)
+
+    @property
+    def final(self) -> float:
+        return self.median(lambda r: r.val_acc[-1])
 
 
 class Recorder(pl.Callback):
@@ -89,106 +102,52 @@ class Recorder(pl.Callback):
         self.run.lr.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
 
 
-class FashionMNIST(pl.LightningDataModule):
-    """Fashion-MNIST through torchvision (downloaded once), flattened and standardized."""
-
-    num_features, num_classes = 784, 10
-
-    def __init__(self, root: str, batch_size: int) -> None:
-        super().__init__()
-        try:
-            from torchvision.datasets import FashionMNIST as Dataset
-        except ImportError as err:
-            raise SystemExit(
-                "--dataset fashion-mnist needs torchvision (`pip install torchvision`) and "
-                "internet access for the first download; the default --dataset digits needs "
-                "neither."
-            ) from err
-        train = Dataset(root, train=True, download=True)
-        test = Dataset(root, train=False, download=True)
-        x = train.data.flatten(1).float() / 255.0
-        mean, std = x[:55_000].mean(), x[:55_000].std()
-
-        def prep(images: torch.Tensor) -> torch.Tensor:
-            return (images.flatten(1).float() / 255.0 - mean) / std
-
-        x_test = prep(test.data)
-        self.splits = {
-            "train": TensorDataset(prep(train.data[:55_000]), train.targets[:55_000]),
-            "val": TensorDataset(prep(train.data[55_000:]), train.targets[55_000:]),
-            "test": TensorDataset(x_test, test.targets),
-        }
-        self.batch_size = batch_size
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.splits["train"], batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.splits["val"], batch_size=1024)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self.splits["test"], batch_size=1024)
-
-
-def make_data(args: argparse.Namespace) -> pl.LightningDataModule:
-    if args.dataset == "digits":
-        return DigitsDataModule(batch_size=args.batch)
-    return FashionMNIST(args.data_dir, args.batch)
-
-
-def lr_callback(schedule: str, lr: float, total: int) -> pl.Callback | None:
-    """The learning-rate callback of ``schedule``: ``lr`` is the constant or starting rate,
-    ``max_lr`` for 1cycle; ``total`` the optimizer steps of the run."""
-    if schedule == "constant":
-        return None
-    if schedule == "exponential":
-        return ScheduledLR(ExponentialDecay(lr0=lr, s=total))
-    if schedule == "power":
-        return ScheduledLR(PowerDecay(lr0=lr, s=total / 9, c=1.0))
-    if schedule == "piecewise":
-        return ScheduledLR(PiecewiseConstant([total // 2, 3 * total // 4], [lr, lr / 3, lr / 10]))
-    if schedule == "performance":
-        return PerformanceScheduler(monitor="val_loss", factor=0.5, patience=3)
-    return OneCycleScheduler(max_lr=lr)
+def make_data(name: str, batch: int) -> pl.LightningDataModule:
+    if name == "digits":
+        return DigitsDataModule(batch_size=batch)
+    if name == "fashion-mnist":  # needs torchvision and a download
+        return FashionMNISTDataModule(batch_size=batch)
+    return MNIST5kDataModule(batch_size=batch)
 
 
 def train(
-    schedule: str,
+    dm: pl.LightningDataModule,
+    callback: Callable[[int], pl.Callback | None],
     lr: float,
     epochs: int,
     seed: int,
-    dm: pl.LightningDataModule,
-    args: argparse.Namespace,
+    hidden: list[int],
+    test: bool = True,
 ) -> Run:
-    """Fit a fresh model with ``schedule`` for ``epochs`` epochs, then test it."""
+    """Fit a fresh model for ``epochs`` epochs with the LR callback ``callback(total_steps)``."""
     pl.seed_everything(seed, verbose=False)
-    in_features = getattr(dm, "num_features", 64)
-    model = RegularizedMLP(in_features=in_features, hidden=tuple(args.hidden), lr=lr)
+    model = RegularizedMLP(in_features=dm.num_features, hidden=tuple(hidden), lr=lr)  # type: ignore[attr-defined]
     run = Run()
     steps_per_epoch = len(dm.train_dataloader())
-    callback = lr_callback(schedule, lr, epochs * steps_per_epoch)
+    cb = callback(epochs * steps_per_epoch)
     trainer = pl.Trainer(
         max_epochs=epochs,
-        accelerator="gpu" if args.device == "cuda" else "cpu",
+        accelerator="cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[Recorder(run), *([callback] if callback else [])],
+        callbacks=[Recorder(run), *([cb] if cb else [])],
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     run.seconds = time.perf_counter() - start
-    (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
-    run.test_acc = float(metrics["test/acc"])
+    result = getattr(cb, "range_test_result", None)
+    if result is not None:
+        run.auto_max_lr = result.max_lr
+        run.sweep_seconds = result.seconds
+        run.sweep_steps = len(result.lrs)
+    if test:
+        (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
+        run.test_acc = float(metrics["test/acc"])
     return run
-
-
-def best_of(grid: list[float], runs: dict[float, list[Run]]) -> float:
-    """The grid value whose runs have the highest median best validation accuracy."""
-    return max(grid, key=lambda v: statistics.median(max(r.val_acc) for r in runs[v]))
 
 
 def epochs_to(target: float, curve: list[float]) -> float:
@@ -196,115 +155,233 @@ def epochs_to(target: float, curve: list[float]) -> float:
     return next((i + 1 for i, acc in enumerate(curve) if acc >= target - 1e-9), math.inf)
 
 
-def summary_rows(
-    runs: dict[str, list[Run]], lrs: dict[str, str], epochs: dict[str, int], threshold: float
-) -> list[list[str]]:
-    targets = [max(r.val_acc) for r in runs["constant"]]
-    rows = []
-    for schedule in SCHEDULES:
-        seeds = runs[schedule]
-        reaches = [epochs_to(t, r.val_acc) for t, r in zip(targets, seeds, strict=True)]
-        reach = statistics.median(reaches)
-        fixed = statistics.median(epochs_to(threshold, r.val_acc) for r in seeds)
-        rows.append(
-            [
-                schedule,
-                lrs[schedule],
-                str(epochs[schedule]),
-                "-" if math.isinf(reach) else f"{reach:g}",
-                f"{sum(not math.isinf(e) for e in reaches)}/{len(reaches)}",
-                "-" if math.isinf(fixed) else f"{fixed:g}",
-                f"{100 * statistics.median(r.val_acc[-1] for r in seeds):.2f}",
-                f"{100 * statistics.median(r.test_acc for r in seeds):.2f}",
-                f"{statistics.median(r.seconds for r in seeds):.1f}",
-            ]
+def constant_arms(grid: list[float], epochs: int) -> list[Arm]:
+    return [Arm("constant", f"lr {lr:g}", epochs, lr, lambda total: None) for lr in grid]
+
+
+def decay_arms(c: float, epochs: int) -> list[Arm]:
+    """The exponential, power, piecewise and performance settings, from the best constant c."""
+    arms = [
+        Arm(
+            "exponential",
+            f"lr0 {3 * c:g}, {d}x lower at the end",
+            epochs,
+            3 * c,
+            lambda total, d=d: ScheduledLR(ExponentialDecay(lr0=3 * c, s=total, rate=1 / d)),
         )
-    return rows
-
-
-def verdict(runs: dict[str, list[Run]]) -> list[str]:
-    """The 1cycle targets: reach the constant run's best accuracy in <= 1/3 of the epochs that
-    run took to get there (median over seeds), and end at least as accurate."""
-    lines = []
-    targets = [max(r.val_acc) for r in runs["constant"]]
-    constant = statistics.median(
-        epochs_to(t, r.val_acc) for t, r in zip(targets, runs["constant"], strict=True)
+        for d in (10, 100)
+    ]
+    arms.append(
+        Arm(
+            "power",
+            f"lr0 {3 * c:g}, s T/9, c 1",
+            epochs,
+            3 * c,
+            lambda total: ScheduledLR(PowerDecay(lr0=3 * c, s=total / 9, c=1.0)),
+        )
     )
-    final_constant = statistics.median(r.val_acc[-1] for r in runs["constant"])
-    test_constant = statistics.median(r.test_acc for r in runs["constant"])
-    for schedule in ("1cycle", "1cycle, 1/3 budget"):
-        seeds = runs[schedule]
-        reach = statistics.median(
-            epochs_to(t, r.val_acc) for t, r in zip(targets, seeds, strict=True)
+    for factor in (0.5, 0.2):
+        arms.append(
+            Arm(
+                "performance",
+                f"lr0 {3 * c:g}, factor {factor}, patience 2",
+                epochs,
+                3 * c,
+                lambda total, factor=factor: PerformanceScheduler(
+                    monitor="val_loss", factor=factor, patience=2
+                ),
+            )
         )
-        fast = "met" if reach <= constant / 3 else "not met"
-        final = statistics.median(r.val_acc[-1] for r in seeds)
-        test = statistics.median(r.test_acc for r in seeds)
-        at = "never" if math.isinf(reach) else f"at epoch {reach:g}"
+    return arms
+
+
+def cycle_arms(grid: list[float], budgets: list[int], lr: float) -> list[Arm]:
+    arms = []
+    for epochs in budgets:
+        for m in grid:
+            arms.append(
+                Arm(
+                    f"1cycle, {epochs} epochs",
+                    f"max_lr {m:g}",
+                    epochs,
+                    lr,
+                    lambda total, m=m: OneCycleScheduler(max_lr=m),
+                )
+            )
+        arms.append(
+            Arm(
+                f"1cycle auto, {epochs} epochs",
+                'max_lr "auto"',
+                epochs,
+                lr,
+                lambda total: OneCycleScheduler(max_lr="auto"),
+            )
+        )
+    return arms
+
+
+def best_per_group(arms: list[Arm]) -> dict[str, Arm]:
+    best: dict[str, Arm] = {}
+    for arm in arms:
+        if arm.group not in best or arm.final > best[arm.group].final:
+            best[arm.group] = arm
+    return best
+
+
+def fmt_epochs(value: float) -> str:
+    return "-" if math.isinf(value) else f"{value:g}"
+
+
+def arm_cells(arm: Arm, target: float, threshold: float) -> list[str]:
+    reaches = [epochs_to(target, r.val_acc) for r in arm.runs]
+    label = arm.label
+    if arm.group.startswith("1cycle auto"):
+        chosen = arm.median(lambda r: r.auto_max_lr)
+        sweep = arm.median(lambda r: r.sweep_seconds)
+        steps = arm.median(lambda r: r.sweep_steps)
+        label += f" (chose {chosen:.3g}; range test {steps:g} steps, {sweep:.2f} s)"
+    return [
+        label,
+        str(arm.epochs),
+        fmt_epochs(statistics.median(reaches)),
+        f"{sum(not math.isinf(e) for e in reaches)}/{len(reaches)}",
+        fmt_epochs(arm.median(lambda r: epochs_to(threshold, r.val_acc))),
+        f"{100 * arm.final:.2f}",
+        f"{100 * arm.median(lambda r: r.test_acc):.2f}",
+        f"{arm.median(lambda r: r.seconds):.1f}",
+    ]
+
+
+def verdict(best: dict[str, Arm], budgets: list[int], target: float) -> list[str]:
+    """The issue's targets: 1cycle reaches T within 10 epochs; "auto" within 0.5 point of the
+    best hand-tuned max_lr at the same budget."""
+    lines = []
+    for epochs in budgets:
+        hand, auto = best[f"1cycle, {epochs} epochs"], best[f"1cycle auto, {epochs} epochs"]
+        reach = statistics.median(epochs_to(target, r.val_acc) for r in hand.runs)
+        gap = 100 * (auto.final - hand.final)
         lines.append(
-            f"- {schedule}: reaches the constant rate's best validation accuracy {at} vs "
-            f"epoch {constant:g} for the constant rate ({fast}: target <= {constant / 3:.1f}); "
-            f"final validation accuracy {100 * final:.2f}% vs "
-            f"{100 * final_constant:.2f}%, test {100 * test:.2f}% vs {100 * test_constant:.2f}% "
-            f"({'met' if final >= final_constant else 'not met'})."
+            f"- 1cycle, {epochs} epochs ({hand.label}): reaches T = {100 * target:.2f}% at epoch "
+            f"{fmt_epochs(reach)} (median), final {100 * hand.final:.2f}%; "
+            f'"auto": final {100 * auto.final:.2f}%, {gap:+.2f} points from the best '
+            f"hand-tuned max_lr ({'within' if gap >= -0.5 else 'not within'} 0.5)."
         )
     return lines
 
 
-def plot(runs: dict[str, list[Run]], path: str, title: str) -> None:
-    """Mean validation accuracy, loss and the LR per epoch of every schedule, as a PNG."""
+def plot(best: dict[str, Arm], path: str, title: str) -> None:
+    """Mean validation accuracy, loss and the LR per epoch of each group's best arm, as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
-    for schedule in SCHEDULES:
-        seeds = runs[schedule]
+    for group, arm in best.items():
         for ax, attr in zip(axes, ("val_acc", "val_loss", "lr"), strict=True):
-            curves = [getattr(r, attr) for r in seeds]
+            curves = [getattr(r, attr) for r in arm.runs]
             mean = [statistics.fmean(values) for values in zip(*curves, strict=True)]
-            style = "--" if schedule.endswith("budget") else "-"
-            ax.plot(range(1, len(mean) + 1), mean, style, label=schedule)
+            style = "--" if "auto" in group else "-"
+            ax.plot(range(1, len(mean) + 1), mean, style, label=f"{group}: {arm.label}")
     for ax, label in zip(
         axes, ("validation accuracy", "validation loss", "learning rate"), strict=True
     ):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(bottom=0.9)
+    top = max(
+        max(statistics.fmean(v) for v in zip(*[r.val_acc for r in a.runs], strict=True))
+        for a in best.values()
+    )
+    axes[0].set_ylim(top - 0.06, top + 0.01)
     axes[1].set_yscale("log")
     axes[2].set_yscale("log")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.savefig(path, dpi=90)
 
 
+def run_dataset(name: str, args: argparse.Namespace) -> str:
+    dm = make_data(name, args.batch)
+    seeds = range(args.seeds)
+
+    def fill(arms: list[Arm]) -> list[Arm]:
+        for arm in arms:
+            arm.runs = [train(dm, arm.make, arm.lr, arm.epochs, s, args.hidden) for s in seeds]
+            print(f"  {name} {arm.group} {arm.label}: {100 * arm.final:.2f}%", flush=True)
+        return arms
+
+    constants = fill(constant_arms(args.lr_grid, args.epochs))
+    c_arm = max(constants, key=lambda a: a.final)
+    c, target = c_arm.lr, c_arm.final
+    arms = [*constants, *fill(decay_arms(c, args.epochs))]
+    arms += fill(cycle_arms(args.max_lr_grid, args.cycle_epochs, c))
+    best = best_per_group(arms)
+    threshold = THRESHOLDS[name] if not args.quick else 0.5
+    headers = [
+        "schedule",
+        "setting",
+        "epochs",
+        f"epochs to T = {100 * target:.2f}%",
+        "seeds that reach T",
+        f"epochs to {100 * threshold:g}%",
+        "final val acc (%)",
+        "test acc (%)",
+        "fit time (s)",
+    ]
+    summary = markdown_table(
+        headers,
+        [[group, *arm_cells(arm, target, threshold)] for group, arm in best.items()],
+        "llrrrrrrr",
+    )
+    every = markdown_table(
+        headers,
+        [[arm.group, *arm_cells(arm, target, threshold)] for arm in arms],
+        "llrrrrrrr",
+    )
+    settings = (
+        f"{name}, RegularizedMLP hidden {args.hidden} (ELU, He init), SGD momentum 0.9, batch "
+        f"{args.batch}, seeds {list(seeds)}; medians over seeds; T is the best constant rate's "
+        f"median validation accuracy after {args.epochs} epochs"
+    )
+    body = (
+        f"{machine_header(torch.device('cpu'))}\n- Settings: {settings}.\n\n"
+        f"Best setting of each schedule:\n\n{summary}\n\n"
+        + "\n".join(verdict(best, args.cycle_epochs, target))
+        + f"\n\n<details><summary>Every setting</summary>\n\n{every}\n\n</details>"
+    )
+    if not args.no_write:
+        IMG.mkdir(parents=True, exist_ok=True)
+        png = f"convergence_{name}.png"
+        plot(best, str(IMG / png), f"{name}: best setting of each schedule, mean over seeds")
+        body += f"\n\n![learning curves on {name}](img/{png})"
+        write_section(f"convergence-{name}", body)
+    return body
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
-    parser.add_argument("--data-dir", default="data", help="torchvision download folder")
-    parser.add_argument("--epochs", type=int, default=30, help="epoch budget of every schedule")
-    parser.add_argument("--seeds", type=int, default=10, help="seeds 0 .. n-1")
+    parser.add_argument(
+        "--dataset", choices=(*DATASETS, "fashion-mnist", "all"), default="all", help="all: offline"
+    )
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the non-1cycle arms")
+    parser.add_argument("--cycle-epochs", type=int, nargs="+", default=[5, 10])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1")
     parser.add_argument("--batch", type=int, default=64, help="batch size")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128], help="MLP widths")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[300, 100], help="MLP widths")
     parser.add_argument(
         "--lr-grid", type=float, nargs="+", default=[0.003, 0.01, 0.03, 0.1], help="constant LRs"
     )
     parser.add_argument(
-        "--one-cycle-grid", type=float, nargs="+", default=[3.0, 10.0], help="max_lr / best LR"
+        "--max-lr-grid", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3], help="1cycle"
     )
-    parser.add_argument(
-        "--threshold", type=float, default=0.97, help="fixed validation accuracy to reach"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, tiny grids")
+    parser.add_argument("--quick", action="store_true", help="digits, 2 epochs, 1 seed")
     parser.add_argument("--no-write", action="store_true", help="print only; no docs, no plot")
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.seeds, args.lr_grid, args.one_cycle_grid = 3, 1, [0.01], [3.0]
-        args.hidden, args.threshold = [32], 0.5
+        args.dataset, args.epochs, args.cycle_epochs, args.seeds = "digits", 2, [2], 1
+        args.lr_grid, args.max_lr_grid, args.hidden = [0.01, 0.03], [0.1], [32]
     return args
 
 
@@ -313,60 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     quiet_lightning()
-    dm = make_data(args)
-    seeds = range(args.seeds)
-    runs: dict[str, list[Run]] = {}
-    lrs: dict[str, str] = {}
-    epochs = dict.fromkeys(SCHEDULES, args.epochs)
-    epochs["1cycle, 1/3 budget"] = max(1, round(args.epochs / 3))
-
-    def each_seed(schedule: str, lr: float) -> list[Run]:
-        return [train(schedule, lr, epochs[schedule], s, dm, args) for s in seeds]
-
-    constant = {lr: each_seed("constant", lr) for lr in args.lr_grid}
-    c = best_of(args.lr_grid, constant)
-    runs["constant"], lrs["constant"] = constant[c], f"{c:g} (best of {args.lr_grid})"
-    for schedule in ("exponential", "power", "piecewise", "performance"):
-        runs[schedule], lrs[schedule] = each_seed(schedule, 3 * c), f"lr0 {3 * c:g}"
-    cycle_grid = [m * c for m in args.one_cycle_grid]
-    cycles = {m: each_seed("1cycle", m) for m in cycle_grid}
-    max_lr = best_of(cycle_grid, cycles)
-    runs["1cycle"] = cycles[max_lr]
-    lrs["1cycle"] = f"max_lr {max_lr:g} (best of {[round(m, 6) for m in cycle_grid]})"
-    runs["1cycle, 1/3 budget"] = each_seed("1cycle, 1/3 budget", max_lr)
-    lrs["1cycle, 1/3 budget"] = f"max_lr {max_lr:g}"
-
-    table = markdown_table(
-        [
-            "schedule",
-            "learning rate",
-            "epochs",
-            "epochs to best constant val acc",
-            "seeds that reach it",
-            f"epochs to {100 * args.threshold:g}% val acc",
-            "final val acc (%)",
-            "test acc (%)",
-            "fit time (s)",
-        ],
-        summary_rows(runs, lrs, epochs, args.threshold),
-        "llrrrrrrr",
-    )
-    device = torch.device(args.device)
-    settings = (
-        f"{args.dataset}, RegularizedMLP hidden {args.hidden}, SGD momentum 0.9, batch "
-        f"{args.batch}, {args.epochs} epochs, seeds {list(seeds)}"
-    )
-    body = (
-        f"{machine_header(device)}\n- Settings: {settings}; medians over seeds.\n\n{table}\n\n"
-        + "\n".join(verdict(runs))
-    )
-    print(body)
-    if not args.no_write:
-        IMG.mkdir(parents=True, exist_ok=True)
-        name = f"convergence_{args.dataset.replace('-', '_')}.png"
-        plot(runs, str(IMG / name), f"Means over seeds. {settings}")
-        body += f"\n\n![learning curves](img/{name})"
-        write_section(f"convergence-{args.dataset}", body)
+    for name in DATASETS if args.dataset == "all" else (args.dataset,):
+        print(run_dataset(name, args), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every public name is importable from here; the modules hold one job each:
 
 - :mod:`lightning_reg.schedules`: pure schedules ``step -> lr`` (``OneCycle``, decays).
 - :mod:`lightning_reg.callbacks`: the Lightning callbacks (LR schedulers, ``MaxNorm``).
+- :mod:`lightning_reg.lr_range`: the LR range test of ``OneCycleScheduler(max_lr="auto")``.
 - :mod:`lightning_reg.penalties`: fused l1/l2 penalty and max-norm on plain tensors.
 - :mod:`lightning_reg.module`: ``WeightPenaltyMixin``, ``RegularizedModule``.
 - :mod:`lightning_reg.layers`: MC dropout layers, activations, init presets, dense blocks.
@@ -22,6 +23,7 @@ from lightning_reg.callbacks import (
     ScheduledLR,
 )
 from lightning_reg.layers import MCAlphaDropout, MCDropout, dense_block, init_weights_
+from lightning_reg.lr_range import LRRangeTest
 from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
 from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
 from lightning_reg.plotting import plot_schedule
@@ -46,6 +48,7 @@ __all__ = [
     "ExponentialDecay",
     "Knots",
     "LRCallback",
+    "LRRangeTest",
     "LinearWarmup",
     "MCAlphaDropout",
     "MCDropout",

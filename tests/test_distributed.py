@@ -35,6 +35,21 @@ def test_one_cycle_is_sized_for_two_ranks_with_accumulation(tmp_path: Path) -> N
     assert_same_on_every_rank(results, "params")
 
 
+def test_auto_max_lr_sweeps_one_curve_and_picks_one_value_on_every_rank(tmp_path: Path) -> None:
+    results = run_ddp("auto_max_lr", tmp_path)
+    assert_same_on_every_rank(results, "losses")
+    assert_same_on_every_rank(results, "max_lr")
+    # The curve is the mean over ranks: its first point averages the ranks' own first losses,
+    # which differ (each rank draws other samples).
+    local = [r["local_first_loss"] for r in results]
+    assert local[0] != pytest.approx(local[1])
+    assert results[0]["losses"][0] == pytest.approx(sum(local) / 2, rel=1e-5)
+    # The run after the sweep is the run with that max_lr by hand, on every rank.
+    for r in results:
+        assert torch.equal(r["auto_params"], r["hand_params"])
+    assert_same_on_every_rank(results, "auto_params")
+
+
 def test_plateau_decision_is_the_same_on_every_rank(tmp_path: Path) -> None:
     results = run_ddp("plateau", tmp_path)
     # Mean over ranks: 1.0, 1.05, 1.1, 1.15, 1.2 -> only the first evaluation is a best;

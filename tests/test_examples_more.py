@@ -51,6 +51,8 @@ def test_lr_finder_feeds_one_cycle() -> None:
     assert out["suggestion"] < out["max_lr"]
     assert out["chosen_acc"] > 0.85
     assert out["chosen_acc"] > out["suggestion_acc"] + 0.05
+    # "auto" runs its own range test inside fit and trains as well as the hand-read value.
+    assert 1e-4 < out["auto_max_lr"] < 10 and out["auto_acc"] > 0.85
 
 
 def _lines(stdout: str) -> dict[str, str]:

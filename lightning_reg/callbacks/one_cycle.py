@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from lightning_reg.callbacks._lr_base import ScheduleLike, get_momentum, momentum_key
 from lightning_reg.callbacks.scheduled import ScheduledLR
+from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
 
 __all__ = ["OneCycleScheduler"]
@@ -22,13 +23,25 @@ _PROBE_STEPS = 1_000_000
 _SMOKE_STEPS = 3
 
 
-def _check_max_lr(max_lr: Any) -> list[float]:
+def _stand_in_peak(start_lr: Any) -> float:
+    """The peak that validates the other phase arguments at construction under ``"auto"``: 1.0,
+    or ``start_lr`` when it is a larger number (the swept peak is checked against it at fit time).
+    """
+    number = isinstance(start_lr, (int, float)) and not isinstance(start_lr, bool)
+    return float(start_lr) if number and math.isfinite(start_lr) and start_lr > 1.0 else 1.0
+
+
+def _check_max_lr(max_lr: Any) -> list[float] | Literal["auto"]:
+    if isinstance(max_lr, str) and max_lr == "auto":
+        return "auto"
     values = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr]
     if not values:
         raise ValueError("`max_lr` must not be an empty sequence.")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"`max_lr` must be a number or a sequence of numbers, got {max_lr!r}.")
+            raise TypeError(
+                f"`max_lr` must be a number, a sequence of numbers or 'auto', got {max_lr!r}."
+            )
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"`max_lr` must be finite and > 0, got {max_lr!r}.")
     return [float(v) for v in values]
@@ -53,7 +66,10 @@ class OneCycleScheduler(ScheduledLR):
     Lifecycle: each fit sizes a fresh cycle, unless it resumes from a checkpoint. The checkpoint
     holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group and the phase
     arguments); a resumed fit continues that cycle, and when it would have planned a different
-    one (more epochs, a new ``max_lr``) a warning names each changed value. Past the cycle's end
+    one (more epochs, a new ``max_lr``) a warning names each changed value. With
+    ``max_lr="auto"`` the range test runs once per fit, when training starts and before the
+    cycle is sized; its value is saved with the cycle, so a resumed fit continues with it and
+    does not sweep again. Past the cycle's end
     the final LR is held with one warning; a run that ends before it (``max_time``,
     ``EarlyStopping``) gets a warning saying how far it got. ``fast_dev_run`` runs on a cycle
     of at least 3 steps; other runs too short for the cycle raise an error naming the Trainer's
@@ -64,7 +80,12 @@ class OneCycleScheduler(ScheduledLR):
     param groups with different learning rates (pass one per group to keep their ratio).
 
     Args:
-        max_lr: peak learning rate, or one per param group (all optimizers' groups in order).
+        max_lr: peak learning rate, or one per param group (all optimizers' groups in order), or
+            ``"auto"``: an LR range test (``range_test``) picks one peak for every group when
+            training starts, in the same ``fit``, and is undone before the cycle starts, so the
+            run equals the run with that value passed by hand. The value is logged as
+            ``lr_range_test/max_lr``, kept in ``range_test_result`` and saved in checkpoints (a
+            resumed run does not sweep again).
         total_steps: length of the cycle in optimizer steps. ``None`` (default) takes
             ``trainer.estimated_stepping_batches`` when training starts.
         start_lr: LR at step 0 and at the end of the descent. Default ``None``: ``max_lr / 10``.
@@ -78,6 +99,7 @@ class OneCycleScheduler(ScheduledLR):
         min_momentum: momentum at the LR peak. Default ``0.85``.
         log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>`` (except what a
             ``LearningRateMonitor`` logs). Default ``True``.
+        range_test: the sweep of ``max_lr="auto"``. Default ``None``: ``LRRangeTest()``.
 
     These are the fields of :class:`~lightning_reg.schedules.OneCycle`, which holds their exact
     semantics and ranges.
@@ -99,7 +121,7 @@ class OneCycleScheduler(ScheduledLR):
 
     def __init__(
         self,
-        max_lr: float | Sequence[float],
+        max_lr: float | Sequence[float] | Literal["auto"],
         total_steps: int | None = None,
         start_lr: float | None = None,
         final_lr: float | None = None,
@@ -110,8 +132,12 @@ class OneCycleScheduler(ScheduledLR):
         max_momentum: float = 0.95,
         min_momentum: float = 0.85,
         log_values: bool = True,
+        range_test: LRRangeTest | None = None,
     ) -> None:
         self.max_lr = _check_max_lr(max_lr)
+        if range_test is not None and not isinstance(range_test, LRRangeTest):
+            raise TypeError(f"`range_test` must be an LRRangeTest or None, got {range_test!r}.")
+        self.range_test = range_test or LRRangeTest()
         if total_steps is not None and (
             isinstance(total_steps, bool) or not isinstance(total_steps, int)
         ):
@@ -128,9 +154,42 @@ class OneCycleScheduler(ScheduledLR):
             "min_momentum": min_momentum,
         }
         steps = _PROBE_STEPS if total_steps is None else total_steps
-        probe = [self._one_cycle(steps, m) for m in self.max_lr]
+        peaks = [_stand_in_peak(start_lr)] if self.max_lr == "auto" else self.max_lr
+        probe = [self._one_cycle(steps, m) for m in peaks]
         super().__init__(probe if len(probe) > 1 else probe[0], "step", log_values)
         self._step_source: str | None = None
+
+    @override
+    def reset(self) -> None:
+        super().reset()
+        self.range_test_result: RangeTestResult | None = None
+        self._auto_max_lr: float | None = None
+
+    @property
+    def auto(self) -> bool:
+        """Whether ``max_lr`` is ``"auto"`` (found by the range test in each fit)."""
+        return self.max_lr == "auto"
+
+    def _saved_max_lr(self) -> list[float]:
+        """The checkpoint's ``max_lr`` per group (empty when none was restored)."""
+        return list((self._saved_config or {}).get("max_lr", []))
+
+    def peak_lrs(self, trainer: pl.Trainer) -> list[float]:
+        """``max_lr`` as given, one value or one per group; for ``"auto"``, the range test's value.
+
+        Under ``"auto"`` the sweep runs here, once per fit (the optimizer and the training
+        dataloader exist by now), unless a checkpoint restored its value. An empty list means a
+        resumed ``"auto"`` fit whose checkpoint holds a cycle with a hand-set ``max_lr``: that
+        cycle continues (see :meth:`plan`).
+        """
+        if self.max_lr != "auto":
+            return list(self.max_lr)
+        if self._auto_max_lr is None and not self._saved_max_lr():
+            result = self.range_test.run(trainer, trainer.lightning_module)
+            result.log(trainer)
+            self.range_test_result = result
+            self._auto_max_lr = result.max_lr
+        return [] if self._auto_max_lr is None else [self._auto_max_lr]
 
     def _one_cycle(
         self, total_steps: int, max_lr: float, kwargs: dict[str, Any] | None = None
@@ -143,14 +202,16 @@ class OneCycleScheduler(ScheduledLR):
         """The cycle of this fit: ``total_steps`` per optimizer and ``max_lr`` per param group.
 
         ``total_steps`` is the constructor's, else the Trainer's plan of optimizer steps per
-        optimizer (:meth:`planned_steps`); ``max_lr`` is the constructor's, one per group.
+        optimizer (:meth:`planned_steps`); ``max_lr`` is the constructor's, one per group, or
+        the range test's under ``"auto"`` (:meth:`peak_lrs`).
         """
-        if len(self.max_lr) not in (1, num_groups):
+        given = self.peak_lrs(trainer) or self._saved_max_lr()
+        if len(given) not in (1, num_groups):
             raise ValueError(
-                f"`max_lr` has {len(self.max_lr)} values but the optimizers have {num_groups} "
+                f"`max_lr` has {len(given)} values but the optimizers have {num_groups} "
                 "param groups; pass one value, or exactly one per param group."
             )
-        max_lrs = self.max_lr * num_groups if len(self.max_lr) == 1 else list(self.max_lr)
+        max_lrs = given * num_groups if len(given) == 1 else given
         num_optimizers = len(trainer.optimizers)
         if self.total_steps is not None:
             return [self.total_steps] * num_optimizers, max_lrs
@@ -217,7 +278,10 @@ class OneCycleScheduler(ScheduledLR):
         totals, max_lrs = self.resolve_cycle(trainer, num_groups)
         self.config = {"total_steps": totals, "max_lr": max_lrs, **self.one_cycle_kwargs}
         saved = self._saved_config
-        changed = self.changes(saved, self.config)
+        planned = dict(self.config)
+        if self.auto and self._auto_max_lr is None:  # the checkpoint's cycle has a hand-set peak
+            planned["max_lr"] = "auto"
+        changed = self.changes(saved, planned)
         if saved is not None and changed:
             self.warn(
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
@@ -236,7 +300,7 @@ class OneCycleScheduler(ScheduledLR):
     @property
     @override
     def shares_one_schedule(self) -> bool:
-        return len(self.max_lr) == 1
+        return self.max_lr == "auto" or len(self.max_lr) == 1
 
     def warn_if_momentum_switched_on(self, trainer: pl.Trainer) -> None:
         """Warn about optimizers whose momentum the cycle cannot drive, or would switch on."""
@@ -261,8 +325,27 @@ class OneCycleScheduler(ScheduledLR):
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:
         """The first param group's :class:`OneCycle` (for :func:`~lightning_reg.plot_schedule`)."""
         total = total_steps if total_steps is not None else self.total_steps
+        if self.max_lr != "auto":
+            peak = self.max_lr[0]
+        elif self._auto_max_lr is not None:
+            peak = self._auto_max_lr
+        else:
+            raise ValueError(
+                "This OneCycleScheduler has `max_lr='auto'` and no range test has run yet; pass "
+                "`max_lr` to plot it."
+            )
         if total is None:
             raise ValueError(
                 "This OneCycleScheduler is sized by the Trainer; pass `total_steps` to plot it."
             )
-        return self._one_cycle(total, self.max_lr[0])
+        return self._one_cycle(total, peak)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "auto_max_lr": self._auto_max_lr}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.auto:
+            self._auto_max_lr = state_dict.get("auto_max_lr")

@@ -45,6 +45,7 @@ CLI_REQUIREMENTS: tuple[str, ...] = (
     "jsonargparse[signatures]>=4.39.0",
     "scikit-learn>=1.4.2",
     "matplotlib>=3.8.4",
+    "mlxtend>=0.23.0",
 )
 """What the command needs beyond the library: the ``cli`` extra of ``pyproject.toml``."""
 

@@ -8,6 +8,7 @@ and every rank saves what the tests compare to ``OUT_DIR/rank<k>.pt``.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,40 @@ def case_composed_schedules(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
+    """`OneCycleScheduler(max_lr="auto")` on 2 ranks, then the same run with the value by hand."""
+    import torch.nn.functional as F
+
+    from lightning_reg.lr_range import LRRangeTest
+    from tests.helpers import digits
+
+    sweep = LRRangeTest(min_lr=1e-4, max_lr=10.0, num_steps=30)
+    out: dict[str, Any] = {}
+    for name in ("auto", "hand"):
+        torch.manual_seed(0)
+        model = DigitsClassifier()
+        if name == "auto":
+            # This rank's first batch of epoch 0 (DistributedSampler, seed 0): rank r takes
+            # perm[r::2]. Its loss under the initial weights is this rank's first sweep loss.
+            x, y = digits(256)
+            perm = torch.randperm(256, generator=torch.Generator().manual_seed(0))
+            first = perm[int(os.environ.get("LOCAL_RANK", 0)) :: 2][:16]
+            with torch.no_grad():
+                out["local_first_loss"] = float(F.cross_entropy(model(x[first]), y[first]))
+        cb = OneCycleScheduler(max_lr=out.get("max_lr", "auto"), range_test=sweep)
+        trainer = ddp_trainer(args, callbacks=[cb], max_epochs=2)
+        trainer.fit(model, digits_loader(256, 16, shuffle=True))
+        if name == "auto":
+            assert cb.range_test_result is not None
+            out["max_lr"] = cb.range_test_result.max_lr
+            out["losses"] = cb.range_test_result.losses
+        out[f"{name}_params"] = flat_params(model)
+        out["rank"] = trainer.global_rank
+    return out
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "auto_max_lr": case_auto_max_lr,
     "one_cycle": case_one_cycle,
     "plateau": case_plateau,
     "composed_schedules": case_composed_schedules,

@@ -1,0 +1,540 @@
+"""The LR range test that ``OneCycleScheduler(max_lr="auto")`` runs inside ``fit``.
+
+Two parts, used apart:
+
+- :func:`suggest_max_lr`: the rule that reads a range test's curve (pure; no Lightning).
+- :class:`LRRangeTest`: the sweep. Called from a callback when training starts, it takes a
+  bounded number of optimizer steps with an exponentially growing learning rate, records the
+  loss (averaged over the ranks), stops early when the loss blows up, and then restores the
+  weights, the optimizer, the callbacks' state and every random generator, so the run that
+  follows is the run one would get passing the chosen ``max_lr`` by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader
+from torchmetrics import Metric
+
+from lightning_reg._validation import check_int, check_number, check_positive
+
+__all__ = ["LRRangeTest", "RangeTestResult", "smooth", "suggest_max_lr"]
+
+DEFAULT_BETA = 0.9
+DEFAULT_DIVISOR = 2.0
+
+
+def smooth(losses: Sequence[float], beta: float = DEFAULT_BETA) -> list[float]:
+    """Exponential moving average of ``losses`` with bias correction (as Adam's moments).
+
+    Point ``k`` is ``avg_k / (1 - beta ** (k + 1))`` with ``avg_k = beta * avg_{k-1} +
+    (1 - beta) * loss_k`` and ``avg_{-1} = 0``, so the first point equals the first loss.
+
+    Args:
+        losses: finite losses, one per step. Required.
+        beta: smoothing factor in ``[0, 1)``; ``0`` returns the losses. Default ``0.9``.
+
+    Returns:
+        The smoothed losses, as many as ``losses``.
+
+    Example:
+        >>> smooth([2.0, 2.0, 2.0])
+        [2.0, 2.0, 2.0]
+        >>> smoothed = smooth([1.0, 3.0], beta=0.5)  # (0.25 + 1.5) / 0.75 for the second
+        >>> round(smoothed[1], 3)
+        2.333
+    """
+    avg, out = 0.0, []
+    for k, loss in enumerate(losses):
+        avg = beta * avg + (1.0 - beta) * loss
+        out.append(avg / (1.0 - beta ** (k + 1)))
+    return out
+
+
+def suggest_max_lr(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    beta: float = DEFAULT_BETA,
+    divisor: float = DEFAULT_DIVISOR,
+) -> float:
+    """1cycle's ``max_lr`` read from an LR range test: the LR of the lowest smoothed loss,
+    divided by ``divisor``.
+
+    The curve is smoothed with :func:`smooth` over its finite prefix (a sweep stops at the first
+    non-finite loss). The rule and its defaults were chosen by measuring 1cycle's accuracy after
+    the range test on two datasets (see ``docs/schedules.md``).
+
+    Args:
+        lrs: the learning rate of each step, increasing. Required.
+        losses: the loss of each step (same length; may end with a non-finite value). Required.
+        beta: smoothing factor in ``[0, 1)``. Default ``0.9``.
+        divisor: the LR of the lowest smoothed loss is divided by this, ``>= 1``. Default ``2``.
+
+    Returns:
+        A finite learning rate > 0.
+
+    Raises:
+        ValueError: when the curve cannot give a value: lengths differ, no finite loss, or the
+            lowest smoothed loss is at the first LR (the loss never fell, so the sweep started too
+            high or the model does not train): the message says which, and what to change.
+
+    Example:
+        >>> lrs = [0.01, 0.1, 1.0, 10.0]
+        >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, float("nan")], beta=0.0)
+        0.5
+        >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, 9.0], beta=0.0, divisor=10.0)
+        0.1
+    """
+    if len(lrs) != len(losses):
+        raise ValueError(f"`lrs` and `losses` differ in length: {len(lrs)} and {len(losses)}.")
+    check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
+    check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
+    finite = 0
+    while finite < len(losses) and math.isfinite(losses[finite]):
+        finite += 1
+    if finite == 0:
+        raise ValueError(
+            "The LR range test has no finite loss: the loss was inf/NaN from its first step "
+            f"(lr {lrs[0]:.3g} if any). Lower `min_lr` of the range test, or pass `max_lr` by "
+            "hand."
+        )
+    curve = smooth(losses[:finite], beta)
+    best = min(range(finite), key=curve.__getitem__)
+    if best == 0:
+        raise ValueError(
+            f"The LR range test's loss never fell below its value at the first LR "
+            f"({lrs[0]:.3g}): the sweep starts too high or the model does not train. Lower "
+            "`min_lr` of the range test, or pass `max_lr` by hand."
+        )
+    return float(lrs[best]) / divisor
+
+
+@dataclass(frozen=True)
+class RangeTestResult:
+    """What one LR range test measured.
+
+    Attributes:
+        lrs: the learning rate of each step taken.
+        losses: the training loss of each step (the mean over ranks), before the update.
+        max_lr: the value :func:`suggest_max_lr` read from the curve.
+        stop_reason: ``"completed"``, or why the sweep stopped early.
+        seconds: wall time of the sweep including the restore.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    max_lr: float
+    stop_reason: str
+    seconds: float
+
+    def log(self, trainer: pl.Trainer) -> None:
+        """Log the curve (``lr_range_test/lr`` and ``lr_range_test/loss`` at steps ``0..n-1``)
+        and the chosen value (``lr_range_test/max_lr``) through the Trainer's loggers."""
+        for logger in trainer.loggers:
+            for k, (lr, loss) in enumerate(zip(self.lrs, self.losses, strict=True)):
+                logger.log_metrics({"lr_range_test/lr": lr, "lr_range_test/loss": loss}, step=k)
+            logger.log_metrics({"lr_range_test/max_lr": self.max_lr}, step=len(self.lrs) - 1)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Plot loss (raw and smoothed) against the LR, with the chosen ``max_lr``.
+
+        Needs matplotlib (the ``plot`` extra). Returns the matplotlib ``Figure``.
+
+        Example:
+            >>> result = RangeTestResult([0.01, 0.1, 1.0], [2.0, 1.0, 3.0], 0.1, "completed", 0.1)
+            >>> fig = result.plot()
+            >>> fig.axes[0].get_xscale()
+            'log'
+        """
+        if ax is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(6, 4), layout="constrained")
+            FigureCanvasAgg(fig)
+            ax = fig.subplots()
+        finite = [k for k, loss in enumerate(self.losses) if math.isfinite(loss)]
+        lrs = [self.lrs[k] for k in finite]
+        ax.plot(lrs, [self.losses[k] for k in finite], alpha=0.4, label="loss")
+        ax.plot(lrs, smooth([self.losses[k] for k in finite]), label="smoothed")
+        ax.axvline(self.max_lr, color="C2", linestyle="--", label=f"max_lr {self.max_lr:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.legend()
+        return ax.figure
+
+
+class LRRangeTest:
+    """An exponential LR sweep inside ``fit``, undone afterwards (Smith 2015's range test).
+
+    :meth:`run` is called from a callback hook when training starts (``OneCycleScheduler`` calls
+    it from ``on_train_start`` with ``max_lr="auto"``). It takes up to ``num_steps`` optimizer
+    steps on batches drawn from a separate iterator of the training dataloader, the LR of step
+    ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group. It
+    stops early at the first non-finite loss, or when the smoothed loss exceeds
+    ``early_stop_threshold`` times its lowest value. Then it restores the weights and buffers,
+    the gradients, the optimizer's state and hyperparameters, every callback's ``state_dict``,
+    the torchmetrics states, the train/eval modes, and the torch (CPU and CUDA), Python and NumPy
+    random generators plus any generator held by the dataloader: the training that follows draws
+    the same batches and dropout masks as it would without the sweep.
+
+    Each step is ``training_step`` on one batch per accumulated gradient (the module's own loss,
+    penalties included), ``loss.backward()`` under the precision plugin's autocast context, the
+    gradients averaged over the ranks under DDP, clipping as set on the Trainer, and
+    ``optimizer.step()``. Loss scaling and the ``on_before_backward`` /
+    ``on_before_optimizer_step`` hooks are not part of it. ``self.log`` calls in
+    ``training_step`` are dropped during the sweep (the module is detached from the Trainer for
+    the call), so logged metrics and the progress bar see only real training. The loss of each
+    step is averaged over the ranks with ``trainer.strategy.reduce``, so every rank sees the
+    same curve, stops at the same step and reads the same value.
+
+    Args:
+        min_lr: LR of the first step, > 0. Default ``1e-4``.
+        max_lr: LR of the last step, > ``min_lr``. Default ``10.0``.
+        num_steps: the most steps the sweep takes, >= 2. Default ``50`` (ten per decade).
+        early_stop_threshold: stop when the smoothed loss exceeds this multiple of its lowest
+            value, > 1; ``None`` stops only at a non-finite loss. Default ``4.0``.
+        beta: smoothing of the loss curve (see :func:`smooth`). Default ``0.9``.
+        divisor: the chosen ``max_lr`` is the LR of the lowest smoothed loss divided by this
+            (see :func:`suggest_max_lr`). Default ``2.0``.
+
+    Raises:
+        ValueError, TypeError: at construction, for values outside the ranges above; in
+            :meth:`run`, when the curve cannot give a value (the message says why).
+        MisconfigurationException: in :meth:`run`, for a run shape the sweep cannot undo or
+            synchronize: manual optimization (which several optimizers need), no training
+            dataloader, or a strategy other than single-device or DDP (FSDP and DeepSpeed are
+            refused by name).
+
+    Example:
+        >>> from lightning_reg import LRRangeTest, OneCycleScheduler
+        >>> range_test = LRRangeTest(min_lr=1e-4, max_lr=3.0, num_steps=60)
+        >>> range_test.lrs()[-1]
+        3.0
+        >>> callback = OneCycleScheduler(max_lr="auto", range_test=range_test)
+    """
+
+    def __init__(
+        self,
+        min_lr: float = 1e-4,
+        max_lr: float = 10.0,
+        num_steps: int = 50,
+        early_stop_threshold: float | None = 4.0,
+        beta: float = DEFAULT_BETA,
+        divisor: float = DEFAULT_DIVISOR,
+    ) -> None:
+        self.min_lr = check_positive("min_lr", min_lr)
+        self.max_lr = check_number("max_lr", max_lr, f"> min_lr ({min_lr})", lambda m: m > min_lr)
+        self.num_steps = check_int("num_steps", num_steps, 2)
+        if early_stop_threshold is not None:
+            check_number("early_stop_threshold", early_stop_threshold, "> 1", lambda t: t > 1)
+        self.early_stop_threshold = early_stop_threshold
+        self.beta = check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
+        self.divisor = check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
+
+    def __repr__(self) -> str:
+        return (
+            f"LRRangeTest(min_lr={self.min_lr}, max_lr={self.max_lr}, num_steps={self.num_steps}, "
+            f"early_stop_threshold={self.early_stop_threshold}, beta={self.beta}, "
+            f"divisor={self.divisor})"
+        )
+
+    def lrs(self) -> list[float]:
+        """The LR of every step of a full sweep."""
+        ratio = self.max_lr / self.min_lr
+        last = self.num_steps - 1
+        return [self.min_lr * ratio ** (k / last) for k in range(self.num_steps)]
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> RangeTestResult:
+        """Sweep, undo, and read the curve (see the class docstring).
+
+        Args:
+            trainer: the fitting Trainer, with its optimizer and training dataloader set up
+                (``on_train_start`` or later). Required.
+            pl_module: its LightningModule. Required.
+
+        Returns:
+            The curve, the chosen ``max_lr`` (identical on every rank) and why the sweep stopped.
+        """
+        start = time.perf_counter()
+        self._check_run_shape(trainer, pl_module)
+        optimizer = trainer.optimizers[0]  # automatic optimization: exactly one
+        loaders = _dataloaders(trainer.train_dataloader)
+        generators = _loader_generators(loaders)
+        saved = _Snapshot(trainer, pl_module, optimizer, generators)
+        with isolate_rng():
+            pl_module.train()
+            batches = _cycle(trainer.train_dataloader)
+            try:
+                lrs, losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
+            finally:
+                batches.close()
+        saved.restore()
+        max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)
+        max_lr = float(trainer.strategy.broadcast(max_lr, src=0))
+        return RangeTestResult(lrs, losses, max_lr, reason, time.perf_counter() - start)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _check_run_shape(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        what = "The LR range test of `max_lr='auto'`"
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                f"{what} needs automatic optimization (it takes the optimizer steps itself); "
+                "with `automatic_optimization = False`, pass `max_lr` by hand."
+            )
+        if trainer.train_dataloader is None:
+            raise MisconfigurationException(f"{what} needs a training dataloader.")
+        strategy = trainer.strategy
+        supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+        if not supported or isinstance(strategy, DeepSpeedStrategy):
+            raise MisconfigurationException(
+                f"{what} runs under single-device and DDP strategies, not "
+                f"`{type(strategy).__name__}`; pass `max_lr` by hand."
+            )
+
+    def _sweep(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: torch.optim.Optimizer,
+        batches: Iterator[Any],
+    ) -> tuple[list[float], list[float], str]:
+        strategy = trainer.strategy
+        accumulate = max(int(trainer.accumulate_grad_batches), 1)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        lrs: list[float] = []
+        losses: list[float] = []
+        best = math.inf
+        avg = 0.0
+        batch_idx = 0
+        for k, lr in enumerate(self.lrs()):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=strategy.root_device)
+            for _ in range(accumulate):
+                batch = strategy.batch_to_device(next(batches))
+                loss = _training_loss(trainer, pl_module, batch, batch_idx)
+                batch_idx += 1
+                (loss / accumulate).backward()
+                total += loss.detach() / accumulate
+            mean_loss = float(strategy.reduce(total, reduce_op="mean"))
+            lrs.append(lr)
+            losses.append(mean_loss)
+            if not math.isfinite(mean_loss):
+                return lrs, losses, f"non-finite loss at step {k} (lr {lr:.3g})"
+            avg = self.beta * avg + (1.0 - self.beta) * mean_loss
+            smoothed = avg / (1.0 - self.beta ** (k + 1))
+            best = min(best, smoothed)
+            threshold = self.early_stop_threshold
+            if threshold is not None and smoothed > threshold * best:
+                return (
+                    lrs,
+                    losses,
+                    (
+                        f"loss diverged at step {k} (lr {lr:.3g}): smoothed loss {smoothed:.4g} > "
+                        f"{threshold:g} x lowest {best:.4g}"
+                    ),
+                )
+            _sync_gradients(strategy, params)
+            _clip_gradients(trainer, params)
+            optimizer.step()
+        return lrs, losses, "completed"
+
+
+def _training_loss(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+) -> torch.Tensor:
+    """The loss ``training_step`` returns, computed with the module detached from the Trainer so
+    that its ``self.log`` calls are dropped instead of reaching the loop's logged results."""
+    pl_module.trainer = None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*`self.log\\(\\)`.*not registered.*")
+            with trainer.precision_plugin.train_step_context():
+                output = pl_module.training_step(batch, batch_idx)
+    except RuntimeError as err:
+        if "is not attached to a `Trainer`" not in str(err):
+            raise
+        raise MisconfigurationException(
+            "The LR range test of `max_lr='auto'` calls `training_step` outside the training "
+            "loop, and this `training_step` uses `self.trainer`. Pass `max_lr` by hand."
+        ) from err
+    finally:
+        pl_module.trainer = trainer
+    loss = output["loss"] if isinstance(output, Mapping) else output
+    if not isinstance(loss, torch.Tensor):
+        raise MisconfigurationException(
+            "The LR range test of `max_lr='auto'` needs `training_step` to return the loss "
+            f"(a tensor or a dict with 'loss'), got {type(output).__name__}."
+        )
+    return loss
+
+
+def _sync_gradients(strategy: Any, params: list[torch.nn.Parameter]) -> None:
+    """Average the gradients over the ranks under DDP (the DDP wrapper is bypassed)."""
+    if not isinstance(strategy, DDPStrategy) or strategy.world_size < 2:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _clip_gradients(trainer: pl.Trainer, params: list[torch.nn.Parameter]) -> None:
+    value = trainer.gradient_clip_val
+    if not value:
+        return
+    if trainer.gradient_clip_algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, float(value))
+    else:
+        torch.nn.utils.clip_grad_norm_(params, float(value))
+
+
+def _dataloaders(iterables: Any) -> list[Any]:
+    """The dataloaders inside ``trainer.train_dataloader`` (one, or a collection of them)."""
+    if isinstance(iterables, Mapping):
+        return list(iterables.values())
+    if isinstance(iterables, (list, tuple)):
+        return list(iterables)
+    return [iterables]
+
+
+def _loader_generators(loaders: list[Any]) -> list[torch.Generator]:
+    """The ``torch.Generator``s a dataloader's iteration advances (its own, its samplers')."""
+    found: dict[int, torch.Generator] = {}
+    for loader in loaders:
+        if not isinstance(loader, DataLoader):
+            continue
+        batch_sampler = loader.batch_sampler
+        candidates = [
+            loader.generator,
+            getattr(loader.sampler, "generator", None),
+            getattr(getattr(batch_sampler, "sampler", None), "generator", None),
+        ]
+        for gen in candidates:
+            if isinstance(gen, torch.Generator):
+                found[id(gen)] = gen
+    return list(found.values())
+
+
+def _cycle(iterables: Any) -> Generator[Any, None, None]:
+    """Batches from fresh iterators of the training dataloader(s), restarted when exhausted."""
+    combined = not isinstance(iterables, DataLoader) and isinstance(
+        iterables, (Mapping, list, tuple)
+    )
+    while True:
+        produced = False
+        if combined:
+            for batch, _, _ in CombinedLoader(iterables, mode="max_size_cycle"):
+                produced = True
+                yield batch
+        else:
+            for batch in iterables:
+                produced = True
+                yield batch
+        if not produced:
+            raise MisconfigurationException(
+                "The LR range test of `max_lr='auto'` found the training dataloader empty."
+            )
+
+
+def _same_state(a: Any, b: Any) -> bool:
+    """Whether two ``state_dict`` values are equal (nested dicts and sequences, tensors)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and a.dtype == b.dtype
+            and bool(torch.equal(a, b))
+        )
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+        )
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):  # values without a plain equality
+        return False
+
+
+class _Snapshot:
+    """Everything the sweep changes that the run after it reads, saved and put back."""
+
+    def __init__(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: torch.optim.Optimizer,
+        generators: list[torch.Generator],
+    ) -> None:
+        self.trainer, self.pl_module, self.optimizer = trainer, pl_module, optimizer
+        self.tensors = [*pl_module.parameters(), *pl_module.buffers()]
+        self.values = [t.detach().clone() for t in self.tensors]
+        self.grads = [
+            None if p.grad is None else p.grad.detach().clone() for p in pl_module.parameters()
+        ]
+        # In place, so that anything holding the param-group dicts keeps seeing the live ones.
+        self.group_values = [
+            {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
+            for group in optimizer.param_groups
+        ]
+        self.optimizer_state = {p: copy.deepcopy(s) for p, s in optimizer.state.items()}
+        self.modes = [(m, m.training) for m in pl_module.modules()]
+        self.callback_states = [
+            (cb, copy.deepcopy(cb.state_dict())) for cb in getattr(trainer, "callbacks", [])
+        ]
+        self.metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
+        self.metric_states = [copy.deepcopy(m.metric_state) for m in self.metrics]
+        self.metric_counts = [m.update_count for m in self.metrics]
+        self.generators = [(g, g.get_state()) for g in generators]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for tensor, saved in zip(self.tensors, self.values, strict=True):
+                tensor.copy_(saved)
+        for param, grad in zip(self.pl_module.parameters(), self.grads, strict=True):
+            param.grad = grad
+        for group, values in zip(self.optimizer.param_groups, self.group_values, strict=True):
+            group.update(values)
+        self.optimizer.state.clear()
+        self.optimizer.state.update(self.optimizer_state)
+        for module, training in self.modes:
+            module.train(training)
+        for callback, state in self.callback_states:
+            # Only a state the sweep changed is loaded back: `load_state_dict` also tells a
+            # callback that it resumed from a checkpoint (the LR callbacks' lifecycle).
+            if state and not _same_state(callback.state_dict(), state):
+                callback.load_state_dict(state)
+        for metric, metric_state, count in zip(
+            self.metrics, self.metric_states, self.metric_counts, strict=True
+        ):
+            metric.reset()
+            if count:
+                for name, value in metric_state.items():
+                    setattr(metric, name, value)
+        for generator, generator_state in self.generators:
+            generator.set_state(generator_state)

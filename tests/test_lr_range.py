@@ -1,0 +1,243 @@
+"""The LR range test of ``OneCycleScheduler(max_lr="auto")``: the rule, the exact undo, resume."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_reg import OneCycleScheduler
+from lightning_reg.lr_range import LRRangeTest, smooth, suggest_max_lr
+from tests.helpers import DigitsClassifier, digits
+
+# A short sweep keeps every test to about a second.
+FAST = LRRangeTest(min_lr=1e-4, max_lr=10.0, num_steps=40)
+
+
+class DropoutClassifier(DigitsClassifier):
+    """The digits MLP with dropout (so the sweep draws random numbers) and a logged metric."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+
+def loader(shuffle: bool = True, generator: torch.Generator | None = None) -> DataLoader[Any]:
+    x, y = digits(320)
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=shuffle, generator=generator)
+
+
+def fit(
+    max_lr: Any,
+    tmp_path: Path,
+    name: str,
+    epochs: int = 2,
+    generator_seed: int | None = None,
+    **trainer_kwargs: Any,
+) -> tuple[OneCycleScheduler, DropoutClassifier, pl.Trainer]:
+    pl.seed_everything(7, verbose=False)
+    model = DropoutClassifier()
+    cb = OneCycleScheduler(max_lr=max_lr, range_test=FAST)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name=name),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[cb],
+        **trainer_kwargs,
+    )
+    gen = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
+    trainer.fit(model, loader(generator=gen), loader(shuffle=False))
+    return cb, model, trainer
+
+
+def metrics_rows(trainer: pl.Trainer) -> list[dict[str, str]]:
+    path = Path(trainer.logger.log_dir) / "metrics.csv"  # type: ignore[union-attr]
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+# -- the rule ------------------------------------------------------------------------------------
+def test_smooth_is_a_bias_corrected_moving_average() -> None:
+    losses = [3.0, 1.0, 2.0, 5.0]
+    expected, avg = [], 0.0
+    for k, loss in enumerate(losses):
+        avg = 0.8 * avg + 0.2 * loss
+        expected.append(avg / (1 - 0.8 ** (k + 1)))
+    assert smooth(losses, 0.8) == pytest.approx(expected, rel=1e-15)
+    assert smooth(losses, 0.0) == losses
+
+
+def test_suggest_max_lr_is_the_lowest_smoothed_loss_over_the_divisor() -> None:
+    lrs = [10 ** (-4 + k / 10) for k in range(50)]
+    # A valley at lr 1e-2 (k = 20), then a blow-up ending in NaN.
+    losses = [2.0 + (math.log10(lr) + 2) ** 2 / 4 for lr in lrs[:40]] + [50.0] * 9 + [math.nan]
+    curve = smooth(losses[:49], 0.9)
+    best = min(range(49), key=curve.__getitem__)
+    assert best > 20  # the smoothing lags: the lowest smoothed loss comes later than the raw one
+    assert suggest_max_lr(lrs, losses, beta=0.9, divisor=3.0) == pytest.approx(lrs[best] / 3)
+    assert suggest_max_lr(lrs, losses, beta=0.0) == pytest.approx(lrs[20] / 2)  # default: / 2
+
+
+@pytest.mark.parametrize(
+    ("losses", "message"),
+    [
+        ([math.inf, 1.0, 0.5], "no finite loss"),
+        ([1.0, 1.5, 3.0], "never fell below its value at the first LR"),
+    ],
+)
+def test_suggest_max_lr_says_why_it_cannot(losses: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        suggest_max_lr([0.1, 1.0, 10.0], losses)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"min_lr": 0.0}, ValueError, "`min_lr` must be a finite number > 0, got 0.0."),
+        ({"max_lr": 1e-6}, ValueError, "`max_lr` must be a finite number > min_lr"),
+        ({"num_steps": 1}, ValueError, "`num_steps` must be an integer >= 2, got 1."),
+        ({"early_stop_threshold": 1.0}, ValueError, "`early_stop_threshold` must be"),
+        ({"divisor": 0.5}, ValueError, "`divisor` must be a finite number >= 1, got 0.5."),
+        ({"num_steps": 2.5}, TypeError, "`num_steps` must be an integer"),
+    ],
+)
+def test_range_test_rejects_bad_arguments(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(".", r"\.")):
+        LRRangeTest(**kwargs)
+
+
+def test_one_cycle_rejects_other_strings_and_range_tests() -> None:
+    with pytest.raises(TypeError, match="`max_lr` must be a number"):
+        OneCycleScheduler(max_lr="fast")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`range_test` must be an LRRangeTest"):
+        OneCycleScheduler(max_lr="auto", range_test={"num_steps": 10})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no range test has run yet"):
+        OneCycleScheduler(max_lr="auto", total_steps=100).as_schedule()
+
+
+# -- the sweep inside fit ------------------------------------------------------------------------
+@pytest.mark.parametrize("generator_seed", [None, 3], ids=["global-rng", "loader-generator"])
+def test_auto_run_equals_the_run_with_the_chosen_max_lr_by_hand(
+    tmp_path: Path, generator_seed: int | None
+) -> None:
+    auto, auto_model, auto_trainer = fit("auto", tmp_path, "auto", generator_seed=generator_seed)
+    result = auto.range_test_result
+    assert result is not None and math.isfinite(result.max_lr) and result.max_lr > 0
+    assert 2 <= len(result.lrs) <= FAST.num_steps
+    assert result.lrs == pytest.approx(FAST.lrs()[: len(result.lrs)])
+    _, hand_model, hand_trainer = fit(
+        result.max_lr, tmp_path, "hand", generator_seed=generator_seed
+    )
+    hand_state = hand_model.state_dict()
+    for name, value in auto_model.state_dict().items():
+        assert torch.equal(value, hand_state[name]), name
+    # The same batches, dropout masks and logged losses: the sweep left no trace in the run...
+    auto_rows, hand_rows = metrics_rows(auto_trainer), metrics_rows(hand_trainer)
+    train_losses = [r["train_loss_step"] for r in auto_rows if r.get("train_loss_step")]
+    assert train_losses == [r["train_loss_step"] for r in hand_rows if r.get("train_loss_step")]
+    assert len(train_losses) == 20
+    # ...but its curve and its choice are logged beside it.
+    curve = [float(r["lr_range_test/loss"]) for r in auto_rows if r.get("lr_range_test/loss")]
+    assert curve == pytest.approx(result.losses)
+    chosen = [float(r["lr_range_test/max_lr"]) for r in auto_rows if r.get("lr_range_test/max_lr")]
+    assert chosen == [pytest.approx(result.max_lr)]
+
+
+def test_a_diverging_sweep_stops_early_and_still_picks_a_finite_value(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    sweep = LRRangeTest(min_lr=1e-3, max_lr=1e4, num_steps=60)
+    cb = OneCycleScheduler(max_lr="auto", range_test=sweep)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
+    trainer.fit(DigitsClassifier(), loader())
+    result = cb.range_test_result
+    assert result is not None
+    assert len(result.lrs) < 60 and result.lrs[-1] < 1e4
+    assert result.stop_reason.startswith(("loss diverged", "non-finite loss"))
+    assert math.isfinite(result.max_lr) and result.max_lr < result.lrs[-1]
+
+
+def test_a_sweep_that_diverges_from_its_first_step_says_why(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    sweep = LRRangeTest(min_lr=1e3, max_lr=1e5, num_steps=20)
+    cb = OneCycleScheduler(max_lr="auto", range_test=sweep)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.raises(ValueError, match="Lower `min_lr` of the range test, or pass `max_lr`"):
+        trainer.fit(DigitsClassifier(), loader())
+
+
+def test_resume_after_the_sweep_does_not_sweep_again(tmp_path: Path) -> None:
+    """Stop after epoch 1 of 3, resume with a fresh callback: no second sweep, same weights as
+    the uninterrupted run."""
+
+    def run(callbacks: list[Any], ckpt: str | None, **kwargs: Any) -> DigitsClassifier:
+        pl.seed_everything(1, verbose=False)
+        model = DigitsClassifier()
+        trainer = pl.Trainer(
+            max_epochs=3, logger=False, enable_progress_bar=False, callbacks=callbacks, **kwargs
+        )
+        trainer.fit(model, loader(shuffle=False), ckpt_path=ckpt)
+        return model
+
+    saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
+    first = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    full = run([first, saver], None)
+    assert first.range_test_result is not None
+    resumed_cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    resumed = run([resumed_cb], str(tmp_path / "epoch=0.ckpt"), enable_checkpointing=False)
+    assert resumed_cb.range_test_result is None  # restored, not swept
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_one_callback_reused_across_trainers_sweeps_in_each_fit(tmp_path: Path) -> None:
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    results = []
+    for seed in (0, 1):
+        pl.seed_everything(seed, verbose=False)
+        trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
+        trainer.fit(DigitsClassifier(), loader())
+        results.append(cb.range_test_result)
+    assert results[0] is not None and results[1] is not None
+    assert results[0].losses != results[1].losses  # the second fit swept its own model
+
+
+class ManualClassifier(DigitsClassifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (ManualClassifier, "needs automatic optimization"),
+    ],
+)
+def test_run_shapes_the_sweep_cannot_undo_are_named(model: type, message: str) -> None:
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.raises(MisconfigurationException, match=message):
+        trainer.fit(model(), loader())
