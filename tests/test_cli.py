@@ -366,6 +366,8 @@ def test_fit_help_describes_the_app_in_plain_text(capsys: pytest.CaptureFixture[
     assert "dropout rate of dense blocks, in [0, 1). (type: float, default: 0.2)" in text
     assert "or None for no constraint. (type: float | null, default: 3.0)" in text
     assert "Default 0.0" not in text
+    # Group headings: the first sentence of each class's docstring.
+    assert "training, val, test splits, data preparation and transforms: --data.help" in text
 
 
 def test_plain_help_examples() -> None:
