@@ -261,13 +261,13 @@ def case_composed_schedules(args: argparse.Namespace) -> dict[str, Any]:
 
 
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "max_norm_two_optimizers": case_max_norm_two_optimizers,
     "one_cycle": case_one_cycle,
     "plateau": case_plateau,
     "composed_schedules": case_composed_schedules,
     "regularized_ddp": case_regularized_ddp,
     "regularized_fsdp2": case_regularized_fsdp2,
     "mc_predict": case_mc_predict,
-    "max_norm_two_optimizers": case_max_norm_two_optimizers,
 }
 
 
