@@ -516,8 +516,9 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             >>> class Net(RegularizedModule):
             ...     def configure_callbacks(self):
             ...         return [*super().configure_callbacks(), EarlyStopping("val_loss")]
-            >>> [type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks()]
-            ['MaxNorm', 'EarlyStopping']
+            >>> max_norm, stopping = Net(max_norm=3.0).configure_callbacks()
+            >>> type(max_norm).__name__, type(stopping).__name__
+            ('MaxNorm', 'EarlyStopping')
         """
         inherited = super().configure_callbacks()
         callbacks = [inherited] if isinstance(inherited, pl.Callback) else list(inherited)

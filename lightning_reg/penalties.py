@@ -1,4 +1,4 @@
-"""Weight selection, fused l1/l2 penalties and the in-place max-norm constraint.
+"""Weight selection, fused l1/l2 penalties and the fused in-place max-norm constraint.
 
 Pure functions over a plain ``nn.Module`` or a list of tensors: no Lightning import, no host
 sync, and no Python loop doing per-parameter arithmetic where a multi-tensor op does the job.

@@ -33,7 +33,7 @@ from lightning_reg.demos.cli import (
     missing_requirements,
     plain_help,
 )
-from lightning_reg.demos.report import ReportOptions, read_metrics
+from lightning_reg.demos.report import ReportOptions, format_summary, read_metrics
 from lightning_reg.schedules import OneCycle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,6 +366,8 @@ def test_fit_help_describes_the_app_in_plain_text(capsys: pytest.CaptureFixture[
     assert "dropout rate of dense blocks, in [0, 1). (type: float, default: 0.2)" in text
     assert "or None for no constraint. (type: float | null, default: 3.0)" in text
     assert "Default 0.0" not in text
+    # Group headings: the first sentence of each class's docstring.
+    assert "training, val, test splits, data preparation and transforms: --data.help" in text
 
 
 def test_plain_help_examples() -> None:
@@ -386,3 +388,21 @@ def test_every_example_config_parses_and_says_what_it_is(
     assert path.read_text().startswith("# "), f"{path.name} opens without a comment"
     config = printed_config(capsys, f"--config={path}")
     assert config["model"] and "class_path" in config["data"]
+
+
+def test_the_quoted_default_run_has_the_current_output_format() -> None:
+    # docs/cli.md quotes docs/snippets/default_fit.txt (written by docs/snippets/generate.py): its
+    # table must be what format_summary prints today, its accuracies consistent with the table.
+    lines = (ROOT / "docs" / "snippets" / "default_fit.txt").read_text().splitlines()
+    assert lines[0].startswith("$ lightning-reg fit") and lines[1] == "..."
+    scores = {"accuracy": 0.0, "ece": 0.0, "nll": 0.0, "mean_entropy": 0.0}
+    summary = {"num_examples": 270, "n_samples": 50, "ece_bins": 15}
+    table = format_summary({**summary, "deterministic": scores, "mc_dropout": scores})
+    assert lines[2:4] == table.splitlines()[:2]
+    deterministic = float(lines[4].split()[1])
+    match = re.fullmatch(r"validation accuracy ([\d.]+) \| test accuracy ([\d.]+)", lines[6])
+    assert match and float(match[2]) == deterministic
+    # The README quotes the same run.
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"({float(match[1]):.3f} and {float(match[2]):.3f} in the run shown in" in readme
+    assert lines[7] == "Outputs in lightning_reg_runs/version_0:"

@@ -240,8 +240,13 @@ def _help_formatter() -> type:
 
         @override
         def start_section(self, heading: str | None) -> None:
-            # Group headings are the first line of each class's docstring.
-            super().start_section(None if heading is None else plain_help(heading))
+            # Group headings are the first line of each class's docstring: keep its first sentence
+            # (argparse adds the colon).
+            if heading is not None:
+                heading = plain_help(heading)
+                if ". " in heading:
+                    heading = heading.split(". ", 1)[0]
+            super().start_section(heading)
 
     return PlainHelpFormatter
 

@@ -294,6 +294,7 @@ def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
 
 
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "max_norm_two_optimizers": case_max_norm_two_optimizers,
     "auto_max_lr": case_auto_max_lr,
     "one_cycle": case_one_cycle,
     "plateau": case_plateau,
@@ -301,7 +302,6 @@ CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "regularized_ddp": case_regularized_ddp,
     "regularized_fsdp2": case_regularized_fsdp2,
     "mc_predict": case_mc_predict,
-    "max_norm_two_optimizers": case_max_norm_two_optimizers,
 }
 
 
