@@ -169,8 +169,10 @@ def _configs_command(args: Sequence[str]) -> None:
         print("Example configs: `lightning-reg configs NAME` prints one, `lightning-reg configs")
         print('--path NAME` its file, to run it: lightning-reg fit --config "$(lightning-reg')
         print('configs --path NAME)"')
-        for name in config_names():
-            print(f"  {name:<16}{config_path(name)}")
+        names = config_names()
+        width = max(len(name) for name in names) + 2
+        for name in names:
+            print(f"  {name:<{width}}{config_path(name)}")
         return
     try:
         path = config_path(args[0])
