@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,69 @@ def test_run_shapes_the_sweep_cannot_undo_are_named(model: type, message: str) -
     trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(MisconfigurationException, match=message):
         trainer.fit(model(), loader())
+
+
+# -- "auto" on the LR callbacks' lifecycle (fresh state per fit, the saved cycle on resume) -------
+def _auto_then_resume(
+    tmp_path: Path, first_max_lr: Any, resumed_max_lr: Any, resumed_epochs: int
+) -> tuple[OneCycleScheduler, OneCycleScheduler, list[str]]:
+    """Fit 2 epochs (checkpoint after epoch 0), then resume from it with a fresh callback."""
+    saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
+    first = OneCycleScheduler(max_lr=first_max_lr, range_test=FAST)
+    pl.seed_everything(1, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, callbacks=[first, saver]
+    )
+    trainer.fit(DigitsClassifier(), loader(shuffle=False))
+    resumed = OneCycleScheduler(max_lr=resumed_max_lr, range_test=FAST)
+    trainer = pl.Trainer(
+        max_epochs=resumed_epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[resumed],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DigitsClassifier(), loader(shuffle=False), ckpt_path=tmp_path / "epoch=0.ckpt")
+    return first, resumed, [str(w.message) for w in caught]
+
+
+def test_an_auto_resume_continues_the_saved_cycle_without_a_changed_config_warning(
+    tmp_path: Path,
+) -> None:
+    first, resumed, messages = _auto_then_resume(tmp_path, "auto", "auto", resumed_epochs=2)
+    assert first.range_test_result is not None and resumed.range_test_result is None
+    assert resumed.config["max_lr"] == first.config["max_lr"] == [first.range_test_result.max_lr]
+    assert resumed.config["total_steps"] == first.config["total_steps"] == [20]
+    assert not [m for m in messages if "different cycle" in m], messages
+    assert resumed.state_dict()["auto_max_lr"] == first.range_test_result.max_lr
+
+
+def test_an_auto_resume_with_more_epochs_names_only_total_steps(tmp_path: Path) -> None:
+    first, resumed, messages = _auto_then_resume(tmp_path, "auto", "auto", resumed_epochs=3)
+    assert resumed.range_test_result is None  # no second sweep
+    (warning,) = [m for m in messages if "different cycle" in m]
+    assert "`total_steps`: [20] in the checkpoint, [30] now" in warning
+    assert "`max_lr`" not in warning
+    assert resumed.config["total_steps"] == [20]  # the saved cycle continues
+    assert resumed.config["max_lr"] == first.config["max_lr"]
+
+
+def test_auto_resumed_from_a_hand_set_cycle_continues_it_and_says_so(tmp_path: Path) -> None:
+    _, resumed, messages = _auto_then_resume(tmp_path, 0.05, "auto", resumed_epochs=2)
+    assert resumed.range_test_result is None  # the checkpoint's cycle is continued, not swept
+    (warning,) = [m for m in messages if "different cycle" in m]
+    assert "`max_lr`: [0.05] in the checkpoint, 'auto' now" in warning
+    assert resumed.config["max_lr"] == [0.05]
+
+
+def test_the_sweep_does_not_mark_the_callback_as_resumed() -> None:
+    """The undo loads back only what the sweep changed: the scheduler's own state is untouched,
+    so a fresh fit keeps its fresh-fit warnings (here: cycling switches momentum 0 on)."""
+    pl.seed_everything(0, verbose=False)
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.warns(UserWarning, match="has momentum 0"):
+        trainer.fit(DigitsClassifier(momentum=0.0), loader())
+    assert cb.range_test_result is not None and not cb.restored
