@@ -1,4 +1,4 @@
-"""Monte Carlo dropout: what is sampled, modes, inputs, outputs, batched sampling, Trainer.predict."""
+"""Monte Carlo dropout: what is sampled, modes, inputs, outputs, batching, Trainer.predict."""
 
 from __future__ import annotations
 
@@ -304,9 +304,12 @@ def test_mc_dropout_mode_is_train_mode_with_statistics_layers_in_eval() -> None:
     with mc_dropout_mode(model, eval_modules=(nn.GroupNorm,)):
         assert [m.training for m in model] == [True, False, True, False]
     assert not any(m.training for m in model.modules())
-    with pytest.raises(TypeError, match="`eval_modules` must hold nn.Module subclasses"):
-        with mc_dropout_mode(model, eval_modules=("BatchNorm",)):  # type: ignore[arg-type]
-            pass
+    bad = ("BatchNorm",)
+    with (
+        pytest.raises(TypeError, match=r"`eval_modules` must hold nn\.Module subclasses"),
+        mc_dropout_mode(model, eval_modules=bad),  # type: ignore[arg-type]
+    ):
+        pass
 
 
 # ------------------------------------------------------------------ outputs
@@ -378,7 +381,8 @@ def test_batches_as_lightning_gives_them() -> None:
     torch.testing.assert_close(run([x, y]), expected)
     torch.testing.assert_close(run((y, x), input_key=1), expected)
     torch.testing.assert_close(run({"image": x, "label": y}, input_key="image"), expected)
-    torch.testing.assert_close(run({"inputs": {"x": x}}, input_key=lambda b: b["inputs"]["x"]), expected)  # fmt: skip
+    nested = {"inputs": {"x": x}}
+    torch.testing.assert_close(run(nested, input_key=lambda b: b["inputs"]["x"]), expected)
     with pytest.raises(ValueError, match=r"dict with keys \['image', 'label'\].*`input_key`"):
         run({"image": x, "label": y})
     with pytest.raises(ValueError, match="`input_key='x'` selects nothing in the dict batch"):
@@ -426,11 +430,12 @@ def test_layers_before_the_first_random_layer_run_once_and_give_the_same_samples
     first, last = _rows_seen(model[0]), _rows_seen(model[3])
     x, _ = digits(32)
     torch.manual_seed(3)
-    shared = mc_dropout_predict(model, x, 100, task="regression", batch_size=800, return_samples=True)  # fmt: skip
+    kwargs: dict[str, Any] = {"task": "regression", "batch_size": 800, "return_samples": True}
+    shared = mc_dropout_predict(model, x, 100, **kwargs)
     assert first == [32] and last == [800] * 4
     first.clear()
     torch.manual_seed(3)
-    whole = mc_dropout_predict(_Opaque(model), x, 100, task="regression", batch_size=800, return_samples=True)  # fmt: skip
+    whole = mc_dropout_predict(_Opaque(model), x, 100, **kwargs)
     assert first == [800] * 4
     assert shared.samples is not None and whole.samples is not None
     torch.testing.assert_close(shared.samples, whole.samples, rtol=1e-5, atol=1e-6)
