@@ -13,13 +13,16 @@ train mode), while the layers whose train mode changes statistics
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from lightning_reg._validation import check_int
 
@@ -382,6 +385,38 @@ def _pass_sizes(n_samples: int, per_pass: int) -> list[int]:
     return [per_pass] * full + ([last] if last else [])
 
 
+class _UniformMasks(TorchFunctionMode):
+    """The ``fast_masks=True`` path: while active (in this thread only), ``F.dropout(x, p,
+    training=True)`` on a CPU float32/float64 tensor that needs no gradient draws its mask as
+    ``torch.rand_like(x) >= p`` instead of with torch's Bernoulli kernel, the slow part of MC
+    dropout on CPU. The law is the same up to the uniform draw's grid (``2**-24`` for float32):
+    each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``. Every other call
+    (the channel and alpha variants, attention and recurrent dropout inside torch's kernels, any
+    other function) runs unchanged."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.dropout and len(args) == 1 and set(kwargs) == {"p", "training", "inplace"}:
+            x, p = args[0], kwargs["p"]
+            if (
+                kwargs["training"]
+                and not kwargs["inplace"]
+                and 0.0 < p < 1.0
+                and isinstance(x, Tensor)
+                and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64)
+                and not (x.requires_grad and torch.is_grad_enabled())
+            ):
+                return torch.rand_like(x).ge_(p).mul_(x).mul_(1.0 / (1.0 - p))
+        return func(*args, **kwargs)
+
+
 def _dropout_sources(model: nn.Module) -> list[str]:
     """``name (Type, p=...)`` of every dropout module, attention and recurrent layer."""
     found = []
@@ -415,6 +450,7 @@ def mc_dropout_predict(
     from_logits: bool = True,
     batch_size: int | None = None,
     eval_modules: Sequence[type[nn.Module]] = (),
+    fast_masks: bool = False,
     return_samples: bool = False,
 ) -> MCDropoutResult:
     """Monte Carlo dropout: the mean and spread of ``n_samples`` stochastic forward passes.
@@ -469,6 +505,13 @@ def mc_dropout_predict(
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
             as many as keep the replicated input within 2**21 elements, at least all the rows.
         eval_modules: more module types to keep in eval mode. Default ``()``.
+        fast_masks: the one faster path, for CPU: ``F.dropout`` (which every ``nn.Dropout``,
+            ``MCDropout`` and transformer layer calls) draws its masks from uniform numbers,
+            ``torch.rand_like(x) >= p``, instead of torch's Bernoulli kernel: the same law (up
+            to the uniform grid, ``2**-24`` in float32), other numbers than torch's under the
+            same seed. Only CPU float32/float64 tensors; channel and alpha dropout, attention
+            and LSTM dropout keep torch's kernels. It acts within this call only (a
+            ``TorchFunctionMode``, local to the thread). Default ``False``: torch's kernels.
         return_samples: also return every sample. Default ``False``.
 
     Returns:
@@ -508,7 +551,8 @@ def mc_dropout_predict(
     )
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
-    for name, flag in (("from_logits", from_logits), ("return_samples", return_samples)):
+    flags = (("from_logits", from_logits), ("fast_masks", fast_masks))
+    for name, flag in (*flags, ("return_samples", return_samples)):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
     x = _select_input(batch, input_key)
@@ -518,8 +562,10 @@ def mc_dropout_predict(
             f"{tuple(x.shape)}."
         )
     body = model.mc_dropout_module() if isinstance(model, MCDropoutMixin) else model
+    masks = _UniformMasks() if fast_masks else contextlib.nullcontext()
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):
-        samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
+        with masks:
+            samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
         if task == "classification" and from_logits:
             samples = samples.softmax(-1)
         result = _summarize(samples, task, return_samples)
@@ -561,6 +607,7 @@ class MCDropoutMixin:
             ``None``.
         mc_batch_size: ``batch_size`` of :func:`mc_dropout_predict`. Default ``None``.
         mc_eval_modules: ``eval_modules`` of :func:`mc_dropout_predict`. Default ``()``.
+        mc_fast_masks: ``fast_masks`` of :func:`mc_dropout_predict`. Default ``False``.
 
     Example:
         >>> import lightning.pytorch as pl, torch
@@ -590,6 +637,7 @@ class MCDropoutMixin:
     mc_output_batch_dim: int | None = None
     mc_batch_size: int | None = None
     mc_eval_modules: tuple[type[nn.Module], ...] = ()
+    mc_fast_masks: bool = False
 
     def mc_dropout_module(self) -> nn.Module:
         """The module :func:`mc_dropout_predict` runs as this model's forward pass: ``self``.
@@ -641,4 +689,5 @@ class MCDropoutMixin:
             output_batch_dim=self.mc_output_batch_dim,
             batch_size=self.mc_batch_size,
             eval_modules=self.mc_eval_modules,
+            fast_masks=self.mc_fast_masks,
         )
