@@ -516,6 +516,42 @@ def test_task_is_required() -> None:
         mc_dropout_predict(_net(), torch.randn(4, 64))  # type: ignore[call-arg]
 
 
+# ------------------------------------------------------------------ fast_masks
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
+def test_fast_masks_keep_each_element_with_probability_1_minus_p(p: float) -> None:
+    x = torch.rand(1, 20_000) + 0.5
+    result = mc_dropout_predict(
+        nn.Dropout(p), x, 10, task="regression", fast_masks=True, return_samples=True
+    )
+    assert result.samples is not None
+    kept = result.samples != 0
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    survivors = result.samples[kept]
+    torch.testing.assert_close(survivors, x.expand_as(result.samples)[kept] / (1 - p))
+
+
+def test_fast_masks_sample_the_same_law_and_act_only_within_the_call() -> None:
+    model = _net(p=0.5)
+    x, _ = digits(16)
+    n = 600
+    torch.manual_seed(0)
+    fast = mc_dropout_predict(model, x, n, task="regression", fast_masks=True, return_samples=True)
+    plain = mc_dropout_predict(model, x, n, task="regression", return_samples=True)
+    assert fast.samples is not None and plain.samples is not None
+    _assert_same_law(fast.samples, plain.samples)
+    torch.manual_seed(1)
+    one_per_pass: dict[str, Any] = {"task": "regression", "batch_size": 16, "return_samples": True}
+    fast = mc_dropout_predict(model, x, 4, fast_masks=True, **one_per_pass)
+    torch.manual_seed(1)
+    plain = mc_dropout_predict(model, x, 4, **one_per_pass)
+    assert not torch.equal(fast.samples, plain.samples)  # other numbers: another sampler
+    torch.manual_seed(1)
+    torch.testing.assert_close(plain.samples, _reference(model, x, 4, softmax=False))
+
+
 def test_mc_dropout_layer_counts_as_dropout() -> None:
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), MCDropout(0.4), nn.Linear(32, 10)).eval()
     result = mc_dropout_predict(model, digits(8)[0], n_samples=20, task="classification")
