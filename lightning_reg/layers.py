@@ -158,10 +158,9 @@ def activation(name: str) -> nn.Module:
         TypeError: if ``name`` is not a string.
         ValueError: if ``name`` is unknown (the message lists the valid names).
 
-    Example::
-
-        act = activation("elu")
-        assert isinstance(act, torch.nn.ELU)
+    Example:
+        >>> activation("elu")
+        ELU(alpha=1.0)
     """
     return ACTIVATIONS[_check_activation(name)]()
 
@@ -310,10 +309,10 @@ def dense_block(
         TypeError: if a width is not an integer or a name is not a string.
         ValueError: if a width is < 1, ``dropout`` is outside ``[0, 1)`` or a name is unknown.
 
-    Example::
-
-        block = dense_block(64, 128, activation="selu", dropout=0.1)
-        assert isinstance(block[2], torch.nn.AlphaDropout)
+    Example:
+        >>> block = dense_block(64, 128, activation="selu", dropout=0.1)
+        >>> [type(layer).__name__ for layer in block]
+        ['Linear', 'SELU', 'AlphaDropout']
     """
     check_int("in_features", in_features, 1)
     check_int("out_features", out_features, 1)
