@@ -6,8 +6,8 @@ A ``RegularizedMLP`` with dropout 0.3 is trained briefly. On the test split the 
 the deterministic prediction (dropout off) with the Monte Carlo dropout prediction (the mean of
 100 stochastic passes in train mode with BatchNorm-type layers in eval, drawn in batched form by
 ``mc_dropout_predict``), then prints the mean predictive entropy of the correct and of the wrong
-MC predictions: a useful uncertainty is higher where the model is wrong. The last line repeats the MC prediction through
-``Trainer.predict`` with ``model.mc_samples = 100``.
+MC predictions: a useful uncertainty is higher where the model is wrong. The last line repeats
+the MC prediction through ``Trainer.predict`` with ``model.mc_samples = 100``.
 """
 
 from __future__ import annotations

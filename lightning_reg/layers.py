@@ -311,8 +311,8 @@ def dense_block(
 
     Example:
         >>> block = dense_block(64, 128, activation="selu", dropout=0.1)
-        >>> [type(layer).__name__ for layer in block]
-        ['Linear', 'SELU', 'AlphaDropout']
+        >>> tuple(type(layer).__name__ for layer in block)
+        ('Linear', 'SELU', 'AlphaDropout')
     """
     check_int("in_features", in_features, 1)
     check_int("out_features", out_features, 1)

@@ -207,10 +207,10 @@ def mc_dropout_mode(
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
         ...                             torch.nn.Dropout(0.5)).eval()
         >>> with mc_dropout_mode(model):
-        ...     [m.training for m in model]
-        [True, False, True]
-        >>> [m.training for m in model]
-        [False, False, False]
+        ...     tuple(m.training for m in model)
+        (True, False, True)
+        >>> tuple(m.training for m in model)
+        (False, False, False)
     """
     kept = _check_module_types(eval_modules)
     modes = [(module, module.training) for module in model.modules()]
