@@ -1,7 +1,7 @@
 """Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` against its arithmetic floor.
 
 Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
-3 rounds of batch 8, a smoke run). Numbers go in ``docs/benchmarks.md``, not here.
+2 rounds of batch 8, a smoke run). Numbers go in ``docs/benchmarks.md``, not here.
 
 For each model, these are timed in one run, interleaved (one of each per round, so drifts in
 machine load hit all alike), and the table reports medians:
@@ -148,14 +148,14 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str
 
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser = argparse.ArgumentParser(description="MC dropout against its arithmetic floor.")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of batch 8 (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of batch 8 (smoke run)")
     parser.add_argument("--batch", type=int, default=None, help="rows of x (default 128)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rounds = args.rounds or (3 if args.quick else 15)
+    rounds = args.rounds or (2 if args.quick else 15)
     batch = args.batch or (8 if args.quick else 128)
     torch.manual_seed(0)
     cases = [

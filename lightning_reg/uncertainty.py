@@ -366,6 +366,11 @@ def _draw(
         for k in _pass_sizes(n_samples, per_pass):
             hk = _replicate(h, k, batch_dim)
             out = model(hk) if rest is None else _apply(rest, hk)
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"MC dropout needs a model that returns a tensor, got {type(out).__name__}: "
+                    "wrap the model so that it returns the prediction as one tensor."
+                )
             if out.dim() <= output_batch_dim or out.shape[output_batch_dim] != k * m:
                 raise ValueError(
                     f"The model mapped {k * m} input rows (dim {batch_dim}) to an output of "

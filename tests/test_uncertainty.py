@@ -396,6 +396,9 @@ def test_batches_as_lightning_gives_them() -> None:
 def test_output_batch_dim_must_match_the_output() -> None:
     with pytest.raises(ValueError, match="set `output_batch_dim`"):
         mc_dropout_predict(_SeqFirstLSTM(), torch.randn(4, 5, 8), 3, task="regression", batch_dim=1)
+    lstm = nn.Sequential(nn.Dropout(0.1), nn.LSTM(8, 4))  # returns (output, (h, c))
+    with pytest.raises(TypeError, match="returns a tensor, got tuple"):
+        mc_dropout_predict(lstm, torch.randn(4, 5, 8), 3, task="regression")
 
 
 # ------------------------------------------------------------------ batched sampling
