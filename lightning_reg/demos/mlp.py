@@ -53,10 +53,13 @@ class RegularizedMLP(RegularizedModule):
         ValueError: if an argument is out of range, or ``as_weight_decay=True`` is combined with
             ``optimizer="adamw"``.
 
-    Example::
-
-        model = RegularizedMLP(hidden=(128, 128), dropout=0.2, l2=1e-4, max_norm=3.0)
-        Trainer(max_epochs=5).fit(model, datamodule=DigitsDataModule())
+    Example:
+        >>> import torch
+        >>> model = RegularizedMLP(hidden=(128, 128), dropout=0.2, l2=1e-4, max_norm=3.0)
+        >>> model(torch.randn(4, 64)).shape  # logits; Trainer.predict gives probabilities
+        torch.Size([4, 10])
+        >>> model.mc_task  # with mc_samples set, MC summaries of the probabilities
+        'classification'
     """
 
     mc_task = "classification"
