@@ -1,40 +1,34 @@
-"""Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` vs one forward pass.
+"""Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` against its arithmetic floor.
 
-Run: ``python benchmarks/mc_dropout.py [--batch N]`` (``--quick``: 3 rounds of batch 8).
+Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
+2 rounds of batch 8, a smoke run). Numbers go in ``docs/benchmarks.md``, not here.
 
-For each model the four timings are interleaved (one of each per round, so drifts in machine
-load hit all alike) and the table reports medians:
+For each model, these are timed in one run, interleaved (one of each per round, so drifts in
+machine load hit all alike), and the table reports medians:
 
-* one forward pass of the batch in eval mode (``torch.no_grad``);
-* ``mc_dropout_predict(model, x, n_samples=100)``: batched sampling (the batch replicated along
-  the batch dimension), the layers before the first dropout run once, summary (mean, std,
-  entropy) included;
-* the same with the whole model replicated (the model hidden behind a plain ``nn.Module``, so
-  nothing is shared): what batched sampling costs without the shared prefix;
-* the naive loop: 100 separate forward passes with dropout on, plus the same summary.
+* ``1 forward``: one eval-mode forward pass of the batch (``torch.no_grad``), for scale;
+* ``floor``: the arithmetic MC dropout cannot avoid, the same layers run the same way without
+  dropout: a copy of the model with every dropout probability set to 0 (dropout modules and
+  ``nn.MultiheadAttention``), in the modes MC dropout samples in (train mode, BatchNorm in
+  eval), the layers before the first random layer once on the batch, the rest once on the
+  batch replicated 100 times;
+* ``mc_dropout_predict``: 100 samples with ``task="classification"`` (softmax, mean, std and
+  entropy included);
+* ``fast_masks``: the same with ``fast_masks=True`` (masks from uniform numbers, CPU only);
+* ``loop``: the naive loop, 100 forward passes in train mode with the same summary.
 
-Models: an MLP 784-512x3-10 with dropout after each hidden layer, the digits
-``RegularizedMLP`` (through ``mc_dropout_module()``, its ``nn.Sequential`` body), and the
-textbook's small CNN on 28x28 inputs with dropout only in its dense head. Measured on the
-development machine (2 shared CPU cores, torch 2.13, 2 threads, batch 128, median of 30 rounds):
-
-=============================== ========= ========= ======= ========== ======= ========= ======
-model                           1 fwd ms  ours ms   ratio   whole ms   ratio   loop ms   loop /
-                                                                                         ours
-=============================== ========= ========= ======= ========== ======= ========= ======
-MLP 784-512x3-10                1.215     112.36    92.5x   181.44     149.4x  237.41    2.11x
-digits RegularizedMLP 64-128x2  0.107     11.94     111.5x  13.43      125.4x  31.35     2.63x
-CNN 28x28, dropout in the head  22.267    26.59     1.2x    2010.36    90.3x   2022.97   76.07x
-=============================== ========= ========= ======= ========== ======= ========= ======
-
-``--batch 1``: 15.1x, 10.2x, 3.6x. The target was 100 samples within 20x one forward pass: met
-by the CNN and by every model on a single input; not by the MLPs at batch 128, where one pass
-already keeps the CPU busy and 100 samples do 100x the arithmetic after the first dropout.
+Models: an MLP 784-512x3-10 with dropout 0.2 after each hidden layer (an ``nn.Sequential``:
+its first Linear runs once); the textbook's small CNN on 28x28 inputs with dropout only in its
+dense head (a Sequential: the convolutions run once); a small transformer classifier (a
+custom module, so it runs whole on the replicated input): a Linear embedding of 16 tokens of
+32 features to width 64, ``nn.TransformerEncoder`` of 2 layers (4 heads, feed-forward 128,
+dropout 0.1, which includes attention-weight dropout), mean over tokens, Linear to 10 classes.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -42,13 +36,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lightning_reg.demos import RegularizedMLP
-from lightning_reg.uncertainty import mc_dropout_predict
+from lightning_reg.uncertainty import DROPOUT_MODULES, _split, mc_dropout_mode, mc_dropout_predict
 
 N_SAMPLES = 100
 
 
-def _mlp_784() -> nn.Module:
+def _mlp() -> nn.Module:
     layers: list[nn.Module] = []
     width = 784
     for _ in range(3):
@@ -74,26 +67,56 @@ def _cnn() -> nn.Module:
     )
 
 
-class _Whole(nn.Module):
-    """Hides that a model is an ``nn.Sequential``, so every layer runs on the replicated input
-    (what ``mc_dropout_predict`` did before it ran the dropout-free prefix once)."""
+class TransformerClassifier(nn.Module):
+    """Linear token embedding, a 2-layer ``nn.TransformerEncoder``, mean pooling, a head."""
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, features: int = 32, width: int = 64, classes: int = 10) -> None:
         super().__init__()
-        self.inner = inner
+        self.embed = nn.Linear(features, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+        return self.head(self.encoder(self.embed(x)).mean(1))
 
 
-def _loop(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.train()
-    try:
+def without_dropout(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every dropout probability set to 0."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, DROPOUT_MODULES):
+            module.p = 0.0
+        if isinstance(module, nn.MultiheadAttention):
+            module.dropout = 0.0
+    return twin
+
+
+def floor_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """The floor: ``model`` without dropout, its prefix once, the rest on 100 replicas."""
+    twin = without_dropout(model)
+    prefix, rest = _split(twin, 0)
+
+    def run() -> object:
+        with mc_dropout_mode(twin):
+            h = x
+            for layer in prefix:
+                h = layer(h)
+            h = h.repeat(N_SAMPLES, *([1] * (h.dim() - 1)))
+            if rest is None:
+                return twin(h)
+            for layer in rest:
+                h = layer(h)
+            return h
+
+    return run
+
+
+def _loop(model: nn.Module, x: torch.Tensor) -> object:
+    with mc_dropout_mode(model):
         samples = torch.stack([model(x).softmax(-1) for _ in range(N_SAMPLES)])
-    finally:
-        model.eval()
     std, mean = torch.std_mean(samples, 0, correction=0)
-    return -torch.special.xlogy(mean, mean).sum(-1) + std.sum()
+    return -torch.special.xlogy(mean, mean).sum(-1), std
 
 
 def _median_ms(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -108,61 +131,55 @@ def _median_ms(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, f
 
 def bench(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str, float | str]:
     model.eval()
-
-    def forward() -> object:
-        return model(x)
-
-    body = model.mc_dropout_module() if isinstance(model, RegularizedMLP) else model
-    whole = _Whole(body)
     fns: dict[str, Callable[[], object]] = {
-        "forward": forward,
-        "mc": lambda: mc_dropout_predict(model, x, n_samples=N_SAMPLES),
-        "whole": lambda: mc_dropout_predict(whole, x, n_samples=N_SAMPLES),
+        "forward": lambda: model(x),
+        "floor": floor_fn(model, x),
+        "mc": lambda: mc_dropout_predict(model, x, N_SAMPLES, task="classification"),
+        "fast": lambda: mc_dropout_predict(
+            model, x, N_SAMPLES, task="classification", fast_masks=True
+        ),
         "loop": lambda: _loop(model, x),
     }
     with torch.no_grad():
-        _median_ms(fns, 2)  # warm-up
+        _median_ms(fns, 1)  # warm-up
         ms = _median_ms(fns, rounds)
-    return {
-        "model": name,
-        **ms,
-        "ratio": ms["mc"] / ms["forward"],
-        "whole_ratio": ms["whole"] / ms["forward"],
-        "speedup": ms["loop"] / ms["mc"],
-    }
+    return {"model": name, **ms}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
-    parser = argparse.ArgumentParser(description="MC dropout vs one forward pass.")
-    parser.add_argument("--quick", action="store_true", help="few rounds of batch 8 (smoke run)")
+    parser = argparse.ArgumentParser(description="MC dropout against its arithmetic floor.")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of batch 8 (smoke run)")
     parser.add_argument("--batch", type=int, default=None, help="rows of x (default 128)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rounds = 3 if args.quick else 30
-    if args.batch is None:
-        args.batch = 8 if args.quick else 128
+    rounds = args.rounds or (2 if args.quick else 15)
+    batch = args.batch or (8 if args.quick else 128)
     torch.manual_seed(0)
-    digits = RegularizedMLP(hidden=(128, 128), dropout=0.2)
-    rows = [
-        bench("MLP 784-512x3-10", _mlp_784(), torch.randn(args.batch, 784), rounds),
-        bench("digits RegularizedMLP 64-128x2-10", digits, torch.randn(args.batch, 64), rounds),
-        bench("CNN 28x28, dropout in the head", _cnn(), torch.randn(args.batch, 1, 28, 28), rounds),
+    cases = [
+        ("MLP 784-512x3-10", _mlp(), (784,)),
+        ("CNN 28x28, dropout in the head", _cnn(), (1, 28, 28)),
+        ("transformer 16x32, 2 layers", TransformerClassifier(), (16, 32)),
     ]
+    rows = [bench(name, model, torch.randn(batch, *shape), rounds) for name, model, shape in cases]
     print(
-        f"\nMC dropout, {N_SAMPLES} samples, batch {args.batch}, "
-        f"{torch.get_num_threads()} threads, median of {rounds} interleaved rounds\n"
+        f"\nMC dropout, {N_SAMPLES} samples, batch {batch}, {torch.get_num_threads()} threads, "
+        f"median of {rounds} interleaved rounds\n"
     )
     print(
-        "| model | 1 forward (ms) | mc_dropout_predict (ms) | ratio | whole model replicated "
-        "(ms) | ratio | naive loop (ms) | loop / ours |"
+        "| model | 1 forward (ms) | floor (ms) | mc_dropout_predict (ms) | / floor "
+        "| fast_masks=True (ms) | / floor | naive loop (ms) | / floor |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
+        floor = float(r["floor"])
         print(
-            f"| {r['model']} | {r['forward']:.3f} | {r['mc']:.2f} | {r['ratio']:.1f}x | "
-            f"{r['whole']:.2f} | {r['whole_ratio']:.1f}x | {r['loop']:.2f} | {r['speedup']:.2f}x |"
+            f"| {r['model']} | {r['forward']:.2f} | {floor:.2f} "
+            f"| {r['mc']:.2f} | {float(r['mc']) / floor:.2f}x "
+            f"| {r['fast']:.2f} | {float(r['fast']) / floor:.2f}x "
+            f"| {r['loop']:.2f} | {float(r['loop']) / floor:.2f}x |"
         )
     return rows
 

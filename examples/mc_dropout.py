@@ -4,10 +4,10 @@ Run: ``python examples/mc_dropout.py`` (about 15 s on 2 CPU cores, nothing is do
 
 A ``RegularizedMLP`` with dropout 0.3 is trained briefly. On the test split the script compares
 the deterministic prediction (dropout off) with the Monte Carlo dropout prediction (the mean of
-100 stochastic passes, dropout on, drawn in batched form by ``mc_dropout_predict``), then prints
-the mean predictive entropy of the correct and of the wrong MC predictions: a useful uncertainty
-is higher where the model is wrong. The last line repeats the MC prediction through
-``Trainer.predict`` with ``model.mc_samples = 100``.
+100 stochastic passes in train mode with BatchNorm-type layers in eval, drawn in batched form by
+``mc_dropout_predict``), then prints the mean predictive entropy of the correct and of the wrong
+MC predictions: a useful uncertainty is higher where the model is wrong. The last line repeats
+the MC prediction through ``Trainer.predict`` with ``model.mc_samples = 100``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         deterministic = model(x).argmax(-1)
-    mc = mc_dropout_predict(model, x, n_samples=args.samples)
+    mc = mc_dropout_predict(model, x, n_samples=args.samples, task="classification")
     predicted = mc.mean.argmax(-1)
     correct = predicted == y
     det_acc = float((deterministic == y).float().mean())

@@ -381,7 +381,9 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
     * ``l1``/``l2`` configure :class:`WeightPenaltyMixin`; ``max_norm`` adds a
       :class:`~lightning_reg.callbacks.max_norm.MaxNorm` callback through
       :meth:`configure_callbacks`; ``mc_samples`` makes ``Trainer.predict`` return Monte Carlo
-      dropout summaries (:class:`~lightning_reg.uncertainty.MCDropoutMixin`).
+      dropout summaries (:class:`~lightning_reg.uncertainty.MCDropoutMixin`: set the class
+      attribute ``mc_task = "classification"`` or ``"regression"`` to say what they summarize).
+      Without ``mc_samples``, ``Trainer.predict`` returns the model's raw output.
     * ``save_hyperparameters()`` is called here, and it records the arguments of every subclass
       ``__init__`` on the way (Lightning walks the ``super().__init__`` call frames), so
       ``load_from_checkpoint`` rebuilds subclasses too. Call ``super().__init__`` with the
@@ -403,7 +405,8 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         as_weight_decay: apply l2 as coupled weight decay (see :class:`WeightPenaltyMixin`).
             Default ``False``.
         mc_samples: Monte Carlo dropout samples per prediction in ``Trainer.predict`` (an
-            integer >= 1), or ``None`` for deterministic predictions. Default ``None``.
+            integer >= 1; the subclass sets ``mc_task``), or ``None`` for deterministic
+            predictions (the raw output of ``forward``). Default ``None``.
         **kwargs: passed on to the next class in the MRO.
 
     Raises:

@@ -1,4 +1,11 @@
-"""Monte Carlo dropout: predictive mean, per-class spread and entropy from stochastic passes.
+"""Monte Carlo dropout: the mean and spread of stochastic forward passes.
+
+The rule for what is sampled is the plain one: the model runs in train mode, so every dropout
+it applies in training is applied (dropout modules of every kind, ``F.dropout(x, p,
+self.training)`` in a ``forward``, attention dropout inside ``nn.MultiheadAttention`` and
+``scaled_dot_product_attention``, torch's transformer layers, whose eval fast path is off in
+train mode), while the layers whose train mode changes statistics
+(:data:`STATISTICS_MODULES`: BatchNorm and InstanceNorm) stay in eval mode.
 
 :func:`mc_dropout_predict` works on any ``nn.Module``; :class:`MCDropoutMixin` makes
 ``Trainer.predict`` do the same for a LightningModule.
@@ -6,26 +13,31 @@
 
 from __future__ import annotations
 
-import functools
-import math
+import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from lightning_reg._validation import check_int
-from lightning_reg.layers import _fast_sampling, _sample_dropout
 
 __all__ = [
     "DROPOUT_MODULES",
+    "STATISTICS_MODULES",
+    "TASKS",
     "MCDropoutMixin",
     "MCDropoutResult",
-    "dropout_enabled",
+    "mc_dropout_mode",
     "mc_dropout_predict",
 ]
+
+TASKS: tuple[str, ...] = ("classification", "regression")
+"""Values of ``task``: what :func:`mc_dropout_predict` summarizes."""
 
 DROPOUT_MODULES: tuple[type[nn.Module], ...] = (
     nn.Dropout,
@@ -35,203 +47,272 @@ DROPOUT_MODULES: tuple[type[nn.Module], ...] = (
     nn.AlphaDropout,
     nn.FeatureAlphaDropout,
 )
-"""Module types switched to train mode for MC dropout (``MCDropout`` subclasses ``nn.Dropout``)."""
+"""Torch's dropout modules (``MCDropout`` subclasses ``nn.Dropout``). They are sampled like every
+other dropout the model applies in train mode; this list only serves to name them in warnings."""
 
-# Default rows per forward pass (batch_size=None). On accelerators: the replicated input stays
-# within 2**22 elements (16 MiB of float32). On CPU: at most 4096 rows, where measured (2 cores,
-# MLPs of width 128-512) chunks of 1-4k rows ran 20-25% faster than one pass over 12,800 rows,
-# and the largest activation of a pass also stays within 2**22 elements, measured on the first
-# pass. A CNN whose 32x28x28 activations are 32 times its input (100 samples of 128 images) took
-# 15.7 ms per sample in 128-row passes, 23 ms in 256-row and 33 ms in 4096-row passes.
-_DEFAULT_ELEMENTS = 2**22
-_DEFAULT_CPU_ROWS = 4096
-_CPU_ACTIVATION_ELEMENTS = 2**22
+STATISTICS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d,
+    nn.LazyInstanceNorm3d,
+)
+"""Layers kept in eval mode while sampling (subclasses included): in train mode they normalize
+with the batch's statistics and update their running statistics. ``LayerNorm``, ``GroupNorm``
+and ``RMSNorm`` behave the same in both modes."""
+
+# Layers known to compute the same output for every sample (no randomness in train mode):
+# the leading run of them in an ``nn.Sequential`` is computed once. Exact types only, so a
+# subclass with a forward of its own ends the run.
+_DETERMINISTIC: frozenset[type[nn.Module]] = frozenset(
+    {
+        nn.Identity,
+        nn.Linear,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.Embedding,
+        nn.Flatten,
+        nn.Unflatten,
+        nn.MaxPool1d,
+        nn.MaxPool2d,
+        nn.MaxPool3d,
+        nn.AvgPool1d,
+        nn.AvgPool2d,
+        nn.AvgPool3d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveAvgPool3d,
+        nn.AdaptiveMaxPool1d,
+        nn.AdaptiveMaxPool2d,
+        nn.AdaptiveMaxPool3d,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.RMSNorm,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.PReLU,
+        nn.ELU,
+        nn.SELU,
+        nn.CELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Mish,
+        nn.Softplus,
+        nn.Softsign,
+        nn.Tanh,
+        nn.Sigmoid,
+        nn.Hardtanh,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.LogSigmoid,
+        nn.Softmax,
+        nn.LogSoftmax,
+    }
+)
+
+# Default size of one forward pass: the replicated input within 2**21 elements (8 MiB of
+# float32), and never fewer rows than the input has.
+_PASS_ELEMENTS = 2**21
 
 
 class MCDropoutResult(NamedTuple):
     """Summary of Monte Carlo dropout predictions.
 
+    With ``task="classification"`` the samples are class probabilities (softmax over the last
+    dimension); with ``task="regression"`` they are the model's raw outputs.
+
     Attributes:
-        mean: mean predicted probabilities over the samples, shape ``(N, ..., C)``.
-        std: per-class standard deviation over the samples (population form, ``correction=0``),
-            same shape as ``mean``.
-        entropy: predictive entropy ``-sum_c mean_c * log(mean_c)`` in nats, shape ``(N, ...)``.
-        samples: every sampled probability tensor, shape ``(n_samples, N, ..., C)``, when asked
-            for with ``return_samples=True``; ``None`` otherwise.
+        mean: mean over the samples, the shape of one output.
+        std: standard deviation over the samples (population form, ``correction=0``), same
+            shape as ``mean``.
+        entropy: classification only: predictive entropy ``-sum_c mean_c * log(mean_c)`` in
+            nats, ``mean``'s shape without its last dimension; ``None`` for regression.
+        samples: every sample, shape ``(n_samples, *mean.shape)``, when asked for with
+            ``return_samples=True``; ``None`` otherwise.
 
-    Example::
-
-        result = mc_dropout_predict(model, x_test, n_samples=100)
-        prediction = result.mean.argmax(-1)
-        least_sure = result.entropy.topk(10).indices  # the 10 most uncertain inputs
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.3),
+        ...                             torch.nn.Linear(16, 3))
+        >>> result = mc_dropout_predict(model, torch.randn(5, 8), task="classification")
+        >>> prediction = result.mean.argmax(-1)
+        >>> least_sure = result.entropy.topk(2).indices  # the 2 most uncertain inputs
+        >>> prediction.shape, least_sure.shape
+        (torch.Size([5]), torch.Size([2]))
     """
 
     mean: Tensor
     std: Tensor
-    entropy: Tensor
+    entropy: Tensor | None
     samples: Tensor | None = None
 
 
-@contextmanager
-def dropout_enabled(model: nn.Module) -> Iterator[int]:
-    """Put ``model`` in eval mode with only its dropout modules in train mode; restore on exit.
+# ---------------------------------------------------------------------------- module modes
 
-    Every submodule's previous ``training`` flag is restored when the block ends, also when it
-    raises. BatchNorm and every other module stay in eval mode, so running statistics are
-    neither used from the batch nor updated.
+
+def _set_sampling_modes(model: nn.Module, eval_modules: tuple[type[nn.Module], ...]) -> None:
+    """``model.train()``, then every :data:`STATISTICS_MODULES` (or ``eval_modules``) layer back
+    to eval mode."""
+    model.train()
+    kept = STATISTICS_MODULES + eval_modules
+    for module in model.modules():
+        if isinstance(module, kept):
+            module.eval()
+
+
+@contextmanager
+def mc_dropout_mode(
+    model: nn.Module, eval_modules: Sequence[type[nn.Module]] = ()
+) -> Iterator[nn.Module]:
+    """Put ``model`` in the mode Monte Carlo dropout samples in; restore it on exit.
+
+    The model goes to train mode, so every dropout it applies in training is applied; then the
+    layers whose train mode changes statistics (:data:`STATISTICS_MODULES`, and the types in
+    ``eval_modules``) go back to eval mode. When the block ends (also when it raises) every
+    submodule gets its previous ``training`` flag back.
+
+    When the block ends normally, buffers are compared with their values on entry: a module
+    that changed a buffer (a statistic its train mode updates, such as the power iteration of
+    spectral normalization) gets the buffer back, and a ``UserWarning`` names it, so such a
+    module can be passed in ``eval_modules``.
 
     Args:
         model: any module. Required.
+        eval_modules: more module types to keep in eval mode. Default ``()``.
 
     Yields:
-        The number of dropout modules switched on (see :data:`DROPOUT_MODULES`).
+        ``model``.
 
-    Example::
+    Raises:
+        TypeError: if ``eval_modules`` holds something that is not an ``nn.Module`` subclass.
 
-        with dropout_enabled(model) as n_dropout:
-            assert n_dropout > 0
-            a, b = model(x), model(x)  # two different stochastic passes
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+        ...                             torch.nn.Dropout(0.5)).eval()
+        >>> with mc_dropout_mode(model):
+        ...     tuple(m.training for m in model)
+        (True, False, True)
+        >>> tuple(m.training for m in model)
+        (False, False, False)
     """
+    kept = _check_module_types(eval_modules)
     modes = [(module, module.training) for module in model.modules()]
+    buffers = [(name, b, b.clone()) for name, b in model.named_buffers()]
     try:
-        count = 0
-        for module, _ in modes:
-            is_dropout = isinstance(module, DROPOUT_MODULES)
-            module.training = is_dropout
-            count += is_dropout
-        yield count
+        _set_sampling_modes(model, kept)
+        yield model
     finally:
         for module, mode in modes:
             module.training = mode
+    changed = []
+    with torch.no_grad():
+        for name, buffer, saved in buffers:
+            if not torch.equal(buffer, saved):
+                buffer.copy_(saved)
+                changed.append(name)
+    if changed:
+        owners = dict(model.named_modules())
+        named = [f"`{n}` ({type(owners[n.rpartition('.')[0]]).__name__})" for n in changed]
+        warnings.warn(
+            "MC dropout: train mode changed the buffers "
+            f"{', '.join(named)}, so their values moved between samples. They are restored "
+            "now; pass their module types in `eval_modules` to keep them in eval mode.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
-@contextmanager
-def _uniform_masks(model: nn.Module) -> Iterator[None]:
-    """Let every plain ``nn.Dropout`` of ``model`` draw its masks with
-    :func:`~lightning_reg.layers._sample_dropout` where that is faster (CPU, no autograd; see
-    :func:`~lightning_reg.layers._fast_sampling`), by giving the module an instance ``forward``
-    for the duration of the block (hooks and modes untouched). Torch's Bernoulli sampler is
-    most of the cost of MC dropout on CPU. ``MCDropout`` does this itself; dropout subclasses
-    and the channel and alpha variants keep their own forward."""
-    patched = [m for m in model.modules() if type(m) is nn.Dropout and "forward" not in vars(m)]
-    try:
-        for m in patched:
-            vars(m)["forward"] = functools.partial(_dropout_forward, m)
-        yield
-    finally:
-        for m in patched:
-            vars(m).pop("forward", None)
+def _check_module_types(types: Sequence[type[nn.Module]]) -> tuple[type[nn.Module], ...]:
+    kept = tuple(types)
+    for t in kept:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise TypeError(
+                f"`eval_modules` must hold nn.Module subclasses, got {t!r} in {types!r}."
+            )
+    return kept
 
 
-def _dropout_forward(module: nn.Dropout, x: Tensor) -> Tensor:
-    if module.training and _fast_sampling(x, module.p):
-        return _sample_dropout(x, module.p)
-    return nn.Dropout.forward(module, x)
+# ---------------------------------------------------------------------------- inputs
 
 
-def _summarize(samples: Tensor, return_samples: bool) -> MCDropoutResult:
-    std, mean = torch.std_mean(samples, dim=0, correction=0)
-    entropy = -torch.special.xlogy(mean, mean).sum(-1)
-    return MCDropoutResult(mean, std, entropy, samples if return_samples else None)
+def _select_input(batch: Any, input_key: Any) -> Tensor:
+    """The model input in ``batch``: see ``input_key`` in :func:`mc_dropout_predict`."""
+    if callable(input_key):
+        x = input_key(batch)
+    elif input_key is not None:
+        if not isinstance(batch, (tuple, list, Mapping)):
+            raise ValueError(
+                f"`input_key={input_key!r}` selects from a tuple, list or dict batch, but the "
+                f"batch is a {type(batch).__name__}: leave `input_key` unset."
+            )
+        try:
+            x = batch[input_key]
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(
+                f"`input_key={input_key!r}` selects nothing in the {type(batch).__name__} "
+                f"batch: {err!r}."
+            ) from err
+    elif isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("The batch is an empty sequence: there is no model input in it.")
+        x = batch[0]
+    elif isinstance(batch, Mapping):
+        raise ValueError(
+            f"The batch is a dict with keys {sorted(map(str, batch))}: say which one is the "
+            "model input with `input_key` (MCDropoutMixin: `mc_input_key`)."
+        )
+    else:
+        x = batch
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"The model input must be a tensor, got {type(x).__name__} (selected with "
+            f"`input_key={input_key!r}`)."
+        )
+    return x
 
 
-def _draw(
-    model: nn.Module, x: Tensor, n_samples: int, batch_size: int | None, apply_softmax: bool
-) -> Tensor:
-    """Stack ``n_samples`` stochastic outputs for ``x``: shape ``(n_samples, N, ..., C)``.
+# ---------------------------------------------------------------------------- sampling
 
-    Each forward pass sees ``x`` replicated ``k`` times along the batch dimension (sample-major),
-    with ``k * len(chunk) <= batch_size``; rows of ``x`` are chunked when ``len(x) > batch_size``.
-    For an ``nn.Sequential`` the layers before the first one holding a dropout module run once per
-    chunk, and their output is what gets replicated (see :func:`_split`). ``batch_size=None``
-    picks the rows per pass (see ``_DEFAULT_ELEMENTS``); on CPU the first pass then draws one
-    sample and measures the largest activation per row, which sizes the passes after it.
+
+def _split(model: nn.Module, batch_dim: int) -> tuple[list[nn.Module], list[nn.Module] | None]:
+    """``(prefix, rest)``: the layers whose output is the same for every sample, and the layers
+    after them (``None``: run ``model`` itself).
+
+    Only a plain ``nn.Sequential`` is split (its forward applies its layers in turn; nested
+    plain Sequentials are expanded), with the batch first (every layer keeps it there). The
+    prefix is the leading run of layers of the known deterministic types (``_DETERMINISTIC``),
+    so anything that may draw randomness in train mode (a dropout, an attention or recurrent
+    layer, a custom module) starts the rest.
     """
-    prefix, stochastic = _split(model)
-    per_row: list[Tensor] = []
-    for rows in x.split(batch_size) if batch_size is not None else (x,):
-        n_rows = len(rows)
-        for layer in prefix:
-            rows = layer(rows)
-        limit = batch_size
-        if limit is None and rows.device.type != "cpu":
-            limit = _default_rows(n_rows, n_samples, _DEFAULT_ELEMENTS // _row_numel(rows))
-        chunks: list[Tensor] = []
-        remaining = n_samples
-        while remaining > 0:
-            if limit is None:
-                with _largest_output(n_rows) as largest:
-                    out = stochastic(rows)
-                k = 1
-                widest = max(largest[0], _row_numel(rows))
-                cap = min(_DEFAULT_CPU_ROWS, _CPU_ACTIVATION_ELEMENTS // widest)
-                limit = _default_rows(n_rows, n_samples, cap)
-            else:
-                k = min(max(1, limit // n_rows), remaining)
-                out = stochastic(rows.repeat(k, *([1] * (rows.dim() - 1))))
-            if apply_softmax:
-                out = out.softmax(-1)
-            chunks.append(out.reshape(k, n_rows, *out.shape[1:]))
-            remaining -= k
-        per_row.append(torch.cat(chunks))
-    return torch.cat(per_row, dim=1)
-
-
-def _default_rows(n_rows: int, n_samples: int, cap: int) -> int:
-    """Rows per pass: ``cap``, but never fewer than the input's rows nor more than all samples."""
-    return max(n_rows, min(n_samples * n_rows, cap))
-
-
-def _row_numel(t: Tensor) -> int:
-    return max(1, math.prod(t.shape[1:]))
-
-
-@contextmanager
-def _largest_output(n_rows: int) -> Iterator[list[int]]:
-    """Record the most elements per row that any module outputs while the block runs."""
-    largest = [0]
-
-    def record(module: nn.Module, args: Any, output: Any) -> None:
-        outputs = output if isinstance(output, (tuple, list)) else (output,)
-        for out in outputs:
-            if isinstance(out, Tensor):
-                largest[0] = max(largest[0], out.numel() // max(1, n_rows))
-
-    handle = nn.modules.module.register_module_forward_hook(record)
-    try:
-        yield largest
-    finally:
-        handle.remove()
-
-
-def _split(model: nn.Module) -> tuple[list[nn.Module], Callable[[Tensor], Tensor]]:
-    """``(prefix, stochastic)``: the layers whose output is the same for every sample, and the
-    function that computes the rest.
-
-    Only an ``nn.Sequential`` is split (its forward is known to apply its layers in turn; nested
-    plain Sequentials are expanded): the prefix is every layer before the first one that holds a
-    dropout module. Any other model, a Sequential subclass with its own ``forward``, or one with
-    forward hooks of its own (they would be skipped) runs whole on the replicated input.
-    """
-    chain = _chain(model)
+    chain = _chain(model) if batch_dim == 0 else None
     if chain is None:
-        return [], model
+        return [], None
     first = next(
-        (i for i, layer in enumerate(chain) if _holds_dropout(layer)),
-        len(chain),
+        (i for i, layer in enumerate(chain) if type(layer) not in _DETERMINISTIC), len(chain)
     )
-    prefix, rest = chain[:first], chain[first:]
-
-    def stochastic(h: Tensor) -> Tensor:
-        for layer in rest:
-            h = layer(h)
-        return h
-
-    return prefix, stochastic
+    return chain[:first], chain[first:]
 
 
 def _chain(module: nn.Module) -> list[nn.Module] | None:
-    """The layers a plain ``nn.Sequential`` applies in turn (nested ones expanded), or None."""
+    """The layers a plain ``nn.Sequential`` applies in turn (nested ones expanded), or None for
+    any other module, a subclass with its own ``forward``, or one with hooks of its own."""
     if not (
         isinstance(module, nn.Sequential)
         and type(module).forward is nn.Sequential.forward
@@ -246,115 +327,322 @@ def _chain(module: nn.Module) -> list[nn.Module] | None:
     return layers
 
 
-def _holds_dropout(module: nn.Module) -> bool:
-    return any(isinstance(m, DROPOUT_MODULES) for m in module.modules())
+def _apply(layers: list[nn.Module], h: Tensor) -> Tensor:
+    for layer in layers:
+        h = layer(h)
+    return h
+
+
+def _replicate(h: Tensor, k: int, dim: int) -> Tensor:
+    """``k`` copies of ``h`` concatenated along ``dim`` (sample-major: copy ``j`` holds rows
+    ``j * n`` to ``(j + 1) * n - 1``)."""
+    return h.repeat(*(k if d == dim else 1 for d in range(h.dim())))
+
+
+def _draw(
+    model: nn.Module,
+    x: Tensor,
+    n_samples: int,
+    batch_size: int | None,
+    batch_dim: int,
+    output_batch_dim: int,
+) -> Tensor:
+    """``n_samples`` outputs of ``model`` for ``x``, stacked on a new first dimension.
+
+    The prefix (see :func:`_split`) runs once per chunk of rows; its output is replicated ``k``
+    times along the batch dimension, so one forward pass of the rest computes ``k`` samples.
+    Chunks hold at most ``batch_size`` rows (replicas included), at least the chunk's own rows.
+    """
+    prefix, rest = _split(model, batch_dim)
+    n_rows = x.shape[batch_dim]
+    chunks = x.split(batch_size, batch_dim) if batch_size is not None else (x,)
+    per_chunk = []
+    for rows in chunks:
+        m = rows.shape[batch_dim]
+        h = _apply(prefix, rows)
+        limit = batch_size if batch_size is not None else _PASS_ELEMENTS * m // max(1, h.numel())
+        per_pass = max(1, limit // m)
+        parts = []
+        for k in _pass_sizes(n_samples, per_pass):
+            hk = _replicate(h, k, batch_dim)
+            out = model(hk) if rest is None else _apply(rest, hk)
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"MC dropout needs a model that returns a tensor, got {type(out).__name__}: "
+                    "wrap the model so that it returns the prediction as one tensor."
+                )
+            if out.dim() <= output_batch_dim or out.shape[output_batch_dim] != k * m:
+                raise ValueError(
+                    f"The model mapped {k * m} input rows (dim {batch_dim}) to an output of "
+                    f"shape {tuple(out.shape)}, which has no dim {output_batch_dim} of "
+                    f"{k * m} rows: set `output_batch_dim` to the output's batch dimension."
+                )
+            parts.append(out.unflatten(output_batch_dim, (k, m)).movedim(output_batch_dim, 0))
+        per_chunk.append(torch.cat(parts))
+    samples = torch.cat(per_chunk, dim=output_batch_dim + 1)
+    assert samples.shape[output_batch_dim + 1] == n_rows
+    return samples
+
+
+def _pass_sizes(n_samples: int, per_pass: int) -> list[int]:
+    """Samples per forward pass: ``per_pass`` at a time, the remainder last."""
+    full, last = divmod(n_samples, per_pass)
+    return [per_pass] * full + ([last] if last else [])
+
+
+class _UniformMasks(TorchFunctionMode):
+    """The ``fast_masks=True`` path: while active (in this thread only), ``F.dropout(x, p,
+    training=True)`` on a CPU float32/float64 tensor that needs no gradient draws its mask as
+    ``torch.rand_like(x) >= p`` instead of with torch's Bernoulli kernel, the slow part of MC
+    dropout on CPU. The law is the same up to the uniform draw's grid (``2**-24`` for float32):
+    each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``. Every other call
+    (the channel and alpha variants, attention and recurrent dropout inside torch's kernels, any
+    other function) runs unchanged."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.dropout and len(args) == 1 and set(kwargs) == {"p", "training", "inplace"}:
+            x, p = args[0], kwargs["p"]
+            if (
+                kwargs["training"]
+                and not kwargs["inplace"]
+                and 0.0 < p < 1.0
+                and isinstance(x, Tensor)
+                and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64)
+                and not (x.requires_grad and torch.is_grad_enabled())
+            ):
+                return torch.rand_like(x).ge_(p).mul_(x).mul_(1.0 / (1.0 - p))
+        return func(*args, **kwargs)
+
+
+def _dropout_sources(model: nn.Module) -> list[str]:
+    """``name (Type, p=...)`` of every dropout module, attention and recurrent layer."""
+    found = []
+    for name, module in model.named_modules():
+        p: object
+        if isinstance(module, DROPOUT_MODULES):
+            p = module.p
+        elif isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
+            p = module.dropout
+        else:
+            continue
+        found.append(f"`{name or 'model'}` ({type(module).__name__}, p={p})")
+    return found
+
+
+def _summarize(samples: Tensor, task: str, return_samples: bool) -> MCDropoutResult:
+    std, mean = torch.std_mean(samples, dim=0, correction=0)
+    entropy = -torch.special.xlogy(mean, mean).sum(-1) if task == "classification" else None
+    return MCDropoutResult(mean, std, entropy, samples if return_samples else None)
 
 
 def mc_dropout_predict(
     model: nn.Module,
-    x: Tensor,
+    batch: Any,
     n_samples: int = 100,
+    *,
+    task: str,
+    input_key: str | int | Callable[[Any], Tensor] | None = None,
+    batch_dim: int = 0,
+    output_batch_dim: int | None = None,
+    from_logits: bool = True,
     batch_size: int | None = None,
-    apply_softmax: bool = True,
+    eval_modules: Sequence[type[nn.Module]] = (),
+    fast_masks: bool = False,
     return_samples: bool = False,
 ) -> MCDropoutResult:
-    """Monte Carlo dropout: average ``n_samples`` stochastic forward passes with dropout on.
+    """Monte Carlo dropout: the mean and spread of ``n_samples`` stochastic forward passes.
 
-    Only dropout modules (:data:`DROPOUT_MODULES`) are switched to train mode; BatchNorm and
-    every other module run in eval mode, and every submodule's mode is restored afterwards (also
-    on error). Runs under ``torch.no_grad()``. Samples are drawn in batched form: ``x`` is
-    replicated along the batch dimension so one forward pass computes many samples, up to
-    ``batch_size`` rows at a time. The model must treat batch rows independently (true for
-    dropout, eval-mode BatchNorm, linear and conv layers).
+    **What is sampled.** Inside :func:`mc_dropout_mode`: the model runs in train mode, so every
+    dropout it applies in training is sampled, with torch's own kernels: dropout modules of
+    every kind (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``,
+    ``MCDropout``), ``F.dropout(x, p, training=self.training)`` in a ``forward``, the
+    attention-weight dropout of ``nn.MultiheadAttention`` and of
+    ``scaled_dot_product_attention(dropout_p=p if self.training else 0)``, the dropout between
+    the layers of ``nn.LSTM``/``GRU``/``RNN``, and torch's transformer layers (their eval fast
+    path, which skips dropout, is off in train mode). Other noise layers a model trains with
+    (``nn.RReLU``'s random slopes) are sampled too. BatchNorm and InstanceNorm
+    (:data:`STATISTICS_MODULES`) and the types in ``eval_modules`` stay in eval mode. Every
+    submodule's mode is restored afterwards, also on error. Runs under ``torch.no_grad()``.
 
-    Layers that come before any dropout give every sample the same output, so they run once: for
-    an ``nn.Sequential`` (nested ones included) the layers before the first one that holds a
-    dropout module see ``x`` itself, and only their output is replicated. A CNN whose dropout is
-    in the classifier head thus pays for its convolutions once, not ``n_samples`` times. Other
-    models run whole on the replicated input; a LightningModule with :class:`MCDropoutMixin` can
-    point at its Sequential body with :meth:`MCDropoutMixin.mc_dropout_module` (as
-    :class:`~lightning_reg.demos.RegularizedMLP` does). Randomness that is not a dropout module
-    (:data:`DROPOUT_MODULES`), such as a custom noise layer that stays on in eval mode, is
-    drawn once if it sits before the first dropout module.
+    Nothing is skipped silently: when every sample comes out identical (``std`` all zero while
+    ``n_samples > 1``), a ``UserWarning`` says so and names the dropout layers found (none, or
+    ``p=0``); a buffer that train mode changed is restored and named (see
+    :func:`mc_dropout_mode`).
+
+    **How.** The input is replicated along its batch dimension, so one forward pass computes
+    many samples, up to ``batch_size`` rows at a time. The model must treat the rows of a batch
+    independently (true of dropout, linear, convolution, attention and recurrent layers, and of
+    BatchNorm in eval mode). For a plain ``nn.Sequential`` with the batch first, the leading
+    layers that cannot draw randomness (linear, convolution, pooling, normalization,
+    activation layers of torch's own types) run once on the input itself and only their output
+    is replicated: a CNN with dropout in its head pays for its convolutions once. A
+    LightningModule with :class:`MCDropoutMixin` can point at its Sequential body with
+    :meth:`MCDropoutMixin.mc_dropout_module`.
 
     Args:
-        model: maps ``x`` of shape ``(N, ...)`` to logits or probabilities ``(N, ..., C)``.
-            Required.
-        x: the input batch, batch dimension first. Required.
+        model: the model; its output is the prediction. Required.
+        batch: the input as Lightning gives it: a tensor, or a tuple, list or dict batch (see
+            ``input_key``). Required.
         n_samples: number of stochastic passes, an integer >= 1. Default ``100``.
-        batch_size: the most rows one forward pass may hold (``x`` replicated). Default
-            ``None``: never fewer than ``len(x)``; on accelerators as many as keep the
-            replicated input within 2**22 elements (16 MiB of float32); on CPU at most 4096
-            rows, and as many as keep the largest activation of a pass within 2**22 elements,
-            measured on a first pass that draws one sample.
-        apply_softmax: apply a softmax over the last dimension (for models returning logits);
-            ``False`` for models that already return probabilities. Default ``True``.
-        return_samples: also return every sampled probability tensor. Default ``False``.
+        task: ``"classification"`` (the output's last dimension holds classes: samples are
+            probabilities; ``entropy`` is computed) or ``"regression"`` (samples are the raw
+            outputs; ``entropy`` is ``None``). Required, keyword only.
+        input_key: which part of ``batch`` the model takes: a dict key or sequence index, or a
+            callable ``batch -> tensor``. Default ``None``: ``batch`` itself if it is a tensor,
+            its first element if it is a tuple or list; a dict needs ``input_key``.
+        batch_dim: the input's batch dimension, an integer >= 0 (``1`` for a sequence-first
+            ``nn.LSTM`` or transformer). Default ``0``.
+        output_batch_dim: the output's batch dimension, an integer >= 0. Default ``None``: the
+            same as ``batch_dim`` (set ``0`` for a sequence-first encoder with a head that
+            returns ``(N, C)``).
+        from_logits: classification only: the model returns logits (a softmax over the last
+            dimension makes probabilities); ``False`` if it returns probabilities already.
+            Default ``True``.
+        batch_size: the most input rows one forward pass may hold (replicas included; a chunk
+            of the input's rows when ``batch_size`` is below their number). Default ``None``:
+            as many as keep the replicated input within 2**21 elements, at least all the rows.
+        eval_modules: more module types to keep in eval mode. Default ``()``.
+        fast_masks: the one faster path, for CPU: ``F.dropout`` (which every ``nn.Dropout``,
+            ``MCDropout`` and transformer layer calls) draws its masks from uniform numbers,
+            ``torch.rand_like(x) >= p``, instead of torch's Bernoulli kernel: the same law (up
+            to the uniform grid, ``2**-24`` in float32), other numbers than torch's under the
+            same seed. Only CPU float32/float64 tensors; channel and alpha dropout, attention
+            and LSTM dropout keep torch's kernels. It acts within this call only (a
+            ``TorchFunctionMode``, local to the thread). Default ``False``: torch's kernels.
+        return_samples: also return every sample. Default ``False``.
 
     Returns:
-        :class:`MCDropoutResult` with ``mean``, ``std`` and ``entropy`` (and ``samples``).
+        :class:`MCDropoutResult` with ``mean``, ``std``, ``entropy`` (classification) and
+        ``samples`` (if asked for), each of the output's layout.
 
     Raises:
-        TypeError: if ``n_samples`` or ``batch_size`` is not an integer.
-        ValueError: if ``n_samples`` or ``batch_size`` is < 1, or ``x`` has no batch dimension.
+        TypeError: if an integer argument is not an integer, ``from_logits`` or
+            ``return_samples`` is not a bool, or the selected input is not a tensor.
+        ValueError: if ``task`` is not in :data:`TASKS`, an integer argument is out of range,
+            a dict batch comes without ``input_key``, ``input_key`` selects nothing, or the
+            input or output has no such batch dimension.
 
-    Example::
-
-        model = torch.nn.Sequential(
-            torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Dropout(0.2),
-            torch.nn.Linear(128, 10),
-        )
-        result = mc_dropout_predict(model, torch.randn(32, 64), n_samples=50)
-        assert result.mean.shape == (32, 10) and result.entropy.shape == (32,)
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(
+        ...     torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+        ...     torch.nn.Linear(128, 10),
+        ... )
+        >>> batch = (torch.randn(32, 64), torch.randint(0, 10, (32,)))  # (x, y) from a loader
+        >>> result = mc_dropout_predict(model, batch, n_samples=50, task="classification")
+        >>> result.mean.shape, result.entropy.shape
+        (torch.Size([32, 10]), torch.Size([32]))
+        >>> regression = mc_dropout_predict(model, {"x": batch[0]}, task="regression",
+        ...                                 input_key="x")
+        >>> regression.entropy is None, bool(regression.std.min() > 0)
+        (True, True)
     """
-    check_int("n_samples", n_samples, 1)
+    n_samples = check_int("n_samples", n_samples, 1)
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {list(TASKS)}, got {task!r}.")
+    batch_dim = check_int("batch_dim", batch_dim, 0)
+    output_batch_dim = (
+        batch_dim
+        if output_batch_dim is None
+        else check_int("output_batch_dim", output_batch_dim, 0)
+    )
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
-    if x.dim() == 0 or len(x) == 0:
-        raise ValueError(f"`x` must have a non-empty batch dimension, got shape {tuple(x.shape)}.")
-    with torch.no_grad(), dropout_enabled(model) as n_dropout:
-        if n_dropout == 0:
-            warnings.warn(
-                "`mc_dropout_predict`: the model has no dropout module, so every sample is the "
-                "same and `std` is 0.",
-                UserWarning,
-                stacklevel=2,
-            )
-        body = model.mc_dropout_module() if isinstance(model, MCDropoutMixin) else model
-        with _uniform_masks(model):
-            samples = _draw(body, x, n_samples, batch_size, apply_softmax)
-    return _summarize(samples, return_samples)
+    flags = (("from_logits", from_logits), ("fast_masks", fast_masks))
+    for name, flag in (*flags, ("return_samples", return_samples)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
+    x = _select_input(batch, input_key)
+    if x.dim() <= batch_dim or x.shape[batch_dim] == 0:
+        raise ValueError(
+            f"The input must have a non-empty batch dimension {batch_dim}, got shape "
+            f"{tuple(x.shape)}."
+        )
+    body = model.mc_dropout_module() if isinstance(model, MCDropoutMixin) else model
+    masks = _UniformMasks() if fast_masks else contextlib.nullcontext()
+    with torch.no_grad(), mc_dropout_mode(model, eval_modules):
+        with masks:
+            samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
+        if task == "classification" and from_logits:
+            samples = samples.softmax(-1)
+        result = _summarize(samples, task, return_samples)
+    if n_samples > 1 and not bool(result.std.any()):
+        sources = _dropout_sources(model)
+        warnings.warn(
+            f"MC dropout: all {n_samples} samples are identical, so `std` is 0: "
+            f"{type(model).__name__} drew no randomness in train mode. Dropout layers found: "
+            f"{', '.join(sources) if sources else 'none'}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return result
 
 
 class MCDropoutMixin:
     """Makes ``Trainer.predict`` return Monte Carlo dropout summaries for a LightningModule.
 
-    Mix it in before ``LightningModule`` and set ``self.mc_samples`` (an integer >= 1) to switch
-    MC dropout on; ``None`` (the default) keeps ordinary deterministic predictions.
+    Mix it in before ``LightningModule``. Set ``self.mc_samples`` (an integer >= 1) to switch
+    MC dropout on, and ``self.mc_task`` to say what the model predicts; ``mc_samples=None``
+    (the default) keeps ordinary deterministic predictions.
 
     * ``on_predict_model_eval``: Lightning calls ``model.eval()`` before predicting; with
-      ``mc_samples`` set, the dropout modules are switched back on (the Trainer restores every
-      module's mode when predicting ends), so a custom ``predict_step`` also samples.
-    * ``predict_step``: takes the input from the batch (its first element when the batch is a
-      tuple or list) and returns :func:`mc_dropout_predict`'s :class:`MCDropoutResult` with
-      ``mc_samples`` samples, or the softmax probabilities when ``mc_samples`` is ``None``.
+      ``mc_samples`` set, the model is put in :func:`mc_dropout_mode`'s modes instead (train
+      mode, BatchNorm-type layers in eval; the Trainer restores every module's mode when
+      predicting ends), so a custom ``predict_step`` also samples.
+    * ``predict_step``: with ``mc_samples`` set, :func:`mc_dropout_predict`'s
+      :class:`MCDropoutResult` for the batch; otherwise the model's raw output ``self(x)``
+      (never a softmax added behind your back).
 
     Attributes:
-        mc_samples: number of MC dropout samples per prediction, or ``None``. Default ``None``.
-        mc_batch_size: ``batch_size`` passed to :func:`mc_dropout_predict`. Default ``None``.
+        mc_samples: MC dropout samples per prediction, or ``None``. Default ``None``.
+        mc_task: ``"classification"`` or ``"regression"`` (see :func:`mc_dropout_predict`);
+            must be set when ``mc_samples`` is. Default ``None``.
+        mc_input_key: ``input_key`` of :func:`mc_dropout_predict`: which part of the batch is
+            the model input. Default ``None`` (the batch itself, or its first element).
+        mc_batch_dim: ``batch_dim`` of :func:`mc_dropout_predict`. Default ``0``.
+        mc_output_batch_dim: ``output_batch_dim`` of :func:`mc_dropout_predict`. Default
+            ``None``.
+        mc_batch_size: ``batch_size`` of :func:`mc_dropout_predict`. Default ``None``.
+        mc_eval_modules: ``eval_modules`` of :func:`mc_dropout_predict`. Default ``()``.
+        mc_fast_masks: ``fast_masks`` of :func:`mc_dropout_predict`. Default ``False``.
 
-    Example::
-
-        class Net(MCDropoutMixin, LightningModule):
-            ...
-
-        model = Net()
-        model.mc_samples = 100
-        results = Trainer().predict(model, dataloaders=loader)  # list of MCDropoutResult
+    Example:
+        >>> import lightning.pytorch as pl, torch
+        >>> class Net(MCDropoutMixin, pl.LightningModule):
+        ...     mc_task = "regression"
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.2),
+        ...                                        torch.nn.Linear(8, 1))
+        ...     def forward(self, x):
+        ...         return self.net(x)
+        >>> model = Net()
+        >>> model.mc_samples, model.mc_input_key = 20, "x"
+        >>> data = [{"x": torch.randn(3), "y": torch.randn(1)} for _ in range(4)]
+        >>> loader = torch.utils.data.DataLoader(data, batch_size=4)  # batches of {"x", "y"}
+        >>> trainer = pl.Trainer(logger=False, enable_progress_bar=False,
+        ...                      enable_model_summary=False)
+        >>> (result,) = trainer.predict(model, loader)
+        >>> result.mean.shape
+        torch.Size([4, 1])
     """
 
     mc_samples: int | None = None
+    mc_task: str | None = None
+    mc_input_key: str | int | Callable[[Any], Tensor] | None = None
+    mc_batch_dim: int = 0
+    mc_output_batch_dim: int | None = None
     mc_batch_size: int | None = None
+    mc_eval_modules: tuple[type[nn.Module], ...] = ()
+    mc_fast_masks: bool = False
 
     def mc_dropout_module(self) -> nn.Module:
         """The module :func:`mc_dropout_predict` runs as this model's forward pass: ``self``.
@@ -363,33 +651,48 @@ class MCDropoutMixin:
         (for instance the body the model's ``forward`` calls): the layers before its first
         dropout then run once per input rather than once per sample.
 
-        Example::
-
-            class Net(MCDropoutMixin, LightningModule):
-                def forward(self, x):
-                    return self.body(x)
-
-                def mc_dropout_module(self):
-                    return self.body  # an nn.Sequential: its dropout-free prefix runs once
+        Example:
+            >>> import lightning.pytorch as pl, torch
+            >>> class Net(MCDropoutMixin, pl.LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.body = torch.nn.Sequential(torch.nn.Linear(4, 4),
+            ...                                         torch.nn.Dropout(0.1))
+            ...     def forward(self, x):
+            ...         return self.body(x)
+            ...     def mc_dropout_module(self):
+            ...         return self.body  # a Sequential: its dropout-free prefix runs once
+            >>> Net().mc_dropout_module()[0]
+            Linear(in_features=4, out_features=4, bias=True)
         """
         return self  # type: ignore[return-value]
 
     def on_predict_model_eval(self) -> None:
         super().on_predict_model_eval()  # type: ignore[misc]
-        if self.mc_samples is not None:
-            check_int("mc_samples", self.mc_samples, 1)
-            for module in self.trainer.model.modules():  # type: ignore[attr-defined]
-                if isinstance(module, DROPOUT_MODULES):
-                    module.train()
+        if self.mc_samples is None:
+            return
+        check_int("mc_samples", self.mc_samples, 1)
+        if self.mc_task not in TASKS:
+            raise ValueError(
+                f"`mc_samples` is set, so `mc_task` must say what the model predicts: one of "
+                f"{list(TASKS)} (softmax probabilities and entropy, or the raw outputs' mean "
+                f"and spread), got {self.mc_task!r}."
+            )
+        kept = _check_module_types(self.mc_eval_modules)
+        _set_sampling_modes(self.trainer.model, kept)  # type: ignore[attr-defined]
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if self.mc_samples is None:
-            with torch.no_grad():
-                return self(x).softmax(-1)  # type: ignore[operator]
+            return self(_select_input(batch, self.mc_input_key))  # type: ignore[operator]
         return mc_dropout_predict(
             self,  # type: ignore[arg-type]
-            x,
+            batch,
             n_samples=self.mc_samples,
+            task=self.mc_task,  # type: ignore[arg-type]
+            input_key=self.mc_input_key,
+            batch_dim=self.mc_batch_dim,
+            output_batch_dim=self.mc_output_batch_dim,
             batch_size=self.mc_batch_size,
+            eval_modules=self.mc_eval_modules,
+            fast_masks=self.mc_fast_masks,
         )

@@ -38,9 +38,9 @@ def test_mc_dropout_benchmark_quick() -> None:
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "x |" in line]
     assert [row.split("|")[1].strip() for row in rows] == [
         "MLP 784-512x3-10",
-        "digits RegularizedMLP 64-128x2-10",
         "CNN 28x28, dropout in the head",
+        "transformer 16x32, 2 layers",
     ]
     for row in rows:
         cells = [float(cell.strip().rstrip("x")) for cell in row.split("|")[2:-1]]
-        assert len(cells) == 7 and all(c > 0 for c in cells), row
+        assert len(cells) == 8 and all(c > 0 for c in cells), row

@@ -36,6 +36,24 @@ def test_mc_dropout_stays_on_in_eval_and_matches_torch_dropout() -> None:
     assert not torch.equal(layer(x), layer(x))
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_mc_dropout_masks_do_not_depend_on_grad_mode(mode: str) -> None:
+    layer = MCDropout(0.3).train(mode == "train")
+    x = torch.randn(64, 128, requires_grad=True)
+    torch.manual_seed(2)
+    with_grad = layer(x)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        without = layer(x)
+    torch.manual_seed(2)
+    with torch.inference_mode():
+        inference = layer(x)
+    assert torch.equal(with_grad.detach(), without) and torch.equal(without, inference)
+    with_grad.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, (with_grad != 0).float() / 0.7)
+
+
 def test_mc_alpha_dropout_stays_on_in_eval_and_matches_torch() -> None:
     layer = MCAlphaDropout(0.2).eval()
     x = torch.randn(100, 400)

@@ -1,7 +1,9 @@
-"""Monte Carlo dropout: summary numbers, module modes, batched sampling, Trainer.predict."""
+"""Monte Carlo dropout: what is sampled, modes, inputs, outputs, batching, Trainer.predict."""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,13 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_reg import RegularizedModule
+from lightning_reg.demos import RegularizedMLP
 from lightning_reg.layers import MCDropout
 from lightning_reg.uncertainty import (
     MCDropoutMixin,
     MCDropoutResult,
-    _uniform_masks,
+    mc_dropout_mode,
     mc_dropout_predict,
 )
+from tests.distributed.harness import run_ddp
 from tests.helpers import digits, digits_loader, make_trainer
 
 
@@ -29,59 +34,213 @@ def _net(p: float = 0.3, batchnorm: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def test_summary_is_consistent_with_the_samples() -> None:
-    model = _net()
-    x, _ = digits(32)
-    result = mc_dropout_predict(model, x, n_samples=50, return_samples=True)
-    assert isinstance(result, MCDropoutResult)
-    assert result.samples is not None
-    assert result.samples.shape == (50, 32, 10)
-    assert result.mean.shape == result.std.shape == (32, 10)
-    assert result.entropy.shape == (32,)
-    torch.testing.assert_close(result.mean.sum(-1), torch.ones(32))
-    torch.testing.assert_close(result.samples.sum(-1), torch.ones(50, 32))
-    torch.testing.assert_close(result.mean, result.samples.mean(0))
-    torch.testing.assert_close(result.std, result.samples.std(0, correction=0))
-    expected_entropy = -(result.mean * result.mean.log()).sum(-1)
-    torch.testing.assert_close(result.entropy, expected_entropy)
-    assert result.std.min() >= 0 and result.std.mean() > 1e-3
-    assert mc_dropout_predict(model, x, n_samples=5).samples is None
+class _Opaque(nn.Module):
+    """Runs a model without letting mc_dropout_predict see that it is a Sequential."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
 
 
-def test_without_dropout_std_is_zero_and_mean_is_the_deterministic_prediction() -> None:
-    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-    x, _ = digits(16)
-    with pytest.warns(UserWarning, match="no dropout module"):
-        result = mc_dropout_predict(model, x, n_samples=20)
-    assert torch.equal(result.std, torch.zeros_like(result.std))
-    with torch.no_grad():
-        torch.testing.assert_close(result.mean, F.softmax(model(x), -1))
-
-
-def test_apply_softmax_false_for_models_returning_probabilities() -> None:
-    model = nn.Sequential(_net(), nn.Softmax(-1))
-    x, _ = digits(8)
-    torch.manual_seed(5)
-    probs = mc_dropout_predict(model, x, n_samples=7, apply_softmax=False, return_samples=True)
-    torch.manual_seed(5)
-    twice = mc_dropout_predict(model, x, n_samples=7, apply_softmax=True, return_samples=True)
-    assert probs.samples is not None and twice.samples is not None
-    torch.testing.assert_close(twice.samples, F.softmax(probs.samples, -1))
-
-
-def test_batchnorm_stays_in_eval_and_its_statistics_are_untouched() -> None:
-    model = _net(batchnorm=True)
+def _reference(model: nn.Module, x: torch.Tensor, n: int, softmax: bool) -> torch.Tensor:
+    """``n`` plain forward passes in train mode with BatchNorm-type layers in eval."""
+    was = [m.training for m in model.modules()]
     model.train()
-    model(torch.randn(64, 64))  # give the running statistics non-trivial values
-    bn = model[1]
-    stats = {k: v.clone() for k, v in bn.state_dict().items()}
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d)):
+            m.eval()
+    with torch.no_grad():
+        out = torch.stack([model(x) for _ in range(n)])
+    for m, mode in zip(model.modules(), was, strict=True):
+        m.training = mode
+    return out.softmax(-1) if softmax else out
+
+
+def _assert_same_law(
+    a: torch.Tensor, b: torch.Tensor, z: float = 5.0, spread_tolerance: float = 0.06
+) -> None:
+    """Samples ``a`` and ``b`` (first dim: samples) agree per output in mean and variance
+    within ``z`` standard errors (the variance's error from the samples' fourth moment), and
+    their std ratio averaged over the outputs is within ``spread_tolerance`` of 1: the per-output
+    checks alone would miss one dropout of several left out (about 13% less spread for the
+    transformer's attention dropout)."""
+    n_a, n_b = len(a), len(b)
+    std_a, mean_a = torch.std_mean(a, 0)
+    std_b, mean_b = torch.std_mean(b, 0)
+    se_mean = (std_a**2 / n_a + std_b**2 / n_b).sqrt()
+    assert ((mean_a - mean_b).abs() <= z * se_mean + 1e-6).all()
+
+    def var_se(s: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        m4 = ((s - s.mean(0)) ** 4).mean(0)
+        return ((m4 - var**2).clamp_min(0) / len(s)).sqrt()
+
+    se_var = (var_se(a, std_a**2) ** 2 + var_se(b, std_b**2) ** 2).sqrt()
+    assert ((std_a**2 - std_b**2).abs() <= z * se_var + 1e-6).all()
+    ratio = (std_a / std_b).mean().item()
+    assert abs(ratio - 1) < spread_tolerance, ratio
+
+
+# ------------------------------------------------------------------ what is sampled
+
+
+class _TransformerClassifier(nn.Module):
+    """A small nn.TransformerEncoder classifier with a BatchNorm in its head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.3, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.norm = nn.BatchNorm1d(16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.encoder(x).mean(1)))
+
+
+@pytest.mark.slow
+def test_transformer_spread_equals_train_mode_passes_in_law() -> None:
+    model = _TransformerClassifier()
+    model.train()
+    model(torch.randn(64, 5, 16))  # non-trivial running statistics
+    model.eval()
+    torch.manual_seed(1)
+    x = torch.randn(6, 5, 16)
+    with torch.no_grad():  # eval mode: torch's fast path, no dropout at all
+        assert torch.equal(model(x), model(x))
+    n = 400
+    torch.manual_seed(2)
+    result = mc_dropout_predict(model, x, n_samples=n, task="classification", return_samples=True)
+    torch.manual_seed(3)
+    reference = _reference(model, x, n, softmax=True)
+    assert result.samples is not None
+    assert result.std.min() > 1e-3
+    _assert_same_law(result.samples, reference)
+    assert not any(m.training for m in model.modules())
+    # Without the attention dropout (not sampled, as torch's eval fast path would have it) the
+    # law differs, and the check above sees it.
+    for layer in model.encoder.layers:
+        layer.self_attn.dropout = 0.0
+    without_attention = _reference(model, x, n, softmax=True)
+    with pytest.raises(AssertionError):
+        _assert_same_law(result.samples, without_attention)
+    # The BatchNorm in train mode would normalize with the batch's statistics: another law.
+    model.train()
+    with torch.no_grad():
+        batch_stats = torch.stack([model(x).softmax(-1) for _ in range(50)]).mean(0)
+    assert (batch_stats - result.mean).abs().max() > 0.05
+
+
+class _Attention(nn.Module):
+    """Only attention-weight dropout (MultiheadAttention's own, then SDPA's dropout_p)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attention = nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True)
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attention(x, x, x, need_weights=False)[0]
+        q, k, v = self.qkv(x).unflatten(-1, (3, 8)).unbind(-2)
+        p = 0.5 if self.training else 0.0
+        b = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return (a + b).sum(1)
+
+
+class _Functional(nn.Module):
+    """Dropout written as ``F.dropout(x, p, training=self.training)`` in a forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.dropout(x, 0.4, training=self.training))
+
+
+class _SeqFirstLSTM(nn.Module):
+    """A sequence-first LSTM (input ``(L, N, F)``, dropout between its layers) with a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(8, 16, num_layers=2, dropout=0.4)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][-1])
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "kwargs"),
+    [
+        (_Attention(), (5, 4, 8), {}),
+        (_Functional(), (5, 8), {}),
+        (_SeqFirstLSTM(), (4, 5, 8), {"batch_dim": 1, "output_batch_dim": 0}),
+    ],
+    ids=["attention", "functional", "lstm_sequence_first"],
+)
+def test_dropout_outside_dropout_modules_is_sampled_in_law(
+    model: nn.Module, shape: tuple[int, ...], kwargs: dict[str, Any]
+) -> None:
+    model.eval()
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    n = 400
+    result = mc_dropout_predict(
+        model, x, n_samples=n, task="regression", return_samples=True, **kwargs
+    )
+    assert result.samples is not None and result.std.min() > 1e-3
+    assert result.samples.shape == (n, 5, *result.mean.shape[1:])
+    _assert_same_law(result.samples, _reference(model, x, n, softmax=False))
+
+
+def test_one_sample_per_pass_is_the_plain_train_mode_loop_bit_for_bit() -> None:
+    """With one sample per forward pass the samples are torch's own: the same numbers as
+    calling the model in train mode (BatchNorm in eval) under the same seed."""
+    model = _Opaque(_net(batchnorm=True))
+    x, _ = digits(16)
+    torch.manual_seed(5)
+    result = mc_dropout_predict(
+        model, x, n_samples=6, task="regression", batch_size=16, return_samples=True
+    )
+    torch.manual_seed(5)
+    torch.testing.assert_close(result.samples, _reference(model, x, 6, softmax=False))
+    lstm = _SeqFirstLSTM()
+    x = torch.randn(4, 5, 8)
+    torch.manual_seed(6)
+    seq = mc_dropout_predict(
+        lstm, x, 3, task="regression", batch_dim=1, output_batch_dim=0, batch_size=5,
+        return_samples=True,
+    )  # fmt: skip
+    torch.manual_seed(6)
+    torch.testing.assert_close(seq.samples, _reference(lstm, x, 3, softmax=False))
+
+
+def test_batchnorm_and_instancenorm_stay_in_eval_and_their_statistics_are_untouched() -> None:
+    model = nn.Sequential(
+        nn.Linear(64, 64),
+        nn.BatchNorm1d(64),
+        nn.Unflatten(1, (4, 16)),
+        nn.InstanceNorm1d(4, track_running_stats=True),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(64, 10),
+    )
+    model.train()
+    model(torch.randn(64, 64))  # non-trivial running statistics
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
     seen: dict[str, bool] = {}
-    bn.register_forward_hook(lambda m, i, o: seen.__setitem__("bn", m.training))
-    model[3].register_forward_hook(lambda m, i, o: seen.__setitem__("dropout", m.training))
-    x, _ = digits(32)
-    mc_dropout_predict(model, x, n_samples=30)
-    assert seen == {"bn": False, "dropout": True}
-    for key, value in bn.state_dict().items():
+    for i in (1, 3, 5):
+        model[i].register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(str(i), m.training))
+    mc_dropout_predict(model, digits(32)[0], n_samples=30, task="classification")
+    assert seen == {"1": False, "3": False, "5": True}
+    for key, value in model.state_dict().items():
         assert torch.equal(value, stats[key]), key
     assert all(m.training for m in model.modules())
 
@@ -97,87 +256,241 @@ def test_modes_restored_after_success_and_after_an_error() -> None:
     model[0].train()  # a mixed state must come back exactly
     before = [m.training for m in model.modules()]
     x, _ = digits(4)
-    mc_dropout_predict(model, x, n_samples=3)
+    mc_dropout_predict(model, x, n_samples=3, task="classification")
     assert [m.training for m in model.modules()] == before
     broken = nn.Sequential(model, _Boom())
     before = [m.training for m in broken.modules()]
     with pytest.raises(RuntimeError, match="boom"):
-        mc_dropout_predict(broken, x, n_samples=3)
+        mc_dropout_predict(broken, x, n_samples=3, task="classification")
     assert [m.training for m in broken.modules()] == before
     assert torch.is_grad_enabled()
 
 
-def _count_forwards(model: nn.Module) -> list[int]:
+def test_zero_spread_is_never_silent() -> None:
+    x, _ = digits(16)
+    plain = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    with pytest.warns(UserWarning, match=r"all 20 samples are identical.*found: none"):
+        result = mc_dropout_predict(plain, x, n_samples=20, task="classification")
+    assert torch.equal(result.std, torch.zeros_like(result.std))
+    with torch.no_grad():
+        torch.testing.assert_close(result.mean, F.softmax(plain(x), -1))
+    off = nn.Sequential(nn.Linear(64, 8), nn.Dropout(0.0))
+    with pytest.warns(UserWarning, match=r"`1` \(Dropout, p=0.0\)"):
+        mc_dropout_predict(off, x, n_samples=5, task="regression")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mc_dropout_predict(off, x, n_samples=1, task="regression")  # one sample: no spread
+
+
+def test_a_buffer_changed_by_train_mode_is_restored_and_named() -> None:
+    torch.manual_seed(0)
+    linear = nn.utils.parametrizations.spectral_norm(nn.Linear(8, 8))
+    model = nn.Sequential(linear, nn.Dropout(0.2))
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    x = torch.randn(4, 8)
+    with pytest.warns(UserWarning, match=r"`0.parametrizations.weight.0._u` \(_SpectralNorm\)"):
+        mc_dropout_predict(model, x, n_samples=5, task="regression")
+    for name, value in model.named_buffers():
+        assert torch.equal(value, saved[name]), name
+    spectral = type(linear.parametrizations.weight[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mc_dropout_predict(model, x, n_samples=5, task="regression", eval_modules=(spectral,))
+
+
+def test_mc_dropout_mode_is_train_mode_with_statistics_layers_in_eval() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.RReLU(), nn.GroupNorm(2, 4))
+    model.eval()
+    with mc_dropout_mode(model, eval_modules=(nn.GroupNorm,)):
+        assert [m.training for m in model] == [True, False, True, False]
+    assert not any(m.training for m in model.modules())
+    bad = ("BatchNorm",)
+    with (
+        pytest.raises(TypeError, match=r"`eval_modules` must hold nn\.Module subclasses"),
+        mc_dropout_mode(model, eval_modules=bad),  # type: ignore[arg-type]
+    ):
+        pass
+
+
+# ------------------------------------------------------------------ outputs
+
+
+def test_classification_summary_is_consistent_with_the_samples() -> None:
+    model = _net()
+    x, _ = digits(32)
+    result = mc_dropout_predict(model, x, n_samples=50, task="classification", return_samples=True)
+    assert isinstance(result, MCDropoutResult)
+    assert result.samples is not None and result.entropy is not None
+    assert result.samples.shape == (50, 32, 10)
+    assert result.mean.shape == result.std.shape == (32, 10)
+    torch.testing.assert_close(result.samples.sum(-1), torch.ones(50, 32))
+    torch.testing.assert_close(result.mean, result.samples.mean(0))
+    torch.testing.assert_close(result.std, result.samples.std(0, correction=0))
+    torch.testing.assert_close(result.entropy, -(result.mean * result.mean.log()).sum(-1))
+    assert result.std.mean() > 1e-3
+    assert mc_dropout_predict(model, x, n_samples=5, task="classification").samples is None
+
+
+def test_regression_summarizes_the_raw_outputs() -> None:
+    model = _net()
+    x, _ = digits(32)
+    torch.manual_seed(4)
+    raw = mc_dropout_predict(model, x, n_samples=40, task="regression", return_samples=True)
+    torch.manual_seed(4)
+    probs = mc_dropout_predict(model, x, n_samples=40, task="classification", return_samples=True)
+    assert raw.entropy is None and raw.samples is not None and probs.samples is not None
+    torch.testing.assert_close(probs.samples, raw.samples.softmax(-1))  # same passes
+    torch.testing.assert_close(raw.mean, raw.samples.mean(0))
+    torch.testing.assert_close(raw.std, raw.samples.std(0, correction=0))
+    assert not torch.allclose(raw.mean.sum(-1), torch.ones(32))
+    with torch.no_grad():  # dropout right before the last Linear is unbiased: E = eval output
+        expected = model.eval()(x)
+    assert ((raw.mean - expected).abs() <= 5 * raw.std / 40**0.5 + 1e-5).all()
+
+
+def test_from_logits_false_for_models_returning_probabilities() -> None:
+    model = nn.Sequential(_net(), nn.Softmax(-1))
+    x, _ = digits(8)
+    torch.manual_seed(5)
+    probs = mc_dropout_predict(
+        model, x, 7, task="classification", from_logits=False, return_samples=True
+    )
+    torch.manual_seed(5)
+    raw = mc_dropout_predict(model, x, 7, task="regression", return_samples=True)
+    assert probs.samples is not None and probs.entropy is not None
+    torch.testing.assert_close(probs.samples, raw.samples)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_batches_as_lightning_gives_them() -> None:
+    model = _net()
+    x, y = digits(8)
+
+    def run(batch: Any, **kwargs: Any) -> torch.Tensor:
+        torch.manual_seed(9)
+        result = mc_dropout_predict(
+            model, batch, 5, task="regression", return_samples=True, **kwargs
+        )
+        assert result.samples is not None
+        return result.samples
+
+    expected = run(x)
+    torch.testing.assert_close(run((x, y)), expected)
+    torch.testing.assert_close(run([x, y]), expected)
+    torch.testing.assert_close(run((y, x), input_key=1), expected)
+    torch.testing.assert_close(run({"image": x, "label": y}, input_key="image"), expected)
+    nested = {"inputs": {"x": x}}
+    torch.testing.assert_close(run(nested, input_key=lambda b: b["inputs"]["x"]), expected)
+    with pytest.raises(ValueError, match=r"dict with keys \['image', 'label'\].*`input_key`"):
+        run({"image": x, "label": y})
+    with pytest.raises(ValueError, match="`input_key='x'` selects nothing in the dict batch"):
+        run({"image": x}, input_key="x")
+    with pytest.raises(ValueError, match="`input_key=0` selects from a tuple, list or dict"):
+        run(x, input_key=0)
+    with pytest.raises(TypeError, match="The model input must be a tensor, got str"):
+        run(("text", x))
+
+
+def test_output_batch_dim_must_match_the_output() -> None:
+    with pytest.raises(ValueError, match="set `output_batch_dim`"):
+        mc_dropout_predict(_SeqFirstLSTM(), torch.randn(4, 5, 8), 3, task="regression", batch_dim=1)
+    lstm = nn.Sequential(nn.Dropout(0.1), nn.LSTM(8, 4))  # returns (output, (h, c))
+    with pytest.raises(TypeError, match="returns a tensor, got tuple"):
+        mc_dropout_predict(lstm, torch.randn(4, 5, 8), 3, task="regression")
+
+
+# ------------------------------------------------------------------ batched sampling
+
+
+def _rows_seen(module: nn.Module) -> list[int]:
     rows: list[int] = []
-    model.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    module.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
     return rows
 
 
-def test_batched_sampling_forward_counts() -> None:
+def test_pass_sizes() -> None:
     model = _net()
     x, _ = digits(32)
-    rows = _count_forwards(model)
-    mc_dropout_predict(model, x, n_samples=100)
-    assert rows == [32, 3168]  # CPU default: one sample (measuring activations), then the rest
-    rows.clear()
-    mc_dropout_predict(model, x, n_samples=200)
-    assert rows == [32, 4096, 2272]  # at most 4096 rows a pass on CPU: 1 + 128 + 71 samples
-    rows.clear()
-    mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2)
-    assert rows == [5000, 5000]  # never fewer rows than the input has
-    rows.clear()
-    mc_dropout_predict(model, x, n_samples=100, batch_size=1000)
-    assert rows == [992, 992, 992, 224]  # 31 + 31 + 31 + 7 samples of 32 rows
-    rows.clear()
-    mc_dropout_predict(model, x, n_samples=3, batch_size=20)
-    assert rows == [20, 20, 20, 12, 12, 12]  # rows chunked, one sample per pass
+    first, last = _rows_seen(model[0]), _rows_seen(model[3])
+    mc_dropout_predict(model, x, n_samples=100, task="classification")
+    assert first == [32] and last == [3200]  # 2**21 elements allow 32768 rows of 64
+    last.clear()
+    mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2, task="classification")
+    assert last == [10000]
+    last.clear()
+    mc_dropout_predict(model, x, n_samples=100, task="classification", batch_size=1000)
+    assert last == [992, 992, 992, 224]  # 31 + 31 + 31 + 7 samples of 32 rows
+    first.clear()
+    last.clear()
+    mc_dropout_predict(model, x, n_samples=3, task="classification", batch_size=20)
+    assert first == [20, 12] and last == [20, 20, 20, 12, 12, 12]  # rows chunked
 
 
-def test_cpu_default_passes_keep_the_largest_activation_within_budget() -> None:
-    """A layer 4096x wider than the input: the first pass (one sample) measures it, and the
-    passes after it hold at most 2**22 / 65536 = 64 rows, where the input alone allows 4096."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Dropout(0.1), nn.Linear(16, 65536), nn.ReLU(), nn.Linear(65536, 4), nn.Dropout(0.1)
-    )
-    rows = _count_forwards(model)
-    result = mc_dropout_predict(model, torch.randn(16, 16), n_samples=20, return_samples=True)
-    assert rows == [16, 64, 64, 64, 64, 48]  # 1 + 4 + 4 + 4 + 4 + 3 samples
-    assert result.samples is not None and result.samples.shape == (20, 16, 4)
-
-
-def test_one_sample_per_pass_equals_the_plain_loop_under_the_same_seed() -> None:
-    model = _net()
+def test_layers_before_the_first_random_layer_run_once_and_give_the_same_samples() -> None:
+    model = _net()  # Linear, ReLU, Dropout, Linear
+    first, last = _rows_seen(model[0]), _rows_seen(model[3])
     x, _ = digits(32)
-    torch.manual_seed(7)
-    result = mc_dropout_predict(model, x, n_samples=10, batch_size=32, return_samples=True)
-    torch.manual_seed(7)
-    model.train()
-    with torch.no_grad(), _uniform_masks(model):  # the masks mc_dropout_predict draws on CPU
-        loop = torch.stack([F.softmax(model(x), -1) for _ in range(10)])
-    assert result.samples is not None
-    torch.testing.assert_close(result.samples, loop)
+    torch.manual_seed(3)
+    kwargs: dict[str, Any] = {"task": "regression", "batch_size": 800, "return_samples": True}
+    shared = mc_dropout_predict(model, x, 100, **kwargs)
+    assert first == [32] and last == [800] * 4
+    first.clear()
+    torch.manual_seed(3)
+    whole = mc_dropout_predict(_Opaque(model), x, 100, **kwargs)
+    assert first == [800] * 4
+    assert shared.samples is not None and whole.samples is not None
+    torch.testing.assert_close(shared.samples, whole.samples, rtol=1e-5, atol=1e-6)
 
 
-def test_batched_sampling_matches_the_loop_statistically() -> None:
-    model = _net(p=0.5)
-    x, _ = digits(32)
-    n = 1500
-    torch.manual_seed(0)
-    batched = mc_dropout_predict(model, x, n_samples=n)
-    model.train()
-    with torch.no_grad():
-        loop = torch.stack([F.softmax(model(x), -1) for _ in range(n)])
-    std_loop, mean_loop = torch.std_mean(loop, 0, correction=0)
-    standard_error = ((batched.std**2 + std_loop**2) / n).sqrt()
-    assert ((batched.mean - mean_loop).abs() <= 6 * standard_error + 1e-6).all()
-    torch.testing.assert_close(batched.std, std_loop, atol=0.01, rtol=0.15)
-    # A wrong sample/row layout would mix different inputs' predictions: each row's mean must be
-    # far closer to the loop's mean for the same input than to the loop's mean for any other.
-    distances = torch.cdist(batched.mean, mean_loop)
-    own = distances.diag()
-    nearest_other = (distances + torch.eye(len(x)) * 1e9).min(1).values
-    assert (own < 0.5 * nearest_other).all()
+class _Noise(nn.Module):
+    """Randomness that is not a dropout module, on in every mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
+
+
+def test_the_prefix_ends_at_any_layer_that_may_draw_randomness() -> None:
+    x, _ = digits(8)
+    for noisy in (_Noise(), nn.RReLU(), nn.Sequential(nn.Linear(64, 64), _Noise())):
+        model = nn.Sequential(nn.Linear(64, 64), noisy, nn.Linear(64, 4))
+        first, last = _rows_seen(model[0]), _rows_seen(model[2])
+        result = mc_dropout_predict(model, x, 10, task="regression")
+        assert first == [8] and last == [80]
+        assert result.std.min() > 1e-3  # drawn for every sample, not once
+    trunk = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten())
+    model = nn.Sequential(trunk, nn.Sequential(nn.Dropout(0.3), nn.Linear(124, 4)))
+    conv = _rows_seen(trunk[0])
+    mc_dropout_predict(model, x[:, None], 10, task="regression")
+    assert conv == [8]  # nested Sequentials are expanded
+
+    class Doubling(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2
+
+    conv.clear()
+    mc_dropout_predict(Doubling(*model), x[:, None], 10, task="regression")
+    assert conv == [80]  # a Sequential with its own forward runs whole
+    conv.clear()
+    hooked = nn.Sequential(*model)
+    hooked.register_forward_hook(lambda m, args, out: None)
+    mc_dropout_predict(hooked, x[:, None], 10, task="regression")
+    assert conv == [80]  # and so does one with hooks of its own (they run)
+
+
+def test_regularized_mlp_shares_its_prefix_unless_forward_is_overridden() -> None:
+    model = RegularizedMLP(hidden=(32, 32), dropout=0.2)
+    first = _rows_seen(model.net[1][0])
+    mc_dropout_predict(model, digits(16)[0], n_samples=50, task="classification")
+    assert first == [16]
+
+    class Scaled(RegularizedMLP):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) / 2.0
+
+    scaled = Scaled(hidden=(32, 32), dropout=0.2)
+    assert scaled.mc_dropout_module() is scaled
 
 
 @pytest.mark.parametrize(
@@ -186,21 +499,74 @@ def test_batched_sampling_matches_the_loop_statistically() -> None:
         ({"n_samples": 0}, ValueError, "`n_samples` must be an integer >= 1, got 0"),
         ({"n_samples": 2.0}, TypeError, "`n_samples` must be an integer"),
         ({"n_samples": True}, TypeError, "`n_samples` must be an integer"),
+        ({"task": "softmax"}, ValueError, r"`task` must be one of \['classification', 're"),
         ({"batch_size": 0}, ValueError, "`batch_size` must be an integer >= 1, got 0"),
+        ({"batch_dim": -1}, ValueError, "`batch_dim` must be an integer >= 0, got -1"),
+        ({"batch_dim": 2}, ValueError, "non-empty batch dimension 2, got shape"),
+        ({"output_batch_dim": 1.0}, TypeError, "`output_batch_dim` must be an integer"),
+        ({"from_logits": 1}, TypeError, "`from_logits` must be a bool, got 1"),
+        ({"return_samples": None}, TypeError, "`return_samples` must be a bool"),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    kwargs = {"task": "classification", **kwargs}
     with pytest.raises(error, match=match):
         mc_dropout_predict(_net(), torch.randn(4, 64), **kwargs)
 
 
+def test_task_is_required() -> None:
+    with pytest.raises(TypeError, match="task"):
+        mc_dropout_predict(_net(), torch.randn(4, 64))  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------ fast_masks
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
+def test_fast_masks_keep_each_element_with_probability_1_minus_p(p: float) -> None:
+    x = torch.rand(1, 20_000) + 0.5
+    result = mc_dropout_predict(
+        nn.Dropout(p), x, 10, task="regression", fast_masks=True, return_samples=True
+    )
+    assert result.samples is not None
+    kept = result.samples != 0
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    survivors = result.samples[kept]
+    torch.testing.assert_close(survivors, x.expand_as(result.samples)[kept] / (1 - p))
+
+
+def test_fast_masks_sample_the_same_law_and_act_only_within_the_call() -> None:
+    model = _net(p=0.5)
+    x, _ = digits(16)
+    n = 600
+    torch.manual_seed(0)
+    fast = mc_dropout_predict(model, x, n, task="regression", fast_masks=True, return_samples=True)
+    plain = mc_dropout_predict(model, x, n, task="regression", return_samples=True)
+    assert fast.samples is not None and plain.samples is not None
+    _assert_same_law(fast.samples, plain.samples)
+    torch.manual_seed(1)
+    one_per_pass: dict[str, Any] = {"task": "regression", "batch_size": 16, "return_samples": True}
+    fast = mc_dropout_predict(model, x, 4, fast_masks=True, **one_per_pass)
+    torch.manual_seed(1)
+    plain = mc_dropout_predict(model, x, 4, **one_per_pass)
+    assert not torch.equal(fast.samples, plain.samples)  # other numbers: another sampler
+    torch.manual_seed(1)
+    torch.testing.assert_close(plain.samples, _reference(model, x, 4, softmax=False))
+
+
 def test_mc_dropout_layer_counts_as_dropout() -> None:
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), MCDropout(0.4), nn.Linear(32, 10)).eval()
-    result = mc_dropout_predict(model, digits(8)[0], n_samples=20)
+    result = mc_dropout_predict(model, digits(8)[0], n_samples=20, task="classification")
     assert result.std.mean() > 1e-3
 
 
+# ------------------------------------------------------------------ Trainer.predict
+
+
 class _MCClassifier(MCDropoutMixin, pl.LightningModule):
+    mc_task = "classification"
+
     def __init__(self) -> None:
         super().__init__()
         self.net = _net(p=0.3, batchnorm=True)
@@ -211,7 +577,7 @@ class _MCClassifier(MCDropoutMixin, pl.LightningModule):
         return self.net(x)
 
 
-def test_trainer_predict_returns_mc_summaries(tmp_path: Any) -> None:
+def test_trainer_predict_returns_mc_summaries_and_raw_outputs(tmp_path: Any) -> None:
     model = _MCClassifier()
     loader = digits_loader(n=64, batch_size=32)
     x, _ = digits(64)
@@ -220,8 +586,7 @@ def test_trainer_predict_returns_mc_summaries(tmp_path: Any) -> None:
     results = trainer.predict(model, dataloaders=loader)
     assert results is not None and len(results) == 2
     first = results[0]
-    assert isinstance(first, MCDropoutResult)
-    assert first.mean.shape == (32, 10)
+    assert isinstance(first, MCDropoutResult) and first.entropy is not None
     torch.testing.assert_close(first.mean.sum(-1), torch.ones(32))
     assert first.std.mean() > 1e-3
     assert model.dropout_modes and all(model.dropout_modes)
@@ -233,19 +598,78 @@ def test_trainer_predict_returns_mc_summaries(tmp_path: Any) -> None:
     assert plain is not None
     model.eval()
     with torch.no_grad():
-        expected = F.softmax(model.net(x), -1)
-    torch.testing.assert_close(torch.cat(plain), expected)  # type: ignore[arg-type]
+        torch.testing.assert_close(torch.cat(plain), model.net(x))  # logits, no softmax
     assert model.dropout_modes == [False, False]
 
 
-def test_trainer_predict_rejects_invalid_mc_samples(tmp_path: Any) -> None:
+class _Regressor(RegularizedModule):
+    mc_task = "regression"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        torch.manual_seed(0)
+        self.body = nn.Sequential(self.dense(64, 32), self.dense(32, 32))
+        self.head = self.apply_init(nn.Linear(32, 2), activation="identity")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def test_regularized_module_predict_is_the_raw_output_unless_it_is_a_classifier(
+    tmp_path: Any,
+) -> None:
+    loader = digits_loader(n=32, batch_size=16)
+    x, _ = digits(32)
+    regressor = _Regressor(dropout=0.2)
+    out = make_trainer(tmp_path).predict(regressor, dataloaders=loader)
+    assert out is not None
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(out), regressor.eval()(x))  # not softmax rows
+    regressor.mc_samples = 200
+    summaries = make_trainer(tmp_path).predict(regressor, dataloaders=loader)
+    assert summaries is not None
+    summary = summaries[0]
+    assert isinstance(summary, MCDropoutResult)
+    assert summary.entropy is None and summary.std.min() > 1e-3
+    direct = mc_dropout_predict(regressor, x[:16], 200, task="regression")
+    se = ((summary.std**2 + direct.std**2) / 200).sqrt()
+    assert ((summary.mean - direct.mean).abs() <= 5 * se + 1e-6).all()
+
+    mlp = RegularizedMLP(hidden=(16,), dropout=0.2)
+    probs = make_trainer(tmp_path).predict(mlp, dataloaders=loader)
+    assert probs is not None
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(probs), mlp.eval()(x).softmax(-1))
+
+
+def test_trainer_predict_checks_mc_samples_and_mc_task(tmp_path: Any) -> None:
     model = _MCClassifier()
     model.mc_samples = 0
     with pytest.raises(ValueError, match="`mc_samples` must be an integer >= 1, got 0"):
         make_trainer(tmp_path).predict(model, dataloaders=digits_loader(n=8))
+    untold = _Regressor(mc_samples=5)
+    untold.mc_task = None
+    with pytest.raises(ValueError, match="`mc_task` must say what the model predicts"):
+        make_trainer(tmp_path).predict(untold, dataloaders=digits_loader(n=8))
 
 
-def test_on_predict_model_eval_leaves_dropout_on_for_a_custom_predict_step(tmp_path: Any) -> None:
+def test_trainer_predict_with_a_dict_batch(tmp_path: Any) -> None:
+    x, y = digits(32)
+    data = [{"pixels": x[i], "label": y[i]} for i in range(32)]
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    model = _Regressor(dropout=0.2, mc_samples=8)
+    model.mc_input_key = "pixels"
+    results = make_trainer(tmp_path).predict(model, dataloaders=loader)
+    assert results is not None
+    assert [r.mean.shape for r in results] == [(16, 2), (16, 2)]
+    model.mc_samples = None
+    raw = make_trainer(tmp_path).predict(model, dataloaders=loader)
+    assert raw is not None
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(raw), model.eval()(x))
+
+
+def test_on_predict_model_eval_samples_in_a_custom_predict_step(tmp_path: Any) -> None:
     batchnorm_modes: list[bool] = []
 
     class Custom(_MCClassifier):
@@ -261,144 +685,28 @@ def test_on_predict_model_eval_leaves_dropout_on_for_a_custom_predict_step(tmp_p
     assert first is not None and second is not None
     assert not torch.equal(first[0], second[0])
     assert model.dropout_modes == [True, True]
-    assert batchnorm_modes == [False, False]  # only dropout was switched back on
+    assert batchnorm_modes == [False, False]  # BatchNorm went back to eval
     model.mc_samples = None
     first, second = (trainer.predict(model, dataloaders=loader) for _ in range(2))
     assert first is not None and second is not None
     assert torch.equal(first[0], second[0])
 
 
-# ------------------------------------------------------------------ shared dropout-free prefix
-
-
-def _rows_seen(module: nn.Module) -> list[int]:
-    rows: list[int] = []
-    module.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
-    return rows
-
-
-class _Opaque(nn.Module):
-    """Runs a model without letting mc_dropout_predict see that it is a Sequential."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-
-def test_layers_before_the_first_dropout_run_once_per_input_row() -> None:
-    model = _net()  # Linear, ReLU, Dropout, Linear
-    first, last = _rows_seen(model[0]), _rows_seen(model[3])
-    x, _ = digits(32)
-    torch.manual_seed(3)
-    shared = mc_dropout_predict(model, x, n_samples=100, return_samples=True)
-    assert first == [32] and last == [32, 3168]
-    first.clear()
-    last.clear()
-    # The same samples as running the whole model on the replicated input: same masks drawn.
-    torch.manual_seed(3)
-    whole = mc_dropout_predict(_Opaque(model), x, n_samples=100, return_samples=True)
-    assert first == [32, 3168] and last == [32, 3168]
-    assert shared.samples is not None and whole.samples is not None
-    torch.testing.assert_close(shared.samples, whole.samples, rtol=1e-5, atol=1e-6)
-    first.clear()
-    last.clear()
-    mc_dropout_predict(model, x, n_samples=200)  # 1 + 128 + 71 samples
-    assert first == [32] and last == [32, 4096, 2272]
-
-
-def test_nested_sequentials_are_expanded_but_custom_forwards_and_hooks_are_respected() -> None:
-    torch.manual_seed(0)
-    trunk = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
-    head = nn.Sequential(nn.Sequential(nn.Dropout(0.3), nn.Linear(32, 32)), nn.Linear(32, 10))
-    model = nn.Sequential(trunk, head)
-    first = _rows_seen(trunk[0])
-    x, _ = digits(8)
-    mc_dropout_predict(model, x, n_samples=10)
-    assert first == [8]
-
-    class Doubling(nn.Sequential):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return super().forward(x) * 2
-
-    first.clear()
-    custom = Doubling(trunk, head)
-    torch.manual_seed(1)
-    got = mc_dropout_predict(custom, x, n_samples=10, apply_softmax=False, return_samples=True)
-    torch.manual_seed(1)
-    plain = mc_dropout_predict(model, x, n_samples=10, apply_softmax=False, return_samples=True)
-    assert first == [8, 72, 8]  # Doubling ran whole (1 + 9 samples); the plain model shared
-    assert got.samples is not None and plain.samples is not None
-    torch.testing.assert_close(got.samples, 2 * plain.samples)
-
-    first.clear()
-    calls: list[int] = []
-    model.register_forward_hook(lambda m, args, out: calls.append(len(out)))
-    mc_dropout_predict(model, x, n_samples=10)
-    assert calls == [8, 72] and first == [8, 72]  # a hook on the model itself still runs
-
-
-def test_regularized_mlp_shares_its_prefix_unless_forward_is_overridden() -> None:
-    from lightning_reg.demos import RegularizedMLP
-
-    model = RegularizedMLP(hidden=(32, 32), dropout=0.2)
-    linears = [m for m in model.net.modules() if isinstance(m, nn.Linear)]
-    first = _rows_seen(linears[0])
-    x, _ = digits(16)
-    mc_dropout_predict(model, x, n_samples=50)
-    assert first == [16]
-
-    class Scaled(RegularizedMLP):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return super().forward(x) / 2.0
-
-    scaled = Scaled(hidden=(32, 32), dropout=0.2)
-    assert scaled.mc_dropout_module() is scaled
-
-
-# ------------------------------------------------------------------ CPU mask sampler
-
-
-def test_cpu_masks_have_dropouts_distribution_and_are_confined_to_the_call() -> None:
-    from lightning_reg.layers import _sample_dropout
-
-    torch.manual_seed(0)
-    x = torch.randn(400_000).abs() + 0.1
-    for p in (0.05, 0.2, 0.5, 0.9):
-        y = _sample_dropout(x, p)
-        kept = y != 0
-        # keep rate 1 - p within 5 standard errors; survivors scaled by exactly 1 / (1 - p)
-        assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / len(x)) ** 0.5
-        torch.testing.assert_close(y[kept], x[kept] * (1 / (1 - p)), rtol=1e-6, atol=0)
-    model = _net()
-    dropout = model[2]
-    model.register_forward_hook(lambda m, args, out: None)  # keep the whole model unsplit
-    x, _ = digits(8)
-    with pytest.raises(RuntimeError, match="boom"):
-        mc_dropout_predict(nn.Sequential(model, _Boom()), x, n_samples=2)
-    assert "forward" not in vars(dropout)  # the patched forward is removed, also on error
-    mc_dropout_predict(model, x, n_samples=2)
-    assert "forward" not in vars(dropout)
-    # Outside MC prediction (training, autograd on) the module is torch's own dropout.
-    model.train()
-    torch.manual_seed(1)
-    a = model(x)
-    torch.manual_seed(1)
-    b = model[3](F.dropout(model[1](model[0](x)), 0.3, training=True))
-    torch.testing.assert_close(a, b)
-
-
-def test_mc_dropout_layer_uses_torch_dropout_when_training() -> None:
-    layer = MCDropout(0.3)
-    x = torch.randn(64, 32, requires_grad=True)
-    torch.manual_seed(2)
-    y = layer(x)
-    torch.manual_seed(2)
-    torch.testing.assert_close(y, F.dropout(x, 0.3, training=True))
-    y.sum().backward()
-    assert x.grad is not None
-    with torch.no_grad():  # prediction on CPU: the uniform-draw sampler, same distribution
-        kept = (layer(torch.ones(200_000)) != 0).float().mean().item()
-    assert abs(kept - 0.7) < 0.005
+@pytest.mark.slow
+def test_trainer_predict_under_ddp_with_a_dict_batch(tmp_path: Path) -> None:
+    """2-rank DDP: each rank summarizes its share of the rows (rank r: rows r, r + 2, ...);
+    the result agrees in law with a single-process run on the same rows."""
+    results = run_ddp("mc_predict_dict", tmp_path)
+    x, _ = digits(64)
+    for rank, r in enumerate(results):
+        assert r["modes"] == [True]
+        rows = x[rank::2]
+        assert r["mean"].shape == r["std"].shape == (32, 2)
+        model = _Regressor(dropout=0.2)
+        model.load_state_dict(r["state"])
+        torch.manual_seed(rank)
+        local = mc_dropout_predict(model, rows, 64, task="regression", return_samples=True)
+        assert local.samples is not None
+        se = (r["std"] ** 2 / 64 + local.std**2 / 64).sqrt()
+        assert ((r["mean"] - local.mean).abs() <= 5 * se + 1e-6).all()
+        torch.testing.assert_close(r["std"].mean(), local.std.mean(), rtol=0.15, atol=0)

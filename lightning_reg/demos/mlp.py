@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_positive
 from lightning_reg.module import RegularizedModule
@@ -30,8 +31,9 @@ class RegularizedMLP(RegularizedModule):
     no activation), and trains with cross-entropy. Logs ``train/loss`` (without the penalty,
     which is logged as ``train/penalty``), ``train/acc``, ``val/loss`` (also as ``val_loss``, the
     default monitor of ``PerformanceScheduler``), ``val/acc``, ``test/loss`` and ``test/acc``.
-    ``Trainer.predict`` returns class probabilities, or Monte Carlo dropout summaries when
-    ``mc_samples`` is set.
+    ``Trainer.predict`` returns class probabilities (softmax of the logits), or Monte Carlo
+    dropout summaries of the probabilities (``mc_task = "classification"``) when ``mc_samples``
+    is set.
 
     Args:
         in_features: input features after flattening, >= 1. Default ``64``.
@@ -51,11 +53,16 @@ class RegularizedMLP(RegularizedModule):
         ValueError: if an argument is out of range, or ``as_weight_decay=True`` is combined with
             ``optimizer="adamw"``.
 
-    Example::
-
-        model = RegularizedMLP(hidden=(128, 128), dropout=0.2, l2=1e-4, max_norm=3.0)
-        Trainer(max_epochs=5).fit(model, datamodule=DigitsDataModule())
+    Example:
+        >>> import torch
+        >>> model = RegularizedMLP(hidden=(128, 128), dropout=0.2, l2=1e-4, max_norm=3.0)
+        >>> model(torch.randn(4, 64)).shape  # logits; Trainer.predict gives probabilities
+        torch.Size([4, 10])
+        >>> model.mc_task  # with mc_samples set, MC summaries of the probabilities
+        'classification'
     """
+
+    mc_task = "classification"
 
     def __init__(
         self,
@@ -105,13 +112,22 @@ class RegularizedMLP(RegularizedModule):
         the first dropout once per input (see :meth:`MCDropoutMixin.mc_dropout_module`); ``self``
         when a subclass overrides ``forward``.
 
-        Example::
-
-            assert isinstance(RegularizedMLP().mc_dropout_module(), torch.nn.Sequential)
+        Example:
+            >>> import torch
+            >>> isinstance(RegularizedMLP().mc_dropout_module(), torch.nn.Sequential)
+            True
         """
         if type(self).forward is not RegularizedMLP.forward:
             return self
         return self.net
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """Class probabilities ``softmax(self(x))`` of the batch's input, or with ``mc_samples``
+        set, :class:`~lightning_reg.uncertainty.MCDropoutResult` of the probabilities."""
+        if self.mc_samples is not None:
+            return super().predict_step(batch, batch_idx, dataloader_idx)
+        return super().predict_step(batch, batch_idx, dataloader_idx).softmax(-1)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y = batch

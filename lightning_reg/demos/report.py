@@ -270,7 +270,7 @@ def mc_dropout_summary(
             logits = model(x)
     finally:
         model.train(was_training)
-    mc = mc_dropout_predict(model, x, n_samples=n_samples)
+    mc = mc_dropout_predict(model, x, n_samples=n_samples, task="classification")
     mc_log_probs = mc.mean.clamp_min(torch.finfo(mc.mean.dtype).tiny).log()
     return {
         "n_samples": n_samples,

@@ -27,9 +27,9 @@ from lightning_reg.callbacks import (
     ScheduledLR,
 )
 from lightning_reg.demos import RegularizedMLP
-from lightning_reg.module import WeightPenaltyMixin
+from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
 from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup, OneCycle
-from tests.helpers import DigitsClassifier, digits_loader, make_trainer
+from tests.helpers import DigitsClassifier, digits, digits_loader, make_trainer
 
 
 class Recorder(Callback):
@@ -266,7 +266,6 @@ def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from lightning_reg.lr_range import LRRangeTest
-    from tests.helpers import digits
 
     sweep = LRRangeTest(min_lr=1e-4, max_lr=10.0, num_steps=30)
     out: dict[str, Any] = {}
@@ -293,6 +292,39 @@ def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class DictRegressor(RegularizedModule):
+    """A regression model predicting from dict batches ``{"pixels", "label"}`` with MC dropout."""
+
+    mc_task = "regression"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        torch.manual_seed(0)
+        self.body = nn.Sequential(self.dense(64, 32), self.dense(32, 32))
+        self.head = self.apply_init(nn.Linear(32, 2), activation="identity")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def case_mc_predict_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """`Trainer.predict` under DDP, dict batches, regression: each rank summarizes its rows."""
+    model = DictRegressor(dropout=0.2, mc_samples=64)
+    model.mc_input_key = "pixels"
+    x, y = digits(64)
+    data = [{"pixels": x[i], "label": y[i]} for i in range(64)]
+    trainer = ddp_trainer(args)
+    outputs = trainer.predict(model, torch.utils.data.DataLoader(data, batch_size=16))
+    assert outputs is not None
+    return {
+        "rank": trainer.global_rank,
+        "mean": torch.cat([o.mean for o in outputs]),  # type: ignore[union-attr]
+        "std": torch.cat([o.std for o in outputs]),  # type: ignore[union-attr]
+        "modes": sorted({m.training for m in model.modules()}),
+        "state": model.state_dict(),
+    }
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "max_norm_two_optimizers": case_max_norm_two_optimizers,
     "auto_max_lr": case_auto_max_lr,
@@ -302,6 +334,7 @@ CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "regularized_ddp": case_regularized_ddp,
     "regularized_fsdp2": case_regularized_fsdp2,
     "mc_predict": case_mc_predict,
+    "mc_predict_dict": case_mc_predict_dict,
 }
 
 
