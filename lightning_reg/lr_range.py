@@ -132,6 +132,15 @@ class RangeTestResult:
         max_lr: the value :func:`suggest_max_lr` read from the curve.
         stop_reason: ``"completed"``, or why the sweep stopped early.
         seconds: wall time of the sweep including the restore.
+
+    Example:
+        >>> from lightning_reg import OneCycleScheduler
+        >>> callback = OneCycleScheduler(max_lr="auto")
+        >>> callback.range_test_result is None  # set when a fit's sweep has run
+        True
+        >>> result = RangeTestResult([0.01, 0.1, 1.0], [2.0, 1.0, 3.0], 0.05, "completed", 0.1)
+        >>> result.max_lr, len(result.losses)
+        (0.05, 3)
     """
 
     lrs: list[float]

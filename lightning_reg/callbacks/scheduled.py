@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 
-__all__ = ["ScheduleLike", "ScheduledLR"]
+__all__ = ["ScheduledLR"]
 
 _INTERVALS = ("step", "epoch")
 
