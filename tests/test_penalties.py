@@ -18,13 +18,11 @@ from lightning_reg.penalties import apply_max_norm_, select_weights, weight_pena
 
 @pytest.fixture(autouse=True, params=["default", "fallback"])
 def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on both code paths. "default" is what plain CPU tensors take: max-norm by
-    torch's per-tensor ``renorm_``, the penalty by the hand-written multi-tensor backward.
-    "fallback" switches both dispatches off: the fused ``torch._foreach_*`` max-norm that
-    accelerators and DTensors take, and the penalty by autograd through the norms (DTensors)."""
+    """Every test runs on both max-norm code paths. "default" is what plain CPU tensors take:
+    max-norm by torch's per-tensor ``renorm_``. "fallback" switches that dispatch off: the fused
+    ``torch._foreach_*`` max-norm that accelerators and DTensors take."""
     if request.param == "fallback":
         monkeypatch.setattr(penalties, "_per_tensor_kernels", lambda tensors: False)
-        monkeypatch.setattr(penalties, "_hand_backward", lambda tensors: False)
     return str(request.param)
 
 
