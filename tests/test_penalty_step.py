@@ -147,8 +147,8 @@ def test_fp16_grad_scaler_with_a_skipped_step(tmp_path: Any) -> None:
         out = _run(cls, tmp_path, torch.float32, [_Overflow({2})], plugins=[plugin], max_steps=5)
         return (*out, scaler)
 
-    ref, ref_model, _, ref_scaler = run(_Base)
-    got, got_model, trainer, scaler = run(_Step)
+    ref, _, _, ref_scaler = run(_Base)
+    got, _, trainer, scaler = run(_Step)
     assert trainer.global_step == 5
     assert scaler.get_scale() == ref_scaler.get_scale() == 2.0**9  # one step skipped
     assert all(torch.equal(a, b) for a, b in zip(got.weights[1], got.weights[2], strict=True))
@@ -194,7 +194,7 @@ class _ManualStep(WeightPenaltyMixin, _Manual):
 
 def test_manual_optimization_two_optimizers(tmp_path: Any) -> None:
     ref, _, _ = _run(_Manual, tmp_path, torch.float64, [], max_epochs=1)
-    got, model, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
     assert trainer.global_step == 10  # 5 batches, 2 optimizer steps each
     # Callbacks' on_before_optimizer_step runs before the module's, which adds the penalty under
     # manual optimization: only the trajectory is compared (documented).
@@ -246,7 +246,7 @@ class _LogsPenalty(_Step):
 
 
 def test_penalty_added_to_the_loss_is_detected_but_logging_it_is_fine(tmp_path: Any) -> None:
-    with pytest.raises(RuntimeError, match="count twice.*Remove `\\+ self.penalty\\(\\)`"):
+    with pytest.raises(RuntimeError, match=r"count twice.*Remove `\+ self.penalty\(\)`"):
         make_trainer(tmp_path, max_steps=1).fit(_DoubleCount(False), digits_loader(n=32))
     model = _LogsPenalty(False)
     make_trainer(tmp_path, max_steps=1).fit(model, digits_loader(n=32))

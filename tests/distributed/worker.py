@@ -201,7 +201,9 @@ def _penalty_routes(args: argparse.Namespace, shard: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for route in ("loss", "step", "proximal"):
         torch.manual_seed(0)
-        model = PenaltyByLoss(shard) if route == "loss" else PenaltyByStep(shard, route == "proximal")
+        model = (
+            PenaltyByLoss(shard) if route == "loss" else PenaltyByStep(shard, route == "proximal")
+        )
         if shard:
             strategy: Any = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
             extra: dict[str, Any] = {"deterministic": False}
