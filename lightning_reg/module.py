@@ -314,7 +314,7 @@ class WeightPenaltyMixin(_MixinBase):
             cached = groups[id(optimizer)] = (sizes, [(g, ws) for g, ws in pairs if ws])
         return cached[1]
 
-    def _stepped_weights(self, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    def _stepped_weights(self, optimizer: torch.optim.Optimizer) -> list[Tensor]:
         """The selected weights this optimizer's step updates (in its groups, requiring grad)."""
         return [w for _, ws in self._groups_of(optimizer) for w in ws if w.requires_grad]
 

@@ -307,7 +307,7 @@ def add_penalty_grad_(
 
 
 def _add_penalty_grad(
-    weights: Sequence[torch.Tensor],
+    weights: list[torch.Tensor],
     l1: float,
     l2: float,
     scale: float | torch.Tensor,
@@ -315,15 +315,18 @@ def _add_penalty_grad(
 ) -> None:
     """:func:`add_penalty_grad_` after validation (the per-step entry point)."""
     with torch.no_grad():
-        for w in weights:
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-        ws = [_local(w) for w in weights]
-        grads = [_local(w.grad) for w in weights]  # type: ignore[arg-type]
-        if foreach:
-            _add_penalty_grad_foreach(grads, ws, l1, l2, scale)
-        else:
-            _add_penalty_grad_loop(grads, ws, l1, l2, scale)
+        grads = [w.grad for w in weights]
+        if any(g is None for g in grads):
+            for w in weights:
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+            grads = [w.grad for w in weights]
+        ws = weights
+        if any(_is_dtensor(w) for w in weights):  # FSDP2: each shard where it lies
+            ws = [_local(w) for w in weights]
+            grads = [_local(g) for g in grads]  # type: ignore[arg-type]
+        add = _add_penalty_grad_foreach if foreach else _add_penalty_grad_loop
+        add(grads, ws, l1, l2, scale)  # type: ignore[arg-type]
 
 
 def _add_penalty_grad_loop(
