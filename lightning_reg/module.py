@@ -565,16 +565,15 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         ValueError: if an argument is out of range or an unknown name; the message lists the
             valid names or range.
 
-    Example::
-
-        class Net(RegularizedModule):
-            def __init__(self, width: int = 128, **kwargs):
-                super().__init__(**kwargs)
-                self.net = nn.Sequential(self.dense(64, width), self.dense(width, width))
-                self.head = self.apply_init(nn.Linear(width, 10), activation="identity")
-
-        model = Net(width=64, activation="selu", dropout=0.1, l2=1e-4, max_norm=3.0)
-        assert model.hparams["width"] == 64
+    Example:
+        >>> class Net(RegularizedModule):
+        ...     def __init__(self, width: int = 128, **kwargs):
+        ...         super().__init__(**kwargs)
+        ...         self.net = nn.Sequential(self.dense(64, width), self.dense(width, width))
+        ...         self.head = self.apply_init(nn.Linear(width, 10), activation="identity")
+        >>> model = Net(width=64, activation="selu", dropout=0.1, l2=1e-4, max_norm=3.0)
+        >>> model.hparams["width"], model.l2
+        (64, 0.0001)
     """
 
     def __init__(
@@ -627,9 +626,13 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             TypeError: if an argument has the wrong type.
             ValueError: if a width is < 1, the rate is outside ``[0, 1)`` or a name is unknown.
 
-        Example::
-
-            self.hidden = nn.Sequential(self.dense(64, 128), self.dense(128, 128))
+        Example:
+            >>> RegularizedModule(activation="relu", dropout=0.1).dense(64, 128)
+            Sequential(
+              (0): Linear(in_features=64, out_features=128, bias=True)
+              (1): ReLU()
+              (2): Dropout(p=0.1, inplace=False)
+            )
         """
         return dense_block(
             in_features,
@@ -653,9 +656,10 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         Raises:
             ValueError: if ``activation`` is unknown.
 
-        Example::
-
-            self.head = self.apply_init(nn.Linear(128, 10), activation="identity")
+        Example:
+            >>> head = RegularizedModule().apply_init(nn.Linear(128, 10), activation="identity")
+            >>> float(head.bias.detach().abs().max())
+            0.0
         """
         act = self.activation_name if activation is None else activation
         return init_weights_(module, self.init_name, act)
