@@ -340,8 +340,10 @@ class WeightPenaltyMixin(_MixinBase):
             tensor(2.5000, grad_fn=<MulBackward0>)
         """
         value = weight_penalty(self.penalized_weights(), l1=self._penalty_l1, l2=self._penalty_l2)
-        if self._penalty_fit_ready and value.requires_grad:
-            value.register_hook(_double_count)
+        trainer = cast(pl.LightningModule, self)._trainer
+        if self._penalty_fit_ready and trainer is not None and trainer.training:
+            if value.requires_grad:
+                value.register_hook(_double_count)
         return value
 
     def penalty_param_groups(self) -> list[dict[str, Any]]:
