@@ -145,7 +145,7 @@ class WeightPenaltyMixin(_MixinBase):
       contain the penalty). If you override ``backward``, ``on_fit_start``, ``on_fit_end``,
       ``on_before_optimizer_step`` or ``on_train_batch_end``, call ``super()``.
 
-    Example:
+    Examples:
         >>> import torch.nn.functional as F
         >>> from lightning.pytorch import LightningModule
         >>> class Net(WeightPenaltyMixin, LightningModule):
@@ -240,7 +240,7 @@ class WeightPenaltyMixin(_MixinBase):
             ValueError: if a factor is negative or not finite, or both ``predicate`` and
                 ``names`` are given.
 
-        Example:
+        Examples:
             >>> from lightning.pytorch import LightningModule
             >>> class Net(WeightPenaltyMixin, LightningModule):
             ...     def __init__(self):
@@ -286,7 +286,7 @@ class WeightPenaltyMixin(_MixinBase):
     def penalized_weights(self) -> list[nn.Parameter]:
         """The selected weights that require grad now (the selection is made once per fit).
 
-        Example:
+        Examples:
             >>> from lightning.pytorch import LightningModule
             >>> class Net(WeightPenaltyMixin, LightningModule):
             ...     def __init__(self):
@@ -327,7 +327,7 @@ class WeightPenaltyMixin(_MixinBase):
         During ``fit`` the penalty's gradient is already applied at each optimizer step: adding
         this value to the training loss raises a ``RuntimeError`` at its backward pass.
 
-        Example:
+        Examples:
             >>> from lightning.pytorch import LightningModule
             >>> class Net(WeightPenaltyMixin, LightningModule):
             ...     def __init__(self):
@@ -351,7 +351,7 @@ class WeightPenaltyMixin(_MixinBase):
         ``weight_decay=0``. Needed for ``as_weight_decay=True``; keeps biases and normalization
         parameters undecayed whatever ``weight_decay`` the optimizer gets.
 
-        Example:
+        Examples:
             >>> from lightning.pytorch import LightningModule
             >>> class Net(WeightPenaltyMixin, LightningModule):
             ...     def __init__(self):
@@ -567,7 +567,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         ValueError: if an argument is out of range or an unknown name; the message lists the
             valid names or range.
 
-    Example:
+    Examples:
         >>> class Net(RegularizedModule):
         ...     def __init__(self, width: int = 128, **kwargs):
         ...         super().__init__(**kwargs)
@@ -628,7 +628,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             TypeError: if an argument has the wrong type.
             ValueError: if a width is < 1, the rate is outside ``[0, 1)`` or a name is unknown.
 
-        Example:
+        Examples:
             >>> RegularizedModule(activation="relu", dropout=0.1).dense(64, 128)
             Sequential(
               (0): Linear(in_features=64, out_features=128, bias=True)
@@ -658,7 +658,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         Raises:
             ValueError: if ``activation`` is unknown.
 
-        Example:
+        Examples:
             >>> head = RegularizedModule().apply_init(nn.Linear(128, 10), activation="identity")
             >>> float(head.bias.detach().abs().max())
             0.0

@@ -114,7 +114,7 @@ def select_weights(
         UserWarning: if nothing is selected, or a selected layer's kernel cannot be resolved to
             parameters.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.LSTM(8, 3))
         >>> [tuple(w.shape) for w in select_weights(model)]
         [(8, 4), (12, 8), (12, 3)]
@@ -240,7 +240,7 @@ def weight_penalty(
         TypeError: if a factor is not a real number (``bool`` included).
         ValueError: if a factor is negative or not finite.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
         >>> weight_penalty([w], l1=0.1, l2=0.01)
         tensor(0.7400)
@@ -291,7 +291,7 @@ def add_penalty_grad_(
         TypeError: if a factor is not a real number.
         ValueError: if a factor is negative or not finite.
 
-    Example:
+    Examples:
         >>> w = nn.Parameter(torch.tensor([[1.0, -2.0], [0.0, 3.0]]))
         >>> add_penalty_grad_([w], l1=0.1, l2=0.01)
         >>> w.grad
@@ -385,7 +385,7 @@ def soft_threshold_(params: Iterable[torch.Tensor], threshold: float | torch.Ten
         params: the weights; a single tensor is one weight.
         threshold: ``lr * l1``, a number ``>= 0`` or a 0-dim tensor (a tensor learning rate).
 
-    Example:
+    Examples:
         >>> w = torch.tensor([0.5, 0.05, -2.0])
         >>> soft_threshold_([w], 0.1)
         >>> w
@@ -405,7 +405,7 @@ def zero_fraction(params: Iterable[torch.Tensor]) -> torch.Tensor:
     """The fraction of elements that are exactly ``0.0`` over all ``params`` (a 0-dim float32
     tensor, no host sync; DTensors count every shard).
 
-    Example:
+    Examples:
         >>> zero_fraction([torch.tensor([0.0, 1.0]), torch.zeros(2)])
         tensor(0.7500)
     """
