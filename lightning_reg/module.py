@@ -341,9 +341,9 @@ class WeightPenaltyMixin(_MixinBase):
         """
         value = weight_penalty(self.penalized_weights(), l1=self._penalty_l1, l2=self._penalty_l2)
         trainer = cast(pl.LightningModule, self)._trainer
-        if self._penalty_fit_ready and trainer is not None and trainer.training:
-            if value.requires_grad:
-                value.register_hook(_double_count)
+        training = self._penalty_fit_ready and trainer is not None and trainer.training
+        if training and value.requires_grad:
+            value.register_hook(_double_count)
         return value
 
     def penalty_param_groups(self) -> list[dict[str, Any]]:

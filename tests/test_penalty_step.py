@@ -280,3 +280,42 @@ def test_penalty_logged_on_logging_steps_only_with_its_value(tmp_path: Any) -> N
     assert seen[:2] == [None, None]  # step 1 neither computes nor logs it
     assert seen[2] == seen[3] == pytest.approx(expected[1], rel=1e-6)  # weights before step 2
     assert float(trainer.callback_metrics["train/penalty"]) == pytest.approx(expected[3], rel=1e-6)
+
+
+class _Sequence(_Base):
+    """Digits as 8 rows of 8 pixels: LSTM, self-attention, a weight-normed Linear head."""
+
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route)
+        torch.manual_seed(0)
+        self.backbone = nn.LSTM(8, 12, batch_first=True)
+        self.attention = nn.MultiheadAttention(12, 2, batch_first=True)
+        self.head = nn.utils.parametrizations.weight_norm(nn.Linear(12, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        h, _ = self.backbone(x.to(self.dtype).view(-1, 8, 8))
+        h, _ = self.attention(h, h, h)
+        loss = F.cross_entropy(self.head(h.mean(1)), y)
+        if self.loss_route:
+            loss = loss + weight_penalty(select_weights(self), *self.factors)
+        return loss
+
+
+class _SequenceStep(WeightPenaltyMixin, _Sequence):
+    pass
+
+
+def test_recurrent_attention_and_weight_normed_kernels_are_penalized(tmp_path: Any) -> None:
+    ref, _, _ = _run(_Sequence, tmp_path, torch.float64, [], max_steps=4)
+    got, model, _ = _run(_SequenceStep, tmp_path, torch.float64, [], max_steps=4)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(w)] for w in model.penalized_weights()) == [
+        "attention.in_proj_weight",
+        "attention.out_proj.weight",
+        "backbone.weight_hh_l0",
+        "backbone.weight_ih_l0",
+        "head.parametrizations.weight.original0",
+        "head.parametrizations.weight.original1",
+    ]
