@@ -67,6 +67,9 @@ DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, n
 _STACK_NUMEL = 1 << 16
 # The epsilon torch.renorm adds to the norm (fixed in its kernel).
 _RENORM_EPS = 1e-7
+# Elements of the sign(w) temporaries made at once by the multi-tensor l1 gradient (1 MiB of
+# float32): all at once, fresh pages cost more than the arithmetic (benchmarks/regularization.py).
+_SIGN_CHUNK_NUMEL = 1 << 18
 
 
 def select_weights(
@@ -357,19 +360,45 @@ def _add_penalty_grad_foreach(
     l2: float,
     scale: float | torch.Tensor,
 ) -> None:
-    """The same sums with one multi-tensor kernel per term."""
-    if isinstance(scale, torch.Tensor):
-        if l2 != 0.0:
-            torch._foreach_add_(grads, torch._foreach_mul(ws, scale), alpha=2.0 * l2)
-        if l1 != 0.0:
-            signs = torch._foreach_sign(ws)
-            torch._foreach_mul_(signs, scale)
-            torch._foreach_add_(grads, signs, alpha=l1)
-        return
+    """The same sums with one multi-tensor kernel per term (per chunk of weights for l1)."""
     if l2 != 0.0:
-        torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
-    if l1 != 0.0:
-        torch._foreach_add_(grads, torch._foreach_sign(ws), alpha=l1 * scale)
+        if isinstance(scale, torch.Tensor):
+            torch._foreach_add_(grads, torch._foreach_mul(ws, scale), alpha=2.0 * l2)
+        else:
+            torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
+    if l1 == 0.0:
+        return
+    # sign(w) needs a temporary: made for pieces of at most _SIGN_CHUNK_NUMEL elements at a
+    # time (big weights split into flat slices), so that the allocator hands back the same warm
+    # memory instead of fresh pages for every weight at once.
+    w_pieces, g_pieces = [], []
+    for w, g in zip(ws, grads, strict=True):
+        if w.numel() > _SIGN_CHUNK_NUMEL and w.is_contiguous() and g.is_contiguous():
+            w_pieces += w.view(-1).split(_SIGN_CHUNK_NUMEL)
+            g_pieces += g.view(-1).split(_SIGN_CHUNK_NUMEL)
+        else:
+            w_pieces.append(w)
+            g_pieces.append(g)
+    for lo, hi in _chunks(w_pieces, _SIGN_CHUNK_NUMEL):
+        signs = torch._foreach_sign(w_pieces[lo:hi])
+        if isinstance(scale, torch.Tensor):
+            torch._foreach_mul_(signs, scale)
+            torch._foreach_add_(g_pieces[lo:hi], signs, alpha=l1)
+        else:
+            torch._foreach_add_(g_pieces[lo:hi], signs, alpha=l1 * scale)
+
+
+def _chunks(tensors: list[torch.Tensor], numel: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``(lo, hi)`` index ranges holding at most ``numel`` elements (or one tensor)."""
+    lo, total = 0, 0
+    for i, t in enumerate(tensors):
+        n = t.numel()
+        if i > lo and total + n > numel:
+            yield lo, i
+            lo, total = i, 0
+        total += n
+    if lo < len(tensors):
+        yield lo, len(tensors)
 
 
 def soft_threshold_(params: Iterable[torch.Tensor], threshold: float | torch.Tensor) -> None:
