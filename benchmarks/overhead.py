@@ -181,13 +181,14 @@ class Net(pl.LightningModule):
         start = time.thread_time()
         super().backward(loss, *args, **kwargs)
         self.inner.append(time.thread_time() - start)
-        if self.arm.penalty == "floor":  # the bare kernels of the penalty's gradient
+        if self.arm.penalty == "floor":  # the cheapest kernels of the penalty's gradient
             weights = [p for p in self.parameters() if p.dim() > 1]
             grads = [p.grad for p in weights]
             t0 = time.thread_time()
             torch._foreach_add_(grads, weights, alpha=2.0 * L2)
             t1 = time.thread_time()
-            torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=L1)
+            for g, w in zip(grads, weights, strict=True):  # one warm temporary at a time
+                g.add_(torch.sign(w), alpha=L1)
             t2 = time.thread_time()
             self.probes.setdefault("l2 gradient", []).append(t1 - t0)
             self.probes.setdefault("l1+l2 gradient", []).append(t2 - t0)
