@@ -67,8 +67,10 @@ DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, n
 _STACK_NUMEL = 1 << 16
 # The epsilon torch.renorm adds to the norm (fixed in its kernel).
 _RENORM_EPS = 1e-7
-# Elements of the sign(w) temporaries made at once by the multi-tensor l1 gradient (1 MiB of
-# float32): all at once, fresh pages cost more than the arithmetic (benchmarks/regularization.py).
+# The multi-tensor l1 gradient takes weights below _SMALL_NUMEL elements through foreach kernels,
+# making their sign(w) temporaries at most _SIGN_CHUNK_NUMEL elements at a time; bigger weights
+# one by one (the split measured in docs/regularization.md, "The pure functions").
+_SMALL_NUMEL = 1 << 14
 _SIGN_CHUNK_NUMEL = 1 << 18
 
 
@@ -368,24 +370,21 @@ def _add_penalty_grad_foreach(
             torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
     if l1 == 0.0:
         return
-    # sign(w) needs a temporary: made for pieces of at most _SIGN_CHUNK_NUMEL elements at a
-    # time (big weights split into flat slices), so that the allocator hands back the same warm
-    # memory instead of fresh pages for every weight at once.
-    w_pieces, g_pieces = [], []
-    for w, g in zip(ws, grads, strict=True):
-        if w.numel() > _SIGN_CHUNK_NUMEL and w.is_contiguous() and g.is_contiguous():
-            w_pieces += w.view(-1).split(_SIGN_CHUNK_NUMEL)
-            g_pieces += g.view(-1).split(_SIGN_CHUNK_NUMEL)
-        else:
-            w_pieces.append(w)
-            g_pieces.append(g)
-    for lo, hi in _chunks(w_pieces, _SIGN_CHUNK_NUMEL):
-        signs = torch._foreach_sign(w_pieces[lo:hi])
+    # sign(w) needs a temporary per weight. Small weights: one multi-tensor kernel per chunk of
+    # up to _SIGN_CHUNK_NUMEL elements, which saves dispatches. Bigger ones: one weight at a
+    # time, so the allocator hands back the same warm memory (the temporaries of many big
+    # weights at once cost fresh pages, more than the arithmetic on CPU).
+    small = [i for i, w in enumerate(ws) if w.numel() < _SMALL_NUMEL]
+    big = [i for i, w in enumerate(ws) if w.numel() >= _SMALL_NUMEL]
+    small_ws, small_grads = [ws[i] for i in small], [grads[i] for i in small]
+    for lo, hi in _chunks(small_ws, _SIGN_CHUNK_NUMEL):
+        signs = torch._foreach_sign(small_ws[lo:hi])
         if isinstance(scale, torch.Tensor):
             torch._foreach_mul_(signs, scale)
-            torch._foreach_add_(g_pieces[lo:hi], signs, alpha=l1)
+            torch._foreach_add_(small_grads[lo:hi], signs, alpha=l1)
         else:
-            torch._foreach_add_(g_pieces[lo:hi], signs, alpha=l1 * scale)
+            torch._foreach_add_(small_grads[lo:hi], signs, alpha=l1 * scale)
+    _add_penalty_grad_loop([grads[i] for i in big], [ws[i] for i in big], l1, 0.0, scale)
 
 
 def _chunks(tensors: list[torch.Tensor], numel: int) -> Iterator[tuple[int, int]]:
