@@ -67,10 +67,10 @@ DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, n
 _STACK_NUMEL = 1 << 16
 # The epsilon torch.renorm adds to the norm (fixed in its kernel).
 _RENORM_EPS = 1e-7
-# The multi-tensor l1 gradient takes weights below _SMALL_NUMEL elements through foreach kernels,
-# making their sign(w) temporaries at most _SIGN_CHUNK_NUMEL elements at a time; bigger weights
-# one by one (the split measured in docs/regularization.md, "The pure functions").
-_SMALL_NUMEL = 1 << 14
+# The multi-tensor penalty gradient takes weights below _SMALL_NUMEL elements through foreach
+# kernels (sign(w) temporaries at most _SIGN_CHUNK_NUMEL elements at a time), bigger ones one by
+# one (the split measured in docs/regularization.md, "The pure functions").
+_SMALL_NUMEL = 1 << 15
 _SIGN_CHUNK_NUMEL = 1 << 18
 
 
@@ -362,7 +362,21 @@ def _add_penalty_grad_foreach(
     l2: float,
     scale: float | torch.Tensor,
 ) -> None:
-    """The same sums with one multi-tensor kernel per term (per chunk of weights for l1)."""
+    """The same sums with multi-tensor kernels for the small weights.
+
+    Weights below ``_SMALL_NUMEL`` elements take one multi-tensor kernel per term, the ``sign(w)``
+    temporaries of l1 made a chunk of ``_SIGN_CHUNK_NUMEL`` elements at a time. Bigger weights
+    take both terms one weight at a time, as the reference does: each is then read while still
+    in cache, and its temporary reuses warm memory (fresh pages for the temporaries of many big
+    weights at once cost more than the arithmetic on CPU).
+    """
+    small = [i for i, w in enumerate(ws) if w.numel() < _SMALL_NUMEL]
+    if len(small) < len(ws):
+        big = [i for i, w in enumerate(ws) if w.numel() >= _SMALL_NUMEL]
+        _add_penalty_grad_loop([grads[i] for i in big], [ws[i] for i in big], l1, l2, scale)
+        grads, ws = [grads[i] for i in small], [ws[i] for i in small]
+    if not ws:
+        return
     if l2 != 0.0:
         if isinstance(scale, torch.Tensor):
             torch._foreach_add_(grads, torch._foreach_mul(ws, scale), alpha=2.0 * l2)
@@ -370,21 +384,13 @@ def _add_penalty_grad_foreach(
             torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
     if l1 == 0.0:
         return
-    # sign(w) needs a temporary per weight. Small weights: one multi-tensor kernel per chunk of
-    # up to _SIGN_CHUNK_NUMEL elements, which saves dispatches. Bigger ones: one weight at a
-    # time, so the allocator hands back the same warm memory (the temporaries of many big
-    # weights at once cost fresh pages, more than the arithmetic on CPU).
-    small = [i for i, w in enumerate(ws) if w.numel() < _SMALL_NUMEL]
-    big = [i for i, w in enumerate(ws) if w.numel() >= _SMALL_NUMEL]
-    small_ws, small_grads = [ws[i] for i in small], [grads[i] for i in small]
-    for lo, hi in _chunks(small_ws, _SIGN_CHUNK_NUMEL):
-        signs = torch._foreach_sign(small_ws[lo:hi])
+    for lo, hi in _chunks(ws, _SIGN_CHUNK_NUMEL):
+        signs = torch._foreach_sign(ws[lo:hi])
         if isinstance(scale, torch.Tensor):
             torch._foreach_mul_(signs, scale)
-            torch._foreach_add_(small_grads[lo:hi], signs, alpha=l1)
+            torch._foreach_add_(grads[lo:hi], signs, alpha=l1)
         else:
-            torch._foreach_add_(small_grads[lo:hi], signs, alpha=l1 * scale)
-    _add_penalty_grad_loop([grads[i] for i in big], [ws[i] for i in big], l1, 0.0, scale)
+            torch._foreach_add_(grads[lo:hi], signs, alpha=l1 * scale)
 
 
 def _chunks(tensors: list[torch.Tensor], numel: int) -> Iterator[tuple[int, int]]:
