@@ -76,6 +76,8 @@ class Arm:
     schedule: str | None = None  # "1cycle", "exponential" or "plateau"
     side: str | None = None  # "ours" or "peer": who drives `schedule`
     validate: bool = False
+    l1: float = L1  # the l1 factor of the penalty arms (0 for "l2" arms)
+    accumulate: int = 1
 
 
 ARMS = (
@@ -93,6 +95,19 @@ ARMS = (
     Arm("bare + validation", validate=True),
     Arm("plateau: ours", schedule="plateau", side="ours", validate=True),
     Arm("plateau: peer", schedule="plateau", side="peer", validate=True),
+)
+
+# The penalty targets: the penalty's in-step time against its floor (the bare in-place adds into
+# `.grad`, timed at the same point of a real step), at accumulation 1 and 4, and 1cycle +
+# max-norm + l2 against bare with the floors of the three printed beside it.
+PENALTY_ARMS = (
+    Arm("bare"),
+    Arm("floors", penalty="floor"),
+    Arm("l1+l2 penalty: ours", penalty="ours"),
+    Arm("l2 penalty: ours", penalty="ours", l1=0.0),
+    Arm("1cycle + max-norm + l2: ours", "ours", "ours", "1cycle", "ours", l1=0.0),
+    Arm("bare, accumulate 4", accumulate=4),
+    Arm("l1+l2 penalty, accumulate 4: ours", penalty="ours", accumulate=4),
 )
 
 
@@ -159,6 +174,24 @@ class Net(pl.LightningModule):
     def __init__(self, net: nn.Module, arm: Arm, decay_steps: int, val_every: int) -> None:
         super().__init__()
         self.net, self.arm, self.decay_steps, self.val_every = net, arm, decay_steps, val_every
+        self.inner: list[float] = []  # thread CPU time (s) of LightningModule.backward, per call
+        self.probes: dict[str, list[float]] = {}  # floor name -> its time (s) at every step
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        start = time.thread_time()
+        super().backward(loss, *args, **kwargs)
+        self.inner.append(time.thread_time() - start)
+        if self.arm.penalty == "floor":  # the cheapest kernels of the penalty's gradient
+            weights = [p for p in self.parameters() if p.dim() > 1]
+            grads = [p.grad for p in weights]
+            t0 = time.thread_time()
+            torch._foreach_add_(grads, weights, alpha=2.0 * L2)
+            t1 = time.thread_time()
+            for g, w in zip(grads, weights, strict=True):  # one warm temporary at a time
+                g.add_(torch.sign(w), alpha=L1)
+            t2 = time.thread_time()
+            self.probes.setdefault("l2 gradient", []).append(t1 - t0)
+            self.probes.setdefault("l1+l2 gradient", []).append(t2 - t0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -177,7 +210,19 @@ class Net(pl.LightningModule):
         self.log("val_loss", F.cross_entropy(self(x), y))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        if self.arm.penalty == "floor":  # setting one group's lr and momentum (1cycle's work)
+            group = self.trainer.optimizers[0].param_groups[0]
+            t0 = time.thread_time()
+            group["lr"], group["momentum"] = group["lr"], group["momentum"]
+            self.probes.setdefault("1cycle", []).append(time.thread_time() - t0)
         super().optimizer_step(*args, **kwargs)
+        if self.arm.penalty == "floor":  # one renorm_ per weight (max-norm's work)
+            t0 = time.thread_time()
+            with torch.no_grad():
+                for p in self.parameters():
+                    if p.dim() > 1:
+                        p.renorm_(2, 0, MAX_NORM)
+            self.probes.setdefault("max-norm", []).append(time.thread_time() - t0)
         if self.arm.max_norm == "peer":
             with torch.no_grad():
                 for p in self.parameters():
@@ -208,11 +253,32 @@ class Net(pl.LightningModule):
 
 
 class PenalizedNet(WeightPenaltyMixin, Net):
-    """:class:`Net` with our l1+l2 penalty added to the loss by the mixin."""
+    """:class:`Net` with our penalty, applied by the mixin at the end of ``backward``."""
 
     def __init__(self, net: nn.Module, arm: Arm, decay_steps: int, val_every: int) -> None:
         super().__init__(net, arm, decay_steps, val_every)
-        self.configure_penalty(l1=L1, l2=L2)
+        self.configure_penalty(l1=arm.l1, l2=L2)
+        self.outer: list[float] = []
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # The mixin's share of the step: its backward minus the LightningModule.backward inside.
+        start = time.thread_time()
+        super().backward(loss, *args, **kwargs)
+        self.outer.append(time.thread_time() - start)
+
+
+def penalty_ms(model: Net, skip: int, accumulate: int) -> dict[str, list[float]]:
+    """In-step times (ms) per optimizer step after ``skip`` batches: our penalty's (the mixin's
+    share of ``backward``, summed over the micro-batches of a step) and each floor's."""
+    out = {
+        name: [1e3 * t for t in times[skip // accumulate :]] for name, times in model.probes.items()
+    }
+    if isinstance(model, PenalizedNet):
+        extra = [o - i for o, i in zip(model.outer, model.inner, strict=True)][skip:]
+        steps = len(extra) // accumulate
+        chunks = [extra[accumulate * k : accumulate * (k + 1)] for k in range(steps)]
+        out["ours"] = [1e3 * sum(chunk) for chunk in chunks]
+    return out
 
 
 class StepTimer(pl.Callback):
@@ -264,15 +330,16 @@ def fit_once(
         for _ in range(DISTINCT_BATCHES)
     ]
     batches = [(x, y.to(device)) for x, y in batches]
-    n_steps = args.warmup + args.steps + 1
+    n_steps = (args.warmup + args.steps + 1) * arm.accumulate
     cls = PenalizedNet if arm.penalty == "ours" else Net
     model = cls(net, arm, decay_steps=n_steps, val_every=args.val_every)
     timer = StepTimer(device)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
-        max_steps=n_steps,
+        max_steps=n_steps // arm.accumulate,
         max_epochs=1,
+        accumulate_grad_batches=arm.accumulate,
         limit_val_batches=1 if arm.validate else 0,
         val_check_interval=args.val_every if arm.validate else None,
         num_sanity_val_steps=0,
@@ -286,10 +353,12 @@ def fit_once(
     val = DataLoader(Batches(batches[:1], 1), batch_size=None) if arm.validate else None
     gc.collect()
     trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
-    block = args.val_every if arm.validate else 1
+    block = args.val_every if arm.validate else arm.accumulate
+    skip = args.warmup * arm.accumulate
     return {
-        "wall": timer.step_ms(timer.wall, args.warmup, block),
-        "cpu": timer.step_ms(timer.cpu, args.warmup, block),
+        "wall": timer.step_ms(timer.wall, skip, block),
+        "cpu": timer.step_ms(timer.cpu, skip, block),
+        **{f"in-step {k}": v for k, v in penalty_ms(model, skip, arm.accumulate).items()},
     }
 
 
@@ -321,16 +390,19 @@ class Result:
         return statistics.median(a / b for a, b in pairs)
 
 
-def bench_model(key: str, args: argparse.Namespace, device: torch.device) -> Result:
-    """Fit every arm of one model once per round, in a rotated order, ``args.rounds`` times."""
+def bench_model(
+    key: str, arms: tuple[Arm, ...], args: argparse.Namespace, device: torch.device
+) -> Result:
+    """Fit every arm of one model once per round, in a rotated order, ``args.rounds`` times.
+    Besides the step (``"wall"``, ``"cpu"``), the in-step times of the penalty arms are kept."""
     name, build = MODELS[key]
-    fit_once(ARMS[0], build, args, device)  # untimed: one-time costs (kernel caches, allocator)
-    rounds: dict[tuple[str, str], list[float]] = {(a.label, c): [] for a in ARMS for c in CLOCKS}
+    fit_once(arms[0], build, args, device)  # untimed: one-time costs (kernel caches, allocator)
+    rounds: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
-        for arm in rotated(ARMS, r):
+        for arm in rotated(arms, r):
             times = fit_once(arm, build, args, device)
-            for c in CLOCKS:
-                rounds[arm.label, c].append(statistics.median(times[c]))
+            for clock, values in times.items():
+                rounds.setdefault((arm.label, clock), []).append(statistics.median(values))
     return Result(name, rounds)
 
 
@@ -341,9 +413,9 @@ def baseline(label: str) -> str:
     return "bare + validation" if label in ("bare + validation", *PLATEAU) else "bare"
 
 
-def table_rows(result: Result, clock: str) -> list[list[str]]:
+def table_rows(result: Result, arms: tuple[Arm, ...], clock: str) -> list[list[str]]:
     rows = []
-    for arm in ARMS:
+    for arm in arms:
         base = baseline(arm.label)
         best, typical = result.best(arm.label, clock), result.typical(arm.label, clock)
         rows.append(
@@ -382,6 +454,64 @@ def verdicts(result: Result, clock: str) -> list[str]:
     return lines
 
 
+def penalty_rows(result: Result) -> list[list[str]]:
+    """The penalty targets of one model: in-step time of ours against its floor (best round,
+    then the median over rounds of the ratio in the same round), accumulation 4 against 1, and
+    1cycle + max-norm + l2 against bare with the floors of the three."""
+
+    def pair(label: str, clock: str, other: str, other_clock: str) -> tuple[float, float, float]:
+        a, b = result.rounds[label, clock], result.rounds[other, other_clock]
+        paired = statistics.median(x / y for x, y in zip(a, b, strict=True))
+        return min(a), min(a) / min(b), paired
+
+    ours, floor = "in-step ours", "in-step l1+l2 gradient"
+    rows = []
+    for label, mine, floor_key in (
+        ("l1+l2 penalty: ours", ours, floor),
+        ("l2 penalty: ours", ours, "in-step l2 gradient"),
+    ):
+        best, ratio, paired = pair(label, mine, "floors", floor_key)
+        rows.append(
+            [
+                result.model,
+                f"{label}, in step vs its floor",
+                f"{best:.3f} ms",
+                f"{ratio:.2f}x",
+                f"{paired:.2f}x",
+                "<= 1.5x",
+            ]
+        )
+    best, ratio, paired = pair(
+        "l1+l2 penalty, accumulate 4: ours", ours, "l1+l2 penalty: ours", ours
+    )
+    rows.append(
+        [
+            result.model,
+            "l1+l2 penalty per optimizer step, accumulate 4 vs 1",
+            f"{best:.3f} ms",
+            f"{ratio:.2f}x",
+            f"{paired:.2f}x",
+            "~1x",
+        ]
+    )
+    best, ratio, paired = pair("1cycle + max-norm + l2: ours", "cpu", "bare", "cpu")
+    floors = sum(
+        min(result.rounds["floors", f"in-step {k}"]) for k in ("l2 gradient", "max-norm", "1cycle")
+    )
+    bare = min(result.rounds["bare", "cpu"])
+    rows.append(
+        [
+            result.model,
+            "1cycle + max-norm + l2: ours, step vs bare",
+            f"{best:.3f} ms",
+            f"{ratio:.3f}x",
+            f"{paired:.3f}x",
+            f"<= 1.05x (floors: {floors:.3f} ms = {1 + floors / bare:.3f}x)",
+        ]
+    )
+    return rows
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
@@ -392,6 +522,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-every", type=int, default=10, help="validation period (plateau)")
     parser.add_argument("--batch", type=int, default=128, help="batch size")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--arms",
+        default="all",
+        choices=["all", "penalty"],
+        help="the feature arms or the "
+        "penalty-target arms (in-step penalty vs floor, accumulation, 1cycle + max-norm + l2)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps and rounds")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
     args = parser.parse_args(argv)
@@ -412,12 +549,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     quiet_lightning()
-    results = [bench_model(key, args, device) for key in args.models.split(",")]
+    arms = PENALTY_ARMS if args.arms == "penalty" else ARMS
+    results = [bench_model(key, arms, args, device) for key in args.models.split(",")]
     # One torch thread on CPU: the thread's CPU time is the step's cost, and stays so while
     # other processes share the cores. On a GPU the work is elsewhere: the wall clock measures it.
     clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
     name = "CPU" if clock == "cpu" else "wall"
-    rows = [row for result in results for row in table_rows(result, clock)]
+    rows = [row for result in results for row in table_rows(result, arms, clock)]
     table = markdown_table(
         [
             "model",
@@ -431,11 +569,19 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         "llrrrrr",
     )
-    lines = [line for result in results for line in verdicts(result, clock)]
-    summary = (
-        f"Against the targets ({name} clock, best rounds; paired medians in brackets):\n\n"
-        + "\n".join(lines)
-    )
+    if args.arms == "penalty":
+        summary = "The penalty targets (thread CPU time; best round, then paired median):\n\n"
+        summary += markdown_table(
+            ["model", "what", "best", "ratio, best rounds", "ratio, paired median", "target"],
+            [row for result in results for row in penalty_rows(result)],
+            "llrrrl",
+        )
+    else:
+        lines = [line for result in results for line in verdicts(result, clock)]
+        summary = (
+            f"Against the targets ({name} clock, best rounds; paired medians in brackets):\n\n"
+            + "\n".join(lines)
+        )
     header = machine_header(device)
     settings = (
         f"{args.rounds} interleaved rounds x {args.steps} timed steps per arm (after "
@@ -444,8 +590,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{header}\n- Settings: {settings}\n\n{table}\n\n{summary}")
     if not args.no_write:
+        section = "overhead" if args.arms == "all" else "overhead-penalty"
         write_section(
-            f"overhead-{device.type}", f"{header}\n- Settings: {settings}\n\n{table}\n\n{summary}"
+            f"{section}-{device.type}", f"{header}\n- Settings: {settings}\n\n{table}\n\n{summary}"
         )
 
 

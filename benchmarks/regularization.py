@@ -11,8 +11,11 @@ Models: (a) ``--layers`` Linear layers of ``--width`` x ``--width`` with biases 
 are selected: 50 x 256 x 256 by default, 100 tensors in the model) and (b) an MLP of
 ``--mlp-layers`` Linear layers of ``--mlp-width`` x ``--mlp-width`` (6 x 2048 x 2048, about 25M
 parameters). The floor is one read+write pass over the same weights,
-``torch._foreach_mul_(weights, 1.0)``. "penalty" times the forward alone; "penalty+backward"
-times forward and backward (gradients reset to ``None`` first), the cost a training step pays.
+``torch._foreach_mul_(weights, 1.0)``. Penalty rows: "penalty value" is ``weight_penalty``
+(what logging computes) against the per-tensor loop, both without autograd; "penalty gradient"
+is ``add_penalty_grad_`` (``foreach=True``, what a training step pays) against its reference
+loop (``foreach=False``); "gradient vs loss route" is the same call against the loss route's
+forward and backward (gradients reset to ``None`` first).
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lightning_reg.penalties import apply_max_norm_, select_weights, weight_penalty
+from lightning_reg.penalties import (
+    add_penalty_grad_,
+    apply_max_norm_,
+    select_weights,
+    weight_penalty,
+)
 
 L1, L2, MAX_VALUE = 1e-5, 1e-4, 0.5
 
@@ -128,18 +136,29 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
 
         return step
 
-    def fused_penalty() -> torch.Tensor:
-        return weight_penalty(weights, l1=L1, l2=L2)
+    def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
+        return lambda: torch.no_grad()(fn)()
+
+    def gradient(foreach: bool) -> Callable[[], None]:
+        def add() -> None:
+            for w in weights:
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+            add_penalty_grad_(weights, l1=L1, l2=L2, foreach=foreach)
+
+        return add
 
     ms = time_interleaved(
         {
             "max-norm fused": lambda: apply_max_norm_(weights, MAX_VALUE),
             "max-norm loop": renorm_loop,
             "floor": floor,
-            "penalty fused": fused_penalty,
-            "penalty loop": penalty_loop,
-            "penalty+backward fused": training(fused_penalty),
-            "penalty+backward loop": training(penalty_loop),
+            "penalty value fused": no_grad(lambda: weight_penalty(weights, l1=L1, l2=L2)),
+            "penalty value loop": no_grad(penalty_loop),
+            "penalty gradient fused": gradient(True),
+            "penalty gradient loop": gradient(False),
+            "gradient vs loss route fused": gradient(True),
+            "gradient vs loss route loop": training(penalty_loop),
         },
         args.repeats,
         args.warmup,
@@ -147,7 +166,7 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
     )
     size = f"{name}: {len(list(model.parameters()))} tensors, {sum(w.numel() for w in weights):,}"
     rows = []
-    for op in ("max-norm", "penalty", "penalty+backward"):
+    for op in ("max-norm", "penalty value", "penalty gradient", "gradient vs loss route"):
         fused, loop = ms[f"{op} fused"], ms[f"{op} loop"]
         rows.append(
             f"| {size} | {op} | {fused:.3f} | {loop:.3f} | {loop / fused:.2f}x "

@@ -5,14 +5,15 @@ Run: ``python examples/custom_module.py`` (about 15 s on 2 CPU cores, nothing is
 ``DigitsNet`` is a plain ``LightningModule`` with its own layers, ``training_step`` and
 ``configure_optimizers``. Three additions regularize and schedule it:
 
-- ``WeightPenaltyMixin`` (listed before ``LightningModule``) adds ``l1 * sum|w| + l2 * sum w**2``
-  over the Linear weights (not the biases) to whatever ``training_step`` returns, and logs it as
-  ``train/penalty``; ``configure_penalty`` in ``__init__`` sets the factors.
+- ``WeightPenaltyMixin`` (listed before ``LightningModule``) applies ``l1 * sum|w| + l2 * sum w**2``
+  over the Linear weights (not the biases): at each optimizer step it adds the penalty's gradient
+  to the weights' gradients, so ``training_step`` returns the data loss only; it logs the value as
+  ``train/penalty``. ``configure_penalty`` in ``__init__`` sets the factors.
 - ``MaxNorm(max_value)`` rescales every unit's incoming weight vector to norm ``<= max_value``
   after each optimizer step.
 - ``OneCycleScheduler(max_lr)`` sets the LR and momentum of every optimizer step (1cycle).
 
-The script prints the loss of the last step split into cross-entropy and penalty, the LR at the
+The script prints the loss of the last step (cross-entropy only) and the penalty, the LR at the
 start, peak and end of the cycle, the largest incoming-weight norm and the validation accuracy.
 """
 
@@ -62,10 +63,10 @@ class DigitsNet(WeightPenaltyMixin, pl.LightningModule):
         loss = F.cross_entropy(self(x), y)
         self.log("train/data_loss", loss)
         self._data_loss = loss.detach()
-        return loss  # the mixin returns loss + penalty to Lightning
+        return loss  # the data loss only: the mixin adds the penalty's gradient at each step
 
     def on_before_backward(self, loss: Tensor) -> None:
-        # `loss` is what Lightning back-propagates: kept (no host sync) to show the penalty in it.
+        # `loss` is what Lightning back-propagates: kept (no host sync) to show it is the data loss.
         assert self._data_loss is not None
         self.last_losses = (loss.detach(), self._data_loss)
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         enable_progress_bar=False,
     )
     trainer.fit(model, datamodule=data)
-    penalty = float(trainer.callback_metrics["train/penalty_step"])  # the last step's penalty
+    penalty = float(model.penalty().detach())  # the penalty of the trained weights
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
 
     assert model.last_losses is not None
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     max_row_norm = max(float(m.weight.detach().norm(dim=1).max()) for m in linears)
     peak = max(range(len(trace.lrs)), key=trace.lrs.__getitem__)
 
-    print(f"last step: loss {total:.6f} = cross-entropy {data_loss:.6f} + penalty {penalty:.6f}")
+    print(f"last step: loss {total:.6f} (cross-entropy {data_loss:.6f}), penalty {penalty:.6f}")
     print(f"1cycle over {len(trace.lrs)} optimizer steps (max_lr={args.max_lr}):")
     for name, k in (("start", 0), ("peak", peak), ("end", len(trace.lrs) - 1)):
         print(f"  {name:>5} step {k:4d}: lr={trace.lrs[k]:.6f} momentum={trace.moms[k]:.3f}")

@@ -1,57 +1,45 @@
-"""The module side of regularization: the weight-penalty mixin and the LightningModule bases.
+"""The module side of regularization: the weight-penalty mixin and the LightningModule base.
 
-* :class:`WeightPenaltyMixin` adds ``l1 * sum|w| + l2 * sum w**2`` to the loss returned by any
-  ``training_step`` (or folds the l2 part into a coupled optimizer's ``weight_decay``).
+* :class:`WeightPenaltyMixin` adds the gradient of ``l1 * sum|w| + l2 * sum w**2`` to the
+  gradients of the weights each optimizer step updates (or folds l2 into a coupled optimizer's
+  ``weight_decay``; or applies l1 as a proximal step after the update).
 * :class:`RegularizedModule` holds shared layer defaults (dropout, activation, init, max-norm)
   and builds dense blocks with them.
-* :class:`RegularizedMLP` is a ready classifier built from those blocks.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_non_negative, check_positive
 from lightning_reg.callbacks.max_norm import MaxNorm, _beside_trainer_max_norms
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
 from lightning_reg.penalties import (
     DEFAULT_PENALIZED_MODULES,
+    _add_penalty_grad,
     _check_module_types,
+    _select_weights,
     select_weights,
+    soft_threshold_,
     weight_penalty,
+    zero_fraction,
 )
 from lightning_reg.uncertainty import MCDropoutMixin
 
 __all__ = ["RegularizedModule", "WeightPenaltyMixin"]
 
-_WRAPPED = "_lightning_reg_adds_penalty"
-
-
-def _with_penalty(step: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a ``training_step`` so the outermost call adds the penalty to what it returns."""
-
-    @functools.wraps(step)
-    def training_step(self: WeightPenaltyMixin, *args: Any, **kwargs: Any) -> Any:
-        if self._penalty_depth:  # reached through super().training_step: the outer call adds
-            return step(self, *args, **kwargs)
-        self._penalty_begin_step()
-        self._penalty_depth = 1
-        try:
-            output = step(self, *args, **kwargs)
-        finally:
-            self._penalty_depth = 0
-        return self._penalty_end_step(output)
-
-    setattr(training_step, _WRAPPED, True)
-    return training_step
+# (param group, its penalized weights) pairs of one optimizer, with the group sizes they were
+# computed from: recomputed only when a param group is added or resized (BackboneFinetuning).
+_Groups = tuple[tuple[int, ...], list[tuple[dict[str, Any], list[nn.Parameter]]]]
 
 
 def _fold_into_weight_decay(
@@ -75,7 +63,7 @@ def _fold_into_weight_decay(
             if "weight_decay" not in group:
                 raise ValueError(
                     f"`as_weight_decay=True` needs an optimizer with a `weight_decay` option; "
-                    f"{name} has none. Use `as_weight_decay=False` to add l2 to the loss."
+                    f"{name} has none. Use `as_weight_decay=False` to add l2 to the gradient."
                 )
             if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
                 raise ValueError(
@@ -93,56 +81,87 @@ def _fold_into_weight_decay(
             group["weight_decay"] = weight_decay
 
 
-class WeightPenaltyMixin:
-    """Adds an l1/l2 weight penalty to the loss of a LightningModule's ``training_step``.
+def _double_count(grad: Tensor) -> Tensor:
+    raise RuntimeError(
+        "`self.penalty()` reached a backward pass during `fit`, but WeightPenaltyMixin already "
+        "adds the penalty's gradient at every optimizer step, so it would count twice. Remove "
+        "`+ self.penalty()` from your loss (to log the value, log `self.penalty().detach()`)."
+    )
+
+
+if TYPE_CHECKING:
+    _MixinBase = pl.LightningModule
+else:
+    _MixinBase = object
+
+
+class WeightPenaltyMixin(_MixinBase):
+    """Adds an l1/l2 weight penalty to the update of every optimizer step.
 
     Mix it in before ``LightningModule``; configure it with :meth:`configure_penalty` (or set
     ``self.l1`` / ``self.l2``) in ``__init__``. The penalty is
 
     ``penalty = l1 * sum(|w|) + l2 * sum(w ** 2)``
 
-    over the selected weights (by default the ``.weight`` of Linear, Bilinear, Conv,
-    ConvTranspose and Embedding layers; never biases or normalization parameters, as Keras
-    regularizes kernels). Its gradient is ``l1 * sign(w) + 2 * l2 * w``.
+    over the selected weights (by default the kernels of Linear, Bilinear, Conv, ConvTranspose,
+    Embedding, RNN/LSTM/GRU and MultiheadAttention layers, see
+    :func:`~lightning_reg.penalties.select_weights`; never biases or normalization parameters,
+    as Keras regularizes kernels). Your ``training_step`` returns the data loss only; once per
+    real optimizer step the penalty's gradient ``l1 * sign(w) + 2 * l2 * w`` is added in place
+    to ``.grad`` of the selected weights that are in the param groups of the optimizer being
+    stepped and require grad. The update is the one you would get by adding the penalty to the
+    loss; frozen weights, weights added later (``BackboneFinetuning``) and several optimizers
+    are right by construction, since the set is read from the optimizer at each step.
 
-    * The penalty is added to what ``training_step`` returns (a tensor, or a dict's ``"loss"``;
-      ``None`` is left alone), also when a subclass defines its own ``training_step``: every
-      class in the hierarchy that defines one gets it wrapped once, and only the outermost call
-      adds the penalty (a subclass calling ``super().training_step`` does not count it twice).
-      It is logged as ``train/penalty`` (on step and on epoch).
-    * The selected weights are computed once per fit (in ``on_fit_start``, after the strategy
-      has wrapped or sharded the model) and cached, not every step.
-    * Manual optimization (``automatic_optimization = False``): Lightning does not use the
-      returned loss, so add ``self.penalty()`` to your loss before ``manual_backward``. A
-      ``RuntimeError`` is raised at the end of any training step that did not call
-      ``self.penalty()`` while the penalty is non-zero, so it is never silently dropped.
+    * Automatic optimization: the gradient is added at the end of :meth:`backward` on the last
+      micro-batch of each accumulation window, times ``micro-batches in the window /
+      accumulate_grad_batches`` (Lightning divides each micro-batch loss by
+      ``accumulate_grad_batches``, also in a short last window) and times the ``GradScaler``'s
+      scale under 16-bit AMP (a tensor product, no host sync). So ``on_after_backward`` of that
+      micro-batch, callbacks' ``on_before_optimizer_step``, gradient clipping, AMP's inf check
+      and the DDP/FSDP2 gradients all see data gradient plus penalty gradient, as with the loss.
+      Earlier micro-batches of a window see the data gradient only.
+    * Manual optimization: the gradient is added in this module's ``on_before_optimizer_step``
+      for the optimizer being stepped (after AMP unscaling), once per ``optimizer.step()``. Do
+      not add the penalty to your loss. Callbacks' ``on_before_optimizer_step`` run before the
+      module's, so there they see the data gradient.
+    * ``return loss + self.penalty()`` would count the penalty twice: a ``RuntimeError`` is
+      raised when that value reaches a backward pass during ``fit``.
+    * Logged as ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) on the
+      steps where Lightning writes logs (every ``log_every_n_steps``); the value is computed
+      only then.
     * ``as_weight_decay=True``: the l2 part is applied as the optimizer's coupled
-      ``weight_decay = 2 * l2`` on the param groups holding the penalized weights, instead of a
-      loss term (l1 stays in the loss). With a coupled optimizer (SGD, Adam, RMSprop, Adagrad,
-      NAdam, ...) the optimizer adds ``weight_decay * w`` to the gradient before its update, which
-      is exactly the gradient of ``l2 * sum(w ** 2)``: same math, only the rounding differs.
-      Three differences remain: the decay is not clipped by gradient clipping, not in the logged
-      loss, and skipped on steps the AMP scaler skips just like the update. Decoupled decay
-      (AdamW, ``decoupled_weight_decay=True``) is a different method and is refused. The
-      penalized weights must sit in param groups of their own (biases and norm parameters in
-      other groups with ``weight_decay=0``): the mixin does not split groups behind your back
-      (that would desynchronize LR schedulers built on the original groups); build the
+      ``weight_decay = 2 * l2`` on the param groups holding the penalized weights. With a
+      coupled optimizer (SGD, Adam, RMSprop, Adagrad, NAdam, ...) that is the same gradient;
+      unlike the default it is not seen by gradient clipping. Decoupled decay (AdamW) is
+      refused. The penalized weights must sit in param groups of their own: build the
       optimizer from :meth:`penalty_param_groups`, or a ``ValueError`` names the problem.
+    * ``proximal_l1=True``: instead of the subgradient ``l1 * sign(w)``, each real optimizer
+      step is followed by the soft-threshold ``w <- sign(w) * max(|w| - lr * l1, 0)`` with the
+      ``lr`` of the weight's param group, which leaves weights at exactly zero (a sparse model);
+      skipped AMP steps are not followed by it.
+    * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed (it runs its
+      own backward and accumulation) and ``LBFGS`` (it re-evaluates the loss, which does not
+      contain the penalty). If you override ``backward``, ``on_fit_start``, ``on_fit_end``,
+      ``on_before_optimizer_step`` or ``on_train_batch_end``, call ``super()``.
 
-    Example::
-
-        class Net(WeightPenaltyMixin, LightningModule):
-            def __init__(self):
-                super().__init__()
-                self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
-                self.configure_penalty(l1=1e-5, l2=1e-4)
-
-            def training_step(self, batch, batch_idx):
-                x, y = batch
-                return F.cross_entropy(self.net(x), y)  # the penalty is added for you
-
-            def configure_optimizers(self):
-                return torch.optim.SGD(self.penalty_param_groups(), lr=0.1)
+    Examples:
+        >>> import torch.nn.functional as F
+        >>> from lightning.pytorch import LightningModule
+        >>> class Net(WeightPenaltyMixin, LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        ...         self.configure_penalty(l1=1e-5, l2=1e-4)
+        ...
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return F.cross_entropy(self.net(x), y)  # the penalty is applied for you
+        ...
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> [tuple(w.shape) for w in Net().penalized_weights()]
+        [(32, 64), (10, 32)]
     """
 
     _penalty_l1: float = 0.0
@@ -151,22 +170,12 @@ class WeightPenaltyMixin:
     _penalty_predicate: Callable[[str, nn.Parameter], bool] | None = None
     _penalty_names: tuple[str, ...] | None = None
     _penalty_as_weight_decay: bool = False
-    _penalty_weights: list[nn.Parameter] | None = None
+    _penalty_proximal: bool = False
     _penalty_fit_ready: bool = False
-    _penalty_depth: int = 0
-    _penalty_called: bool = False
-    _penalty_value: Tensor | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        step = cls.__dict__.get("training_step", getattr(cls, "training_step", None))
-        if (
-            step is None
-            or step is pl.LightningModule.training_step
-            or getattr(step, _WRAPPED, False)
-        ):
-            return
-        cls.training_step = _with_penalty(step)  # type: ignore[attr-defined]
+    _penalty_candidates: list[nn.Parameter] | None = None
+    _penalty_groups: dict[int, _Groups] | None = None
+    _penalty_hooks: list[RemovableHandle] | None = None
+    _penalty_logged: Tensor | None = None
 
     @property
     def l1(self) -> float:
@@ -207,30 +216,39 @@ class WeightPenaltyMixin:
         predicate: Callable[[str, nn.Parameter], bool] | None = None,
         names: Iterable[str] | None = None,
         as_weight_decay: bool = False,
+        proximal_l1: bool = False,
     ) -> None:
         """Set the penalty factors and which weights they apply to.
 
         Args:
             l1: factor of ``sum(|w|)``, a finite number >= 0. Default ``0.0``.
             l2: factor of ``sum(w ** 2)``, a finite number >= 0. Default ``0.0``.
-            modules: layer types whose ``.weight`` is penalized. Default
-                ``DEFAULT_PENALIZED_MODULES`` (Linear, Bilinear, Conv*, ConvTranspose*, Embedding).
+            modules: layer types whose kernels are penalized. Default
+                :data:`~lightning_reg.penalties.DEFAULT_PENALIZED_MODULES`.
             predicate: ``predicate(name, parameter) -> bool`` selects instead of ``modules``.
                 Default ``None``.
             names: exact parameter names selected instead of ``modules``. Default ``None``.
             as_weight_decay: apply l2 as the optimizer's coupled ``weight_decay = 2 * l2``
-                instead of a loss term (see the class docstring). Default ``False``.
+                (see the class docstring). Default ``False``.
+            proximal_l1: apply l1 as a soft-threshold after each optimizer step (exact zeros)
+                instead of the subgradient ``l1 * sign(w)`` (Keras' l1). Default ``False``.
 
         Raises:
             TypeError: if a factor is not a real number, ``modules`` is not a non-empty tuple of
-                module types, ``predicate`` is not callable, ``names`` is a string, or
-                ``as_weight_decay`` is not a bool.
+                module types, ``predicate`` is not callable, ``names`` is a string, or a flag is
+                not a bool.
             ValueError: if a factor is negative or not finite, or both ``predicate`` and
                 ``names`` are given.
 
-        Example::
-
-            self.configure_penalty(l2=1e-4, modules=(nn.Linear,), as_weight_decay=True)
+        Examples:
+            >>> from lightning.pytorch import LightningModule
+            >>> class Net(WeightPenaltyMixin, LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.fc = nn.Linear(4, 2)
+            ...         self.configure_penalty(l1=1e-3, proximal_l1=True, modules=(nn.Linear,))
+            >>> Net().l1
+            0.001
         """
         self._penalty_l1 = check_non_negative("l1", l1)
         self._penalty_l2 = check_non_negative("l2", l2)
@@ -241,50 +259,91 @@ class WeightPenaltyMixin:
             raise TypeError(f"`names` must be an iterable of parameter names, got {names!r}.")
         if predicate is not None and names is not None:
             raise ValueError("Pass at most one of `predicate` and `names`, got both.")
-        if not isinstance(as_weight_decay, bool):
-            raise TypeError(f"`as_weight_decay` must be a bool, got {as_weight_decay!r}.")
+        for flag, value in (("as_weight_decay", as_weight_decay), ("proximal_l1", proximal_l1)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{flag}` must be a bool, got {value!r}.")
         self._penalty_modules = modules
         self._penalty_predicate = predicate
         self._penalty_names = tuple(names) if names is not None else None
         self._penalty_as_weight_decay = as_weight_decay
-        self._penalty_weights = None
+        self._penalty_proximal = proximal_l1
+        self._penalty_candidates = None
 
-    @property
-    def penalty_in_loss(self) -> bool:
-        """Whether :meth:`penalty` is non-zero, i.e. something is added to the loss."""
-        return self._penalty_l1 > 0 or (self._penalty_l2 > 0 and not self._penalty_as_weight_decay)
+    # ------------------------------------------------------------------------ selection
 
-    def _select(self) -> list[nn.Parameter]:
-        return select_weights(
-            cast(nn.Module, self),
-            self._penalty_modules,
-            self._penalty_predicate,
-            self._penalty_names,
-        )
+    def _candidates(self) -> list[nn.Parameter]:
+        """Every selected weight, frozen ones included (filtered by ``requires_grad`` at use)."""
+        if self._penalty_candidates is None:
+            self._penalty_candidates = _select_weights(
+                cast(nn.Module, self),
+                self._penalty_modules,
+                self._penalty_predicate,
+                self._penalty_names,
+                trainable_only=False,
+            )
+        return self._penalty_candidates
 
     def penalized_weights(self) -> list[nn.Parameter]:
-        """The selected weights, computed at first use and cached until the next fit starts.
+        """The selected weights that require grad now (the selection is made once per fit).
 
-        Example::
-
-            assert all(w.dim() > 1 for w in model.penalized_weights())
+        Examples:
+            >>> from lightning.pytorch import LightningModule
+            >>> class Net(WeightPenaltyMixin, LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.body, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+            >>> net = Net()
+            >>> _ = net.body.requires_grad_(False)
+            >>> [tuple(w.shape) for w in net.penalized_weights()]
+            [(2, 4)]
         """
-        if self._penalty_weights is None:
-            self._penalty_weights = self._select()
-        return self._penalty_weights
+        return [w for w in self._candidates() if w.requires_grad]
+
+    def _groups_of(self, optimizer: torch.optim.Optimizer) -> list[tuple[dict[str, Any], list]]:
+        """The optimizer's param groups with their selected weights, cached per group sizes."""
+        groups = self._penalty_groups
+        if groups is None:
+            groups = self._penalty_groups = {}
+        sizes = tuple(len(g["params"]) for g in optimizer.param_groups)
+        cached = groups.get(id(optimizer))
+        if cached is None or cached[0] != sizes:
+            chosen = {id(w) for w in self._candidates()}
+            pairs = [
+                (g, [p for p in g["params"] if id(p) in chosen]) for g in optimizer.param_groups
+            ]
+            cached = groups[id(optimizer)] = (sizes, [(g, ws) for g, ws in pairs if ws])
+        return cached[1]
+
+    def _stepped_weights(self, optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        """The selected weights this optimizer's step updates (in its groups, requiring grad)."""
+        return [w for _, ws in self._groups_of(optimizer) for w in ws if w.requires_grad]
+
+    # ------------------------------------------------------------------------ values
 
     def penalty(self) -> Tensor:
-        """The loss-side penalty ``l1 * sum|w| + l2 * sum w**2`` (l2 left out when it is folded
-        into weight decay): a differentiable 0-dim tensor, computed without a host sync.
+        """The penalty ``l1 * sum|w| + l2 * sum w**2`` over :meth:`penalized_weights` (a
+        differentiable 0-dim tensor, no host sync), for logging or a loss built outside ``fit``.
 
-        Example::
+        During ``fit`` the penalty's gradient is already applied at each optimizer step: adding
+        this value to the training loss raises a ``RuntimeError`` at its backward pass.
 
-            loss = F.cross_entropy(logits, y) + self.penalty()  # manual optimization only
+        Examples:
+            >>> from lightning.pytorch import LightningModule
+            >>> class Net(WeightPenaltyMixin, LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.fc = nn.Linear(2, 1, bias=False)
+            ...         self.configure_penalty(l2=0.5)
+            >>> net = Net()
+            >>> _ = net.fc.weight.data.copy_(torch.tensor([[1.0, -2.0]]))
+            >>> net.penalty()
+            tensor(2.5000, grad_fn=<MulBackward0>)
         """
-        l2 = 0.0 if self._penalty_as_weight_decay else self._penalty_l2
-        value = weight_penalty(self.penalized_weights(), l1=self._penalty_l1, l2=l2)
-        self._penalty_called = True
-        self._penalty_value = value
+        value = weight_penalty(self.penalized_weights(), l1=self._penalty_l1, l2=self._penalty_l2)
+        trainer = cast(pl.LightningModule, self)._trainer
+        training = self._penalty_fit_ready and trainer is not None and trainer.training
+        if training and value.requires_grad:
+            value.register_hook(_double_count)
         return value
 
     def penalty_param_groups(self) -> list[dict[str, Any]]:
@@ -292,76 +351,171 @@ class WeightPenaltyMixin:
         ``weight_decay=0``. Needed for ``as_weight_decay=True``; keeps biases and normalization
         parameters undecayed whatever ``weight_decay`` the optimizer gets.
 
-        Example::
-
-            def configure_optimizers(self):
-                return torch.optim.SGD(self.penalty_param_groups(), lr=0.1, momentum=0.9)
+        Examples:
+            >>> from lightning.pytorch import LightningModule
+            >>> class Net(WeightPenaltyMixin, LightningModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.fc = nn.Linear(4, 2)
+            >>> [len(g["params"]) for g in Net().penalty_param_groups()]
+            [1, 1]
         """
-        weights = self._select()
+        module = cast(nn.Module, self)
+        weights = select_weights(
+            module, self._penalty_modules, self._penalty_predicate, self._penalty_names
+        )
         chosen = {id(w) for w in weights}
-        others = [p for p in cast(nn.Module, self).parameters() if id(p) not in chosen]
+        others = [p for p in module.parameters() if id(p) not in chosen]
         groups: list[dict[str, Any]] = [{"params": weights}]
         if others:
             groups.append({"params": others, "weight_decay": 0.0})
         return groups
 
-    def on_fit_start(self) -> None:
-        """Select the weights for this fit and fold l2 into weight decay if asked.
+    # ------------------------------------------------------------------------ fit lifecycle
 
-        Call ``super().on_fit_start()`` when you override this hook.
-        """
-        super().on_fit_start()  # type: ignore[misc]
-        self._prepare_penalty()
+    @property
+    def _penalty_grad_factors(self) -> tuple[float, float]:
+        """(l1, l2) added as a gradient: l1 unless proximal, l2 unless folded into decay."""
+        l1 = 0.0 if self._penalty_proximal else self._penalty_l1
+        l2 = 0.0 if self._penalty_as_weight_decay else self._penalty_l2
+        return l1, l2
 
-    def on_fit_end(self) -> None:
-        super().on_fit_end()  # type: ignore[misc]
-        self._penalty_fit_ready = False
-
-    def _prepare_penalty(self) -> None:
-        self._penalty_weights = None
-        self._penalty_fit_ready = True
-        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
+    @override
+    def setup(self, stage: str) -> None:
+        """Refuse the strategies the penalty cannot run under (call ``super().setup(stage)``)."""
+        super().setup(stage)
+        if stage != "fit" or (self._penalty_l1 == 0 and self._penalty_l2 == 0):
             return
-        if isinstance(cast(pl.LightningModule, self).trainer.strategy, FSDPStrategy):
+        strategy = cast(pl.LightningModule, self).trainer.strategy
+        if isinstance(strategy, FSDPStrategy):
             raise MisconfigurationException(
                 "The weight penalty cannot run under `strategy='fsdp'` (FSDP1): outside the "
                 "forward pass each rank holds a slice of flattened parameters, so the penalty "
                 "would miss most weights. Use FSDP2 (`ModelParallelStrategy` with `fully_shard` "
                 "in `configure_model`), where it is computed on the sharded weights, or DDP."
             )
-        weights = self.penalized_weights()
-        if self._penalty_as_weight_decay and self._penalty_l2 > 0:
-            optimizers = cast(pl.LightningModule, self).trainer.optimizers
-            _fold_into_weight_decay(optimizers, weights, 2.0 * self._penalty_l2)
+        if isinstance(strategy, DeepSpeedStrategy):
+            raise MisconfigurationException(
+                "The weight penalty cannot run under DeepSpeedStrategy: DeepSpeed runs its own "
+                "backward and gradient accumulation, bypassing `LightningModule.backward` where "
+                "the penalty's gradient is added. Use DDP or FSDP2, or set l1=l2=0 and add "
+                "`weight_penalty(...)` from lightning_reg.penalties to your loss yourself."
+            )
 
-    def _penalty_begin_step(self) -> None:
-        if not self._penalty_fit_ready and cast(pl.LightningModule, self)._trainer is not None:
-            self._prepare_penalty()  # on_fit_start was overridden without calling super()
-        self._penalty_called = False
+    @override
+    def on_fit_start(self) -> None:
+        """Select the weights for this fit, fold l2 into weight decay or hook the proximal step.
 
-    def _penalty_end_step(self, output: Any) -> Any:
-        if not self.penalty_in_loss:
-            return output
-        module = cast(pl.LightningModule, self)
-        if not module.automatic_optimization:
-            if not self._penalty_called:
-                raise RuntimeError(
-                    "With manual optimization Lightning ignores the loss `training_step` "
-                    "returns, so the weight penalty cannot be added for you: add "
-                    "`self.penalty()` to your loss before `self.manual_backward(loss)`."
+        Call ``super().on_fit_start()`` when you override this hook.
+        """
+        super().on_fit_start()
+        self._prepare_penalty()
+
+    @override
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        self._release_penalty()
+
+    def _release_penalty(self) -> None:
+        for handle in self._penalty_hooks or ():
+            handle.remove()
+        self._penalty_hooks = None
+        self._penalty_fit_ready = False
+
+    def _prepare_penalty(self) -> None:
+        self._release_penalty()
+        self._penalty_candidates = None
+        self._penalty_groups = None
+        self._penalty_logged = None
+        self._penalty_fit_ready = True
+        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
+            return
+        trainer = cast(pl.LightningModule, self).trainer
+        for optimizer in trainer.optimizers:
+            if isinstance(optimizer, torch.optim.LBFGS):
+                raise MisconfigurationException(
+                    "The weight penalty cannot be used with LBFGS: LBFGS re-evaluates the loss "
+                    "inside its step, and that loss does not contain the penalty, whose gradient "
+                    "is added to `.grad` instead. Set l1=l2=0 and add `weight_penalty(...)` from "
+                    "lightning_reg.penalties to the loss `training_step` returns."
                 )
-            value = self._penalty_value
-        elif isinstance(output, Tensor):
-            value = self.penalty()
-            output = output + value
-        elif isinstance(output, Mapping) and "loss" in output:
-            value = self.penalty()
-            output = {**output, "loss": output["loss"] + value}
-        else:  # None skips the step; other forms are rejected by Lightning itself
-            return output
-        if module._trainer is not None and value is not None:
-            module.log("train/penalty", value.detach(), on_step=True, on_epoch=True)
-        return output
+        if not self._candidates():
+            select_weights(cast(nn.Module, self), self._penalty_modules)  # warns, naming the model
+        if self._penalty_as_weight_decay and self._penalty_l2 > 0:
+            _fold_into_weight_decay(trainer.optimizers, self._candidates(), 2.0 * self._penalty_l2)
+        if self._penalty_proximal and self._penalty_l1 > 0:
+            self._penalty_hooks = [
+                opt.register_step_post_hook(self._proximal_step) for opt in trainer.optimizers
+            ]
+
+    def _proximal_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Soft-threshold the weights this step updated, with their group's learning rate."""
+        for group, ws in self._groups_of(optimizer):
+            live = [w for w in ws if w.requires_grad]
+            if live:
+                soft_threshold_(live, group["lr"] * self._penalty_l1)
+
+    # ------------------------------------------------------------------------ per step
+
+    def _add_penalty(self, optimizer: torch.optim.Optimizer, scale: float | Tensor) -> None:
+        weights = self._stepped_weights(optimizer)
+        l1, l2 = self._penalty_grad_factors
+        if weights and (l1 != 0.0 or l2 != 0.0):
+            _add_penalty_grad(weights, l1, l2, scale, True)
+        trainer = cast(pl.LightningModule, self).trainer
+        every = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        if every and (trainer.global_step + 1) % every == 0:  # the value only when it is logged
+            with torch.no_grad():
+                value = weight_penalty(weights, l1=self._penalty_l1, l2=self._penalty_l2)
+            logged = self._penalty_logged
+            self._penalty_logged = value if logged is None else logged + value
+
+    @override
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()``, then, on the micro-batch that ends an accumulation window, the
+        penalty's gradient (automatic optimization; see the class docstring)."""
+        super().backward(loss, *args, **kwargs)
+        module = cast(pl.LightningModule, self)
+        if not module.automatic_optimization or (self._penalty_l1 == 0 and self._penalty_l2 == 0):
+            return
+        if not self._penalty_fit_ready:
+            self._prepare_penalty()  # on_fit_start was overridden without calling super()
+        trainer = module.trainer
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        ready, accumulate = progress.current.ready, trainer.accumulate_grad_batches
+        window = (ready - 1) % accumulate + 1
+        last = progress.is_last_batch or ready == trainer.num_training_batches
+        if window != accumulate and not last:
+            return  # Lightning does not step after this micro-batch
+        scale: float | Tensor = window / accumulate
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scale = scaler.scale(torch.tensor(scale, device=module.device))
+        self._add_penalty(trainer.optimizers[0], scale)
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Manual optimization: add the penalty's gradient for the weights ``optimizer`` steps."""
+        super().on_before_optimizer_step(optimizer)
+        module = cast(pl.LightningModule, self)
+        if module.automatic_optimization or (self._penalty_l1 == 0 and self._penalty_l2 == 0):
+            return
+        if not self._penalty_fit_ready:
+            self._prepare_penalty()
+        self._add_penalty(optimizer, 1.0)
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        value = self._penalty_logged
+        if value is None:
+            return
+        self._penalty_logged = None
+        module = cast(pl.LightningModule, self)
+        module.log("train/penalty", value, on_step=True, on_epoch=False)
+        if self._penalty_proximal and self._penalty_l1 > 0:
+            sparsity = zero_fraction(self.penalized_weights())
+            module.log("train/zero_fraction", sparsity, on_step=True, on_epoch=False)
 
 
 class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
@@ -404,6 +558,8 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             ``None`` for no constraint. Default ``None``.
         as_weight_decay: apply l2 as coupled weight decay (see :class:`WeightPenaltyMixin`).
             Default ``False``.
+        proximal_l1: apply l1 as a soft-threshold after each optimizer step, which leaves
+            weights at exactly zero (see :class:`WeightPenaltyMixin`). Default ``False``.
         mc_samples: Monte Carlo dropout samples per prediction in ``Trainer.predict`` (an
             integer >= 1; the subclass sets ``mc_task``), or ``None`` for deterministic
             predictions (the raw output of ``forward``). Default ``None``.
@@ -414,16 +570,15 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         ValueError: if an argument is out of range or an unknown name; the message lists the
             valid names or range.
 
-    Example::
-
-        class Net(RegularizedModule):
-            def __init__(self, width: int = 128, **kwargs):
-                super().__init__(**kwargs)
-                self.net = nn.Sequential(self.dense(64, width), self.dense(width, width))
-                self.head = self.apply_init(nn.Linear(width, 10), activation="identity")
-
-        model = Net(width=64, activation="selu", dropout=0.1, l2=1e-4, max_norm=3.0)
-        assert model.hparams["width"] == 64
+    Examples:
+        >>> class Net(RegularizedModule):
+        ...     def __init__(self, width: int = 128, **kwargs):
+        ...         super().__init__(**kwargs)
+        ...         self.net = nn.Sequential(self.dense(64, width), self.dense(width, width))
+        ...         self.head = self.apply_init(nn.Linear(width, 10), activation="identity")
+        >>> model = Net(width=64, activation="selu", dropout=0.1, l2=1e-4, max_norm=3.0)
+        >>> model.hparams["width"], model.l2
+        (64, 0.0001)
     """
 
     def __init__(
@@ -436,6 +591,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         max_norm: float | None = None,
         as_weight_decay: bool = False,
         mc_samples: int | None = None,
+        proximal_l1: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -446,7 +602,9 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         if max_norm is not None:
             max_norm = check_positive("max_norm", max_norm)
         self.max_norm = max_norm
-        self.configure_penalty(l1=l1, l2=l2, as_weight_decay=as_weight_decay)
+        self.configure_penalty(
+            l1=l1, l2=l2, as_weight_decay=as_weight_decay, proximal_l1=proximal_l1
+        )
         if mc_samples is not None:
             check_int("mc_samples", mc_samples, 1)
         self.mc_samples = mc_samples
@@ -473,9 +631,13 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             TypeError: if an argument has the wrong type.
             ValueError: if a width is < 1, the rate is outside ``[0, 1)`` or a name is unknown.
 
-        Example::
-
-            self.hidden = nn.Sequential(self.dense(64, 128), self.dense(128, 128))
+        Examples:
+            >>> RegularizedModule(activation="relu", dropout=0.1).dense(64, 128)
+            Sequential(
+              (0): Linear(in_features=64, out_features=128, bias=True)
+              (1): ReLU()
+              (2): Dropout(p=0.1, inplace=False)
+            )
         """
         return dense_block(
             in_features,
@@ -499,9 +661,10 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         Raises:
             ValueError: if ``activation`` is unknown.
 
-        Example::
-
-            self.head = self.apply_init(nn.Linear(128, 10), activation="identity")
+        Examples:
+            >>> head = RegularizedModule().apply_init(nn.Linear(128, 10), activation="identity")
+            >>> float(head.bias.detach().abs().max())
+            0.0
         """
         act = self.activation_name if activation is None else activation
         return init_weights_(module, self.init_name, act)

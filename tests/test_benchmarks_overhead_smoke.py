@@ -47,6 +47,30 @@ def test_overhead_quick() -> None:
         assert 0 < best <= median and ratio > 0 and paired > 0 and wall > 0, row
 
 
+def test_overhead_penalty_arms_quick() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "overhead.py"),
+            "--quick",
+            "--no-write",
+            "--arms",
+            "penalty",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [cells(line) for line in result.stdout.splitlines() if line.startswith("| tiny")]
+    arms = [row[1] for row in rows[:7]]
+    assert arms[:3] == ["bare", "floors", "l1+l2 penalty: ours"]
+    targets = {row[1]: row for row in rows[7:]}
+    assert len(targets) == 4
+    for row in targets.values():
+        assert float(row[2].split()[0]) > 0 and float(row[3].rstrip("x")) > 0, row
+
+
 def test_convergence_quick() -> None:
     lines = run_quick("convergence.py")
     starts = [k for k, line in enumerate(lines) if cells(line)[0] == "schedule"]

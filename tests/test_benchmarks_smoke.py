@@ -19,7 +19,7 @@ def test_regularization_benchmark_quick() -> None:
         line.startswith("| model: tensors, weight elements | op | fused (ms)") for line in lines
     )
     rows = [line for line in lines if line.startswith("| (")]
-    ops = ["max-norm", "penalty", "penalty+backward"]
+    ops = ["max-norm", "penalty value", "penalty gradient", "gradient vs loss route"]
     assert [row.split("|")[2].strip() for row in rows] == ops * 2
     assert "(a) Linear stack: 10 tensors, 5,120" in rows[0]  # 5 layers of 32 x 32, weights only
     for row in rows:

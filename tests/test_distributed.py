@@ -123,3 +123,16 @@ def test_mc_dropout_predict_under_ddp(tmp_path: Path) -> None:
     assert_same_on_every_rank(results, "params")
     # Different ranks predicted different samples.
     assert not torch.equal(results[0]["mean"], results[1]["mean"])
+
+
+@pytest.mark.slow
+def test_penalty_step_route_equals_loss_route_under_ddp_and_fsdp2(tmp_path: Path) -> None:
+    """Accumulation 2 with a short last window (and clipping under DDP): the step route's
+    weights are the loss route's; proximal l1 leaves exact zeros, the same on every rank."""
+    ddp = run_ddp("penalty_routes_ddp", tmp_path / "ddp")
+    fsdp2 = run_ddp("penalty_routes_fsdp2", tmp_path / "fsdp2")
+    for results in (ddp, fsdp2):
+        for key in ("step", "proximal", "zero_fraction"):
+            assert_same_on_every_rank(results, key)
+        torch.testing.assert_close(results[0]["step"], results[0]["loss"], rtol=1e-5, atol=1e-7)
+        assert results[0]["zero_fraction"] > 0.2

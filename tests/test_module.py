@@ -103,10 +103,9 @@ def test_penalty_logged_and_equal_to_closed_form(tmp_path: Any) -> None:
     model = _OwnStep()
     weights = [model.net[0].weight.detach().clone(), model.net[2].weight.detach().clone()]
     expected = sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in weights)
-    trainer = _fit(model, tmp_path)
-    logged = trainer.callback_metrics["train/penalty_step"]
+    trainer = _fit(model, tmp_path, log_every_n_steps=1)
+    logged = trainer.callback_metrics["train/penalty"]  # the weights the step started from
     torch.testing.assert_close(logged, torch.as_tensor(expected), rtol=1e-5, atol=0)
-    assert "train/penalty_epoch" in trainer.callback_metrics
 
 
 def test_selection_computed_once_per_fit(tmp_path: Any) -> None:
@@ -114,7 +113,7 @@ def test_selection_computed_once_per_fit(tmp_path: Any) -> None:
 
     class Spy(Callback):
         def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
-            seen.append(id(module._penalty_weights))
+            seen.append(id(module._penalty_candidates))
 
     model = _OwnStep(names=["net.0.weight"])
     _fit(model, tmp_path, steps=3, callbacks=[Spy()])
@@ -152,16 +151,18 @@ def test_weight_decay_path_matches_loss_path_for_sgd(tmp_path: Any) -> None:
     assert max((a - c).abs().max().item() for a, c in zip(loss_path, without, strict=True)) > 1e-3
 
 
-def test_weight_decay_path_sets_groups_and_keeps_l1_in_the_loss(tmp_path: Any) -> None:
-    model = _OwnStep(as_weight_decay=True)
+def test_weight_decay_path_sets_groups_and_keeps_l1_in_the_gradient(tmp_path: Any) -> None:
+    model, plain = _OwnStep(as_weight_decay=True), _Plain()
+    initial = model.net[0].weight.detach().clone()
     trainer = _fit(model, tmp_path)
+    _fit(plain, tmp_path / "plain")
     groups = trainer.optimizers[0].param_groups
     assert [g["weight_decay"] for g in groups] == [2 * L2, 0.0]
-    assert model.penalty_in_loss
-    weights = [model.net[0].weight, model.net[2].weight]
-    torch.testing.assert_close(
-        model.penalty(), sum(L1 * w.detach().abs().sum() for w in weights), rtol=1e-5, atol=0
-    )
+    expected = plain.grads["net.0.weight"] + L1 * initial.sign()  # l2 left to the optimizer
+    torch.testing.assert_close(model.grads["net.0.weight"], expected, atol=1e-7, rtol=1e-5)
+    weights = [model.net[0].weight.detach(), model.net[2].weight.detach()]
+    value = sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in weights)
+    torch.testing.assert_close(model.penalty(), value, rtol=1e-5, atol=0)
 
 
 def test_weight_decay_folded_even_when_on_fit_start_is_overridden(tmp_path: Any) -> None:
@@ -224,16 +225,16 @@ class _Manual(_OwnStep):
         return loss
 
 
-def test_manual_optimization_requires_calling_penalty(tmp_path: Any) -> None:
-    with pytest.raises(RuntimeError, match=r"add `self.penalty\(\)` to your loss"):
-        _fit(_Manual(add_penalty=False), tmp_path)
-    plain, manual = _Plain(), _Manual(add_penalty=True)
+def test_manual_optimization_applies_the_penalty_and_refuses_adding_it(tmp_path: Any) -> None:
+    with pytest.raises(RuntimeError, match="would count twice"):
+        _fit(_Manual(add_penalty=True), tmp_path)
+    plain, manual = _Plain(), _Manual(add_penalty=False)
     initial = manual.net[0].weight.detach().clone()
     _fit(plain, tmp_path / "plain")
-    trainer = _fit(manual, tmp_path / "manual")
-    expected = plain.grads["net.0.weight"] + L1 * initial.sign() + 2 * L2 * initial
-    torch.testing.assert_close(manual.grads["net.0.weight"], expected, atol=1e-7, rtol=1e-5)
-    assert "train/penalty_step" in trainer.callback_metrics
+    trainer = _fit(manual, tmp_path / "manual", log_every_n_steps=1)
+    step = plain.grads["net.0.weight"] + L1 * initial.sign() + 2 * L2 * initial
+    torch.testing.assert_close(manual.net[0].weight, initial - 0.1 * step, atol=1e-7, rtol=1e-5)
+    assert "train/penalty" in trainer.callback_metrics
 
 
 def test_layers_named_l1_l2_keep_working(tmp_path: Any) -> None:
@@ -371,6 +372,7 @@ def test_hparams_of_subclasses_saved_and_restored(tmp_path: Any) -> None:
         "max_norm": 2.5,
         "as_weight_decay": False,
         "mc_samples": None,
+        "proximal_l1": False,
     }
     assert dict(model.hparams) == expected
     trainer = _fit(model, tmp_path, steps=3)
@@ -407,13 +409,13 @@ def test_configure_callbacks_adds_max_norm_and_merges(tmp_path: Any) -> None:
 def test_mlp_trains_on_digits_with_regularization(tmp_path: Any) -> None:
     pl.seed_everything(0)
     model = RegularizedMLP(hidden=(128, 128), dropout=0.2, l2=1e-4, max_norm=3.0)
-    trainer = make_trainer(tmp_path, max_epochs=4)
+    trainer = make_trainer(tmp_path, max_epochs=4, log_every_n_steps=10)
     dm = DigitsDataModule(batch_size=32)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.callback_metrics
     assert metrics["val/acc"] > 0.85
     torch.testing.assert_close(metrics["val_loss"], metrics["val/loss"])
-    assert metrics["train/penalty_epoch"] > 0
+    assert metrics["train/penalty"] > 0
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     assert result["test/acc"] > 0.85
     for module in model.modules():

@@ -12,20 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reg import penalties
 from lightning_reg.penalties import select_weights, weight_penalty
-
-
-@pytest.fixture(autouse=True, params=["default", "fallback"])
-def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs on both code paths. "default" is what plain CPU tensors take: max-norm by
-    torch's per-tensor ``renorm_``, the penalty by the hand-written multi-tensor backward.
-    "fallback" switches both dispatches off: the fused ``torch._foreach_*`` max-norm that
-    accelerators and DTensors take, and the penalty by autograd through the norms (DTensors)."""
-    if request.param == "fallback":
-        monkeypatch.setattr(penalties, "_hand_backward", lambda tensors: False)
-    return str(request.param)
-
 
 SHAPES = {"linear": (7, 5), "conv1d": (6, 3, 4), "conv2d": (5, 3, 3, 3), "conv3d": (4, 2, 2, 2, 2)}
 NORMS = (1.0, 2.0, 3.0, math.inf)

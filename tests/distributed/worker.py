@@ -28,6 +28,7 @@ from lightning_reg.callbacks import (
 )
 from lightning_reg.demos import RegularizedMLP
 from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
+from lightning_reg.penalties import select_weights, weight_penalty, zero_fraction
 from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup, OneCycle
 from tests.helpers import DigitsClassifier, digits, digits_loader, make_trainer
 
@@ -292,6 +293,68 @@ def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class PenaltyByLoss(DigitsClassifier):
+    """The reference: the penalty added to the loss (the old route); FSDP2 shards if asked."""
+
+    def __init__(self, shard: bool = False, l1: float = 1e-3, l2: float = 1e-2) -> None:
+        super().__init__(lr=0.2, momentum=0.9)
+        self.shard, self.factors = shard, (l1, l2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        if not isinstance(self, WeightPenaltyMixin):
+            loss = loss + weight_penalty(select_weights(self), *self.factors)
+        return loss
+
+    def configure_model(self) -> None:
+        if self.shard:
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = self.device_mesh["data_parallel"]
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(self.net, mesh=mesh)
+
+
+class PenaltyByStep(WeightPenaltyMixin, PenaltyByLoss):
+    def __init__(self, shard: bool = False, proximal: bool = False) -> None:
+        l1 = 0.05 if proximal else 1e-3
+        super().__init__(shard, l1=l1)
+        self.configure_penalty(l1=l1, l2=1e-2, proximal_l1=proximal)
+
+
+def _penalty_routes(args: argparse.Namespace, shard: bool) -> dict[str, Any]:
+    """The loss route, the step route and proximal l1, each fit with accumulation 2 over
+    windows of 2, 2 and a short 1 (5 batches of 16 per rank)."""
+    out: dict[str, Any] = {}
+    for route in ("loss", "step", "proximal"):
+        torch.manual_seed(0)
+        model = (
+            PenaltyByLoss(shard) if route == "loss" else PenaltyByStep(shard, route == "proximal")
+        )
+        if shard:
+            strategy: Any = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+            extra: dict[str, Any] = {"deterministic": False}
+        else:
+            strategy, extra = "ddp", {"gradient_clip_val": 0.3}
+        trainer = make_trainer(
+            args.out,
+            strategy=strategy,
+            devices=2,
+            max_epochs=1,
+            limit_train_batches=5,
+            accumulate_grad_batches=2,
+            **extra,
+        )
+        trainer.fit(model, digits_loader(192, 16))
+        out[route] = flat_params(model)
+        if route == "proximal":
+            out["zero_fraction"] = float(zero_fraction(model.penalized_weights()))
+        out["rank"] = trainer.global_rank
+    return out
+
+
 class DictRegressor(RegularizedModule):
     """A regression model predicting from dict batches ``{"pixels", "label"}`` with MC dropout."""
 
@@ -325,6 +388,14 @@ def case_mc_predict_dict(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def case_penalty_routes_ddp(args: argparse.Namespace) -> dict[str, Any]:
+    return _penalty_routes(args, shard=False)
+
+
+def case_penalty_routes_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
+    return _penalty_routes(args, shard=True)
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "max_norm_two_optimizers": case_max_norm_two_optimizers,
     "auto_max_lr": case_auto_max_lr,
@@ -335,6 +406,8 @@ CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "regularized_fsdp2": case_regularized_fsdp2,
     "mc_predict": case_mc_predict,
     "mc_predict_dict": case_mc_predict_dict,
+    "penalty_routes_ddp": case_penalty_routes_ddp,
+    "penalty_routes_fsdp2": case_penalty_routes_fsdp2,
 }
 
 

@@ -1,0 +1,196 @@
+"""The penalty's pure core: kernel selection, the in-place gradient, the proximal step."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+
+from lightning_reg.penalties import (
+    add_penalty_grad_,
+    select_weights,
+    soft_threshold_,
+    weight_penalty,
+    zero_fraction,
+)
+from tests.helpers import digits, digits_loader, make_trainer
+
+
+def names_of(model: nn.Module, selected: list[nn.Parameter]) -> list[str]:
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return [by_id[id(p)] for p in selected]
+
+
+def test_recurrent_and_attention_kernels_are_selected() -> None:
+    model = nn.ModuleDict(
+        {
+            "lstm": nn.LSTM(4, 3, num_layers=2, bidirectional=True, proj_size=2),
+            "gru": nn.GRU(4, 3),
+            "cell": nn.RNNCell(4, 3),
+            "mha": nn.MultiheadAttention(8, 2),
+            "cross": nn.MultiheadAttention(8, 2, kdim=5, vdim=6),
+        }
+    )
+    lstm = [
+        f"lstm.weight_{k}_l{layer}{d}"
+        for layer in (0, 1)
+        for d in ("", "_reverse")
+        for k in ("ih", "hh", "hr")
+    ]
+    expected = [*lstm, "gru.weight_ih_l0", "gru.weight_hh_l0", "cell.weight_ih", "cell.weight_hh"]
+    expected += ["mha.in_proj_weight", "mha.out_proj.weight"]
+    expected += ["cross.q_proj_weight", "cross.k_proj_weight", "cross.v_proj_weight"]
+    expected += ["cross.out_proj.weight"]
+    assert sorted(names_of(model, select_weights(model))) == sorted(expected)
+
+
+def test_parametrized_kernels_select_the_parameters_the_optimizer_updates() -> None:
+    class Positive(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.abs()
+
+    model = nn.Sequential(
+        parametrizations.weight_norm(nn.Linear(4, 4)),
+        parametrizations.spectral_norm(nn.Linear(4, 4)),
+        nn.Linear(4, 4),
+        torch.nn.utils.weight_norm(nn.Linear(4, 4)),
+        torch.nn.utils.spectral_norm(nn.Linear(4, 3)),
+    )
+    parametrize.register_parametrization(model[2], "weight", Positive())
+    expected = [
+        "0.parametrizations.weight.original0",
+        "0.parametrizations.weight.original1",
+        "1.parametrizations.weight.original",
+        "2.parametrizations.weight.original",
+        "3.weight_g",
+        "3.weight_v",
+        "4.weight_orig",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # handled: no warning
+        assert sorted(names_of(model, select_weights(model))) == sorted(expected)
+    # Every one of them is a leaf the optimizer steps; none is a bias.
+    assert all(p.is_leaf and p.requires_grad for p in select_weights(model))
+
+
+def test_unresolvable_kernel_is_named_in_a_warning() -> None:
+    layer = nn.Linear(3, 3)
+    del layer.weight
+    layer.register_buffer("weight", torch.ones(3, 3))  # computed elsewhere: not a parameter
+    model = nn.Sequential(nn.Linear(3, 3), layer)
+    with pytest.warns(UserWarning, match=r"not regularized: 1\.weight \(Linear\)"):
+        assert names_of(model, select_weights(model)) == ["0.weight"]
+
+
+def test_frozen_weights_are_candidates_only_on_request() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    model[0].weight.requires_grad_(False)
+    assert names_of(model, select_weights(model)) == ["1.weight"]
+    assert names_of(model, select_weights(model, trainable_only=False)) == ["0.weight", "1.weight"]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize(("l1", "l2"), [(0.3, 0.7), (0.3, 0.0), (0.0, 0.7)])
+def test_penalty_gradient_equals_autograd_of_the_value(foreach: bool, l1: float, l2: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(5, 4), (3,), (2, 2, 2), (130, 130)]  # small ones by foreach, the last alone
+    weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    weights[0][1] = 0.0  # sign(0) = 0: no pull on weights at zero
+    params = [nn.Parameter(w) for w in weights]
+    reference = [nn.Parameter(w.clone()) for w in weights]
+    for p, r in zip(params, reference, strict=True):
+        data_grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        p.grad, r.grad = data_grad.clone(), data_grad.clone()
+    params[1].grad = reference[1].grad = None  # a weight without gradient gets one
+    scale = torch.tensor(512.0, dtype=torch.float64)  # a GradScaler's scale: a tensor
+    add_penalty_grad_(params, l1=l1, l2=l2, scale=scale, foreach=foreach)
+    (weight_penalty(reference, l1=l1, l2=l2) * scale).backward()
+    for p, r in zip(params, reference, strict=True):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-13, atol=1e-12)
+    before = [p.grad.clone() for p in params]  # type: ignore[union-attr]
+    add_penalty_grad_(params, l1=l1, l2=l2, scale=0.25, foreach=foreach)
+    for p, b in zip(params, before, strict=True):
+        expected = b + 0.25 * (l1 * p.detach().sign() + 2 * l2 * p.detach())
+        torch.testing.assert_close(p.grad, expected, rtol=1e-13, atol=1e-15)
+
+
+def test_penalty_gradient_rejects_bad_factors_and_ignores_zero() -> None:
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match=r"`l2` must be a finite number >= 0, got -1"):
+        add_penalty_grad_([w], l2=-1)
+    add_penalty_grad_([w])
+    assert w.grad is None
+
+
+def test_soft_threshold_is_the_proximal_step_of_l1() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(200, generator=g, dtype=torch.float64)
+    expected = torch.sign(w) * torch.clamp(w.abs() - 0.3, min=0.0)
+    # The minimizer of 0.3 * |v| + (v - w)**2 / 2, elementwise, checked on a grid.
+    grid = torch.linspace(-4, 4, 80001, dtype=torch.float64)
+    objective = 0.3 * grid.abs() + (grid[None] - w[:20, None]) ** 2 / 2
+    torch.testing.assert_close(grid[objective.argmin(1)], expected[:20], rtol=0, atol=1e-4)
+    for threshold in (0.3, torch.tensor(0.3, dtype=torch.float64)):
+        got = w.clone()
+        soft_threshold_(got, threshold)
+        assert torch.equal(got, expected)
+        assert int((got == 0).sum()) == int((w.abs() <= 0.3).sum()) > 0
+    assert zero_fraction([got, torch.zeros(50)]).item() == pytest.approx(
+        (int((got == 0).sum()) + 50) / 250
+    )
+
+
+def test_proximal_l1_on_a_trainer_equals_a_plain_torch_loop(tmp_path: Any) -> None:
+    """SGD without momentum, two param groups with their own lr: after each step the penalized
+    weights are soft-thresholded by lr * l1 of their group; biases never."""
+    import lightning.pytorch as pl
+
+    from lightning_reg.module import WeightPenaltyMixin
+
+    l1, l2 = 0.02, 1e-3
+
+    def build() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).double()
+
+    def groups(net: nn.Sequential) -> list[dict[str, Any]]:
+        return [{"params": net[0].parameters(), "lr": 0.5}, {"params": net[2].parameters()}]
+
+    class Net(WeightPenaltyMixin, pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build()
+            self.configure_penalty(l1=l1, l2=l2, proximal_l1=True)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return F.cross_entropy(self.net(x.double()), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(groups(self.net), lr=0.1)
+
+    model = Net()
+    trainer = make_trainer(tmp_path, max_steps=8, log_every_n_steps=4)
+    trainer.fit(model, digits_loader(n=256, batch_size=32))
+
+    net = build()
+    optimizer = torch.optim.SGD(groups(net), lr=0.1)
+    x, y = digits(256)
+    for k in range(8):
+        xb, yb = x[32 * k : 32 * k + 32].double(), y[32 * k : 32 * k + 32]
+        optimizer.zero_grad()
+        loss = F.cross_entropy(net(xb), yb) + weight_penalty([net[0].weight, net[2].weight], l2=l2)
+        loss.backward()
+        optimizer.step()
+        soft_threshold_(net[0].weight, 0.5 * l1)
+        soft_threshold_(net[2].weight, 0.1 * l1)
+    for got, ref in zip(model.net.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    zeros = zero_fraction([net[0].weight, net[2].weight])
+    assert float(trainer.callback_metrics["train/zero_fraction"]) == pytest.approx(float(zeros))
+    assert float(zeros) > 0.2 and not bool((net[0].bias == 0).any())

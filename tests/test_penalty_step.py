@@ -1,0 +1,321 @@
+"""The penalty applied as a gradient on each real optimizer step, against the loss route.
+
+The reference (the old behaviour) adds ``weight_penalty`` to the loss ``training_step`` returns
+or to the manual loss; the step route must give the same SGD trajectory under accumulation,
+clipping, mixed precision, a skipped AMP step, manual optimization and freezing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BackboneFinetuning, Callback
+from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from lightning_reg.module import WeightPenaltyMixin
+from lightning_reg.penalties import select_weights, weight_penalty
+from tests.helpers import digits_loader, make_trainer
+
+L1, L2 = 2e-3, 2e-2
+
+
+class _Base(pl.LightningModule):
+    """A digits MLP; ``loss_route=True`` adds the penalty to the loss (the reference)."""
+
+    def __init__(self, loss_route: bool, l1: float = L1, l2: float = L2, **penalty: Any) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(nn.Linear(64, 24), nn.ReLU())
+        self.head = nn.Linear(24, 10)
+        self.loss_route = loss_route
+        self.factors = (l1, l2)
+        if not loss_route:
+            self.configure_penalty(l1=l1, l2=l2, **penalty)  # type: ignore[attr-defined]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        loss = F.cross_entropy(self.head(self.backbone(x.to(self.dtype))), y)
+        if self.loss_route:
+            l1, l2 = self.factors
+            loss = loss + weight_penalty(select_weights(self), l1=l1, l2=l2)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+
+
+class _Step(WeightPenaltyMixin, _Base):
+    pass
+
+
+class _Recorder(Callback):
+    """Weights after every batch; gradient norms seen by other callbacks and on_after_backward."""
+
+    def __init__(self) -> None:
+        self.weights: list[list[torch.Tensor]] = []
+        self.before_step: list[torch.Tensor] = []
+        self.after_backward: list[torch.Tensor] = []
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.after_backward.append(torch.stack([g.double().norm() for g in grads]))
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.before_step.append(torch.stack([g.double().norm() for g in grads]))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        self.weights.append([p.detach().double().clone() for p in pl_module.parameters()])
+
+
+class _Overflow(Callback):
+    """Fills a gradient with inf on the given backward calls (a skipped AMP step)."""
+
+    def __init__(self, calls: set[int]) -> None:
+        self.calls, self.count = calls, 0
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.count in self.calls:
+            next(pl_module.parameters()).grad.fill_(float("inf"))  # type: ignore[union-attr]
+        self.count += 1
+
+
+def _run(cls: type, tmp_path: Any, dtype: torch.dtype, callbacks: list, **kwargs: Any) -> Any:
+    recorder = _Recorder()
+    model = cls(loss_route=not issubclass(cls, WeightPenaltyMixin)).to(dtype)
+    trainer = make_trainer(tmp_path, callbacks=[*callbacks, recorder], **kwargs)
+    trainer.fit(model, train_dataloaders=digits_loader(n=160, batch_size=32))
+    return recorder, model, trainer
+
+
+def _assert_same(
+    ref: _Recorder, got: _Recorder, rtol: float, atol: float, hooks: bool = True
+) -> None:
+    assert len(ref.weights) == len(got.weights) > 0
+    for a, b in zip(ref.weights, got.weights, strict=True):
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(y, x, rtol=rtol, atol=atol)
+    if not hooks:
+        return
+    assert len(ref.before_step) == len(got.before_step) > 0
+    for x, y in zip(ref.before_step, got.before_step, strict=True):
+        torch.testing.assert_close(y, x, rtol=rtol, atol=atol)
+
+
+CASES = {
+    # 5 batches of 32 per epoch: windows of 2, 2 and a short last window of 1.
+    "accumulate_2": dict(accumulate_grad_batches=2, max_epochs=2),
+    "clip_norm": dict(gradient_clip_val=0.05, max_epochs=1),
+    "clip_value_accumulate": dict(
+        gradient_clip_val=0.002, gradient_clip_algorithm="value", accumulate_grad_batches=2
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_step_route_equals_loss_route_float64(case: str, tmp_path: Any) -> None:
+    kwargs = {"max_epochs": 2, **CASES[case]}
+    ref, _, _ = _run(_Base, tmp_path, torch.float64, [], **kwargs)
+    got, _, _ = _run(_Step, tmp_path, torch.float64, [], **kwargs)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    # on_after_backward of the micro-batch that steps sees data + penalty gradient too.
+    acc = kwargs.get("accumulate_grad_batches", 1)
+    stepping = [i for i in range(len(ref.after_backward)) if (i % 5 + 1) % acc == 0 or i % 5 == 4]
+    for i in stepping:
+        torch.testing.assert_close(got.after_backward[i], ref.after_backward[i], rtol=1e-10, atol=0)
+    if "clip" in case:  # the clipping was active, on data + penalty gradient
+        assert max(float(n.max()) for n in ref.before_step) > 0.05
+
+
+def test_bf16_mixed_on_cpu(tmp_path: Any) -> None:
+    ref, _, _ = _run(_Base, tmp_path, torch.float32, [], precision="bf16-mixed", max_steps=6)
+    got, _, _ = _run(_Step, tmp_path, torch.float32, [], precision="bf16-mixed", max_steps=6)
+    _assert_same(ref, got, rtol=1e-4, atol=1e-6)
+
+
+def test_fp16_grad_scaler_with_a_skipped_step(tmp_path: Any) -> None:
+    def run(cls: type) -> Any:
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+        out = _run(cls, tmp_path, torch.float32, [_Overflow({2})], plugins=[plugin], max_steps=5)
+        return (*out, scaler)
+
+    ref, _, _, ref_scaler = run(_Base)
+    got, _, trainer, scaler = run(_Step)
+    assert trainer.global_step == 5
+    assert scaler.get_scale() == ref_scaler.get_scale() == 2.0**9  # one step skipped
+    assert all(torch.equal(a, b) for a, b in zip(got.weights[1], got.weights[2], strict=True))
+    for a, b in zip(ref.weights, got.weights, strict=True):
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7)
+    # Callbacks' on_after_backward sees the scaled gradients of the loss route.
+    torch.testing.assert_close(got.after_backward[0], ref.after_backward[0], rtol=1e-5, atol=0)
+
+
+class _Manual(pl.LightningModule):
+    """Two sub-networks, each with its own optimizer, stepped by hand."""
+
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+        self.b = nn.Sequential(nn.Linear(64, 12), nn.Tanh(), nn.Linear(12, 10))
+        self.automatic_optimization = False
+        self.loss_route = loss_route
+        if not loss_route:
+            self.configure_penalty(l1=L1, l2=L2)  # type: ignore[attr-defined]
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        x = x.to(self.dtype)
+        for net, opt in zip((self.a, self.b), self.optimizers(), strict=True):  # type: ignore[arg-type]
+            loss = F.cross_entropy(net(x), y)
+            if self.loss_route:
+                loss = loss + weight_penalty(select_weights(net), l1=L1, l2=L2)
+            self.manual_backward(loss)
+            opt.step()
+            opt.zero_grad()
+
+    def configure_optimizers(self) -> Any:
+        sgd = torch.optim.SGD(self.a.parameters(), lr=0.1, momentum=0.9)
+        return sgd, torch.optim.Adam(self.b.parameters(), lr=0.01)
+
+
+class _ManualStep(WeightPenaltyMixin, _Manual):
+    pass
+
+
+def test_manual_optimization_two_optimizers(tmp_path: Any) -> None:
+    ref, _, _ = _run(_Manual, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
+    assert trainer.global_step == 10  # 5 batches, 2 optimizer steps each
+    # Callbacks' on_before_optimizer_step runs before the module's, which adds the penalty under
+    # manual optimization: only the trajectory is compared (documented).
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+
+
+class _Finetune(_Base):
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route, l1=0.0, l2=L2)
+
+
+class _FinetuneStep(WeightPenaltyMixin, _Finetune):
+    pass
+
+
+def test_backbone_finetuning_penalized_after_unfreezing_only(tmp_path: Any) -> None:
+    def run(cls: type) -> Any:
+        finetune = BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda _: 1.0)
+        return _run(cls, tmp_path, torch.float64, [finetune], max_epochs=2)
+
+    ref, _, _ = run(_Finetune)
+    got, model, _ = run(_FinetuneStep)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    backbone = [i for i, (n, _) in enumerate(model.named_parameters()) if n.startswith("backbone")]
+    start = [w.clone() for w in got.weights[0]]
+    assert all(torch.equal(got.weights[4][i], start[i]) for i in backbone)  # frozen in epoch 0
+    assert not any(torch.equal(got.weights[9][i], start[i]) for i in backbone)
+    assert len(model.penalized_weights()) == 2
+
+
+def test_compiled_module_trains_with_the_penalty(tmp_path: Any) -> None:
+    ref, _, _ = _run(_Step, tmp_path, torch.float32, [], max_steps=3)
+    recorder = _Recorder()
+    model = torch.compile(_Step(loss_route=False), backend="eager")
+    trainer = make_trainer(tmp_path, callbacks=[recorder], max_steps=3)
+    trainer.fit(model, train_dataloaders=digits_loader(n=160, batch_size=32))  # type: ignore[arg-type]
+    _assert_same(ref, recorder, rtol=1e-6, atol=1e-7)
+
+
+class _DoubleCount(_Step):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return super().training_step(batch, batch_idx) + self.penalty()
+
+
+class _LogsPenalty(_Step):
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("mine", self.penalty().detach())
+        return super().training_step(batch, batch_idx)
+
+
+def test_penalty_added_to_the_loss_is_detected_but_logging_it_is_fine(tmp_path: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"count twice.*Remove `\+ self.penalty\(\)`"):
+        make_trainer(tmp_path, max_steps=1).fit(_DoubleCount(False), digits_loader(n=32))
+    model = _LogsPenalty(False)
+    make_trainer(tmp_path, max_steps=1).fit(model, digits_loader(n=32))
+    assert model.trainer.global_step == 1
+
+
+class _Lbfgs(_Step):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.LBFGS(self.parameters())
+
+
+def test_lbfgs_refused_by_name(tmp_path: Any) -> None:
+    with pytest.raises(MisconfigurationException, match="cannot be used with LBFGS"):
+        make_trainer(tmp_path, max_steps=1).fit(_Lbfgs(False), digits_loader(n=32))
+
+
+def test_penalty_logged_on_logging_steps_only_with_its_value(tmp_path: Any) -> None:
+    seen: list[float | None] = []
+    expected: list[float] = []
+
+    class Watch(Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            value = trainer.callback_metrics.get("train/penalty")  # as logged one batch before
+            seen.append(None if value is None else float(value))
+            ws = select_weights(pl_module)
+            expected.append(sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in ws).item())
+
+    model = _Step(loss_route=False)
+    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_steps=4, log_every_n_steps=2)
+    trainer.fit(model, digits_loader(n=160, batch_size=32))
+    assert seen[:2] == [None, None]  # step 1 neither computes nor logs it
+    assert seen[2] == seen[3] == pytest.approx(expected[1], rel=1e-6)  # weights before step 2
+    assert float(trainer.callback_metrics["train/penalty"]) == pytest.approx(expected[3], rel=1e-6)
+
+
+class _Sequence(_Base):
+    """Digits as 8 rows of 8 pixels: LSTM, self-attention, a weight-normed Linear head."""
+
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route)
+        torch.manual_seed(0)
+        self.backbone = nn.LSTM(8, 12, batch_first=True)
+        self.attention = nn.MultiheadAttention(12, 2, batch_first=True)
+        self.head = nn.utils.parametrizations.weight_norm(nn.Linear(12, 10))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        h, _ = self.backbone(x.to(self.dtype).view(-1, 8, 8))
+        h, _ = self.attention(h, h, h)
+        loss = F.cross_entropy(self.head(h.mean(1)), y)
+        if self.loss_route:
+            loss = loss + weight_penalty(select_weights(self), *self.factors)
+        return loss
+
+
+class _SequenceStep(WeightPenaltyMixin, _Sequence):
+    pass
+
+
+def test_recurrent_attention_and_weight_normed_kernels_are_penalized(tmp_path: Any) -> None:
+    ref, _, _ = _run(_Sequence, tmp_path, torch.float64, [], max_steps=4)
+    got, model, _ = _run(_SequenceStep, tmp_path, torch.float64, [], max_steps=4)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(w)] for w in model.penalized_weights()) == [
+        "attention.in_proj_weight",
+        "attention.out_proj.weight",
+        "backbone.weight_hh_l0",
+        "backbone.weight_ih_l0",
+        "head.parametrizations.weight.original0",
+        "head.parametrizations.weight.original1",
+    ]
