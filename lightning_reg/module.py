@@ -462,9 +462,17 @@ class WeightPenaltyMixin(_MixinBase):
         l1, l2 = self._penalty_grad_factors
         if weights and (l1 != 0.0 or l2 != 0.0):
             _add_penalty_grad(weights, l1, l2, scale, True)
-        trainer = cast(pl.LightningModule, self).trainer
+        module = cast(pl.LightningModule, self)
+        trainer = module.trainer
         every = trainer.log_every_n_steps  # type: ignore[attr-defined]
-        if every and (trainer.global_step + 1) % every == 0:  # the value only when it is logged
+        # Lightning logs on every n-th batch that stepped: `global_step` counts those under
+        # automatic optimization, but every optimizer's step under manual optimization (one
+        # batch, one count: its optimizers' penalties add up to the logged value).
+        if module.automatic_optimization:
+            batches = trainer.global_step
+        else:
+            batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready - 1
+        if every and (batches + 1) % every == 0:  # the value only when it is logged
             with torch.no_grad():
                 value = weight_penalty(weights, l1=self._penalty_l1, l2=self._penalty_l2)
             logged = self._penalty_logged

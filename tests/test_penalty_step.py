@@ -201,6 +201,36 @@ def test_manual_optimization_two_optimizers(tmp_path: Any) -> None:
     _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
 
 
+def test_manual_optimization_logs_the_penalty_of_every_optimizer_on_logging_batches(
+    tmp_path: Any,
+) -> None:
+    # Two optimizer steps per batch: the logging batches are Lightning's (one count per batch,
+    # not `global_step`), and the value covers both optimizers' weights.
+    seen: dict[int, float] = {}
+    expected: dict[int, float] = {}
+
+    class Watch(Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            ws = select_weights(pl_module)
+            expected[args[-1]] = sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in ws).item()
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            value = trainer.callback_metrics.get("train/penalty")
+            if value is not None:
+                seen.setdefault(args[-1], float(value))
+
+    model = _ManualStep(loss_route=False).double()
+    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_epochs=1, log_every_n_steps=2)
+    trainer.fit(model, digits_loader(n=160, batch_size=32))
+    assert trainer.global_step == 10
+    # Callbacks' on_train_batch_end runs before the module's, which logs: `seen[b]` is batch b-1's.
+    assert sorted(seen) == [2, 3, 4]  # first logged on batch 1 (the 2nd), as Lightning logs
+    # Both sub-networks' weights, each as its optimizer's step started from (the second
+    # sub-network's are untouched by the first's step).
+    assert seen[2] == pytest.approx(expected[1], rel=1e-6)
+    assert seen[4] == pytest.approx(expected[3], rel=1e-6)
+
+
 class _Finetune(_Base):
     def __init__(self, loss_route: bool) -> None:
         super().__init__(loss_route, l1=0.0, l2=L2)
