@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_reg.callbacks import OneCycleScheduler, PerformanceScheduler, ScheduledLR
 from lightning_reg.schedules import (
     Chain,
+    CosineDecay,
     ExponentialDecay,
     LinearWarmup,
     OneCycle,
@@ -441,12 +442,38 @@ def test_resume_with_more_epochs_continues_the_saved_cycle_and_names_total_steps
     trainer = make_trainer(
         tmp_path, callbacks=[OneCycleScheduler(max_lr=0.1), second], max_epochs=4
     )
-    with pytest.warns(UserWarning, match=r"`total_steps`: \[16\] in the checkpoint, \[32\] now"):
+    with pytest.warns(UserWarning) as record:
         trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
+    messages = [str(w.message) for w in record]
+    assert any("`total_steps`: [16] in the checkpoint, [32] now" in m for m in messages)
+    # The past-the-end warning names the resume, not `total_steps=None` (which was already set).
+    (past,) = [m for m in messages if "past the schedule's end" in m]
+    assert "resumed a checkpoint" in past and "total_steps=None" not in past
     cycle = OneCycle(16, 0.1)
     assert first.lrs == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
     assert second.lrs == [cycle(k) for k in range(16, 32)]  # the saved cycle's final LR held
     assert max(second.lrs) == pytest.approx(1e-5)
+
+
+def test_schedule_longer_than_the_planned_run_names_the_trainer_estimate(tmp_path: Path) -> None:
+    # The run ends where the Trainer planned it: the warning names that plan, not max_time or
+    # EarlyStopping, and no OneCycleScheduler-only `total_steps` for a ScheduledLR.
+    schedule = Chain([LinearWarmup(4, 0.1, start_lr=0.01), CosineDecay(16, 0.1)])
+    with pytest.warns(UserWarning, match="training ended after 6 of the 20") as record:
+        rec, _ = fit(tmp_path, [ScheduledLR(schedule)], max_steps=6)
+    (message,) = [str(w.message) for w in record if "training ended after" in str(w.message)]
+    assert "planned only 6 optimizer steps (`trainer.estimated_stepping_batches`" in message
+    assert "EarlyStopping" not in message
+    assert rec.lrs == pytest.approx([schedule(k) for k in range(6)], rel=1e-12)
+
+    class StopAt3(Callback):  # as EarlyStopping would
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            trainer.should_stop = trainer.should_stop or trainer.global_step == 3
+
+    with pytest.warns(UserWarning, match="training ended after 3 of the 20") as record:
+        fit(tmp_path, [ScheduledLR(schedule), StopAt3()], max_steps=20)
+    (message,) = [str(w.message) for w in record if "training ended after" in str(w.message)]
+    assert "EarlyStopping" in message and "planned only" not in message
 
 
 def test_resume_from_last_checkpoint_with_a_changed_max_lr_keeps_the_saved_cycle(

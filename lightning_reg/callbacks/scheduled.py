@@ -231,11 +231,21 @@ class ScheduledLR(LRCallback):
         horizon = self._horizons[opt_idx]
         if horizon is not None and step > horizon and not self._warned_past_end:
             self._warned_past_end = True
+            if self.restored:  # the checkpoint's schedule was kept (see `plan`)
+                advice = (
+                    "This fit resumed a checkpoint whose schedule was planned for a shorter run: "
+                    "to train a new schedule, start a fit without `ckpt_path` (loading only the "
+                    "weights)."
+                )
+            else:
+                advice = (
+                    "Make the schedule as long as the run (for OneCycleScheduler leave "
+                    "`total_steps=None` to size it from the Trainer)."
+                )
             self.warn(
                 f"{self.name}: optimizer {opt_idx} took step {step - 1}, past the schedule's end "
                 f"(length {horizon} steps); holding its final value. The run is longer than the "
-                "schedule: make the schedule as long as the run (for OneCycleScheduler leave "
-                "`total_steps=None` to size it from the Trainer)."
+                f"schedule. {advice}"
             )
         self.apply(trainer, opt_idx, step, self.active)
 
@@ -248,11 +258,23 @@ class ScheduledLR(LRCallback):
             group = trainer.optimizers[idx].param_groups[0]
             first = next(k for k, (i, _, _) in enumerate(self.param_groups(trainer)) if i == idx)
             end_lr = self.active[first](horizon)
+            planned = trainer.estimated_stepping_batches
+            if trainer.lightning_module.automatic_optimization and planned < horizon:
+                why = (
+                    f"The Trainer planned only {planned:g} optimizer steps "
+                    "(`trainer.estimated_stepping_batches`, from `max_epochs`, `max_steps` and "
+                    "`limit_train_batches`): make the schedule's steps add up to the run (for "
+                    "OneCycleScheduler leave `total_steps=None`), or train longer."
+                )
+            else:
+                why = (
+                    "Runs end early with `max_time`, `EarlyStopping` or a dataloader shorter "
+                    "than planned (an IterableDataset under `max_steps`). Size the schedule to "
+                    "the run that really happens (OneCycleScheduler: `total_steps=...`), or "
+                    "resume from the last checkpoint to finish it."
+                )
             self.warn(
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
-                f"rate is {group['lr']:.4g}, not the end value {end_lr:.4g}. Runs end early "
-                "with `max_time`, `EarlyStopping` or a dataloader shorter than planned (an "
-                "IterableDataset under `max_steps`). Size the schedule to the run that really "
-                "happens (`total_steps=...`), or resume from the last checkpoint to finish it."
+                f"rate is {group['lr']:.4g}, not the end value {end_lr:.4g}. {why}"
             )
