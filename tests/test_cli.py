@@ -348,6 +348,22 @@ def test_configs_subcommand_lists_and_prints_the_example_configs(
         main(["configs", "nope"])
 
 
+def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
+    # `python -m lightning_reg.demos.cli ...` (no console script on the PATH) used to import the
+    # module, do nothing and exit 0.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", main.__module__, "configs", "--path", "warmup_cosine"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(CONFIGS / "warmup_cosine.yaml")
+
+
 def test_fit_help_describes_the_app_in_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--help"])

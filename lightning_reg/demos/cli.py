@@ -433,3 +433,7 @@ def main(args: ArgsType = None) -> None:
         _configs_command(argv[1:])
         return
     LightningRegCLI(args=args)
+
+
+if __name__ == "__main__":  # `python -m lightning_reg.demos.cli ...`
+    main()
