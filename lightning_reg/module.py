@@ -33,7 +33,7 @@ from lightning_reg.penalties import (
     weight_penalty,
     zero_fraction,
 )
-from lightning_reg.uncertainty import MCDropoutMixin
+from lightning_reg.uncertainty import MCDropoutMixin, _check_mc_task
 
 __all__ = ["RegularizedModule", "WeightPenaltyMixin"]
 
@@ -569,14 +569,17 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         proximal_l1: apply l1 as a soft-threshold after each optimizer step, which leaves
             weights at exactly zero (see :class:`WeightPenaltyMixin`). Default ``False``.
         mc_samples: Monte Carlo dropout samples per prediction in ``Trainer.predict`` (an
-            integer >= 1; the subclass sets ``mc_task``), or ``None`` for deterministic
-            predictions (the raw output of ``forward``). Default ``None``.
+            integer >= 1), or ``None`` for deterministic predictions (the raw output of
+            ``forward``). Default ``None``. With ``mc_samples`` set, the subclass must have
+            the class attribute ``mc_task`` (``"classification"`` or ``"regression"``),
+            checked here at construction.
         **kwargs: passed on to the next class in the MRO.
 
     Raises:
         TypeError: if an argument has the wrong type.
         ValueError: if an argument is out of range or an unknown name; the message lists the
-            valid names or range.
+            valid names or range. Also if ``mc_samples`` is set and the class's ``mc_task`` is
+            not ``"classification"`` or ``"regression"``.
 
     Examples:
         >>> class Net(RegularizedModule):
@@ -615,6 +618,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         )
         if mc_samples is not None:
             check_int("mc_samples", mc_samples, 1)
+        _check_mc_task(self.mc_task, mc_samples, type(self).__name__)
         self.mc_samples = mc_samples
         self.save_hyperparameters()
 

@@ -586,6 +586,20 @@ def mc_dropout_predict(
     return result
 
 
+def _check_mc_task(mc_task: object, mc_samples: int | None, owner: str) -> None:
+    """Raise ValueError unless ``mc_task`` is in :data:`TASKS` (or ``None`` while
+    ``mc_samples`` is ``None``), telling the user to set it on ``owner``, their class."""
+    if mc_task in TASKS or (mc_task is None and mc_samples is None):
+        return
+    because = "" if mc_samples is None else f"`mc_samples={mc_samples!r}` is set, so "
+    raise ValueError(
+        f"{because}`mc_task` must say what the model predicts: "
+        f"one of {list(TASKS)} (softmax probabilities and entropy, or the raw outputs' mean "
+        f"and spread), got {mc_task!r}. Set it as a class attribute of {owner}, e.g. "
+        f'`class {owner}(...): mc_task = "classification"` (or `"regression"`).'
+    )
+
+
 class MCDropoutMixin:
     """Makes ``Trainer.predict`` return Monte Carlo dropout summaries for a LightningModule.
 
@@ -672,12 +686,7 @@ class MCDropoutMixin:
         if self.mc_samples is None:
             return
         check_int("mc_samples", self.mc_samples, 1)
-        if self.mc_task not in TASKS:
-            raise ValueError(
-                f"`mc_samples` is set, so `mc_task` must say what the model predicts: one of "
-                f"{list(TASKS)} (softmax probabilities and entropy, or the raw outputs' mean "
-                f"and spread), got {self.mc_task!r}."
-            )
+        _check_mc_task(self.mc_task, self.mc_samples, type(self).__name__)
         kept = _check_module_types(self.mc_eval_modules)
         _set_sampling_modes(self.trainer.model, kept)  # type: ignore[attr-defined]
 

@@ -359,6 +359,40 @@ def test_invalid_arguments_raise(
         RegularizedMLP(**kwargs)
 
 
+def test_mc_samples_without_mc_task_raises_at_construction() -> None:
+    # _Sub sets no `mc_task`: mc_samples used to fail only in Trainer.predict
+    with pytest.raises(ValueError) as caught:
+        _Sub(mc_samples=5)
+    message = str(caught.value)
+    assert "`mc_samples=5` is set, so `mc_task` must say what the model predicts" in message
+    assert "['classification', 'regression']" in message and "got None" in message
+    assert 'class attribute of _Sub, e.g. `class _Sub(...): mc_task = "classification"`' in message
+
+    class Typo(_Sub):
+        mc_task = "clasification"
+
+    with pytest.raises(ValueError, match=r"`mc_task` must .* got 'clasification'"):
+        Typo()
+
+    class Regressor(_Sub):
+        mc_task = "regression"
+
+    assert (Regressor(mc_samples=5).mc_samples, Regressor(mc_samples=5).mc_task) == (
+        5,
+        "regression",
+    )
+    assert _Sub().mc_samples is None  # no mc_samples, no mc_task needed
+
+    class SetsItLate(_Sub):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.mc_task = "classification"
+
+    late = SetsItLate()  # without mc_samples at construction it still works
+    late.mc_samples = 4
+    assert late.mc_task == "classification"
+
+
 def test_hparams_of_subclasses_saved_and_restored(tmp_path: Any) -> None:
     model = _Sub(width=24, depth=3, dropout=0.1, activation="selu", l2=1e-4, max_norm=2.5)
     expected = {
