@@ -570,6 +570,43 @@ def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(tmp_path:
         assert opt.param_groups[0]["lr"] == cycle(8) == pytest.approx(cycle.final_lr)
 
 
+class LoggingGAN(TwoOptimizerGAN):
+    """``TwoOptimizerGAN`` that logs a per-batch metric with ``self.log``."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        super().training_step(batch, batch_idx)
+        self.log("batch_idx", float(batch_idx), on_step=True, on_epoch=False)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_lr_rows_share_the_steps_of_self_log_under_manual_optimization(
+    tmp_path: Path, every: int
+) -> None:
+    # Two optimizers: `global_step` advances twice per batch, Lightning's log step once. The LR
+    # rows must be the rows of the module's own metrics (before, at 0, 2, 4, ... 16), and each
+    # holds the LR its batch trained with (batch b ran with the cycles' step b), in float32 as
+    # `self.log` stores it.
+    model = LoggingGAN()
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[OneCycleScheduler(max_lr=[0.1, 0.01])],
+        max_steps=16,
+        logger=logger,
+        log_every_n_steps=every,
+    )
+    trainer.fit(model, digits_loader(512, 32))
+    rows = read_csv(logger)
+    batches = series(rows, "batch_idx")
+    assert batches == {b: b for b in range(8) if (b + 1) % every == 0}  # step == batch index
+    for key, peak in (("lr-pg0", 0.1), ("lr-pg1", 0.01)):
+        lrs = series(rows, key)
+        assert lrs.keys() == batches.keys()
+        assert lrs == {b: pytest.approx(OneCycle(8, peak)(b), rel=1e-6) for b in lrs}
+    moms = series(rows, "momentum-pg0")
+    assert moms == {b: pytest.approx(OneCycle(8, 0.1).momentum(b), rel=1e-6) for b in batches}
+
+
 # -- runs that end before the schedule; short runs --------------------------------------------
 
 

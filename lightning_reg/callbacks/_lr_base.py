@@ -88,7 +88,10 @@ class LRCallback(Callback):
             ``momentum-pg<k>`` through the Trainer's loggers, ``k`` counting the param groups of
             all optimizers in order. Values that a ``LearningRateMonitor`` on the same Trainer
             logs (the LR; the momentum with ``log_momentum=True``) are left to it, so each value
-            is one series. Default ``True``.
+            is one series. Per-step values are logged with ``pl_module.log`` at the start of
+            every ``log_every_n_steps``-th batch (the LR that batch trains with, on the rows of
+            the module's ``self.log`` metrics); per-epoch and per-evaluation values at
+            ``trainer.global_step``. Default ``True``.
 
     Raises:
         TypeError: if ``log_values`` is not a bool.
@@ -242,11 +245,11 @@ class LRCallback(Callback):
             if value is not None:
                 set_momentum(group, value)
 
-    def log_groups(self, trainer: pl.Trainer, momentum: bool = True) -> None:
-        """Log every param group's current LR (and momentum) through the Trainer's loggers,
-        leaving out what a ``LearningRateMonitor`` on the Trainer already logs."""
+    def _values(self, trainer: pl.Trainer, momentum: bool) -> dict[str, float]:
+        """Every param group's current LR (and momentum) to log, leaving out what a
+        ``LearningRateMonitor`` on the Trainer already logs (empty when nothing is to log)."""
         if not (self._log_lr or (momentum and self._log_momentum)) or not trainer.loggers:
-            return
+            return {}
         metrics: dict[str, float] = {}
         for k, (_, _, group) in enumerate(self.param_groups(trainer)):
             if self._log_lr:
@@ -254,9 +257,40 @@ class LRCallback(Callback):
             value = get_momentum(group) if momentum and self._log_momentum else None
             if value is not None:
                 metrics[f"momentum-pg{k}"] = value
+        return metrics
+
+    def log_groups(self, trainer: pl.Trainer, momentum: bool = True) -> None:
+        """Log every param group's current LR (and momentum) through the Trainer's loggers at
+        ``trainer.global_step``, leaving out what a ``LearningRateMonitor`` already logs.
+
+        For values set once per epoch or per evaluation; per-batch values go through
+        :meth:`log_groups_on_batch`, on the x-axis of ``self.log``.
+        """
+        metrics = self._values(trainer, momentum)
         if metrics:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+
+    def log_groups_on_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """From ``on_train_batch_start``: log the LR (and momentum) this batch trains with
+        through ``pl_module.log``, so Lightning writes them on the rows of the metrics the module
+        logs with ``self.log`` (one count per batch, also under manual optimization with several
+        optimizers, where ``global_step`` counts every optimizer's step).
+
+        Only on the batches Lightning writes to the loggers (every ``log_every_n_steps``): a
+        value logged with ``self.log`` becomes a tensor on the module's device.
+        """
+        every = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        if not every:
+            return
+        if pl_module.automatic_optimization:
+            batches = trainer.global_step  # one optimizer: its steps are the batches that stepped
+        else:  # the batches before this one (no gradient accumulation under manual optimization)
+            batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready - 1
+        if (batches + 1) % every != 0 and not trainer.should_stop:
+            return
+        for key, value in self._values(trainer, momentum=True).items():
+            pl_module.log(key, value, on_step=True, on_epoch=False)
 
     def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
         """Warn when one schedule would give param groups with different LRs the same LR."""

@@ -112,7 +112,6 @@ class ScheduledLR(LRCallback):
         self._saved_config: dict[str, Any] | None = None
         self._horizons: list[int | None] = []
         self._warned_past_end = False
-        self._logged_step = -1
 
     # -- what subclasses customise ------------------------------------------------------------
     def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
@@ -180,7 +179,6 @@ class ScheduledLR(LRCallback):
             self._horizons.append(max(known) if known and len(known) == len(lengths) else None)
         for idx in range(len(trainer.optimizers)):
             self.apply(trainer, idx, self.steps[idx], self.active)
-        self.log_groups(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -190,19 +188,11 @@ class ScheduledLR(LRCallback):
             self.log_groups(trainer)
 
     @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.interval != "step" or trainer.global_step == self._logged_step:
-            return
-        self._logged_step = trainer.global_step
-        if trainer.global_step % max(getattr(trainer, "log_every_n_steps", 1), 1) == 0:
-            self.log_groups(trainer)
+        if self.interval == "step":
+            self.log_groups_on_batch(trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
