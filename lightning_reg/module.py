@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_reg._loop import batches_that_stepped
 from lightning_reg._validation import check_int, check_non_negative, check_positive
 from lightning_reg.callbacks.max_norm import MaxNorm, _beside_trainer_max_norms
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
@@ -465,13 +466,9 @@ class WeightPenaltyMixin(_MixinBase):
         module = cast(pl.LightningModule, self)
         trainer = module.trainer
         every = trainer.log_every_n_steps  # type: ignore[attr-defined]
-        # Lightning logs on every n-th batch that stepped: `global_step` counts those under
-        # automatic optimization, but every optimizer's step under manual optimization (one
-        # batch, one count: its optimizers' penalties add up to the logged value).
-        if module.automatic_optimization:
-            batches = trainer.global_step
-        else:
-            batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready - 1
+        # Lightning logs on every n-th batch that stepped; under manual optimization that batch's
+        # optimizers' penalties add up to the logged value.
+        batches = batches_that_stepped(trainer, module)
         if every and (batches + 1) % every == 0:  # the value only when it is logged
             with torch.no_grad():
                 value = weight_penalty(weights, l1=self._penalty_l1, l2=self._penalty_l2)

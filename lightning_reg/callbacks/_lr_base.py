@@ -28,6 +28,8 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_reg._loop import batches_that_stepped
+
 __all__ = ["LRCallback", "ScheduleLike", "momentum_key", "set_momentum"]
 
 ScheduleLike = Callable[[int], float]
@@ -283,10 +285,7 @@ class LRCallback(Callback):
         every = trainer.log_every_n_steps  # type: ignore[attr-defined]
         if not every:
             return
-        if pl_module.automatic_optimization:
-            batches = trainer.global_step  # one optimizer: its steps are the batches that stepped
-        else:  # the batches before this one (no gradient accumulation under manual optimization)
-            batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready - 1
+        batches = batches_that_stepped(trainer, pl_module)
         if (batches + 1) % every != 0 and not trainer.should_stop:
             return
         for key, value in self._values(trainer, momentum=True).items():
