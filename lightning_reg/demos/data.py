@@ -34,6 +34,17 @@ def _check_fraction(name: str, value: object) -> float:
     return check_number(name, value, "in [0, 1)", lambda f: 0.0 <= f < 1.0)
 
 
+def _check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Both held-out fractions in ``[0, 1)``, together leaving training data."""
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            "`val_fraction + test_fraction` must be < 1 to leave training data, got "
+            f"{val_fraction} + {test_fraction}."
+        )
+
+
 def _standardize(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``x`` standardized per feature with ``reference``'s statistics (a constant feature keeps
     standard deviation 1)."""
@@ -183,13 +194,7 @@ class DigitsDataModule(_SplitsDataModule):
     ) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
-        _check_fraction("val_fraction", val_fraction)
-        _check_fraction("test_fraction", test_fraction)
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                "`val_fraction + test_fraction` must be < 1 to leave training data, got "
-                f"{val_fraction} + {test_fraction}."
-            )
+        _check_split_fractions(val_fraction, test_fraction)
         n_test = round(test_fraction * _NUM_DIGITS)
         n_val = round(val_fraction * _NUM_DIGITS)
         sizes = {"test_fraction": n_test, "val_fraction": n_val}
@@ -484,13 +489,7 @@ class MNIST5kDataModule(_SplitsDataModule):
     ) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
-        _check_fraction("val_fraction", val_fraction)
-        _check_fraction("test_fraction", test_fraction)
-        if val_fraction + test_fraction >= 1.0:
-            raise ValueError(
-                "`val_fraction + test_fraction` must be < 1 to leave training data, got "
-                f"{val_fraction} + {test_fraction}."
-            )
+        _check_split_fractions(val_fraction, test_fraction)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
