@@ -13,7 +13,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeGuard, cast
+from typing import TYPE_CHECKING, NamedTuple, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -549,14 +549,14 @@ def _max_norm_(
     rows: list[torch.Tensor], max_value: float, norm_type: float, foreach: bool | None
 ) -> None:
     """:func:`apply_max_norm_` on tensors already checked by :func:`_local_rows` (plain tensors
-    whose dim 0 indexes output units): the per-step call of the ``MaxNorm`` callback."""
+    whose dim 0 indexes output units)."""
     if not rows:
         return
     if foreach is None:
         foreach = _default_foreach(rows)
     with torch.no_grad():
         if foreach:
-            _max_norm_foreach_(rows, max_value, norm_type)
+            _max_norm_foreach_(_row_groups(rows), max_value, norm_type)
         else:
             _max_norm_reference_(rows, max_value, norm_type)
 
@@ -573,29 +573,74 @@ def _max_norm_reference_(rows: list[torch.Tensor], max_value: float, norm_type: 
         w.renorm_(norm_type, 0, max_value)
 
 
-def _max_norm_foreach_(rows: list[torch.Tensor], max_value: float, norm_type: float) -> None:
-    """``renorm_`` on every tensor, writing only the tensors that have a row over the bound.
+class _RowGroup(NamedTuple):
+    """Non-empty tensors of one dtype and ndim: one pass of the multi-tensor max-norm path."""
 
-    By groups of one dtype and ndim: the row norms of every tensor (the read pass); one host
-    read of a flag per tensor ("its largest row norm is over the bound"); then, for the flagged
-    tensors only, the factor ``max_value / (norm + 1e-7)`` (1.0 for rows within the bound),
-    computed as ``torch.renorm`` computes it, and one ``torch._foreach_mul_``.
-    """
+    tensors: list[torch.Tensor]
+    dtype: torch.dtype
+    dims: tuple[int, ...]  # the dims of a row: every dim but 0
+    acc: torch.dtype  # the dtype torch.renorm computes norms and factors in
+
+
+def _row_groups(rows: Iterable[torch.Tensor]) -> list[_RowGroup]:
+    """``rows`` by dtype and ndim, empty tensors left out (the ``MaxNorm`` callback groups its
+    weights once, not at every step)."""
     groups: dict[tuple[torch.dtype, int], list[torch.Tensor]] = {}
     for w in rows:
         if w.numel() > 0:
             groups.setdefault((w.dtype, w.dim()), []).append(w)
-    for (dtype, ndim), group in groups.items():
-        dims, acc = tuple(range(1, ndim)), _renorm_acc(dtype)
-        norms = [torch.linalg.vector_norm(w, norm_type, dims, True, dtype=acc) for w in group]
-        flags = (torch.stack(torch._foreach_max(norms)) > max_value).tolist()
-        ws = [w for w, flag in zip(group, flags, strict=True) if flag]
-        if not ws:
+    return [
+        _RowGroup(tensors, dtype, tuple(range(1, ndim)), _renorm_acc(dtype))
+        for (dtype, ndim), tensors in groups.items()
+    ]
+
+
+def _max_norm_foreach_(groups: list[_RowGroup], max_value: float, norm_type: float) -> None:
+    """``renorm_`` on every tensor, writing only the tensors that have a row over the bound.
+
+    Per group: the row norms of every tensor (the read pass); one host read of each tensor's
+    largest row norm; then, for the tensors with a row over the bound only, the factor
+    ``max_value / (norm + 1e-7)`` (1.0 for rows within the bound), computed in the dtype
+    ``torch.renorm`` computes it in, and one ``torch._foreach_mul_``.
+
+    The host comparison is in float64, so it flags every tensor ``torch.renorm``'s float32
+    comparison would flag (and, at worst, one whose factors all come out 1.0: written unchanged).
+    """
+    for group in groups:
+        norms = _row_norms(group, norm_type)
+        maxima = torch.stack(torch._foreach_max(norms)).tolist()
+        over = [i for i, largest in enumerate(maxima) if largest > max_value]
+        if not over:
             continue
-        norm = torch.cat([n for n, flag in zip(norms, flags, strict=True) if flag])
-        scale = torch.full_like(norm, max_value).div_(norm + _RENORM_EPS)
-        factor = torch.where(norm > max_value, scale, 1.0).to(dtype)
-        torch._foreach_mul_(ws, factor.split([w.shape[0] for w in ws]))
+        ws = [group.tensors[i] for i in over]
+        norm = torch.cat([norms[i] for i in over]) if len(over) > 1 else norms[over[0]]
+        if norm.dtype != group.acc:  # the infinity norm of a half type, taken exactly in it
+            norm = norm.to(group.acc)
+        factor = torch.where(norm > max_value, torch.div(max_value, norm + _RENORM_EPS), 1.0)
+        if factor.dtype != group.dtype:
+            factor = factor.to(group.dtype)
+        factors = factor.split([w.shape[0] for w in ws]) if len(ws) > 1 else [factor]
+        torch._foreach_mul_(ws, factors)
+
+
+def _row_norms(group: _RowGroup, norm_type: float) -> list[torch.Tensor]:
+    """The norm of every row of every tensor of ``group``, as ``torch.renorm`` takes it (shape
+    ``(rows, 1, ...)``).
+
+    The infinity norm is ``max(amax(w), -amin(w))`` per row: exact in any dtype, so equal to
+    ``linalg.vector_norm(w, inf)``, but two vectorized reads without a temporary instead of that
+    kernel's much slower one (see docs/max_norm.md, "Cost of max-norm").
+    """
+    if norm_type == math.inf:
+        largest = [w.amax(group.dims, keepdim=True) for w in group.tensors]
+        smallest = [w.amin(group.dims, keepdim=True) for w in group.tensors]
+        torch._foreach_neg_(smallest)
+        torch._foreach_maximum_(largest, smallest)
+        return largest
+    return [
+        torch.linalg.vector_norm(w, norm_type, group.dims, True, dtype=group.acc)
+        for w in group.tensors
+    ]
 
 
 def _max_norm_targets(

@@ -26,8 +26,11 @@ from lightning_reg.penalties import (
     _default_foreach,
     _is_dtensor,
     _local_rows,
-    _max_norm_,
+    _max_norm_foreach_,
+    _max_norm_reference_,
     _max_norm_targets,
+    _row_groups,
+    _RowGroup,
 )
 
 __all__ = ["MaxNorm"]
@@ -38,7 +41,8 @@ class _Binding:
 
     Resolved from the model when first used and again only when the optimizer's parameters or
     their ``requires_grad`` flags change (``BackboneFinetuning`` freezing, unfreezing, adding a
-    param group), so each step pays one comparison of those flags, not a walk of the model.
+    param group), so each step pays one comparison of those flags, not a walk of the model; the
+    multi-tensor path's grouping by dtype is made then too, not at every step.
     """
 
     def __init__(self, optimizer: Optimizer) -> None:
@@ -47,7 +51,8 @@ class _Binding:
         self.targets: list[torch.Tensor] = []
         self.rows: list[torch.Tensor] = []
         self.sharded = False
-        self.foreach: bool | None = None
+        self.foreach = False
+        self.groups: list[_RowGroup] = []
 
     def current_flags(self) -> list[bool]:
         return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
@@ -63,10 +68,18 @@ class _Binding:
         self.sharded = any(_is_dtensor(w) for w in self.targets)
         self.flags = flags
         self.foreach = _default_foreach(self.rows) if foreach is None else foreach
+        self.groups = _row_groups(self.rows) if self.foreach else []
 
-    def local_rows(self) -> list[torch.Tensor]:
-        """The tensors to renorm now: DTensors' local shards are taken afresh at every step."""
-        return [_as_local(w) for w in self.targets] if self.sharded else self.rows
+    def apply(self, max_value: float, norm_type: float) -> None:
+        """Renorm the targets now; DTensors' local shards are taken afresh at every step."""
+        rows = [_as_local(w) for w in self.targets] if self.sharded else self.rows
+        with torch.no_grad():
+            if not self.foreach:
+                _max_norm_reference_(rows, max_value, norm_type)
+            elif self.sharded:
+                _max_norm_foreach_(_row_groups(rows), max_value, norm_type)
+            else:
+                _max_norm_foreach_(self.groups, max_value, norm_type)
 
 
 class MaxNorm(Callback):
@@ -232,7 +245,7 @@ class MaxNorm(Callback):
             flags = binding.current_flags()
             if flags != binding.flags:
                 self._refresh(pl_module, binding, flags)
-            _max_norm_(binding.local_rows(), self.max_value, self.norm_type, binding.foreach)
+            binding.apply(self.max_value, self.norm_type)
             self._steps[idx] = self._steps.get(idx, 0) + 1
 
         return post_hook
