@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import math
 import random
 import statistics
 import time
@@ -51,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mlp-layers", type=int, default=6, help="Linear layers of model (b)")
     parser.add_argument("--mlp-width", type=int, default=2048, help="width of model (b)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--norm-types",
+        type=lambda text: [float(p) for p in text.split(",")],
+        default=[2.0, math.inf],
+        help="p of the max-norm rows, comma-separated (default: 2,inf)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats")
     args = parser.parse_args(argv)
     if args.quick:
@@ -176,49 +183,71 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
 
 
 def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> list[str]:
-    """Max-norm rows: both paths of ``apply_max_norm_`` against the floor, in three states.
+    """Max-norm rows: both paths of ``apply_max_norm_`` against two floors, in three states per
+    norm type.
 
     "within": every row already within the bound (a loose bound; ``renorm_`` still writes every
     weight). "one over": the rows of the first weight over the bound, the others within (a bound
-    that binds in one layer). "over": every row of every weight over the bound. The weights of
-    "one over" and "over" are reset, untimed, before each run. Each state has its own copy of
-    the weights, so no state hands another its weights in cache.
+    that binds in one layer). "over": every row of every weight over the bound. Each case has its
+    own copy of the weights, reset from that state's values, untimed, right before every run
+    (the floors' too), so every case starts with its weights equally warm in cache.
+
+    "floor" is one read+write pass, ``torch._foreach_mul_(weights, 1.0)``: all that a state in
+    which nothing changes needs. "two-pass floor" is the least that public torch ops allow when
+    rows must change: one read pass for the row 2-norms (``linalg.vector_norm(w, 2, dim=1)``) and
+    then one read+write pass; torch has no CPU op that scales rows by their norm in one pass.
     """
-    within = select_weights(model)
-    with torch.no_grad():
-        largest = max(float(w.norm(dim=1).max()) for w in within)
-        torch._foreach_mul_(within, 0.5 * MAX_VALUE / largest)
-        over_init = [w * (2.0 * MAX_VALUE / float(w.norm(dim=1).min())) for w in within]
-    one_init = [over_init[0], *(w.detach().clone() for w in within[1:])]
-    states = {"within": within, "one over": [w.clone() for w in one_init]}
-    states["over"] = [w.clone() for w in over_init]
-    initial = {"one over": one_init, "over": over_init}
-    device = within[0].device
+    base = select_weights(model)
+    device = base[0].device
+    floor_init = [w.detach().clone() for w in base]
+    floor_weights = [w.clone() for w in floor_init]
 
     def floor() -> None:
         with torch.no_grad():
-            torch._foreach_mul_(within, 1.0)
+            torch._foreach_mul_(floor_weights, 1.0)
 
-    cases: dict[str, Callable[[], object]] = {"floor": floor}
-    setup: dict[str, Callable[[], object]] = {}
-    for state, weights in states.items():
-        for path in ("reference", "foreach"):
-            key = f"{state} {path}"
-            cases[key] = functools.partial(
-                apply_max_norm_, weights, MAX_VALUE, foreach=path == "foreach"
-            )
-            if state in initial:
-                setup[key] = functools.partial(torch._foreach_copy_, weights, initial[state])
+    def two_pass_floor() -> None:
+        with torch.no_grad():
+            for w in floor_weights:
+                torch.linalg.vector_norm(w, 2, tuple(range(1, w.dim())), True)
+            torch._foreach_mul_(floor_weights, 1.0)
+
+    reset_floor = functools.partial(torch._foreach_copy_, floor_weights, floor_init)
+    cases: dict[str, Callable[[], object]] = {"floor": floor, "two-pass floor": two_pass_floor}
+    setup: dict[str, Callable[[], object]] = {"floor": reset_floor, "two-pass floor": reset_floor}
+    for p in args.norm_types:
+        for state, initial in max_norm_states(base, p).items():
+            for path in ("reference", "foreach"):
+                key = f"{p:g} {state} {path}"
+                weights = [w.clone() for w in initial]
+                cases[key] = functools.partial(
+                    apply_max_norm_, weights, MAX_VALUE, p, foreach=path == "foreach"
+                )
+                setup[key] = functools.partial(torch._foreach_copy_, weights, initial)
     ms = time_interleaved(cases, args.repeats, args.warmup, device, setup)
-    size = f"max-norm, {name}: {len(within)} weights, {sum(w.numel() for w in within):,}"
+    one, two = ms["floor"], ms["two-pass floor"]
+    size = f"max-norm, {name}: {len(base)} weights, {sum(w.numel() for w in base):,}"
     rows = []
-    for state in states:
-        ref, fast = ms[f"{state} reference"], ms[f"{state} foreach"]
-        rows.append(
-            f"| {size} | {state} | {ref:.3f} | {fast:.3f} | {ms['floor']:.3f} "
-            f"| {ref / ms['floor']:.2f}x | {fast / ms['floor']:.2f}x |"
-        )
+    for key in cases:
+        if key.endswith(" reference"):
+            ref, fast = ms[key], ms[key.replace(" reference", " foreach")]
+            p_text, state = key.removesuffix(" reference").split(" ", 1)
+            rows.append(
+                f"| {size} | {p_text} | {state} | {ref:.4g} | {fast:.4g} | {one:.4g} | {two:.4g} "
+                f"| {ref / one:.2f}x | {fast / one:.2f}x | {ref / two:.2f}x | {fast / two:.2f}x |"
+            )
     return rows
+
+
+def max_norm_states(weights: list[torch.Tensor], p: float) -> dict[str, list[torch.Tensor]]:
+    """Copies of ``weights`` scaled so that, in ``p``-norm, every row is within ``MAX_VALUE``
+    ("within"), the first weight's rows are all over it ("one over"), or every row is ("over")."""
+    with torch.no_grad():
+        norms = [torch.linalg.vector_norm(w.flatten(1), p, dim=1) for w in weights]
+        largest = max(float(n.max()) for n in norms)
+        within = [w * (0.5 * MAX_VALUE / largest) for w in weights]
+        over = [w * (2.0 * MAX_VALUE / float(n.min())) for w, n in zip(weights, norms, strict=True)]
+    return {"within": within, "one over": [over[0], *within[1:]], "over": over}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,10 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         for row in bench_model(name, model, args):
             print(row)
     print(
-        "\n| max-norm model: weights, elements | rows | reference (ms) | foreach (ms) | floor (ms) "
-        "| reference / floor | foreach / floor |"
+        "\n| max-norm model: weights, elements | p | rows | reference (ms) | foreach (ms) "
+        "| floor (ms) | two-pass floor (ms) | reference / floor | foreach / floor "
+        "| reference / two-pass | foreach / two-pass |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     models["(c) MLP 784-512x3-10"] = mlp_784(args.quick, device)
     for name, model in models.items():
         for row in bench_max_norm(name, model, args):

@@ -553,15 +553,19 @@ def test_benchmark_prints_the_max_norm_table() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| max-norm, (")]
-    states = ("within", "one over", "over")
     max_norm = [row.split("|") for row in rows]
-    assert [(cells[1].split(":")[0][11:].strip(), cells[2].strip()) for cells in max_norm] == [
-        (model, state)
+    assert [(c[1].split(":")[0][11:].strip(), c[2].strip(), c[3].strip()) for c in max_norm] == [
+        (model, p, state)
         for model in ("(a) Linear stack", "(b) MLP", "(c) MLP 784-512x3-10")
-        for state in states
+        for p in ("2", "inf")
+        for state in ("within", "one over", "over")
     ]
     for cells in max_norm:
-        assert all(float(c.strip().rstrip("x")) > 0 for c in cells[3:8])
+        ref, fast, floor, two_pass, *ratios = (float(c.strip().rstrip("x")) for c in cells[4:12])
+        assert min(ref, fast, floor, two_pass) > 0
+        # The printed ratios are the ratios of the printed times (to their rounding).
+        expected = [ref / floor, fast / floor, ref / two_pass, fast / two_pass]
+        assert ratios == pytest.approx(expected, rel=0.01, abs=0.006)
 
 
 def test_module_max_norm_keeps_the_trainers_own_with_a_warning(tmp_path: Path) -> None:
