@@ -1,7 +1,10 @@
 """Fused max-norm and weight penalty against per-tensor loops and the memory-bandwidth floor.
 
 Runs every case of a model in interleaved repeats (each repeat runs every case once, in a new
-random order) and prints the medians as a Markdown table:
+random order) and prints the medians as a Markdown table. On CPU each run is timed in process
+CPU time (``--clock cpu``, the default there): on a machine shared with other jobs, a wall-clock
+time also counts the slices the scheduler gave to them, which inflates long cases more than short
+ones; on CUDA it is wall time around synchronized runs.
 
     python benchmarks/regularization.py                 # CPU, full sizes
     python benchmarks/regularization.py --device cuda   # if a GPU is present
@@ -40,6 +43,7 @@ from lightning_reg.penalties import (
 )
 
 L1, L2, MAX_VALUE = 1e-5, 1e-4, 0.5
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mlp-width", type=int, default=2048, help="width of model (b)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default=None,
+        help="process CPU time or wall time (default: cpu on a CPU device, wall on others)",
+    )
+    parser.add_argument(
         "--norm-types",
         type=lambda text: [float(p) for p in text.split(",")],
         default=[2.0, math.inf],
@@ -60,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats")
     args = parser.parse_args(argv)
+    if args.clock is None:
+        args.clock = "cpu" if torch.device(args.device).type == "cpu" else "wall"
     if args.quick:
         args.repeats, args.warmup = 3, 1
         args.layers, args.width, args.mlp_layers, args.mlp_width = 5, 32, 2, 64
@@ -83,8 +95,9 @@ def time_interleaved(
     warmup: int,
     device: torch.device,
     setup: dict[str, Callable[[], object]] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Median wall time (ms) of each case, the cases run in turn within every repeat.
+    """Median time (ms) of each case by ``clock``, the cases run in turn within every repeat.
 
     ``setup[name]``, if given, runs untimed right before every run of case ``name``.
     """
@@ -110,10 +123,10 @@ def time_interleaved(
             if name in setup:
                 setup[name]()
             sync()
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -170,6 +183,7 @@ def bench_model(name: str, model: nn.Module, args: argparse.Namespace) -> list[s
         args.repeats,
         args.warmup,
         device,
+        clock=CLOCKS[args.clock],
     )
     size = f"{name}: {len(list(model.parameters()))} tensors, {sum(w.numel() for w in weights):,}"
     rows = []
@@ -224,7 +238,7 @@ def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> lis
                     apply_max_norm_, weights, MAX_VALUE, p, foreach=path == "foreach"
                 )
                 setup[key] = functools.partial(torch._foreach_copy_, weights, initial)
-    ms = time_interleaved(cases, args.repeats, args.warmup, device, setup)
+    ms = time_interleaved(cases, args.repeats, args.warmup, device, setup, CLOCKS[args.clock])
     one, two = ms["floor"], ms["two-pass floor"]
     size = f"max-norm, {name}: {len(base)} weights, {sum(w.numel() for w in base):,}"
     rows = []
@@ -258,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     print(
         f"device={device} threads={torch.get_num_threads()} torch={torch.__version__} "
-        f"repeats={args.repeats} (medians, ms)\n"
+        f"repeats={args.repeats} clock={args.clock} (medians, ms)\n"
     )
     print(
         "| model: tensors, weight elements | op | fused (ms) | per-tensor loop (ms) | "
