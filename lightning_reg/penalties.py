@@ -604,12 +604,15 @@ def _max_norm_foreach_(groups: list[_RowGroup], max_value: float, norm_type: flo
     ``torch.renorm`` computes it in, and one ``torch._foreach_mul_``.
 
     The host comparison is in float64, so it flags every tensor ``torch.renorm``'s float32
-    comparison would flag (and, at worst, one whose factors all come out 1.0: written unchanged).
+    comparison would flag (and, at worst, one whose factors all come out 1.0: written unchanged);
+    a tensor with a NaN row norm is flagged too, and its NaN rows get the factor 1.0, as in
+    ``torch.renorm``.
     """
     for group in groups:
         norms = _row_norms(group, norm_type)
         maxima = torch.stack(torch._foreach_max(norms)).tolist()
-        over = [i for i, largest in enumerate(maxima) if largest > max_value]
+        # `not <=`: a NaN row makes the largest norm NaN; the weight's other rows still count.
+        over = [i for i, largest in enumerate(maxima) if not largest <= max_value]
         if not over:
             continue
         ws = [group.tensors[i] for i in over]

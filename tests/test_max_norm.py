@@ -65,6 +65,34 @@ def test_both_paths_are_bit_identical_to_torch_renorm(
 
 
 @pytest.mark.parametrize("foreach", PATHS)
+@pytest.mark.parametrize("p", [2.0, math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_nan_row_leaves_the_other_rows_of_its_weight_constrained(
+    foreach: bool, p: float, dtype: torch.dtype
+) -> None:
+    nan, inf = float("nan"), float("inf")
+    w = torch.tensor([[nan, 3.0], [5.0, 0.1], [0.01, 0.02], [inf, 1.0]], dtype=dtype)
+    expected = torch.renorm(w, p, 0, 1.0)
+    assert expected[1, 1] < 0.05  # the row over the bound is scaled, the NaN row kept
+    apply_max_norm_(w, max_value=1.0, norm_type=p, foreach=foreach)
+    torch.testing.assert_close(w, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("foreach", PATHS)
+def test_a_row_at_the_bound_rounded_to_float32_is_left_alone(foreach: bool) -> None:
+    # 0.1 rounds up to float32 0.10000000149...: torch.renorm compares in float32, so a row whose
+    # norm is that float32 is within the bound although it exceeds the float64 0.1; the next
+    # float32 up is over it.
+    at = torch.tensor(0.1, dtype=torch.float32)
+    above = torch.nextafter(at, torch.tensor(1.0))
+    w = torch.stack([at, above, at / 2]).view(3, 1).repeat(1, 2) * torch.tensor([1.0, 0.0])
+    expected = torch.renorm(w, math.inf, 0, 0.1)
+    assert torch.equal(expected[0], w[0]) and not torch.equal(expected[1], w[1])
+    apply_max_norm_(w, max_value=0.1, norm_type=math.inf, foreach=foreach)
+    assert torch.equal(w, expected)
+
+
+@pytest.mark.parametrize("foreach", PATHS)
 def test_mixed_dtypes_sizes_and_an_empty_weight(foreach: bool) -> None:
     weights = [mixed_rows((300, 300), torch.float32, 0), mixed_rows((8, 8), torch.float64, 1)]
     weights += [mixed_rows((9, 3), torch.bfloat16, 2), torch.empty(0, 4)]
