@@ -13,7 +13,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, NamedTuple, TypeGuard, cast
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -177,12 +177,11 @@ def _ids_of_kernels(module: nn.Module, modules: tuple[type[nn.Module], ...]) -> 
     for layer_name, layer in module.named_modules():
         if not isinstance(layer, modules):
             continue
-        for kernel in _kernel_names(layer):
-            params = _kernel_params(layer, kernel)
-            if params is None:
-                unresolved.append(f"{layer_name}.{kernel} ({type(layer).__name__})")
+        for kernel in _kernels(layer):
+            if kernel.params is None:
+                unresolved.append(f"{layer_name}.{kernel.name} ({type(layer).__name__})")
             else:
-                chosen.update(id(p) for p in params)
+                chosen.update(id(p) for p in kernel.params)
     if unresolved:
         warnings.warn(
             f"These kernels are neither parameters nor a known parametrization, so they are not "
@@ -194,33 +193,62 @@ def _ids_of_kernels(module: nn.Module, modules: tuple[type[nn.Module], ...]) -> 
     return chosen
 
 
-def _kernel_names(layer: nn.Module) -> Iterator[str]:
-    """Attribute names of a layer's kernels (never biases)."""
+class _Kernel(NamedTuple):
+    """A kernel of a layer and the parameters the optimizer updates for it."""
+
+    name: str  # the layer's attribute: "weight", "weight_hh_l0", "in_proj_weight"
+    params: list[nn.Parameter] | None  # None: neither a parameter nor a known reparametrization
+    kind: Literal["parameter", "parametrize", "weight_norm", "spectral_norm"]
+
+
+def _kernels(layer: nn.Module) -> list[_Kernel]:
+    """The kernels of ``layer`` (never biases), each with the parameters behind it.
+
+    The one recognizer of reparametrized kernels, for the selection and for max-norm: a kernel
+    under ``torch.nn.utils.parametrize`` (its originals), and the older hook-based
+    ``torch.nn.utils.weight_norm`` (``<name>_g``, ``<name>_v``) and ``spectral_norm``
+    (``<name>_orig``), which replace the kernel's parameter by their own.
+    """
+    own = dict(layer.named_parameters(recurse=False))
+    return [_kernel(layer, name, own) for name in _kernel_names(layer, own)]
+
+
+def _kernel_names(layer: nn.Module, own: dict[str, nn.Parameter]) -> list[str]:
+    """Attribute names of a layer's kernels (never biases); ``own``: its direct parameters."""
     if isinstance(layer, nn.MultiheadAttention):
-        names: Iterable[str] = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-        return (n for n in names if getattr(layer, n, None) is not None)
+        names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+        return [n for n in names if getattr(layer, n, None) is not None]
     if isinstance(layer, (nn.RNNBase, nn.RNNCellBase)):
-        own = [n for n, _ in layer.named_parameters(recurse=False) if n.startswith("weight_")]
+        found = [_hooked_name(n, own) for n in own if n.startswith("weight_")]
         if parametrize.is_parametrized(layer):
             parametrized = cast(nn.ModuleDict, layer.parametrizations)
-            own += [n for n in parametrized if n.startswith("weight_")]
-        return iter(own)
-    return iter(("weight",) if hasattr(layer, "weight") else ())
+            found += [n for n in parametrized if n.startswith("weight_")]
+        return list(dict.fromkeys(found))  # weight norm's `_g` and `_v` name one kernel
+    return ["weight"] if hasattr(layer, "weight") else []
 
 
-def _kernel_params(layer: nn.Module, name: str) -> list[nn.Parameter] | None:
-    """The parameters the optimizer updates for kernel ``name``; ``None`` if unknown."""
+def _hooked_name(param: str, own: dict[str, nn.Parameter]) -> str:
+    """The kernel a hook-based weight norm or spectral norm parameter stands for, else ``param``."""
+    if param.endswith("_orig"):
+        return param.removesuffix("_orig")
+    stem = param[:-2]
+    if param.endswith(("_g", "_v")) and stem + "_g" in own and stem + "_v" in own:
+        return stem
+    return param
+
+
+def _kernel(layer: nn.Module, name: str, own: dict[str, nn.Parameter]) -> _Kernel:
+    """Kernel ``name`` of ``layer`` and the parameters behind it."""
     if parametrize.is_parametrized(layer, name):
         originals = cast(nn.ModuleDict, layer.parametrizations)[name]
-        return [p for _, p in originals.named_parameters(recurse=False)]
-    own = dict(layer.named_parameters(recurse=False))
+        return _Kernel(name, list(originals.parameters(recurse=False)), "parametrize")
     if name in own:
-        return [own[name]]
-    if name + "_orig" in own:  # torch.nn.utils.spectral_norm (hook-based)
-        return [own[name + "_orig"]]
-    if name + "_g" in own and name + "_v" in own:  # torch.nn.utils.weight_norm (hook-based)
-        return [own[name + "_g"], own[name + "_v"]]
-    return [] if getattr(layer, name, None) is None else None
+        return _Kernel(name, [own[name]], "parameter")
+    if name + "_orig" in own:
+        return _Kernel(name, [own[name + "_orig"]], "spectral_norm")
+    if name + "_g" in own and name + "_v" in own:
+        return _Kernel(name, [own[name + "_g"], own[name + "_v"]], "weight_norm")
+    return _Kernel(name, [] if getattr(layer, name, None) is None else None, "parameter")
 
 
 def weight_penalty(
@@ -651,11 +679,12 @@ def _max_norm_targets(
 ) -> tuple[list[nn.Parameter], list[str]]:
     """The trainable tensors max-norm constrains in ``module``, and the kernels it cannot.
 
-    The kernels come from the shared selection (:func:`_select_weights` over ``modules``). A
-    parametrized kernel is not a parameter: the optimizer updates its originals, whose rows are
-    not the kernel's rows. For weight norm along dim 0 (``parametrizations.weight_norm``'s
-    ``original0``/``original1``, the older ``weight_g``/``weight_v``) the row 2-norm of the
-    kernel is ``|g_i|``, so the magnitude ``g`` is the target; the direction is left alone.
+    The kernels come from the shared selection (:func:`_select_weights` over ``modules``) and
+    its recognizer (:func:`_kernels`). A reparametrized kernel is not a parameter: the optimizer
+    updates its originals, whose rows are not the kernel's rows. For weight norm along dim 0
+    (``parametrizations.weight_norm``'s ``original0``/``original1``, the older
+    ``weight_g``/``weight_v``) the row 2-norm of the kernel is ``|g_i|``, so the magnitude ``g``
+    is the target; the direction is left alone.
     Every other parametrization, weight norm with ``norm_type != 2``, and any other parameter
     of more than one dim of a layer in ``modules`` (not a bias) that is not a target, is
     returned by name in the second list.
@@ -670,17 +699,19 @@ def _max_norm_targets(
         if parametrize.is_parametrized(layer):  # torch subclasses it as Parametrized<Layer>
             kind = type(layer).__mro__[1].__name__
         reparametrized: set[int] = set()
-        for kernel, originals, computed in _reparametrized(layer):
-            reparametrized.update(id(p) for p in originals)
-            chosen.difference_update(id(p) for p in originals)
-            magnitude = _weight_norm_magnitude(originals, computed)
+        for kernel in _kernels(layer):
+            if kernel.kind == "parameter" or kernel.params is None:
+                continue
+            reparametrized.update(id(p) for p in kernel.params)
+            chosen.difference_update(id(p) for p in kernel.params)
+            magnitude = _weight_norm_magnitude(layer, kernel)
             if magnitude is not None and norm_type == 2.0:
                 if magnitude.requires_grad:
                     chosen.add(id(magnitude))
             elif magnitude is not None:
-                skipped.append(f"{prefix}{kernel} ({kind}, weight norm bounds 2-norms only)")
+                skipped.append(f"{prefix}{kernel.name} ({kind}, weight norm bounds 2-norms only)")
             else:
-                skipped.append(f"{prefix}{kernel} ({kind}, parametrized)")
+                skipped.append(f"{prefix}{kernel.name} ({kind}, parametrized)")
         for name, p in layer.named_parameters(recurse=False):
             if (
                 p.dim() >= 2
@@ -694,41 +725,20 @@ def _max_norm_targets(
     return targets, skipped
 
 
-def _reparametrized(
-    layer: nn.Module,
-) -> list[tuple[str, list[nn.Parameter], torch.Tensor | None]]:
-    """``(kernel name, parameters the optimizer updates for it, the kernel computed from them)``
-    of each parametrized tensor of ``layer``: ``torch.nn.utils.parametrize`` (kernel computed),
-    the older hook-based weight norm (``None``: known to be weight norm) and spectral norm."""
-    found: list[tuple[str, list[nn.Parameter], torch.Tensor | None]] = []
-    if parametrize.is_parametrized(layer):
-        for name, originals in cast(nn.ModuleDict, layer.parametrizations).items():
-            with torch.no_grad():
-                kernel = getattr(layer, name)
-            found.append((name, list(originals.parameters(recurse=False)), kernel))
-    own = dict(layer.named_parameters(recurse=False))
-    for name, p in own.items():
-        if name.endswith("_g") and name[:-2] + "_v" in own:  # torch.nn.utils.weight_norm
-            found.append((name[:-2], [p, own[name[:-2] + "_v"]], None))
-        elif name.endswith("_orig"):  # torch.nn.utils.spectral_norm
-            found.append((name[:-5], [p], p))
-    return found
-
-
-def _weight_norm_magnitude(
-    originals: list[nn.Parameter], kernel: torch.Tensor | None
-) -> nn.Parameter | None:
-    """``g`` if ``originals`` are weight norm's ``(g, v)`` along dim 0: ``g`` holds one number
-    per row of ``v``, and each row of the computed ``kernel`` (if given) has norm ``|g_i|``."""
-    if len(originals) != 2:
+def _weight_norm_magnitude(layer: nn.Module, kernel: _Kernel) -> nn.Parameter | None:
+    """``g`` if ``kernel`` is weight norm along dim 0: the hook-based form, or a parametrization
+    whose originals ``(g, v)`` have one number of ``g`` per row of ``v`` and whose computed kernel
+    has rows of norm ``|g_i|``."""
+    if kernel.kind not in ("weight_norm", "parametrize") or len(kernel.params or ()) != 2:
         return None
-    g, v = originals
+    g, v = cast(list[nn.Parameter], kernel.params)
     if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
         return None
-    if kernel is None:
+    if kernel.kind == "weight_norm":
         return g
     with torch.no_grad():
-        rows = torch.linalg.vector_norm(kernel.flatten(1).double(), dim=1)
+        computed = getattr(layer, kernel.name)
+        rows = torch.linalg.vector_norm(computed.flatten(1).double(), dim=1)
         magnitudes = g.flatten().double().abs()
         matches = rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
     return g if matches else None

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from lightning_reg.callbacks.max_norm import MaxNorm
-from lightning_reg.penalties import apply_max_norm_
+from lightning_reg.penalties import apply_max_norm_, select_weights
 from tests.distributed.worker import TwoOptimizerSteps
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
@@ -178,6 +178,54 @@ def test_weight_norm_with_another_p_and_look_alike_parametrizations_are_named() 
     with pytest.warns(UserWarning, match=r"weight \(Linear, parametrized\)"):
         apply_max_norm_(scaled, max_value=1e-3)
     assert all(torch.equal(a, b) for a, b in zip(scaled.parameters(), before, strict=True))
+
+
+def test_hook_weight_norm_on_an_lstm_weight_is_selected_and_bounded_through_g() -> None:
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        torch.nn.utils.weight_norm(lstm, "weight_hh_l0")
+    g, v = lstm.weight_hh_l0_g, lstm.weight_hh_l0_v
+    assert g.shape == (16, 1)
+    assert select_weights(lstm) == [lstm.weight_ih_l0, g, v]  # the optimizer updates g and v
+    with torch.no_grad():
+        g.mul_(30.0)
+        lstm.weight_ih_l0.mul_(30.0)
+    before = {n: p.detach().clone() for n, p in lstm.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every kernel is constrained: nothing to name
+        apply_max_norm_(lstm, max_value=0.5)
+    after = dict(lstm.named_parameters())
+    for name in ("weight_ih_l0", "weight_hh_l0_g"):
+        assert torch.equal(after[name], torch.renorm(before[name], 2, 0, 0.5)), name
+    for name in ("weight_hh_l0_v", "bias_ih_l0", "bias_hh_l0"):
+        assert torch.equal(after[name], before[name]), name
+    with torch.no_grad():  # the kernel the hook computes before each forward
+        kernel = g * v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    assert float(kernel.norm(dim=1).max()) <= 0.5 * (1 + 1e-6)
+    with pytest.warns(UserWarning, match=r"weight_hh_l0 \(LSTM, weight norm bounds 2-norms only\)"):
+        apply_max_norm_(lstm, max_value=0.5, norm_type=math.inf)
+
+
+def test_a_parametrized_bias_is_neither_selected_nor_named() -> None:
+    class Shift(nn.Module):
+        def forward(self, b: torch.Tensor) -> torch.Tensor:
+            return b + 1.0
+
+    layer = nn.Linear(4, 3)
+    torch.nn.utils.parametrize.register_parametrization(layer, "bias", Shift())
+    original_bias = layer.parametrizations.bias.original
+    assert select_weights(layer) == [layer.weight]
+    with torch.no_grad():
+        layer.weight.mul_(30.0)
+        original_bias.fill_(30.0)
+    weight = layer.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a bias is no kernel: nothing to name
+        apply_max_norm_(layer, max_value=0.5)
+    assert torch.equal(layer.weight, torch.renorm(weight, 2, 0, 0.5))
+    assert torch.equal(original_bias, torch.full((3,), 30.0))
 
 
 @pytest.mark.parametrize(
