@@ -506,11 +506,13 @@ def apply_max_norm_(
 
     Two paths give that same result. The reference (``foreach=False``) is torch's own
     ``renorm_`` on each weight. The multi-tensor path (``foreach=True``) first takes the row
-    norms of every weight, reads one flag per weight to the host ("has a row over the bound"),
-    leaves the weights without such a row untouched and scales the others by one
-    ``torch._foreach_mul_``: it skips the write pass that ``renorm_`` always makes. Reading the
-    flags is a host sync, free on CPU and costly on an accelerator, so ``foreach=None`` (the
-    default) takes the multi-tensor path on CPU and the reference elsewhere.
+    norms of every weight (the infinity norm exactly, as ``max(amax, -amin)`` per row), reads
+    each weight's largest row norm to the host, leaves the weights without a row over the bound
+    untouched and scales the others by one ``torch._foreach_mul_``: it skips the write pass that
+    ``renorm_`` always makes, but costs a few more small ops when rows are over the bound.
+    Reading those norms is a host sync, free on CPU and costly on an accelerator, so
+    ``foreach=None`` (the default) takes the multi-tensor path on CPU and the reference
+    elsewhere. Which one is faster: docs/max_norm.md, "Cost of max-norm".
 
     A ``DTensor`` weight whose placements are all ``Shard(0)`` or ``Replicate()`` (FSDP2, DDP
     replicas) is constrained through its local tensor, since every rank holds whole rows; the
