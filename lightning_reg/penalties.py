@@ -510,9 +510,10 @@ def apply_max_norm_(
     each weight's largest row norm to the host, leaves the weights without a row over the bound
     untouched and scales the others by one ``torch._foreach_mul_``: it skips the write pass that
     ``renorm_`` always makes, but costs a few more small ops when rows are over the bound.
-    Reading those norms is a host sync, free on CPU and costly on an accelerator, so
-    ``foreach=None`` (the default) takes the multi-tensor path on CPU and the reference
-    elsewhere. Which one is faster: docs/max_norm.md, "Cost of max-norm".
+    Reading those norms is a host sync, free on CPU and costly on an accelerator. On CPU the
+    multi-tensor path measured faster only for ``norm_type=math.inf`` (``renorm_``'s infinity
+    norm kernel is slow there), so ``foreach=None`` (the default) takes it for the infinity norm
+    on CPU and the reference everywhere else (docs/max_norm.md, "Cost of max-norm").
 
     A ``DTensor`` weight whose placements are all ``Shard(0)`` or ``Replicate()`` (FSDP2, DDP
     replicas) is constrained through its local tensor, since every rank holds whole rows; the
@@ -583,7 +584,7 @@ def _max_norm_(
     if not rows:
         return
     if foreach is None:
-        foreach = _default_foreach(rows)
+        foreach = _default_foreach(rows, norm_type)
     with torch.no_grad():
         if foreach:
             _max_norm_foreach_(_row_groups(rows), max_value, norm_type)
@@ -591,10 +592,11 @@ def _max_norm_(
             _max_norm_reference_(rows, max_value, norm_type)
 
 
-def _default_foreach(rows: Sequence[torch.Tensor]) -> bool:
-    """The path ``foreach=None`` takes: multi-tensor on CPU, where its host read costs nothing;
-    the reference on accelerators, where that read is a device sync."""
-    return all(t.device.type == "cpu" for t in rows)
+def _default_foreach(rows: Sequence[torch.Tensor], norm_type: float) -> bool:
+    """The path ``foreach=None`` takes: multi-tensor for the infinity norm on CPU, where its host
+    read costs nothing and ``renorm_``'s infinity norm is slow; the reference otherwise (with a
+    finite ``p`` it was as fast or faster on CPU; on accelerators the host read is a sync)."""
+    return norm_type == math.inf and all(t.device.type == "cpu" for t in rows)
 
 
 def _max_norm_reference_(rows: list[torch.Tensor], max_value: float, norm_type: float) -> None:

@@ -58,16 +58,21 @@ class _Binding:
         return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
 
     def resolve(
-        self, weights: Sequence[torch.Tensor], flags: list[bool], foreach: bool | None
+        self,
+        weights: Sequence[torch.Tensor],
+        flags: list[bool],
+        foreach: bool | None,
+        norm_type: float,
     ) -> None:
         """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds;
-        settle the path of ``apply_max_norm_`` for them (``foreach=None``: by their device)."""
+        settle the path of ``apply_max_norm_`` for them (``foreach=None``: by their device and
+        ``norm_type``)."""
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         self.targets = [w for w in weights if id(w) in held]
         self.rows = [_local_rows(w) for w in self.targets]  # checks dims, dtype, placements
         self.sharded = any(_is_dtensor(w) for w in self.targets)
         self.flags = flags
-        self.foreach = _default_foreach(self.rows) if foreach is None else foreach
+        self.foreach = _default_foreach(self.rows, norm_type) if foreach is None else foreach
         self.groups = _row_groups(self.rows) if self.foreach else []
 
     def apply(self, max_value: float, norm_type: float) -> None:
@@ -130,7 +135,7 @@ class MaxNorm(Callback):
         norm_type: ``p`` of the p-norm, a number ``>= 1`` or ``math.inf``. Default ``2.0``.
         foreach: the path of :func:`~lightning_reg.penalties.apply_max_norm_`: ``True``
             multi-tensor, ``False`` torch's per-tensor ``renorm_``, ``None`` (default)
-            multi-tensor on CPU and per-tensor elsewhere.
+            multi-tensor for ``norm_type=math.inf`` on CPU, per-tensor otherwise.
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -256,7 +261,7 @@ class MaxNorm(Callback):
         """Resolve the optimizer's targets again; name the kernels that cannot be constrained."""
         weights, skipped = _max_norm_targets(pl_module, self.modules, self.norm_type)
         flags = binding.current_flags() if flags is None else flags
-        binding.resolve(weights, flags, self.foreach)
+        binding.resolve(weights, flags, self.foreach, self.norm_type)
         new = [name for name in skipped if name not in self._warned]
         if new:
             self._warned.update(new)
