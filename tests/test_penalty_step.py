@@ -7,6 +7,7 @@ clipping, mixed precision, a skipped AMP step, manual optimization and freezing.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -83,7 +84,8 @@ class _Overflow(Callback):
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.count in self.calls:
-            next(pl_module.parameters()).grad.fill_(float("inf"))  # type: ignore[union-attr]
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            grads[0].fill_(float("inf"))
         self.count += 1
 
 
@@ -160,7 +162,10 @@ def test_fp16_grad_scaler_with_a_skipped_step(tmp_path: Any) -> None:
 
 
 class _Manual(pl.LightningModule):
-    """Two sub-networks, each with its own optimizer, stepped by hand."""
+    """Two sub-networks, each with its own optimizer, stepped by hand; with ``clip`` set, each
+    optimizer's gradients are clipped by norm with ``self.clip_gradients`` before its step."""
+
+    clip: float | None = None
 
     def __init__(self, loss_route: bool) -> None:
         super().__init__()
@@ -172,14 +177,19 @@ class _Manual(pl.LightningModule):
         if not loss_route:
             self.configure_penalty(l1=L1, l2=L2)  # type: ignore[attr-defined]
 
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(net(x), y)
+        if self.loss_route:
+            loss = loss + weight_penalty(select_weights(net), l1=L1, l2=L2)
+        return loss
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         x = x.to(self.dtype)
         for net, opt in zip((self.a, self.b), self.optimizers(), strict=True):  # type: ignore[arg-type]
-            loss = F.cross_entropy(net(x), y)
-            if self.loss_route:
-                loss = loss + weight_penalty(select_weights(net), l1=L1, l2=L2)
-            self.manual_backward(loss)
+            self.manual_backward(self.loss(net, x, y))
+            if self.clip is not None:
+                self.clip_gradients(opt, self.clip, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad()
 
@@ -194,11 +204,84 @@ class _ManualStep(WeightPenaltyMixin, _Manual):
 
 def test_manual_optimization_two_optimizers(tmp_path: Any) -> None:
     ref, _, _ = _run(_Manual, tmp_path, torch.float64, [], max_epochs=1)
-    got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
     assert trainer.global_step == 10  # 5 batches, 2 optimizer steps each
-    # Callbacks' on_before_optimizer_step runs before the module's, which adds the penalty under
-    # manual optimization: only the trajectory is compared (documented).
-    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+    # Trajectory, and the gradient norms a callback's on_before_optimizer_step records (the
+    # penalty is added by the optimizer's step pre-hook, before every such hook).
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    assert not [w for w in caught if "GradScaler" in str(w.message)]  # no scaler, no warning
+    # on_after_backward sees the data gradient (which optimizer steps next is not known yet).
+    data = got.after_backward[0]
+    assert not torch.allclose(data, ref.after_backward[0], rtol=1e-6, atol=0)
+
+
+class _ManualClip(_Manual):
+    clip = 0.05
+
+
+class _ManualClipStep(WeightPenaltyMixin, _ManualClip):
+    pass
+
+
+def test_manual_optimization_clip_gradients_sees_the_penalty(tmp_path: Any) -> None:
+    ref, _, _ = _run(_ManualClip, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualClipStep, tmp_path, torch.float64, [], max_epochs=1)
+    assert trainer.global_step == 10
+    # `self.clip_gradients` adds the penalty's gradient first: clipped data + penalty gradient,
+    # the same update and the same (clipped) norms in callbacks' on_before_optimizer_step.
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    total = [float(n.norm()) for n in ref.before_step]
+    assert total == pytest.approx([0.05] * 10, rel=1e-4)  # every step was clipped
+
+
+def _manual_fp16(cls: type, tmp_path: Any) -> Any:
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    # backward calls 0-1 are batch 0's two optimizers: the 4th (optimizer b, batch 1) overflows.
+    out = _run(cls, tmp_path, torch.float32, [_Overflow({3})], plugins=[plugin], max_steps=8)
+    return (*out, scaler)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_manual_optimization_fp16_grad_scaler_skipped_step_and_warning(
+    clip: bool, tmp_path: Any
+) -> None:
+    ref_cls, step_cls = (_ManualClip, _ManualClipStep) if clip else (_Manual, _ManualStep)
+    ref, _, _, ref_scaler = _manual_fp16(ref_cls, tmp_path)
+    with pytest.warns(UserWarning, match=r"Manual optimization with a GradScaler.*_Recorder sees"):
+        got, _, trainer, scaler = _manual_fp16(step_cls, tmp_path)
+    assert trainer.global_step == 8
+    assert scaler.get_scale() == ref_scaler.get_scale() == 2.0**9  # one step skipped
+    b = [i for i, (n, _) in enumerate(trainer.lightning_module.named_parameters()) if n[0] == "b"]
+    assert all(torch.equal(got.weights[0][i], got.weights[1][i]) for i in b)  # b skipped batch 1
+    # A skipped step neither leaves the penalty pending nor adds it twice: same trajectory.
+    for x_ref, x_got in zip(ref.weights, got.weights, strict=True):
+        for x, y in zip(x_ref, x_got, strict=True):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7)
+    if clip:  # clipped before the step: callbacks see the loss route's norms (nan when skipped)
+        for x, y in zip(ref.before_step, got.before_step, strict=True):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+class _ManualClosureStep(WeightPenaltyMixin, _Manual):
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        opt = self.optimizers()[0]  # type: ignore[index]
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = self.loss(self.a, x, y)
+            self.manual_backward(loss)
+            return loss
+
+        opt.step(closure)
+
+
+def test_manual_backward_inside_a_step_closure_is_refused(tmp_path: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"inside `optimizer.step\(closure\)`.*before `opt"):
+        make_trainer(tmp_path, max_steps=1).fit(_ManualClosureStep(False), digits_loader(n=32))
 
 
 def test_manual_optimization_logs_the_penalty_of_every_optimizer_on_logging_batches(
