@@ -338,10 +338,12 @@ def test_backbone_finetuning_penalized_after_unfreezing_only(tmp_path: Any) -> N
     assert len(model.penalized_weights()) == 2
 
 
-def test_compiled_module_trains_with_the_penalty(tmp_path: Any) -> None:
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_module_trains_with_the_penalty(backend: str, tmp_path: Any) -> None:
+    # aot_eager runs AOTAutograd (the traced forward and backward graphs inductor compiles).
     ref, _, _ = _run(_Step, tmp_path, torch.float32, [], max_steps=3)
     recorder = _Recorder()
-    model = torch.compile(_Step(loss_route=False), backend="eager")
+    model = torch.compile(_Step(loss_route=False), backend=backend)
     trainer = make_trainer(tmp_path, callbacks=[recorder], max_steps=3)
     trainer.fit(model, train_dataloaders=digits_loader(n=160, batch_size=32))  # type: ignore[arg-type]
     _assert_same(ref, recorder, rtol=1e-6, atol=1e-7)
