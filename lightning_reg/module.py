@@ -130,11 +130,23 @@ class WeightPenaltyMixin(_MixinBase):
       scale under 16-bit AMP (a tensor product, no host sync). So ``on_after_backward`` of that
       micro-batch, callbacks' ``on_before_optimizer_step``, gradient clipping, AMP's inf check
       and the DDP/FSDP2 gradients all see data gradient plus penalty gradient, as with the loss.
-      Earlier micro-batches of a window see the data gradient only.
-    * Manual optimization: the gradient is added in this module's ``on_before_optimizer_step``
-      for the optimizer being stepped (after AMP unscaling), once per ``optimizer.step()``. Do
-      not add the penalty to your loss. Callbacks' ``on_before_optimizer_step`` run before the
-      module's, so there they see the data gradient.
+      Earlier micro-batches of a window see the data gradient only in ``on_after_backward``:
+      the penalty is added once per optimizer step, so under ``accumulate_grad_batches=k`` it
+      costs what it costs at 1, not ``k`` times.
+    * Manual optimization: the gradient is added once per ``opt.step()`` for the weights that
+      optimizer steps, at the earliest of (1) ``self.clip_gradients(opt, ...)`` (it adds, then
+      clips: clipping sees data plus penalty gradient, as with the loss), (2) the optimizer's
+      step pre-hook, which runs after your ``manual_backward`` and before every
+      ``on_before_optimizer_step``, so callbacks see it, or (3) with a 16-bit ``GradScaler``,
+      this module's ``on_before_optimizer_step``, after unscaling: Lightning calls the step
+      only after that hook (and not for a skipped step), so callbacks'
+      ``on_before_optimizer_step``, which run before the module's, see the data gradient there
+      (a warning at fit start names them; clip with ``self.clip_gradients`` or use bf16/32-bit
+      to have them see it). ``on_after_backward`` sees the data gradient: which optimizer steps
+      next is not known at ``backward``. Do not add the penalty to your loss; call
+      ``manual_backward`` before ``opt.step()``: a ``manual_backward`` inside a step closure
+      (``opt.step(closure)``) raises a ``RuntimeError`` without a ``GradScaler`` (the penalty is
+      added when the step starts, before the closure).
     * ``return loss + self.penalty()`` would count the penalty twice: a ``RuntimeError`` is
       raised when that value reaches a backward pass during ``fit``.
     * Logged as ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) on the
@@ -152,8 +164,9 @@ class WeightPenaltyMixin(_MixinBase):
       skipped AMP steps are not followed by it.
     * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed (it runs its
       own backward and accumulation) and ``LBFGS`` (it re-evaluates the loss, which does not
-      contain the penalty). If you override ``backward``, ``on_fit_start``, ``on_fit_end``,
-      ``on_before_optimizer_step`` or ``on_train_batch_end``, call ``super()``.
+      contain the penalty). If you override ``backward``, ``setup``, ``on_fit_start``,
+      ``on_fit_end``, ``on_before_optimizer_step``, ``on_train_batch_end`` or
+      ``clip_gradients``, call ``super()``.
 
     Examples:
         >>> import torch.nn.functional as F
