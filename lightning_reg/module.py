@@ -151,7 +151,9 @@ class WeightPenaltyMixin(_MixinBase):
       raised when that value reaches a backward pass during ``fit``.
     * Logged as ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) on the
       steps where Lightning writes logs (every ``log_every_n_steps``); the value is computed
-      only then.
+      only then. At the end of every training epoch the value of the weights the epoch ends
+      with is logged as ``train/penalty_epoch`` (and ``train/zero_fraction_epoch``), once per
+      epoch, so runs shorter than ``log_every_n_steps`` log it too.
     * ``as_weight_decay=True``: the l2 part is applied as the optimizer's coupled
       ``weight_decay = 2 * l2`` on the param groups holding the penalized weights. With a
       coupled optimizer (SGD, Adam, RMSprop, Adagrad, NAdam, ...) that is the same gradient;
@@ -165,8 +167,8 @@ class WeightPenaltyMixin(_MixinBase):
     * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed (it runs its
       own backward and accumulation) and ``LBFGS`` (it re-evaluates the loss, which does not
       contain the penalty). If you override ``backward``, ``setup``, ``on_fit_start``,
-      ``on_fit_end``, ``on_before_optimizer_step``, ``on_train_batch_end`` or
-      ``clip_gradients``, call ``super()``.
+      ``on_fit_end``, ``on_before_optimizer_step``, ``on_train_batch_end``,
+      ``on_train_epoch_end`` or ``clip_gradients``, call ``super()``.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -632,6 +634,26 @@ class WeightPenaltyMixin(_MixinBase):
         if self._manual_penalty():
             self._add_penalty_once(optimizer, 1.0)
             self._step_over(optimizer)
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        """Log the penalty of the weights the epoch ends with as ``train/penalty_epoch`` (and
+        ``train/zero_fraction_epoch`` with ``proximal_l1``), computed once per epoch."""
+        super().on_train_epoch_end()
+        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
+            return
+        module = cast(pl.LightningModule, self)
+        weights = self.penalized_weights()
+        with torch.no_grad():
+            value = weight_penalty(weights, l1=self._penalty_l1, l2=self._penalty_l2)
+        # The same value on every rank: sync_dist (one scalar per epoch) only keeps Lightning's
+        # epoch-level reduction explicit and quiet.
+        module.log("train/penalty_epoch", value, on_step=False, on_epoch=True, sync_dist=True)
+        if self._penalty_proximal and self._penalty_l1 > 0:
+            sparsity = zero_fraction(weights)
+            module.log(
+                "train/zero_fraction_epoch", sparsity, on_step=False, on_epoch=True, sync_dist=True
+            )
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -434,3 +434,36 @@ def test_recurrent_attention_and_weight_normed_kernels_are_penalized(tmp_path: A
         "head.parametrizations.weight.original0",
         "head.parametrizations.weight.original1",
     ]
+
+
+def test_penalty_of_each_epochs_last_weights_logged_once_per_epoch(tmp_path: Any) -> None:
+    # 5 steps per epoch, fewer than log_every_n_steps=50: no step value, one value per epoch.
+    expected: list[float] = []
+    seen: list[float] = []
+
+    class Watch(Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # before the module's
+            ws = select_weights(pl_module)
+            expected.append(sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in ws).item())
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.current_epoch > 0:
+                seen.append(float(trainer.callback_metrics["train/penalty_epoch"]))
+
+    model = _Step(loss_route=False).double()
+    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_epochs=2, log_every_n_steps=50)
+    trainer.fit(model, digits_loader(n=160, batch_size=32))
+    seen.append(float(trainer.callback_metrics["train/penalty_epoch"]))
+    assert "train/penalty" not in trainer.callback_metrics
+    assert len(expected) == 2 and expected[0] != expected[1]
+    assert seen == pytest.approx(expected, rel=1e-12)
+
+
+def test_zero_fraction_of_each_epochs_last_weights_logged_with_proximal_l1(tmp_path: Any) -> None:
+    model = _Step(loss_route=False, l1=0.05, l2=0.0, proximal_l1=True).double()
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, digits_loader(n=160, batch_size=32))
+    ws = select_weights(model)
+    zeros = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+    assert zeros > 0.1
+    assert float(trainer.callback_metrics["train/zero_fraction_epoch"]) == pytest.approx(zeros)
