@@ -658,6 +658,8 @@ class WeightPenaltyMixin(_MixinBase):
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
+        if self._penalty_added:  # manual: clipped but not stepped (a skipped step), start anew
+            self._penalty_added.clear()
         value = self._penalty_logged
         if value is None:
             return

@@ -236,6 +236,33 @@ def test_manual_optimization_clip_gradients_sees_the_penalty(tmp_path: Any) -> N
     assert total == pytest.approx([0.05] * 10, rel=1e-4)  # every step was clipped
 
 
+class _ManualClipSkip(_ManualClip):
+    """Batch 0: clipped, then the steps are skipped (``zero_grad`` instead)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx > 0:
+            return super().training_step(batch, batch_idx)
+        x, y = batch
+        for net, opt in zip((self.a, self.b), self.optimizers(), strict=True):  # type: ignore[arg-type]
+            self.manual_backward(self.loss(net, x.to(self.dtype), y))
+            self.clip_gradients(opt, self.clip, gradient_clip_algorithm="norm")
+            opt.zero_grad()
+        return None
+
+
+class _ManualClipSkipStep(WeightPenaltyMixin, _ManualClipSkip):
+    pass
+
+
+def test_manual_optimization_clipped_but_skipped_step_leaves_nothing_pending(
+    tmp_path: Any,
+) -> None:
+    ref, _, _ = _run(_ManualClipSkip, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualClipSkipStep, tmp_path, torch.float64, [], max_epochs=1)
+    assert trainer.global_step == 8  # batch 0 did not step
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+
+
 def _manual_fp16(cls: type, tmp_path: Any) -> Any:
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
