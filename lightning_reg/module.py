@@ -575,7 +575,8 @@ class WeightPenaltyMixin(_MixinBase):
     @override
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward()``, then, on the micro-batch that ends an accumulation window, the
-        penalty's gradient (automatic optimization; see the class docstring)."""
+        penalty's gradient (automatic optimization; see the class docstring). Under manual
+        optimization a backward inside ``opt.step(closure)`` raises a ``RuntimeError``."""
         if self._manual_penalty() and self._penalty_stepping:
             raise RuntimeError(
                 "`manual_backward` ran inside `optimizer.step(closure)`, but WeightPenaltyMixin "
