@@ -633,7 +633,10 @@ class WeightPenaltyMixin(_MixinBase):
         the penalty (a skipped step included)."""
         super().on_before_optimizer_step(optimizer)
         if self._manual_penalty():
-            self._add_penalty_once(optimizer, 1.0)
+            # A fused optimizer (``fused=True``) unscales inside its step, so Lightning leaves
+            # its gradients scaled here.
+            fused = any(group.get("fused") for group in optimizer.param_groups)
+            self._add_penalty_once(optimizer, self._grad_scale(1.0) if fused else 1.0)
             self._step_over(optimizer)
 
     @override

@@ -271,11 +271,31 @@ def _manual_fp16(cls: type, tmp_path: Any) -> Any:
     return (*out, scaler)
 
 
-@pytest.mark.parametrize("clip", [False, True])
+class _ManualFused(_Manual):
+    """Fused optimizers unscale inside their step: Lightning leaves their gradients scaled."""
+
+    def configure_optimizers(self) -> Any:
+        sgd = torch.optim.SGD(self.a.parameters(), lr=0.1, momentum=0.9, fused=True)
+        return sgd, torch.optim.Adam(self.b.parameters(), lr=0.01, fused=True)
+
+
+class _ManualFusedStep(WeightPenaltyMixin, _ManualFused):
+    pass
+
+
+MANUAL_FP16 = {
+    "plain": (_Manual, _ManualStep),
+    "clip": (_ManualClip, _ManualClipStep),
+    "fused": (_ManualFused, _ManualFusedStep),
+}
+
+
+@pytest.mark.parametrize("case", list(MANUAL_FP16))
 def test_manual_optimization_fp16_grad_scaler_skipped_step_and_warning(
-    clip: bool, tmp_path: Any
+    case: str, tmp_path: Any
 ) -> None:
-    ref_cls, step_cls = (_ManualClip, _ManualClipStep) if clip else (_Manual, _ManualStep)
+    ref_cls, step_cls = MANUAL_FP16[case]
+    clip = case == "clip"
     ref, _, _, ref_scaler = _manual_fp16(ref_cls, tmp_path)
     with pytest.warns(UserWarning, match=r"Manual optimization with a GradScaler.*_Recorder sees"):
         got, _, trainer, scaler = _manual_fp16(step_cls, tmp_path)
