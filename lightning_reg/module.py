@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -82,6 +85,12 @@ def _fold_into_weight_decay(
             group["weight_decay"] = weight_decay
 
 
+def _grad_scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
+    """The precision plugin's GradScaler: with one, Lightning unscales the gradients and runs
+    ``on_before_optimizer_step`` before it calls ``optimizer.step`` (via ``scaler.step``)."""
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
 def _double_count(grad: Tensor) -> Tensor:
     raise RuntimeError(
         "`self.penalty()` reached a backward pass during `fit`, but WeightPenaltyMixin already "
@@ -121,16 +130,30 @@ class WeightPenaltyMixin(_MixinBase):
       scale under 16-bit AMP (a tensor product, no host sync). So ``on_after_backward`` of that
       micro-batch, callbacks' ``on_before_optimizer_step``, gradient clipping, AMP's inf check
       and the DDP/FSDP2 gradients all see data gradient plus penalty gradient, as with the loss.
-      Earlier micro-batches of a window see the data gradient only.
-    * Manual optimization: the gradient is added in this module's ``on_before_optimizer_step``
-      for the optimizer being stepped (after AMP unscaling), once per ``optimizer.step()``. Do
-      not add the penalty to your loss. Callbacks' ``on_before_optimizer_step`` run before the
-      module's, so there they see the data gradient.
+      Earlier micro-batches of a window see the data gradient only in ``on_after_backward``:
+      the penalty is added once per optimizer step, so under ``accumulate_grad_batches=k`` it
+      costs what it costs at 1, not ``k`` times.
+    * Manual optimization: the gradient is added once per ``opt.step()`` for the weights that
+      optimizer steps, at the earliest of (1) ``self.clip_gradients(opt, ...)`` (it adds, then
+      clips: clipping sees data plus penalty gradient, as with the loss), (2) the optimizer's
+      step pre-hook, which runs after your ``manual_backward`` and before every
+      ``on_before_optimizer_step``, so callbacks see it, or (3) with a 16-bit ``GradScaler``,
+      this module's ``on_before_optimizer_step``, after unscaling: Lightning calls the step
+      only after that hook (and not for a skipped step), so callbacks'
+      ``on_before_optimizer_step``, which run before the module's, see the data gradient there
+      (a warning at fit start names them; clip with ``self.clip_gradients`` or use bf16/32-bit
+      to have them see it). ``on_after_backward`` sees the data gradient: which optimizer steps
+      next is not known at ``backward``. Do not add the penalty to your loss; call
+      ``manual_backward`` before ``opt.step()``: a ``manual_backward`` inside a step closure
+      (``opt.step(closure)``) raises a ``RuntimeError`` without a ``GradScaler`` (the penalty is
+      added when the step starts, before the closure).
     * ``return loss + self.penalty()`` would count the penalty twice: a ``RuntimeError`` is
       raised when that value reaches a backward pass during ``fit``.
     * Logged as ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) on the
       steps where Lightning writes logs (every ``log_every_n_steps``); the value is computed
-      only then.
+      only then. At the end of every training epoch the value of the weights the epoch ends
+      with is logged as ``train/penalty_epoch`` (and ``train/zero_fraction_epoch``), once per
+      epoch, so runs shorter than ``log_every_n_steps`` log it too.
     * ``as_weight_decay=True``: the l2 part is applied as the optimizer's coupled
       ``weight_decay = 2 * l2`` on the param groups holding the penalized weights. With a
       coupled optimizer (SGD, Adam, RMSprop, Adagrad, NAdam, ...) that is the same gradient;
@@ -143,8 +166,9 @@ class WeightPenaltyMixin(_MixinBase):
       skipped AMP steps are not followed by it.
     * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed (it runs its
       own backward and accumulation) and ``LBFGS`` (it re-evaluates the loss, which does not
-      contain the penalty). If you override ``backward``, ``on_fit_start``, ``on_fit_end``,
-      ``on_before_optimizer_step`` or ``on_train_batch_end``, call ``super()``.
+      contain the penalty). If you override ``backward``, ``setup``, ``on_fit_start``,
+      ``on_fit_end``, ``on_before_optimizer_step``, ``on_train_batch_end``,
+      ``on_train_epoch_end`` or ``clip_gradients``, call ``super()``.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -177,6 +201,10 @@ class WeightPenaltyMixin(_MixinBase):
     _penalty_groups: dict[int, _Groups] | None = None
     _penalty_hooks: list[RemovableHandle] | None = None
     _penalty_logged: Tensor | None = None
+    # Manual optimization: ids of the optimizers whose coming step already has the penalty's
+    # gradient, and of those inside their step (pre-hook run, step not yet over).
+    _penalty_added: set[int] | None = None
+    _penalty_stepping: set[int] | None = None
 
     @property
     def l1(self) -> float:
@@ -402,6 +430,34 @@ class WeightPenaltyMixin(_MixinBase):
                 "the penalty's gradient is added. Use DDP or FSDP2, or set l1=l2=0 and add "
                 "`weight_penalty(...)` from lightning_reg.penalties to your loss yourself."
             )
+        self._warn_callbacks_see_data_gradient()
+
+    def _warn_callbacks_see_data_gradient(self) -> None:
+        """Manual optimization with a GradScaler: callbacks' ``on_before_optimizer_step`` run
+        before the penalty's gradient is added (see the class docstring); say so once per fit."""
+        module = cast(pl.LightningModule, self)
+        trainer = module.trainer
+        if module.automatic_optimization or _grad_scaler(trainer) is None:
+            return
+        names = sorted(
+            {
+                type(callback).__name__
+                for callback in trainer.callbacks  # type: ignore[attr-defined]
+                if is_overridden("on_before_optimizer_step", callback, pl.Callback)
+            }
+        )
+        if names:
+            rank_zero_warn(
+                f"Manual optimization with a GradScaler: the weight penalty's gradient is added "
+                f"after the scaler unscales the gradients, in the module's "
+                f"`on_before_optimizer_step`, which Lightning runs after the callbacks' hooks. So "
+                f"`on_before_optimizer_step` of {', '.join(names)} sees the data gradient without "
+                f"the penalty's (the update includes it). To have them see it, call "
+                f"`self.clip_gradients(opt, ...)` between `self.manual_backward(loss)` and "
+                f"`opt.step()` (it adds the penalty's gradient first), or train with "
+                f"`precision='bf16-mixed'` or 32-bit.",
+                category=UserWarning,
+            )
 
     @override
     def on_fit_start(self) -> None:
@@ -428,10 +484,13 @@ class WeightPenaltyMixin(_MixinBase):
         self._penalty_candidates = None
         self._penalty_groups = None
         self._penalty_logged = None
+        self._penalty_added = set()
+        self._penalty_stepping = set()
         self._penalty_fit_ready = True
         if self._penalty_l1 == 0 and self._penalty_l2 == 0:
             return
-        trainer = cast(pl.LightningModule, self).trainer
+        module = cast(pl.LightningModule, self)
+        trainer = module.trainer
         for optimizer in trainer.optimizers:
             if isinstance(optimizer, torch.optim.LBFGS):
                 raise MisconfigurationException(
@@ -444,10 +503,19 @@ class WeightPenaltyMixin(_MixinBase):
             select_weights(cast(nn.Module, self), self._penalty_modules)  # warns, naming the model
         if self._penalty_as_weight_decay and self._penalty_l2 > 0:
             _fold_into_weight_decay(trainer.optimizers, self._candidates(), 2.0 * self._penalty_l2)
-        if self._penalty_proximal and self._penalty_l1 > 0:
-            self._penalty_hooks = [
-                opt.register_step_post_hook(self._proximal_step) for opt in trainer.optimizers
-            ]
+        # Manual optimization: with a GradScaler, Lightning calls `optimizer.step` after
+        # `on_before_optimizer_step` (not at all for a skipped step), which adds the penalty then.
+        manual = not module.automatic_optimization
+        pre_hook = manual and _grad_scaler(trainer) is None
+        hooks = []
+        for opt in trainer.optimizers:
+            if self._penalty_proximal and self._penalty_l1 > 0:
+                hooks.append(opt.register_step_post_hook(self._proximal_step))
+            if pre_hook:
+                hooks.append(opt.register_step_pre_hook(self._pre_step))
+            if manual:
+                hooks.append(opt.register_step_post_hook(self._step_over))
+        self._penalty_hooks = hooks
 
     def _proximal_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         """Soft-threshold the weights this step updated, with their group's learning rate."""
@@ -475,10 +543,47 @@ class WeightPenaltyMixin(_MixinBase):
             logged = self._penalty_logged
             self._penalty_logged = value if logged is None else logged + value
 
+    def _add_penalty_once(self, optimizer: torch.optim.Optimizer, scale: float | Tensor) -> None:
+        """Manual optimization: add the penalty's gradient for ``optimizer``'s coming step,
+        unless it was already added for that step."""
+        added = cast(set[int], self._penalty_added)
+        if id(optimizer) not in added:
+            added.add(id(optimizer))
+            self._add_penalty(optimizer, scale)
+
+    def _pre_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Step pre-hook (manual optimization, no GradScaler): runs after ``manual_backward``
+        and before every ``on_before_optimizer_step`` hook."""
+        cast(set[int], self._penalty_stepping).add(id(optimizer))
+        self._add_penalty_once(optimizer, 1.0)
+
+    def _step_over(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """The step of ``optimizer`` is over (or skipped): its next step gets the penalty anew."""
+        cast(set[int], self._penalty_added).discard(id(optimizer))
+        cast(set[int], self._penalty_stepping).discard(id(optimizer))
+
+    def _manual_penalty(self) -> bool:
+        """Manual optimization with a penalty, prepared for this fit."""
+        if cast(pl.LightningModule, self).automatic_optimization:
+            return False
+        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
+            return False
+        if not self._penalty_fit_ready:
+            self._prepare_penalty()  # on_fit_start was overridden without calling super()
+        return True
+
     @override
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward()``, then, on the micro-batch that ends an accumulation window, the
-        penalty's gradient (automatic optimization; see the class docstring)."""
+        penalty's gradient (automatic optimization; see the class docstring). Under manual
+        optimization a backward inside ``opt.step(closure)`` raises a ``RuntimeError``."""
+        if self._manual_penalty() and self._penalty_stepping:
+            raise RuntimeError(
+                "`manual_backward` ran inside `optimizer.step(closure)`, but WeightPenaltyMixin "
+                "adds the weight penalty's gradient when the step starts, before the closure, "
+                "which may zero it or add to it. Call `self.manual_backward(loss)` before "
+                "`opt.step()` and call `opt.step()` without a closure."
+            )
         super().backward(loss, *args, **kwargs)
         module = cast(pl.LightningModule, self)
         if not module.automatic_optimization or (self._penalty_l1 == 0 and self._penalty_l2 == 0):
@@ -492,26 +597,73 @@ class WeightPenaltyMixin(_MixinBase):
         last = progress.is_last_batch or ready == trainer.num_training_batches
         if window != accumulate and not last:
             return  # Lightning does not step after this micro-batch
-        scale: float | Tensor = window / accumulate
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            scale = scaler.scale(torch.tensor(scale, device=module.device))
-        self._add_penalty(trainer.optimizers[0], scale)
+        self._add_penalty(trainer.optimizers[0], self._grad_scale(window / accumulate))
+
+    def _grad_scale(self, scale: float) -> float | Tensor:
+        """``scale``, times the GradScaler's scale while gradients are scaled (no host sync)."""
+        module = cast(pl.LightningModule, self)
+        scaler = _grad_scaler(module.trainer)
+        if scaler is None or not scaler.is_enabled():
+            return scale
+        return scaler.scale(torch.tensor(scale, device=module.device))
+
+    @override
+    def clip_gradients(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Manual optimization: add the penalty's gradient for ``optimizer``'s coming step
+        (once), then clip, so clipping sees data plus penalty gradient as with the loss.
+
+        Call it between ``self.manual_backward(loss)`` and ``opt.step()``, Lightning's manual
+        clipping pattern. Under automatic optimization the penalty is already in the gradient.
+        """
+        if self._manual_penalty():
+            if isinstance(optimizer, LightningOptimizer):
+                optimizer = optimizer.optimizer
+            self._add_penalty_once(optimizer, self._grad_scale(1.0))  # before `opt.step` unscales
+        super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Manual optimization: add the penalty's gradient for the weights ``optimizer`` steps."""
+        """Manual optimization with a GradScaler: add the penalty's gradient for the weights
+        ``optimizer`` steps (after unscaling), unless already added; the step is then over for
+        the penalty (a skipped step included)."""
         super().on_before_optimizer_step(optimizer)
-        module = cast(pl.LightningModule, self)
-        if module.automatic_optimization or (self._penalty_l1 == 0 and self._penalty_l2 == 0):
+        if self._manual_penalty():
+            # A fused optimizer (``fused=True``) unscales inside its step, so Lightning leaves
+            # its gradients scaled here.
+            fused = any(group.get("fused") for group in optimizer.param_groups)
+            self._add_penalty_once(optimizer, self._grad_scale(1.0) if fused else 1.0)
+            self._step_over(optimizer)
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        """Log the penalty of the weights the epoch ends with as ``train/penalty_epoch`` (and
+        ``train/zero_fraction_epoch`` with ``proximal_l1``), computed once per epoch."""
+        super().on_train_epoch_end()
+        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
             return
-        if not self._penalty_fit_ready:
-            self._prepare_penalty()
-        self._add_penalty(optimizer, 1.0)
+        module = cast(pl.LightningModule, self)
+        weights = self.penalized_weights()
+        with torch.no_grad():
+            value = weight_penalty(weights, l1=self._penalty_l1, l2=self._penalty_l2)
+        # The same value on every rank: sync_dist (one scalar per epoch) only keeps Lightning's
+        # epoch-level reduction explicit and quiet.
+        module.log("train/penalty_epoch", value, on_step=False, on_epoch=True, sync_dist=True)
+        if self._penalty_proximal and self._penalty_l1 > 0:
+            sparsity = zero_fraction(weights)
+            module.log(
+                "train/zero_fraction_epoch", sparsity, on_step=False, on_epoch=True, sync_dist=True
+            )
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
+        if self._penalty_added:  # manual: clipped but not stepped (a skipped step), start anew
+            self._penalty_added.clear()
         value = self._penalty_logged
         if value is None:
             return

@@ -7,6 +7,7 @@ clipping, mixed precision, a skipped AMP step, manual optimization and freezing.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -83,7 +84,8 @@ class _Overflow(Callback):
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.count in self.calls:
-            next(pl_module.parameters()).grad.fill_(float("inf"))  # type: ignore[union-attr]
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            grads[0].fill_(float("inf"))
         self.count += 1
 
 
@@ -160,7 +162,10 @@ def test_fp16_grad_scaler_with_a_skipped_step(tmp_path: Any) -> None:
 
 
 class _Manual(pl.LightningModule):
-    """Two sub-networks, each with its own optimizer, stepped by hand."""
+    """Two sub-networks, each with its own optimizer, stepped by hand; with ``clip`` set, each
+    optimizer's gradients are clipped by norm with ``self.clip_gradients`` before its step."""
+
+    clip: float | None = None
 
     def __init__(self, loss_route: bool) -> None:
         super().__init__()
@@ -172,14 +177,19 @@ class _Manual(pl.LightningModule):
         if not loss_route:
             self.configure_penalty(l1=L1, l2=L2)  # type: ignore[attr-defined]
 
+    def loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(net(x), y)
+        if self.loss_route:
+            loss = loss + weight_penalty(select_weights(net), l1=L1, l2=L2)
+        return loss
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         x = x.to(self.dtype)
         for net, opt in zip((self.a, self.b), self.optimizers(), strict=True):  # type: ignore[arg-type]
-            loss = F.cross_entropy(net(x), y)
-            if self.loss_route:
-                loss = loss + weight_penalty(select_weights(net), l1=L1, l2=L2)
-            self.manual_backward(loss)
+            self.manual_backward(self.loss(net, x, y))
+            if self.clip is not None:
+                self.clip_gradients(opt, self.clip, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad()
 
@@ -194,11 +204,131 @@ class _ManualStep(WeightPenaltyMixin, _Manual):
 
 def test_manual_optimization_two_optimizers(tmp_path: Any) -> None:
     ref, _, _ = _run(_Manual, tmp_path, torch.float64, [], max_epochs=1)
-    got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
     assert trainer.global_step == 10  # 5 batches, 2 optimizer steps each
-    # Callbacks' on_before_optimizer_step runs before the module's, which adds the penalty under
-    # manual optimization: only the trajectory is compared (documented).
-    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+    # Trajectory, and the gradient norms a callback's on_before_optimizer_step records (the
+    # penalty is added by the optimizer's step pre-hook, before every such hook).
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    assert not [w for w in caught if "GradScaler" in str(w.message)]  # no scaler, no warning
+    # on_after_backward sees the data gradient (which optimizer steps next is not known yet).
+    data = got.after_backward[0]
+    assert not torch.allclose(data, ref.after_backward[0], rtol=1e-6, atol=0)
+
+
+class _ManualClip(_Manual):
+    clip = 0.05
+
+
+class _ManualClipStep(WeightPenaltyMixin, _ManualClip):
+    pass
+
+
+def test_manual_optimization_clip_gradients_sees_the_penalty(tmp_path: Any) -> None:
+    ref, _, _ = _run(_ManualClip, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualClipStep, tmp_path, torch.float64, [], max_epochs=1)
+    assert trainer.global_step == 10
+    # `self.clip_gradients` adds the penalty's gradient first: clipped data + penalty gradient,
+    # the same update and the same (clipped) norms in callbacks' on_before_optimizer_step.
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    total = [float(n.norm()) for n in ref.before_step]
+    assert total == pytest.approx([0.05] * 10, rel=1e-4)  # every step was clipped
+
+
+class _ManualClipSkip(_ManualClip):
+    """Batch 0: clipped, then the steps are skipped (``zero_grad`` instead)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx > 0:
+            return super().training_step(batch, batch_idx)
+        x, y = batch
+        for net, opt in zip((self.a, self.b), self.optimizers(), strict=True):  # type: ignore[arg-type]
+            self.manual_backward(self.loss(net, x.to(self.dtype), y))
+            self.clip_gradients(opt, self.clip, gradient_clip_algorithm="norm")
+            opt.zero_grad()
+        return None
+
+
+class _ManualClipSkipStep(WeightPenaltyMixin, _ManualClipSkip):
+    pass
+
+
+def test_manual_optimization_clipped_but_skipped_step_leaves_nothing_pending(
+    tmp_path: Any,
+) -> None:
+    ref, _, _ = _run(_ManualClipSkip, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualClipSkipStep, tmp_path, torch.float64, [], max_epochs=1)
+    assert trainer.global_step == 8  # batch 0 did not step
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+
+
+def _manual_fp16(cls: type, tmp_path: Any) -> Any:
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    # backward calls 0-1 are batch 0's two optimizers: the 4th (optimizer b, batch 1) overflows.
+    out = _run(cls, tmp_path, torch.float32, [_Overflow({3})], plugins=[plugin], max_steps=8)
+    return (*out, scaler)
+
+
+class _ManualFused(_Manual):
+    """Fused optimizers unscale inside their step: Lightning leaves their gradients scaled."""
+
+    def configure_optimizers(self) -> Any:
+        sgd = torch.optim.SGD(self.a.parameters(), lr=0.1, momentum=0.9, fused=True)
+        return sgd, torch.optim.Adam(self.b.parameters(), lr=0.01, fused=True)
+
+
+class _ManualFusedStep(WeightPenaltyMixin, _ManualFused):
+    pass
+
+
+MANUAL_FP16 = {
+    "plain": (_Manual, _ManualStep),
+    "clip": (_ManualClip, _ManualClipStep),
+    "fused": (_ManualFused, _ManualFusedStep),
+}
+
+
+@pytest.mark.parametrize("case", list(MANUAL_FP16))
+def test_manual_optimization_fp16_grad_scaler_skipped_step_and_warning(
+    case: str, tmp_path: Any
+) -> None:
+    ref_cls, step_cls = MANUAL_FP16[case]
+    clip = case == "clip"
+    ref, _, _, ref_scaler = _manual_fp16(ref_cls, tmp_path)
+    with pytest.warns(UserWarning, match=r"Manual optimization with a GradScaler.*_Recorder sees"):
+        got, _, trainer, scaler = _manual_fp16(step_cls, tmp_path)
+    assert trainer.global_step == 8
+    assert scaler.get_scale() == ref_scaler.get_scale() == 2.0**9  # one step skipped
+    b = [i for i, (n, _) in enumerate(trainer.lightning_module.named_parameters()) if n[0] == "b"]
+    assert all(torch.equal(got.weights[0][i], got.weights[1][i]) for i in b)  # b skipped batch 1
+    # A skipped step neither leaves the penalty pending nor adds it twice: same trajectory.
+    for x_ref, x_got in zip(ref.weights, got.weights, strict=True):
+        for x, y in zip(x_ref, x_got, strict=True):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7)
+    if clip:  # clipped before the step: callbacks see the loss route's norms (nan when skipped)
+        for x, y in zip(ref.before_step, got.before_step, strict=True):
+            torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+class _ManualClosureStep(WeightPenaltyMixin, _Manual):
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        opt = self.optimizers()[0]  # type: ignore[index]
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = self.loss(self.a, x, y)
+            self.manual_backward(loss)
+            return loss
+
+        opt.step(closure)
+
+
+def test_manual_backward_inside_a_step_closure_is_refused(tmp_path: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"inside `optimizer.step\(closure\)`.*before `opt"):
+        make_trainer(tmp_path, max_steps=1).fit(_ManualClosureStep(False), digits_loader(n=32))
 
 
 def test_manual_optimization_logs_the_penalty_of_every_optimizer_on_logging_batches(
@@ -255,10 +385,12 @@ def test_backbone_finetuning_penalized_after_unfreezing_only(tmp_path: Any) -> N
     assert len(model.penalized_weights()) == 2
 
 
-def test_compiled_module_trains_with_the_penalty(tmp_path: Any) -> None:
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_module_trains_with_the_penalty(backend: str, tmp_path: Any) -> None:
+    # aot_eager runs AOTAutograd (the traced forward and backward graphs inductor compiles).
     ref, _, _ = _run(_Step, tmp_path, torch.float32, [], max_steps=3)
     recorder = _Recorder()
-    model = torch.compile(_Step(loss_route=False), backend="eager")
+    model = torch.compile(_Step(loss_route=False), backend=backend)
     trainer = make_trainer(tmp_path, callbacks=[recorder], max_steps=3)
     trainer.fit(model, train_dataloaders=digits_loader(n=160, batch_size=32))  # type: ignore[arg-type]
     _assert_same(ref, recorder, rtol=1e-6, atol=1e-7)
@@ -349,3 +481,36 @@ def test_recurrent_attention_and_weight_normed_kernels_are_penalized(tmp_path: A
         "head.parametrizations.weight.original0",
         "head.parametrizations.weight.original1",
     ]
+
+
+def test_penalty_of_each_epochs_last_weights_logged_once_per_epoch(tmp_path: Any) -> None:
+    # 5 steps per epoch, fewer than log_every_n_steps=50: no step value, one value per epoch.
+    expected: list[float] = []
+    seen: list[float] = []
+
+    class Watch(Callback):
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # before the module's
+            ws = select_weights(pl_module)
+            expected.append(sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in ws).item())
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.current_epoch > 0:
+                seen.append(float(trainer.callback_metrics["train/penalty_epoch"]))
+
+    model = _Step(loss_route=False).double()
+    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_epochs=2, log_every_n_steps=50)
+    trainer.fit(model, digits_loader(n=160, batch_size=32))
+    seen.append(float(trainer.callback_metrics["train/penalty_epoch"]))
+    assert "train/penalty" not in trainer.callback_metrics
+    assert len(expected) == 2 and expected[0] != expected[1]
+    assert seen == pytest.approx(expected, rel=1e-12)
+
+
+def test_zero_fraction_of_each_epochs_last_weights_logged_with_proximal_l1(tmp_path: Any) -> None:
+    model = _Step(loss_route=False, l1=0.05, l2=0.0, proximal_l1=True).double()
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, digits_loader(n=160, batch_size=32))
+    ws = select_weights(model)
+    zeros = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+    assert zeros > 0.1
+    assert float(trainer.callback_metrics["train/zero_fraction_epoch"]) == pytest.approx(zeros)
