@@ -1,7 +1,9 @@
 """Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` against its arithmetic floor.
 
 Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
-2 rounds of batch 8, a smoke run). Numbers go in ``docs/benchmarks.md``, not here.
+2 rounds of batch 8, a smoke run; ``--sweep``: the floor by samples per pass instead, to check
+that the default pass size is near the best one). Numbers go in ``docs/benchmarks.md``, not
+here.
 
 For each model, these are timed in one run, interleaved (one of each per round, so drifts in
 machine load hit all alike), and the table reports medians:
@@ -10,8 +12,15 @@ machine load hit all alike), and the table reports medians:
 * ``floor``: the arithmetic MC dropout cannot avoid, the same layers run the same way without
   dropout: a copy of the model with every dropout probability set to 0 (dropout modules and
   ``nn.MultiheadAttention``), in the modes MC dropout samples in (train mode, BatchNorm in
-  eval), the layers before the first random layer once on the batch, the rest once on the
-  batch replicated 100 times;
+  eval), run by ``mc_dropout_predict``'s own sampler (``_draw``): the layers before the first
+  random layer once on the batch, the rest on the batch replicated 100 times, in the same
+  passes (same number of samples per pass);
+* ``math floor`` (models with attention-weight dropout only): the same floor with
+  ``scaled_dot_product_attention`` held on its math path (``sdpa_kernel(SDPBackend.MATH)``).
+  Sampling attention dropout needs the attention weights materialized: torch's fused CPU
+  kernels refuse ``dropout_p > 0`` ("Both fused kernels do not support non-zero dropout"), so
+  the model's own attention runs on the math path whenever its dropout is sampled. This is the
+  physical floor of the same work; the fused-kernel floor is printed beside it;
 * ``mc_dropout_predict``: 100 samples with ``task="classification"`` (softmax, mean, std and
   entropy included);
 * ``fast_masks``: the same with ``fast_masks=True`` (masks from uniform numbers, CPU only);
@@ -28,6 +37,7 @@ dropout 0.1, which includes attention-weight dropout), mean over tokens, Linear 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -35,8 +45,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_reg.uncertainty import DROPOUT_MODULES, _split, mc_dropout_mode, mc_dropout_predict
+from lightning_reg.uncertainty import DROPOUT_MODULES, _draw, mc_dropout_mode, mc_dropout_predict
 
 N_SAMPLES = 100
 
@@ -92,22 +103,23 @@ def without_dropout(model: nn.Module) -> nn.Module:
     return twin
 
 
-def floor_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """The floor: ``model`` without dropout, its prefix once, the rest on 100 replicas."""
+def has_attention_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` has an ``nn.MultiheadAttention`` with attention-weight dropout."""
+    return any(isinstance(m, nn.MultiheadAttention) and m.dropout > 0 for m in model.modules())
+
+
+def floor_fn(
+    model: nn.Module, x: torch.Tensor, math_attention: bool = False, batch_size: int | None = None
+) -> Callable[[], object]:
+    """The floor: ``model`` without dropout through ``mc_dropout_predict``'s sampler (its
+    prefix once, the rest on 100 replicas in the same passes), attention on the math path if
+    ``math_attention``; ``batch_size`` as in ``mc_dropout_predict``."""
     twin = without_dropout(model)
-    prefix, rest = _split(twin, 0)
 
     def run() -> object:
-        with mc_dropout_mode(twin):
-            h = x
-            for layer in prefix:
-                h = layer(h)
-            h = h.repeat(N_SAMPLES, *([1] * (h.dim() - 1)))
-            if rest is None:
-                return twin(h)
-            for layer in rest:
-                h = layer(h)
-            return h
+        kernel = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
+        with mc_dropout_mode(twin), kernel:
+            return _draw(twin, x, N_SAMPLES, batch_size, 0, 0)
 
     return run
 
@@ -140,10 +152,45 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str
         ),
         "loop": lambda: _loop(model, x),
     }
+    if has_attention_dropout(model):
+        fns["math floor"] = floor_fn(model, x, math_attention=True)
     with torch.no_grad():
         _median_ms(fns, 1)  # warm-up
         ms = _median_ms(fns, rounds)
     return {"model": name, **ms}
+
+
+def sweep(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> str:
+    """A Markdown row: the floor (math attention if the model has attention dropout) in ms by
+    samples per pass, and the number ``mc_dropout_predict`` uses by default."""
+    model.eval()
+    per_pass = (1, 2, 4, 8, 16, 32, N_SAMPLES)
+    n = len(x)
+    math_attention = has_attention_dropout(model)
+    fns = {str(k): floor_fn(model, x, math_attention, k * n) for k in per_pass}
+    fns["default"] = floor_fn(model, x, math_attention)
+    with torch.no_grad():
+        _median_ms(fns, 1)
+        ms = _median_ms(fns, rounds)
+    return f"| {name} | " + " | ".join(f"{ms[k]:.1f}" for k in fns) + " |"
+
+
+def table_row(r: dict[str, float | str]) -> str:
+    """One Markdown row of :func:`bench`'s timings: the ratios are to the math floor where the
+    model has attention dropout (to the fused-kernel floor in parentheses), else to the floor."""
+    fused = float(r["floor"])
+    floor = float(r.get("math floor", fused))
+
+    def ratio(key: str) -> str:
+        own = f"{float(r[key]) / floor:.2f}x"
+        return f"{own} ({float(r[key]) / fused:.2f}x)" if "math floor" in r else own
+
+    math_cell = f"{floor:.2f}" if "math floor" in r else "-"
+    return (
+        f"| {r['model']} | {r['forward']:.2f} | {fused:.2f} | {math_cell} "
+        f"| {r['mc']:.2f} | {ratio('mc')} | {r['fast']:.2f} | {ratio('fast')} "
+        f"| {r['loop']:.2f} | {ratio('loop')} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
@@ -152,6 +199,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--batch", type=int, default=None, help="rows of x (default 128)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--sweep", action="store_true", help="the floor by samples per pass")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -163,24 +211,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
         ("CNN 28x28, dropout in the head", _cnn(), (1, 28, 28)),
         ("transformer 16x32, 2 layers", TransformerClassifier(), (16, 32)),
     ]
+    setting = (
+        f"{N_SAMPLES} samples, batch {batch}, {torch.get_num_threads()} threads, median of "
+        f"{rounds} interleaved rounds"
+    )
+    if args.sweep:
+        print(f"\nFloor (ms) by samples per pass, {setting}\n")
+        print("| model | 1 | 2 | 4 | 8 | 16 | 32 | 100 | default |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, model, shape in cases:
+            print(sweep(name, model, torch.randn(batch, *shape), rounds))
+        return []
     rows = [bench(name, model, torch.randn(batch, *shape), rounds) for name, model, shape in cases]
+    print(f"\nMC dropout, {setting}\n")
     print(
-        f"\nMC dropout, {N_SAMPLES} samples, batch {batch}, {torch.get_num_threads()} threads, "
-        f"median of {rounds} interleaved rounds\n"
+        "| model | 1 forward (ms) | floor (ms) | math floor (ms) | mc_dropout_predict (ms) "
+        "| / floor | fast_masks=True (ms) | / floor | naive loop (ms) | / floor |"
     )
-    print(
-        "| model | 1 forward (ms) | floor (ms) | mc_dropout_predict (ms) | / floor "
-        "| fast_masks=True (ms) | / floor | naive loop (ms) | / floor |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        floor = float(r["floor"])
-        print(
-            f"| {r['model']} | {r['forward']:.2f} | {floor:.2f} "
-            f"| {r['mc']:.2f} | {float(r['mc']) / floor:.2f}x "
-            f"| {r['fast']:.2f} | {float(r['fast']) / floor:.2f}x "
-            f"| {r['loop']:.2f} | {float(r['loop']) / floor:.2f}x |"
-        )
+        print(table_row(r))
     return rows
 
 
