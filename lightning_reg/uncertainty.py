@@ -189,8 +189,9 @@ def mc_dropout_mode(
     ``eval_modules``) go back to eval mode. When the block ends (also when it raises) every
     submodule gets its previous ``training`` flag back.
 
-    When the block ends normally, buffers are compared with their values on entry: a module
-    that changed a buffer (a statistic its train mode updates, such as the power iteration of
+    When the block ends normally, the buffers of the modules in train mode are compared with
+    their values on entry (the layers kept in eval mode do not update theirs): a module that
+    changed a buffer (a statistic its train mode updates, such as the power iteration of
     spectral normalization) gets the buffer back, and a ``UserWarning`` names it, so such a
     module can be passed in ``eval_modules``.
 
@@ -216,9 +217,9 @@ def mc_dropout_mode(
     """
     kept = _check_module_types(eval_modules)
     modes = [(module, module.training) for module in model.modules()]
-    buffers = [(name, b, b.clone()) for name, b in model.named_buffers()]
     try:
         _set_sampling_modes(model, kept)
+        buffers = _train_mode_buffers(model)
         yield model
     finally:
         for module, mode in modes:
@@ -239,6 +240,17 @@ def mc_dropout_mode(
             UserWarning,
             stacklevel=3,
         )
+
+
+def _train_mode_buffers(model: nn.Module) -> list[tuple[str, Tensor, Tensor]]:
+    """``(name, buffer, copy)`` for the buffers of the modules in train mode: a module kept in
+    eval mode (BatchNorm's running statistics) does not update its buffers in a forward."""
+    return [
+        (f"{prefix}.{name}" if prefix else name, b, b.clone())
+        for prefix, module in model.named_modules()
+        if module.training
+        for name, b in module.named_buffers(recurse=False)
+    ]
 
 
 def _check_module_types(types: Sequence[type[nn.Module]]) -> tuple[type[nn.Module], ...]:
