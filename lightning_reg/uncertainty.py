@@ -409,9 +409,14 @@ class _UniformMasks(TorchFunctionMode):
     training=True)`` on a CPU float32/float64 tensor that needs no gradient draws its mask as
     ``torch.rand_like(x) >= p`` instead of with torch's Bernoulli kernel, the slow part of MC
     dropout on CPU. The law is the same up to the uniform draw's grid (``2**-24`` for float32):
-    each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``. Every other call
-    (the channel and alpha variants, attention and recurrent dropout inside torch's kernels, any
-    other function) runs unchanged."""
+    each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
+
+    It changes how a mask is drawn, never which dropouts are applied (train mode decides that):
+    every other call runs unchanged, with torch's kernels. That includes the channel and alpha
+    variants, dropout inside torch's C++ kernels (``scaled_dot_product_attention``, ``nn.LSTM``)
+    and any ``F.dropout`` called from inside another torch function such as
+    ``F.multi_head_attention_forward``, which a ``TorchFunctionMode`` does not see: it is off
+    while it handles a call."""
 
     def __torch_function__(
         self,
@@ -528,9 +533,11 @@ def mc_dropout_predict(
             ``MCDropout`` and transformer layer calls) draws its masks from uniform numbers,
             ``torch.rand_like(x) >= p``, instead of torch's Bernoulli kernel: the same law (up
             to the uniform grid, ``2**-24`` in float32), other numbers than torch's under the
-            same seed. Only CPU float32/float64 tensors; channel and alpha dropout, attention
-            and LSTM dropout keep torch's kernels. It acts within this call only (a
-            ``TorchFunctionMode``, local to the thread). Default ``False``: torch's kernels.
+            same seed. The same dropouts are sampled as without it; only how ``F.dropout``
+            draws its masks changes. Only CPU float32/float64 tensors; channel and alpha
+            dropout, attention and LSTM dropout keep torch's kernels. It acts within this call
+            only (a ``TorchFunctionMode``, local to the thread). Default ``False``: torch's
+            kernels.
         return_samples: also return every sample. Default ``False``.
 
     Returns:
