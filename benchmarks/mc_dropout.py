@@ -1,8 +1,9 @@
 """Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` against its arithmetic floor.
 
 Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
-2 rounds of batch 8, a smoke run; ``--sweep``: the floor by samples per pass instead, to check
-that the default pass size is near the best one). Numbers go in ``docs/benchmarks.md``, not
+2 rounds of batch 8, a smoke run; ``--sweep``: the floor, or the math floor for a model with
+attention dropout, by samples per pass instead, to check that the default pass size is near
+the best one). Numbers go in ``docs/benchmarks.md``, not
 here.
 
 For each model, these are timed in one run, interleaved (one of each per round, so drifts in
@@ -25,6 +26,9 @@ machine load hit all alike), and the table reports medians:
   entropy included);
 * ``fast_masks``: the same with ``fast_masks=True`` (masks from uniform numbers, CPU only);
 * ``loop``: the naive loop, 100 forward passes in train mode with the same summary.
+
+The ratios are to the math floor where the model has attention dropout (to the fused-kernel
+floor in parentheses), else to the floor.
 
 Models: an MLP 784-512x3-10 with dropout 0.2 after each hidden layer (an ``nn.Sequential``:
 its first Linear runs once); the textbook's small CNN on 28x28 inputs with dropout only in its
