@@ -3,7 +3,8 @@
 Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
 2 rounds of batch 8, a smoke run; ``--sweep``: the floor, or the math floor for a model with
 attention dropout, by samples per pass instead, to check that the default pass size is near
-the best one). Numbers go in ``docs/benchmarks.md``, not
+the best one; ``--profile``: self CPU time by op from ``torch.profiler`` instead, to see where
+the time beyond the floor goes). Numbers go in ``docs/benchmarks.md``, not
 here.
 
 For each model, these are timed in one run, interleaved (one of each per round, so drifts in
@@ -197,6 +198,45 @@ def table_row(r: dict[str, float | str]) -> str:
     )
 
 
+def profile_ops(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> str:
+    """A Markdown table: self CPU time (ms, ``torch.profiler``) by op of the floor (the math
+    floor for a model with attention dropout), ``mc_dropout_predict`` and ``fast_masks=True``,
+    from the round with the least total; the ops above 1% of a total, and the total."""
+    model.eval()
+    fns = {
+        "floor": floor_fn(model, x, has_attention_dropout(model)),
+        "mc_dropout_predict": lambda: mc_dropout_predict(
+            model, x, N_SAMPLES, task="classification"
+        ),
+        "fast_masks": lambda: mc_dropout_predict(
+            model, x, N_SAMPLES, task="classification", fast_masks=True
+        ),
+    }
+    by_op: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for case, fn in fns.items():
+            fn()  # warm-up
+            tables = []
+            for _ in range(rounds):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                    fn()
+                tables.append({e.key: e.self_cpu_time_total / 1e3 for e in p.key_averages()})
+            by_op[case] = min(tables, key=lambda t: sum(t.values()))
+    totals = {case: sum(t.values()) for case, t in by_op.items()}
+    ops = sorted(
+        {op for case, t in by_op.items() for op, ms in t.items() if ms > 0.01 * totals[case]},
+        key=lambda op: -max(t.get(op, 0.0) for t in by_op.values()),
+    )
+    lines = [f"\n{name}: self CPU ms by op\n", "| op | " + " | ".join(fns) + " |"]
+    lines.append("| --- |" + " ---: |" * len(fns))
+    for op in ops:
+        lines.append(
+            f"| `{op}` | " + " | ".join(f"{by_op[c].get(op, 0.0):.1f}" for c in fns) + " |"
+        )
+    lines.append("| total | " + " | ".join(f"{totals[c]:.1f}" for c in fns) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser = argparse.ArgumentParser(description="MC dropout against its arithmetic floor.")
     parser.add_argument("--quick", action="store_true", help="2 rounds of batch 8 (smoke run)")
@@ -204,6 +244,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--sweep", action="store_true", help="the floor by samples per pass")
+    parser.add_argument("--profile", action="store_true", help="self CPU time by op")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -225,6 +266,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, model, shape in cases:
             print(sweep(name, model, torch.randn(batch, *shape), rounds))
+        return []
+    if args.profile:
+        print(f"\nProfile, {setting.replace('median', 'fastest')}")
+        for name, model, shape in cases:
+            print(profile_ops(name, model, torch.randn(batch, *shape), rounds))
         return []
     rows = [bench(name, model, torch.randn(batch, *shape), rounds) for name, model, shape in cases]
     print(f"\nMC dropout, {setting}\n")
