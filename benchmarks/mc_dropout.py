@@ -1,11 +1,11 @@
 """Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` against its arithmetic floor.
 
 Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
-2 rounds of batch 8, a smoke run; ``--sweep``: the floor, or the math floor for a model with
-attention dropout, by samples per pass instead, to check that the default pass size is near
-the best one; ``--profile``: self CPU time by op from ``torch.profiler`` instead, to see where
-the time beyond the floor goes). Numbers go in ``docs/benchmarks.md``, not
-here.
+2 rounds of batch 8, a smoke run). Instead of the table, ``--sweep`` times the floor (the math
+floor for a model with attention dropout), ``mc_dropout_predict`` and ``fast_masks=True`` by
+samples per pass, to check that the default pass size is near the best one; ``--profile``
+prints self CPU time by op from ``torch.profiler``, to see where the time beyond the floor
+goes. Numbers go in ``docs/benchmarks.md``, not here.
 
 For each model, these are timed in one run, interleaved (one of each per round, so drifts in
 machine load hit all alike), and the table reports medians:
@@ -165,19 +165,37 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str
     return {"model": name, **ms}
 
 
-def sweep(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> str:
-    """A Markdown row: the floor (math attention if the model has attention dropout) in ms by
-    samples per pass, and the number ``mc_dropout_predict`` uses by default."""
+SWEEP = (1, 2, 4, 8, 16, 32)
+
+
+def sweep(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> list[str]:
+    """Markdown rows: the floor (math attention if the model has attention dropout),
+    ``mc_dropout_predict`` and ``fast_masks=True`` in ms by samples per pass (``batch_size``),
+    and with the default pass size; interleaved, medians."""
     model.eval()
-    per_pass = (1, 2, 4, 8, 16, 32, N_SAMPLES)
     n = len(x)
     math_attention = has_attention_dropout(model)
-    fns = {str(k): floor_fn(model, x, math_attention, k * n) for k in per_pass}
-    fns["default"] = floor_fn(model, x, math_attention)
+
+    def predict(batch_size: int | None, fast: bool) -> Callable[[], object]:
+        return lambda: mc_dropout_predict(
+            model, x, N_SAMPLES, task="classification", batch_size=batch_size, fast_masks=fast
+        )
+
+    sizes: list[int | None] = [*(k * n for k in SWEEP), None]
+    fns: dict[tuple[str, int | None], Callable[[], object]] = {}
+    for size in sizes:
+        fns["floor", size] = floor_fn(model, x, math_attention, size)
+        fns["mc_dropout_predict", size] = predict(size, False)
+        fns["fast_masks", size] = predict(size, True)
+    times: dict[str, Callable[[], object]] = {f"{c}/{s}": fn for (c, s), fn in fns.items()}
     with torch.no_grad():
-        _median_ms(fns, 1)
-        ms = _median_ms(fns, rounds)
-    return f"| {name} | " + " | ".join(f"{ms[k]:.1f}" for k in fns) + " |"
+        _median_ms(times, 1)
+        ms = _median_ms(times, rounds)
+    cases = ("floor", "mc_dropout_predict", "fast_masks")
+    return [
+        f"| {name} | {case} | " + " | ".join(f"{ms[f'{case}/{s}']:.1f}" for s in sizes) + " |"
+        for case in cases
+    ]
 
 
 def table_row(r: dict[str, float | str]) -> str:
@@ -261,11 +279,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
         f"{rounds} interleaved rounds"
     )
     if args.sweep:
-        print(f"\nFloor (ms) by samples per pass, {setting}\n")
-        print("| model | 1 | 2 | 4 | 8 | 16 | 32 | 100 | default |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"\nms by samples per pass, {setting}\n")
+        print("| model | case | " + " | ".join(map(str, SWEEP)) + " | default |")
+        print("| --- | --- |" + " ---: |" * (len(SWEEP) + 1))
         for name, model, shape in cases:
-            print(sweep(name, model, torch.randn(batch, *shape), rounds))
+            print("\n".join(sweep(name, model, torch.randn(batch, *shape), rounds)))
         return []
     if args.profile:
         print(f"\nProfile, {setting.replace('median', 'fastest')}")

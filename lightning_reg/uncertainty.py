@@ -126,11 +126,11 @@ _DETERMINISTIC: frozenset[type[nn.Module]] = frozenset(
     }
 )
 
-# Default size of one forward pass: the replicated input (the prefix's output) within 2**19
-# elements (2 MiB of float32), and never fewer rows than the input has. Smaller passes keep a
+# Default size of one forward pass: the replicated input (the prefix's output) within 2**18
+# elements (1 MiB of float32), and never fewer rows than the input has. Smaller passes keep a
 # layer's activations in the CPU's caches (a transformer's are several times its input);
 # `benchmarks/mc_dropout.py --sweep` times the floor by pass size.
-_PASS_ELEMENTS = 2**19
+_PASS_ELEMENTS = 2**18
 
 
 class MCDropoutResult(NamedTuple):
@@ -527,7 +527,7 @@ def mc_dropout_predict(
             Default ``True``.
         batch_size: the most input rows one forward pass may hold (replicas included; a chunk
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
-            as many as keep the replicated input within 2**19 elements, at least all the rows.
+            as many as keep the replicated input within 2**18 elements, at least all the rows.
         eval_modules: more module types to keep in eval mode. Default ``()``.
         fast_masks: the one faster path, for CPU: ``F.dropout`` (which every ``nn.Dropout``,
             ``MCDropout`` and transformer layer calls) draws its masks from uniform numbers,

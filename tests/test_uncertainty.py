@@ -415,13 +415,13 @@ def test_pass_sizes() -> None:
     x, _ = digits(32)
     first, last = _rows_seen(model[0]), _rows_seen(model[3])
     mc_dropout_predict(model, x, n_samples=100, task="classification")
-    assert first == [32] and last == [3200]  # 2**19 elements allow 8192 rows of 64
+    assert first == [32] and last == [3200]  # 2**18 elements allow 4096 rows of 64
     last.clear()
     mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2, task="classification")
-    assert last == [5000, 5000]  # one sample per pass: the rows alone are over 8192
+    assert last == [5000, 5000]  # one sample per pass: the rows alone are over 4096
     last.clear()
-    mc_dropout_predict(model, torch.randn(4000, 64), n_samples=3, task="classification")
-    assert last == [8000, 4000]
+    mc_dropout_predict(model, torch.randn(2000, 64), n_samples=3, task="classification")
+    assert last == [4000, 2000]
     last.clear()
     mc_dropout_predict(model, x, n_samples=100, task="classification", batch_size=1000)
     assert last == [992, 992, 992, 224]  # 31 + 31 + 31 + 7 samples of 32 rows
