@@ -126,12 +126,6 @@ _DETERMINISTIC: frozenset[type[nn.Module]] = frozenset(
     }
 )
 
-# Default size of one forward pass: the replicated input (the prefix's output) within 2**18
-# elements (1 MiB of float32), and never fewer rows than the input has. Smaller passes keep a
-# layer's activations in the CPU's caches (a transformer's are several times its input);
-# `benchmarks/mc_dropout.py --sweep` times the floor by pass size.
-_PASS_ELEMENTS = 2**18
-
 
 class MCDropoutResult(NamedTuple):
     """Summary of Monte Carlo dropout predictions.
@@ -374,7 +368,8 @@ def _draw(
     for rows in chunks:
         m = rows.shape[batch_dim]
         h = _apply(prefix, rows)
-        limit = batch_size if batch_size is not None else _PASS_ELEMENTS * m // max(1, h.numel())
+        elements = _pass_elements(h.device)
+        limit = batch_size if batch_size is not None else elements * m // max(1, h.numel())
         per_pass = max(1, limit // m)
         parts = []
         for k in _pass_sizes(n_samples, per_pass):
@@ -402,6 +397,14 @@ def _pass_sizes(n_samples: int, per_pass: int) -> list[int]:
     """Samples per forward pass: ``per_pass`` at a time, the remainder last."""
     full, last = divmod(n_samples, per_pass)
     return [per_pass] * full + ([last] if last else [])
+
+
+def _pass_elements(device: torch.device) -> int:
+    """Default size of one forward pass, in elements of the replicated input (the prefix's
+    output). On CPU 2**18 (1 MiB of float32): smaller passes keep a layer's activations in the
+    caches (a transformer's are several times its input; ``benchmarks/mc_dropout.py --sweep``
+    times the pass sizes). Other devices keep the larger passes they had, not measured there."""
+    return 2**18 if device.type == "cpu" else 2**21
 
 
 class _UniformMasks(TorchFunctionMode):
@@ -527,7 +530,8 @@ def mc_dropout_predict(
             Default ``True``.
         batch_size: the most input rows one forward pass may hold (replicas included; a chunk
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
-            as many as keep the replicated input within 2**18 elements, at least all the rows.
+            as many as keep the replicated input within 2**18 elements on CPU (2**21 on other
+            devices), at least all the rows.
         eval_modules: more module types to keep in eval mode. Default ``()``.
         fast_masks: the one faster path, for CPU: ``F.dropout`` (which every ``nn.Dropout``,
             ``MCDropout`` and transformer layer calls) draws its masks from uniform numbers,
