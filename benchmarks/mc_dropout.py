@@ -1,7 +1,11 @@
 """Cost of Monte Carlo dropout: ``mc_dropout_predict(n_samples=100)`` against its arithmetic floor.
 
 Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
-2 rounds of batch 8, a smoke run). Numbers go in ``docs/benchmarks.md``, not here.
+2 rounds of batch 8, a smoke run). Instead of the table, ``--sweep`` times the floor (the math
+floor for a model with attention dropout), ``mc_dropout_predict`` and ``fast_masks=True`` by
+samples per pass, to check that the default pass size is near the best one; ``--profile``
+prints self CPU time by op from ``torch.profiler``, to see where the time beyond the floor
+goes. Numbers go in ``docs/benchmarks.md``, not here.
 
 For each model, these are timed in one run, interleaved (one of each per round, so drifts in
 machine load hit all alike), and the table reports medians:
@@ -10,12 +14,22 @@ machine load hit all alike), and the table reports medians:
 * ``floor``: the arithmetic MC dropout cannot avoid, the same layers run the same way without
   dropout: a copy of the model with every dropout probability set to 0 (dropout modules and
   ``nn.MultiheadAttention``), in the modes MC dropout samples in (train mode, BatchNorm in
-  eval), the layers before the first random layer once on the batch, the rest once on the
-  batch replicated 100 times;
+  eval), run by ``mc_dropout_predict``'s own sampler (``_draw``): the layers before the first
+  random layer once on the batch, the rest on the batch replicated 100 times, in the same
+  passes (same number of samples per pass);
+* ``math floor`` (models with attention-weight dropout only): the same floor with
+  ``scaled_dot_product_attention`` held on its math path (``sdpa_kernel(SDPBackend.MATH)``).
+  Sampling attention dropout needs the attention weights materialized: torch's fused CPU
+  kernels refuse ``dropout_p > 0`` ("Both fused kernels do not support non-zero dropout"), so
+  the model's own attention runs on the math path whenever its dropout is sampled. This is the
+  physical floor of the same work; the fused-kernel floor is printed beside it;
 * ``mc_dropout_predict``: 100 samples with ``task="classification"`` (softmax, mean, std and
   entropy included);
 * ``fast_masks``: the same with ``fast_masks=True`` (masks from uniform numbers, CPU only);
 * ``loop``: the naive loop, 100 forward passes in train mode with the same summary.
+
+The ratios are to the math floor where the model has attention dropout (to the fused-kernel
+floor in parentheses), else to the floor.
 
 Models: an MLP 784-512x3-10 with dropout 0.2 after each hidden layer (an ``nn.Sequential``:
 its first Linear runs once); the textbook's small CNN on 28x28 inputs with dropout only in its
@@ -28,6 +42,7 @@ dropout 0.1, which includes attention-weight dropout), mean over tokens, Linear 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -35,8 +50,9 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_reg.uncertainty import DROPOUT_MODULES, _split, mc_dropout_mode, mc_dropout_predict
+from lightning_reg.uncertainty import DROPOUT_MODULES, _draw, mc_dropout_mode, mc_dropout_predict
 
 N_SAMPLES = 100
 
@@ -92,22 +108,23 @@ def without_dropout(model: nn.Module) -> nn.Module:
     return twin
 
 
-def floor_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """The floor: ``model`` without dropout, its prefix once, the rest on 100 replicas."""
+def has_attention_dropout(model: nn.Module) -> bool:
+    """Whether ``model`` has an ``nn.MultiheadAttention`` with attention-weight dropout."""
+    return any(isinstance(m, nn.MultiheadAttention) and m.dropout > 0 for m in model.modules())
+
+
+def floor_fn(
+    model: nn.Module, x: torch.Tensor, math_attention: bool = False, batch_size: int | None = None
+) -> Callable[[], object]:
+    """The floor: ``model`` without dropout through ``mc_dropout_predict``'s sampler (its
+    prefix once, the rest on 100 replicas in the same passes), attention on the math path if
+    ``math_attention``; ``batch_size`` as in ``mc_dropout_predict``."""
     twin = without_dropout(model)
-    prefix, rest = _split(twin, 0)
 
     def run() -> object:
-        with mc_dropout_mode(twin):
-            h = x
-            for layer in prefix:
-                h = layer(h)
-            h = h.repeat(N_SAMPLES, *([1] * (h.dim() - 1)))
-            if rest is None:
-                return twin(h)
-            for layer in rest:
-                h = layer(h)
-            return h
+        kernel = sdpa_kernel(SDPBackend.MATH) if math_attention else contextlib.nullcontext()
+        with mc_dropout_mode(twin), kernel:
+            return _draw(twin, x, N_SAMPLES, batch_size, 0, 0)
 
     return run
 
@@ -140,10 +157,102 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str
         ),
         "loop": lambda: _loop(model, x),
     }
+    if has_attention_dropout(model):
+        fns["math floor"] = floor_fn(model, x, math_attention=True)
     with torch.no_grad():
         _median_ms(fns, 1)  # warm-up
         ms = _median_ms(fns, rounds)
     return {"model": name, **ms}
+
+
+SWEEP = (1, 2, 4, 8, 16, 32)
+
+
+def sweep(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> list[str]:
+    """Markdown rows: the floor (math attention if the model has attention dropout),
+    ``mc_dropout_predict`` and ``fast_masks=True`` in ms by samples per pass (``batch_size``),
+    and with the default pass size; interleaved, medians."""
+    model.eval()
+    n = len(x)
+    math_attention = has_attention_dropout(model)
+
+    def predict(batch_size: int | None, fast: bool) -> Callable[[], object]:
+        return lambda: mc_dropout_predict(
+            model, x, N_SAMPLES, task="classification", batch_size=batch_size, fast_masks=fast
+        )
+
+    sizes: list[int | None] = [*(k * n for k in SWEEP), None]
+    fns: dict[tuple[str, int | None], Callable[[], object]] = {}
+    for size in sizes:
+        fns["floor", size] = floor_fn(model, x, math_attention, size)
+        fns["mc_dropout_predict", size] = predict(size, False)
+        fns["fast_masks", size] = predict(size, True)
+    times: dict[str, Callable[[], object]] = {f"{c}/{s}": fn for (c, s), fn in fns.items()}
+    with torch.no_grad():
+        _median_ms(times, 1)
+        ms = _median_ms(times, rounds)
+    cases = ("floor", "mc_dropout_predict", "fast_masks")
+    return [
+        f"| {name} | {case} | " + " | ".join(f"{ms[f'{case}/{s}']:.1f}" for s in sizes) + " |"
+        for case in cases
+    ]
+
+
+def table_row(r: dict[str, float | str]) -> str:
+    """One Markdown row of :func:`bench`'s timings: the ratios are to the math floor where the
+    model has attention dropout (to the fused-kernel floor in parentheses), else to the floor."""
+    fused = float(r["floor"])
+    floor = float(r.get("math floor", fused))
+
+    def ratio(key: str) -> str:
+        own = f"{float(r[key]) / floor:.2f}x"
+        return f"{own} ({float(r[key]) / fused:.2f}x)" if "math floor" in r else own
+
+    math_cell = f"{floor:.2f}" if "math floor" in r else "-"
+    return (
+        f"| {r['model']} | {r['forward']:.2f} | {fused:.2f} | {math_cell} "
+        f"| {r['mc']:.2f} | {ratio('mc')} | {r['fast']:.2f} | {ratio('fast')} "
+        f"| {r['loop']:.2f} | {ratio('loop')} |"
+    )
+
+
+def profile_ops(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> str:
+    """A Markdown table: self CPU time (ms, ``torch.profiler``) by op of the floor (the math
+    floor for a model with attention dropout), ``mc_dropout_predict`` and ``fast_masks=True``,
+    from the round with the least total; the ops above 1% of a total, and the total."""
+    model.eval()
+    fns = {
+        "floor": floor_fn(model, x, has_attention_dropout(model)),
+        "mc_dropout_predict": lambda: mc_dropout_predict(
+            model, x, N_SAMPLES, task="classification"
+        ),
+        "fast_masks": lambda: mc_dropout_predict(
+            model, x, N_SAMPLES, task="classification", fast_masks=True
+        ),
+    }
+    by_op: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for case, fn in fns.items():
+            fn()  # warm-up
+            tables = []
+            for _ in range(rounds):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+                    fn()
+                tables.append({e.key: e.self_cpu_time_total / 1e3 for e in p.key_averages()})
+            by_op[case] = min(tables, key=lambda t: sum(t.values()))
+    totals = {case: sum(t.values()) for case, t in by_op.items()}
+    ops = sorted(
+        {op for case, t in by_op.items() for op, ms in t.items() if ms > 0.01 * totals[case]},
+        key=lambda op: -max(t.get(op, 0.0) for t in by_op.values()),
+    )
+    lines = [f"\n{name}: self CPU ms by op\n", "| op | " + " | ".join(fns) + " |"]
+    lines.append("| --- |" + " ---: |" * len(fns))
+    for op in ops:
+        lines.append(
+            f"| `{op}` | " + " | ".join(f"{by_op[c].get(op, 0.0):.1f}" for c in fns) + " |"
+        )
+    lines.append("| total | " + " | ".join(f"{totals[c]:.1f}" for c in fns) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
@@ -152,6 +261,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--batch", type=int, default=None, help="rows of x (default 128)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--sweep", action="store_true", help="the floor by samples per pass")
+    parser.add_argument("--profile", action="store_true", help="self CPU time by op")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -163,24 +274,31 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
         ("CNN 28x28, dropout in the head", _cnn(), (1, 28, 28)),
         ("transformer 16x32, 2 layers", TransformerClassifier(), (16, 32)),
     ]
+    setting = (
+        f"{N_SAMPLES} samples, batch {batch}, {torch.get_num_threads()} threads, median of "
+        f"{rounds} interleaved rounds"
+    )
+    if args.sweep:
+        print(f"\nms by samples per pass, {setting}\n")
+        print("| model | case | " + " | ".join(map(str, SWEEP)) + " | default |")
+        print("| --- | --- |" + " ---: |" * (len(SWEEP) + 1))
+        for name, model, shape in cases:
+            print("\n".join(sweep(name, model, torch.randn(batch, *shape), rounds)))
+        return []
+    if args.profile:
+        print(f"\nProfile, {setting.replace('median', 'fastest')}")
+        for name, model, shape in cases:
+            print(profile_ops(name, model, torch.randn(batch, *shape), rounds))
+        return []
     rows = [bench(name, model, torch.randn(batch, *shape), rounds) for name, model, shape in cases]
+    print(f"\nMC dropout, {setting}\n")
     print(
-        f"\nMC dropout, {N_SAMPLES} samples, batch {batch}, {torch.get_num_threads()} threads, "
-        f"median of {rounds} interleaved rounds\n"
+        "| model | 1 forward (ms) | floor (ms) | math floor (ms) | mc_dropout_predict (ms) "
+        "| / floor | fast_masks=True (ms) | / floor | naive loop (ms) | / floor |"
     )
-    print(
-        "| model | 1 forward (ms) | floor (ms) | mc_dropout_predict (ms) | / floor "
-        "| fast_masks=True (ms) | / floor | naive loop (ms) | / floor |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        floor = float(r["floor"])
-        print(
-            f"| {r['model']} | {r['forward']:.2f} | {floor:.2f} "
-            f"| {r['mc']:.2f} | {float(r['mc']) / floor:.2f}x "
-            f"| {r['fast']:.2f} | {float(r['fast']) / floor:.2f}x "
-            f"| {r['loop']:.2f} | {float(r['loop']) / floor:.2f}x |"
-        )
+        print(table_row(r))
     return rows
 
 

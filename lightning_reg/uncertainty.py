@@ -126,10 +126,6 @@ _DETERMINISTIC: frozenset[type[nn.Module]] = frozenset(
     }
 )
 
-# Default size of one forward pass: the replicated input within 2**21 elements (8 MiB of
-# float32), and never fewer rows than the input has.
-_PASS_ELEMENTS = 2**21
-
 
 class MCDropoutResult(NamedTuple):
     """Summary of Monte Carlo dropout predictions.
@@ -187,8 +183,9 @@ def mc_dropout_mode(
     ``eval_modules``) go back to eval mode. When the block ends (also when it raises) every
     submodule gets its previous ``training`` flag back.
 
-    When the block ends normally, buffers are compared with their values on entry: a module
-    that changed a buffer (a statistic its train mode updates, such as the power iteration of
+    When the block ends normally, the buffers of the modules in train mode are compared with
+    their values on entry (the layers kept in eval mode do not update theirs): a module that
+    changed a buffer (a statistic its train mode updates, such as the power iteration of
     spectral normalization) gets the buffer back, and a ``UserWarning`` names it, so such a
     module can be passed in ``eval_modules``.
 
@@ -214,9 +211,9 @@ def mc_dropout_mode(
     """
     kept = _check_module_types(eval_modules)
     modes = [(module, module.training) for module in model.modules()]
-    buffers = [(name, b, b.clone()) for name, b in model.named_buffers()]
     try:
         _set_sampling_modes(model, kept)
+        buffers = _train_mode_buffers(model)
         yield model
     finally:
         for module, mode in modes:
@@ -237,6 +234,17 @@ def mc_dropout_mode(
             UserWarning,
             stacklevel=3,
         )
+
+
+def _train_mode_buffers(model: nn.Module) -> list[tuple[str, Tensor, Tensor]]:
+    """``(name, buffer, copy)`` for the buffers of the modules in train mode: a module kept in
+    eval mode (BatchNorm's running statistics) does not update its buffers in a forward."""
+    return [
+        (f"{prefix}.{name}" if prefix else name, b, b.clone())
+        for prefix, module in model.named_modules()
+        if module.training
+        for name, b in module.named_buffers(recurse=False)
+    ]
 
 
 def _check_module_types(types: Sequence[type[nn.Module]]) -> tuple[type[nn.Module], ...]:
@@ -360,7 +368,8 @@ def _draw(
     for rows in chunks:
         m = rows.shape[batch_dim]
         h = _apply(prefix, rows)
-        limit = batch_size if batch_size is not None else _PASS_ELEMENTS * m // max(1, h.numel())
+        elements = _pass_elements(h.device)
+        limit = batch_size if batch_size is not None else elements * m // max(1, h.numel())
         per_pass = max(1, limit // m)
         parts = []
         for k in _pass_sizes(n_samples, per_pass):
@@ -390,14 +399,27 @@ def _pass_sizes(n_samples: int, per_pass: int) -> list[int]:
     return [per_pass] * full + ([last] if last else [])
 
 
+def _pass_elements(device: torch.device) -> int:
+    """Default size of one forward pass, in elements of the replicated input (the prefix's
+    output). On CPU 2**18 (1 MiB of float32): smaller passes keep a layer's activations in the
+    caches (a transformer's are several times its input; ``benchmarks/mc_dropout.py --sweep``
+    times the pass sizes). Other devices keep the larger passes they had, not measured there."""
+    return 2**18 if device.type == "cpu" else 2**21
+
+
 class _UniformMasks(TorchFunctionMode):
     """The ``fast_masks=True`` path: while active (in this thread only), ``F.dropout(x, p,
     training=True)`` on a CPU float32/float64 tensor that needs no gradient draws its mask as
     ``torch.rand_like(x) >= p`` instead of with torch's Bernoulli kernel, the slow part of MC
     dropout on CPU. The law is the same up to the uniform draw's grid (``2**-24`` for float32):
-    each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``. Every other call
-    (the channel and alpha variants, attention and recurrent dropout inside torch's kernels, any
-    other function) runs unchanged."""
+    each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
+
+    It changes how a mask is drawn, never which dropouts are applied (train mode decides that):
+    every other call runs unchanged, with torch's kernels. That includes the channel and alpha
+    variants, dropout inside torch's C++ kernels (``scaled_dot_product_attention``, ``nn.LSTM``)
+    and any ``F.dropout`` called from inside another torch function such as
+    ``F.multi_head_attention_forward``, which a ``TorchFunctionMode`` does not see: it is off
+    while it handles a call."""
 
     def __torch_function__(
         self,
@@ -508,15 +530,18 @@ def mc_dropout_predict(
             Default ``True``.
         batch_size: the most input rows one forward pass may hold (replicas included; a chunk
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
-            as many as keep the replicated input within 2**21 elements, at least all the rows.
+            as many as keep the replicated input within 2**18 elements on CPU (2**21 on other
+            devices), at least all the rows.
         eval_modules: more module types to keep in eval mode. Default ``()``.
         fast_masks: the one faster path, for CPU: ``F.dropout`` (which every ``nn.Dropout``,
             ``MCDropout`` and transformer layer calls) draws its masks from uniform numbers,
             ``torch.rand_like(x) >= p``, instead of torch's Bernoulli kernel: the same law (up
             to the uniform grid, ``2**-24`` in float32), other numbers than torch's under the
-            same seed. Only CPU float32/float64 tensors; channel and alpha dropout, attention
-            and LSTM dropout keep torch's kernels. It acts within this call only (a
-            ``TorchFunctionMode``, local to the thread). Default ``False``: torch's kernels.
+            same seed. The same dropouts are sampled as without it; only how ``F.dropout``
+            draws its masks changes. Only CPU float32/float64 tensors; channel and alpha
+            dropout, attention and LSTM dropout keep torch's kernels. It acts within this call
+            only (a ``TorchFunctionMode``, local to the thread). Default ``False``: torch's
+            kernels.
         return_samples: also return every sample. Default ``False``.
 
     Returns:

@@ -35,12 +35,42 @@ def test_mc_dropout_benchmark_quick() -> None:
         [sys.executable, str(MC_SCRIPT), "--quick"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    lines = result.stdout.splitlines()
+    rows = [line for line in lines if line.startswith("| ") and line.rstrip(" |)").endswith("x")]
     assert [row.split("|")[1].strip() for row in rows] == [
         "MLP 784-512x3-10",
         "CNN 28x28, dropout in the head",
         "transformer 16x32, 2 layers",
     ]
     for row in rows:
-        cells = [float(cell.strip().rstrip("x")) for cell in row.split("|")[2:-1]]
-        assert len(cells) == 8 and all(c > 0 for c in cells), row
+        cells = [cell.strip() for cell in row.split("|")[2:-1]]
+        assert len(cells) == 9, row
+        assert (cells[2] == "-") == ("transformer" not in row), row  # math floor: attention only
+        numbers = [float(c.split()[0].rstrip("x")) for c in cells if c != "-"]
+        assert all(n > 0 for n in numbers), row
+
+
+def test_mc_dropout_benchmark_sweep_and_profile_quick() -> None:
+    def run(flag: str) -> list[list[str]]:
+        result = subprocess.run(
+            [sys.executable, str(MC_SCRIPT), "--quick", "--rounds", "1", flag],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+        return [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+
+    sweep = [row for row in run("--sweep") if row[1] != "case" and not row[1].startswith("-")]
+    cases = ["floor", "mc_dropout_predict", "fast_masks"]
+    assert [row[1] for row in sweep] == cases * 3
+    assert all(len(row) == 9 and all(float(c) > 0 for c in row[2:]) for row in sweep)
+    rows = run("--profile")
+    mlp = rows[: [row[0] for row in rows].index("total")]  # the first table: the MLP's
+    profile = {row[0]: row[1:] for row in mlp if row[0].startswith("`")}
+    # The floor draws no randomness, the plain path draws with torch's Bernoulli kernel,
+    # fast_masks with uniform numbers.
+    bernoulli, uniform = profile["`aten::bernoulli_`"], profile["`aten::uniform_`"]
+    assert float(bernoulli[0]) == 0 and float(bernoulli[1]) > 0 and float(bernoulli[2]) == 0
+    assert float(uniform[0]) == 0 and float(uniform[1]) == 0 and float(uniform[2]) > 0
