@@ -511,9 +511,12 @@ def apply_max_norm_(
     untouched and scales the others by one ``torch._foreach_mul_``: it skips the write pass that
     ``renorm_`` always makes, but costs a few more small ops when rows are over the bound.
     Reading those norms is a host sync, free on CPU and costly on an accelerator. On CPU the
-    multi-tensor path measured faster only for ``norm_type=math.inf`` (``renorm_``'s infinity
-    norm kernel is slow there), so ``foreach=None`` (the default) takes it for the infinity norm
-    on CPU and the reference everywhere else (docs/max_norm.md, "Cost of max-norm").
+    multi-tensor path measured faster for ``norm_type=math.inf`` (``renorm_``'s infinity norm
+    kernel is slow there) and, with a finite ``p``, for weights of a million elements or more
+    unless every row is over the bound; ``renorm_`` was faster on smaller weights with rows over
+    the bound. So ``foreach=None`` (the default) takes the multi-tensor path on CPU for the
+    infinity norm or weights of :data:`_FOREACH_NUMEL` elements or more on average, and the
+    reference everywhere else (docs/max_norm.md, "Cost of max-norm").
 
     A ``DTensor`` weight whose placements are all ``Shard(0)`` or ``Replicate()`` (FSDP2, DDP
     replicas) is constrained through its local tensor, since every rank holds whole rows; the
@@ -592,11 +595,18 @@ def _max_norm_(
             _max_norm_reference_(rows, max_value, norm_type)
 
 
+# With a finite p, the multi-tensor max-norm path is the CPU default for weights of at least this
+# many elements on average (it skips their write pass when no row is over the bound).
+_FOREACH_NUMEL = 2**20
+
+
 def _default_foreach(rows: Sequence[torch.Tensor], norm_type: float) -> bool:
-    """The path ``foreach=None`` takes: multi-tensor for the infinity norm on CPU, where its host
-    read costs nothing and ``renorm_``'s infinity norm is slow; the reference otherwise (with a
-    finite ``p`` it was as fast or faster on CPU; on accelerators the host read is a sync)."""
-    return norm_type == math.inf and all(t.device.type == "cpu" for t in rows)
+    """The path ``foreach=None`` takes: multi-tensor on CPU, where its host read costs nothing,
+    for the infinity norm (``renorm_``'s is slow there) or large weights; the reference
+    otherwise (and on accelerators, where the host read is a sync)."""
+    if not rows or not all(t.device.type == "cpu" for t in rows):
+        return False
+    return norm_type == math.inf or sum(t.numel() for t in rows) >= _FOREACH_NUMEL * len(rows)
 
 
 def _max_norm_reference_(rows: list[torch.Tensor], max_value: float, norm_type: float) -> None:

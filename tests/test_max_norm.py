@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from lightning_reg.callbacks.max_norm import MaxNorm
-from lightning_reg.penalties import apply_max_norm_, select_weights
+from lightning_reg.penalties import _default_foreach, apply_max_norm_, select_weights
 from tests.distributed.worker import TwoOptimizerSteps
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
@@ -90,6 +90,25 @@ def test_a_row_at_the_bound_rounded_to_float32_is_left_alone(foreach: bool) -> N
     assert torch.equal(expected[0], w[0]) and not torch.equal(expected[1], w[1])
     apply_max_norm_(w, max_value=0.1, norm_type=math.inf, foreach=foreach)
     assert torch.equal(w, expected)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "p", "expected"),
+    [
+        ([(512, 784), (512, 512)], 2.0, False),  # small weights, finite p: renorm_
+        ([(512, 784), (512, 512)], math.inf, True),  # infinity norm: multi-tensor
+        ([(1024, 1024), (1024, 1024)], 2.0, True),  # 2**20 elements each: multi-tensor
+        ([(1024, 1024), (10, 1024)], 3.0, False),  # below 2**20 on average
+    ],
+)
+def test_default_path_on_cpu_follows_the_documented_rule(
+    shapes: list[tuple[int, int]], p: float, expected: bool
+) -> None:
+    """``foreach=None`` on CPU: the multi-tensor path for the infinity norm or weights of 2**20
+    elements or more on average (docs/max_norm.md); both paths give the same result."""
+    rows = [torch.empty(shape) for shape in shapes]
+    assert _default_foreach(rows, p) is expected
+    assert _default_foreach([], p) is False
 
 
 @pytest.mark.parametrize("foreach", PATHS)

@@ -135,7 +135,8 @@ class MaxNorm(Callback):
         norm_type: ``p`` of the p-norm, a number ``>= 1`` or ``math.inf``. Default ``2.0``.
         foreach: the path of :func:`~lightning_reg.penalties.apply_max_norm_`: ``True``
             multi-tensor, ``False`` torch's per-tensor ``renorm_``, ``None`` (default)
-            multi-tensor for ``norm_type=math.inf`` on CPU, per-tensor otherwise.
+            multi-tensor on CPU for ``norm_type=math.inf`` or weights of a million elements or
+            more on average, per-tensor otherwise.
 
     Raises:
         TypeError: if an argument has the wrong type.
