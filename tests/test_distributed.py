@@ -136,3 +136,15 @@ def test_penalty_step_route_equals_loss_route_under_ddp_and_fsdp2(tmp_path: Path
             assert_same_on_every_rank(results, key)
         torch.testing.assert_close(results[0]["step"], results[0]["loss"], rtol=1e-5, atol=1e-7)
         assert results[0]["zero_fraction"] > 0.2
+
+
+@pytest.mark.slow
+def test_penalty_under_manual_optimization_with_clipping_equals_loss_route_under_ddp(
+    tmp_path: Path,
+) -> None:
+    """Two manually stepped optimizers, `self.clip_gradients` on one, 2 DDP ranks: the mixin's
+    weights are the loss route's on every rank (clipping sees data plus penalty gradient)."""
+    results = run_ddp("penalty_manual_ddp", tmp_path)
+    for key in ("loss", "step"):
+        assert_same_on_every_rank(results, key)
+    torch.testing.assert_close(results[0]["step"], results[0]["loss"], rtol=1e-5, atol=1e-7)

@@ -396,6 +396,60 @@ def case_penalty_routes_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
     return _penalty_routes(args, shard=True)
 
 
+class ManualPenalty(DigitsClassifier):
+    """Manual optimization with two optimizers: ``net[0]`` stepped every batch after
+    ``self.clip_gradients`` by norm, ``net[2]`` every second batch. The reference (``by_loss``)
+    adds the penalty of the weights each batch steps to the loss it back-propagates."""
+
+    def __init__(self, by_loss: bool = True) -> None:
+        super().__init__(lr=0.2, momentum=0.0)
+        self.automatic_optimization = False
+        self.by_loss = by_loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        first, second = self.optimizers()
+        steps_second = batch_idx % 2 == 1
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        if self.by_loss:
+            stepped = [self.net[0].weight, *([self.net[2].weight] if steps_second else [])]
+            loss = loss + weight_penalty(stepped, l1=1e-3, l2=1e-2)
+        self.manual_backward(loss)
+        self.clip_gradients(first, gradient_clip_val=0.05, gradient_clip_algorithm="norm")
+        first.step()
+        if steps_second:
+            second.step()
+        first.zero_grad()
+        second.zero_grad()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return (
+            torch.optim.SGD(self.net[0].parameters(), lr=self.lr),
+            torch.optim.SGD(self.net[2].parameters(), lr=self.lr),
+        )
+
+
+class ManualPenaltyByStep(WeightPenaltyMixin, ManualPenalty):
+    def __init__(self) -> None:
+        super().__init__(by_loss=False)
+        self.configure_penalty(l1=1e-3, l2=1e-2)
+
+
+def case_penalty_manual_ddp(args: argparse.Namespace) -> dict[str, Any]:
+    """Manual optimization, two optimizers, manual clipping, under DDP: the step route (the
+    mixin) against the loss route, 6 batches of 16 per rank."""
+    out: dict[str, Any] = {}
+    for route in ("loss", "step"):
+        torch.manual_seed(0)
+        model = ManualPenalty() if route == "loss" else ManualPenaltyByStep()
+        trainer = ddp_trainer(args, max_epochs=1, limit_train_batches=6)
+        trainer.fit(model, digits_loader(192, 16))
+        out[route] = flat_params(model)
+        out["rank"] = trainer.global_rank
+    return out
+
+
 CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "max_norm_two_optimizers": case_max_norm_two_optimizers,
     "auto_max_lr": case_auto_max_lr,
@@ -408,6 +462,7 @@ CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "mc_predict_dict": case_mc_predict_dict,
     "penalty_routes_ddp": case_penalty_routes_ddp,
     "penalty_routes_fsdp2": case_penalty_routes_fsdp2,
+    "penalty_manual_ddp": case_penalty_manual_ddp,
 }
 
 
