@@ -7,6 +7,7 @@ clipping, mixed precision, a skipped AMP step, manual optimization and freezing.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from typing import Any
 
@@ -385,9 +386,18 @@ def test_backbone_finetuning_penalized_after_unfreezing_only(tmp_path: Any) -> N
     assert len(model.penalized_weights()) == 2
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+_INDUCTOR = pytest.param(
+    "inductor",
+    marks=pytest.mark.skipif(
+        shutil.which("c++") is None, reason="inductor on CPU needs a C++ compiler"
+    ),
+)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", _INDUCTOR])
 def test_compiled_module_trains_with_the_penalty(backend: str, tmp_path: Any) -> None:
-    # aot_eager runs AOTAutograd (the traced forward and backward graphs inductor compiles).
+    # aot_eager runs AOTAutograd (the traced forward and backward graphs inductor compiles);
+    # inductor, torch.compile's default, compiles them to C++ (about 15 s on 2 cores).
     ref, _, _ = _run(_Step, tmp_path, torch.float32, [], max_steps=3)
     recorder = _Recorder()
     model = torch.compile(_Step(loss_route=False), backend=backend)
