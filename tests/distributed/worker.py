@@ -156,6 +156,14 @@ def case_regularized_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
     return {"rank": trainer.global_rank, "params": params, "param_types": kinds}
 
 
+def sgd_per_layer(model: DigitsClassifier) -> tuple[torch.optim.SGD, torch.optim.SGD]:
+    """One SGD optimizer for ``net[0]`` and one for ``net[2]`` (manual optimization cases)."""
+    return (
+        torch.optim.SGD(model.net[0].parameters(), lr=model.lr),
+        torch.optim.SGD(model.net[2].parameters(), lr=model.lr),
+    )
+
+
 class TwoOptimizerSteps(DigitsClassifier):
     """Manual optimization: ``net[0]`` stepped every batch, ``net[2]`` every second batch; with
     ``renorm=True`` each optimizer's weight is renormed by hand right after its step."""
@@ -187,10 +195,7 @@ class TwoOptimizerSteps(DigitsClassifier):
         return loss
 
     def configure_optimizers(self) -> Any:
-        return (
-            torch.optim.SGD(self.net[0].parameters(), lr=self.lr),
-            torch.optim.SGD(self.net[2].parameters(), lr=self.lr),
-        )
+        return sgd_per_layer(self)
 
 
 def case_max_norm_two_optimizers(args: argparse.Namespace) -> dict[str, Any]:
@@ -424,10 +429,7 @@ class ManualPenalty(DigitsClassifier):
         return loss
 
     def configure_optimizers(self) -> Any:
-        return (
-            torch.optim.SGD(self.net[0].parameters(), lr=self.lr),
-            torch.optim.SGD(self.net[2].parameters(), lr=self.lr),
-        )
+        return sgd_per_layer(self)
 
 
 class ManualPenaltyByStep(WeightPenaltyMixin, ManualPenalty):
