@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_reg import RegularizedModule
 from lightning_reg.demos.data import load_digits_tensors
 
 _DIGITS: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -92,3 +93,19 @@ def make_trainer(root: Any, **kwargs: Any) -> pl.Trainer:
     )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
+
+
+class DigitsRegressor(RegularizedModule):
+    """A ``RegularizedModule`` regressing 2 outputs from the 64 digit pixels: two dense layers
+    (with the module's dropout), a linear head; MC dropout summarizes it as a regression."""
+
+    mc_task = "regression"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        torch.manual_seed(0)
+        self.body = nn.Sequential(self.dense(64, 32), self.dense(32, 32))
+        self.head = self.apply_init(nn.Linear(32, 2), activation="identity")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_reg import RegularizedModule
 from lightning_reg.demos import RegularizedMLP
 from lightning_reg.layers import MCDropout
 from lightning_reg.uncertainty import (
@@ -22,7 +21,7 @@ from lightning_reg.uncertainty import (
     mc_dropout_predict,
 )
 from tests.distributed.harness import run_ddp
-from tests.helpers import digits, digits_loader, make_trainer
+from tests.helpers import DigitsRegressor, digits, digits_loader, make_trainer
 
 
 def _net(p: float = 0.3, batchnorm: bool = False) -> nn.Sequential:
@@ -646,25 +645,12 @@ def test_trainer_predict_returns_mc_summaries_and_raw_outputs(tmp_path: Any) -> 
     assert model.dropout_modes == [False, False]
 
 
-class _Regressor(RegularizedModule):
-    mc_task = "regression"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        torch.manual_seed(0)
-        self.body = nn.Sequential(self.dense(64, 32), self.dense(32, 32))
-        self.head = self.apply_init(nn.Linear(32, 2), activation="identity")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
 def test_regularized_module_predict_is_the_raw_output_unless_it_is_a_classifier(
     tmp_path: Any,
 ) -> None:
     loader = digits_loader(n=32, batch_size=16)
     x, _ = digits(32)
-    regressor = _Regressor(dropout=0.2)
+    regressor = DigitsRegressor(dropout=0.2)
     out = make_trainer(tmp_path).predict(regressor, dataloaders=loader)
     assert out is not None
     with torch.no_grad():
@@ -691,7 +677,7 @@ def test_trainer_predict_checks_mc_samples_and_mc_task(tmp_path: Any) -> None:
     model.mc_samples = 0
     with pytest.raises(ValueError, match="`mc_samples` must be an integer >= 1, got 0"):
         make_trainer(tmp_path).predict(model, dataloaders=digits_loader(n=8))
-    untold = _Regressor(mc_samples=5)
+    untold = DigitsRegressor(mc_samples=5)
     untold.mc_task = None
     with pytest.raises(ValueError, match="`mc_task` must say what the model predicts"):
         make_trainer(tmp_path).predict(untold, dataloaders=digits_loader(n=8))
@@ -701,7 +687,7 @@ def test_trainer_predict_with_a_dict_batch(tmp_path: Any) -> None:
     x, y = digits(32)
     data = [{"pixels": x[i], "label": y[i]} for i in range(32)]
     loader = torch.utils.data.DataLoader(data, batch_size=16)
-    model = _Regressor(dropout=0.2, mc_samples=8)
+    model = DigitsRegressor(dropout=0.2, mc_samples=8)
     model.mc_input_key = "pixels"
     results = make_trainer(tmp_path).predict(model, dataloaders=loader)
     assert results is not None
@@ -746,7 +732,7 @@ def test_trainer_predict_under_ddp_with_a_dict_batch(tmp_path: Path) -> None:
         assert r["modes"] == [True]
         rows = x[rank::2]
         assert r["mean"].shape == r["std"].shape == (32, 2)
-        model = _Regressor(dropout=0.2)
+        model = DigitsRegressor(dropout=0.2)
         model.load_state_dict(r["state"])
         torch.manual_seed(rank)
         local = mc_dropout_predict(model, rows, 64, task="regression", return_samples=True)

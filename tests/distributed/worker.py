@@ -27,10 +27,10 @@ from lightning_reg.callbacks import (
     ScheduledLR,
 )
 from lightning_reg.demos import RegularizedMLP
-from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
+from lightning_reg.module import WeightPenaltyMixin
 from lightning_reg.penalties import select_weights, weight_penalty, zero_fraction
 from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup, OneCycle
-from tests.helpers import DigitsClassifier, digits, digits_loader, make_trainer
+from tests.helpers import DigitsClassifier, DigitsRegressor, digits, digits_loader, make_trainer
 
 
 class Recorder(Callback):
@@ -360,24 +360,9 @@ def _penalty_routes(args: argparse.Namespace, shard: bool) -> dict[str, Any]:
     return out
 
 
-class DictRegressor(RegularizedModule):
-    """A regression model predicting from dict batches ``{"pixels", "label"}`` with MC dropout."""
-
-    mc_task = "regression"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        torch.manual_seed(0)
-        self.body = nn.Sequential(self.dense(64, 32), self.dense(32, 32))
-        self.head = self.apply_init(nn.Linear(32, 2), activation="identity")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
 def case_mc_predict_dict(args: argparse.Namespace) -> dict[str, Any]:
     """`Trainer.predict` under DDP, dict batches, regression: each rank summarizes its rows."""
-    model = DictRegressor(dropout=0.2, mc_samples=64)
+    model = DigitsRegressor(dropout=0.2, mc_samples=64)
     model.mc_input_key = "pixels"
     x, y = digits(64)
     data = [{"pixels": x[i], "label": y[i]} for i in range(64)]
