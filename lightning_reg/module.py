@@ -413,7 +413,7 @@ class WeightPenaltyMixin(_MixinBase):
     def setup(self, stage: str) -> None:
         """Refuse the strategies the penalty cannot run under (call ``super().setup(stage)``)."""
         super().setup(stage)
-        if stage != "fit" or (self._penalty_l1 == 0 and self._penalty_l2 == 0):
+        if stage != "fit" or not self._penalty_on():
             return
         strategy = cast(pl.LightningModule, self).trainer.strategy
         if isinstance(strategy, FSDPStrategy):
@@ -487,7 +487,7 @@ class WeightPenaltyMixin(_MixinBase):
         self._penalty_added = set()
         self._penalty_stepping = set()
         self._penalty_fit_ready = True
-        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
+        if not self._penalty_on():
             return
         module = cast(pl.LightningModule, self)
         trainer = module.trainer
@@ -562,15 +562,23 @@ class WeightPenaltyMixin(_MixinBase):
         cast(set[int], self._penalty_added).discard(id(optimizer))
         cast(set[int], self._penalty_stepping).discard(id(optimizer))
 
-    def _manual_penalty(self) -> bool:
-        """Manual optimization with a penalty, prepared for this fit."""
-        if cast(pl.LightningModule, self).automatic_optimization:
-            return False
-        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
+    def _penalty_on(self) -> bool:
+        """A penalty is configured: ``l1`` or ``l2`` is not zero."""
+        return self._penalty_l1 != 0 or self._penalty_l2 != 0
+
+    def _penalty_prepared(self) -> bool:
+        """A penalty is configured, and prepared for this fit."""
+        if not self._penalty_on():
             return False
         if not self._penalty_fit_ready:
             self._prepare_penalty()  # on_fit_start was overridden without calling super()
         return True
+
+    def _manual_penalty(self) -> bool:
+        """Manual optimization with a penalty, prepared for this fit."""
+        return (
+            not cast(pl.LightningModule, self).automatic_optimization and self._penalty_prepared()
+        )
 
     @override
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -586,10 +594,8 @@ class WeightPenaltyMixin(_MixinBase):
             )
         super().backward(loss, *args, **kwargs)
         module = cast(pl.LightningModule, self)
-        if not module.automatic_optimization or (self._penalty_l1 == 0 and self._penalty_l2 == 0):
+        if not module.automatic_optimization or not self._penalty_prepared():
             return
-        if not self._penalty_fit_ready:
-            self._prepare_penalty()  # on_fit_start was overridden without calling super()
         trainer = module.trainer
         progress = trainer.fit_loop.epoch_loop.batch_progress
         ready, accumulate = progress.current.ready, trainer.accumulate_grad_batches
@@ -644,7 +650,7 @@ class WeightPenaltyMixin(_MixinBase):
         """Log the penalty of the weights the epoch ends with as ``train/penalty_epoch`` (and
         ``train/zero_fraction_epoch`` with ``proximal_l1``), computed once per epoch."""
         super().on_train_epoch_end()
-        if self._penalty_l1 == 0 and self._penalty_l2 == 0:
+        if not self._penalty_on():
             return
         module = cast(pl.LightningModule, self)
         weights = self.penalized_weights()
