@@ -25,7 +25,8 @@ machine load hit all alike), and the table reports medians:
   physical floor of the same work; the fused-kernel floor is printed beside it;
 * ``mc_dropout_predict``: 100 samples with ``task="classification"`` (softmax, mean, std and
   entropy included);
-* ``fast_masks``: the same with ``fast_masks=True`` (masks from uniform numbers, CPU only);
+* ``fast_masks``: the same with ``fast_masks=True`` (masks from 16 random bits per element,
+  CPU only);
 * ``loop``: the naive loop, 100 forward passes in train mode with the same summary.
 
 The ratios are to the math floor where the model has attention dropout (to the fused-kernel

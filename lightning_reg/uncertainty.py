@@ -14,6 +14,7 @@ train mode), while the layers whose train mode changes statistics
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -407,19 +408,148 @@ def _pass_elements(device: torch.device) -> int:
     return 2**18 if device.type == "cpu" else 2**21
 
 
-class _UniformMasks(TorchFunctionMode):
-    """The ``fast_masks=True`` path: while active (in this thread only), ``F.dropout(x, p,
-    training=True)`` on a CPU float32/float64 tensor that needs no gradient draws its mask as
-    ``torch.rand_like(x) >= p`` instead of with torch's Bernoulli kernel, the slow part of MC
-    dropout on CPU. The law is the same up to the uniform draw's grid (``2**-24`` for float32):
-    each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
+# fast_masks draws each dropout decision from 16 random bits, four per 64-bit word of torch's
+# generator: the dropout rate is rounded to a multiple of 2**-16, and rates too close to 0 or 1
+# for that grid (relative error over 2**-8) keep torch's kernel.
+_MASK_LEVELS = 2**16
+_MASK_MIN_LEVELS = 2**8
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+# Arguments of F.multi_head_attention_forward that fast_masks leaves to torch when given.
+_MHA_UNCOVERED = ("bias_k", "bias_v", "static_k", "static_v", "key_padding_mask", "attn_mask")
+
+
+def _mask_level(p: float) -> int | None:
+    """``k`` of the rate ``k / 2**16`` nearest ``p``, or ``None`` if ``p`` is too close to 0 or 1
+    (or not a number) for that grid."""
+    if not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
+        return None
+    k = round(p * _MASK_LEVELS)
+    return k if _MASK_MIN_LEVELS <= k <= _MASK_LEVELS - _MASK_MIN_LEVELS else None
+
+
+def _fast_dropout(x: Tensor, k: int) -> Tensor:
+    """Dropout of rate ``k / 2**16`` on ``x``, its masks drawn 16 bits per element.
+
+    Each element is kept when its 16 random bits, read as an integer in ``[-2**15, 2**15)``,
+    are at least ``k - 2**15`` (chance ``1 - k / 2**16``), and scaled by ``2**16 / (2**16 - k)``,
+    so the output's expectation is ``x`` exactly. The bits come from ``Tensor.random_`` over the
+    full 64-bit range, one word per four elements; the comparison runs in ``x``'s floating dtype
+    (every 16-bit integer is exact there), because torch's comparisons into ``bool`` are several
+    times slower on CPU.
+    """
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+    words.random_(-(2**63), None)  # from the int64 minimum with no upper bound: all 64 bits
+    bits = words.view(torch.int16)[:n].view(x.shape).to(x.dtype)
+    keep = bits.ge_(k - _MASK_LEVELS // 2)  # 1.0 where kept, 0.0 where dropped
+    return keep.mul_(x).mul_(_MASK_LEVELS / (_MASK_LEVELS - k))
+
+
+def _cpu_floats(*tensors: object) -> bool:
+    first = tensors[0]
+    return isinstance(first, Tensor) and all(
+        isinstance(t, Tensor)
+        and t.device.type == "cpu"
+        and t.dtype == first.dtype
+        and t.dtype in (torch.float32, torch.float64)
+        for t in tensors
+    )
+
+
+def _fast_attention(
+    q: Tensor, k: Tensor, v: Tensor, level: int, is_causal: bool, scale: float | None
+) -> tuple[Tensor, Tensor]:
+    """Attention of ``(..., L, E)`` queries on ``(..., S, E)`` keys and values as torch's math
+    kernel computes it (scores scaled by ``scale``, default ``E ** -0.5``; an optional causal
+    mask; softmax; dropout of the weights; weights times values), the weights' dropout by
+    :func:`_fast_dropout`. Returns the output and the dropped weights."""
+    scores = (q * (q.size(-1) ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)
+    if is_causal:
+        keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    weights = _fast_dropout(scores.softmax(-1), level)
+    return weights @ v, weights
+
+
+def _fast_sdpa(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Tensor | None:
+    """``F.scaled_dot_product_attention`` with attention dropout by :func:`_fast_attention`, for
+    the calls it covers (no ``attn_mask``, no grouped-query attention, CPU floats); ``None``
+    for the others."""
+    level = _mask_level(dropout_p)
+    if level is None or attn_mask is not None or enable_gqa:
+        return None
+    if not _cpu_floats(query, key, value) or query.dim() < 2:
+        return None
+    return _fast_attention(query, key, value, level, is_causal, scale)[0]
+
+
+def _fast_mha(call: dict[str, Any]) -> tuple[Tensor, Tensor | None] | None:
+    """``F.multi_head_attention_forward`` with attention dropout by :func:`_fast_attention`, for
+    the calls it covers (a batched input, the packed in-projection without extra key/value
+    biases, no mask, CPU floats); ``None`` for the others. ``call`` holds every argument."""
+    query, key, value = call["query"], call["key"], call["value"]
+    level = _mask_level(call["dropout_p"]) if call["training"] else None
+    plain = (
+        call["in_proj_weight"] is not None
+        and not call["use_separate_proj_weight"]
+        and not call["add_zero_attn"]
+        and not call["is_causal"]
+        and all(call[name] is None for name in _MHA_UNCOVERED)
+    )
+    if level is None or not plain or not _cpu_floats(query, key, value, call["in_proj_weight"]):
+        return None
+    seq, batch, width = query.shape if query.dim() == 3 else (0, 0, -1)
+    heads = call["num_heads"]
+    if width != call["embed_dim_to_check"] or width % heads or key.shape[1:] != query.shape[1:]:
+        return None
+    if key.shape != value.shape:
+        return None
+    weight, bias = call["in_proj_weight"], call["in_proj_bias"]
+    if query is key and key is value:
+        q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+    else:
+        biases = bias.chunk(3) if bias is not None else (None, None, None)
+        inputs = (query, key, value)
+        q, k, v = (F.linear(*t) for t in zip(inputs, weight.chunk(3), biases, strict=True))
+
+    def split(t: Tensor) -> Tensor:  # (S, N, E) -> (N, heads, S, E / heads)
+        return t.unflatten(-1, (heads, width // heads)).permute(1, 2, 0, 3)
+
+    out, weights = _fast_attention(split(q), split(k), split(v), level, False, None)
+    out = out.permute(2, 0, 1, 3).reshape(seq, batch, width)
+    out = F.linear(out, call["out_proj_weight"], call["out_proj_bias"])
+    if not call["need_weights"]:
+        return out, None
+    return out, weights.mean(1) if call["average_attn_weights"] else weights
+
+
+class _FastMasks(TorchFunctionMode):
+    """The ``fast_masks=True`` path: while active (in this thread only) and gradients are off,
+    dropout masks on CPU float32/float64 tensors are drawn 16 random bits per element
+    (:func:`_fast_dropout`) instead of with torch's Bernoulli kernel, the slow part of MC dropout
+    on CPU. Three calls are covered: ``F.dropout(x, p, training=True)`` (every ``nn.Dropout``,
+    ``MCDropout`` and transformer layer calls it), ``F.scaled_dot_product_attention`` with
+    ``dropout_p > 0`` and no ``attn_mask``, and ``F.multi_head_attention_forward`` (what
+    ``nn.MultiheadAttention`` calls) in training with no mask, the packed in-projection and no
+    extra key/value biases; these two are computed as torch's math attention kernel computes
+    them. The law is the same for the rate rounded to a multiple of ``2**-16`` (each element
+    kept with probability ``1 - p'`` and scaled by ``1 / (1 - p')``); the numbers differ from
+    torch's under the same seed.
 
     It changes how a mask is drawn, never which dropouts are applied (train mode decides that):
-    every other call runs unchanged, with torch's kernels. That includes the channel and alpha
-    variants, dropout inside torch's C++ kernels (``scaled_dot_product_attention``, ``nn.LSTM``)
-    and any ``F.dropout`` called from inside another torch function such as
-    ``F.multi_head_attention_forward``, which a ``TorchFunctionMode`` does not see: it is off
-    while it handles a call."""
+    every other call runs unchanged, with torch's kernels: the channel and alpha variants,
+    attention with a mask, the dropout inside ``nn.LSTM``, rates within ``2**-8`` of 0 or 1,
+    and any call made from inside another torch function, which a ``TorchFunctionMode`` does
+    not see (it is off while it handles a call)."""
 
     def __torch_function__(
         self,
@@ -429,19 +559,20 @@ class _UniformMasks(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        if func is F.dropout and len(args) == 1 and set(kwargs) == {"p", "training", "inplace"}:
-            x, p = args[0], kwargs["p"]
-            if (
-                kwargs["training"]
-                and not kwargs["inplace"]
-                and 0.0 < p < 1.0
-                and isinstance(x, Tensor)
-                and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.float64)
-                and not (x.requires_grad and torch.is_grad_enabled())
-            ):
-                return torch.rand_like(x).ge_(p).mul_(x).mul_(1.0 / (1.0 - p))
-        return func(*args, **kwargs)
+        out: Any = None
+        if torch.is_grad_enabled():
+            pass
+        elif func is F.dropout and len(args) == 1 and set(kwargs) == {"p", "training", "inplace"}:
+            x, level = args[0], _mask_level(kwargs["p"])
+            if kwargs["training"] and not kwargs["inplace"] and level is not None:
+                out = _fast_dropout(x, level) if _cpu_floats(x) else None
+        elif func is F.scaled_dot_product_attention:
+            out = _fast_sdpa(*args, **kwargs)
+        elif func is F.multi_head_attention_forward:
+            call = _MHA_SIGNATURE.bind(*args, **kwargs)
+            call.apply_defaults()
+            out = _fast_mha(call.arguments)
+        return func(*args, **kwargs) if out is None else out
 
 
 def _dropout_sources(model: nn.Module) -> list[str]:
@@ -533,15 +664,18 @@ def mc_dropout_predict(
             as many as keep the replicated input within 2**18 elements on CPU (2**21 on other
             devices), at least all the rows.
         eval_modules: more module types to keep in eval mode. Default ``()``.
-        fast_masks: the one faster path, for CPU: ``F.dropout`` (which every ``nn.Dropout``,
-            ``MCDropout`` and transformer layer calls) draws its masks from uniform numbers,
-            ``torch.rand_like(x) >= p``, instead of torch's Bernoulli kernel: the same law (up
-            to the uniform grid, ``2**-24`` in float32), other numbers than torch's under the
-            same seed. The same dropouts are sampled as without it; only how ``F.dropout``
-            draws its masks changes. Only CPU float32/float64 tensors; channel and alpha
-            dropout, attention and LSTM dropout keep torch's kernels. It acts within this call
-            only (a ``TorchFunctionMode``, local to the thread). Default ``False``: torch's
-            kernels.
+        fast_masks: the one faster path, for CPU: dropout masks are drawn from 16 random bits
+            per element instead of with torch's Bernoulli kernel, in ``F.dropout`` (which every
+            ``nn.Dropout``, ``MCDropout`` and transformer layer calls), in
+            ``F.scaled_dot_product_attention`` without ``attn_mask`` and in
+            ``nn.MultiheadAttention`` without masks (computed then as torch's math attention
+            kernel does). The same law for the rate rounded to a multiple of ``2**-16`` (at most
+            ``2**-17`` away; the kept elements are scaled by ``1 / (1 - p')``), other numbers
+            than torch's under the same seed. The same dropouts are sampled as without it; only
+            how these masks are drawn changes. Only CPU float32/float64 tensors; channel and
+            alpha dropout, masked attention, LSTM dropout and rates within ``2**-8`` of 0 or 1
+            keep torch's kernels. It acts within this call only (a ``TorchFunctionMode``, local
+            to the thread). Default ``False``: torch's kernels.
         return_samples: also return every sample. Default ``False``.
 
     Returns:
@@ -592,7 +726,7 @@ def mc_dropout_predict(
             f"{tuple(x.shape)}."
         )
     body = model.mc_dropout_module() if isinstance(model, MCDropoutMixin) else model
-    masks = _UniformMasks() if fast_masks else contextlib.nullcontext()
+    masks = _FastMasks() if fast_masks else contextlib.nullcontext()
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):
         with masks:
             samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)

@@ -70,7 +70,7 @@ def test_mc_dropout_benchmark_sweep_and_profile_quick() -> None:
     mlp = rows[: [row[0] for row in rows].index("total")]  # the first table: the MLP's
     profile = {row[0]: row[1:] for row in mlp if row[0].startswith("`")}
     # The floor draws no randomness, the plain path draws with torch's Bernoulli kernel,
-    # fast_masks with uniform numbers.
-    bernoulli, uniform = profile["`aten::bernoulli_`"], profile["`aten::uniform_`"]
+    # fast_masks with random bits.
+    bernoulli, bits = profile["`aten::bernoulli_`"], profile["`aten::random_`"]
     assert float(bernoulli[0]) == 0 and float(bernoulli[1]) > 0 and float(bernoulli[2]) == 0
-    assert float(uniform[0]) == 0 and float(uniform[1]) == 0 and float(uniform[2]) > 0
+    assert float(bits[0]) == 0 and float(bits[1]) == 0 and float(bits[2]) > 0

@@ -524,8 +524,11 @@ def test_task_is_required() -> None:
 # ------------------------------------------------------------------ fast_masks
 
 
-@pytest.mark.parametrize("p", [0.05, 0.5, 0.9])
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.001])
 def test_fast_masks_keep_each_element_with_probability_1_minus_p(p: float) -> None:
+    # The rate drawn is p rounded to a multiple of 2**-16; 0.001 is too close to 0 for that grid
+    # and keeps torch's kernel, with p itself.
+    rate = round(p * 2**16) / 2**16 if 2**-8 <= p <= 1 - 2**-8 else p
     x = torch.rand(1, 20_000) + 0.5
     result = mc_dropout_predict(
         nn.Dropout(p), x, 10, task="regression", fast_masks=True, return_samples=True
@@ -533,9 +536,9 @@ def test_fast_masks_keep_each_element_with_probability_1_minus_p(p: float) -> No
     assert result.samples is not None
     kept = result.samples != 0
     n = kept.numel()
-    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
+    assert abs(kept.float().mean().item() - (1 - rate)) < 5 * (rate * (1 - rate) / n) ** 0.5
     survivors = result.samples[kept]
-    torch.testing.assert_close(survivors, x.expand_as(result.samples)[kept] / (1 - p))
+    torch.testing.assert_close(survivors, x.expand_as(result.samples)[kept] / (1 - rate))
 
 
 def test_fast_masks_sample_the_same_law_and_act_only_within_the_call() -> None:
@@ -555,6 +558,95 @@ def test_fast_masks_sample_the_same_law_and_act_only_within_the_call() -> None:
     assert not torch.equal(fast.samples, plain.samples)  # other numbers: another sampler
     torch.manual_seed(1)
     torch.testing.assert_close(plain.samples, _reference(model, x, 4, softmax=False))
+
+
+class _AttentionWithWeights(nn.Module):
+    """``nn.MultiheadAttention`` (self- or cross-attention) returning its output and per-head
+    weights side by side, so a sample shows the dropped weights and what they produced."""
+
+    def __init__(self, cross: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attention = nn.MultiheadAttention(8, 2, dropout=0.3, batch_first=True)
+        self.memory = torch.randn(1, 6, 8) if cross else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = x if self.memory is None else self.memory.expand(x.shape[0], -1, -1)
+        out, weights = self.attention(x, kv, kv, need_weights=True, average_attn_weights=False)
+        return torch.cat([out.flatten(1), weights.flatten(1)], 1)
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self_attention", "cross_attention"])
+def test_fast_masks_attention_is_torchs_attention_with_dropped_weights(cross: bool) -> None:
+    # fast_masks computes nn.MultiheadAttention itself to draw the weights' dropout: each
+    # sample's weights are torch's (eval mode, no dropout) kept or scaled by 1 / (1 - p'), and
+    # its output is the out-projection of those weights times torch's value projection.
+    model = _AttentionWithWeights(cross).eval()
+    attention = model.attention
+    torch.manual_seed(1)
+    x = torch.randn(3, 4, 8)
+    kv = x if model.memory is None else model.memory.expand(3, -1, -1)
+    n, rows, keys = 30, 4, kv.shape[1]
+    result = mc_dropout_predict(
+        model, x, n, task="regression", fast_masks=True, return_samples=True
+    )
+    assert result.samples is not None
+    out, weights = result.samples.split([rows * 8, 2 * rows * keys], -1)
+    out = out.unflatten(-1, (rows, 8))
+    weights = weights.unflatten(-1, (2, rows, keys))
+    with torch.no_grad():
+        _, expected = attention(x, kv, kv, need_weights=True, average_attn_weights=False)
+        values = F.linear(kv, attention.in_proj_weight[16:], attention.in_proj_bias[16:])
+        values = values.unflatten(-1, (2, 4)).transpose(1, 2)  # (N, heads, S, 4)
+        mixed = (weights @ values).transpose(2, 3).flatten(-2)  # (samples, N, L, 8)
+        projected = attention.out_proj(mixed)
+    rate = round(0.3 * 2**16) / 2**16
+    kept = weights != 0
+    assert 0.5 < kept.float().mean() < 0.9
+    torch.testing.assert_close(weights[kept], expected.expand_as(weights)[kept] / (1 - rate))
+    torch.testing.assert_close(out, projected)
+
+
+class _MaskedAttention(nn.Module):
+    """Dropout fast_masks leaves to torch: attention with a padding mask, channel dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attention = nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True)
+        self.channels = nn.Dropout1d(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = torch.zeros(x.shape[:2], dtype=torch.bool)
+        padding[:, -1] = True
+        a = self.attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+        return self.channels(a).sum(1)
+
+
+def test_fast_masks_leave_the_calls_they_do_not_cover_to_torch() -> None:
+    model = _MaskedAttention().eval()
+    x = torch.randn(4, 5, 8)
+    torch.manual_seed(2)
+    plain = mc_dropout_predict(model, x, 8, task="regression", return_samples=True)
+    torch.manual_seed(2)
+    fast = mc_dropout_predict(model, x, 8, task="regression", fast_masks=True, return_samples=True)
+    assert plain.std.min() > 1e-3
+    assert plain.samples is not None and fast.samples is not None
+    assert torch.equal(fast.samples, plain.samples)  # torch's own kernels, same numbers
+
+
+class _CausalAttention(nn.Module):
+    """Only ``scaled_dot_product_attention(is_causal=True, dropout_p=...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, 8)).unbind(-2)
+        p = 0.4 if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True).sum(1)
 
 
 class _ChannelCNN(nn.Module):
@@ -579,8 +671,9 @@ class _ChannelCNN(nn.Module):
         (_TransformerClassifier(), (6, 5, 16)),
         (_Functional(), (6, 8)),
         (_Attention(), (6, 4, 8)),
+        (_CausalAttention(), (6, 4, 8)),
     ],
-    ids=["mlp", "cnn_channel_dropout", "transformer", "functional", "attention"],
+    ids=["mlp", "cnn_channel_dropout", "transformer", "functional", "attention", "causal"],
 )
 def test_fast_masks_sample_the_same_dropouts_as_the_plain_path(
     model: nn.Module, shape: tuple[int, ...]
