@@ -210,6 +210,8 @@ def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> lis
     which nothing changes needs. "two-pass floor" is the least that public torch ops allow when
     rows must change: one read pass for the row 2-norms (``linalg.vector_norm(w, 2, dim=1)``) and
     then one read+write pass; torch has no CPU op that scales rows by their norm in one pass.
+    "row norms" is that read pass alone: every 2-norm path must know each row's norm, so no path
+    built of torch's kernels is faster than it.
     """
     base = select_weights(model)
     device = base[0].device
@@ -220,15 +222,20 @@ def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> lis
         with torch.no_grad():
             torch._foreach_mul_(floor_weights, 1.0)
 
-    def two_pass_floor() -> None:
+    def row_norms() -> None:
         with torch.no_grad():
             for w in floor_weights:
                 torch.linalg.vector_norm(w, 2, tuple(range(1, w.dim())), True)
+
+    def two_pass_floor() -> None:
+        row_norms()
+        with torch.no_grad():
             torch._foreach_mul_(floor_weights, 1.0)
 
     reset_floor = functools.partial(torch._foreach_copy_, floor_weights, floor_init)
-    cases: dict[str, Callable[[], object]] = {"floor": floor, "two-pass floor": two_pass_floor}
-    setup: dict[str, Callable[[], object]] = {"floor": reset_floor, "two-pass floor": reset_floor}
+    floors = {"floor": floor, "two-pass floor": two_pass_floor, "row norms": row_norms}
+    cases: dict[str, Callable[[], object]] = dict(floors)
+    setup: dict[str, Callable[[], object]] = dict.fromkeys(floors, reset_floor)
     for p in args.norm_types:
         for state, initial in max_norm_states(base, p).items():
             for path in ("reference", "foreach"):
@@ -239,7 +246,7 @@ def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> lis
                 )
                 setup[key] = functools.partial(torch._foreach_copy_, weights, initial)
     ms = time_interleaved(cases, args.repeats, args.warmup, device, setup, CLOCKS[args.clock])
-    one, two = ms["floor"], ms["two-pass floor"]
+    one, two, norms = ms["floor"], ms["two-pass floor"], ms["row norms"]
     size = f"max-norm, {name}: {len(base)} weights, {sum(w.numel() for w in base):,}"
     rows = []
     for key in cases:
@@ -248,7 +255,8 @@ def bench_max_norm(name: str, model: nn.Module, args: argparse.Namespace) -> lis
             p_text, state = key.removesuffix(" reference").split(" ", 1)
             rows.append(
                 f"| {size} | {p_text} | {state} | {ref:.4g} | {fast:.4g} | {one:.4g} | {two:.4g} "
-                f"| {ref / one:.2f}x | {fast / one:.2f}x | {ref / two:.2f}x | {fast / two:.2f}x |"
+                f"| {ref / one:.2f}x | {fast / one:.2f}x | {ref / two:.2f}x | {fast / two:.2f}x "
+                f"| {norms:.4g} | {norms / one:.2f}x |"
             )
     return rows
 
@@ -289,9 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "\n| max-norm model: weights, elements | p | rows | reference (ms) | foreach (ms) "
         "| floor (ms) | two-pass floor (ms) | reference / floor | foreach / floor "
-        "| reference / two-pass | foreach / two-pass |"
+        "| reference / two-pass | foreach / two-pass | row norms (ms) | row norms / floor |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     models["(c) MLP 784-512x3-10"] = mlp_784(args.quick, device)
     for name, model in models.items():
         for row in bench_max_norm(name, model, args):
