@@ -416,6 +416,17 @@ _MASK_MIN_LEVELS = 2**8
 _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 # Arguments of F.multi_head_attention_forward that fast_masks leaves to torch when given.
 _MHA_UNCOVERED = ("bias_k", "bias_v", "static_k", "static_v", "key_padding_mask", "attn_mask")
+# The arguments _fast_mha reads: under a torch whose F.multi_head_attention_forward takes any
+# other, every call keeps torch's kernels rather than ignore what that argument asks for.
+_MHA_ARGUMENTS = frozenset(
+    {
+        "query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+        "in_proj_bias", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias",
+        "training", "need_weights", "use_separate_proj_weight", "q_proj_weight",
+        "k_proj_weight", "v_proj_weight", "average_attn_weights", "is_causal", *_MHA_UNCOVERED,
+    }
+)  # fmt: skip
+_MHA_COVERED = set(_MHA_SIGNATURE.parameters) == _MHA_ARGUMENTS
 
 
 def _mask_level(p: float) -> int | None:
@@ -480,12 +491,13 @@ def _fast_sdpa(
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
+    **others: Any,
 ) -> Tensor | None:
     """``F.scaled_dot_product_attention`` with attention dropout by :func:`_fast_attention`, for
-    the calls it covers (no ``attn_mask``, no grouped-query attention, CPU floats); ``None``
-    for the others."""
+    the calls it covers (no ``attn_mask``, no grouped-query attention, no argument it does not
+    know, CPU floats); ``None`` for the others."""
     level = _mask_level(dropout_p)
-    if level is None or attn_mask is not None or enable_gqa:
+    if level is None or attn_mask is not None or enable_gqa or others:
         return None
     if not _cpu_floats(query, key, value) or query.dim() < 2:
         return None
@@ -568,7 +580,7 @@ class _FastMasks(TorchFunctionMode):
                 out = _fast_dropout(x, level) if _cpu_floats(x) else None
         elif func is F.scaled_dot_product_attention:
             out = _fast_sdpa(*args, **kwargs)
-        elif func is F.multi_head_attention_forward:
+        elif func is F.multi_head_attention_forward and _MHA_COVERED:
             call = _MHA_SIGNATURE.bind(*args, **kwargs)
             call.apply_defaults()
             out = _fast_mha(call.arguments)
