@@ -738,6 +738,27 @@ def test_trainer_predict_returns_mc_summaries_and_raw_outputs(tmp_path: Any) -> 
     assert model.dropout_modes == [False, False]
 
 
+def test_trainer_predict_with_fast_masks_samples_the_same_law(tmp_path: Any) -> None:
+    # Lightning predicts under inference mode; mc_fast_masks draws there too.
+    model = _MCClassifier()
+    loader = digits_loader(n=32, batch_size=32)
+    model.mc_samples = 400
+    torch.manual_seed(0)
+    plain = make_trainer(tmp_path).predict(model, dataloaders=loader)
+    model.mc_fast_masks = True
+    torch.manual_seed(0)
+    fast = make_trainer(tmp_path).predict(model, dataloaders=loader)
+    assert plain is not None and fast is not None
+    p, f = plain[0], fast[0]
+    assert isinstance(p, MCDropoutResult) and isinstance(f, MCDropoutResult)
+    torch.testing.assert_close(f.mean.sum(-1), torch.ones(32))
+    assert f.std.mean() > 1e-3
+    assert not torch.equal(f.mean, p.mean)  # same seed, other sampler: the fast path ran
+    standard_error = (p.std**2 / 400 + f.std**2 / 400).sqrt() + 1e-6
+    assert ((f.mean - p.mean).abs() / standard_error).max() < 5
+    assert 0.9 < (f.std.mean() / p.std.mean()).item() < 1.1
+
+
 def test_regularized_module_predict_is_the_raw_output_unless_it_is_a_classifier(
     tmp_path: Any,
 ) -> None:
