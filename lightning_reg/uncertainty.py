@@ -519,11 +519,11 @@ def _fast_mha(call: dict[str, Any]) -> tuple[Tensor, Tensor | None] | None:
     )
     if level is None or not plain or not _cpu_floats(query, key, value, call["in_proj_weight"]):
         return None
-    seq, batch, width = query.shape if query.dim() == 3 else (0, 0, -1)
+    if query.dim() != 3 or key.shape[1:] != query.shape[1:] or key.shape != value.shape:
+        return None  # unbatched, or shapes torch's own checks will name
+    seq, batch, width = query.shape
     heads = call["num_heads"]
-    if width != call["embed_dim_to_check"] or width % heads or key.shape[1:] != query.shape[1:]:
-        return None
-    if key.shape != value.shape:
+    if width != call["embed_dim_to_check"] or width % heads:
         return None
     weight, bias = call["in_proj_weight"], call["in_proj_bias"]
     if query is key and key is value:
@@ -571,20 +571,23 @@ class _FastMasks(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        out: Any = None
-        if torch.is_grad_enabled():
-            pass
-        elif func is F.dropout and len(args) == 1 and set(kwargs) == {"p", "training", "inplace"}:
+        out = None if torch.is_grad_enabled() else self._fast(func, args, kwargs)
+        return func(*args, **kwargs) if out is None else out
+
+    @staticmethod
+    def _fast(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        """The fast path's result of a call it covers, else ``None``."""
+        if func is F.dropout and len(args) == 1 and set(kwargs) == {"p", "training", "inplace"}:
             x, level = args[0], _mask_level(kwargs["p"])
-            if kwargs["training"] and not kwargs["inplace"] and level is not None:
-                out = _fast_dropout(x, level) if _cpu_floats(x) else None
-        elif func is F.scaled_dot_product_attention:
-            out = _fast_sdpa(*args, **kwargs)
-        elif func is F.multi_head_attention_forward and _MHA_COVERED:
+            covered = kwargs["training"] and not kwargs["inplace"] and _cpu_floats(x)
+            return _fast_dropout(x, level) if covered and level is not None else None
+        if func is F.scaled_dot_product_attention:
+            return _fast_sdpa(*args, **kwargs)
+        if func is F.multi_head_attention_forward and _MHA_COVERED:
             call = _MHA_SIGNATURE.bind(*args, **kwargs)
             call.apply_defaults()
-            out = _fast_mha(call.arguments)
-        return func(*args, **kwargs) if out is None else out
+            return _fast_mha(call.arguments)
+        return None
 
 
 def _dropout_sources(model: nn.Module) -> list[str]:
