@@ -31,6 +31,7 @@ from lightning_reg.penalties import (
     DEFAULT_PENALIZED_MODULES,
     _add_penalty_grad,
     _check_module_types,
+    _outside_layers,
     _select_weights,
     select_weights,
     soft_threshold_,
@@ -149,6 +150,9 @@ class WeightPenaltyMixin(_MixinBase):
       added when the step starts, before the closure).
     * ``return loss + self.penalty()`` would count the penalty twice: a ``RuntimeError`` is
       raised when that value reaches a backward pass during ``fit``.
+    * With the default selection, trainable parameters of two or more dims that belong to no
+      layer of a default type (your own layer's weight, a positional embedding) are named in a
+      warning at fit start; they are not penalized unless you select them.
     * Logged as ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) on the
       steps where Lightning writes logs (every ``log_every_n_steps``); the value is computed
       only then. At the end of every training epoch the value of the weights the epoch ends
@@ -501,6 +505,7 @@ class WeightPenaltyMixin(_MixinBase):
                 )
         if not self._candidates():
             select_weights(cast(nn.Module, self), self._penalty_modules)  # warns, naming the model
+        self._warn_outside_layers()
         if self._penalty_as_weight_decay and self._penalty_l2 > 0:
             _fold_into_weight_decay(trainer.optimizers, self._candidates(), 2.0 * self._penalty_l2)
         # Manual optimization: with a GradScaler, Lightning calls `optimizer.step` after
@@ -516,6 +521,24 @@ class WeightPenaltyMixin(_MixinBase):
             if manual:
                 hooks.append(opt.register_step_post_hook(self._step_over))
         self._penalty_hooks = hooks
+
+    def _warn_outside_layers(self) -> None:
+        """Name the trainable weights the default selection leaves out (once per fit); a
+        selection the user chose (``modules``, ``predicate`` or ``names``) is taken as meant."""
+        chosen = self._penalty_predicate is not None or self._penalty_names is not None
+        if chosen or self._penalty_modules != DEFAULT_PENALIZED_MODULES:
+            return
+        outside = _outside_layers(cast(nn.Module, self), self._penalty_modules)
+        if outside:
+            rank_zero_warn(
+                f"The weight penalty does not apply to these trainable parameters of "
+                f"{type(self).__name__}: {', '.join(outside)}. They have two or more dims but "
+                "belong to no layer of a type in DEFAULT_PENALIZED_MODULES, the default "
+                "selection. To penalize them, pass `modules=` with their layer types added, or "
+                "choose the parameters with `predicate=` or `names=`; with `modules` other than "
+                "the default, or a `predicate` or `names`, this check is off.",
+                category=UserWarning,
+            )
 
     def _proximal_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         """Soft-threshold the weights this step updated, with their group's learning rate."""

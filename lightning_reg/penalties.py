@@ -560,13 +560,18 @@ def apply_max_norm_(
     if isinstance(weights, nn.Module):
         _check_max_norm_modules("modules", modules)
         targets, skipped = _max_norm_targets(weights, modules, norm_type)
+        outside = _outside_layers(weights, modules) if modules == DEFAULT_MAX_NORM_MODULES else []
+        if outside:
+            warnings.warn(
+                _outside_message("apply_max_norm_", weights, outside), UserWarning, stacklevel=2
+            )
         if skipped:
             warnings.warn(
                 f"apply_max_norm_ does not constrain these kernels: {'; '.join(skipped)}.",
                 UserWarning,
                 stacklevel=2,
             )
-        elif not targets:
+        elif not targets and not outside:
             warnings.warn(
                 f"apply_max_norm_ found no trainable kernel of a layer in `modules` in "
                 f"{type(weights).__name__}.",
@@ -737,6 +742,55 @@ def _max_norm_targets(
                 skipped.append(f"{prefix}{name} ({kind})")
     targets = [p for p in module.parameters() if id(p) in chosen]
     return targets, skipped
+
+
+def _outside_layers(module: nn.Module, modules: tuple[type[nn.Module], ...]) -> list[str]:
+    """Trainable parameters of two or more dims that no layer of a type in ``modules`` holds, by
+    name with the type of the module that holds them: what a selection by layer type leaves out
+    (a custom layer's weight, a positional embedding, an ``nn.Embedding`` outside ``modules``).
+
+    A layer of a type in ``modules`` holds its own parameters and, when parametrized, the
+    originals of its parametrizations; the selection deals with those (its kernels are taken or
+    named, the rest are biases). A parameter tied to one such layer is held by it.
+    """
+    held: set[int] = set()
+    outside: list[tuple[str, str, nn.Parameter]] = []
+    for layer_name, layer in module.named_modules():
+        if isinstance(layer, parametrize.ParametrizationList):
+            continue  # its originals are listed with the parametrized layer below
+        prefix = f"{layer_name}." if layer_name else ""
+        own = list(layer.named_parameters(recurse=False))
+        kind = type(layer).__name__
+        if parametrize.is_parametrized(layer):  # torch subclasses it as Parametrized<Layer>
+            kind = type(layer).__mro__[1].__name__
+            plists = cast(nn.ModuleDict, layer.parametrizations)
+            own += [
+                (f"parametrizations.{kernel}.{name}", p)
+                for kernel, plist in plists.items()
+                for name, p in plist.named_parameters(recurse=False)
+            ]
+        if isinstance(layer, modules):
+            held.update(id(p) for _, p in own)
+        else:
+            outside.extend((f"{prefix}{name}", kind, p) for name, p in own)
+    names: list[str] = []
+    for name, kind, p in outside:
+        if p.dim() >= 2 and p.requires_grad and id(p) not in held:
+            held.add(id(p))  # a parameter tied between two such modules is named once
+            names.append(f"{name} ({kind})")
+    return names
+
+
+def _outside_message(who: str, module: nn.Module, outside: list[str]) -> str:
+    """The warning naming what max-norm leaves out of ``module`` (:func:`_outside_layers`)."""
+    return (
+        f"{who} does not constrain these trainable parameters of {type(module).__name__}: "
+        f"{', '.join(outside)}. They have two or more dims but belong to no layer of a type in "
+        "DEFAULT_MAX_NORM_MODULES, the default selection. To constrain them, pass `modules=` "
+        "with their layer types added, if dim 0 of each one's weight indexes its output units "
+        "(for nn.Embedding each row is one embedding vector; transposed convolutions cannot be "
+        "constrained); with `modules` other than the default this check is off."
+    )
 
 
 def _weight_norm_magnitude(layer: nn.Module, kernel: _Kernel) -> nn.Parameter | None:

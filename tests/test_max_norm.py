@@ -154,8 +154,12 @@ def test_module_form_constrains_kernels_and_weight_norm_magnitudes() -> None:
         warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
         zoo = Zoo()
     before = {n: p.detach().clone() for n, p in zoo.named_parameters()}
-    with pytest.warns(UserWarning, match=r"does not constrain these kernels: spectral\.weight"):
+    with pytest.warns(UserWarning) as record:
         apply_max_norm_(zoo, max_value=0.5)
+    messages = [str(w.message) for w in record]
+    assert any("does not constrain these kernels: spectral.weight" in m for m in messages)
+    # The embedding is no default type: named, with the way to constrain it.
+    assert any("parameters of Zoo: emb.weight (Embedding). They" in m for m in messages)
     after = dict(zoo.named_parameters())
     for name in ("fc.weight", "conv.weight"):
         assert torch.equal(after[name], torch.renorm(before[name], 2, 0, 0.5)), name
@@ -565,6 +569,64 @@ def test_two_max_norms_coexist_and_each_resumes_from_its_checkpoint_state(tmp_pa
     )
     assert [cb.steps for cb in resumed_callbacks] == [{0: 10}, {0: 10}]
     assert_same_params(resumed, uninterrupted)
+
+
+class RowLinear(nn.Module):
+    """A user's own linear layer: a weight of its own, used through ``F.linear``."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d_out, d_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class OwnLayers(EmbeddingClassifier):
+    """The embedding classifier with a custom layer, a model-level 2-dim parameter, attention
+    with bias_k/bias_v (3-dim biases of a default type) and a frozen custom weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.custom = RowLinear(10, 10)
+        self.gain = nn.Parameter(torch.ones(1, 10))
+        self.attention = nn.MultiheadAttention(4, 1, add_bias_kv=True, batch_first=True)
+        self.frozen = RowLinear(10, 10).requires_grad_(False)
+        with torch.no_grad():
+            self.custom.weight.mul_(30.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.emb(x)
+        seq, _ = self.attention(seq, seq, seq)
+        return self.frozen(self.custom(self.net(seq))) * self.gain
+
+
+def test_weights_outside_the_default_types_are_named_and_left_alone(tmp_path: Path) -> None:
+    def fit(*callbacks: MaxNorm) -> tuple[OwnLayers, str]:
+        torch.manual_seed(0)
+        model = OwnLayers()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_trainer(tmp_path, max_steps=2, callbacks=list(callbacks)).fit(
+                model, digits_loader(n=64)
+            )
+        named = [str(w.message) for w in caught if "trainable parameters of" in str(w.message)]
+        assert len(named) <= 1, named
+        return model, " ".join(named)
+
+    model, named = fit(MaxNorm(3.0))
+    names = "gain (OwnLayers), emb.weight (Embedding), custom.weight (RowLinear). They"
+    assert f"parameters of OwnLayers: {names}" in named
+    assert "bias_k" not in named and "frozen" not in named  # a bias; not trainable
+    assert float(model.net[1].weight.norm(dim=1).max()) == pytest.approx(3.0, rel=1e-5)
+    assert float(model.custom.weight.norm(dim=1).max()) > 30.0  # named, not constrained
+    # Another MaxNorm on the Trainer constrains the embedding: only the others are named.
+    model, named = fit(MaxNorm(3.0), MaxNorm(0.2, modules=(nn.Embedding,)))
+    assert "custom.weight" in named and "emb.weight" not in named
+    assert float(model.emb.weight.norm(dim=1).max()) == pytest.approx(0.2, rel=1e-5)
+    # Layer types the user chose: no check.
+    assert fit(MaxNorm(3.0, modules=(nn.Linear,)))[1] == ""
+    assert fit(MaxNorm(3.0, modules=(nn.Linear, RowLinear)))[1] == ""
 
 
 class Sequence(DigitsClassifier):

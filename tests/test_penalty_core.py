@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
+from lightning_reg import WeightPenaltyMixin
 from lightning_reg.penalties import (
     add_penalty_grad_,
     select_weights,
@@ -18,7 +19,7 @@ from lightning_reg.penalties import (
     weight_penalty,
     zero_fraction,
 )
-from tests.helpers import digits, digits_loader, make_trainer
+from tests.helpers import DigitsClassifier, digits, digits_loader, make_trainer
 
 
 def names_of(model: nn.Module, selected: list[nn.Parameter]) -> list[str]:
@@ -85,6 +86,54 @@ def test_unresolvable_kernel_is_named_in_a_warning() -> None:
     model = nn.Sequential(nn.Linear(3, 3), layer)
     with pytest.warns(UserWarning, match=r"not regularized: 1\.weight \(Linear\)"):
         assert names_of(model, select_weights(model)) == ["0.weight"]
+
+
+class OwnLayers(WeightPenaltyMixin, DigitsClassifier):
+    """A user's own layer with a weight, a model-level 2-dim parameter, a frozen one, and
+    attention with bias_k/bias_v (3-dim biases of a default type)."""
+
+    def __init__(self, **penalty: Any) -> None:
+        super().__init__()
+        self.custom = nn.Module()
+        self.custom.weight = nn.Parameter(torch.eye(10))
+        self.gain = nn.Parameter(torch.ones(1, 10))
+        self.frozen = nn.Parameter(torch.ones(10, 10), requires_grad=False)
+        self.attention = nn.MultiheadAttention(2, 1, add_bias_kv=True, batch_first=True)
+        self.configure_penalty(**penalty)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq, _ = self.attention(*(x.view(-1, 32, 2),) * 3)
+        out = self.net(seq.flatten(1)) @ self.custom.weight @ self.frozen.T
+        return out * self.gain
+
+
+@pytest.mark.parametrize(
+    ("penalty", "named"),
+    [
+        ({"l2": 0.1}, True),
+        ({"l1": 0.1, "proximal_l1": True}, True),
+        ({"l2": 0.1, "modules": (nn.Linear, nn.MultiheadAttention)}, False),
+        ({"l2": 0.1, "predicate": lambda name, p: name.endswith("weight")}, False),
+        ({"l2": 0.0}, False),  # no penalty
+    ],
+)
+def test_weights_outside_the_default_types_are_named_at_fit_start(
+    tmp_path: Any, penalty: dict[str, Any], named: bool
+) -> None:
+    model = OwnLayers(**penalty)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, max_steps=1).fit(model, digits_loader(n=32))
+    messages = [str(w.message) for w in caught if "does not apply to these" in str(w.message)]
+    if not named:
+        assert messages == []
+        return
+    assert len(messages) == 1
+    assert "parameters of OwnLayers: gain (OwnLayers), custom.weight (Module). They" in messages[0]
+    # What is named is indeed not penalized; the kernels of the default types are.
+    penalized = {id(p) for p in model.penalized_weights()}
+    assert id(model.custom.weight) not in penalized and id(model.gain) not in penalized
+    assert id(model.net[0].weight) in penalized and id(model.attention.in_proj_weight) in penalized
 
 
 def test_frozen_weights_are_candidates_only_on_request() -> None:

@@ -29,6 +29,8 @@ from lightning_reg.penalties import (
     _max_norm_foreach_,
     _max_norm_reference_,
     _max_norm_targets,
+    _outside_layers,
+    _outside_message,
     _row_groups,
     _RowGroup,
 )
@@ -114,7 +116,9 @@ class MaxNorm(Callback):
     (``spectral_norm``, ``register_parametrization``), and weight norm with another
     ``norm_type``, cannot be bounded through the parameters the optimizer updates and is named in
     a warning at the start of fit, as is any other kernel of a layer in ``modules`` that is not
-    constrained.
+    constrained. With the default ``modules``, trainable parameters of two or more dims that
+    belong to no layer of those types (an ``nn.Embedding``, your own layer's weight) and to none
+    that another ``MaxNorm`` on the Trainer selects are named in a warning too, and left alone.
 
     Lifecycle: each fit starts fresh (the count of steps it acted on is reset in ``setup``)
     unless a checkpoint is restored, so one callbacks list reused across Trainers (folds of a
@@ -272,6 +276,16 @@ class MaxNorm(Callback):
                 "`modules` if that is intended.",
                 category=UserWarning,
             )
+        if self.modules != DEFAULT_MAX_NORM_MODULES:
+            return  # layer types the user chose
+        # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
+        callbacks = getattr(pl_module.trainer, "callbacks", [])
+        reach = tuple({t for c in callbacks if isinstance(c, MaxNorm) for t in c.modules})
+        outside = _outside_layers(pl_module, reach or self.modules)
+        outside = [name for name in outside if name not in self._warned]
+        if outside:
+            self._warned.update(outside)
+            rank_zero_warn(_outside_message(f"MaxNorm({self.max_value:g})", pl_module, outside))
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
