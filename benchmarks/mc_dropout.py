@@ -56,6 +56,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lightning_reg.uncertainty import DROPOUT_MODULES, _draw, mc_dropout_mode, mc_dropout_predict
 
 N_SAMPLES = 100
+# The kernels that draw dropout masks: torch's Bernoulli and fast_masks' random bits.
+RANDOM_OPS = ("aten::bernoulli_", "aten::random_")
 
 
 def _mlp() -> nn.Module:
@@ -220,7 +222,8 @@ def table_row(r: dict[str, float | str]) -> str:
 def profile_ops(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> str:
     """A Markdown table: self CPU time (ms, ``torch.profiler``) by op of the floor (the math
     floor for a model with attention dropout), ``mc_dropout_predict`` and ``fast_masks=True``,
-    from the round with the least total; the ops above 1% of a total, and the total."""
+    from the round with the least total; the ops above 1% of a total, the kernels that draw
+    the masks (always), and the total."""
     model.eval()
     fns = {
         "floor": floor_fn(model, x, has_attention_dropout(model)),
@@ -242,17 +245,19 @@ def profile_ops(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> st
                 tables.append({e.key: e.self_cpu_time_total / 1e3 for e in p.key_averages()})
             by_op[case] = min(tables, key=lambda t: sum(t.values()))
     totals = {case: sum(t.values()) for case, t in by_op.items()}
+    drawn = {op for t in by_op.values() for op in t if op in RANDOM_OPS}
     ops = sorted(
-        {op for case, t in by_op.items() for op, ms in t.items() if ms > 0.01 * totals[case]},
+        {op for case, t in by_op.items() for op, ms in t.items() if ms > 0.01 * totals[case]}
+        | drawn,
         key=lambda op: -max(t.get(op, 0.0) for t in by_op.values()),
     )
     lines = [f"\n{name}: self CPU ms by op\n", "| op | " + " | ".join(fns) + " |"]
     lines.append("| --- |" + " ---: |" * len(fns))
     for op in ops:
         lines.append(
-            f"| `{op}` | " + " | ".join(f"{by_op[c].get(op, 0.0):.1f}" for c in fns) + " |"
+            f"| `{op}` | " + " | ".join(f"{by_op[c].get(op, 0.0):.2f}" for c in fns) + " |"
         )
-    lines.append("| total | " + " | ".join(f"{totals[c]:.1f}" for c in fns) + " |")
+    lines.append("| total | " + " | ".join(f"{totals[c]:.2f}" for c in fns) + " |")
     return "\n".join(lines)
 
 

@@ -71,6 +71,7 @@ def test_mc_dropout_benchmark_sweep_and_profile_quick() -> None:
     profile = {row[0]: row[1:] for row in mlp if row[0].startswith("`")}
     # The floor draws no randomness, the plain path draws with torch's Bernoulli kernel,
     # fast_masks with random bits.
+    assert {"`aten::bernoulli_`", "`aten::random_`"} <= set(profile), mlp
     bernoulli, bits = profile["`aten::bernoulli_`"], profile["`aten::random_`"]
     assert float(bernoulli[0]) == 0 and float(bernoulli[1]) > 0 and float(bernoulli[2]) == 0
     assert float(bits[0]) == 0 and float(bits[1]) == 0 and float(bits[2]) > 0
