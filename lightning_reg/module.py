@@ -42,9 +42,34 @@ from lightning_reg.uncertainty import MCDropoutMixin, _check_mc_task
 
 __all__ = ["RegularizedModule", "WeightPenaltyMixin"]
 
-# (param group, its penalized weights) pairs of one optimizer, with the group sizes they were
-# computed from: recomputed only when a param group is added or resized (BackboneFinetuning).
-_Groups = tuple[tuple[int, ...], list[tuple[dict[str, Any], list[nn.Parameter]]]]
+# (param group, its penalized weights, whether their l2 is added to the gradient although
+# `as_weight_decay=True`) of one optimizer, with the group sizes they were computed from:
+# recomputed only when a param group is added or resized (BackboneFinetuning).
+_Group = tuple[dict[str, Any], list[nn.Parameter], bool]
+_Groups = tuple[tuple[int, ...], list[_Group]]
+
+
+def _fold_problem(
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], selected: set[int], decay: float
+) -> str | None:
+    """Why l2 cannot be folded into ``group``'s ``weight_decay = decay``, or ``None`` if it can
+    (``selected``: ids of the penalized weights, some of which the group holds)."""
+    name = type(optimizer).__name__
+    if not all(id(p) in selected for p in group["params"]):
+        return (
+            f"a param group of {name} mixes the penalized weights with other parameters "
+            "(biases, norm layers), which would be decayed too"
+        )
+    if "weight_decay" not in group:
+        return f"{name} has no `weight_decay` option"
+    if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
+        return f"{name} decays weights decoupled from the gradient (AdamW-style), not an l2 penalty"
+    if group["weight_decay"] not in (0, decay):
+        return (
+            f"their param group of {name} already has `weight_decay={group['weight_decay']}`, "
+            f"and l2 sets `weight_decay={decay}` (2 * l2)"
+        )
+    return None
 
 
 def _fold_into_weight_decay(
@@ -53,35 +78,16 @@ def _fold_into_weight_decay(
     """Set ``weight_decay`` of every param group that holds the selected weights, after checks."""
     selected = {id(w) for w in weights}
     for optimizer in optimizers:
-        name = type(optimizer).__name__
         for group in optimizer.param_groups:
-            hits = [id(p) in selected for p in group["params"]]
-            if not any(hits):
+            if not any(id(p) in selected for p in group["params"]):
                 continue
-            if not all(hits):
+            problem = _fold_problem(optimizer, group, selected, weight_decay)
+            if problem is not None:
                 raise ValueError(
-                    f"`as_weight_decay=True` needs the penalized weights in param groups of their "
-                    f"own, but a param group of {name} mixes them with other parameters (biases, "
-                    "norm layers), which would be decayed too. Build the optimizer from "
-                    "`self.penalty_param_groups()`."
-                )
-            if "weight_decay" not in group:
-                raise ValueError(
-                    f"`as_weight_decay=True` needs an optimizer with a `weight_decay` option; "
-                    f"{name} has none. Use `as_weight_decay=False` to add l2 to the gradient."
-                )
-            if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
-                raise ValueError(
-                    f"`as_weight_decay=True` folds l2 into a coupled `weight_decay`, but {name} "
-                    "decays weights decoupled from the gradient (AdamW-style), which is not an "
-                    "l2 penalty. Use `as_weight_decay=False`, or a coupled optimizer (SGD, Adam, "
-                    "RMSprop, Adagrad, ...)."
-                )
-            if group["weight_decay"] not in (0, weight_decay):
-                raise ValueError(
-                    f"`as_weight_decay=True` sets `weight_decay={weight_decay}` (2 * l2) on the "
-                    f"penalized weights, but their param group of {name} already has "
-                    f"`weight_decay={group['weight_decay']}`. Set one of the two, not both."
+                    f"`as_weight_decay=True` cannot fold l2 into `weight_decay`: {problem}. Use "
+                    "`as_weight_decay=False` (l2 is then added to the gradient), or build the "
+                    "optimizer from `self.penalty_param_groups()` with a coupled optimizer (SGD, "
+                    "Adam, RMSprop, Adagrad, ...)."
                 )
             group["weight_decay"] = weight_decay
 
@@ -163,7 +169,9 @@ class WeightPenaltyMixin(_MixinBase):
       coupled optimizer (SGD, Adam, RMSprop, Adagrad, NAdam, ...) that is the same gradient;
       unlike the default it is not seen by gradient clipping. Decoupled decay (AdamW) is
       refused. The penalized weights must sit in param groups of their own: build the
-      optimizer from :meth:`penalty_param_groups`, or a ``ValueError`` names the problem.
+      optimizer from :meth:`penalty_param_groups`, or a ``ValueError`` names the problem. A
+      param group added during fit (``BackboneFinetuning``) takes the decay if it can; if not,
+      a warning says why and its weights' l2 is added to their gradient instead.
     * ``proximal_l1=True``: instead of the subgradient ``l1 * sign(w)``, each real optimizer
       step is followed by the soft-threshold ``w <- sign(w) * max(|w| - lr * l1, 0)`` with the
       ``lr`` of the weight's param group, which leaves weights at exactly zero (a sparse model);
@@ -332,7 +340,7 @@ class WeightPenaltyMixin(_MixinBase):
         """
         return [w for w in self._candidates() if w.requires_grad]
 
-    def _groups_of(self, optimizer: torch.optim.Optimizer) -> list[tuple[dict[str, Any], list]]:
+    def _groups_of(self, optimizer: torch.optim.Optimizer) -> list[_Group]:
         """The optimizer's param groups with their selected weights, cached per group sizes."""
         groups = self._penalty_groups
         if groups is None:
@@ -341,15 +349,42 @@ class WeightPenaltyMixin(_MixinBase):
         cached = groups.get(id(optimizer))
         if cached is None or cached[0] != sizes:
             chosen = {id(w) for w in self._candidates()}
-            pairs = [
-                (g, [p for p in g["params"] if id(p) in chosen]) for g in optimizer.param_groups
-            ]
-            cached = groups[id(optimizer)] = (sizes, [(g, ws) for g, ws in pairs if ws])
+            found: list[_Group] = []
+            for group in optimizer.param_groups:
+                weights = [p for p in group["params"] if id(p) in chosen]
+                if weights:
+                    found.append((group, weights, self._l2_by_gradient(optimizer, group, chosen)))
+            cached = groups[id(optimizer)] = (sizes, found)
         return cached[1]
+
+    def _l2_by_gradient(
+        self, optimizer: torch.optim.Optimizer, group: dict[str, Any], chosen: set[int]
+    ) -> bool:
+        """With ``as_weight_decay=True``: fold l2 into a param group that holds penalized weights
+        but not the decay (one added during fit: ``BackboneFinetuning`` adds one when it
+        unfreezes); where it cannot be folded, say so and return ``True``: their l2 is then
+        added to the gradient."""
+        if not (self._penalty_as_weight_decay and self._penalty_l2 > 0):
+            return False
+        decay = 2.0 * self._penalty_l2
+        if group.get("weight_decay") == decay:
+            return False
+        problem = _fold_problem(optimizer, group, chosen, decay)
+        if problem is None:
+            group["weight_decay"] = decay
+            return False
+        rank_zero_warn(
+            f"`as_weight_decay=True`: a param group of {type(optimizer).__name__} added during "
+            f"fit (BackboneFinetuning adds one when it unfreezes) holds penalized weights, but "
+            f"l2 cannot be folded into its `weight_decay`: {problem}. Their l2 is added to their "
+            "gradient instead: the same update, which gradient clipping sees.",
+            category=UserWarning,
+        )
+        return True
 
     def _stepped_weights(self, optimizer: torch.optim.Optimizer) -> list[Tensor]:
         """The selected weights this optimizer's step updates (in its groups, requiring grad)."""
-        return [w for _, ws in self._groups_of(optimizer) for w in ws if w.requires_grad]
+        return [w for _, ws, _ in self._groups_of(optimizer) for w in ws if w.requires_grad]
 
     # ------------------------------------------------------------------------ values
 
@@ -542,7 +577,7 @@ class WeightPenaltyMixin(_MixinBase):
 
     def _proximal_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         """Soft-threshold the weights this step updated, with their group's learning rate."""
-        for group, ws in self._groups_of(optimizer):
+        for group, ws, _by_gradient in self._groups_of(optimizer):
             live = [w for w in ws if w.requires_grad]
             if live:
                 soft_threshold_(live, group["lr"] * self._penalty_l1)
@@ -554,6 +589,16 @@ class WeightPenaltyMixin(_MixinBase):
         l1, l2 = self._penalty_grad_factors
         if weights and (l1 != 0.0 or l2 != 0.0):
             _add_penalty_grad(weights, l1, l2, scale, True)
+        if self._penalty_as_weight_decay:  # groups added during fit that took no decay
+            unfolded: list[Tensor] = [
+                w
+                for _, ws, by_gradient in self._groups_of(optimizer)
+                if by_gradient
+                for w in ws
+                if w.requires_grad
+            ]
+            if unfolded:
+                _add_penalty_grad(unfolded, 0.0, self._penalty_l2, scale, True)
         module = cast(pl.LightningModule, self)
         trainer = module.trainer
         every = trainer.log_every_n_steps  # type: ignore[attr-defined]

@@ -195,14 +195,14 @@ def test_weight_decay_path_refuses_decoupled_and_mixed_groups(tmp_path: Any) -> 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    with pytest.raises(ValueError, match="mixes them with other parameters"):
+    with pytest.raises(ValueError, match="mixes the penalized weights with other parameters"):
         _fit(Mixed(as_weight_decay=True), tmp_path)
 
     class NoDecay(_OwnStep):
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.Rprop(self.penalty_param_groups())
 
-    with pytest.raises(ValueError, match="Rprop has none"):
+    with pytest.raises(ValueError, match="Rprop has no `weight_decay` option"):
         _fit(NoDecay(as_weight_decay=True), tmp_path)
 
 

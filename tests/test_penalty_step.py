@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BackboneFinetuning, Callback
+from lightning.pytorch.callbacks import BackboneFinetuning, BaseFinetuning, Callback
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -384,6 +384,57 @@ def test_backbone_finetuning_penalized_after_unfreezing_only(tmp_path: Any) -> N
     assert all(torch.equal(got.weights[4][i], start[i]) for i in backbone)  # frozen in epoch 0
     assert not any(torch.equal(got.weights[9][i], start[i]) for i in backbone)
     assert len(model.penalized_weights()) == 2
+
+
+class _FinetuneDecay(WeightPenaltyMixin, _Finetune):
+    """l2 folded into weight decay: the head's weight in a group of its own, its bias apart."""
+
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route)
+        self.configure_penalty(l2=L2, as_weight_decay=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [{"params": [self.head.weight]}, {"params": [self.head.bias], "weight_decay": 0}]
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+
+
+class _UnfreezeInOwnGroups(BaseFinetuning):
+    """Unfreezes the backbone at epoch 1 into two new groups: its weight, its bias (no decay)."""
+
+    def freeze_before_training(self, pl_module: Any) -> None:
+        self.freeze(pl_module.backbone)
+
+    def finetune_function(self, pl_module: Any, epoch: int, optimizer: Any) -> None:
+        if epoch == 1:
+            self.make_trainable(pl_module.backbone)
+            optimizer.add_param_group({"params": [pl_module.backbone[0].weight]})
+            optimizer.add_param_group({"params": [pl_module.backbone[0].bias], "weight_decay": 0})
+
+
+@pytest.mark.parametrize("unfreeze", ["backbone_finetuning", "own_groups"])
+def test_weight_decay_route_reaches_a_param_group_added_during_fit(
+    unfreeze: str, tmp_path: Any
+) -> None:
+    def run(cls: type) -> Any:
+        if unfreeze == "own_groups":
+            callback: BaseFinetuning = _UnfreezeInOwnGroups()
+        else:
+            callback = BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda _: 1.0)
+        return _run(cls, tmp_path, torch.float64, [callback], max_epochs=2)
+
+    ref, _, _ = run(_Finetune)  # l2 in the loss
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, _, trainer = run(_FinetuneDecay)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+    named = [str(w.message) for w in caught if "`as_weight_decay=True`: a param" in str(w.message)]
+    groups = trainer.optimizers[0].param_groups
+    if unfreeze == "own_groups":  # the backbone's weight has a group of its own: folded there
+        assert named == []
+        assert [g["weight_decay"] for g in groups] == [2 * L2, 0, 2 * L2, 0]
+    else:  # one group of weight and bias: its l2 goes through the gradient, with a warning
+        assert len(named) == 1 and "mixes the penalized weights with other" in named[0]
+        assert [g["weight_decay"] for g in groups] == [2 * L2, 0, 0]
 
 
 _INDUCTOR = pytest.param(
