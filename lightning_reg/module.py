@@ -177,10 +177,12 @@ class WeightPenaltyMixin(_MixinBase):
       ``lr`` of the weight's param group, which leaves weights at exactly zero (a sparse model);
       skipped AMP steps are not followed by it.
     * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed (it runs its
-      own backward and accumulation) and ``LBFGS`` (it re-evaluates the loss, which does not
-      contain the penalty). If you override ``backward``, ``setup``, ``on_fit_start``,
-      ``on_fit_end``, ``on_before_optimizer_step``, ``on_train_batch_end``,
-      ``on_train_epoch_end`` or ``clip_gradients``, call ``super()``.
+      own backward and accumulation), ``LBFGS`` (it re-evaluates the loss, which does not
+      contain the penalty) and ``SparseAdam`` on penalized weights (the penalty's gradient is
+      dense; a sparse embedding's gradient under another optimizer is made dense with it).
+      If you override ``backward``, ``setup``, ``on_fit_start``, ``on_fit_end``,
+      ``on_before_optimizer_step``, ``on_train_batch_end``, ``on_train_epoch_end`` or
+      ``clip_gradients``, call ``super()``.
 
     Examples:
         >>> import torch.nn.functional as F
@@ -217,6 +219,8 @@ class WeightPenaltyMixin(_MixinBase):
     # gradient, and of those inside their step (pre-hook run, step not yet over).
     _penalty_added: set[int] | None = None
     _penalty_stepping: set[int] | None = None
+    # Whether a penalized weight may get a sparse gradient (nn.Embedding(sparse=True)), per fit.
+    _penalty_sparse: bool = True
 
     @property
     def l1(self) -> float:
@@ -530,7 +534,17 @@ class WeightPenaltyMixin(_MixinBase):
             return
         module = cast(pl.LightningModule, self)
         trainer = module.trainer
+        chosen = {id(w) for w in self._candidates()}
         for optimizer in trainer.optimizers:
+            held = (p for group in optimizer.param_groups for p in group["params"])
+            if isinstance(optimizer, torch.optim.SparseAdam) and any(id(p) in chosen for p in held):
+                raise MisconfigurationException(
+                    "The weight penalty cannot be used on the weights SparseAdam updates: "
+                    "SparseAdam takes sparse gradients only, and the penalty's gradient is dense "
+                    "(as it is with the penalty in the loss). Leave those layers out of the "
+                    "penalty (`modules=`, `predicate=` or `names=`), or give them another "
+                    "optimizer."
+                )
             if isinstance(optimizer, torch.optim.LBFGS):
                 raise MisconfigurationException(
                     "The weight penalty cannot be used with LBFGS: LBFGS re-evaluates the loss "
@@ -538,6 +552,10 @@ class WeightPenaltyMixin(_MixinBase):
                     "is added to `.grad` instead. Set l1=l2=0 and add `weight_penalty(...)` from "
                     "lightning_reg.penalties to the loss `training_step` returns."
                 )
+        sparse_layers = (nn.Embedding, nn.EmbeddingBag)
+        self._penalty_sparse = any(
+            isinstance(m, sparse_layers) and m.sparse for m in cast(nn.Module, self).modules()
+        )
         if not self._candidates():
             select_weights(cast(nn.Module, self), self._penalty_modules)  # warns, naming the model
         self._warn_outside_layers()
@@ -588,7 +606,7 @@ class WeightPenaltyMixin(_MixinBase):
         weights = self._stepped_weights(optimizer)
         l1, l2 = self._penalty_grad_factors
         if weights and (l1 != 0.0 or l2 != 0.0):
-            _add_penalty_grad(weights, l1, l2, scale, True)
+            _add_penalty_grad(weights, l1, l2, scale, True, self._penalty_sparse)
         if self._penalty_as_weight_decay:  # groups added during fit that took no decay
             unfolded: list[Tensor] = [
                 w
@@ -598,7 +616,8 @@ class WeightPenaltyMixin(_MixinBase):
                 if w.requires_grad
             ]
             if unfolded:
-                _add_penalty_grad(unfolded, 0.0, self._penalty_l2, scale, True)
+                sparse, full_l2 = self._penalty_sparse, self._penalty_l2
+                _add_penalty_grad(unfolded, 0.0, full_l2, scale, True, sparse)
         module = cast(pl.LightningModule, self)
         trainer = module.trainer
         every = trainer.log_every_n_steps  # type: ignore[attr-defined]

@@ -309,9 +309,10 @@ def add_penalty_grad_(
 
     This is what ``(scale * weight_penalty(params, l1, l2)).backward()`` accumulates, without
     the graph, the value or the temporaries of autograd. A weight whose ``.grad`` is ``None``
-    gets one. ``scale`` may be a 0-dim tensor (a ``GradScaler``'s scale) and is then applied
-    without a host sync. DTensor weights (FSDP2) are updated shard by shard: the gradient of a
-    shard depends on that shard only.
+    gets one; a sparse ``.grad`` (``nn.Embedding(sparse=True)``) is made dense, as autograd
+    makes it when the penalty is in the loss. ``scale`` may be a 0-dim tensor (a
+    ``GradScaler``'s scale) and is then applied without a host sync. DTensor weights (FSDP2)
+    are updated shard by shard: the gradient of a shard depends on that shard only.
 
     Args:
         params: the weights (e.g. from :func:`select_weights`); a single tensor is one weight.
@@ -348,14 +349,19 @@ def _add_penalty_grad(
     l2: float,
     scale: float | torch.Tensor,
     foreach: bool,
+    sparse: bool = True,
 ) -> None:
-    """:func:`add_penalty_grad_` after validation (the per-step entry point)."""
+    """:func:`add_penalty_grad_` after validation (the per-step entry point). ``sparse=False``
+    skips the check for sparse gradients, for a caller that knows there are none."""
     with torch.no_grad():
         grads = [w.grad for w in weights]
-        if any(g is None for g in grads):
+        missing = any(g is None for g in grads)
+        if missing or (sparse and any(cast(torch.Tensor, g).is_sparse for g in grads)):
             for w in weights:
                 if w.grad is None:
                     w.grad = torch.zeros_like(w)
+                elif w.grad.is_sparse:  # nn.Embedding(sparse=True): the sum is dense, as
+                    w.grad = w.grad.to_dense()  # autograd makes it with the penalty in the loss
             grads = [w.grad for w in weights]
         ws = weights
         if any(_is_dtensor(w) for w in weights):  # FSDP2: each shard where it lies

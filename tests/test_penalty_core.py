@@ -176,6 +176,17 @@ def test_penalty_gradient_rejects_bad_factors_and_ignores_zero() -> None:
     assert w.grad is None
 
 
+def test_a_sparse_gradient_takes_the_penalty_and_becomes_dense() -> None:
+    emb = nn.Embedding(5, 3, sparse=True)
+    emb(torch.tensor([1, 3, 3])).sum().backward()
+    assert emb.weight.grad is not None and emb.weight.grad.is_sparse
+    data = emb.weight.grad.to_dense()
+    add_penalty_grad_([emb.weight], l1=0.1, l2=0.2)
+    w = emb.weight.detach()
+    assert not emb.weight.grad.is_sparse
+    torch.testing.assert_close(emb.weight.grad, data + 0.1 * w.sign() + 0.4 * w)
+
+
 def test_soft_threshold_is_the_proximal_step_of_l1() -> None:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(200, generator=g, dtype=torch.float64)

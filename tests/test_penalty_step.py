@@ -437,6 +437,47 @@ def test_weight_decay_route_reaches_a_param_group_added_during_fit(
         assert [g["weight_decay"] for g in groups] == [2 * L2, 0, 0]
 
 
+class _SparseEmbedding(pl.LightningModule):
+    """Digits pixels (0..16) through ``nn.Embedding(sparse=True)``: sparse embedding gradients."""
+
+    def __init__(self, loss_route: bool, optimizer: str = "sgd") -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(17, 4, sparse=True)
+        self.head = nn.Linear(4, 10)
+        self.loss_route, self.optimizer_name = loss_route, optimizer
+        if not loss_route:
+            self.configure_penalty(l1=L1, l2=L2)  # type: ignore[attr-defined]
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        tokens = (x * 4).round().clamp(0, 16).long()
+        loss = F.cross_entropy(self.head(self.emb(tokens).mean(1)), y)
+        if self.loss_route:
+            loss = loss + weight_penalty(select_weights(self), l1=L1, l2=L2)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_name == "sparse_adam":
+            return torch.optim.SparseAdam(list(self.emb.parameters()))
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class _SparseEmbeddingStep(WeightPenaltyMixin, _SparseEmbedding):
+    pass
+
+
+def test_sparse_embedding_gradients_take_the_penalty_as_the_loss_route(tmp_path: Any) -> None:
+    ref, _, _ = _run(_SparseEmbedding, tmp_path, torch.float64, [], max_epochs=1)
+    got, model, _ = _run(_SparseEmbeddingStep, tmp_path, torch.float64, [], max_epochs=1)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    assert model.emb.weight in model.penalized_weights()
+    # SparseAdam takes sparse gradients only: the penalty's dense one is refused by name.
+    trainer = make_trainer(tmp_path, max_steps=1)
+    with pytest.raises(MisconfigurationException, match="weights SparseAdam updates"):
+        trainer.fit(_SparseEmbeddingStep(False, "sparse_adam"), digits_loader(n=32))
+
+
 _INDUCTOR = pytest.param(
     "inductor",
     marks=pytest.mark.skipif(
