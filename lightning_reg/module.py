@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -226,6 +227,11 @@ class WeightPenaltyMixin(_MixinBase):
     def l1(self) -> float:
         """Factor of the l1 term, a finite number >= 0 (validated on assignment).
 
+        Set during fit (from a callback), a new value applies from the next optimizer step; a
+        change the fit's start fixed raises a ``RuntimeError`` instead of being ignored: ``l2``
+        with ``as_weight_decay=True``, ``l1`` from 0 with ``proximal_l1=True``, or a factor of
+        a penalty that was off when the fit started.
+
         A submodule or parameter registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a
         common layer name) is returned instead, so models naming layers ``l1``/``l2`` keep working;
         set the factor with :meth:`configure_penalty` then.
@@ -234,7 +240,9 @@ class WeightPenaltyMixin(_MixinBase):
 
     @l1.setter
     def l1(self, value: float) -> None:
-        self._penalty_l1 = check_non_negative("l1", value)
+        value = check_non_negative("l1", value)
+        self._check_change_during_fit("l1", self._penalty_l1, value)
+        self._penalty_l1 = value
 
     @property
     def l2(self) -> float:
@@ -244,7 +252,36 @@ class WeightPenaltyMixin(_MixinBase):
 
     @l2.setter
     def l2(self, value: float) -> None:
-        self._penalty_l2 = check_non_negative("l2", value)
+        value = check_non_negative("l2", value)
+        self._check_change_during_fit("l2", self._penalty_l2, value)
+        self._penalty_l2 = value
+
+    def _fitting(self) -> bool:
+        """A fit of this module is running (not over, not interrupted)."""
+        trainer = cast(pl.LightningModule, self)._trainer
+        if trainer is None or not self._penalty_fit_ready:
+            return False
+        state = trainer.state
+        return state.fn == TrainerFn.FITTING and state.status == TrainerStatus.RUNNING
+
+    def _check_change_during_fit(self, name: str, old: float, new: float) -> None:
+        """During fit a new factor applies from the next optimizer step, except where fit start
+        fixed how it is applied: refuse those changes rather than ignore them."""
+        if not self._fitting() or new == old:
+            return
+        if self._penalty_hooks is None:  # prepared with l1 = l2 = 0: nothing is hooked
+            why = "the penalty was off (l1 = l2 = 0) when this fit started"
+        elif name == "l2" and self._penalty_as_weight_decay:
+            why = "with `as_weight_decay=True` l2 was folded into the optimizer's weight_decay"
+        elif name == "l1" and self._penalty_proximal and old == 0:
+            why = "with `proximal_l1=True` the soft-threshold step is hooked only if l1 > 0"
+        else:
+            return
+        raise RuntimeError(
+            f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
+            f"Set it before `fit` (e.g. in `__init__`), or start the fit with a non-zero `{name}` "
+            "on the default route, where a new value applies from the next optimizer step."
+        )
 
     def _registered(self, name: str, factor: float) -> Any:
         for registry in ("_modules", "_parameters"):
@@ -295,6 +332,12 @@ class WeightPenaltyMixin(_MixinBase):
             >>> Net().l1
             0.001
         """
+        if self._fitting():
+            raise RuntimeError(
+                "`configure_penalty` cannot be called during fit: the selection and the route "
+                "are fixed when the fit starts. To change a factor, set `self.l1` or `self.l2` "
+                "(on the default route it applies from the next optimizer step)."
+            )
         self._penalty_l1 = check_non_negative("l1", l1)
         self._penalty_l2 = check_non_negative("l2", l2)
         _check_module_types("modules", modules)

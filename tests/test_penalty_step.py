@@ -478,6 +478,66 @@ def test_sparse_embedding_gradients_take_the_penalty_as_the_loss_route(tmp_path:
         trainer.fit(_SparseEmbeddingStep(False, "sparse_adam"), digits_loader(n=32))
 
 
+class _ChangeAtEpoch1(Callback):
+    """At the start of epoch 1: doubles l2 (the mixin's ``l2``, or the loss route's factor), or
+    calls ``change(pl_module)``."""
+
+    def __init__(self, change: Any = None) -> None:
+        self.change = change
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.current_epoch != 1:
+            return
+        if self.change is not None:
+            self.change(pl_module)
+        elif isinstance(pl_module, WeightPenaltyMixin):
+            pl_module.l2 = 2 * L2
+        else:
+            pl_module.factors = (L1, 2 * L2)
+
+
+def test_a_factor_changed_during_fit_applies_from_the_next_step(tmp_path: Any) -> None:
+    ref, _, _ = _run(_Base, tmp_path, torch.float64, [_ChangeAtEpoch1()], max_epochs=2)
+    got, model, _ = _run(_Step, tmp_path, torch.float64, [_ChangeAtEpoch1()], max_epochs=2)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    assert model.l2 == 2 * L2
+
+
+class _StepDecay(_Step):
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route)
+        self.configure_penalty(l1=L1, l2=L2, as_weight_decay=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.penalty_param_groups(), lr=0.1, momentum=0.9)
+
+
+class _StepOff(_Step):
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route, l1=0.0, l2=0.0)
+
+
+def _set_l2(module: Any) -> None:
+    module.l2 = 2 * L2
+
+
+@pytest.mark.parametrize(
+    ("cls", "change", "match"),
+    [
+        (_StepDecay, _set_l2, "folded into the optimizer's weight_decay"),
+        (_StepOff, _set_l2, r"the penalty was off \(l1 = l2 = 0\)"),
+        (_Step, lambda m: m.configure_penalty(l2=0.5), "cannot be called during fit"),
+    ],
+)
+def test_changes_during_fit_that_would_be_ignored_are_refused(
+    cls: type, change: Any, match: str, tmp_path: Any
+) -> None:
+    with pytest.raises(RuntimeError, match=match):
+        _run(cls, tmp_path, torch.float64, [_ChangeAtEpoch1(change)], max_epochs=2)
+    model = cls(loss_route=False)
+    change(model)  # outside fit: no objection
+
+
 _INDUCTOR = pytest.param(
     "inductor",
     marks=pytest.mark.skipif(
