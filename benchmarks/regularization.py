@@ -9,6 +9,7 @@ ones; on CUDA it is wall time around synchronized runs.
     python benchmarks/regularization.py                 # CPU, full sizes
     python benchmarks/regularization.py --device cuda   # if a GPU is present
     python benchmarks/regularization.py --quick         # tiny sizes (smoke test)
+    python benchmarks/regularization.py --models c --norm-types 2 --threads 1  # max-norm, (c)
 
 Models: (a) ``--layers`` Linear layers of ``--width`` x ``--width`` with biases (only the weights
 are selected: 50 x 256 x 256 by default, 100 tensors in the model) and (b) an MLP of
@@ -68,8 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[2.0, math.inf],
         help="p of the max-norm rows, comma-separated (default: 2,inf)",
     )
+    parser.add_argument(
+        "--models",
+        type=lambda text: text.split(","),
+        default=["a", "b", "c"],
+        help="comma list of the models to run: a, b (penalty and max-norm) and c (max-norm only)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.models) - {"a", "b", "c"})
+    if unknown:
+        parser.error(f"--models: unknown model(s) {', '.join(unknown)}; choose from a, b, c")
     if args.clock is None:
         args.clock = "cpu" if torch.device(args.device).type == "cpu" else "wall"
     if args.quick:
@@ -287,10 +297,11 @@ def main(argv: list[str] | None = None) -> None:
         "loop / fused | floor (ms) | fused / floor |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
-    models = {
-        "(a) Linear stack": stack_of_linears(args.layers, args.width, device),
-        "(b) MLP": stack_of_linears(args.mlp_layers, args.mlp_width, device),
-    }
+    models: dict[str, nn.Module] = {}
+    if "a" in args.models:
+        models["(a) Linear stack"] = stack_of_linears(args.layers, args.width, device)
+    if "b" in args.models:
+        models["(b) MLP"] = stack_of_linears(args.mlp_layers, args.mlp_width, device)
     for name, model in models.items():
         for row in bench_model(name, model, args):
             print(row)
@@ -300,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         "| reference / two-pass | foreach / two-pass | row norms (ms) | row norms / floor |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    models["(c) MLP 784-512x3-10"] = mlp_784(args.quick, device)
+    if "c" in args.models:
+        models["(c) MLP 784-512x3-10"] = mlp_784(args.quick, device)
     for name, model in models.items():
         for row in bench_max_norm(name, model, args):
             print(row)

@@ -25,6 +25,12 @@ def test_regularization_benchmark_quick() -> None:
     for row in rows:
         timings = [float(cell.strip().rstrip("x")) for cell in row.split("|")[3:8]]
         assert all(t > 0 for t in timings), row
+    max_norm = [line.split(":")[0] for line in lines if line.startswith("| max-norm, (")]
+    assert sorted(set(max_norm)) == [
+        "| max-norm, (a) Linear stack",
+        "| max-norm, (b) MLP",
+        "| max-norm, (c) MLP 784-512x3-10",
+    ]
 
 
 MC_SCRIPT = SCRIPT.parent / "mc_dropout.py"
