@@ -122,7 +122,7 @@ class WeightPenaltyMixin(_MixinBase):
     ``penalty = l1 * sum(|w|) + l2 * sum(w ** 2)``
 
     over the selected weights (by default the kernels of Linear, Bilinear, Conv, ConvTranspose,
-    Embedding, RNN/LSTM/GRU and MultiheadAttention layers, see
+    Embedding, EmbeddingBag, RNN/LSTM/GRU and MultiheadAttention layers, see
     :func:`~lightning_reg.penalties.select_weights`; never biases or normalization parameters,
     as Keras regularizes kernels). Your ``training_step`` returns the data loss only; once per
     real optimizer step the penalty's gradient ``l1 * sign(w) + 2 * l2 * w`` is added in place

@@ -46,14 +46,15 @@ DEFAULT_PENALIZED_MODULES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
     nn.Embedding,
+    nn.EmbeddingBag,
     nn.RNNBase,
     nn.RNNCellBase,
     nn.MultiheadAttention,
 )
 """Layers whose kernels are penalized by default (kernels only, as Keras does): the ``.weight``
-of Linear, Bilinear, Conv, ConvTranspose and Embedding; the input and recurrent weights of
-RNN/LSTM/GRU and their cells (``weight_ih*``, ``weight_hh*``, ``weight_hr*``); the input
-projection of ``MultiheadAttention`` (``in_proj_weight`` or ``q/k/v_proj_weight``; its
+of Linear, Bilinear, Conv, ConvTranspose, Embedding and EmbeddingBag; the input and recurrent
+weights of RNN/LSTM/GRU and their cells (``weight_ih*``, ``weight_hh*``, ``weight_hr*``); the
+input projection of ``MultiheadAttention`` (``in_proj_weight`` or ``q/k/v_proj_weight``; its
 ``out_proj`` is a Linear)."""
 
 DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (

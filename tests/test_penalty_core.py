@@ -35,6 +35,7 @@ def test_recurrent_and_attention_kernels_are_selected() -> None:
             "cell": nn.RNNCell(4, 3),
             "mha": nn.MultiheadAttention(8, 2),
             "cross": nn.MultiheadAttention(8, 2, kdim=5, vdim=6),
+            "bag": nn.EmbeddingBag(7, 4, mode="mean"),
         }
     )
     lstm = [
@@ -46,7 +47,7 @@ def test_recurrent_and_attention_kernels_are_selected() -> None:
     expected = [*lstm, "gru.weight_ih_l0", "gru.weight_hh_l0", "cell.weight_ih", "cell.weight_hh"]
     expected += ["mha.in_proj_weight", "mha.out_proj.weight"]
     expected += ["cross.q_proj_weight", "cross.k_proj_weight", "cross.v_proj_weight"]
-    expected += ["cross.out_proj.weight"]
+    expected += ["cross.out_proj.weight", "bag.weight"]
     assert sorted(names_of(model, select_weights(model))) == sorted(expected)
 
 
