@@ -429,10 +429,6 @@ class WeightPenaltyMixin(_MixinBase):
         )
         return True
 
-    def _stepped_weights(self, optimizer: torch.optim.Optimizer) -> list[Tensor]:
-        """The selected weights this optimizer's step updates (in its groups, requiring grad)."""
-        return [w for _, ws, _ in self._groups_of(optimizer) for w in ws if w.requires_grad]
-
     # ------------------------------------------------------------------------ values
 
     def penalty(self) -> Tensor:
@@ -646,17 +642,15 @@ class WeightPenaltyMixin(_MixinBase):
     # ------------------------------------------------------------------------ per step
 
     def _add_penalty(self, optimizer: torch.optim.Optimizer, scale: float | Tensor) -> None:
-        weights = self._stepped_weights(optimizer)
+        # The selected weights this optimizer's step updates (in its groups, requiring grad).
+        groups = self._groups_of(optimizer)
+        weights: list[Tensor] = [w for _, ws, _ in groups for w in ws if w.requires_grad]
         l1, l2 = self._penalty_grad_factors
         if weights and (l1 != 0.0 or l2 != 0.0):
             _add_penalty_grad(weights, l1, l2, scale, True, self._penalty_sparse)
         if self._penalty_as_weight_decay:  # groups added during fit that took no decay
             unfolded: list[Tensor] = [
-                w
-                for _, ws, by_gradient in self._groups_of(optimizer)
-                if by_gradient
-                for w in ws
-                if w.requires_grad
+                w for _, ws, by_gradient in groups if by_gradient for w in ws if w.requires_grad
             ]
             if unfolded:
                 sparse, full_l2 = self._penalty_sparse, self._penalty_l2

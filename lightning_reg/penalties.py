@@ -721,9 +721,7 @@ def _max_norm_targets(
         if not isinstance(layer, modules):
             continue
         prefix = f"{layer_name}." if layer_name else ""
-        kind = type(layer).__name__
-        if parametrize.is_parametrized(layer):  # torch subclasses it as Parametrized<Layer>
-            kind = type(layer).__mro__[1].__name__
+        kind = _layer_kind(layer)
         reparametrized: set[int] = set()
         for kernel in _kernels(layer):
             if kernel.kind == "parameter" or kernel.params is None:
@@ -751,6 +749,14 @@ def _max_norm_targets(
     return targets, skipped
 
 
+def _layer_kind(layer: nn.Module) -> str:
+    """The layer's type name as the user wrote it: torch makes a parametrized layer an instance
+    of a subclass ``Parametrized<Layer>``, named here by its base."""
+    if parametrize.is_parametrized(layer):
+        return type(layer).__mro__[1].__name__
+    return type(layer).__name__
+
+
 def _outside_layers(module: nn.Module, modules: tuple[type[nn.Module], ...]) -> list[str]:
     """Trainable parameters of two or more dims that no layer of a type in ``modules`` holds, by
     name with the type of the module that holds them: what a selection by layer type leaves out
@@ -767,9 +773,8 @@ def _outside_layers(module: nn.Module, modules: tuple[type[nn.Module], ...]) -> 
             continue  # its originals are listed with the parametrized layer below
         prefix = f"{layer_name}." if layer_name else ""
         own = list(layer.named_parameters(recurse=False))
-        kind = type(layer).__name__
-        if parametrize.is_parametrized(layer):  # torch subclasses it as Parametrized<Layer>
-            kind = type(layer).__mro__[1].__name__
+        kind = _layer_kind(layer)
+        if parametrize.is_parametrized(layer):
             plists = cast(nn.ModuleDict, layer.parametrizations)
             own += [
                 (f"parametrizations.{kernel}.{name}", p)

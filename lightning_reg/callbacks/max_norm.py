@@ -248,7 +248,7 @@ class MaxNorm(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._steps = {int(k): int(v) for k, v in state_dict.get("steps", {}).items()}
 
-    def _make_post_hook(self, pl_module: nn.Module, idx: int) -> Callable[..., None]:
+    def _make_post_hook(self, pl_module: pl.LightningModule, idx: int) -> Callable[..., None]:
         binding = self._bindings[idx]
 
         def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
@@ -261,7 +261,7 @@ class MaxNorm(Callback):
         return post_hook
 
     def _refresh(
-        self, pl_module: nn.Module, binding: _Binding, flags: list[bool] | None = None
+        self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool] | None = None
     ) -> None:
         """Resolve the optimizer's targets again; name the kernels that cannot be constrained."""
         weights, skipped = _max_norm_targets(pl_module, self.modules, self.norm_type)
@@ -279,9 +279,9 @@ class MaxNorm(Callback):
         if self.modules != DEFAULT_MAX_NORM_MODULES:
             return  # layer types the user chose
         # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
-        callbacks = getattr(pl_module.trainer, "callbacks", [])
+        callbacks: list[Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]
         reach = tuple({t for c in callbacks if isinstance(c, MaxNorm) for t in c.modules})
-        outside = _outside_layers(pl_module, reach or self.modules)
+        outside = _outside_layers(pl_module, reach)
         outside = [name for name in outside if name not in self._warned]
         if outside:
             self._warned.update(outside)
