@@ -36,6 +36,7 @@ from lightning_reg.schedules import (
     LinearWarmup,
     OneCycle,
     PiecewiseConstant,
+    PolynomialDecay,
     PowerDecay,
     Schedule,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "OneCycleScheduler",
     "PerformanceScheduler",
     "PiecewiseConstant",
+    "PolynomialDecay",
     "PowerDecay",
     "RegularizedModule",
     "ScheduledLR",

@@ -13,8 +13,8 @@ import itertools
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal
 
 from lightning_reg._validation import (
     check_int,
@@ -32,6 +32,7 @@ __all__ = [
     "Knots",
     "OneCycle",
     "PiecewiseConstant",
+    "PolynomialDecay",
     "PowerDecay",
     "Schedule",
 ]
@@ -44,6 +45,16 @@ def _interpolate(start: float, end: float, pct: float, anneal: Anneal) -> float:
     if anneal == "cos":
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
     return (end - start) * pct + start
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+
+
+def _periods(step: int, s: float, staircase: bool) -> float:
+    """How many periods ``s`` long lie before ``step``: whole ones with ``staircase``."""
+    return step // s if staircase else step / s
 
 
 class Schedule(abc.ABC):
@@ -64,34 +75,31 @@ class Schedule(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, step: int) -> float:
-        """The learning rate at optimizer step ``step``.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The learning rate.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
+        """The learning rate at 0-based optimizer step ``step`` (each subclass's docstring gives
+        its formula). Raises TypeError if ``step`` is not an int (bools included), ValueError if
+        it is negative."""
 
     def momentum(self, step: int) -> float | None:
-        """The momentum at ``step`` (SGD ``momentum``, Adam ``betas[0]``), or ``None``.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            ``None`` by default: this schedule does not drive momentum.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
+        """The momentum at ``step`` (SGD ``momentum``, Adam ``betas[0]``), or ``None`` when the
+        schedule does not drive momentum (the default). Raises as :meth:`__call__`."""
         self._check_step(step)
         return None
+
+    def get_config(self) -> dict[str, Any]:
+        """The schedule as plain data: its class name and its fields (nested schedules as their
+        own configs), as Keras' ``get_config``. Checkpoints save it; a resume compares it.
+
+        Returns:
+            ``{"class": name, field: value, ...}``.
+        """
+        config: dict[str, Any] = {"class": type(self).__name__}
+        for item in fields(self) if is_dataclass(self) else ():
+            if item.init:
+                value = getattr(self, item.name)
+                if isinstance(value, tuple) and value and isinstance(value[0], Schedule):
+                    value = [v.get_config() for v in value]
+                config[item.name] = value
+        return config
 
     @property
     def length(self) -> int | None:
@@ -212,33 +220,9 @@ class Knots(Schedule):
         return _interpolate(values[i], values[i + 1], pct, self.anneal)
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``; the last knot's from there on.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The learning rate.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         return self._value(self.lrs, step)
 
     def momentum(self, step: int) -> float | None:
-        """The momentum at ``step``, or ``None`` when ``momenta`` is ``None``.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The momentum, or ``None``.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         if self.momenta is None:
             self._check_step(step)
             return None
@@ -327,24 +311,22 @@ class OneCycle(Schedule):
 
     def __post_init__(self) -> None:
         total = check_int("total_steps", self.total_steps, 2)
-        max_lr = check_positive("max_lr", self.max_lr)
-        start_lr = max_lr / 10 if self.start_lr is None else self.start_lr
-        start_lr = check_number(
-            "start_lr", start_lr, f">= 0 and <= max_lr ({max_lr!r})", lambda x: 0 <= x <= max_lr
+        max_lr, start_lr, final_lr, high, low = self.check_arguments(
+            self.max_lr,
+            self.start_lr,
+            self.final_lr,
+            self.final_steps,
+            self.warmup_steps,
+            self.anneal,
+            self.cycle_momentum,
+            self.max_momentum,
+            self.min_momentum,
         )
-        final_lr = start_lr / 1000 if self.final_lr is None else self.final_lr
-        final_lr = check_number(
-            "final_lr",
-            final_lr,
-            f">= 0 and <= start_lr ({start_lr!r})",
-            lambda x: 0 <= x <= start_lr,
-        )
+        assert max_lr is not None and start_lr is not None and final_lr is not None
         final = total // 10 + 1 if self.final_steps is None else self.final_steps
-        final = check_int("final_steps", final, 0)
         if final >= total:
             raise ValueError(f"`final_steps` must be < total_steps ({total}), got {final!r}.")
         warmup = (total - final) // 2 if self.warmup_steps is None else self.warmup_steps
-        warmup = check_int("warmup_steps", warmup, 0)
         if not 0 < warmup < total - final:
             raise ValueError(
                 f"`warmup_steps` must be > 0 and < total_steps - final_steps ({total - final}) "
@@ -353,17 +335,6 @@ class OneCycle(Schedule):
             )
         if self.final_steps is None and self.warmup_steps is None:
             final = total - 2 * warmup  # the textbook's rounding: the odd step goes last
-        if not isinstance(self.cycle_momentum, bool):
-            raise TypeError(f"`cycle_momentum` must be a bool, got {self.cycle_momentum!r}.")
-        high, low = self.max_momentum, self.min_momentum
-        if self.cycle_momentum:
-            high = check_number("max_momentum", high, ">= 0 and < 1", lambda x: 0 <= x < 1)
-            low = check_number(
-                "min_momentum",
-                low,
-                f">= 0 and <= max_momentum ({high!r})",
-                lambda x: 0 <= x <= high,
-            )
         resolved = {
             "total_steps": total,
             "max_lr": max_lr,
@@ -389,6 +360,71 @@ class OneCycle(Schedule):
             steps, lrs, momenta if self.cycle_momentum else None, self.anneal, total_steps=total
         )
         object.__setattr__(self, "knots", knots)
+
+    @staticmethod
+    def check_arguments(
+        max_lr: float | None,
+        start_lr: float | None = None,
+        final_lr: float | None = None,
+        final_steps: int | None = None,
+        warmup_steps: int | None = None,
+        anneal: Anneal = "linear",
+        cycle_momentum: bool = True,
+        max_momentum: float = 0.95,
+        min_momentum: float = 0.85,
+    ) -> tuple[float | None, float | None, float | None, float, float]:
+        """Validate every argument that does not depend on ``total_steps``, as the constructor
+        does, so a callback that sizes the cycle at fit time rejects bad values at once.
+
+        ``max_lr=None`` stands for a peak not known yet (``max_lr="auto"``): ``start_lr`` is then
+        checked at fit time against the peak found.
+
+        Returns:
+            ``(max_lr, start_lr, final_lr, max_momentum, min_momentum)`` with the defaults
+            resolved where they can be.
+
+        Raises:
+            TypeError, ValueError: as the constructor.
+
+        Example:
+            >>> from lightning_reg.schedules import OneCycle
+            >>> OneCycle.check_arguments(0.1, final_lr=0.0)
+            (0.1, 0.01, 0.0, 0.95, 0.85)
+        """
+        peak = None if max_lr is None else check_positive("max_lr", max_lr)
+        if start_lr is None and peak is not None:
+            start_lr = peak / 10
+        if start_lr is not None:
+            bound = math.inf if peak is None else peak
+            start_lr = check_number(
+                "start_lr", start_lr, f">= 0 and <= max_lr ({peak!r})", lambda x: 0 <= x <= bound
+            )
+            final_lr = start_lr / 1000 if final_lr is None else final_lr
+        if final_lr is not None:
+            top = math.inf if start_lr is None else start_lr
+            final_lr = check_number(
+                "final_lr",
+                final_lr,
+                f">= 0 and <= start_lr ({start_lr!r})",
+                lambda x: 0 <= x <= top,
+            )
+        if final_steps is not None:
+            check_int("final_steps", final_steps, 0)
+        if warmup_steps is not None:
+            check_int("warmup_steps", warmup_steps, 0)
+        if anneal not in ("linear", "cos"):
+            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {anneal!r}.")
+        _check_flag("cycle_momentum", cycle_momentum)
+        high, low = max_momentum, min_momentum
+        if cycle_momentum:
+            high = check_number("max_momentum", high, ">= 0 and < 1", lambda x: 0 <= x < 1)
+            low = check_number(
+                "min_momentum",
+                low,
+                f">= 0 and <= max_momentum ({high!r})",
+                lambda x: 0 <= x <= high,
+            )
+        return peak, start_lr, final_lr, high, low
 
     @staticmethod
     def from_torch(
@@ -483,45 +519,23 @@ class OneCycle(Schedule):
         return self.total_steps
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``; ``final_lr`` at and after ``total_steps``.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The learning rate.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         return self.knots(step)
 
     def momentum(self, step: int) -> float | None:
-        """The momentum at ``step``, or ``None`` when ``cycle_momentum`` is ``False``.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The momentum (``max_momentum`` at and after ``total_steps``), or ``None``.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         return self.knots.momentum(step)
 
 
 @dataclass(frozen=True)
 class ExponentialDecay(Schedule):
     """Exponential scheduling: ``lr0 * rate ** (step / s)``, the LR is divided by ``1 / rate``
-    every ``s`` steps.
+    every ``s`` steps; with ``staircase=True``, ``lr0 * rate ** (step // s)`` (Keras'
+    ``ExponentialDecay(staircase=True)``, torch's ``StepLR`` for an int ``s``).
 
     Args:
         lr0: learning rate at step 0; finite > 0.
         s: steps per factor of ``rate``; finite > 0.
         rate: decay factor per ``s`` steps (default 0.1); ``0 < rate <= 1``.
+        staircase: decay in whole steps of ``s`` (default ``False``).
 
     Raises:
         TypeError: if an argument is not a number (bools included).
@@ -537,6 +551,7 @@ class ExponentialDecay(Schedule):
     lr0: float
     s: float
     rate: float = 0.1
+    staircase: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr0", check_positive("lr0", self.lr0))
@@ -544,32 +559,23 @@ class ExponentialDecay(Schedule):
         object.__setattr__(
             self, "rate", check_number("rate", self.rate, "> 0 and <= 1", lambda x: 0 < x <= 1)
         )
+        _check_flag("staircase", self.staircase)
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            ``lr0 * rate ** (step / s)``.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
-        return self.lr0 * self.rate ** (self._check_step(step) / self.s)
+        return self.lr0 * self.rate ** _periods(self._check_step(step), self.s, self.staircase)
 
 
 @dataclass(frozen=True)
 class PowerDecay(Schedule):
     """Power scheduling: ``lr0 / (1 + step / s) ** c``; with ``c=1`` the LR halves at ``s``
-    steps, is a third at ``2 * s``, and so on (Keras' ``InverseTimeDecay``).
+    steps, is a third at ``2 * s``, and so on (Keras' ``InverseTimeDecay``). With
+    ``staircase=True``: ``lr0 / (1 + step // s) ** c`` (Keras' ``staircase``).
 
     Args:
         lr0: learning rate at step 0; finite > 0.
         s: steps scale; finite > 0.
         c: power (default 1.0); finite >= 0.
+        staircase: decay in whole steps of ``s`` (default ``False``).
 
     Raises:
         TypeError: if an argument is not a number (bools included).
@@ -585,26 +591,66 @@ class PowerDecay(Schedule):
     lr0: float
     s: float
     c: float = 1.0
+    staircase: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr0", check_positive("lr0", self.lr0))
         object.__setattr__(self, "s", check_positive("s", self.s))
         object.__setattr__(self, "c", check_non_negative("c", self.c))
+        _check_flag("staircase", self.staircase)
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``.
+        return self.lr0 / (1 + _periods(self._check_step(step), self.s, self.staircase)) ** self.c
 
-        Args:
-            step: 0-based optimizer step.
 
-        Returns:
-            ``lr0 / (1 + step / s) ** c``.
+@dataclass(frozen=True)
+class PolynomialDecay(Schedule):
+    """Polynomial decay: from ``lr0`` at step 0 to ``final_lr`` at step ``steps``, then
+    ``final_lr``: ``(lr0 - final_lr) * (1 - min(step, steps) / steps) ** power + final_lr``.
 
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
-        return self.lr0 / (1 + self._check_step(step) / self.s) ** self.c
+    Keras' ``PolynomialDecay`` (``end_learning_rate=final_lr``, ``cycle=False``); with
+    ``final_lr=0`` torch's ``PolynomialLR(total_iters=steps, power=power)`` from ``lr0``.
+
+    Args:
+        steps: length of the decay in optimizer steps; int >= 1. Also its :attr:`length`.
+        lr0: learning rate at step 0; finite > 0.
+        final_lr: learning rate from step ``steps`` on (default 0.0); ``0 <= final_lr <= lr0``.
+        power: exponent (default 1.0: linear decay); finite > 0.
+
+    Raises:
+        TypeError: if an argument has the wrong type (bools are rejected for numbers).
+        ValueError: if an argument is out of range, NaN or infinite.
+
+    Example:
+        >>> from lightning_reg.schedules import PolynomialDecay
+        >>> decay = PolynomialDecay(steps=100, lr0=0.1, power=2.0)
+        >>> decay(0), round(decay(50), 12), decay(100), decay(1000)
+        (0.1, 0.025, 0.0, 0.0)
+    """
+
+    steps: int
+    lr0: float
+    final_lr: float = 0.0
+    power: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
+        lr0 = check_positive("lr0", self.lr0)
+        object.__setattr__(self, "lr0", lr0)
+        final = check_number(
+            "final_lr", self.final_lr, f">= 0 and <= lr0 ({lr0!r})", lambda x: 0 <= x <= lr0
+        )
+        object.__setattr__(self, "final_lr", final)
+        object.__setattr__(self, "power", check_positive("power", self.power))
+
+    @property
+    def length(self) -> int:
+        """``steps``."""
+        return self.steps
+
+    def __call__(self, step: int) -> float:
+        done = min(self._check_step(step), self.steps) / self.steps
+        return (self.lr0 - self.final_lr) * (1.0 - done) ** self.power + self.final_lr
 
 
 @dataclass(frozen=True)
@@ -651,18 +697,6 @@ class PiecewiseConstant(Schedule):
         object.__setattr__(self, "values", values)
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            ``values[i]`` with ``i`` the number of boundaries ``<= step``.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         return self.values[bisect.bisect_right(self.boundaries, self._check_step(step))]
 
 
@@ -689,7 +723,6 @@ class Constant(Schedule):
         object.__setattr__(self, "lr", check_non_negative("lr", self.lr))
 
     def __call__(self, step: int) -> float:
-        """``lr``, whatever the (valid) ``step``."""
         self._check_step(step)
         return self.lr
 
@@ -737,18 +770,6 @@ class LinearWarmup(Schedule):
         return self.steps
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``; ``lr`` from step ``steps`` on.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The learning rate.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         step = self._check_step(step)
         if step >= self.steps:
             return self.lr
@@ -798,18 +819,6 @@ class CosineDecay(Schedule):
         return self.steps
 
     def __call__(self, step: int) -> float:
-        """The learning rate at ``step``; ``final_lr`` from step ``steps`` on.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The learning rate.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         step = min(self._check_step(step), self.steps)
         return _interpolate(self.lr0, self.final_lr, step / self.steps, "cos")
 
@@ -890,33 +899,9 @@ class Chain(Schedule):
         return self.schedules[i], step - (self.offsets[i - 1] if i else 0)
 
     def __call__(self, step: int) -> float:
-        """The learning rate of the schedule running at ``step``, at its own step.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The learning rate.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         schedule, local = self._locate(step)
         return schedule(local)
 
     def momentum(self, step: int) -> float | None:
-        """The momentum of the schedule running at ``step``, or ``None`` if it drives none.
-
-        Args:
-            step: 0-based optimizer step.
-
-        Returns:
-            The momentum, or ``None``.
-
-        Raises:
-            TypeError: if ``step`` is not an int (bools included).
-            ValueError: if ``step`` is negative.
-        """
         schedule, local = self._locate(step)
         return schedule.momentum(local)

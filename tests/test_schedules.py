@@ -13,10 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_reg.schedules import (
+    Chain,
     ExponentialDecay,
     Knots,
+    LinearWarmup,
     OneCycle,
     PiecewiseConstant,
+    PolynomialDecay,
     PowerDecay,
     Schedule,
 )
@@ -283,6 +286,80 @@ def test_power_decay_closed_form(step: int) -> None:
     assert PowerDecay(0.3, 10, c=0.0)(step) == 0.3
 
 
+@pytest.mark.parametrize("step", [0, 1, 9, 10, 11, 29, 30, 12345])
+def test_staircase_decays_follow_keras_formulas(step: int) -> None:
+    # Keras' ExponentialDecay(staircase=True): lr0 * rate ** floor(step / decay_steps);
+    # InverseTimeDecay(staircase=True): lr0 / (1 + decay_rate * floor(step / decay_steps)).
+    assert ExponentialDecay(0.1, 10, rate=0.5, staircase=True)(step) == pytest.approx(
+        0.1 * 0.5 ** math.floor(step / 10), rel=1e-12
+    )
+    assert PowerDecay(0.1, 10, staircase=True)(step) == pytest.approx(
+        0.1 / (1 + math.floor(step / 10)), rel=1e-12
+    )
+    assert PowerDecay(0.1, 2.5, c=2.0, staircase=True)(step) == pytest.approx(
+        0.1 / (1 + math.floor(step / 2.5)) ** 2, rel=1e-12
+    )
+
+
+def test_staircase_exponential_decay_is_torchs_step_lr() -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    step_lr = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+    schedule = ExponentialDecay(0.1, 4, rate=0.5, staircase=True)
+    for k in range(20):
+        assert opt.param_groups[0]["lr"] == pytest.approx(schedule(k), rel=1e-12)
+        opt.step()
+        step_lr.step()
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
+def test_polynomial_decay_is_torchs_polynomial_lr(power: float) -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    poly = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10, power=power)
+    schedule = PolynomialDecay(10, 0.1, power=power)
+    for k in range(15):
+        assert opt.param_groups[0]["lr"] == pytest.approx(schedule(k), rel=1e-9, abs=1e-15)
+        opt.step()
+        poly.step()
+    assert schedule.length == 10 and schedule(10) == 0.0
+
+
+@pytest.mark.parametrize("step", [0, 1, 37, 99, 100, 500])
+def test_polynomial_decay_follows_keras_formula(step: int) -> None:
+    # Keras' PolynomialDecay(cycle=False):
+    # (initial - end) * (1 - min(step, decay_steps) / decay_steps) ** power + end
+    expected = (0.1 - 0.001) * (1 - min(step, 100) / 100) ** 1.5 + 0.001
+    assert PolynomialDecay(100, 0.1, final_lr=0.001, power=1.5)(step) == pytest.approx(
+        expected, rel=1e-12
+    )
+
+
+def test_get_config_is_plain_data_with_nested_schedules() -> None:
+    chain = Chain([LinearWarmup(3, 0.1), ExponentialDecay(0.1, 4, staircase=True)])
+    assert chain.get_config() == {
+        "class": "Chain",
+        "schedules": [
+            {"class": "LinearWarmup", "steps": 3, "lr": 0.1, "start_lr": 0.0},
+            {"class": "ExponentialDecay", "lr0": 0.1, "s": 4.0, "rate": 0.1, "staircase": True},
+        ],
+        "steps": (3,),
+    }
+    assert OneCycle(100, 0.1).get_config()["final_steps"] == 12  # resolved defaults
+    assert ExponentialDecay(0.1, 4).get_config() != ExponentialDecay(0.2, 4).get_config()
+
+
+def test_one_cycle_check_arguments_without_total_steps() -> None:
+    assert OneCycle.check_arguments(None) == (None, None, None, 0.95, 0.85)
+    assert OneCycle.check_arguments(None, start_lr=0.5)[2] == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="start_lr"):
+        OneCycle.check_arguments(0.1, start_lr=0.2)
+    with pytest.raises(ValueError, match="final_lr"):
+        OneCycle.check_arguments(None, start_lr=0.1, final_lr=0.2)
+    with pytest.raises(TypeError, match="warmup_steps"):
+        OneCycle.check_arguments(0.1, warmup_steps=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_momentum"):
+        OneCycle.check_arguments(0.1, min_momentum=0.99)
+
+
 def test_piecewise_constant_changes_at_the_boundary_step() -> None:
     schedule = PiecewiseConstant(boundaries=[5, 8], values=[0.1, 0.01, 0.001])
     expected = [0.1] * 5 + [0.01] * 3 + [0.001] * 4
@@ -306,7 +383,7 @@ def test_schedules_are_frozen_hashable_picklable_with_a_readable_repr() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             schedule.lr0 = 1.0  # type: ignore[attr-defined]
     assert len(set([*schedules, OneCycle(100, 0.1)])) == 4
-    assert repr(PowerDecay(0.01, 10)) == "PowerDecay(lr0=0.01, s=10.0, c=1.0)"
+    assert repr(PowerDecay(0.01, 10)) == "PowerDecay(lr0=0.01, s=10.0, c=1.0, staircase=False)"
     assert repr(OneCycle(20, 0.8)).startswith(
         "OneCycle(total_steps=20, max_lr=0.8, start_lr=0.08, final_lr=8e-05, final_steps=4,"
     )
@@ -405,6 +482,11 @@ def test_from_torch_rejects_bad_hyperparameters(kwargs: dict[str, object], match
         (lambda: PowerDecay(INF, 10), ValueError, "lr0"),
         (lambda: PowerDecay(0.1, 0.0), ValueError, "`s`"),
         (lambda: PowerDecay(0.1, 10, c=-1), ValueError, "`c`"),
+        (lambda: PowerDecay(0.1, 10, staircase=1), TypeError, "staircase"),
+        (lambda: ExponentialDecay(0.1, 10, staircase="yes"), TypeError, "staircase"),
+        (lambda: PolynomialDecay(0, 0.1), ValueError, "steps"),
+        (lambda: PolynomialDecay(10, 0.1, final_lr=0.2), ValueError, "final_lr"),
+        (lambda: PolynomialDecay(10, 0.1, power=0.0), ValueError, "power"),
         (lambda: PiecewiseConstant([5], [0.1]), ValueError, "values"),
         (lambda: PiecewiseConstant([5, 3], [0.1, 0.2, 0.3]), ValueError, "boundaries"),
         (lambda: PiecewiseConstant([5, 5], [0.1, 0.2, 0.3]), ValueError, "boundaries"),
