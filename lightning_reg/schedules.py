@@ -93,12 +93,12 @@ class Schedule(abc.ABC):
             ``{"class": name, field: value, ...}``.
         """
         config: dict[str, Any] = {"class": type(self).__name__}
-        for item in fields(self) if is_dataclass(self) else ():
-            if item.init:
-                value = getattr(self, item.name)
-                if isinstance(value, tuple) and value and isinstance(value[0], Schedule):
-                    value = [v.get_config() for v in value]
-                config[item.name] = value
+        names = [f.name for f in fields(self) if f.init] if is_dataclass(self) else []
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, tuple) and value and isinstance(value[0], Schedule):
+                value = [v.get_config() for v in value]
+            config[name] = value
         return config
 
     @property
