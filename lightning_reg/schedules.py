@@ -93,7 +93,7 @@ class Schedule(abc.ABC):
             ``{"class": name, field: value, ...}``.
         """
         config: dict[str, Any] = {"class": type(self).__name__}
-        names = [f.name for f in fields(self) if f.init] if is_dataclass(self) else []
+        names: list[str] = [f.name for f in fields(self) if f.init] if is_dataclass(self) else []
         for name in names:
             value = getattr(self, name)
             if isinstance(value, tuple) and value and isinstance(value[0], Schedule):
