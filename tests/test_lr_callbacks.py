@@ -317,11 +317,10 @@ def series(rows: list[dict[str, str]], key: str) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("monitor_momentum", [None, False, True])
-def test_logging_leaves_to_lr_monitor_what_it_logs(
-    tmp_path: Path, monitor_momentum: bool | None
-) -> None:
-    # Without a LearningRateMonitor we log `lr-pg<k>` and `momentum-pg<k>`; beside one, only
-    # what it does not log, so every value is one series (no `lr-pg0` next to `lr-SGD`).
+def test_logging_is_lightnings_lr_monitor_once(tmp_path: Path, monitor_momentum: bool | None) -> None:
+    # Without a LearningRateMonitor the callback runs its own (LR and momentum); beside one, that
+    # monitor logs (the momentum only with `log_momentum=True`): one series each, Lightning's
+    # names, every step logged once with the value that step trained with.
     logger = CSVLogger(tmp_path, name="csv")
     monitor = [] if monitor_momentum is None else [LearningRateMonitor("step", monitor_momentum)]
     fit(
@@ -334,13 +333,14 @@ def test_logging_leaves_to_lr_monitor_what_it_logs(
     rows = read_csv(logger)
     keys = {key for row in rows for key, value in row.items() if value}
     sched = OneCycle(16, 0.1)
-    lr_key = "lr-pg0" if monitor_momentum is None else "lr-SGD"
-    momentum_key = "lr-SGD-momentum" if monitor_momentum else "momentum-pg0"
-    lrs, moms = series(rows, lr_key), series(rows, momentum_key)
-    assert len(lrs) >= 16 and len(moms) >= 16
-    assert lrs == {k: pytest.approx(sched(k)) for k in lrs}
-    assert moms == {k: pytest.approx(sched.momentum(k)) for k in moms}
-    assert {k for k in keys if k.startswith(("lr-", "momentum-"))} == {lr_key, momentum_key}
+    expected = {"lr-SGD"} if monitor_momentum is False else {"lr-SGD", "lr-SGD-momentum"}
+    assert {k for k in keys if k.startswith(("lr", "momentum"))} == expected
+    steps = [int(r["step"]) for r in rows if r.get("lr-SGD")]
+    assert steps == list(range(16))  # each step once
+    assert series(rows, "lr-SGD") == {k: pytest.approx(sched(k), rel=1e-12) for k in range(16)}
+    if monitor_momentum is not False:
+        moms = series(rows, "lr-SGD-momentum")
+        assert moms == {k: pytest.approx(sched.momentum(k), rel=1e-12) for k in range(16)}
 
 
 def test_scheduled_lr_per_step_and_per_epoch(tmp_path: Path) -> None:
@@ -583,9 +583,8 @@ def test_lr_rows_share_the_steps_of_self_log_under_manual_optimization(
     tmp_path: Path, every: int
 ) -> None:
     # Two optimizers: `global_step` advances twice per batch, Lightning's log step once. The LR
-    # rows must be the rows of the module's own metrics (before, at 0, 2, 4, ... 16), and each
-    # holds the LR its batch trained with (batch b ran with the cycles' step b), in float32 as
-    # `self.log` stores it.
+    # rows must be the rows of the module's own metrics (not at 0, 2, 4, ... 16), and each holds
+    # the LR its batch trained with (batch b ran with the cycles' step b).
     model = LoggingGAN()
     logger = CSVLogger(tmp_path, name="csv")
     trainer = make_trainer(
@@ -599,12 +598,11 @@ def test_lr_rows_share_the_steps_of_self_log_under_manual_optimization(
     rows = read_csv(logger)
     batches = series(rows, "batch_idx")
     assert batches == {b: b for b in range(8) if (b + 1) % every == 0}  # step == batch index
-    for key, peak in (("lr-pg0", 0.1), ("lr-pg1", 0.01)):
-        lrs = series(rows, key)
-        assert lrs.keys() == batches.keys()
-        assert lrs == {b: pytest.approx(OneCycle(8, peak)(b), rel=1e-6) for b in lrs}
-    moms = series(rows, "momentum-pg0")
-    assert moms == {b: pytest.approx(OneCycle(8, 0.1).momentum(b), rel=1e-6) for b in batches}
+    for key, peak in (("lr-SGD", 0.1), ("lr-Adam", 0.01)):
+        lrs, moms = series(rows, key), series(rows, f"{key}-momentum")
+        assert lrs.keys() == moms.keys() == batches.keys()
+        assert lrs == {b: pytest.approx(OneCycle(8, peak)(b), rel=1e-12) for b in lrs}
+        assert moms == {b: pytest.approx(OneCycle(8, peak).momentum(b), rel=1e-12) for b in lrs}
 
 
 # -- runs that end before the schedule; short runs --------------------------------------------
@@ -823,7 +821,7 @@ def test_resumed_scheduled_lr_with_a_different_schedule_warns_and_uses_it(tmp_pa
     trainer = make_trainer(
         tmp_path, callbacks=[ScheduledLR(ExponentialDecay(0.2, 4)), rec], max_steps=8
     )
-    with pytest.warns(UserWarning, match=r"differs from the one in the checkpoint .*lr0=0\.2"):
+    with pytest.warns(UserWarning, match=r"differs from the one in the checkpoint .*'lr0': 0\.1.*'lr0': 0\.2"):
         trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
     assert rec.lrs == pytest.approx([0.2 * 0.1 ** (k / 4) for k in range(4, 8)], rel=1e-12)
 

@@ -1,67 +1,73 @@
-"""Shared machinery of the callbacks that own the learning rate of the Trainer's optimizers.
+"""The engine shared by the callbacks that own the learning rate of the Trainer's optimizers.
 
-A callback of this family is the single writer of ``param_group["lr"]`` (and momentum): at fit
-time it refuses to run beside an ``lr_scheduler`` from ``configure_optimizers`` or another
-callback of the family on the same optimizers, because two writers silently fight.
+A callback of this family is the single writer of ``param_group["lr"]`` (and momentum). Its
+lifecycle, the same for the whole family:
 
-Lifecycle, the same for every callback of the family:
+- ``setup("fit")`` refuses a second learning-rate callback and resets the state, so one instance
+  reused across Trainers (cross-validation folds) starts every fit afresh; Lightning then
+  restores the state from a checkpoint when ``ckpt_path`` is given;
+- ``on_fit_start`` refuses an ``lr_scheduler`` from ``configure_optimizers`` on our optimizers;
+- ``on_train_start`` (after Lightning restored the optimizers) writes the first values and
+  counts each optimizer's real steps with torch's step post-hook until the end of training;
+- a scheduler that Lightning's ``StochasticWeightAveraging`` puts on the Trainer during the fit
+  (``SWALR`` at ``swa_epoch_start``) takes over: from then on the callback writes nothing.
 
-- ``setup("fit")`` resets the state (:meth:`LRCallback.reset`), so one instance reused across
-  Trainers (cross-validation folds) starts every fit afresh;
-- Lightning then restores the state from a checkpoint when ``ckpt_path`` is given
-  (:meth:`LRCallback.load_state_dict`), which marks the callback as resumed;
-- optimizer steps are counted per optimizer with torch's step post-hook from
-  ``on_train_start`` (after Lightning restored the optimizers) until the end of training.
+Logging is Lightning's ``LearningRateMonitor``: a monitor on the Trainer logs what we set; without
+one (and with ``log_values=True``) the callback runs its own ``LearningRateMonitor("step",
+log_momentum=True)``, so the values are logged once, under Lightning's names, at the start of the
+batches that train with them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_reg._loop import batches_that_stepped
+from lightning_reg._validation import check_positive
 
-__all__ = ["LRCallback", "ScheduleLike", "momentum_key", "set_momentum"]
+__all__ = ["LRCallback", "ScheduleLike"]
 
 ScheduleLike = Callable[[int], float]
+
+
+_C = TypeVar("_C", bound=Callback)
+
+
+def callbacks_of(trainer: pl.Trainer, kind: type[_C]) -> list[_C]:
+    """The Trainer's callbacks of type ``kind``."""
+    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    return [cb for cb in callbacks if isinstance(cb, kind)]
 
 
 def momentum_key(group: dict[str, Any]) -> str | None:
     """The key that holds a param group's momentum: ``"momentum"`` (SGD, RMSprop), ``"betas"``
     (Adam family, whose ``betas[0]`` is the momentum) or ``None`` when the optimizer has neither."""
-    if "momentum" in group:
-        return "momentum"
-    if "betas" in group:
-        return "betas"
-    return None
+    return next((key for key in ("momentum", "betas") if key in group), None)
 
 
-def get_momentum(group: dict[str, Any]) -> float | None:
-    """A param group's momentum (SGD/RMSprop ``momentum``, Adam-family ``betas[0]``) or None."""
-    key = momentum_key(group)
-    if key == "momentum":
-        return float(group["momentum"])
-    if key == "betas":
-        return float(group["betas"][0])
-    return None
+def assign(old: Any, new: float) -> Any:
+    """``new`` in the type of ``old``: a tensor is filled in place (as torch's schedulers do)."""
+    return old.fill_(new) if isinstance(old, Tensor) else new
 
 
 def set_momentum(group: dict[str, Any], value: float) -> None:
     """Set a param group's momentum (SGD/RMSprop ``momentum`` or Adam-family ``betas[0]``)."""
     key = momentum_key(group)
     if key == "momentum":
-        group["momentum"] = value
+        group["momentum"] = assign(group["momentum"], value)
     elif key == "betas":
-        group["betas"] = (value, *tuple(group["betas"])[1:])
+        betas = tuple(group["betas"])
+        group["betas"] = (assign(betas[0], value), *betas[1:])
 
 
 def check_lr_value(value: Any, where: str) -> float:
@@ -77,23 +83,21 @@ def check_lr_value(value: Any, where: str) -> float:
 
 
 class LRCallback(Callback):
-    """Base class of lightning-reg's learning-rate callbacks.
+    """Base class of lightning-reg's learning-rate callbacks: one engine for the family.
 
-    It owns the lifecycle shared by the family: fresh state at ``setup("fit")`` unless a
-    checkpoint is restored, optimizer steps counted per optimizer with torch's step post-hook
-    (saved in checkpoints), and the fit-time refusals: no optimizer, an ``lr_scheduler``
-    returned by ``configure_optimizers`` that drives the same optimizer, or a second
-    learning-rate callback of this family.
+    It owns the lifecycle (fresh state at ``setup("fit")`` unless a checkpoint is restored), the
+    count of each optimizer's real steps (torch's step post-hook, saved in checkpoints), the
+    writing of the LR and momentum (a per-group ``lr_scale`` multiplies the LR, a tensor LR stays
+    a tensor), the hand-over to ``StochasticWeightAveraging``, the logging, and the fit-time
+    refusals: no optimizer, an ``lr_scheduler`` returned by ``configure_optimizers`` on the same
+    optimizer, or a second learning-rate callback of this family.
 
     Args:
-        log_values: log the learning rate (and momentum) it sets as ``lr-pg<k>`` /
-            ``momentum-pg<k>`` through the Trainer's loggers, ``k`` counting the param groups of
-            all optimizers in order. Values that a ``LearningRateMonitor`` on the same Trainer
-            logs (the LR; the momentum with ``log_momentum=True``) are left to it, so each value
-            is one series. Per-step values are logged with ``pl_module.log`` at the start of
-            every ``log_every_n_steps``-th batch (the LR that batch trains with, on the rows of
-            the module's ``self.log`` metrics); per-epoch and per-evaluation values at
-            ``trainer.global_step``. Default ``True``.
+        log_values: without a ``LearningRateMonitor`` on the Trainer, log what it sets through
+            its own ``LearningRateMonitor("step", log_momentum=True)`` (keys
+            ``lr-SGD``, ``lr-SGD-momentum``, ...: Lightning's names). With a monitor on the
+            Trainer, that monitor logs it (pass ``log_momentum=True`` to it for the momentum).
+            Default ``True``.
 
     Raises:
         TypeError: if ``log_values`` is not a bool.
@@ -115,23 +119,31 @@ class LRCallback(Callback):
     def name(self) -> str:
         return type(self).__name__
 
+    # -- what subclasses implement -------------------------------------------------------------
+    def start(self, trainer: pl.Trainer) -> None:
+        """Plan this fit and write the first values (``self.steps`` is set by now)."""
+
+    def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
+        """Called after every real step of optimizer ``opt_idx`` (its count already updated)."""
+
+    def describe_progress(self) -> str:
+        """How far the schedule got, for the hand-over message ("" when it is complete)."""
+        return ""
+
     # -- lifecycle ----------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget everything from a previous fit (called at ``setup("fit")``).
-
-        Subclasses extend it with their own state and call ``super().reset()``.
-        """
+        """Forget everything from a previous fit (called at ``setup("fit")``)."""
         self._remove_hooks()
         self.steps: list[int] = []
         self.restored = False
-        self._log_lr = self._log_momentum = self.log_values
+        self.taken_over: str | None = None
+        self._monitor: LearningRateMonitor | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        callbacks: list[Callback] = getattr(trainer, "callbacks", [])
-        others = [cb for cb in callbacks if isinstance(cb, LRCallback) and cb is not self]
+        others = [cb for cb in callbacks_of(trainer, LRCallback) if cb is not self]
         if others:
             raise MisconfigurationException(
                 f"{self.name} and {type(others[0]).__name__} would both set the learning rate "
@@ -139,57 +151,26 @@ class LRCallback(Callback):
                 "schedules with `lightning_reg.schedules.Chain`, or hand a step schedule over to "
                 "plateau scheduling with `PerformanceScheduler(schedule=...)`)."
             )
-        monitors = [cb for cb in callbacks if isinstance(cb, LearningRateMonitor)]
         self.reset()
-        self._log_lr = self.log_values and not monitors
-        self._log_momentum = self.log_values and not any(m.log_momentum for m in monitors)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.check_fit(trainer)
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hooks()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": list(self.steps)}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.steps = [int(s) for s in state_dict.get("steps", [])]
-        self.restored = True
-
-    def check_fit(self, trainer: pl.Trainer) -> None:
-        """Raise a ``MisconfigurationException`` when this callback cannot drive the optimizers."""
         # Lightning substitutes an optimizer without param groups when none is configured.
         if not any(opt.param_groups for opt in trainer.optimizers):
             raise MisconfigurationException(
                 f"{self.name} sets the learning rate of the Trainer's optimizers, but "
                 "`configure_optimizers` returned none. Return an optimizer from it."
             )
-        ours = {id(opt) for opt in trainer.optimizers}
-        for config in trainer.lr_scheduler_configs:
-            if id(getattr(config.scheduler, "optimizer", None)) in ours:
-                raise MisconfigurationException(
-                    f"{self.name} and the `{type(config.scheduler).__name__}` returned by "
-                    "`configure_optimizers` would both set the learning rate of the same "
-                    "optimizer. "
-                    f"Return only the optimizer from `configure_optimizers`, or drop {self.name}."
-                )
+        if trainer.lr_scheduler_configs:
+            scheduler = type(trainer.lr_scheduler_configs[0].scheduler).__name__
+            raise MisconfigurationException(
+                f"{self.name} and the `{scheduler}` returned by `configure_optimizers` would "
+                "both set the learning rate of the same optimizer. Return only the optimizer "
+                f"from `configure_optimizers`, or drop {self.name}."
+            )
 
-    # -- counting optimizer steps ----------------------------------------------------------------
-    def count_steps(self, trainer: pl.Trainer) -> None:
-        """Start counting each optimizer's real steps (from the checkpoint's counts if resumed).
-
-        After every step of optimizer ``i``, ``self.steps[i]`` is incremented and
-        :meth:`after_step` is called.
-        """
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         num_optimizers = len(trainer.optimizers)
         if trainer.ckpt_path is not None and not self.restored:
             self.warn(
@@ -205,26 +186,80 @@ class LRCallback(Callback):
                 f"but `configure_optimizers` now returns {num_optimizers}. Resume with the same "
                 "optimizers, or start a new fit without `ckpt_path`."
             )
+        groups = [group for _, _, group in self.param_groups(trainer)]
+        for k, group in enumerate(groups):
+            if "lr_scale" in group:
+                check_positive(f"param_groups[{k}]['lr_scale']", group["lr_scale"])
+        if self.taken_over is None:
+            self.start(trainer)
         self._remove_hooks()
         for idx, opt in enumerate(trainer.optimizers):
             self._handles.append(opt.register_step_post_hook(self._make_post_hook(trainer, idx)))
+        if self.log_values and trainer.loggers and not callbacks_of(trainer, LearningRateMonitor):
+            momentum = all(momentum_key(group) for group in groups)
+            self._monitor = LearningRateMonitor("step", log_momentum=momentum)
+            self._monitor.on_train_start(trainer)
 
-    def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
-        """Called after every real step of optimizer ``opt_idx`` (its count already updated)."""
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._monitor is not None:
+            self._monitor.on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "taken_over": self.taken_over}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = [int(s) for s in state_dict.get("steps", [])]
+        self.taken_over = state_dict.get("taken_over")
+        self.restored = True
+
+    # -- counting steps; the hand-over to SWA --------------------------------------------------
     def _make_post_hook(self, trainer: pl.Trainer, idx: int) -> Callable[..., None]:
         def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             self.steps[idx] += 1
-            self.after_step(trainer, idx)
+            if not self.handed_over(trainer):
+                self.after_step(trainer, idx)
 
         return post_hook
+
+    def handed_over(self, trainer: pl.Trainer) -> bool:
+        """Whether a scheduler put on the Trainer during the fit (``StochasticWeightAveraging``'s
+        ``SWALR``; any other was refused at fit start) now drives the LR; says so once."""
+        if self.taken_over is None and trainer.lr_scheduler_configs:
+            self.taken_over = type(trainer.lr_scheduler_configs[0].scheduler).__name__
+            progress = self.describe_progress()
+            message = (
+                f"{self.name}: `{self.taken_over}` (StochasticWeightAveraging) drives the "
+                f"learning rate from optimizer step {self.steps} on; {self.name} stops writing "
+                "it."
+            )
+            if progress:
+                self.warn(
+                    f"{message} {progress} Size the schedule to the steps before "
+                    "`swa_epoch_start` (OneCycleScheduler sized by the Trainer does so)."
+                )
+            else:
+                rank_zero_info(message)
+        return self.taken_over is not None
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
-    # -- writing and logging ------------------------------------------------------------------
+    # -- writing ----------------------------------------------------------------------------------
     @staticmethod
     def param_groups(trainer: pl.Trainer) -> Iterator[tuple[int, Optimizer, dict[str, Any]]]:
         """Yield ``(optimizer_index, optimizer, param_group)`` over all optimizers in order."""
@@ -232,75 +267,35 @@ class LRCallback(Callback):
             for group in opt.param_groups:
                 yield idx, opt, group
 
-    def apply(
-        self, trainer: pl.Trainer, opt_idx: int, step: int, schedules: Sequence[ScheduleLike]
+    def write(
+        self, trainer: pl.Trainer, opt_idx: int, step: int, schedules: list[ScheduleLike]
     ) -> None:
-        """Set the LR (and momentum) of optimizer ``opt_idx``'s groups from their schedules at
-        ``step``; ``schedules`` holds one schedule per param group of all optimizers."""
+        """Set the LR (times the group's ``lr_scale``, if any) and momentum of optimizer
+        ``opt_idx``'s groups from their schedules at ``step``; one schedule per param group of
+        all optimizers."""
         for k, (idx, _, group) in enumerate(self.param_groups(trainer)):
             if idx != opt_idx:
                 continue
-            schedule = schedules[k]
-            group["lr"] = check_lr_value(schedule(step), f"{self.name}'s schedule")
-            momentum = getattr(schedule, "momentum", None)
+            lr = check_lr_value(schedules[k](step), f"{self.name}'s schedule")
+            group["lr"] = assign(group["lr"], lr * group["lr_scale"] if "lr_scale" in group else lr)
+            momentum = getattr(schedules[k], "momentum", None)
             value = momentum(step) if callable(momentum) else None
             if value is not None:
                 set_momentum(group, value)
 
-    def _values(self, trainer: pl.Trainer, momentum: bool) -> dict[str, float]:
-        """Every param group's current LR (and momentum) to log, leaving out what a
-        ``LearningRateMonitor`` on the Trainer already logs (empty when nothing is to log)."""
-        if not (self._log_lr or (momentum and self._log_momentum)) or not trainer.loggers:
-            return {}
-        metrics: dict[str, float] = {}
-        for k, (_, _, group) in enumerate(self.param_groups(trainer)):
-            if self._log_lr:
-                metrics[f"lr-pg{k}"] = float(group["lr"])
-            value = get_momentum(group) if momentum and self._log_momentum else None
-            if value is not None:
-                metrics[f"momentum-pg{k}"] = value
-        return metrics
-
-    def log_groups(self, trainer: pl.Trainer, momentum: bool = True) -> None:
-        """Log every param group's current LR (and momentum) through the Trainer's loggers at
-        ``trainer.global_step``, leaving out what a ``LearningRateMonitor`` already logs.
-
-        For values set once per epoch or per evaluation; per-batch values go through
-        :meth:`log_groups_on_batch`, on the x-axis of ``self.log``.
-        """
-        metrics = self._values(trainer, momentum)
-        if metrics:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-
-    def log_groups_on_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """From ``on_train_batch_start``: log the LR (and momentum) this batch trains with
-        through ``pl_module.log``, so Lightning writes them on the rows of the metrics the module
-        logs with ``self.log`` (one count per batch, also under manual optimization with several
-        optimizers, where ``global_step`` counts every optimizer's step).
-
-        Only on the batches Lightning writes to the loggers (every ``log_every_n_steps``): a
-        value logged with ``self.log`` becomes a tensor on the module's device.
-        """
-        every = trainer.log_every_n_steps  # type: ignore[attr-defined]
-        if not every:
-            return
-        batches = batches_that_stepped(trainer, pl_module)
-        if (batches + 1) % every != 0 and not trainer.should_stop:
-            return
-        for key, value in self._values(trainer, momentum=True).items():
-            pl_module.log(key, value, on_step=True, on_epoch=False)
-
     def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
-        """Warn when one schedule would give param groups with different LRs the same LR."""
-        lrs = [float(group["lr"]) for _, _, group in self.param_groups(trainer)]
-        if max(lrs) > min(lrs) * (1 + 1e-9):
+        """Warn when one schedule would give param groups with different LRs the same LR, i.e.
+        when no group carries an ``lr_scale``."""
+        groups = [group for _, _, group in self.param_groups(trainer)]
+        lrs = [float(group["lr"]) for group in groups]
+        if max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups):
+            ratios = [round(lr / max(lrs), 12) for lr in lrs]
             self.warn(
                 f"{self.name}: the param groups have different learning rates {lrs}, but one "
-                "schedule drives all of them to the same value, erasing their ratio. Pass one "
-                "schedule per param group (for OneCycleScheduler, one `max_lr` per group, e.g. "
-                f"max_lr={[round(lr / max(lrs), 12) for lr in lrs]} times your peak keeps the "
-                "ratio)."
+                "schedule drives all of them to the same value, erasing their ratio. Give each "
+                f"param group an `lr_scale` (here {ratios}): the schedule's LR is multiplied by "
+                "it; or pass one schedule per param group (OneCycleScheduler: one `max_lr` per "
+                "group)."
             )
 
     @staticmethod

@@ -7,28 +7,25 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import StochasticWeightAveraging
 from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import ScheduleLike, get_momentum, momentum_key
+from lightning_reg._validation import check_int
+from lightning_reg.callbacks._lr_base import (
+    LRCallback,
+    ScheduleLike,
+    callbacks_of,
+    momentum_key,
+)
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
 
 __all__ = ["OneCycleScheduler"]
 
-# Used only to validate the keyword arguments at construction when `total_steps` is not known yet.
-_PROBE_STEPS = 1_000_000
 # Under `fast_dev_run` (a smoke test of one or a few steps) the cycle is at least this long: the
 # shortest textbook cycle with three non-empty phases.
 _SMOKE_STEPS = 3
-
-
-def _stand_in_peak(start_lr: Any) -> float:
-    """The peak that validates the other phase arguments at construction under ``"auto"``: 1.0,
-    or ``start_lr`` when it is a larger number (the swept peak is checked against it at fit time).
-    """
-    number = isinstance(start_lr, (int, float)) and not isinstance(start_lr, bool)
-    return float(start_lr) if number and math.isfinite(start_lr) and start_lr > 1.0 else 1.0
 
 
 def _check_max_lr(max_lr: Any) -> list[float] | Literal["auto"]:
@@ -77,7 +74,12 @@ class OneCycleScheduler(ScheduledLR):
 
     Quiet overrides are warned: an optimizer with neither ``momentum`` nor ``betas`` (the LR is
     cycled, not the momentum), momentum 0 that cycling would switch on, and one ``max_lr`` over
-    param groups with different learning rates (pass one per group to keep their ratio).
+    param groups with different learning rates and no ``lr_scale`` (discriminative fine-tuning:
+    give each group an ``lr_scale``, and its peak is ``max_lr * lr_scale``; or pass one
+    ``max_lr`` per group).
+
+    With ``StochasticWeightAveraging`` on the Trainer (1cycle, then SWA) a cycle sized by the
+    Trainer ends at ``swa_epoch_start``, where ``SWALR`` takes over the learning rate.
 
     Args:
         max_lr: peak learning rate, or one per param group (all optimizers' groups in order), or
@@ -86,8 +88,9 @@ class OneCycleScheduler(ScheduledLR):
             run equals the run with that value passed by hand. The value is logged as
             ``lr_range_test/max_lr``, kept in ``range_test_result`` and saved in checkpoints (a
             resumed run does not sweep again).
-        total_steps: length of the cycle in optimizer steps. ``None`` (default) takes
-            ``trainer.estimated_stepping_batches`` when training starts.
+        total_steps: length of the cycle in optimizer steps, int >= 2. ``None`` (default) takes
+            ``trainer.estimated_stepping_batches`` when training starts (the steps before
+            ``swa_epoch_start`` beside ``StochasticWeightAveraging``).
         start_lr: LR at step 0 and at the end of the descent. Default ``None``: ``max_lr / 10``.
         final_lr: LR at the end of the final phase. Default ``None``: ``start_lr / 1000``.
         final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``;
@@ -97,8 +100,8 @@ class OneCycleScheduler(ScheduledLR):
         cycle_momentum: cycle momentum inversely to the LR. Default ``True``.
         max_momentum: momentum at the start and the end. Default ``0.95``.
         min_momentum: momentum at the LR peak. Default ``0.85``.
-        log_values: log what it sets as ``lr-pg<k>`` / ``momentum-pg<k>`` (except what a
-            ``LearningRateMonitor`` logs). Default ``True``.
+        log_values: log what it sets through a ``LearningRateMonitor`` unless the Trainer has
+            one (see :class:`~lightning_reg.LRCallback`). Default ``True``.
         range_test: the sweep of ``max_lr="auto"``. Default ``None``: ``LRRangeTest()``.
 
     These are the fields of :class:`~lightning_reg.schedules.OneCycle`, which holds their exact
@@ -134,15 +137,16 @@ class OneCycleScheduler(ScheduledLR):
         log_values: bool = True,
         range_test: LRRangeTest | None = None,
     ) -> None:
+        # The cycles are built when training starts (`build_schedules`), not from a schedule
+        # given here: ScheduledLR's own constructor does not apply.
+        LRCallback.__init__(self, log_values=log_values)
+        self.interval: Literal["step", "epoch"] = "step"
+        self._schedules: list[ScheduleLike] = []
         self.max_lr = _check_max_lr(max_lr)
         if range_test is not None and not isinstance(range_test, LRRangeTest):
             raise TypeError(f"`range_test` must be an LRRangeTest or None, got {range_test!r}.")
         self.range_test = range_test or LRRangeTest()
-        if total_steps is not None and (
-            isinstance(total_steps, bool) or not isinstance(total_steps, int)
-        ):
-            raise TypeError(f"`total_steps` must be an int or None, got {total_steps!r}.")
-        self.total_steps = total_steps
+        self.total_steps = None if total_steps is None else check_int("total_steps", total_steps, 2)
         self.one_cycle_kwargs: dict[str, Any] = {
             "start_lr": start_lr,
             "final_lr": final_lr,
@@ -153,17 +157,18 @@ class OneCycleScheduler(ScheduledLR):
             "max_momentum": max_momentum,
             "min_momentum": min_momentum,
         }
-        steps = _PROBE_STEPS if total_steps is None else total_steps
-        peaks = [_stand_in_peak(start_lr)] if self.max_lr == "auto" else self.max_lr
-        probe = [self._one_cycle(steps, m) for m in peaks]
-        super().__init__(probe if len(probe) > 1 else probe[0], "step", log_values)
-        self._step_source: str | None = None
+        for peak in [None] if self.max_lr == "auto" else self.max_lr:
+            OneCycle.check_arguments(peak, **self.one_cycle_kwargs)
+            if self.total_steps is not None and peak is not None:
+                OneCycle(self.total_steps, peak, **self.one_cycle_kwargs)  # the phases fit
+        self.reset()
 
     @override
     def reset(self) -> None:
         super().reset()
         self.range_test_result: RangeTestResult | None = None
         self._auto_max_lr: float | None = None
+        self._step_source: str | None = None
 
     @property
     def auto(self) -> bool:
@@ -191,38 +196,13 @@ class OneCycleScheduler(ScheduledLR):
             self._auto_max_lr = result.max_lr
         return [] if self._auto_max_lr is None else [self._auto_max_lr]
 
-    def _one_cycle(
-        self, total_steps: int, max_lr: float, kwargs: dict[str, Any] | None = None
-    ) -> OneCycle:
-        return OneCycle(
-            total_steps, max_lr, **(self.one_cycle_kwargs if kwargs is None else kwargs)
-        )
-
-    def resolve_cycle(self, trainer: pl.Trainer, num_groups: int) -> tuple[list[int], list[float]]:
-        """The cycle of this fit: ``total_steps`` per optimizer and ``max_lr`` per param group.
-
-        ``total_steps`` is the constructor's, else the Trainer's plan of optimizer steps per
-        optimizer (:meth:`planned_steps`); ``max_lr`` is the constructor's, one per group, or
-        the range test's under ``"auto"`` (:meth:`peak_lrs`).
-        """
-        given = self.peak_lrs(trainer) or self._saved_max_lr()
-        if len(given) not in (1, num_groups):
-            raise ValueError(
-                f"`max_lr` has {len(given)} values but the optimizers have {num_groups} "
-                "param groups; pass one value, or exactly one per param group."
-            )
-        max_lrs = given * num_groups if len(given) == 1 else given
-        num_optimizers = len(trainer.optimizers)
-        if self.total_steps is not None:
-            return [self.total_steps] * num_optimizers, max_lrs
-        return [self.planned_steps(trainer)] * num_optimizers, max_lrs
-
     def planned_steps(self, trainer: pl.Trainer) -> int:
         """The optimizer steps each optimizer takes in this fit, from the Trainer's plan.
 
         ``trainer.estimated_stepping_batches``, except under manual optimization with several
         optimizers, where ``global_step`` (and so ``max_steps``) counts the steps of all of
-        them: each optimizer, assumed to step once per batch, gets ``max_steps // n``.
+        them: each optimizer, assumed to step once per batch, gets ``max_steps // n``. Beside
+        ``StochasticWeightAveraging``, only the epochs before ``swa_epoch_start`` count.
         """
         estimate = trainer.estimated_stepping_batches
         source = "`trainer.estimated_stepping_batches`"
@@ -236,6 +216,11 @@ class OneCycleScheduler(ScheduledLR):
                 f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
                 "(under manual optimization `global_step` counts every optimizer's steps)"
             )
+        swa = callbacks_of(trainer, StochasticWeightAveraging)
+        if swa and math.isfinite(trainer.num_training_batches):
+            per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+            estimate = min(estimate, per_epoch * swa[0].swa_start)
+            source = f"{source} up to `swa_epoch_start` (epoch {swa[0].swa_start})"
         if not math.isfinite(estimate) or estimate < 1:
             raise ValueError(
                 f"{self.name} could not size the cycle: {source} is {estimate} (an infinite or "
@@ -247,36 +232,25 @@ class OneCycleScheduler(ScheduledLR):
         self._step_source = f"{source} = {int(estimate)}"
         return int(estimate)
 
-    def _build(
-        self,
-        trainer: pl.Trainer,
-        totals: list[int],
-        max_lrs: list[float],
-        kwargs: dict[str, Any],
-    ) -> list[ScheduleLike]:
-        opt_of_group = [idx for idx, _, _ in self.param_groups(trainer)]
-        try:
-            return [
-                self._one_cycle(totals[idx], m, kwargs)
-                for idx, m in zip(opt_of_group, max_lrs, strict=True)
-            ]
-        except ValueError as error:
-            if self.total_steps is not None or self._step_source is None:
-                raise
-            raise ValueError(
-                f"{self.name} sizes its cycle from the Trainer ({self._step_source}), which is "
-                f"too short for this 1cycle: {error} Train for more steps (`max_steps`, "
-                "`max_epochs`, `limit_train_batches`), or pass `total_steps=...` (and "
-                "`warmup_steps`/`final_steps`) to OneCycleScheduler. `fast_dev_run` works as is."
-            ) from None
-
     @override
     def plan(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
-        """The cycles of this fit; on resume, the checkpoint's cycles, with a warning naming
-        every value (``total_steps``, ``max_lr``, a phase argument) this fit would change."""
+        """The cycles of this fit: ``total_steps`` per optimizer (the constructor's, else
+        :meth:`planned_steps`) and ``max_lr`` per group (:meth:`peak_lrs`). On resume, the
+        checkpoint's cycles, with a warning naming every value (``total_steps``, ``max_lr``, a
+        phase argument) this fit would change."""
         self._step_source = None
-        totals, max_lrs = self.resolve_cycle(trainer, num_groups)
-        self.config = {"total_steps": totals, "max_lr": max_lrs, **self.one_cycle_kwargs}
+        given = self.peak_lrs(trainer) or self._saved_max_lr()
+        if len(given) not in (1, num_groups):
+            raise ValueError(
+                f"`max_lr` has {len(given)} values but the optimizers have {num_groups} "
+                "param groups; pass one value, or exactly one per param group."
+            )
+        total = self.total_steps or self.planned_steps(trainer)
+        self.config = {
+            "total_steps": [total] * len(trainer.optimizers),
+            "max_lr": given * num_groups if len(given) == 1 else given,
+            **self.one_cycle_kwargs,
+        }
         saved = self._saved_config
         planned = dict(self.config)
         if self.auto and self._auto_max_lr is None:  # the checkpoint's cycle has a hand-set peak
@@ -287,12 +261,26 @@ class OneCycleScheduler(ScheduledLR):
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
                 f"({changed}). Continuing the checkpoint's cycle at its step count "
                 f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
-                "a fit without "
-                "`ckpt_path` (loading only the weights)."
+                "a fit without `ckpt_path` (loading only the weights)."
             )
             self.config = {**self.config, **saved}
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
-        schedules = self._build(trainer, self.config["total_steps"], self.config["max_lr"], kwargs)
+        totals, peaks = self.config["total_steps"], self.config["max_lr"]
+        opt_of_group = [idx for idx, _, _ in self.param_groups(trainer)]
+        try:
+            schedules: list[ScheduleLike] = [
+                OneCycle(totals[idx], m, **kwargs)
+                for idx, m in zip(opt_of_group, peaks, strict=True)
+            ]
+        except ValueError as error:
+            if self._step_source is None:
+                raise
+            raise ValueError(
+                f"{self.name} sizes its cycle from the Trainer ({self._step_source}), which is "
+                f"too short for this 1cycle: {error} Train for more steps (`max_steps`, "
+                "`max_epochs`, `limit_train_batches`), or pass `total_steps=...` (and "
+                "`warmup_steps`/`final_steps`) to OneCycleScheduler. `fast_dev_run` works as is."
+            ) from None
         if not self.restored:
             self.warn_if_momentum_switched_on(trainer)
         return schedules
@@ -313,7 +301,7 @@ class OneCycleScheduler(ScheduledLR):
                 "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
                 "to silence this."
             )
-        if any(get_momentum(group) == 0 for group in groups):
+        if any(group.get("momentum", None) == 0 for group in groups):
             self.warn(
                 f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and cycling "
                 f"momentum ({self.one_cycle_kwargs['max_momentum']} -> "
@@ -322,6 +310,7 @@ class OneCycleScheduler(ScheduledLR):
                 "momentum to silence this."
             )
 
+    @override
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:
         """The first param group's :class:`OneCycle` (for :func:`~lightning_reg.plot_schedule`)."""
         total = total_steps if total_steps is not None else self.total_steps
@@ -338,7 +327,7 @@ class OneCycleScheduler(ScheduledLR):
             raise ValueError(
                 "This OneCycleScheduler is sized by the Trainer; pass `total_steps` to plot it."
             )
-        return self._one_cycle(total, peak)
+        return OneCycle(total, peak, **self.one_cycle_kwargs)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_non_negative, check_number
-from lightning_reg.callbacks._lr_base import LRCallback
+from lightning_reg.callbacks._lr_base import LRCallback, assign
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
@@ -22,8 +22,6 @@ __all__ = ["PerformanceScheduler"]
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("abs", "rel")
 _CHECK_ON = ("validation_end", "train_epoch_end")
-# torch's ReduceLROnPlateau ignores reductions smaller than this.
-_EPS = 1e-8
 
 
 class PerformanceScheduler(LRCallback):
@@ -35,7 +33,9 @@ class PerformanceScheduler(LRCallback):
     (``threshold_mode="abs"``, Keras) or by more than the fraction ``min_delta`` of the best
     (``"rel"``, torch's default) is an improvement and resets the count of bad evaluations;
     after ``patience`` consecutive bad evaluations (at least one) every param group's LR is
-    multiplied by ``factor`` (never below ``min_lr``), with a rank-zero message. ``cooldown``
+    multiplied by ``factor`` (never below ``min_lr``), with a rank-zero message. As in Keras, any
+    LR above ``min_lr`` is reduced, however small (torch's ``ReduceLROnPlateau`` skips a
+    reduction smaller than its ``eps=1e-8``), and a tensor LR stays a tensor. ``cooldown``
     follows Keras' ``ReduceLROnPlateau`` exactly: after a reduction the counter is decremented
     at each evaluation before it is checked, so the next ``cooldown - 1`` evaluations are not
     counted as bad (``cooldown=0`` and ``1`` both leave none out). NaN and inf count as no
@@ -45,7 +45,9 @@ class PerformanceScheduler(LRCallback):
     :class:`~lightning_reg.schedules.LinearWarmup`) the LR follows it for its first
     ``schedule_steps`` optimizer steps (counted like :class:`ScheduledLR` counts them); the
     evaluations before the hand-over are ignored, and plateau scheduling then starts from the LR
-    the schedule ended at.
+    the schedule ended at. Groups with an ``lr_scale`` follow the schedule times their scale.
+    ``StochasticWeightAveraging`` takes over at ``swa_epoch_start``: its ``SWALR`` then sets the
+    LR and the evaluations are ignored.
 
     Every rank takes the same decision: the value is averaged across ranks with the strategy's
     ``reduce`` and rank 0's result is broadcast, so a metric logged without ``sync_dist`` cannot
@@ -66,8 +68,8 @@ class PerformanceScheduler(LRCallback):
         min_lr: lower bound of the LR, ``>= 0``, or one per param group. Default ``0.0``.
         check_on: ``"validation_end"`` (default) or ``"train_epoch_end"``.
         strict: raise when ``monitor`` is missing (default); ``False`` warns and skips the check.
-        log_values: log the LR as ``lr-pg<k>`` after each check (not beside a
-            ``LearningRateMonitor``, which logs it). Default ``True``.
+        log_values: log what it sets through a ``LearningRateMonitor`` unless the Trainer has
+            one (see :class:`~lightning_reg.LRCallback`). Default ``True``.
         schedule: a step schedule followed before plateau scheduling takes over. Default
             ``None``: plateau scheduling from the start, on the optimizer's own LR.
         schedule_steps: optimizer steps after which plateau scheduling takes over, int >= 1.
@@ -189,7 +191,7 @@ class PerformanceScheduler(LRCallback):
             self._never_runs(f"{type(pl_module).__name__} has no `validation_step`")
 
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def start(self, trainer: pl.Trainer) -> None:
         num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
         if len(self.min_lr) not in (1, num_groups):
             raise ValueError(
@@ -202,7 +204,6 @@ class PerformanceScheduler(LRCallback):
             return
         if num_groups > 1 and not self.restored:
             self.warn_if_ratio_erased(trainer)
-        self.count_steps(trainer)
         for idx in range(len(trainer.optimizers)):
             self.after_step(trainer, idx)
 
@@ -211,12 +212,19 @@ class PerformanceScheduler(LRCallback):
         step = self.steps[opt_idx]
         if self.schedule is not None and step <= self.schedule_steps:
             num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
-            self.apply(trainer, opt_idx, step, [self.schedule] * num_groups)
+            self.write(trainer, opt_idx, step, [self.schedule] * num_groups)
+
+    @override
+    def describe_progress(self) -> str:
+        if not self._in_handover():
+            return ""
+        return f"The warm-up had reached step {min(self.steps)} of {self.schedule_steps}."
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        if self._in_handover() and not getattr(trainer, "fast_dev_run", False):
+        quiet = getattr(trainer, "fast_dev_run", False) or self.taken_over
+        if self._in_handover() and not quiet:
             self.warn(
                 f"{self.name}: training ended after {min(self.steps)} optimizer steps, before "
                 f"the hand-over to plateau scheduling at step {self.schedule_steps}; plateau "
@@ -294,14 +302,11 @@ class PerformanceScheduler(LRCallback):
         return float(trainer.strategy.broadcast(float(value), src=0))
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._in_handover():
+        if self._in_handover() or self.handed_over(trainer):
             return
         value = self._read_monitor(trainer)
-        if value is None:
-            return
-        if self.step(value):
+        if value is not None and self.step(value):
             self._reduce(trainer)
-        self.log_groups(trainer, momentum=False)
 
     def _reduce(self, trainer: pl.Trainer) -> None:
         groups = [group for _, _, group in self.param_groups(trainer)]
@@ -310,8 +315,8 @@ class PerformanceScheduler(LRCallback):
         for group, floor in zip(groups, floors, strict=True):
             old = float(group["lr"])
             new = max(old * self.factor, floor)
-            if old - new > _EPS:
-                group["lr"] = new
+            if new < old:  # Keras' rule: any LR above `min_lr` is reduced, however small
+                group["lr"] = assign(group["lr"], new)
                 changes.append(f"{old:.4g} -> {new:.4g}")
         self.num_reductions += 1
         rank_zero_info(

@@ -24,12 +24,13 @@ def _check_schedule(schedule: Any, name: str) -> ScheduleLike:
     return schedule
 
 
-def describe_schedule(schedule: ScheduleLike) -> str:
-    """A plain-text identity of a schedule for checkpoints: the ``repr`` of a schedule object
-    (its fields), the qualified name of a function (whose ``repr`` holds an address)."""
-    if hasattr(schedule, "__qualname__"):
-        return f"{getattr(schedule, '__module__', '')}.{schedule.__qualname__}"
-    return repr(schedule)
+def config_of(schedule: ScheduleLike) -> Any:
+    """A schedule as plain data for checkpoints: ``get_config()`` of a schedule object, the
+    qualified name of a plain function."""
+    get_config = getattr(schedule, "get_config", None)
+    if callable(get_config):
+        return get_config()
+    return f"{getattr(schedule, '__module__', '')}.{getattr(schedule, '__qualname__', schedule)}"
 
 
 def length_of(schedule: ScheduleLike) -> int | None:
@@ -46,7 +47,10 @@ class ScheduledLR(LRCallback):
     :class:`~lightning_reg.schedules.Chain` of warm-up, decay and constant parts) or a plain
     callable ``step -> lr``; one per param group may be given as a sequence. A schedule with a
     ``momentum(step)`` method that returns a number also drives momentum (SGD ``momentum``,
-    Adam-family ``betas[0]``).
+    Adam-family ``betas[0]``). One schedule over param groups that carry an ``lr_scale`` (timm's
+    convention, e.g. ``{"params": ..., "lr_scale": 0.1}``) gives each group the schedule's LR
+    times its scale, so discriminative LRs keep their ratios; without ``lr_scale``, one schedule
+    over groups with different LRs erases their ratio, with a warning.
 
     With ``interval="step"`` the step is the number of optimizer steps this callback has seen
     taken, counted per optimizer through torch's optimizer step hooks. So gradient accumulation
@@ -56,24 +60,26 @@ class ScheduledLR(LRCallback):
     the step is ``trainer.current_epoch``, applied when each training epoch starts.
 
     Lifecycle: every fit starts at step 0 (one instance can serve several Trainers) unless a
-    checkpoint is restored. The checkpoint also holds a description of the schedules; when the
-    resumed run's schedules differ, a warning names the difference and the run continues the
-    saved step count with the schedules it was given. A step schedule with a
-    :attr:`~lightning_reg.schedules.Schedule.length` warns once when a run goes past its end
+    checkpoint is restored. The checkpoint also holds the schedules' configurations as plain
+    dicts (``get_config``); when the resumed run's differ, a warning names the difference and
+    the run continues the saved step count with the schedules it was given. A step schedule with
+    a :attr:`~lightning_reg.schedules.Schedule.length` warns once when a run goes past its end
     and, at the end of training, when the run stopped before it (``max_time``,
     ``EarlyStopping``, a short ``IterableDataset``), saying how far it got.
+    ``StochasticWeightAveraging`` takes over at ``swa_epoch_start``: from then on its ``SWALR``
+    sets the LR and this callback writes nothing (see :class:`~lightning_reg.LRCallback`).
 
     Args:
         schedule: a schedule or callable ``int -> float``, or a sequence of them, one per param
             group (param groups of all optimizers, in order).
         interval: ``"step"`` (default) or ``"epoch"``.
-        log_values: log what it sets as ``lr-pg<k>`` (and ``momentum-pg<k>``) through the
-            Trainer's loggers, except what a ``LearningRateMonitor`` logs. Default ``True``.
+        log_values: log what it sets through a ``LearningRateMonitor`` unless the Trainer has
+            one (see :class:`~lightning_reg.LRCallback`). Default ``True``.
 
     Raises:
         TypeError: if ``schedule`` is not callable.
-        ValueError: if ``interval`` is unknown, or at fit time if the number of schedules does not
-            match the number of param groups.
+        ValueError: if ``interval`` is unknown; at fit time if the number of schedules does not
+            match the number of param groups, or an ``lr_scale`` is not a number > 0.
         MisconfigurationException: at fit time, without an optimizer, beside an ``lr_scheduler``
             from ``configure_optimizers`` or beside another learning-rate callback.
 
@@ -132,7 +138,7 @@ class ScheduledLR(LRCallback):
         keeps the schedules it was given and warns when they differ from the checkpoint's.
         """
         schedules = self.build_schedules(trainer, num_groups)
-        self.config = {"schedule": [describe_schedule(s) for s in schedules]}
+        self.config = {"schedule": [config_of(s) for s in schedules]}
         changed = self.changes(self._saved_config, self.config)
         if changed:
             self.warn(
@@ -160,65 +166,27 @@ class ScheduledLR(LRCallback):
         """Whether one schedule drives every param group."""
         return len(self._schedules) == 1
 
-    # -- Lightning hooks ----------------------------------------------------------------------
+    # -- the engine's hooks -------------------------------------------------------------------
     @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        groups = list(self.param_groups(trainer))
+    def start(self, trainer: pl.Trainer) -> None:
+        groups = [idx for idx, _, _ in self.param_groups(trainer)]
         if self.shares_one_schedule and len(groups) > 1 and not self.restored:
             self.warn_if_ratio_erased(trainer)
         self.active = self.plan(trainer, len(groups))
         if self.interval != "step":
             return
-        self.count_steps(trainer)
         self._horizons = []
         for idx in range(len(trainer.optimizers)):
-            lengths = [
-                length_of(s) for s, (i, _, _) in zip(self.active, groups, strict=True) if i == idx
-            ]
+            lengths = [length_of(s) for s, i in zip(self.active, groups, strict=True) if i == idx]
             known = [n for n in lengths if n is not None]
             self._horizons.append(max(known) if known and len(known) == len(lengths) else None)
-        for idx in range(len(trainer.optimizers)):
-            self.apply(trainer, idx, self.steps[idx], self.active)
+            self.write(trainer, idx, self.steps[idx], self.active)
 
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.interval == "epoch":
-            for idx in range(len(trainer.optimizers)):
-                self.apply(trainer, idx, trainer.current_epoch, self.active)
-            self.log_groups(trainer)
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self.interval == "step":
-            self.log_groups_on_batch(trainer, pl_module)
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        if self.interval == "step" and not getattr(trainer, "fast_dev_run", False):
-            self.warn_if_stopped_early(trainer)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "config": dict(self.config),
-            "warned_past_end": self._warned_past_end,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._saved_config = state_dict.get("config")
-        self._warned_past_end = bool(state_dict.get("warned_past_end", False))
-
-    # -- internals ----------------------------------------------------------------------------
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
-        step = self.steps[opt_idx]
-        horizon = self._horizons[opt_idx]
+        if self.interval != "step":
+            return
+        step, horizon = self.steps[opt_idx], self._horizons[opt_idx]
         if horizon is not None and step > horizon and not self._warned_past_end:
             self._warned_past_end = True
             if self.restored:  # the checkpoint's schedule was kept (see `plan`)
@@ -237,7 +205,43 @@ class ScheduledLR(LRCallback):
                 f"(length {horizon} steps); holding its final value. The run is longer than the "
                 f"schedule. {advice}"
             )
-        self.apply(trainer, opt_idx, step, self.active)
+        self.write(trainer, opt_idx, step, self.active)
+
+    @override
+    def describe_progress(self) -> str:
+        unfinished = [
+            f"optimizer {idx} at step {self.steps[idx]} of {horizon}"
+            for idx, horizon in enumerate(self._horizons)
+            if horizon is not None and self.steps[idx] < horizon
+        ]
+        return f"The schedule had not ended ({', '.join(unfinished)})." if unfinished else ""
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interval == "epoch" and not self.handed_over(trainer):
+            for idx in range(len(trainer.optimizers)):
+                self.write(trainer, idx, trainer.current_epoch, self.active)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not (getattr(trainer, "fast_dev_run", False) or self.taken_over):
+            self.warn_if_stopped_early(trainer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "config": dict(self.config),
+            "warned_past_end": self._warned_past_end,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._saved_config = state_dict.get("config")
+        self._warned_past_end = bool(state_dict.get("warned_past_end", False))
 
     def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
         """Warn, per optimizer, when training ended before the end of its schedule."""
@@ -266,5 +270,5 @@ class ScheduledLR(LRCallback):
             self.warn(
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
-                f"rate is {group['lr']:.4g}, not the end value {end_lr:.4g}. {why}"
+                f"rate is {float(group['lr']):.4g}, not the end value {end_lr:.4g}. {why}"
             )
