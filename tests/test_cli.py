@@ -106,7 +106,8 @@ def test_default_run_trains_tests_and_writes_the_report(
     total = trainer.global_step
     assert total == 2 * len(cli.datamodule.train_dataloader())
     cycle = OneCycle(total_steps=total, max_lr=0.1)
-    logged = [(int(r["step"]), r["lr-pg0"], r["momentum-pg0"]) for r in metrics if "lr-pg0" in r]
+    lr_key = "lr-SGD/pg1"  # LearningRateMonitor's name of the first of the model's two groups
+    logged = [(int(r["step"]), r[lr_key], r[f"{lr_key}-momentum"]) for r in metrics if lr_key in r]
     assert len(logged) >= 4
     for step, lr, momentum in logged:
         assert lr == pytest.approx(cycle(step), rel=1e-6)

@@ -114,32 +114,33 @@ _STYLES = ("-", "--", ":", "-.")
 
 
 def plot_logged_schedule(rows: Sequence[dict[str, float]]) -> Figure | None:
-    """Plot the learning rate (``lr-pg<k>``) and momentum (``momentum-pg0``) that were logged.
+    """Plot the learning rates and the first momentum that ``LearningRateMonitor`` logged.
 
-    The learning-rate callbacks log what they set every ``log_every_n_steps`` optimizer steps, so
-    this is the schedule the run really followed (for ``PerformanceScheduler``: the value after
-    each check).
+    The learning-rate callbacks log what they set through Lightning's ``LearningRateMonitor``
+    (``lr-SGD``, ``lr-SGD-momentum``, ``lr-Adam/pg2``, ...) at the start of every logged batch,
+    with the value that batch trained with, so this is the schedule the run really followed.
 
     Args:
         rows: rows of ``metrics.csv`` (see :func:`read_metrics`). Required.
 
     Returns:
         The figure (learning rates on the left axis, momentum on a twin axis), or ``None`` when
-        no ``lr-pg<k>`` column was logged.
+        no learning rate was logged.
 
     Raises:
         ImportError: if matplotlib is not installed.
 
     Examples:
-        >>> rows = [{"step": 0.0, "lr-pg0": 0.01, "momentum-pg0": 0.95},
-        ...         {"step": 10.0, "lr-pg0": 0.1, "momentum-pg0": 0.85}]
+        >>> rows = [{"step": 0.0, "lr-SGD": 0.01, "lr-SGD-momentum": 0.95},
+        ...         {"step": 10.0, "lr-SGD": 0.1, "lr-SGD-momentum": 0.85}]
         >>> figure = plot_logged_schedule(rows)
         >>> [ax.get_ylabel() for ax in figure.axes]
         ['learning rate', 'momentum']
         >>> plot_logged_schedule([{"step": 0.0, "train/loss": 1.0}]) is None
         True
     """
-    columns = sorted({key for row in rows for key in row if key.startswith("lr-pg")})
+    keys = sorted({key for row in rows for key in row if key.startswith("lr-")})
+    columns = [key for key in keys if not key.endswith(("-momentum", "-weight_decay"))]
     if not columns:
         return None
     figure, (ax,) = _new_figure()
@@ -149,12 +150,13 @@ def plot_logged_schedule(rows: Sequence[dict[str, float]]) -> Figure | None:
     ax.set_ylabel("learning rate")
     ax.set_title("learning-rate schedule (as logged)")
     handles, labels = ax.get_legend_handles_labels()
-    steps, momentum = _series(rows, "step", "momentum-pg0")
+    momentum_key = f"{columns[0]}-momentum"
+    steps, momentum = _series(rows, "step", momentum_key)
     if momentum:
         twin = ax.twinx()
-        (line,) = twin.plot(steps, momentum, color="tab:red", alpha=0.6, label="momentum-pg0")
+        (line,) = twin.plot(steps, momentum, color="tab:red", alpha=0.6, label=momentum_key)
         twin.set_ylabel("momentum", color="tab:red")
-        handles, labels = [*handles, line], [*labels, "momentum-pg0"]
+        handles, labels = [*handles, line], [*labels, momentum_key]
     ax.legend(handles, labels, loc="upper right")
     return figure
 
