@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_reg.callbacks import OneCycleScheduler, PerformanceScheduler, ScheduledLR
+from lightning_reg.callbacks import LRCallback, OneCycleScheduler, PerformanceScheduler, ScheduledLR
 from lightning_reg.schedules import (
     Chain,
     CosineDecay,
@@ -317,7 +317,9 @@ def series(rows: list[dict[str, str]], key: str) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("monitor_momentum", [None, False, True])
-def test_logging_is_lightnings_lr_monitor_once(tmp_path: Path, monitor_momentum: bool | None) -> None:
+def test_logging_is_lightnings_lr_monitor_once(
+    tmp_path: Path, monitor_momentum: bool | None
+) -> None:
     # Without a LearningRateMonitor the callback runs its own (LR and momentum); beside one, that
     # monitor logs (the momentum only with `log_momentum=True`): one series each, Lightning's
     # names, every step logged once with the value that step trained with.
@@ -821,7 +823,9 @@ def test_resumed_scheduled_lr_with_a_different_schedule_warns_and_uses_it(tmp_pa
     trainer = make_trainer(
         tmp_path, callbacks=[ScheduledLR(ExponentialDecay(0.2, 4)), rec], max_steps=8
     )
-    with pytest.warns(UserWarning, match=r"differs from the one in the checkpoint .*'lr0': 0\.1.*'lr0': 0\.2"):
+    with pytest.warns(
+        UserWarning, match=r"differs from the one in the checkpoint .*'lr0': 0\.1.*'lr0': 0\.2"
+    ):
         trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=ckpt)
     assert rec.lrs == pytest.approx([0.2 * 0.1 ** (k / 4) for k in range(4, 8)], rel=1e-12)
 
@@ -850,3 +854,167 @@ def test_plateau_hand_over_not_reached_warns(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="before the hand-over to plateau scheduling at step 100"):
         trainer.fit(FlatValLoss(), digits_loader(256, 32), digits_loader(32, 32))
     assert trainer.optimizers[0].param_groups[0]["lr"] == LinearWarmup(100, 0.05)(4)
+
+
+# -- logging: the logged trace is the one the optimizer used ------------------------------------
+
+
+class GroupRecorder(Callback):
+    """Every param group's LR and momentum of every optimizer step, as Python floats."""
+
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+        self.moms: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        groups = optimizer.param_groups
+        self.lrs.append([float(g["lr"]) for g in groups])
+        self.moms.append([float(g["betas"][0] if "betas" in g else g["momentum"]) for g in groups])
+
+
+def assert_logged_trace_is_the_used_one(rows: list[dict[str, str]], rec: GroupRecorder) -> None:
+    """With one optimizer and `log_every_n_steps=1`: every batch logs, once, the LR and momentum
+    of each param group that its optimizer step used (Lightning's names)."""
+    num_groups = len(rec.lrs[0])
+    lr_keys = sorted({k for r in rows for k, v in r.items() if k.startswith("lr-") and v})
+    names = [k for k in lr_keys if not k.endswith("-momentum")]
+    assert len(names) == num_groups, lr_keys
+    for j, name in enumerate(names):
+        assert [int(r["step"]) for r in rows if r.get(name)] == list(range(len(rec.lrs)))
+        assert series(rows, name) == {k: lrs[j] for k, lrs in enumerate(rec.lrs)}, name
+        assert series(rows, f"{name}-momentum") == {k: m[j] for k, m in enumerate(rec.moms)}
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.stem)
+def test_logged_trace_is_what_the_optimizer_used_for_every_shipped_config(
+    tmp_path: Path, config: Path
+) -> None:
+    from lightning_reg.demos.cli import LightningRegCLI
+
+    args = [
+        f"--config={config}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.max_epochs=3",
+        "--trainer.limit_train_batches=16",  # 48 steps: past warmup_plateau's 40-step warm-up
+        "--trainer.limit_val_batches=2",
+        "--trainer.log_every_n_steps=1",
+    ]
+    if config.stem == "fashion_mnist":  # its data is a download: its schedule on the digits
+        args.append("--data=lightning_reg.demos.DigitsDataModule")
+    cli = LightningRegCLI(args=args, run=False)
+    rec = GroupRecorder()
+    cli.trainer.callbacks.append(rec)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*training ended after")
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert len(rec.lrs) == cli.trainer.global_step > 30
+    assert_logged_trace_is_the_used_one(read_csv(cli.trainer.logger), rec)  # type: ignore[arg-type]
+
+
+def test_warm_up_hand_over_is_logged_as_the_optimizer_used_it(tmp_path: Path) -> None:
+    # Before, PerformanceScheduler(schedule=LinearWarmup(...)) logged no LR during the warm-up.
+    logger = CSVLogger(tmp_path, name="csv")
+    cb = PerformanceScheduler(schedule=LinearWarmup(8, 0.08, start_lr=0.008), patience=1)
+    rec = GroupRecorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[cb, rec], max_epochs=4, logger=logger, log_every_n_steps=1
+    )
+    trainer.fit(FlatValLoss(), digits_loader(256, 32), digits_loader(32, 32))
+    assert_logged_trace_is_the_used_one(read_csv(logger), rec)
+    warm = LinearWarmup(8, 0.08, start_lr=0.008)
+    lrs = [lr for (lr,) in rec.lrs]
+    # Evaluations at the end of each epoch (flat loss, patience 1): the one at step 8 sets the
+    # best, each later one halves the LR.
+    expected = [warm(k) for k in range(8)] + [0.08] * 8 + [0.04] * 8 + [0.02] * 8
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+# -- composing with StochasticWeightAveraging --------------------------------------------------
+
+
+def swa_fit(tmp_path: Path, cb: LRCallback) -> Recorder:
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    swa = StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=3, annealing_epochs=1)
+    rec, _ = fit(tmp_path, [cb, swa], max_epochs=5)  # 8 steps per epoch; SWA from epoch 2
+    return rec
+
+
+def test_one_cycle_then_swa_hands_the_lr_over_at_swa_epoch_start(tmp_path: Path) -> None:
+    # The cycle is sized to the two epochs before `swa_epoch_start`; SWALR starts from the
+    # cycle's final LR (its first epoch), then holds swa_lrs. Before, our callback kept writing
+    # after every step and SWALR's LR was overwritten at once.
+    cb = OneCycleScheduler(max_lr=0.1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*OneCycleScheduler")
+        rec = swa_fit(tmp_path, cb)
+    cycle = OneCycle(16, 0.1)
+    assert cb.config["total_steps"] == [16] and cb.taken_over == "SWALR"
+    assert rec.lrs[:16] == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
+    assert rec.lrs[16:24] == pytest.approx([cycle(16)] * 8, rel=1e-12)
+    assert rec.lrs[24:] == pytest.approx([0.02] * 16, rel=1e-12)
+
+
+def test_swa_cutting_a_schedule_short_says_how_far_it_got(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"SWALR.*optimizer 0 at step 16 of 32.*swa_epoch_start"):
+        rec = swa_fit(tmp_path, ScheduledLR(CosineDecay(32, 0.1)))
+    assert rec.lrs[24:] == pytest.approx([0.02] * 16, rel=1e-12)
+
+
+# -- param groups at fixed ratios; tensor learning rates ----------------------------------------
+
+
+class ScaledGroups(DigitsClassifier):
+    def __init__(self, scales: tuple[Any, ...] = (1.0, 0.1)) -> None:
+        super().__init__()
+        self.scales = scales
+
+    def configure_optimizers(self) -> Any:
+        layers = (self.net[0], self.net[2])
+        return torch.optim.SGD(
+            [
+                {"params": layer.parameters(), "lr": 0.1 * scale, "lr_scale": scale}
+                for layer, scale in zip(layers, self.scales, strict=True)
+            ],
+            momentum=0.9,
+        )
+
+
+def test_one_cycle_drives_groups_at_fixed_ratios_with_lr_scale(tmp_path: Path) -> None:
+    # Discriminative fine-tuning: one 1cycle, each group at max_lr * lr_scale (timm's way).
+    rec = GroupRecorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=8), rec], max_steps=8
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*erasing their ratio")
+        trainer.fit(ScaledGroups(), digits_loader(256, 32))
+    cycle = OneCycle(8, 0.1)
+    assert rec.lrs == [[cycle(k), cycle(k) * 0.1] for k in range(8)]
+    assert rec.moms == [[cycle.momentum(k)] * 2 for k in range(8)]
+    trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=8)], max_steps=8)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr_scale'\]. must be .* > 0"):
+        trainer.fit(ScaledGroups((1.0, -0.5)), digits_loader(64, 32))
+
+
+class TensorLR(DigitsClassifier):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=torch.tensor(0.1), momentum=0.9)
+
+
+def test_a_tensor_learning_rate_stays_a_tensor(tmp_path: Path) -> None:
+    # torch's schedulers fill a tensor LR in place; a float would change the optimizer's path.
+    rec = GroupRecorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[ScheduledLR(ExponentialDecay(0.1, 4)), rec], max_steps=4
+    )
+    trainer.fit(TensorLR(), digits_loader(128, 32))
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(0.1 * 0.1, rel=1e-6)
+    assert [lrs[0] for lrs in rec.lrs] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(4)])

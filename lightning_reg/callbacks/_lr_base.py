@@ -228,8 +228,9 @@ class LRCallback(Callback):
     # -- counting steps; the hand-over to SWA --------------------------------------------------
     def _make_post_hook(self, trainer: pl.Trainer, idx: int) -> Callable[..., None]:
         def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+            taken_over = self.handed_over(trainer)  # SWALR set the LR of the step just taken
             self.steps[idx] += 1
-            if not self.handed_over(trainer):
+            if not taken_over:
                 self.after_step(trainer, idx)
 
         return post_hook
