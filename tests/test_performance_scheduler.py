@@ -276,3 +276,38 @@ def test_refuses_a_fit_where_it_could_never_act(tmp_path: Path, case: str) -> No
     trainer = make_trainer(tmp_path, callbacks=[PerformanceScheduler()], **kwargs)
     with pytest.raises(MisconfigurationException, match="would never change the learning rate"):
         trainer.fit(model, digits_loader(64, 32), val)
+
+
+class TinyLR(ScriptedLoss):
+    """``ScriptedLoss`` with an LR of 2e-9 (a float, or a tensor with ``tensor=True``)."""
+
+    def __init__(self, script: list[float], tensor: bool = False) -> None:
+        super().__init__(script)
+        self.tensor = tensor
+
+    def configure_optimizers(self) -> Any:
+        lr = torch.tensor(2e-9) if self.tensor else 2e-9
+        return torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_after_eval.append(float(self.optimizers().param_groups[0]["lr"]))
+
+
+@pytest.mark.parametrize("tensor", [False, True])
+def test_any_lr_above_min_lr_is_reduced_as_keras_and_a_tensor_lr_stays_one(
+    tmp_path: Path, tensor: bool
+) -> None:
+    # torch's ReduceLROnPlateau skips a reduction smaller than eps=1e-8, so 2e-9 would stay;
+    # Keras reduces any LR above min_lr. A tensor LR is filled in place, as torch's schedulers do.
+    model = TinyLR([1.0, 1.0, 1.0], tensor=tensor)
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[PerformanceScheduler(patience=1, min_delta=0.0, min_lr=6e-10)],
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
+    trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32))
+    assert model.lr_after_eval == pytest.approx([2e-9, 1e-9, 6e-10], rel=1e-6)
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) == tensor
