@@ -108,6 +108,9 @@ class LRCallback(Callback):
         True
     """
 
+    state_names: tuple[str, ...] = ("steps", "taken_over")
+    """The attributes saved in checkpoints (subclasses extend it)."""
+
     def __init__(self, log_values: bool = True) -> None:
         if not isinstance(log_values, bool):
             raise TypeError(f"`log_values` must be a bool, got {log_values!r}.")
@@ -217,12 +220,13 @@ class LRCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": list(self.steps), "taken_over": self.taken_over}
+        return {name: getattr(self, name) for name in self.state_names}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.steps = [int(s) for s in state_dict.get("steps", [])]
-        self.taken_over = state_dict.get("taken_over")
+        for name in self.state_names:
+            if name in state_dict:
+                setattr(self, name, state_dict[name])
         self.restored = True
 
     # -- counting steps; the hand-over to SWA --------------------------------------------------

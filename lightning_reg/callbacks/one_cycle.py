@@ -122,6 +122,8 @@ class OneCycleScheduler(ScheduledLR):
         0.1
     """
 
+    state_names = (*ScheduledLR.state_names, "auto_max_lr")
+
     def __init__(
         self,
         max_lr: float | Sequence[float] | Literal["auto"],
@@ -167,7 +169,7 @@ class OneCycleScheduler(ScheduledLR):
     def reset(self) -> None:
         super().reset()
         self.range_test_result: RangeTestResult | None = None
-        self._auto_max_lr: float | None = None
+        self.auto_max_lr: float | None = None
         self._step_source: str | None = None
 
     @property
@@ -177,7 +179,7 @@ class OneCycleScheduler(ScheduledLR):
 
     def _saved_max_lr(self) -> list[float]:
         """The checkpoint's ``max_lr`` per group (empty when none was restored)."""
-        return list((self._saved_config or {}).get("max_lr", []))
+        return list((self.saved_config or {}).get("max_lr", []))
 
     def peak_lrs(self, trainer: pl.Trainer) -> list[float]:
         """``max_lr`` as given, one value or one per group; for ``"auto"``, the range test's value.
@@ -189,12 +191,12 @@ class OneCycleScheduler(ScheduledLR):
         """
         if self.max_lr != "auto":
             return list(self.max_lr)
-        if self._auto_max_lr is None and not self._saved_max_lr():
+        if self.auto_max_lr is None and not self._saved_max_lr():
             result = self.range_test.run(trainer, trainer.lightning_module)
             result.log(trainer)
             self.range_test_result = result
-            self._auto_max_lr = result.max_lr
-        return [] if self._auto_max_lr is None else [self._auto_max_lr]
+            self.auto_max_lr = result.max_lr
+        return [] if self.auto_max_lr is None else [self.auto_max_lr]
 
     def planned_steps(self, trainer: pl.Trainer) -> int:
         """The optimizer steps each optimizer takes in this fit, from the Trainer's plan.
@@ -238,7 +240,7 @@ class OneCycleScheduler(ScheduledLR):
         :meth:`planned_steps`) and ``max_lr`` per group (:meth:`peak_lrs`). On resume, the
         checkpoint's cycles, with a warning naming every value (``total_steps``, ``max_lr``, a
         phase argument) this fit would change."""
-        self._step_source = None
+        self._step_source, saved = None, self.saved_config
         given = self.peak_lrs(trainer) or self._saved_max_lr()
         if len(given) not in (1, num_groups):
             raise ValueError(
@@ -251,9 +253,8 @@ class OneCycleScheduler(ScheduledLR):
             "max_lr": given * num_groups if len(given) == 1 else given,
             **self.one_cycle_kwargs,
         }
-        saved = self._saved_config
         planned = dict(self.config)
-        if self.auto and self._auto_max_lr is None:  # the checkpoint's cycle has a hand-set peak
+        if self.auto and self.auto_max_lr is None:  # the checkpoint's cycle has a hand-set peak
             planned["max_lr"] = "auto"
         changed = self.changes(saved, planned)
         if saved is not None and changed:
@@ -316,8 +317,8 @@ class OneCycleScheduler(ScheduledLR):
         total = total_steps if total_steps is not None else self.total_steps
         if self.max_lr != "auto":
             peak = self.max_lr[0]
-        elif self._auto_max_lr is not None:
-            peak = self._auto_max_lr
+        elif self.auto_max_lr is not None:
+            peak = self.auto_max_lr
         else:
             raise ValueError(
                 "This OneCycleScheduler has `max_lr='auto'` and no range test has run yet; pass "
@@ -328,13 +329,3 @@ class OneCycleScheduler(ScheduledLR):
                 "This OneCycleScheduler is sized by the Trainer; pass `total_steps` to plot it."
             )
         return OneCycle(total, peak, **self.one_cycle_kwargs)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "auto_max_lr": self._auto_max_lr}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if self.auto:
-            self._auto_max_lr = state_dict.get("auto_max_lr")

@@ -91,6 +91,8 @@ class PerformanceScheduler(LRCallback):
         100
     """
 
+    state_names = (*LRCallback.state_names, "best", "num_bad", "cooldown_counter", "num_reductions")
+
     def __init__(
         self,
         monitor: str = "val_loss",
@@ -242,24 +244,6 @@ class PerformanceScheduler(LRCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.check_on == "train_epoch_end":
             self._check(trainer)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "best": self.best,
-            "num_bad": self.num_bad,
-            "cooldown_counter": self.cooldown_counter,
-            "num_reductions": self.num_reductions,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.best = float(state_dict["best"])
-        self.num_bad = int(state_dict["num_bad"])
-        self.cooldown_counter = int(state_dict["cooldown_counter"])
-        self.num_reductions = int(state_dict["num_reductions"])
 
     # -- internals ----------------------------------------------------------------------------
     def _never_runs(self, reason: str) -> None:

@@ -90,6 +90,8 @@ class ScheduledLR(LRCallback):
         0.1
     """
 
+    state_names = (*LRCallback.state_names, "config", "warned_past_end")
+
     def __init__(
         self,
         schedule: ScheduleLike | Sequence[ScheduleLike],
@@ -114,10 +116,9 @@ class ScheduledLR(LRCallback):
     def reset(self) -> None:
         super().reset()
         self.active: list[ScheduleLike] = []
-        self.config: dict[str, Any] = {}
-        self._saved_config: dict[str, Any] | None = None
+        self.config: dict[str, Any] = {}  # the checkpoint's until `plan` sets this fit's
         self._horizons: list[int | None] = []
-        self._warned_past_end = False
+        self.warned_past_end = False
 
     # -- what subclasses customise ------------------------------------------------------------
     def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
@@ -138,14 +139,19 @@ class ScheduledLR(LRCallback):
         keeps the schedules it was given and warns when they differ from the checkpoint's.
         """
         schedules = self.build_schedules(trainer, num_groups)
-        self.config = {"schedule": [config_of(s) for s in schedules]}
-        changed = self.changes(self._saved_config, self.config)
+        saved, self.config = self.saved_config, {"schedule": [config_of(s) for s in schedules]}
+        changed = self.changes(saved, self.config)
         if changed:
             self.warn(
                 f"{self.name}: the schedule differs from the one in the checkpoint ({changed}); "
                 f"continuing from the saved step count {self.steps} with the schedule given now."
             )
         return schedules
+
+    @property
+    def saved_config(self) -> dict[str, Any] | None:
+        """The configuration restored from a checkpoint (``None`` when none was)."""
+        return self.config if self.restored else None
 
     @staticmethod
     def changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
@@ -187,8 +193,8 @@ class ScheduledLR(LRCallback):
         if self.interval != "step":
             return
         step, horizon = self.steps[opt_idx], self._horizons[opt_idx]
-        if horizon is not None and step > horizon and not self._warned_past_end:
-            self._warned_past_end = True
+        if horizon is not None and step > horizon and not self.warned_past_end:
+            self.warned_past_end = True
             if self.restored:  # the checkpoint's schedule was kept (see `plan`)
                 advice = (
                     "This fit resumed a checkpoint whose schedule was planned for a shorter run: "
@@ -228,20 +234,6 @@ class ScheduledLR(LRCallback):
         super().on_train_end(trainer, pl_module)
         if not (getattr(trainer, "fast_dev_run", False) or self.taken_over):
             self.warn_if_stopped_early(trainer)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "config": dict(self.config),
-            "warned_past_end": self._warned_past_end,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._saved_config = state_dict.get("config")
-        self._warned_past_end = bool(state_dict.get("warned_past_end", False))
 
     def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
         """Warn, per optimizer, when training ended before the end of its schedule."""
