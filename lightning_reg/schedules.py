@@ -131,6 +131,27 @@ class Schedule(abc.ABC):
         return int(step)
 
 
+class _Span(Schedule):
+    """A schedule that moves between two LRs over its first ``steps`` steps (its ``length``)."""
+
+    steps: int
+
+    @property
+    def length(self) -> int:
+        """``steps``."""
+        return self.steps
+
+    def _check_span(self, top: str, other: str) -> None:
+        """Validate and store ``steps`` (int >= 1), ``top`` (> 0) and ``other`` (in [0, top])."""
+        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
+        high = check_positive(top, getattr(self, top))
+        value = check_number(
+            other, getattr(self, other), f">= 0 and <= {top} ({high!r})", lambda x: 0 <= x <= high
+        )
+        object.__setattr__(self, top, high)
+        object.__setattr__(self, other, value)
+
+
 @dataclass(frozen=True)
 class Knots(Schedule):
     """A schedule given by its knots: the LR (and momentum) at a few steps, interpolated between.
@@ -604,7 +625,7 @@ class PowerDecay(Schedule):
 
 
 @dataclass(frozen=True)
-class PolynomialDecay(Schedule):
+class PolynomialDecay(_Span):
     """Polynomial decay: from ``lr0`` at step 0 to ``final_lr`` at step ``steps``, then
     ``final_lr``: ``(lr0 - final_lr) * (1 - min(step, steps) / steps) ** power + final_lr``.
 
@@ -634,19 +655,8 @@ class PolynomialDecay(Schedule):
     power: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
-        lr0 = check_positive("lr0", self.lr0)
-        object.__setattr__(self, "lr0", lr0)
-        final = check_number(
-            "final_lr", self.final_lr, f">= 0 and <= lr0 ({lr0!r})", lambda x: 0 <= x <= lr0
-        )
-        object.__setattr__(self, "final_lr", final)
+        self._check_span("lr0", "final_lr")
         object.__setattr__(self, "power", check_positive("power", self.power))
-
-    @property
-    def length(self) -> int:
-        """``steps``."""
-        return self.steps
 
     def __call__(self, step: int) -> float:
         done = min(self._check_step(step), self.steps) / self.steps
@@ -728,7 +738,7 @@ class Constant(Schedule):
 
 
 @dataclass(frozen=True)
-class LinearWarmup(Schedule):
+class LinearWarmup(_Span):
     """Linear warm-up: from ``start_lr`` at step 0 up to ``lr`` at step ``steps``, then ``lr``.
 
     ``lr(k) = start_lr + (lr - start_lr) * k / steps`` for ``k < steps`` (timm's and Composer's
@@ -756,18 +766,7 @@ class LinearWarmup(Schedule):
     start_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
-        lr = check_positive("lr", self.lr)
-        object.__setattr__(self, "lr", lr)
-        start = check_number(
-            "start_lr", self.start_lr, f">= 0 and <= lr ({lr!r})", lambda x: 0 <= x <= lr
-        )
-        object.__setattr__(self, "start_lr", start)
-
-    @property
-    def length(self) -> int:
-        """``steps``."""
-        return self.steps
+        self._check_span("lr", "start_lr")
 
     def __call__(self, step: int) -> float:
         step = self._check_step(step)
@@ -777,7 +776,7 @@ class LinearWarmup(Schedule):
 
 
 @dataclass(frozen=True)
-class CosineDecay(Schedule):
+class CosineDecay(_Span):
     """Cosine decay: from ``lr0`` at step 0 to ``final_lr`` at step ``steps`` along a half
     cosine, then ``final_lr`` (Loshchilov & Hutter's SGDR without restarts; Keras'
     ``CosineDecay`` with ``alpha = final_lr / lr0``).
@@ -805,18 +804,7 @@ class CosineDecay(Schedule):
     final_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "steps", check_int("steps", self.steps, 1))
-        lr0 = check_positive("lr0", self.lr0)
-        object.__setattr__(self, "lr0", lr0)
-        final = check_number(
-            "final_lr", self.final_lr, f">= 0 and <= lr0 ({lr0!r})", lambda x: 0 <= x <= lr0
-        )
-        object.__setattr__(self, "final_lr", final)
-
-    @property
-    def length(self) -> int:
-        """``steps``."""
-        return self.steps
+        self._check_span("lr0", "final_lr")
 
     def __call__(self, step: int) -> float:
         step = min(self._check_step(step), self.steps)
