@@ -211,10 +211,6 @@ class LRCallback(Callback):
             self._monitor.on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hooks()
-
-    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
 

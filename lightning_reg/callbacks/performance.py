@@ -224,7 +224,6 @@ class PerformanceScheduler(LRCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
         quiet = getattr(trainer, "fast_dev_run", False) or self.taken_over
         if self._in_handover() and not quiet:
             self.warn(

@@ -231,7 +231,6 @@ class ScheduledLR(LRCallback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
         if not (getattr(trainer, "fast_dev_run", False) or self.taken_over):
             self.warn_if_stopped_early(trainer)
 
