@@ -315,11 +315,8 @@ class OneCycleScheduler(ScheduledLR):
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:
         """The first param group's :class:`OneCycle` (for :func:`~lightning_reg.plot_schedule`)."""
         total = total_steps if total_steps is not None else self.total_steps
-        if self.max_lr != "auto":
-            peak = self.max_lr[0]
-        elif self.auto_max_lr is not None:
-            peak = self.auto_max_lr
-        else:
+        peak = self.auto_max_lr if self.max_lr == "auto" else self.max_lr[0]
+        if peak is None:
             raise ValueError(
                 "This OneCycleScheduler has `max_lr='auto'` and no range test has run yet; pass "
                 "`max_lr` to plot it."
