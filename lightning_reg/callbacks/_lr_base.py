@@ -124,10 +124,15 @@ class LRCallback(Callback):
 
     # -- what subclasses implement -------------------------------------------------------------
     def start(self, trainer: pl.Trainer) -> None:
-        """Plan this fit and write the first values (``self.steps`` is set by now)."""
+        """Plan this fit: set :attr:`active` (and :attr:`until`); ``self.steps`` is set by now."""
 
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
-        """Called after every real step of optimizer ``opt_idx`` (its count already updated)."""
+        """Called after every real step of optimizer ``opt_idx`` (its count already updated), and
+        once per optimizer when training starts: writes the :attr:`active` schedules' values at
+        the step count, up to step :attr:`until`."""
+        step = self.steps[opt_idx]
+        if self.active and (self.until is None or step <= self.until):
+            self.write(trainer, opt_idx, step, self.active)
 
     def describe_progress(self) -> str:
         """How far the schedule got, for the hand-over message ("" when it is complete)."""
@@ -140,6 +145,8 @@ class LRCallback(Callback):
         self.steps: list[int] = []
         self.restored = False
         self.taken_over: str | None = None
+        self.active: list[ScheduleLike] = []  # the schedule of each param group, if any
+        self.until: int | None = None  # the last step they write (None: no end)
         self._monitor: LearningRateMonitor | None = None
 
     @override
@@ -195,6 +202,8 @@ class LRCallback(Callback):
                 check_positive(f"param_groups[{k}]['lr_scale']", group["lr_scale"])
         if self.taken_over is None:
             self.start(trainer)
+            for idx in range(num_optimizers):
+                self.after_step(trainer, idx)
         self._remove_hooks()
         for idx, opt in enumerate(trainer.optimizers):
             self._handles.append(opt.register_step_post_hook(self._make_post_hook(trainer, idx)))

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from typing_extensions import override
 
-from lightning_reg._validation import check_int
+from lightning_reg._validation import check_int, check_positive
 from lightning_reg.callbacks._lr_base import (
     LRCallback,
     ScheduleLike,
@@ -29,19 +29,16 @@ _SMOKE_STEPS = 3
 
 
 def _check_max_lr(max_lr: Any) -> list[float] | Literal["auto"]:
-    if isinstance(max_lr, str) and max_lr == "auto":
-        return "auto"
+    if isinstance(max_lr, str):
+        if max_lr == "auto":
+            return "auto"
+        raise TypeError(
+            f"`max_lr` must be a number, a sequence of numbers or 'auto', got {max_lr!r}."
+        )
     values = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr]
     if not values:
         raise ValueError("`max_lr` must not be an empty sequence.")
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(
-                f"`max_lr` must be a number, a sequence of numbers or 'auto', got {max_lr!r}."
-            )
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"`max_lr` must be finite and > 0, got {max_lr!r}.")
-    return [float(v) for v in values]
+    return [check_positive("max_lr", value) for value in values]
 
 
 class OneCycleScheduler(ScheduledLR):

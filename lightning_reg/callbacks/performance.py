@@ -206,15 +206,7 @@ class PerformanceScheduler(LRCallback):
             return
         if num_groups > 1 and not self.restored:
             self.warn_if_ratio_erased(trainer)
-        for idx in range(len(trainer.optimizers)):
-            self.after_step(trainer, idx)
-
-    @override
-    def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
-        step = self.steps[opt_idx]
-        if self.schedule is not None and step <= self.schedule_steps:
-            num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
-            self.write(trainer, opt_idx, step, [self.schedule] * num_groups)
+        self.active, self.until = [self.schedule] * num_groups, self.schedule_steps
 
     @override
     def describe_progress(self) -> str:

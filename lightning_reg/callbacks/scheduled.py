@@ -115,7 +115,6 @@ class ScheduledLR(LRCallback):
     @override
     def reset(self) -> None:
         super().reset()
-        self.active: list[ScheduleLike] = []
         self.config: dict[str, Any] = {}  # the checkpoint's until `plan` sets this fit's
         self._horizons: list[int | None] = []
         self.warned_past_end = False
@@ -186,7 +185,6 @@ class ScheduledLR(LRCallback):
             lengths = [length_of(s) for s, i in zip(self.active, groups, strict=True) if i == idx]
             known = [n for n in lengths if n is not None]
             self._horizons.append(max(known) if known and len(known) == len(lengths) else None)
-            self.write(trainer, idx, self.steps[idx], self.active)
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
@@ -211,7 +209,7 @@ class ScheduledLR(LRCallback):
                 f"(length {horizon} steps); holding its final value. The run is longer than the "
                 f"schedule. {advice}"
             )
-        self.write(trainer, opt_idx, step, self.active)
+        super().after_step(trainer, opt_idx)
 
     @override
     def describe_progress(self) -> str:
