@@ -15,15 +15,6 @@ __all__ = ["ScheduledLR"]
 _INTERVALS = ("step", "epoch")
 
 
-def _check_schedule(schedule: Any, name: str) -> ScheduleLike:
-    if not callable(schedule):
-        raise TypeError(
-            f"`{name}` must be a schedule object or a callable `step -> lr`, got "
-            f"{type(schedule).__name__}."
-        )
-    return schedule
-
-
 def config_of(schedule: ScheduleLike) -> Any:
     """A schedule as plain data for checkpoints: ``get_config()`` of a schedule object, the
     qualified name of a plain function."""
@@ -102,14 +93,17 @@ class ScheduledLR(LRCallback):
         if interval not in _INTERVALS:
             raise ValueError(f"`interval` must be one of {_INTERVALS}, got {interval!r}.")
         self.interval = interval
-        if isinstance(schedule, Sequence) and not callable(schedule):
-            if len(schedule) == 0:
-                raise ValueError("`schedule` must not be an empty sequence.")
-            self._schedules: list[ScheduleLike] = [
-                _check_schedule(s, f"schedule[{i}]") for i, s in enumerate(schedule)
-            ]
-        else:
-            self._schedules = [_check_schedule(schedule, "schedule")]
+        given: Any = schedule
+        many = isinstance(given, Sequence) and not callable(given)
+        self._schedules: list[ScheduleLike] = list(given) if many else [given]
+        if not self._schedules:
+            raise ValueError("`schedule` must not be an empty sequence.")
+        for i, item in enumerate(self._schedules):
+            if not callable(item):
+                raise TypeError(
+                    f"`schedule{f'[{i}]' if many else ''}` must be a schedule object or a "
+                    f"callable `step -> lr`, got {type(item).__name__}."
+                )
         self.reset()
 
     @override
@@ -193,17 +187,13 @@ class ScheduledLR(LRCallback):
         step, horizon = self.steps[opt_idx], self._horizons[opt_idx]
         if horizon is not None and step > horizon and not self.warned_past_end:
             self.warned_past_end = True
-            if self.restored:  # the checkpoint's schedule was kept (see `plan`)
-                advice = (
-                    "This fit resumed a checkpoint whose schedule was planned for a shorter run: "
-                    "to train a new schedule, start a fit without `ckpt_path` (loading only the "
-                    "weights)."
-                )
-            else:
-                advice = (
-                    "Make the schedule as long as the run (for OneCycleScheduler leave "
-                    "`total_steps=None` to size it from the Trainer)."
-                )
+            advice = (  # on resume, the checkpoint's schedule was kept (see `plan`)
+                "This fit resumed a checkpoint whose schedule was planned for a shorter run: to "
+                "train a new one, start a fit without `ckpt_path` (loading only the weights)."
+                if self.restored
+                else "Make the schedule as long as the run (for OneCycleScheduler leave "
+                "`total_steps=None` to size it from the Trainer)."
+            )
             self.warn(
                 f"{self.name}: optimizer {opt_idx} took step {step - 1}, past the schedule's end "
                 f"(length {horizon} steps); holding its final value. The run is longer than the "
@@ -242,20 +232,17 @@ class ScheduledLR(LRCallback):
             first = next(k for k, (i, _, _) in enumerate(self.param_groups(trainer)) if i == idx)
             end_lr = self.active[first](horizon)
             planned = trainer.estimated_stepping_batches
-            if trainer.lightning_module.automatic_optimization and planned < horizon:
-                why = (
-                    f"The Trainer planned only {planned:g} optimizer steps "
-                    "(`trainer.estimated_stepping_batches`, from `max_epochs`, `max_steps` and "
-                    "`limit_train_batches`): make the schedule's steps add up to the run (for "
-                    "OneCycleScheduler leave `total_steps=None`), or train longer."
-                )
-            else:
-                why = (
-                    "Runs end early with `max_time`, `EarlyStopping` or a dataloader shorter "
-                    "than planned (an IterableDataset under `max_steps`). Size the schedule to "
-                    "the run that really happens (OneCycleScheduler: `total_steps=...`), or "
-                    "resume from the last checkpoint to finish it."
-                )
+            why = (
+                f"The Trainer planned only {planned:g} optimizer steps "
+                "(`trainer.estimated_stepping_batches`, from `max_epochs`, `max_steps` and "
+                "`limit_train_batches`): make the schedule's steps add up to the run (for "
+                "OneCycleScheduler leave `total_steps=None`), or train longer."
+                if trainer.lightning_module.automatic_optimization and planned < horizon
+                else "Runs end early with `max_time`, `EarlyStopping` or a dataloader shorter "
+                "than planned (an IterableDataset under `max_steps`). Size the schedule to the "
+                "run that really happens (OneCycleScheduler: `total_steps=...`), or resume from "
+                "the last checkpoint to finish it."
+            )
             self.warn(
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
