@@ -205,6 +205,8 @@ class OneCycleScheduler(ScheduledLR):
         optimizer (:meth:`planned_steps`); ``max_lr`` is the constructor's, one per group, or
         the range test's under ``"auto"`` (:meth:`peak_lrs`).
         """
+        # Sized first: a run whose cycle cannot be sized fails before any range-test step.
+        total = self.planned_steps(trainer) if self.total_steps is None else self.total_steps
         given = self.peak_lrs(trainer) or self._saved_max_lr()
         if len(given) not in (1, num_groups):
             raise ValueError(
@@ -212,10 +214,7 @@ class OneCycleScheduler(ScheduledLR):
                 "param groups; pass one value, or exactly one per param group."
             )
         max_lrs = given * num_groups if len(given) == 1 else given
-        num_optimizers = len(trainer.optimizers)
-        if self.total_steps is not None:
-            return [self.total_steps] * num_optimizers, max_lrs
-        return [self.planned_steps(trainer)] * num_optimizers, max_lrs
+        return [total] * len(trainer.optimizers), max_lrs
 
     def planned_steps(self, trainer: pl.Trainer) -> int:
         """The optimizer steps each optimizer takes in this fit, from the Trainer's plan.
