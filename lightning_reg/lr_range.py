@@ -34,7 +34,6 @@ from lightning.pytorch.strategies import (
 )
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from lightning_reg._validation import check_int, check_number, check_positive
@@ -335,7 +334,6 @@ class LRRangeTest:
     ) -> tuple[list[float], list[float], str]:
         lrs: list[float] = []
         losses: list[float] = []
-        best, avg = math.inf, 0.0
         for k, lr in enumerate(self.lrs()):
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -344,16 +342,13 @@ class LRRangeTest:
             losses.append(float(trainer.strategy.reduce(loss, reduce_op="mean")))
             if not math.isfinite(losses[-1]):
                 return lrs, losses, f"non-finite loss at step {k} (lr {lr:.3g})"
-            avg = self.beta * avg + (1.0 - self.beta) * losses[-1]
-            smoothed = avg / (1.0 - self.beta ** (k + 1))
-            best = min(best, smoothed)
-            limit = self.early_stop_threshold
-            if limit is not None and smoothed > limit * best:
+            curve, limit = smooth(losses, self.beta), self.early_stop_threshold
+            if limit is not None and curve[-1] > limit * min(curve):
                 return (
                     lrs,
                     losses,
-                    f"loss diverged at step {k} (lr {lr:.3g}): smoothed loss {smoothed:.4g} > "
-                    f"{limit:g} x lowest {best:.4g}",
+                    f"loss diverged at step {k} (lr {lr:.3g}): smoothed loss {curve[-1]:.4g} > "
+                    f"{limit:g} x lowest {min(curve):.4g}",
                 )
         return lrs, losses, DONE
 
@@ -430,19 +425,11 @@ def _no_sync(strategy: Any) -> contextlib.AbstractContextManager[Any]:
 def _loader_generators(iterables: Any) -> list[torch.Generator]:
     """The ``torch.Generator``s that iterating the training dataloader(s) advances (each
     loader's own and its samplers')."""
-    if isinstance(iterables, Mapping):
-        loaders = list(iterables.values())
-    else:
-        loaders = list(iterables) if isinstance(iterables, (list, tuple)) else [iterables]
     found: dict[int, torch.Generator] = {}
-    for loader in loaders:
-        if not isinstance(loader, DataLoader):
-            continue
-        for gen in (
-            loader.generator,
-            getattr(loader.sampler, "generator", None),
-            getattr(getattr(loader.batch_sampler, "sampler", None), "generator", None),
-        ):
+    for loader in CombinedLoader(iterables).flattened:
+        inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        for holder in (loader, getattr(loader, "sampler", None), inner):
+            gen = getattr(holder, "generator", None)
             if isinstance(gen, torch.Generator):
                 found[id(gen)] = gen
     return list(found.values())
@@ -450,19 +437,11 @@ def _loader_generators(iterables: Any) -> list[torch.Generator]:
 
 def _cycle(iterables: Any) -> Generator[Any, None, None]:
     """Batches from fresh iterators of the training dataloader(s), restarted when exhausted."""
-    combined = not isinstance(iterables, DataLoader) and isinstance(
-        iterables, (Mapping, list, tuple)
-    )
     while True:
         produced = False
-        if combined:
-            for batch, _, _ in CombinedLoader(iterables, mode="max_size_cycle"):
-                produced = True
-                yield batch
-        else:
-            for batch in iterables:
-                produced = True
-                yield batch
+        for batch, _, _ in CombinedLoader(iterables, mode="max_size_cycle"):
+            produced = True
+            yield batch
         if not produced:
             raise MisconfigurationException(f"{WHAT} found the training dataloader empty.")
 
@@ -470,13 +449,8 @@ def _cycle(iterables: Any) -> Generator[Any, None, None]:
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two ``state_dict`` values are equal (nested dicts and sequences, tensors)."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and bool(torch.equal(a, b))
-        )
+        tensors = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        return tensors and a.dtype == b.dtype and bool(torch.equal(a, b))
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
