@@ -57,6 +57,8 @@ class Task:
 TASKS = {
     "digits MLP, SGD, b64, split 0": Task("tune", "digits", 0, 64, "mlp", "sgd"),
     "MNIST-5k MLP, SGD, b64, split 0": Task("tune", "mnist5k", 0, 64, "mlp", "sgd"),
+    "MNIST-5k MLP, Adam, b64, split 0": Task("tune", "mnist5k", 0, 64, "mlp", "adam"),
+    "digits CNN, SGD, b64, split 0": Task("tune", "digits", 0, 64, "cnn", "sgd"),
     "MNIST-5k MLP, SGD, b64, split 1": Task("held-out", "mnist5k", 1, 64, "mlp", "sgd"),
     "MNIST-5k CNN, SGD, b64, split 1": Task("held-out", "mnist5k", 1, 64, "cnn", "sgd"),
     "digits MLP, Adam, b64, split 1": Task("held-out", "digits", 1, 64, "mlp", "adam"),
@@ -67,27 +69,27 @@ TASKS = {
 # the one named by DEFAULT_RULE; the others are what it was chosen against.
 RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
     f"lowest smoothed loss / {d:g}": lambda lrs, losses, d=d: suggest_max_lr(lrs, losses, 0.9, d)
-    for d in (1.5, 2.0, 3.0, 4.0)
+    for d in (1.5, 2.0, 3.0, 4.0, 6.0)
 }
 DEFAULT_RULE = "lowest smoothed loss / 2"
 
 
 class SmallCNN(RegularizedMLP):
-    """A 2-conv CNN for 28x28 images (8 and 16 channels, max-pooling) on RegularizedMLP's
-    training, validation and optimizer code."""
+    """A 2-conv CNN on RegularizedMLP's training, validation and optimizer code: for 28x28
+    images 8 and 16 channels with max-pooling after each; for 8x8 images 16 and 32 channels
+    without pooling."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(in_features=784, hidden=(), **kwargs)
+    def __init__(self, side: int, **kwargs: Any) -> None:
+        super().__init__(in_features=side * side, hidden=(), **kwargs)
+        if side == 28:
+            convs: list[nn.Module] = [nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2)]
+            convs += [nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2)]
+            features = 16 * 5 * 5
+        else:
+            convs = [nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU()]
+            features = 32 * (side - 4) ** 2
         self.net = nn.Sequential(
-            nn.Unflatten(1, (1, 28, 28)),
-            nn.Conv2d(1, 8, 3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 10),
+            nn.Unflatten(1, (1, side, side)), *convs, nn.Flatten(), nn.Linear(features, 10)
         )
 
 
@@ -99,7 +101,7 @@ def make_data(task: Task) -> pl.LightningDataModule:
 
 def make_model(task: Task, dm: pl.LightningDataModule, hidden: list[int]) -> RegularizedMLP:
     if task.model == "cnn":
-        return SmallCNN(optimizer=task.optimizer)
+        return SmallCNN(28 if task.data == "mnist5k" else 8, optimizer=task.optimizer)
     features = dm.num_features  # type: ignore[attr-defined]
     return RegularizedMLP(in_features=features, hidden=tuple(hidden), optimizer=task.optimizer)
 
@@ -169,7 +171,8 @@ def train_1cycle(
             "sweep_seconds": 0.0 if result is None else result.seconds,
         }
 
-    return cache.get([name, max_lr, epochs, seed, args.hidden], compute)
+    rule = repr(LRRangeTest()) if max_lr == "auto" else None
+    return cache.get([name, max_lr, epochs, seed, args.hidden, *([rule] if rule else [])], compute)
 
 
 def record_curve(
