@@ -34,7 +34,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from _common import machine_header, markdown_table, quiet_lightning, write_section
-from convergence import Recorder, Run
+from convergence import QUIET_CPU, Recorder, Run
 from torch import nn
 
 from lightning_reg import OneCycleScheduler
@@ -118,17 +118,7 @@ def fit(
     pl.seed_everything(seed, verbose=False)
     model = make_model(task, dm, hidden)
     run = Run()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[Recorder(run), callback],
-        **trainer_kwargs,
-    )
+    trainer = pl.Trainer(callbacks=[Recorder(run), callback], **QUIET_CPU, **trainer_kwargs)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     return run, time.perf_counter() - start
