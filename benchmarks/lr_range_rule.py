@@ -69,9 +69,9 @@ TASKS = {
 # the one named by DEFAULT_RULE; the others are what it was chosen against.
 RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
     f"lowest smoothed loss / {d:g}": lambda lrs, losses, d=d: suggest_max_lr(lrs, losses, 0.9, d)
-    for d in (1.5, 2.0, 3.0, 4.0, 6.0)
+    for d in (2.0, 3.0, 4.0, 6.0)
 }
-DEFAULT_RULE = "lowest smoothed loss / 2"
+DEFAULT_RULE = f"lowest smoothed loss / {LRRangeTest().divisor:g}"
 
 
 class SmallCNN(RegularizedMLP):

@@ -100,7 +100,7 @@ def test_suggest_max_lr_is_the_lowest_smoothed_loss_over_the_divisor() -> None:
     best = min(range(49), key=curve.__getitem__)
     assert best > 20  # the smoothing lags: the lowest smoothed loss comes later than the raw one
     assert suggest_max_lr(lrs, losses, beta=0.9, divisor=3.0) == pytest.approx(lrs[best] / 3)
-    assert suggest_max_lr(lrs, losses, beta=0.0) == pytest.approx(lrs[20] / 2)  # default: / 2
+    assert suggest_max_lr(lrs, losses, beta=0.0) == pytest.approx(lrs[20] / 4)  # default: / 4
 
 
 @pytest.mark.parametrize(
@@ -496,7 +496,7 @@ def test_a_minimum_at_the_top_of_the_range_warns_and_names_the_argument() -> Non
     falling = [3.0 - 0.05 * k for k in range(30)]
     with pytest.warns(UserWarning, match=r"top of the swept range.*`LRRangeTest\(max_lr=\.\.\.\)`"):
         value = suggest_max_lr(lrs, falling)
-    assert value == pytest.approx(lrs[-1] / 2)
+    assert value == pytest.approx(lrs[-1] / 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a valley inside the range: no warning
         suggest_max_lr(lrs, falling[:20] + [2.5] * 10)
