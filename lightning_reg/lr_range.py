@@ -217,11 +217,11 @@ class LRRangeTest:
     ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group. It
     stops early at the first non-finite loss, or when the smoothed loss exceeds
     ``early_stop_threshold`` times its lowest value. Then, on every exit path (an exception or
-    ``KeyboardInterrupt`` included), it restores the weights and buffers, the gradients, the
-    optimizer's state and hyperparameters, the GradScaler, every callback's ``state_dict``, the
-    torchmetrics states, the train/eval modes, and the torch (CPU and CUDA), Python and NumPy
-    random generators plus any generator held by the dataloader: the training that follows draws
-    the same batches and dropout masks as it would without the sweep.
+    ``KeyboardInterrupt`` included), it restores the weights and buffers, the module's own
+    attributes, the gradients, the optimizer's state and hyperparameters, the GradScaler, every
+    callback's ``state_dict``, the torchmetrics states, the train/eval modes, and the torch (CPU
+    and CUDA), Python and NumPy random generators plus any generator held by the dataloader: the
+    training that follows draws the same batches and dropout masks as it would without the sweep.
 
     Each sweep step is the step Lightning's automatic optimization takes, through the same
     public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's
@@ -472,6 +472,8 @@ class _Snapshot:
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         self.pl_module, self.optimizer = pl_module, optimizer
+        # The module's own attributes (a value a step rebinds, e.g. a penalty kept for logging).
+        self.attributes = dict(vars(pl_module))
         self.tensors = [*pl_module.parameters(), *pl_module.buffers()]
         self.values = [t.detach().clone() for t in self.tensors]
         self.grads = [
@@ -497,6 +499,7 @@ class _Snapshot:
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     def restore(self) -> None:
+        vars(self.pl_module).update(self.attributes)
         with torch.no_grad():
             for tensor, saved in zip(self.tensors, self.values, strict=True):
                 tensor.copy_(saved)

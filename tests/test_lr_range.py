@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import OneCycleScheduler
+from lightning_reg.demos import RegularizedMLP
 from lightning_reg.lr_range import LRRangeTest, smooth, suggest_max_lr
 from lightning_reg.module import WeightPenaltyMixin
 from tests.helpers import DigitsClassifier, digits
@@ -509,3 +510,35 @@ def test_a_sweep_that_stops_below_the_minimum_warns_in_fit() -> None:
     trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.warns(UserWarning, match=r"LRRangeTest\(max_lr=\.\.\.\)"):
         trainer.fit(DigitsClassifier(), loader())
+
+
+def test_auto_with_a_weight_penalty_equals_the_hand_set_run_logged_penalty_included(
+    tmp_path: Path,
+) -> None:
+    """The seam of a sweep and a penalty: the sweep's steps add the penalty, and nothing of it
+    (weights, the value kept for logging) reaches the run."""
+
+    def run(max_lr: Any) -> tuple[OneCycleScheduler, RegularizedMLP, list[str]]:
+        pl.seed_everything(0, verbose=False)
+        model = RegularizedMLP(hidden=(32,), l1=1e-4, l2=1e-3)
+        cb = OneCycleScheduler(max_lr=max_lr, range_test=FAST)
+        trainer = pl.Trainer(
+            max_epochs=2,
+            logger=CSVLogger(tmp_path, name=str(max_lr)),
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[cb],
+        )
+        trainer.fit(model, loader())
+        rows = metrics_rows(trainer)
+        logged = [r[k] for r in rows for k in ("train/penalty", "train/penalty_step") if r.get(k)]
+        return cb, model, logged
+
+    auto, auto_model, auto_logged = run("auto")
+    assert auto.range_test_result is not None
+    _, hand_model, hand_logged = run(auto.range_test_result.max_lr)
+    for a, b in zip(auto_model.parameters(), hand_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert len(auto_logged) == 20 and auto_logged == hand_logged
