@@ -115,9 +115,7 @@ def suggest_max_lr(
         raise ValueError(f"`lrs` and `losses` differ in length: {len(lrs)} and {len(losses)}.")
     check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
     check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
-    finite = 0
-    while finite < len(losses) and math.isfinite(losses[finite]):
-        finite += 1
+    finite = next((k for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
     if finite == 0:
         raise ValueError(
             "The LR range test has no finite loss: the loss was inf/NaN from its first step "

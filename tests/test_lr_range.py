@@ -429,11 +429,12 @@ class FailingSweep(DigitsClassifier):
 
     def __init__(self, error: BaseException) -> None:
         super().__init__()
-        self.error, self.calls = error, 0
+        # A list, mutated in place: the sweep puts back the attributes it finds rebound.
+        self.error, self.calls = error, []
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == 6:
+        self.calls.append(batch_idx)
+        if len(self.calls) == 6:
             raise self.error
         return super().training_step(batch, batch_idx)
 
@@ -452,7 +453,7 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
             trainer.fit(model, loader())
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert model.calls == 6  # five sweep steps had updated the weights
+    assert len(model.calls) == 6  # five sweep steps had updated the weights
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     optimizer = trainer.optimizers[0]
@@ -462,10 +463,10 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
 class Counting(DigitsClassifier):
     def __init__(self, output: str = "loss") -> None:
         super().__init__()
-        self.output, self.calls = output, 0
+        self.output, self.calls = output, []
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        self.calls += 1
+        self.calls.append(batch_idx)
         loss = super().training_step(batch, batch_idx)
         return loss if self.output == "loss" else {"logits_mean": loss.detach()}
 
@@ -476,7 +477,7 @@ def test_a_cycle_that_cannot_be_sized_fails_before_any_sweep_step() -> None:
     trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(ValueError, match="could not size the cycle"):
         trainer.fit(model, loader())
-    assert model.calls == 0
+    assert model.calls == []
 
 
 def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_first_step() -> None:
@@ -487,7 +488,7 @@ def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_firs
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(MisconfigurationException, match="'loss' key needs to be present"):
         trainer.fit(model, loader())
-    assert model.calls == 1
+    assert model.calls == [0]
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a, b)
 
