@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import math
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -543,3 +545,19 @@ def test_auto_with_a_weight_penalty_equals_the_hand_set_run_logged_penalty_inclu
     for a, b in zip(auto_model.parameters(), hand_model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert len(auto_logged) == 20 and auto_logged == hand_logged
+
+
+def test_the_rule_benchmark_runs_at_a_tiny_size() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "lr_range_rule.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| digits")]
+    arms = [row.split("|")[3].strip() for row in rows]
+    assert arms[:2] == ["hand 0.1", "lowest smoothed loss / 2"]
+    assert arms[-1] == '"auto" (lowest smoothed loss / 4)'
+    assert "Rule kept on the tuning tasks" in result.stdout
