@@ -35,6 +35,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -51,6 +52,16 @@ from lightning_reg.demos import DigitsDataModule, RegularizedMLP
 from lightning_reg.demos.data import FashionMNISTDataModule, MNIST5kDataModule
 
 DATASETS = ("mnist5k", "digits")
+# The Trainer arguments of every benchmark fit: one CPU process, no logging, no files.
+QUIET_CPU: dict[str, Any] = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+}
 THRESHOLDS = {"mnist5k": 0.93, "digits": 0.97, "fashion-mnist": 0.85}
 
 
@@ -126,15 +137,7 @@ def train(
     steps_per_epoch = len(dm.train_dataloader())
     cb = callback(epochs * steps_per_epoch)
     trainer = pl.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[Recorder(run), *([cb] if cb else [])],
+        max_epochs=epochs, callbacks=[Recorder(run), *([cb] if cb else [])], **QUIET_CPU
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)

@@ -12,8 +12,10 @@ Two parts, used apart:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import random
 import time
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -21,12 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
-from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.loops.optimization.automatic import Closure, ClosureResult
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    ParallelStrategy,
+    SingleDeviceStrategy,
+)
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.seed import isolate_rng
-from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from lightning_reg._validation import check_int, check_number, check_positive
@@ -34,7 +41,9 @@ from lightning_reg._validation import check_int, check_number, check_positive
 __all__ = ["LRRangeTest", "RangeTestResult", "smooth", "suggest_max_lr"]
 
 DEFAULT_BETA = 0.9
-DEFAULT_DIVISOR = 2.0
+DEFAULT_DIVISOR = 4.0
+DONE = "completed"
+WHAT = "The LR range test of `max_lr='auto'`"
 
 
 def smooth(losses: Sequence[float], beta: float = DEFAULT_BETA) -> list[float]:
@@ -74,14 +83,14 @@ def suggest_max_lr(
     divided by ``divisor``.
 
     The curve is smoothed with :func:`smooth` over its finite prefix (a sweep stops at the first
-    non-finite loss). The rule and its defaults were chosen by measuring 1cycle's accuracy after
-    the range test on two datasets (see ``docs/schedules.md``).
+    non-finite loss). The divisor was chosen by 1cycle's accuracy on four tuning tasks and
+    checked on four others (see ``docs/schedules.md``).
 
     Args:
         lrs: the learning rate of each step, increasing. Required.
         losses: the loss of each step (same length; may end with a non-finite value). Required.
         beta: smoothing factor in ``[0, 1)``. Default ``0.9``.
-        divisor: the LR of the lowest smoothed loss is divided by this, ``>= 1``. Default ``2``.
+        divisor: the LR of the lowest smoothed loss is divided by this, ``>= 1``. Default ``4``.
 
     Returns:
         A finite learning rate > 0.
@@ -91,10 +100,14 @@ def suggest_max_lr(
             lowest smoothed loss is at the first LR (the loss never fell, so the sweep started too
             high or the model does not train): the message says which, and what to change.
 
+    Warns:
+        UserWarning: when the lowest smoothed loss is the curve's last point, a finite one (the
+            loss still fell at the top of the swept range): it names ``LRRangeTest(max_lr=...)``.
+
     Example:
         >>> lrs = [0.01, 0.1, 1.0, 10.0]
         >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, float("nan")], beta=0.0)
-        0.5
+        0.25
         >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, 9.0], beta=0.0, divisor=10.0)
         0.1
     """
@@ -102,9 +115,7 @@ def suggest_max_lr(
         raise ValueError(f"`lrs` and `losses` differ in length: {len(lrs)} and {len(losses)}.")
     check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
     check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
-    finite = 0
-    while finite < len(losses) and math.isfinite(losses[finite]):
-        finite += 1
+    finite = next((k for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
     if finite == 0:
         raise ValueError(
             "The LR range test has no finite loss: the loss was inf/NaN from its first step "
@@ -118,6 +129,13 @@ def suggest_max_lr(
             f"The LR range test's loss never fell below its value at the first LR "
             f"({lrs[0]:.3g}): the sweep starts too high or the model does not train. Lower "
             "`min_lr` of the range test, or pass `max_lr` by hand."
+        )
+    if best == len(losses) - 1:
+        rank_zero_warn(
+            f"The LR range test's lowest smoothed loss is at the top of the swept range (lr "
+            f"{lrs[best]:.3g}): the loss was still falling, so max_lr {lrs[best] / divisor:.3g} "
+            "read from it may be far from the best. Sweep higher with `LRRangeTest(max_lr=...)`"
+            f" above {lrs[best]:.3g}, or pass `max_lr` by hand."
         )
     return float(lrs[best]) / divisor
 
@@ -188,28 +206,32 @@ class RangeTestResult:
 
 
 class LRRangeTest:
-    """An exponential LR sweep inside ``fit``, undone afterwards (Smith 2015's range test).
+    """An exponential LR sweep of real training steps inside ``fit``, undone afterwards (Smith
+    2015's range test).
 
     :meth:`run` is called from a callback hook when training starts (``OneCycleScheduler`` calls
     it from ``on_train_start`` with ``max_lr="auto"``). It takes up to ``num_steps`` optimizer
     steps on batches drawn from a separate iterator of the training dataloader, the LR of step
     ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group. It
     stops early at the first non-finite loss, or when the smoothed loss exceeds
-    ``early_stop_threshold`` times its lowest value. Then it restores the weights and buffers,
-    the gradients, the optimizer's state and hyperparameters, every callback's ``state_dict``,
-    the torchmetrics states, the train/eval modes, and the torch (CPU and CUDA), Python and NumPy
-    random generators plus any generator held by the dataloader: the training that follows draws
-    the same batches and dropout masks as it would without the sweep.
+    ``early_stop_threshold`` times its lowest value. Then, on every exit path (an exception or
+    ``KeyboardInterrupt`` included), it restores the weights and buffers, the module's own
+    attributes, the gradients, the optimizer's state and hyperparameters, the GradScaler, every
+    callback's ``state_dict``, the torchmetrics states, the train/eval modes, and the torch (CPU
+    and CUDA), Python and NumPy random generators plus any generator held by the dataloader: the
+    training that follows draws the same batches and dropout masks as it would without the sweep.
 
-    Each step is ``training_step`` on one batch per accumulated gradient (the module's own loss,
-    penalties included), ``loss.backward()`` under the precision plugin's autocast context, the
-    gradients averaged over the ranks under DDP, clipping as set on the Trainer, and
-    ``optimizer.step()``. Loss scaling and the ``on_before_backward`` /
-    ``on_before_optimizer_step`` hooks are not part of it. ``self.log`` calls in
-    ``training_step`` are dropped during the sweep (the module is detached from the Trainer for
-    the call), so logged metrics and the progress bar see only real training. The loss of each
-    step is averaged over the ranks with ``trainer.strategy.reduce``, so every rank sees the
-    same curve, stops at the same step and reads the same value.
+    Each sweep step is the step Lightning's automatic optimization takes, through the same
+    public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's
+    autocast) on one batch per accumulated gradient, ``trainer.strategy.backward`` (the module's
+    ``backward``, the GradScaler, the backward hooks, DDP's gradient sync on the last
+    micro-batch), then ``trainer.strategy.optimizer_step`` with that closure (unscaling,
+    ``on_before_optimizer_step``, clipping as configured, a skipped step on inf/NaN gradients). So
+    a weight penalty, a max-norm constraint and clipping act in the sweep as in training.
+    ``self.log`` calls are dropped during the sweep (the Trainer runs as ``barebones`` for it),
+    so logged metrics and the progress bar see only real training. The loss of each step is
+    averaged over the ranks with ``trainer.strategy.reduce``, so every rank sees the same curve,
+    stops at the same step and reads the same value.
 
     Args:
         min_lr: LR of the first step, > 0. Default ``1e-4``.
@@ -219,15 +241,17 @@ class LRRangeTest:
             value, > 1; ``None`` stops only at a non-finite loss. Default ``4.0``.
         beta: smoothing of the loss curve (see :func:`smooth`). Default ``0.9``.
         divisor: the chosen ``max_lr`` is the LR of the lowest smoothed loss divided by this
-            (see :func:`suggest_max_lr`). Default ``2.0``.
+            (see :func:`suggest_max_lr`). Default ``4.0``.
 
     Raises:
         ValueError, TypeError: at construction, for values outside the ranges above; in
             :meth:`run`, when the curve cannot give a value (the message says why).
-        MisconfigurationException: in :meth:`run`, for a run shape the sweep cannot undo or
-            synchronize: manual optimization (which several optimizers need), no training
-            dataloader, or a strategy other than single-device or DDP (FSDP and DeepSpeed are
-            refused by name).
+        MisconfigurationException: in :meth:`run`, before any sweep step, for a run shape the
+            sweep cannot undo or synchronize: manual optimization (which several optimizers
+            need), no training dataloader, or a strategy other than single-device or DDP (FSDP
+            and DeepSpeed are refused by name); at the first sweep step, for a ``training_step``
+            output Lightning's automatic optimization refuses (a dict without ``"loss"``) or
+            skips (``None``).
 
     Example:
         >>> from lightning_reg import LRRangeTest, OneCycleScheduler
@@ -280,40 +304,24 @@ class LRRangeTest:
             The curve, the chosen ``max_lr`` (identical on every rank) and why the sweep stopped.
         """
         start = time.perf_counter()
-        self._check_run_shape(trainer, pl_module)
+        _check_run_shape(trainer, pl_module)
         optimizer = trainer.optimizers[0]  # automatic optimization: exactly one
-        loaders = _dataloaders(trainer.train_dataloader)
-        generators = _loader_generators(loaders)
-        saved = _Snapshot(trainer, pl_module, optimizer, generators)
-        with isolate_rng():
-            pl_module.train()
-            batches = _cycle(trainer.train_dataloader)
-            try:
+        saved = _Snapshot(trainer, pl_module, optimizer)
+        batches = _cycle(trainer.train_dataloader)
+        barebones = trainer.barebones
+        try:
+            trainer.barebones = True  # `self.log` in `training_step` returns without logging
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
+                pl_module.train()
                 lrs, losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
-            finally:
-                batches.close()
-        saved.restore()
+        finally:
+            trainer.barebones = barebones
+            batches.close()
+            saved.restore()
         max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)
         max_lr = float(trainer.strategy.broadcast(max_lr, src=0))
         return RangeTestResult(lrs, losses, max_lr, reason, time.perf_counter() - start)
-
-    # -- internals ----------------------------------------------------------------------------
-    def _check_run_shape(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        what = "The LR range test of `max_lr='auto'`"
-        if not pl_module.automatic_optimization:
-            raise MisconfigurationException(
-                f"{what} needs automatic optimization (it takes the optimizer steps itself); "
-                "with `automatic_optimization = False`, pass `max_lr` by hand."
-            )
-        if trainer.train_dataloader is None:
-            raise MisconfigurationException(f"{what} needs a training dataloader.")
-        strategy = trainer.strategy
-        supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
-        if not supported or isinstance(strategy, DeepSpeedStrategy):
-            raise MisconfigurationException(
-                f"{what} runs under single-device and DDP strategies, not "
-                f"`{type(strategy).__name__}`; pass `max_lr` by hand."
-            )
 
     def _sweep(
         self,
@@ -322,124 +330,104 @@ class LRRangeTest:
         optimizer: torch.optim.Optimizer,
         batches: Iterator[Any],
     ) -> tuple[list[float], list[float], str]:
-        strategy = trainer.strategy
-        accumulate = max(int(trainer.accumulate_grad_batches), 1)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         lrs: list[float] = []
         losses: list[float] = []
-        best = math.inf
-        avg = 0.0
-        batch_idx = 0
         for k, lr in enumerate(self.lrs()):
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=strategy.root_device)
-            for _ in range(accumulate):
-                batch = strategy.batch_to_device(next(batches))
-                loss = _training_loss(trainer, pl_module, batch, batch_idx)
-                batch_idx += 1
-                (loss / accumulate).backward()
-                total += loss.detach() / accumulate
-            mean_loss = float(strategy.reduce(total, reduce_op="mean"))
+            loss = _training_step(trainer, pl_module, optimizer, batches, k)
             lrs.append(lr)
-            losses.append(mean_loss)
-            if not math.isfinite(mean_loss):
+            losses.append(float(trainer.strategy.reduce(loss, reduce_op="mean")))
+            if not math.isfinite(losses[-1]):
                 return lrs, losses, f"non-finite loss at step {k} (lr {lr:.3g})"
-            avg = self.beta * avg + (1.0 - self.beta) * mean_loss
-            smoothed = avg / (1.0 - self.beta ** (k + 1))
-            best = min(best, smoothed)
-            threshold = self.early_stop_threshold
-            if threshold is not None and smoothed > threshold * best:
+            curve, limit = smooth(losses, self.beta), self.early_stop_threshold
+            if limit is not None and curve[-1] > limit * min(curve):
                 return (
                     lrs,
                     losses,
-                    (
-                        f"loss diverged at step {k} (lr {lr:.3g}): smoothed loss {smoothed:.4g} > "
-                        f"{threshold:g} x lowest {best:.4g}"
-                    ),
+                    f"loss diverged at step {k} (lr {lr:.3g}): smoothed loss {curve[-1]:.4g} > "
+                    f"{limit:g} x lowest {min(curve):.4g}",
                 )
-            _sync_gradients(strategy, params)
-            _clip_gradients(trainer, params)
-            optimizer.step()
-        return lrs, losses, "completed"
+        return lrs, losses, DONE
 
 
-def _training_loss(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-) -> torch.Tensor:
-    """The loss ``training_step`` returns, computed with the module detached from the Trainer so
-    that its ``self.log`` calls are dropped instead of reaching the loop's logged results."""
-    pl_module.trainer = None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*`self.log\\(\\)`.*not registered.*")
-            with trainer.precision_plugin.train_step_context():
-                output = pl_module.training_step(batch, batch_idx)
-    except RuntimeError as err:
-        if "is not attached to a `Trainer`" not in str(err):
-            raise
+def _check_run_shape(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    if not pl_module.automatic_optimization:
         raise MisconfigurationException(
-            "The LR range test of `max_lr='auto'` calls `training_step` outside the training "
-            "loop, and this `training_step` uses `self.trainer`. Pass `max_lr` by hand."
-        ) from err
-    finally:
-        pl_module.trainer = trainer
-    loss = output["loss"] if isinstance(output, Mapping) else output
-    if not isinstance(loss, torch.Tensor):
-        raise MisconfigurationException(
-            "The LR range test of `max_lr='auto'` needs `training_step` to return the loss "
-            f"(a tensor or a dict with 'loss'), got {type(output).__name__}."
+            f"{WHAT} needs automatic optimization (it takes the optimizer steps itself); "
+            "with `automatic_optimization = False`, pass `max_lr` by hand."
         )
-    return loss
+    if trainer.train_dataloader is None:
+        raise MisconfigurationException(f"{WHAT} needs a training dataloader.")
+    strategy = trainer.strategy
+    supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+    if not supported or isinstance(strategy, DeepSpeedStrategy):
+        raise MisconfigurationException(
+            f"{WHAT} runs under single-device and DDP strategies, not "
+            f"`{type(strategy).__name__}`; pass `max_lr` by hand."
+        )
 
 
-def _sync_gradients(strategy: Any, params: list[torch.nn.Parameter]) -> None:
-    """Average the gradients over the ranks under DDP (the DDP wrapper is bypassed)."""
-    if not isinstance(strategy, DDPStrategy) or strategy.world_size < 2:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+def _training_step(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Any],
+    step: int,
+) -> torch.Tensor:
+    """One optimizer step as Lightning's automatic optimization takes it, through the strategy:
+    a :class:`Closure` per micro-batch (``training_step``, zero-grad on the first, backward), the
+    last one run by ``strategy.optimizer_step``, the earlier ones with DDP's sync blocked.
+    Returns the step's loss (the mean over its micro-batches)."""
+    strategy = trainer.strategy
+    accumulate = trainer.accumulate_grad_batches
+    total = torch.zeros((), device=strategy.root_device)
+    for micro in range(accumulate):
+        batch_idx = step * accumulate + micro
+        batch = strategy.batch_to_device(next(batches))
+
+        def step_fn(batch: Any = batch, batch_idx: int = batch_idx) -> ClosureResult:
+            output = strategy.training_step(batch, batch_idx)
+            if output is None:
+                raise MisconfigurationException(
+                    f"{WHAT} needs the loss of every `training_step`, which returned `None` (a "
+                    "skipped step) in the sweep. Pass `max_lr` by hand."
+                )
+            return ClosureResult.from_training_step_output(output, accumulate)
+
+        def backward(loss: torch.Tensor) -> None:
+            strategy.backward(loss, optimizer)
+
+        def zero_grad(batch_idx: int = batch_idx) -> None:
+            pl_module.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer)
+
+        closure = Closure(step_fn, backward, zero_grad if micro == 0 else None)
+        if micro + 1 < accumulate:
+            with _no_sync(strategy):
+                closure()
+        else:
+            strategy.optimizer_step(optimizer, closure, model=pl_module)
+        loss = closure.consume_result().loss
+        assert loss is not None  # step_fn raised otherwise
+        total += loss
+    return total
 
 
-def _clip_gradients(trainer: pl.Trainer, params: list[torch.nn.Parameter]) -> None:
-    value = trainer.gradient_clip_val
-    if not value:
-        return
-    if trainer.gradient_clip_algorithm == "value":
-        torch.nn.utils.clip_grad_value_(params, float(value))
-    else:
-        torch.nn.utils.clip_grad_norm_(params, float(value))
+def _no_sync(strategy: Any) -> contextlib.AbstractContextManager[Any]:
+    """DDP's gradient sync blocked, as for a micro-batch that does not end an accumulation."""
+    if isinstance(strategy, ParallelStrategy):
+        return strategy.block_backward_sync()
+    return contextlib.nullcontext()
 
 
-def _dataloaders(iterables: Any) -> list[Any]:
-    """The dataloaders inside ``trainer.train_dataloader`` (one, or a collection of them)."""
-    if isinstance(iterables, Mapping):
-        return list(iterables.values())
-    if isinstance(iterables, (list, tuple)):
-        return list(iterables)
-    return [iterables]
-
-
-def _loader_generators(loaders: list[Any]) -> list[torch.Generator]:
-    """The ``torch.Generator``s a dataloader's iteration advances (its own, its samplers')."""
+def _loader_generators(iterables: Any) -> list[torch.Generator]:
+    """The ``torch.Generator``s that iterating the training dataloader(s) advances (each
+    loader's own and its samplers')."""
     found: dict[int, torch.Generator] = {}
-    for loader in loaders:
-        if not isinstance(loader, DataLoader):
-            continue
-        batch_sampler = loader.batch_sampler
-        candidates = [
-            loader.generator,
-            getattr(loader.sampler, "generator", None),
-            getattr(getattr(batch_sampler, "sampler", None), "generator", None),
-        ]
-        for gen in candidates:
+    for loader in CombinedLoader(iterables).flattened:
+        inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        for holder in (loader, getattr(loader, "sampler", None), inner):
+            gen = getattr(holder, "generator", None)
             if isinstance(gen, torch.Generator):
                 found[id(gen)] = gen
     return list(found.values())
@@ -447,35 +435,20 @@ def _loader_generators(loaders: list[Any]) -> list[torch.Generator]:
 
 def _cycle(iterables: Any) -> Generator[Any, None, None]:
     """Batches from fresh iterators of the training dataloader(s), restarted when exhausted."""
-    combined = not isinstance(iterables, DataLoader) and isinstance(
-        iterables, (Mapping, list, tuple)
-    )
     while True:
         produced = False
-        if combined:
-            for batch, _, _ in CombinedLoader(iterables, mode="max_size_cycle"):
-                produced = True
-                yield batch
-        else:
-            for batch in iterables:
-                produced = True
-                yield batch
+        for batch, _, _ in CombinedLoader(iterables, mode="max_size_cycle"):
+            produced = True
+            yield batch
         if not produced:
-            raise MisconfigurationException(
-                "The LR range test of `max_lr='auto'` found the training dataloader empty."
-            )
+            raise MisconfigurationException(f"{WHAT} found the training dataloader empty.")
 
 
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two ``state_dict`` values are equal (nested dicts and sequences, tensors)."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and a.dtype == b.dtype
-            and bool(torch.equal(a, b))
-        )
+        tensors = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        return tensors and a.dtype == b.dtype and bool(torch.equal(a, b))
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -491,16 +464,14 @@ def _same_state(a: Any, b: Any) -> bool:
 
 
 class _Snapshot:
-    """Everything the sweep changes that the run after it reads, saved and put back."""
+    """Everything a sweep step changes that the run after it reads, saved and put back."""
 
     def __init__(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        optimizer: torch.optim.Optimizer,
-        generators: list[torch.Generator],
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self.trainer, self.pl_module, self.optimizer = trainer, pl_module, optimizer
+        self.pl_module, self.optimizer = pl_module, optimizer
+        # The module's own attributes (a value a step rebinds, e.g. a penalty kept for logging).
+        self.attributes = dict(vars(pl_module))
         self.tensors = [*pl_module.parameters(), *pl_module.buffers()]
         self.values = [t.detach().clone() for t in self.tensors]
         self.grads = [
@@ -512,6 +483,8 @@ class _Snapshot:
             for group in optimizer.param_groups
         ]
         self.optimizer_state = {p: copy.deepcopy(s) for p, s in optimizer.state.items()}
+        self.scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.scaler_state = None if self.scaler is None else self.scaler.state_dict()
         self.modes = [(m, m.training) for m in pl_module.modules()]
         self.callback_states = [
             (cb, copy.deepcopy(cb.state_dict())) for cb in getattr(trainer, "callbacks", [])
@@ -519,9 +492,12 @@ class _Snapshot:
         self.metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
         self.metric_states = [copy.deepcopy(m.metric_state) for m in self.metrics]
         self.metric_counts = [m.update_count for m in self.metrics]
-        self.generators = [(g, g.get_state()) for g in generators]
+        self.generators = [(g, g.get_state()) for g in _loader_generators(trainer.train_dataloader)]
+        self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
     def restore(self) -> None:
+        vars(self.pl_module).update(self.attributes)
         with torch.no_grad():
             for tensor, saved in zip(self.tensors, self.values, strict=True):
                 tensor.copy_(saved)
@@ -531,6 +507,8 @@ class _Snapshot:
             group.update(values)
         self.optimizer.state.clear()
         self.optimizer.state.update(self.optimizer_state)
+        if self.scaler is not None:
+            self.scaler.load_state_dict(self.scaler_state)
         for module, training in self.modes:
             module.train(training)
         for callback, state in self.callback_states:
@@ -547,3 +525,8 @@ class _Snapshot:
                     setattr(metric, name, value)
         for generator, generator_state in self.generators:
             generator.set_state(generator_state)
+        random.setstate(self.rng[0])
+        np.random.set_state(self.rng[1])
+        torch.set_rng_state(self.rng[2])
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)

@@ -44,6 +44,11 @@ def test_auto_max_lr_sweeps_one_curve_and_picks_one_value_on_every_rank(tmp_path
     local = [r["local_first_loss"] for r in results]
     assert local[0] != pytest.approx(local[1])
     assert results[0]["losses"][0] == pytest.approx(sum(local) / 2, rel=1e-5)
+    # The sweep's first step used DDP's synced gradient: the mean of the ranks' own gradients.
+    mean_grad = (results[0]["local_first_grad"] + results[1]["local_first_grad"]) / 2
+    assert not torch.allclose(results[0]["local_first_grad"], mean_grad, rtol=1e-3, atol=1e-5)
+    for r in results:
+        torch.testing.assert_close(r["sweep_first_grad"], mean_grad, rtol=1e-5, atol=1e-6)
     # The run after the sweep is the run with that max_lr by hand, on every rank.
     for r in results:
         assert torch.equal(r["auto_params"], r["hand_params"])

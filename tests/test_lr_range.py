@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,12 +17,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import OneCycleScheduler
+from lightning_reg.demos import RegularizedMLP
 from lightning_reg.lr_range import LRRangeTest, smooth, suggest_max_lr
+from lightning_reg.module import WeightPenaltyMixin
 from tests.helpers import DigitsClassifier, digits
 
 # A short sweep keeps every test to about a second.
@@ -97,7 +103,7 @@ def test_suggest_max_lr_is_the_lowest_smoothed_loss_over_the_divisor() -> None:
     best = min(range(49), key=curve.__getitem__)
     assert best > 20  # the smoothing lags: the lowest smoothed loss comes later than the raw one
     assert suggest_max_lr(lrs, losses, beta=0.9, divisor=3.0) == pytest.approx(lrs[best] / 3)
-    assert suggest_max_lr(lrs, losses, beta=0.0) == pytest.approx(lrs[20] / 2)  # default: / 2
+    assert suggest_max_lr(lrs, losses, beta=0.0) == pytest.approx(lrs[20] / 4)  # default: / 4
 
 
 @pytest.mark.parametrize(
@@ -308,3 +314,250 @@ def test_the_sweep_does_not_mark_the_callback_as_resumed() -> None:
     with pytest.warns(UserWarning, match="has momentum 0"):
         trainer.fit(DigitsClassifier(momentum=0.0), loader())
     assert cb.range_test_result is not None and not cb.restored
+
+
+# -- each sweep step is a real training step -----------------------------------------------------
+L2 = 0.05
+
+
+class Penalized(WeightPenaltyMixin, DigitsClassifier):
+    """The digits MLP with an l2 penalty (public API), no momentum, no dropout."""
+
+    def __init__(self) -> None:
+        super().__init__(momentum=0.0)
+        self.configure_penalty(l2=L2)
+
+
+class FirstStepGradients(pl.Callback):
+    """The gradients the fit's first optimizer step used (the sweep's first step), read by the
+    optimizer's step post-hook, and the GradScaler's scale at every `on_before_optimizer_step`."""
+
+    def __init__(self) -> None:
+        self.grads: list[torch.Tensor] | None = None
+        self.scales: list[float] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        def record(*_: Any) -> None:
+            if self.grads is None:
+                self.grads = [p.grad.detach().clone() for p in pl_module.parameters()]  # type: ignore[union-attr]
+
+        trainer.optimizers[0].register_step_post_hook(record)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            self.scales.append(float(scaler.get_scale()))
+
+
+def test_the_sweep_gradient_includes_the_weight_penalty() -> None:
+    pl.seed_everything(0, verbose=False)
+    model = Penalized()
+    start = [p.detach().clone() for p in model.parameters()]
+    x, y = digits(32)  # the first batch of the unshuffled loader
+    data_grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    rec = FirstStepGradients()
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[rec, cb])
+    trainer.fit(model, loader(shuffle=False))
+    assert rec.grads is not None
+    for (name, _), w, data, seen in zip(
+        model.named_parameters(), start, data_grads, rec.grads, strict=True
+    ):
+        penalty = 2 * L2 * w if name.endswith("weight") else torch.zeros_like(w)
+        torch.testing.assert_close(seen, data + penalty, rtol=1e-5, atol=1e-6, msg=name)
+        if name.endswith("weight"):  # the penalty is material: without it the check fails
+            assert (penalty.abs() > 1e-3).any(), name
+
+
+class InfOnFirstBackward(pl.Callback):
+    """Fills a gradient with inf after the fit's first backward (the sweep's first step)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.done:
+            next(pl_module.parameters()).grad.fill_(math.inf)  # type: ignore[union-attr]
+            self.done = True
+
+
+def test_a_sweep_step_goes_through_the_grad_scaler_which_is_restored() -> None:
+    """The inf gradient of the first sweep step is caught by the GradScaler (the step is skipped
+    and the scale halved) instead of reaching the weights; the scale is restored for training."""
+    pl.seed_everything(0, verbose=False)
+    rec = FirstStepGradients()
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    scaler = torch.amp.GradScaler("cpu")
+    trainer = pl.Trainer(
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+        callbacks=[InfOnFirstBackward(), rec, cb],
+    )
+    trainer.fit(DigitsClassifier(), loader())
+    result = cb.range_test_result
+    assert result is not None and all(math.isfinite(v) for v in result.losses[:-1])
+    swept = len(result.lrs)
+    assert swept > 10  # the skipped step left the weights finite: the sweep went on
+    assert rec.scales[:2] == [65536.0, 32768.0]  # the scaler skipped the first step
+    assert rec.scales[swept:] == [65536.0] * 4  # training starts from the restored scaler
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"accumulate_grad_batches": 2, "gradient_clip_val": 0.5},
+        {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]},
+    ],
+    ids=["accumulate-clip", "grad-scaler"],
+)
+def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_a_scaler(
+    tmp_path: Path, kwargs: dict[str, Any]
+) -> None:
+    auto, auto_model, _ = fit("auto", tmp_path, "auto", **kwargs)
+    assert auto.range_test_result is not None
+    if "plugins" in kwargs:  # a fresh scaler for the hand-set run
+        kwargs = {
+            "plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
+        }
+    _, hand_model, _ = fit(auto.range_test_result.max_lr, tmp_path, "hand", **kwargs)
+    for a, b in zip(auto_model.parameters(), hand_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class FailingSweep(DigitsClassifier):
+    """Raises ``error`` in its 6th `training_step` (inside the sweep)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        # A list, mutated in place: the sweep puts back the attributes it finds rebound.
+        self.error, self.calls = error, []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.calls.append(batch_idx)
+        if len(self.calls) == 6:
+            raise self.error
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()], ids=repr)
+def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = FailingSweep(error)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        # Lightning turns a KeyboardInterrupt into a graceful shutdown and `exit(1)`.
+        with pytest.raises(RuntimeError if isinstance(error, RuntimeError) else SystemExit):
+            trainer.fit(model, loader())
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert len(model.calls) == 6  # five sweep steps had updated the weights
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    optimizer = trainer.optimizers[0]
+    assert not optimizer.state and optimizer.param_groups[0]["lr"] == model.lr
+
+
+class Counting(DigitsClassifier):
+    def __init__(self, output: str = "loss") -> None:
+        super().__init__()
+        self.output, self.calls = output, []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.calls.append(batch_idx)
+        loss = super().training_step(batch, batch_idx)
+        return loss if self.output == "loss" else {"logits_mean": loss.detach()}
+
+
+def test_a_cycle_that_cannot_be_sized_fails_before_any_sweep_step() -> None:
+    model = Counting()
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.raises(ValueError, match="could not size the cycle"):
+        trainer.fit(model, loader())
+    assert model.calls == []
+
+
+def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_first_step() -> None:
+    pl.seed_everything(0, verbose=False)
+    model = Counting(output="dict")
+    before = [p.detach().clone() for p in model.parameters()]
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.raises(MisconfigurationException, match="'loss' key needs to be present"):
+        trainer.fit(model, loader())
+    assert model.calls == [0]
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_minimum_at_the_top_of_the_range_warns_and_names_the_argument() -> None:
+    lrs = [10 ** (-4 + k / 10) for k in range(30)]
+    falling = [3.0 - 0.05 * k for k in range(30)]
+    with pytest.warns(UserWarning, match=r"top of the swept range.*`LRRangeTest\(max_lr=\.\.\.\)`"):
+        value = suggest_max_lr(lrs, falling)
+    assert value == pytest.approx(lrs[-1] / 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a valley inside the range: no warning
+        suggest_max_lr(lrs, falling[:20] + [2.5] * 10)
+
+
+def test_a_sweep_that_stops_below_the_minimum_warns_in_fit() -> None:
+    pl.seed_everything(0, verbose=False)
+    low = LRRangeTest(min_lr=1e-4, max_lr=1e-2, num_steps=20)
+    cb = OneCycleScheduler(max_lr="auto", range_test=low)
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"LRRangeTest\(max_lr=\.\.\.\)"):
+        trainer.fit(DigitsClassifier(), loader())
+
+
+def test_auto_with_a_weight_penalty_equals_the_hand_set_run_logged_penalty_included(
+    tmp_path: Path,
+) -> None:
+    """The seam of a sweep and a penalty: the sweep's steps add the penalty, and nothing of it
+    (weights, the value kept for logging) reaches the run."""
+
+    def run(max_lr: Any) -> tuple[OneCycleScheduler, RegularizedMLP, list[str]]:
+        pl.seed_everything(0, verbose=False)
+        model = RegularizedMLP(hidden=(32,), l1=1e-4, l2=1e-3)
+        cb = OneCycleScheduler(max_lr=max_lr, range_test=FAST)
+        trainer = pl.Trainer(
+            max_epochs=2,
+            logger=CSVLogger(tmp_path, name=str(max_lr)),
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[cb],
+        )
+        trainer.fit(model, loader())
+        rows = metrics_rows(trainer)
+        logged = [r[k] for r in rows for k in ("train/penalty", "train/penalty_step") if r.get(k)]
+        return cb, model, logged
+
+    auto, auto_model, auto_logged = run("auto")
+    assert auto.range_test_result is not None
+    _, hand_model, hand_logged = run(auto.range_test_result.max_lr)
+    for a, b in zip(auto_model.parameters(), hand_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert len(auto_logged) == 20 and auto_logged == hand_logged
+
+
+def test_the_rule_benchmark_runs_at_a_tiny_size() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "lr_range_rule.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--no-write"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| digits")]
+    arms = [row.split("|")[3].strip() for row in rows]
+    assert arms[:2] == ["hand 0.1", "lowest smoothed loss / 2"]
+    assert arms[-1] == '"auto" (lowest smoothed loss / 4)'
+    assert "Rule kept on the tuning tasks" in result.stdout

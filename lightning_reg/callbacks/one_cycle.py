@@ -238,13 +238,14 @@ class OneCycleScheduler(ScheduledLR):
         checkpoint's cycles, with a warning naming every value (``total_steps``, ``max_lr``, a
         phase argument) this fit would change."""
         self._step_source, saved = None, self.saved_config
+        # Sized first: a run whose cycle cannot be sized fails before any range-test step.
+        total = self.total_steps or self.planned_steps(trainer)
         given = self.peak_lrs(trainer) or self._saved_max_lr()
         if len(given) not in (1, num_groups):
             raise ValueError(
                 f"`max_lr` has {len(given)} values but the optimizers have {num_groups} "
                 "param groups; pass one value, or exactly one per param group."
             )
-        total = self.total_steps or self.planned_steps(trainer)
         self.config = {
             "total_steps": [total] * len(trainer.optimizers),
             "max_lr": given * num_groups if len(given) == 1 else given,

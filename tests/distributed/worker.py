@@ -41,6 +41,20 @@ class Recorder(Callback):
         self.lrs.append(optimizer.param_groups[0]["lr"])
 
 
+class FirstStepGrad(Callback):
+    """The gradient (flat) that the fit's first optimizer step used, read by a step post-hook."""
+
+    def __init__(self) -> None:
+        self.grad: torch.Tensor | None = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        def record(*_: Any) -> None:
+            if self.grad is None:
+                self.grad = torch.cat([p.grad.reshape(-1) for p in pl_module.parameters()])
+
+        trainer.optimizers[0].register_step_post_hook(record)
+
+
 def flat_params(model: torch.nn.Module) -> torch.Tensor:
     """All parameters as one vector (sharded DTensors are gathered to their full value)."""
     full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
@@ -284,15 +298,19 @@ def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
             x, y = digits(256)
             perm = torch.randperm(256, generator=torch.Generator().manual_seed(0))
             first = perm[int(os.environ.get("LOCAL_RANK", 0)) :: 2][:16]
-            with torch.no_grad():
-                out["local_first_loss"] = float(F.cross_entropy(model(x[first]), y[first]))
+            loss = F.cross_entropy(model(x[first]), y[first])
+            out["local_first_loss"] = float(loss)
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+            out["local_first_grad"] = torch.cat([g.reshape(-1) for g in grads])
         cb = OneCycleScheduler(max_lr=out.get("max_lr", "auto"), range_test=sweep)
-        trainer = ddp_trainer(args, callbacks=[cb], max_epochs=2)
+        first_step = FirstStepGrad()
+        trainer = ddp_trainer(args, callbacks=[cb, first_step], max_epochs=2)
         trainer.fit(model, digits_loader(256, 16, shuffle=True))
         if name == "auto":
             assert cb.range_test_result is not None
             out["max_lr"] = cb.range_test_result.max_lr
             out["losses"] = cb.range_test_result.losses
+            out["sweep_first_grad"] = first_step.grad
         out[f"{name}_params"] = flat_params(model)
         out["rank"] = trainer.global_rank
     return out
