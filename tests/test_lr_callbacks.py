@@ -866,6 +866,12 @@ class GroupRecorder(Callback):
         self.lrs: list[list[float]] = []
         self.moms: list[list[float]] = []
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # A range test (max_lr="auto") sweeps real optimizer steps in an earlier callback's
+        # on_train_start; the trace to compare starts with training.
+        self.lrs.clear()
+        self.moms.clear()
+
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         groups = optimizer.param_groups
         self.lrs.append([float(g["lr"]) for g in groups])
