@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -21,25 +21,13 @@ from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_non_negative, check_positive
 from lightning_reg.callbacks.max_norm import MaxNorm, beside_trainer_max_norms
-from lightning_reg.callbacks.weight_penalty import WeightPenalty
+from lightning_reg.callbacks.weight_penalty import PenaltyConfig, WeightPenalty
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
 from lightning_reg.penalties import weight_penalty
 from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_module_types, select_weights
 from lightning_reg.uncertainty import MCDropoutMixin, _check_mc_task
 
-__all__ = ["PenaltySettings", "RegularizedModule", "WeightPenaltyMixin"]
-
-
-class PenaltySettings(NamedTuple):
-    """A :class:`WeightPenaltyMixin`'s configuration (set by its ``configure_penalty``)."""
-
-    l1: float = 0.0
-    l2: float = 0.0
-    modules: tuple[type[nn.Module], ...] = DEFAULT_PENALIZED_MODULES
-    predicate: Callable[[str, nn.Parameter], bool] | None = None
-    names: tuple[str, ...] | None = None
-    as_weight_decay: bool = False
-    proximal_l1: bool = False
+__all__ = ["RegularizedModule", "WeightPenaltyMixin"]
 
 
 def _double_count(grad: Tensor) -> Tensor:
@@ -135,13 +123,13 @@ class WeightPenaltyMixin(_MixinBase):
         [(32, 64), (10, 32)]
     """
 
-    _penalty: PenaltySettings = PenaltySettings()
+    _penalty: PenaltyConfig = PenaltyConfig()
     penalty_fit_factors: tuple[float, float] | None = None
     """``(l1, l2)`` as the running fit started with them (set by the callback); ``None``
     outside ``fit``."""
 
     @property
-    def penalty_config(self) -> PenaltySettings:
+    def penalty_config(self) -> PenaltyConfig:
         """The penalty's configuration, as :meth:`configure_penalty` and ``l1``/``l2`` set it."""
         return self._penalty
 
@@ -262,7 +250,7 @@ class WeightPenaltyMixin(_MixinBase):
         for flag, value in (("as_weight_decay", as_weight_decay), ("proximal_l1", proximal_l1)):
             if not isinstance(value, bool):
                 raise TypeError(f"`{flag}` must be a bool, got {value!r}.")
-        self._penalty = PenaltySettings(
+        self._penalty = PenaltyConfig(
             check_non_negative("l1", l1),
             check_non_negative("l2", l2),
             modules,

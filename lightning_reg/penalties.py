@@ -33,10 +33,8 @@ __all__ = [
     "zero_fraction",
 ]
 
-# The multi-tensor penalty gradient takes weights below _SMALL_NUMEL elements through foreach
-# kernels (sign(w) temporaries at most _SIGN_CHUNK_NUMEL elements at a time), bigger ones one by
-# one (the split measured in docs/regularization.md, "The pure functions").
-_SMALL_NUMEL = 1 << 15
+# The multi-tensor penalty gradient makes the sign(w) temporaries of l1 at most this many
+# elements (or one bigger weight) at a time (docs/regularization.md, "The pure functions").
 _SIGN_CHUNK_NUMEL = 1 << 18
 
 
@@ -90,7 +88,7 @@ def add_penalty_grad_(
     params: Iterable[torch.Tensor],
     l1: float = 0.0,
     l2: float = 0.0,
-    scale: float | torch.Tensor = 1.0,
+    scale: float = 1.0,
     *,
     foreach: bool = True,
 ) -> None:
@@ -99,16 +97,15 @@ def add_penalty_grad_(
     This is what ``(scale * weight_penalty(params, l1, l2)).backward()`` accumulates, without
     the graph, the value or the temporaries of autograd. A weight whose ``.grad`` is ``None``
     gets one; a sparse ``.grad`` (``nn.Embedding(sparse=True)``) is made dense, as autograd
-    makes it when the penalty is in the loss. ``scale`` may be a 0-dim tensor (a
-    ``GradScaler``'s scale) and is then applied without a host sync. DTensor weights (FSDP2)
-    are updated shard by shard: the gradient of a shard depends on that shard only.
+    makes it when the penalty is in the loss. DTensor weights (FSDP2) are updated shard by
+    shard: the gradient of a shard depends on that shard only. No host sync.
 
     Args:
         params: the weights (e.g. from :func:`select_weights`); a single tensor is one weight.
         l1: factor of the l1 term, finite and ``>= 0``. Default ``0.0``.
         l2: factor of the l2 term, finite and ``>= 0``. Default ``0.0``.
-        scale: multiplies the whole gradient: a number, or a 0-dim tensor on the weights'
-            device. Default ``1.0``.
+        scale: multiplies the whole gradient (the share of the penalty a step takes). Default
+            ``1.0``.
         foreach: ``True`` uses the multi-tensor ``torch._foreach_*`` kernels (fewer dispatches,
             same arithmetic; measured faster on CPU in ``benchmarks/overhead.py``), ``False`` the
             reference loop over the weights, one torch kernel per term. Default ``True``.
@@ -146,62 +143,29 @@ def add_penalty_grad_(
 
 
 def _add_penalty_grad_loop(
-    grads: list[torch.Tensor],
-    ws: list[torch.Tensor],
-    l1: float,
-    l2: float,
-    scale: float | torch.Tensor,
+    grads: list[torch.Tensor], ws: list[torch.Tensor], l1: float, l2: float, scale: float
 ) -> None:
     """The reference: one weight at a time, torch's own in-place kernels."""
     for g, w in zip(grads, ws, strict=True):
-        if isinstance(scale, torch.Tensor):
-            if l2 != 0.0:
-                g.addcmul_(w, scale, value=2.0 * l2)
-            if l1 != 0.0:
-                g.addcmul_(torch.sign(w), scale, value=l1)
-        else:
-            if l2 != 0.0:
-                g.add_(w, alpha=2.0 * l2 * scale)
-            if l1 != 0.0:
-                g.add_(torch.sign(w), alpha=l1 * scale)
+        if l2 != 0.0:
+            g.add_(w, alpha=2.0 * l2 * scale)
+        if l1 != 0.0:
+            g.add_(torch.sign(w), alpha=l1 * scale)
 
 
 def _add_penalty_grad_foreach(
-    grads: list[torch.Tensor],
-    ws: list[torch.Tensor],
-    l1: float,
-    l2: float,
-    scale: float | torch.Tensor,
+    grads: list[torch.Tensor], ws: list[torch.Tensor], l1: float, l2: float, scale: float
 ) -> None:
-    """The same sums with multi-tensor kernels for the small weights.
-
-    Weights below ``_SMALL_NUMEL`` elements take one multi-tensor kernel per term, the ``sign(w)``
-    temporaries of l1 made a chunk of ``_SIGN_CHUNK_NUMEL`` elements at a time. Bigger weights
-    take both terms one weight at a time, as the reference does: each is then read while still
-    in cache, and its temporary reuses warm memory (fresh pages for the temporaries of many big
-    weights at once cost more than the arithmetic on CPU).
-    """
-    small = [i for i, w in enumerate(ws) if w.numel() < _SMALL_NUMEL]
-    if len(small) < len(ws):
-        big = [i for i, w in enumerate(ws) if w.numel() >= _SMALL_NUMEL]
-        _add_penalty_grad_loop([grads[i] for i in big], [ws[i] for i in big], l1, l2, scale)
-        grads, ws = [grads[i] for i in small], [ws[i] for i in small]
-    if not ws:
-        return
+    """The same sums with multi-tensor kernels: the l2 term in one ``torch._foreach_add_``
+    over every weight (no temporary), the l1 term's ``sign(w)`` temporaries made a chunk of
+    ``_SIGN_CHUNK_NUMEL`` elements (or one bigger weight) at a time, so they reuse warm memory
+    (fresh pages for the temporaries of many big weights at once cost more than the arithmetic
+    on CPU)."""
     if l2 != 0.0:
-        if isinstance(scale, torch.Tensor):
-            torch._foreach_add_(grads, torch._foreach_mul(ws, scale), alpha=2.0 * l2)
-        else:
-            torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
-    if l1 == 0.0:
-        return
-    for lo, hi in _chunks(ws, _SIGN_CHUNK_NUMEL):
-        signs = torch._foreach_sign(ws[lo:hi])
-        if isinstance(scale, torch.Tensor):
-            torch._foreach_mul_(signs, scale)
-            torch._foreach_add_(grads[lo:hi], signs, alpha=l1)
-        else:
-            torch._foreach_add_(grads[lo:hi], signs, alpha=l1 * scale)
+        torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
+    if l1 != 0.0:
+        for lo, hi in _chunks(ws, _SIGN_CHUNK_NUMEL):
+            torch._foreach_add_(grads[lo:hi], torch._foreach_sign(ws[lo:hi]), alpha=l1 * scale)
 
 
 def _chunks(tensors: list[torch.Tensor], numel: int) -> Iterator[tuple[int, int]]:

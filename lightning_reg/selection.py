@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lightning_reg.layers import INIT_MODULES
+
 __all__ = [
     "DEFAULT_PENALIZED_MODULES",
     "Kernel",
@@ -28,14 +30,8 @@ __all__ = [
 ]
 
 DEFAULT_PENALIZED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
+    *INIT_MODULES,  # Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d
     nn.Bilinear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
     nn.Embedding,
     nn.EmbeddingBag,
     nn.RNNBase,

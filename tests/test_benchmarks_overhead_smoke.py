@@ -66,7 +66,7 @@ def test_overhead_penalty_arms_quick() -> None:
     arms = [row[1] for row in rows[:8]]
     assert arms[:2] == ["bare", "floors"] and arms[2].startswith("hand-written floor")
     targets = {row[1]: row for row in rows[8:]}
-    assert len(targets) == 6
+    assert len(targets) == 7
     for row in targets.values():
         assert float(row[2].split()[0]) > 0 and float(row[3].rstrip("x")) > 0, row
 

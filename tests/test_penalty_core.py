@@ -159,7 +159,7 @@ def test_penalty_gradient_equals_autograd_of_the_value(foreach: bool, l1: float,
         data_grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
         p.grad, r.grad = data_grad.clone(), data_grad.clone()
     params[1].grad = reference[1].grad = None  # a weight without gradient gets one
-    scale = torch.tensor(512.0, dtype=torch.float64)  # a GradScaler's scale: a tensor
+    scale = 512.0
     add_penalty_grad_(params, l1=l1, l2=l2, scale=scale, foreach=foreach)
     (weight_penalty(reference, l1=l1, l2=l2) * scale).backward()
     for p, r in zip(params, reference, strict=True):

@@ -766,13 +766,15 @@ class _SpectralNorm(_Base):
         self.backbone[0] = nn.utils.parametrizations.spectral_norm(nn.Linear(64, 24))
 
 
-class _SpectralNormStep(WeightPenaltyMixin, _SpectralNorm):
-    pass
+_SpectralNormStep = type("_SpectralNormStep", (WeightPenaltyMixin, _SpectralNorm), {})
 
 
 def test_spectral_norm_layer_step_route_equals_loss_route(tmp_path: Any) -> None:
-    ref, ref_model, _ = _run(_SpectralNorm, tmp_path, torch.float64, [], max_steps=6)
-    got, model, _ = _run(_SpectralNormStep, tmp_path, torch.float64, [], max_steps=6)
+    runs = [
+        _run(cls, tmp_path, torch.float64, [], max_steps=6)
+        for cls in (_SpectralNorm, _SpectralNormStep)
+    ]
+    (ref, ref_model, _), (got, model, _) = runs
     _assert_same(ref, got, rtol=1e-10, atol=1e-13)
     for a, b in zip(ref_model.buffers(), model.buffers(), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-12)  # as many power iterations

@@ -213,12 +213,14 @@ class MaxNorm(Callback):
             self._handles.append(binding.optimizer.register_step_post_hook(hook))
 
     @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._handles = remove_handles(self._handles)
 
     @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._handles = remove_handles(self._handles)
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, _: BaseException
+    ) -> None:
+        self.teardown(trainer, pl_module, "fit")
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import lightning.pytorch as pl
 import torch
@@ -30,16 +31,17 @@ __all__ = ["PenaltyConfig", "WeightPenalty", "fold_problem"]
 _Place = tuple[int, int]
 
 
-class PenaltyConfig(Protocol):
-    """What :class:`WeightPenalty` reads from its module (``WeightPenaltyMixin.penalty_config``)."""
+class PenaltyConfig(NamedTuple):
+    """A ``WeightPenaltyMixin``'s configuration (set by its ``configure_penalty``), which
+    :class:`WeightPenalty` reads from ``pl_module.penalty_config``."""
 
-    l1: float
-    l2: float
-    modules: tuple[type[nn.Module], ...]
-    predicate: Any
-    names: tuple[str, ...] | None
-    as_weight_decay: bool
-    proximal_l1: bool
+    l1: float = 0.0
+    l2: float = 0.0
+    modules: tuple[type[nn.Module], ...] = DEFAULT_PENALIZED_MODULES
+    predicate: Callable[[str, nn.Parameter], bool] | None = None
+    names: tuple[str, ...] | None = None
+    as_weight_decay: bool = False
+    proximal_l1: bool = False
 
 
 class WeightPenalty(Callback):
@@ -313,7 +315,9 @@ class WeightPenalty(Callback):
             )
 
     @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, _: BaseException
+    ) -> None:
         self.teardown(trainer, pl_module, "fit")
 
     @override
