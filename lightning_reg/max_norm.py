@@ -23,19 +23,7 @@ from lightning_reg.selection import (
     select_weights,
 )
 
-__all__ = [
-    "DEFAULT_MAX_NORM_MODULES",
-    "RowGroup",
-    "apply_max_norm_",
-    "check_foreach",
-    "check_max_norm_modules",
-    "check_norm_type",
-    "local_rows",
-    "max_norm_",
-    "max_norm_targets",
-    "outside_message",
-    "row_groups",
-]
+__all__ = ["DEFAULT_MAX_NORM_MODULES", "apply_max_norm_"]
 
 DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (
     nn.Linear,

@@ -24,7 +24,7 @@ from lightning_reg.callbacks.max_norm import MaxNorm, beside_trainer_max_norms
 from lightning_reg.callbacks.weight_penalty import PenaltyConfig, WeightPenalty
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
 from lightning_reg.penalties import weight_penalty
-from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_module_types, select_weights
+from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_selection, select_weights
 from lightning_reg.uncertainty import MCDropoutMixin, _check_mc_task
 
 __all__ = ["RegularizedModule", "WeightPenaltyMixin"]
@@ -240,13 +240,7 @@ class WeightPenaltyMixin(_MixinBase):
                 "are fixed when the fit starts. To change a factor, set `self.l1` or `self.l2` "
                 "(on the default route it applies from the next optimizer step)."
             )
-        check_module_types("modules", modules)
-        if predicate is not None and not callable(predicate):
-            raise TypeError(f"`predicate` must be callable or None, got {predicate!r}.")
-        if isinstance(names, str):
-            raise TypeError(f"`names` must be an iterable of parameter names, got {names!r}.")
-        if predicate is not None and names is not None:
-            raise ValueError("Pass at most one of `predicate` and `names`, got both.")
+        check_selection(modules, predicate, names)
         for flag, value in (("as_weight_decay", as_weight_decay), ("proximal_l1", proximal_l1)):
             if not isinstance(value, bool):
                 raise TypeError(f"`{flag}` must be a bool, got {value!r}.")
@@ -523,8 +517,8 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             >>> class Net(RegularizedModule):
             ...     def configure_callbacks(self):
             ...         return [*super().configure_callbacks(), EarlyStopping("val_loss")]
-            >>> [type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks()]
-            ['WeightPenalty', 'MaxNorm', 'EarlyStopping']
+            >>> tuple(type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks())
+            ('WeightPenalty', 'MaxNorm', 'EarlyStopping')
         """
         inherited = super().configure_callbacks()
         callbacks = [inherited] if isinstance(inherited, pl.Callback) else list(inherited)

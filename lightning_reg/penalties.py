@@ -16,19 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from lightning_reg._validation import check_non_negative
-from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, select_weights
+from lightning_reg.selection import select_weights
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
 
 __all__ = [
-    "DEFAULT_PENALIZED_MODULES",
     "add_penalty_grad_",
-    "is_dtensor",
-    "local",
     "select_weights",
     "soft_threshold_",
-    "tensor_list",
     "weight_penalty",
     "zero_fraction",
 ]

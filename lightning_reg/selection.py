@@ -21,8 +21,6 @@ from lightning_reg.layers import INIT_MODULES
 
 __all__ = [
     "DEFAULT_PENALIZED_MODULES",
-    "Kernel",
-    "check_module_types",
     "kernels",
     "layer_kind",
     "outside_parameters",
@@ -101,13 +99,9 @@ def select_weights(
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}.")
-    check_module_types("modules", modules)
-    if predicate is not None and names is not None:
-        raise ValueError("Pass at most one of `predicate` and `names`, got both.")
+    check_selection(modules, predicate, names)
     named = list(module.named_parameters(remove_duplicate=False))
     if predicate is not None:
-        if not callable(predicate):
-            raise TypeError(f"`predicate` must be callable, got {type(predicate).__name__}.")
         chosen = {id(p) for name, p in named if predicate(name, p)}
     elif names is not None:
         chosen = _ids_of_names(named, names)
@@ -283,9 +277,26 @@ def check_module_types(name: str, modules: object) -> tuple[type[nn.Module], ...
     return modules
 
 
-def _ids_of_names(named: list[tuple[str, nn.Parameter]], names: Iterable[str]) -> set[int]:
+def check_selection(
+    modules: object, predicate: object = None, names: Iterable[str] | None = None
+) -> None:
+    """Raise a ``TypeError`` or ``ValueError`` naming what is wrong with a selection.
+
+    Examples:
+        >>> check_selection((nn.Linear,), names="fc.weight")
+        Traceback (most recent call last):
+        TypeError: `names` must be an iterable of parameter names, not a string: 'fc.weight'.
+    """
+    check_module_types("modules", modules)
+    if predicate is not None and not callable(predicate):
+        raise TypeError(f"`predicate` must be callable, got {type(predicate).__name__}.")
     if isinstance(names, str):
         raise TypeError(f"`names` must be an iterable of parameter names, not a string: {names!r}.")
+    if predicate is not None and names is not None:
+        raise ValueError("Pass at most one of `predicate` and `names`, got both.")
+
+
+def _ids_of_names(named: list[tuple[str, nn.Parameter]], names: Iterable[str]) -> set[int]:
     by_name = dict(named)
     wanted = list(names)
     unknown = [n for n in wanted if n not in by_name]

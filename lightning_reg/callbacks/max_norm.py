@@ -32,7 +32,7 @@ from lightning_reg.max_norm import (
 from lightning_reg.penalties import is_dtensor
 from lightning_reg.selection import outside_parameters
 
-__all__ = ["MaxNorm", "beside_trainer_max_norms"]
+__all__ = ["MaxNorm"]
 
 
 class _Binding:

@@ -25,7 +25,7 @@ from lightning_reg.penalties import (
 )
 from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, outside_parameters, select_weights
 
-__all__ = ["PenaltyConfig", "WeightPenalty", "fold_problem"]
+__all__ = ["PenaltyConfig", "WeightPenalty"]
 
 # A group's place: (index of its optimizer in trainer.optimizers, index of the group).
 _Place = tuple[int, int]
@@ -33,7 +33,12 @@ _Place = tuple[int, int]
 
 class PenaltyConfig(NamedTuple):
     """A ``WeightPenaltyMixin``'s configuration (set by its ``configure_penalty``), which
-    :class:`WeightPenalty` reads from ``pl_module.penalty_config``."""
+    :class:`WeightPenalty` reads from ``pl_module.penalty_config``.
+
+    Example:
+        >>> PenaltyConfig(l2=1e-4).as_weight_decay
+        False
+    """
 
     l1: float = 0.0
     l2: float = 0.0
