@@ -222,7 +222,7 @@ class WeightPenalty(Callback):
                     category=UserWarning,
                 )
             group["weight_decay"] = expected
-        self._backwards = 0
+        self._backwards, self._groups = 0, {}  # the restore made new param group dicts
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
