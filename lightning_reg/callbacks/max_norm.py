@@ -12,10 +12,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_reg._hooks import refuse_fsdp1, remove_handles
+from lightning_reg._hooks import HookOwner, refuse_fsdp1
 from lightning_reg._validation import check_positive
 from lightning_reg.max_norm import (
     DEFAULT_MAX_NORM_MODULES,
@@ -71,7 +70,7 @@ class _Binding:
         max_norm_(rows, max_value, norm_type)
 
 
-class MaxNorm(Callback):
+class MaxNorm(HookOwner):
     """Keep every output unit's incoming weight vector within a norm of ``max_value``.
 
     After each optimizer step, every row of a kernel (a row of a Linear weight, a whole output
@@ -146,6 +145,7 @@ class MaxNorm(Callback):
         norm_type: float = 2.0,
         foreach: bool | None = None,
     ) -> None:
+        super().__init__()
         self.max_value = check_positive("max_value", max_value)
         check_max_norm_modules("modules", modules)
         self.modules = modules
@@ -159,7 +159,6 @@ class MaxNorm(Callback):
         )
         self._steps: dict[int, int] = {}
         self._bindings: list[_Binding] = []
-        self._handles: list[RemovableHandle] = []
         self._warned: set[str] = set()
 
     @property
@@ -205,22 +204,12 @@ class MaxNorm(Callback):
                 f"MaxNorm found no layer of type {kinds} in {type(pl_module).__name__}: pass the "
                 "layer types to constrain as `modules`."
             )
-        self._handles = remove_handles(self._handles)
+        self.release(trainer, pl_module)
         self._bindings = [_Binding(opt) for opt in trainer.optimizers]
         for idx, binding in enumerate(self._bindings):
             self._refresh(pl_module, binding)
             hook = self._make_post_hook(pl_module, idx)
-            self._handles.append(binding.optimizer.register_step_post_hook(hook))
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._handles = remove_handles(self._handles)
-
-    @override
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, _: BaseException
-    ) -> None:
-        self.teardown(trainer, pl_module, "fit")
+            self.handles.append(binding.optimizer.register_step_post_hook(hook))
 
     @override
     def state_dict(self) -> dict[str, Any]:

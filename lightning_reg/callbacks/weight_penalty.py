@@ -7,16 +7,14 @@ from typing import Any, NamedTuple, cast
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_reg._hooks import refuse_fsdp1, remove_handles
+from lightning_reg._hooks import HookOwner, refuse_fsdp1
 from lightning_reg.penalties import (
     add_penalty_grad_,
     soft_threshold_,
@@ -49,7 +47,7 @@ class PenaltyConfig(NamedTuple):
     proximal_l1: bool = False
 
 
-class WeightPenalty(Callback):
+class WeightPenalty(HookOwner):
     """Adds the gradient of a ``WeightPenaltyMixin`` module's penalty once per real optimizer step.
 
     ``WeightPenaltyMixin.configure_callbacks`` returns it; it reads the module's
@@ -77,8 +75,8 @@ class WeightPenalty(Callback):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._backwards = 0
-        self._handles: list[RemovableHandle] = []
         self._weights: list[nn.Parameter] = []
         self._on = False
         # Per optimizer: its group sizes, then (group, its selected weights, whether their l2
@@ -119,8 +117,8 @@ class WeightPenalty(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         config = _config(pl_module)
+        self.release(trainer, pl_module)
         pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
-        self._handles = remove_handles(self._handles)
         self._backwards, self._groups, self._configured, self._decay = 0, {}, {}, {}
         self._on = bool(config.l1 or config.l2)
         if not self._on:
@@ -152,7 +150,7 @@ class WeightPenalty(Callback):
                     self._decay[i, j] = group["weight_decay"]
             if config.proximal_l1 and config.l1 > 0:
                 hook = self._proximal_hook(pl_module)
-                self._handles.append(optimizer.register_step_post_hook(hook))
+                self.handles.append(optimizer.register_step_post_hook(hook))
 
     def _refuse_optimizers(self, trainer: pl.Trainer) -> None:
         selected = {id(w) for w in self._weights}
@@ -320,16 +318,10 @@ class WeightPenalty(Callback):
             )
 
     @override
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, _: BaseException
-    ) -> None:
-        self.teardown(trainer, pl_module, "fit")
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._handles = remove_handles(self._handles)
-        if stage == "fit":
-            pl_module.penalty_fit_factors = None  # type: ignore[assignment]
+    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the proximal step's hooks; the module is no longer fitting."""
+        super().release(trainer, pl_module)
+        pl_module.penalty_fit_factors = None  # type: ignore[assignment]
 
 
 def _config(pl_module: pl.LightningModule) -> PenaltyConfig:
