@@ -36,12 +36,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lightning_reg.penalties import (
-    add_penalty_grad_,
-    apply_max_norm_,
-    select_weights,
-    weight_penalty,
-)
+from lightning_reg.max_norm import apply_max_norm_
+from lightning_reg.penalties import add_penalty_grad_, weight_penalty
+from lightning_reg.selection import select_weights
 
 L1, L2, MAX_VALUE = 1e-5, 1e-4, 0.5
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}

@@ -63,10 +63,10 @@ def test_overhead_penalty_arms_quick() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [cells(line) for line in result.stdout.splitlines() if line.startswith("| tiny")]
-    arms = [row[1] for row in rows[:7]]
-    assert arms[:3] == ["bare", "floors", "l1+l2 penalty: ours"]
-    targets = {row[1]: row for row in rows[7:]}
-    assert len(targets) == 4
+    arms = [row[1] for row in rows[:8]]
+    assert arms[:2] == ["bare", "floors"] and arms[2].startswith("hand-written floor")
+    targets = {row[1]: row for row in rows[8:]}
+    assert len(targets) == 7
     for row in targets.values():
         assert float(row[2].split()[0]) > 0 and float(row[3].rstrip("x")) > 0, row
 

@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from lightning_reg.callbacks.max_norm import MaxNorm
-from lightning_reg.penalties import _default_foreach, apply_max_norm_, select_weights
+from lightning_reg.max_norm import RowGroup, apply_max_norm_, max_norm_, row_groups
+from lightning_reg.selection import select_weights
 from tests.distributed.worker import TwoOptimizerSteps
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
@@ -92,23 +93,22 @@ def test_a_row_at_the_bound_rounded_to_float32_is_left_alone(foreach: bool) -> N
     assert torch.equal(w, expected)
 
 
-@pytest.mark.parametrize(
-    ("shapes", "p", "expected"),
-    [
-        ([(512, 784), (512, 512)], 2.0, False),  # small weights, finite p: renorm_
-        ([(512, 784), (512, 512)], math.inf, True),  # infinity norm: multi-tensor
-        ([(1024, 1024), (1024, 1024)], 2.0, True),  # 2**20 elements each: multi-tensor
-        ([(1024, 1024), (10, 1024)], 3.0, False),  # below 2**20 on average
-    ],
-)
-def test_default_path_on_cpu_follows_the_documented_rule(
-    shapes: list[tuple[int, int]], p: float, expected: bool
-) -> None:
-    """``foreach=None`` on CPU: the multi-tensor path for the infinity norm or weights of 2**20
-    elements or more on average (docs/max_norm.md); both paths give the same result."""
-    rows = [torch.empty(shape) for shape in shapes]
-    assert _default_foreach(rows, p) is expected
-    assert _default_foreach([], p) is False
+@pytest.mark.parametrize("p", [2.0, math.inf])
+def test_within_the_bound_nothing_is_written_and_accelerators_never_sync(p: float) -> None:
+    """On CPU the host check skips weights with no row over the bound; without it (an
+    accelerator's path, run here on CPU) the clamped factor multiplies every weight: both give
+    torch.renorm's bits."""
+    inside = [mixed_rows((6, 4), torch.float32, 0) * 1e-3, mixed_rows((5, 3, 2), torch.float64, 1)]
+    over = mixed_rows((7, 5), torch.float32, 2)
+    weights = [*inside, over]
+    expected = [torch.renorm(w, p, 0, MAX) for w in weights]
+    apply_max_norm_(weights, MAX, p)
+    assert all(torch.equal(w, ref) for w, ref in zip(weights, expected, strict=True))
+    again = [w.clone() * 3 for w in expected]
+    expected = [torch.renorm(w, p, 0, MAX) for w in again]
+    groups = [RowGroup(g.tensors, g.dims, g.acc, False) for g in row_groups(again)]
+    max_norm_(groups, MAX, p)  # no host check: the clamped factor and one multiply
+    assert all(torch.equal(w, ref) for w, ref in zip(again, expected, strict=True))
 
 
 @pytest.mark.parametrize("foreach", PATHS)

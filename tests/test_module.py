@@ -10,10 +10,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_reg.callbacks.max_norm import MaxNorm
+from lightning_reg.callbacks.weight_penalty import WeightPenalty
 from lightning_reg.demos import RegularizedMLP
 from lightning_reg.demos.data import DigitsDataModule
 from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
@@ -24,7 +26,9 @@ L1, L2 = 1e-3, 1e-2
 
 
 class _Plain(pl.LightningModule):
-    """A digits MLP that records the gradients of its first backward pass."""
+    """A digits MLP that records the gradients its first optimizer step sees in the module's
+    ``on_before_optimizer_step`` (data plus penalty gradient: the module's hook runs after the
+    callbacks', among them the penalty's)."""
 
     def __init__(self, optimizer: str = "sgd", lr: float = 0.1) -> None:
         super().__init__()
@@ -38,9 +42,11 @@ class _Plain(pl.LightningModule):
         x, y = batch
         return F.cross_entropy(self.net(x), y)
 
-    def on_after_backward(self) -> None:
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
         if not self.grads:
-            self.grads = {n: p.grad.clone() for n, p in self.named_parameters()}
+            self.grads = {
+                n: p.grad.clone() for n, p in self.named_parameters() if p.grad is not None
+            }
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups: Any = self.parameters()
@@ -101,23 +107,16 @@ def test_gradient_is_data_gradient_plus_penalty_gradient(cls: type, tmp_path: An
 
 def test_penalty_logged_and_equal_to_closed_form(tmp_path: Any) -> None:
     model = _OwnStep()
-    weights = [model.net[0].weight.detach().clone(), model.net[2].weight.detach().clone()]
-    expected = sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in weights)
     trainer = _fit(model, tmp_path, log_every_n_steps=1)
-    logged = trainer.callback_metrics["train/penalty"]  # the weights the step started from
+    weights = [model.net[0].weight.detach(), model.net[2].weight.detach()]
+    expected = sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in weights)
+    logged = trainer.callback_metrics["train/penalty"]  # the weights the epoch ended with
     torch.testing.assert_close(logged, torch.as_tensor(expected), rtol=1e-5, atol=0)
 
 
-def test_selection_computed_once_per_fit(tmp_path: Any) -> None:
-    seen: list[int] = []
-
-    class Spy(Callback):
-        def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
-            seen.append(id(module._penalty_candidates))
-
+def test_selection_by_names(tmp_path: Any) -> None:
     model = _OwnStep(names=["net.0.weight"])
-    _fit(model, tmp_path, steps=3, callbacks=[Spy()])
-    assert len(seen) == 3 and len(set(seen)) == 1
+    _fit(model, tmp_path, steps=3)
     assert [w is model.net[0].weight for w in model.penalized_weights()] == [True]
     # only the named weight is penalized
     plain = _Plain()
@@ -176,6 +175,15 @@ def test_weight_decay_folded_even_when_on_fit_start_is_overridden(tmp_path: Any)
     assert [g["weight_decay"] for g in trainer.optimizers[0].param_groups] == [2 * L2, 0.0]
 
 
+def test_configure_callbacks_without_super_is_refused_by_name(tmp_path: Any) -> None:
+    class NoSuper(_OwnStep):
+        def configure_callbacks(self) -> list:
+            return []
+
+    with pytest.raises(MisconfigurationException, match=r"return `super\(\).configure_callbacks"):
+        _fit(NoSuper(), tmp_path)
+
+
 def test_weight_decay_path_refuses_decoupled_and_mixed_groups(tmp_path: Any) -> None:
     class AdamW(_OwnStep):
         def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -220,7 +228,6 @@ class _Manual(_OwnStep):
             loss = loss + self.penalty()
         optimizer.zero_grad()
         self.manual_backward(loss)
-        self.on_after_backward()
         optimizer.step()
         return loss
 
@@ -423,8 +430,8 @@ def test_hparams_of_subclasses_saved_and_restored(tmp_path: Any) -> None:
 
 
 def test_configure_callbacks_adds_max_norm_and_merges(tmp_path: Any) -> None:
-    assert RegularizedModule().configure_callbacks() == []
-    (callback,) = RegularizedModule(max_norm=3.0).configure_callbacks()
+    assert [type(c) for c in RegularizedModule().configure_callbacks()] == [WeightPenalty]
+    _, callback = RegularizedModule(max_norm=3.0).configure_callbacks()
     assert isinstance(callback, MaxNorm) and callback.max_value == 3.0
 
     class WithOwn(_Sub):
@@ -432,7 +439,7 @@ def test_configure_callbacks_adds_max_norm_and_merges(tmp_path: Any) -> None:
             return [*super().configure_callbacks(), EarlyStopping("val_loss")]
 
     kinds = [type(c) for c in WithOwn(max_norm=1.0).configure_callbacks()]
-    assert kinds == [MaxNorm, EarlyStopping]
+    assert kinds == [WeightPenalty, MaxNorm, EarlyStopping]
     model = _Sub(width=64, max_norm=0.5)
     assert model.body[0][0].weight.norm(dim=1).max() > 0.5
     _fit(model, tmp_path, steps=3)

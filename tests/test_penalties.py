@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reg.penalties import select_weights, weight_penalty
+from lightning_reg.penalties import weight_penalty
+from lightning_reg.selection import select_weights
 
 SHAPES = {"linear": (7, 5), "conv1d": (6, 3, 4), "conv2d": (5, 3, 3, 3), "conv3d": (4, 2, 2, 2, 2)}
 NORMS = (1.0, 2.0, 3.0, math.inf)
@@ -207,7 +208,8 @@ import torch, torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
-from lightning_reg.penalties import apply_max_norm_, weight_penalty
+from lightning_reg.max_norm import apply_max_norm_
+from lightning_reg.penalties import weight_penalty
 
 dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
 mesh = init_device_mesh("cpu", (1,))

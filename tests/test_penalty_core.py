@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,11 +16,11 @@ from torch.nn.utils import parametrizations, parametrize
 from lightning_reg import WeightPenaltyMixin
 from lightning_reg.penalties import (
     add_penalty_grad_,
-    select_weights,
     soft_threshold_,
     weight_penalty,
     zero_fraction,
 )
+from lightning_reg.selection import select_weights
 from tests.helpers import DigitsClassifier, digits, digits_loader, make_trainer
 
 
@@ -157,7 +159,7 @@ def test_penalty_gradient_equals_autograd_of_the_value(foreach: bool, l1: float,
         data_grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
         p.grad, r.grad = data_grad.clone(), data_grad.clone()
     params[1].grad = reference[1].grad = None  # a weight without gradient gets one
-    scale = torch.tensor(512.0, dtype=torch.float64)  # a GradScaler's scale: a tensor
+    scale = 512.0
     add_penalty_grad_(params, l1=l1, l2=l2, scale=scale, foreach=foreach)
     (weight_penalty(reference, l1=l1, l2=l2) * scale).backward()
     for p, r in zip(params, reference, strict=True):
@@ -255,3 +257,87 @@ def test_proximal_l1_on_a_trainer_equals_a_plain_torch_loop(tmp_path: Any) -> No
     zeros = zero_fraction([net[0].weight, net[2].weight])
     assert float(trainer.callback_metrics["train/zero_fraction"]) == pytest.approx(float(zeros))
     assert float(zeros) > 0.2 and not bool((net[0].bias == 0).any())
+
+
+# ------------------------------------------------------------- public torch and Lightning only
+
+REGULARIZER_SOURCES = [
+    "lightning_reg/selection.py",
+    "lightning_reg/penalties.py",
+    "lightning_reg/max_norm.py",
+    "lightning_reg/module.py",
+    "lightning_reg/_hooks.py",
+    "lightning_reg/callbacks/max_norm.py",
+    "lightning_reg/callbacks/weight_penalty.py",
+]
+# Lightning's loop state and plumbing: never read, underscore or not.
+BANNED = {"fit_loop", "precision_plugin", "log_every_n_steps", "_trainer", "scaler"}
+# Underscore names that are public API: NamedTuple's `_replace`, torch's multi-tensor kernels
+# (`torch._foreach_*`, what torch.optim and clip_grad_norm_ call), and `_generate_state_key`,
+# the way Lightning's Callback.state_key documentation builds a key.
+ALLOWED = {"_replace", "_generate_state_key"}
+READERS = ("getattr", "hasattr")
+
+
+def _private_uses(path: Path) -> list[str]:
+    """Attribute reads of another object's underscore names, and of BANNED names, in ``path``.
+
+    ``self._x`` is allowed only where this package defines ``_x`` (assigned on ``self``,
+    annotated in a class body or a method), so ``self._trainer`` of a LightningModule fails.
+    """
+    tree = ast.parse(path.read_text())
+    own: set[str] = set()
+    for source in REGULARIZER_SOURCES:
+        for node in ast.walk(ast.parse(Path(source).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                own.add(node.target.id)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for sub in ast.walk(target):
+                        if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name):
+                            own.add(sub.attr)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            name, base = node.attr, node.value
+            on_self = isinstance(base, ast.Name) and base.id in ("self", "cls")
+            foreach = isinstance(base, ast.Name) and base.id == "torch" and "_foreach_" in name
+            private = name.startswith("_") and not name.startswith("__") and name not in ALLOWED
+            if name in BANNED or (private and not foreach and not (on_self and name in own)):
+                found.append(f"{path}:{node.lineno}: .{name}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in READERS:
+            arg = node.args[1] if len(node.args) > 1 else None
+            name = arg.value if isinstance(arg, ast.Constant) else None
+            if isinstance(name, str) and (name.startswith("_") or name in BANNED):
+                found.append(f"{path}:{node.lineno}: getattr {name!r}")
+    return found
+
+
+def test_the_regularizers_read_no_private_torch_or_lightning_state() -> None:
+    root = Path(__file__).resolve().parents[1]
+    uses = [use for source in REGULARIZER_SOURCES for use in _private_uses(root / source)]
+    assert uses == []
+
+
+def test_the_private_state_scan_catches_what_it_must(tmp_path: Path) -> None:
+    source = tmp_path / "bad.py"
+    source.write_text(
+        "def f(self, trainer, opt):\n"
+        "    trainer.fit_loop.epoch_loop\n"
+        "    self._trainer\n"
+        "    trainer.strategy.precision_plugin\n"
+        "    opt._step_supports_amp_scaling\n"
+        "    getattr(opt, '_opt_called')\n"
+        "    torch._foreach_mul_([], 1.0)\n"
+    )
+    uses = _private_uses(source)
+    assert sorted(u.split(": ")[1] for u in uses) == [
+        "._step_supports_amp_scaling",
+        "._trainer",
+        ".fit_loop",
+        ".precision_plugin",
+        "getattr '_opt_called'",
+    ]

@@ -52,26 +52,45 @@ class _Base(pl.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        _record_gradients(self)
+
+
+def _norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The norm of each gradient (none: an empty tensor, a window that skipped every batch)."""
+    return torch.tensor([float(g.double().norm()) for g in grads], dtype=torch.float64)
+
+
+def _record_gradients(module: pl.LightningModule) -> None:
+    """The gradient norms the module's ``on_before_optimizer_step`` sees (after the callbacks',
+    before clipping): data plus penalty gradient on both routes."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    seen = module.__dict__.setdefault("seen_before_step", [])
+    seen.append(_norms(grads))
+
 
 class _Step(WeightPenaltyMixin, _Base):
     pass
 
 
 class _Recorder(Callback):
-    """Weights after every batch; gradient norms seen by other callbacks and on_after_backward."""
+    """Weights after every batch; gradient norms seen by on_after_backward and the Trainer's
+    callbacks (``callback_before_step``) and by the module's on_before_optimizer_step
+    (``before_step``, filled in from the module after fit)."""
 
     def __init__(self) -> None:
         self.weights: list[list[torch.Tensor]] = []
         self.before_step: list[torch.Tensor] = []
+        self.callback_before_step: list[torch.Tensor] = []
         self.after_backward: list[torch.Tensor] = []
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        self.after_backward.append(torch.stack([g.double().norm() for g in grads]))
+        self.after_backward.append(_norms(grads))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        self.before_step.append(torch.stack([g.double().norm() for g in grads]))
+        self.callback_before_step.append(_norms(grads))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
         self.weights.append([p.detach().double().clone() for p in pl_module.parameters()])
@@ -95,6 +114,7 @@ def _run(cls: type, tmp_path: Any, dtype: torch.dtype, callbacks: list, **kwargs
     model = cls(loss_route=not issubclass(cls, WeightPenaltyMixin)).to(dtype)
     trainer = make_trainer(tmp_path, callbacks=[*callbacks, recorder], **kwargs)
     trainer.fit(model, train_dataloaders=digits_loader(n=160, batch_size=32))
+    recorder.before_step = model.__dict__.get("seen_before_step", [])
     return recorder, model, trainer
 
 
@@ -128,11 +148,11 @@ def test_step_route_equals_loss_route_float64(case: str, tmp_path: Any) -> None:
     ref, _, _ = _run(_Base, tmp_path, torch.float64, [], **kwargs)
     got, _, _ = _run(_Step, tmp_path, torch.float64, [], **kwargs)
     _assert_same(ref, got, rtol=1e-10, atol=1e-13)
-    # on_after_backward of the micro-batch that steps sees data + penalty gradient too.
-    acc = kwargs.get("accumulate_grad_batches", 1)
-    stepping = [i for i in range(len(ref.after_backward)) if (i % 5 + 1) % acc == 0 or i % 5 == 4]
-    for i in stepping:
-        torch.testing.assert_close(got.after_backward[i], ref.after_backward[i], rtol=1e-10, atol=0)
+    # The Trainer's callbacks and on_after_backward see the data gradient (the penalty's is
+    # added after their hooks): the first one differs from the loss route's, which holds both.
+    for seen in ("callback_before_step", "after_backward"):
+        first_ref, first_got = getattr(ref, seen)[0], getattr(got, seen)[0]
+        assert not torch.allclose(first_got, first_ref, rtol=1e-6, atol=0)
     if "clip" in case:  # the clipping was active, on data + penalty gradient
         assert max(float(n.max()) for n in ref.before_step) > 0.05
 
@@ -158,13 +178,15 @@ def test_fp16_grad_scaler_with_a_skipped_step(tmp_path: Any) -> None:
     for a, b in zip(ref.weights, got.weights, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7)
-    # Callbacks' on_after_backward sees the scaled gradients of the loss route.
-    torch.testing.assert_close(got.after_backward[0], ref.after_backward[0], rtol=1e-5, atol=0)
+    # The module's hook sees the unscaled data + penalty gradient of the loss route.
+    torch.testing.assert_close(got.before_step[0], ref.before_step[0], rtol=1e-5, atol=0)
 
 
 class _Manual(pl.LightningModule):
     """Two sub-networks, each with its own optimizer, stepped by hand; with ``clip`` set, each
-    optimizer's gradients are clipped by norm with ``self.clip_gradients`` before its step."""
+    optimizer's gradients are clipped by norm with ``self.clip_gradients`` in the module's
+    ``on_before_optimizer_step`` (after the penalty's gradient is added, as Lightning clips
+    under automatic optimization)."""
 
     clip: float | None = None
 
@@ -189,10 +211,13 @@ class _Manual(pl.LightningModule):
         x = x.to(self.dtype)
         for net, opt in zip((self.a, self.b), self.optimizers(), strict=True):  # type: ignore[arg-type]
             self.manual_backward(self.loss(net, x, y))
-            if self.clip is not None:
-                self.clip_gradients(opt, self.clip, gradient_clip_algorithm="norm")
             opt.step()
             opt.zero_grad()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.clip is not None:
+            self.clip_gradients(optimizer, self.clip, gradient_clip_algorithm="norm")
+        _record_gradients(self)
 
     def configure_optimizers(self) -> Any:
         sgd = torch.optim.SGD(self.a.parameters(), lr=0.1, momentum=0.9)
@@ -205,14 +230,10 @@ class _ManualStep(WeightPenaltyMixin, _Manual):
 
 def test_manual_optimization_two_optimizers(tmp_path: Any) -> None:
     ref, _, _ = _run(_Manual, tmp_path, torch.float64, [], max_epochs=1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualStep, tmp_path, torch.float64, [], max_epochs=1)
     assert trainer.global_step == 10  # 5 batches, 2 optimizer steps each
-    # Trajectory, and the gradient norms a callback's on_before_optimizer_step records (the
-    # penalty is added by the optimizer's step pre-hook, before every such hook).
+    # Trajectory, and the gradient norms the module's on_before_optimizer_step sees.
     _assert_same(ref, got, rtol=1e-10, atol=1e-13)
-    assert not [w for w in caught if "GradScaler" in str(w.message)]  # no scaler, no warning
     # on_after_backward sees the data gradient (which optimizer steps next is not known yet).
     data = got.after_backward[0]
     assert not torch.allclose(data, ref.after_backward[0], rtol=1e-6, atol=0)
@@ -230,8 +251,8 @@ def test_manual_optimization_clip_gradients_sees_the_penalty(tmp_path: Any) -> N
     ref, _, _ = _run(_ManualClip, tmp_path, torch.float64, [], max_epochs=1)
     got, _, trainer = _run(_ManualClipStep, tmp_path, torch.float64, [], max_epochs=1)
     assert trainer.global_step == 10
-    # `self.clip_gradients` adds the penalty's gradient first: clipped data + penalty gradient,
-    # the same update and the same (clipped) norms in callbacks' on_before_optimizer_step.
+    # Clipping in the module's on_before_optimizer_step clips data + penalty gradient: the same
+    # update and the same (clipped) norms as the loss route.
     _assert_same(ref, got, rtol=1e-10, atol=1e-13)
     total = [float(n.norm()) for n in ref.before_step]
     assert total == pytest.approx([0.05] * 10, rel=1e-4)  # every step was clipped
@@ -272,7 +293,7 @@ def _manual_fp16(cls: type, tmp_path: Any) -> Any:
     return (*out, scaler)
 
 
-class _ManualFused(_Manual):
+class _ManualFusedStep(WeightPenaltyMixin, _Manual):
     """Fused optimizers unscale inside their step: Lightning leaves their gradients scaled."""
 
     def configure_optimizers(self) -> Any:
@@ -280,26 +301,15 @@ class _ManualFused(_Manual):
         return sgd, torch.optim.Adam(self.b.parameters(), lr=0.01, fused=True)
 
 
-class _ManualFusedStep(WeightPenaltyMixin, _ManualFused):
-    pass
-
-
-MANUAL_FP16 = {
-    "plain": (_Manual, _ManualStep),
-    "clip": (_ManualClip, _ManualClipStep),
-    "fused": (_ManualFused, _ManualFusedStep),
-}
+MANUAL_FP16 = {"plain": (_Manual, _ManualStep), "clip": (_ManualClip, _ManualClipStep)}
 
 
 @pytest.mark.parametrize("case", list(MANUAL_FP16))
-def test_manual_optimization_fp16_grad_scaler_skipped_step_and_warning(
-    case: str, tmp_path: Any
-) -> None:
+def test_manual_optimization_fp16_grad_scaler_skipped_step(case: str, tmp_path: Any) -> None:
     ref_cls, step_cls = MANUAL_FP16[case]
     clip = case == "clip"
     ref, _, _, ref_scaler = _manual_fp16(ref_cls, tmp_path)
-    with pytest.warns(UserWarning, match=r"Manual optimization with a GradScaler.*_Recorder sees"):
-        got, _, trainer, scaler = _manual_fp16(step_cls, tmp_path)
+    got, _, trainer, scaler = _manual_fp16(step_cls, tmp_path)
     assert trainer.global_step == 8
     assert scaler.get_scale() == ref_scaler.get_scale() == 2.0**9  # one step skipped
     b = [i for i, (n, _) in enumerate(trainer.lightning_module.named_parameters()) if n[0] == "b"]
@@ -308,58 +318,42 @@ def test_manual_optimization_fp16_grad_scaler_skipped_step_and_warning(
     for x_ref, x_got in zip(ref.weights, got.weights, strict=True):
         for x, y in zip(x_ref, x_got, strict=True):
             torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7)
-    if clip:  # clipped before the step: callbacks see the loss route's norms (nan when skipped)
+    if clip:  # the module's hook sees the loss route's clipped norms (nan when skipped)
         for x, y in zip(ref.before_step, got.before_step, strict=True):
             torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-7, equal_nan=True)
 
 
-class _ManualClosureStep(WeightPenaltyMixin, _Manual):
+def test_fused_optimizer_under_a_grad_scaler_is_refused_by_name(tmp_path: Any) -> None:
+    with pytest.raises(MisconfigurationException, match="fused optimizer unscales its gradients"):
+        _manual_fp16(_ManualFusedStep, tmp_path)
+
+
+class _ManualClosure(_Manual):
+    """``manual_backward`` inside ``opt.step(closure)``: Lightning runs the closure, then
+    ``on_before_optimizer_step``, then the update."""
+
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
-        opt = self.optimizers()[0]  # type: ignore[index]
+        for net, opt in zip((self.a, self.b), self.optimizers(), strict=True):  # type: ignore[arg-type]
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = self.loss(self.a, x, y)
-            self.manual_backward(loss)
-            return loss
+            def closure(net: nn.Module = net, opt: Any = opt) -> torch.Tensor:
+                opt.zero_grad()
+                loss = self.loss(net, x.to(self.dtype), y)
+                self.manual_backward(loss)
+                return loss
 
-        opt.step(closure)
-
-
-def test_manual_backward_inside_a_step_closure_is_refused(tmp_path: Any) -> None:
-    with pytest.raises(RuntimeError, match=r"inside `optimizer.step\(closure\)`.*before `opt"):
-        make_trainer(tmp_path, max_steps=1).fit(_ManualClosureStep(False), digits_loader(n=32))
+            opt.step(closure)
 
 
-def test_manual_optimization_logs_the_penalty_of_every_optimizer_on_logging_batches(
-    tmp_path: Any,
-) -> None:
-    # Two optimizer steps per batch: the logging batches are Lightning's (one count per batch,
-    # not `global_step`), and the value covers both optimizers' weights.
-    seen: dict[int, float] = {}
-    expected: dict[int, float] = {}
+class _ManualClosureStep(WeightPenaltyMixin, _ManualClosure):
+    pass
 
-    class Watch(Callback):
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            ws = select_weights(pl_module)
-            expected[args[-1]] = sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in ws).item()
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            value = trainer.callback_metrics.get("train/penalty")
-            if value is not None:
-                seen.setdefault(args[-1], float(value))
-
-    model = _ManualStep(loss_route=False).double()
-    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_epochs=1, log_every_n_steps=2)
-    trainer.fit(model, digits_loader(n=160, batch_size=32))
+def test_manual_backward_inside_a_step_closure_equals_the_loss_route(tmp_path: Any) -> None:
+    ref, _, _ = _run(_ManualClosure, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(_ManualClosureStep, tmp_path, torch.float64, [], max_epochs=1)
     assert trainer.global_step == 10
-    # Callbacks' on_train_batch_end runs before the module's, which logs: `seen[b]` is batch b-1's.
-    assert sorted(seen) == [2, 3, 4]  # first logged on batch 1 (the 2nd), as Lightning logs
-    # Both sub-networks' weights, each as its optimizer's step started from (the second
-    # sub-network's are untouched by the first's step).
-    assert seen[2] == pytest.approx(expected[1], rel=1e-6)
-    assert seen[4] == pytest.approx(expected[3], rel=1e-6)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
 
 
 class _Finetune(_Base):
@@ -470,11 +464,11 @@ class _SparseEmbeddingStep(WeightPenaltyMixin, _SparseEmbedding):
 def test_sparse_embedding_gradients_take_the_penalty_as_the_loss_route(tmp_path: Any) -> None:
     ref, _, _ = _run(_SparseEmbedding, tmp_path, torch.float64, [], max_epochs=1)
     got, model, _ = _run(_SparseEmbeddingStep, tmp_path, torch.float64, [], max_epochs=1)
-    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
     assert model.emb.weight in model.penalized_weights()
     # SparseAdam takes sparse gradients only: the penalty's dense one is refused by name.
     trainer = make_trainer(tmp_path, max_steps=1)
-    with pytest.raises(MisconfigurationException, match="weights SparseAdam updates"):
+    with pytest.raises(MisconfigurationException, match="SparseAdam on the weights it updates"):
         trainer.fit(_SparseEmbeddingStep(False, "sparse_adam"), digits_loader(n=32))
 
 
@@ -555,7 +549,7 @@ def test_compiled_module_trains_with_the_penalty(backend: str, tmp_path: Any) ->
     model = torch.compile(_Step(loss_route=False), backend=backend)
     trainer = make_trainer(tmp_path, callbacks=[recorder], max_steps=3)
     trainer.fit(model, train_dataloaders=digits_loader(n=160, batch_size=32))  # type: ignore[arg-type]
-    _assert_same(ref, recorder, rtol=1e-6, atol=1e-7)
+    _assert_same(ref, recorder, rtol=1e-6, atol=1e-7, hooks=False)
 
 
 class _DoubleCount(_Step):
@@ -585,25 +579,6 @@ class _Lbfgs(_Step):
 def test_lbfgs_refused_by_name(tmp_path: Any) -> None:
     with pytest.raises(MisconfigurationException, match="cannot be used with LBFGS"):
         make_trainer(tmp_path, max_steps=1).fit(_Lbfgs(False), digits_loader(n=32))
-
-
-def test_penalty_logged_on_logging_steps_only_with_its_value(tmp_path: Any) -> None:
-    seen: list[float | None] = []
-    expected: list[float] = []
-
-    class Watch(Callback):
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-            value = trainer.callback_metrics.get("train/penalty")  # as logged one batch before
-            seen.append(None if value is None else float(value))
-            ws = select_weights(pl_module)
-            expected.append(sum(L1 * w.abs().sum() + L2 * (w**2).sum() for w in ws).item())
-
-    model = _Step(loss_route=False)
-    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_steps=4, log_every_n_steps=2)
-    trainer.fit(model, digits_loader(n=160, batch_size=32))
-    assert seen[:2] == [None, None]  # step 1 neither computes nor logs it
-    assert seen[2] == seen[3] == pytest.approx(expected[1], rel=1e-6)  # weights before step 2
-    assert float(trainer.callback_metrics["train/penalty"]) == pytest.approx(expected[3], rel=1e-6)
 
 
 class _Sequence(_Base):
@@ -645,8 +620,12 @@ def test_recurrent_attention_and_weight_normed_kernels_are_penalized(tmp_path: A
     ]
 
 
-def test_penalty_of_each_epochs_last_weights_logged_once_per_epoch(tmp_path: Any) -> None:
-    # 5 steps per epoch, fewer than log_every_n_steps=50: no step value, one value per epoch.
+@pytest.mark.parametrize("cls", [_Step, _ManualStep])
+def test_penalty_of_each_epochs_last_weights_logged_once_per_epoch(
+    cls: type, tmp_path: Any
+) -> None:
+    # One value per epoch (also for runs shorter than log_every_n_steps), over the weights of
+    # every optimizer (two under manual optimization).
     expected: list[float] = []
     seen: list[float] = []
 
@@ -657,13 +636,12 @@ def test_penalty_of_each_epochs_last_weights_logged_once_per_epoch(tmp_path: Any
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             if trainer.current_epoch > 0:
-                seen.append(float(trainer.callback_metrics["train/penalty_epoch"]))
+                seen.append(float(trainer.callback_metrics["train/penalty"]))
 
-    model = _Step(loss_route=False).double()
-    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_epochs=2, log_every_n_steps=50)
+    model = cls(loss_route=False).double()
+    trainer = make_trainer(tmp_path, callbacks=[Watch()], max_epochs=2, log_every_n_steps=2)
     trainer.fit(model, digits_loader(n=160, batch_size=32))
-    seen.append(float(trainer.callback_metrics["train/penalty_epoch"]))
-    assert "train/penalty" not in trainer.callback_metrics
+    seen.append(float(trainer.callback_metrics["train/penalty"]))
     assert len(expected) == 2 and expected[0] != expected[1]
     assert seen == pytest.approx(expected, rel=1e-12)
 
@@ -675,4 +653,144 @@ def test_zero_fraction_of_each_epochs_last_weights_logged_with_proximal_l1(tmp_p
     ws = select_weights(model)
     zeros = sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
     assert zeros > 0.1
-    assert float(trainer.callback_metrics["train/zero_fraction_epoch"]) == pytest.approx(zeros)
+    assert float(trainer.callback_metrics["train/zero_fraction"]) == pytest.approx(zeros)
+
+
+# ------------------------------------------------------------------ seams of the one route
+
+
+class _Skip(_Base):
+    """Returns ``None`` (Lightning's documented skip) on the batch indices in ``skipped``."""
+
+    skipped: frozenset[int] = frozenset()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        return None if batch_idx in self.skipped else super().training_step(batch, batch_idx)
+
+
+# 5 batches per epoch: windows [0,1][2,3][4] under 2, [0,1,2][3,4] under 3.
+SKIPS = [(1, {1}), (2, {0}), (2, {1}), (2, {4}), (3, {0}), (3, {1}), (3, {2}), (3, {3, 4})]
+
+
+@pytest.mark.parametrize(("accumulate", "skipped"), SKIPS)
+def test_a_skipped_micro_batch_gets_the_loss_routes_factor(
+    accumulate: int, skipped: set[int], tmp_path: Any
+) -> None:
+    """First, middle and last micro-batches of a window, a whole window: the penalty counts the
+    micro-batches that ran backward, as the loss does."""
+    ref_cls = type("Ref", (_Skip,), {"skipped": frozenset(skipped)})
+    step_cls = type("Step", (WeightPenaltyMixin, ref_cls), {})
+    kwargs: dict[str, Any] = dict(max_epochs=1, accumulate_grad_batches=accumulate)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`training_step` returned `None`")
+        ref, _, _ = _run(ref_cls, tmp_path, torch.float64, [], **kwargs)
+        got, _, _ = _run(step_cls, tmp_path, torch.float64, [], **kwargs)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    plain = _run(_Skip, tmp_path, torch.float64, [], **kwargs)[0]  # the penalty matters
+    assert (ref.weights[-1][0] - plain.weights[-1][0]).abs().max() > 1e-4
+
+
+class _Resumable(_Base):
+    """Penalized weights in a param group of their own (weight decay ``decay``), the rest in
+    another without decay. The loss route resets the decay a checkpoint restores to 0."""
+
+    decay = 0.0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        weights = select_weights(self)
+        others = [p for p in self.parameters() if all(p is not w for w in weights)]
+        groups = [{"params": weights, "weight_decay": self.decay}, {"params": others}]
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=0.0)
+
+    def on_train_start(self) -> None:
+        if self.loss_route:
+            for group in self.trainer.optimizers[0].param_groups:
+                group["weight_decay"] = 0.0
+
+
+def _resumable(loss_route: bool, l2: float, fold: bool = False, decay: float = 0.0) -> Any:
+    cls = _Resumable if loss_route else type("Step", (WeightPenaltyMixin, _Resumable), {})
+    model = cls(loss_route=True) if loss_route else cls(loss_route=False, l1=L1, l2=l2)
+    model.factors, model.decay = (L1, l2), decay
+    if not loss_route:
+        model.configure_penalty(l1=L1, l2=l2, as_weight_decay=fold)
+    return model.double()
+
+
+RESUMES = {
+    # (first fit: l2, as_weight_decay, decay of its group), (resumed: l2, as_weight_decay)
+    "l2 changed": ((L2, False, 0.0), (2 * L2, False)),
+    "l2 changed, folded": ((L2, True, 0.0), (5 * L2, True)),
+    "fold switched off": ((L2, True, 0.0), (L2, False)),
+    "fold switched on": ((L2, False, 0.0), (L2, True)),
+    "a decay nothing explains": ((L2, False, 0.3), (L2, False)),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUMES))
+def test_a_resume_trains_as_the_new_configuration_says(case: str, tmp_path: Any) -> None:
+    (l2, fold, decay), (new_l2, new_fold) = RESUMES[case]
+    first = _resumable(False, l2, fold, decay)
+    trainer = make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(first, digits_loader(n=160, batch_size=32))
+    ckpt = tmp_path / "first.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    def resume(model: Any) -> Any:
+        recorder = _Recorder()
+        trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[recorder])
+        trainer.fit(model, digits_loader(n=160, batch_size=32), ckpt_path=ckpt)
+        return recorder, trainer
+
+    ref, _ = resume(_resumable(True, new_l2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, trainer = resume(_resumable(False, new_l2, new_fold))
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+    named = [str(w.message) for w in caught if "restored `weight_decay" in str(w.message)]
+    if case == "a decay nothing explains":
+        assert len(named) == 1 and "weight_decay=0.3" in named[0] and "group 0 of SGD" in named[0]
+    else:
+        assert named == []
+    decays = [g["weight_decay"] for g in trainer.optimizers[0].param_groups]
+    assert decays == [2 * new_l2 if new_fold else 0.0, 0.0]
+
+
+class _SpectralNorm(_Base):
+    """The first layer under ``parametrizations.spectral_norm``: its power iteration (buffers
+    ``_u``, ``_v``) runs in every training forward, and only there."""
+
+    def __init__(self, loss_route: bool, **penalty: Any) -> None:
+        super().__init__(loss_route, **penalty)
+        torch.manual_seed(1)
+        self.backbone[0] = nn.utils.parametrizations.spectral_norm(nn.Linear(64, 24))
+
+
+_SpectralNormStep = type("_SpectralNormStep", (WeightPenaltyMixin, _SpectralNorm), {})
+
+
+def test_spectral_norm_layer_step_route_equals_loss_route(tmp_path: Any) -> None:
+    runs = [
+        _run(cls, tmp_path, torch.float64, [], max_steps=6)
+        for cls in (_SpectralNorm, _SpectralNormStep)
+    ]
+    (ref, ref_model, _), (got, model, _) = runs
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13)
+    for a, b in zip(ref_model.buffers(), model.buffers(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12)  # as many power iterations
+
+
+def test_a_max_norm_that_never_binds_leaves_a_spectral_norm_run_bit_identical(
+    tmp_path: Any,
+) -> None:
+    from lightning_reg import MaxNorm
+
+    without, model_without, _ = _run(_SpectralNormStep, tmp_path, torch.float64, [], max_steps=6)
+    with pytest.warns(UserWarning, match=r"backbone.0.weight \(Linear, parametrized\)"):
+        bounded, model, _ = _run(
+            _SpectralNormStep, tmp_path, torch.float64, [MaxNorm(100.0)], max_steps=6
+        )
+    for a, b in zip(without.weights, bounded.weights, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    for a, b in zip(model_without.buffers(), model.buffers(), strict=True):
+        assert torch.equal(a, b)

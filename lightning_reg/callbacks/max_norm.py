@@ -8,32 +8,28 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_reg._hooks import HookOwner, refuse_fsdp1
 from lightning_reg._validation import check_positive
-from lightning_reg.penalties import (
+from lightning_reg.max_norm import (
     DEFAULT_MAX_NORM_MODULES,
-    _as_local,
-    _check_foreach,
-    _check_max_norm_modules,
-    _check_norm_type,
-    _default_foreach,
-    _is_dtensor,
-    _local_rows,
-    _max_norm_foreach_,
-    _max_norm_reference_,
-    _max_norm_targets,
-    _outside_layers,
-    _outside_message,
-    _row_groups,
-    _RowGroup,
+    RowGroup,
+    check_foreach,
+    check_max_norm_modules,
+    check_norm_type,
+    local_rows,
+    max_norm_,
+    max_norm_targets,
+    outside_message,
+    row_groups,
 )
+from lightning_reg.penalties import is_dtensor
+from lightning_reg.selection import outside_parameters
 
 __all__ = ["MaxNorm"]
 
@@ -43,60 +39,45 @@ class _Binding:
 
     Resolved from the model when first used and again only when the optimizer's parameters or
     their ``requires_grad`` flags change (``BackboneFinetuning`` freezing, unfreezing, adding a
-    param group), so each step pays one comparison of those flags, not a walk of the model; the
-    multi-tensor path's grouping by dtype is made then too, not at every step.
+    param group), so each step pays one comparison of those flags, not a walk of the model.
     """
 
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
         self.flags: list[bool] | None = None
         self.targets: list[torch.Tensor] = []
-        self.rows: list[torch.Tensor] = []
-        self.sharded = False
-        self.foreach = False
-        self.groups: list[_RowGroup] = []
+        self.rows: list[torch.Tensor] | list[RowGroup] = []
+        self.foreach = True
 
     def current_flags(self) -> list[bool]:
         return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
 
-    def resolve(
-        self,
-        weights: Sequence[torch.Tensor],
-        flags: list[bool],
-        foreach: bool | None,
-        norm_type: float,
-    ) -> None:
-        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds;
-        settle the path of ``apply_max_norm_`` for them (``foreach=None``: by their device and
-        ``norm_type``)."""
+    def resolve(self, weights: Sequence[torch.Tensor], flags: list[bool], foreach: bool) -> None:
+        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds."""
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         self.targets = [w for w in weights if id(w) in held]
-        self.rows = [_local_rows(w) for w in self.targets]  # checks dims, dtype, placements
-        self.sharded = any(_is_dtensor(w) for w in self.targets)
-        self.flags = flags
-        self.foreach = _default_foreach(self.rows, norm_type) if foreach is None else foreach
-        self.groups = _row_groups(self.rows) if self.foreach else []
+        self.flags, self.foreach = flags, foreach
+        rows = [local_rows(w) for w in self.targets]  # checks dims, dtype, placements
+        sharded = any(is_dtensor(w) for w in self.targets)  # local shards taken at every step
+        self.rows = [] if sharded else rows if not foreach else row_groups(rows)
 
     def apply(self, max_value: float, norm_type: float) -> None:
-        """Renorm the targets now; DTensors' local shards are taken afresh at every step."""
-        rows = [_as_local(w) for w in self.targets] if self.sharded else self.rows
-        with torch.no_grad():
-            if not self.foreach:
-                _max_norm_reference_(rows, max_value, norm_type)
-            elif self.sharded:
-                _max_norm_foreach_(_row_groups(rows), max_value, norm_type)
-            else:
-                _max_norm_foreach_(self.groups, max_value, norm_type)
+        """Renorm the targets now."""
+        rows = self.rows
+        if not rows and self.targets:  # DTensors: their local shards afresh
+            local = [local_rows(w) for w in self.targets]
+            rows = row_groups(local) if self.foreach else local
+        max_norm_(rows, max_value, norm_type)
 
 
-class MaxNorm(Callback):
+class MaxNorm(HookOwner):
     """Keep every output unit's incoming weight vector within a norm of ``max_value``.
 
     After each optimizer step, every row of a kernel (a row of a Linear weight, a whole output
     filter of a Conv weight, one gate unit's input or recurrent weights of an RNN/LSTM/GRU, one
     row of ``MultiheadAttention``'s input projection) whose ``norm_type``-norm exceeds
     ``max_value`` is rescaled to that norm, exactly as ``torch.renorm(w, norm_type, 0,
-    max_value)``, by :func:`~lightning_reg.penalties.apply_max_norm_`. Biases and normalization
+    max_value)``, by :func:`~lightning_reg.max_norm.apply_max_norm_`. Biases and normalization
     parameters are never touched.
 
     When and what: it acts in a step post-hook that torch calls after each real
@@ -137,10 +118,9 @@ class MaxNorm(Callback):
             GRU and their cells, MultiheadAttention); add ``nn.Embedding`` to bound embedding
             vectors too.
         norm_type: ``p`` of the p-norm, a number ``>= 1`` or ``math.inf``. Default ``2.0``.
-        foreach: the path of :func:`~lightning_reg.penalties.apply_max_norm_`: ``True``
-            multi-tensor, ``False`` torch's per-tensor ``renorm_``, ``None`` (default)
-            multi-tensor on CPU for ``norm_type=math.inf`` or weights of a million elements or
-            more on average, per-tensor otherwise.
+        foreach: the path of :func:`~lightning_reg.max_norm.apply_max_norm_`: ``True`` or
+            ``None`` (default) multi-tensor (on CPU it writes only weights with a row over the
+            bound; on an accelerator it never syncs), ``False`` torch's per-tensor ``renorm_``.
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -165,11 +145,12 @@ class MaxNorm(Callback):
         norm_type: float = 2.0,
         foreach: bool | None = None,
     ) -> None:
+        super().__init__()
         self.max_value = check_positive("max_value", max_value)
-        _check_max_norm_modules("modules", modules)
+        check_max_norm_modules("modules", modules)
         self.modules = modules
-        self.norm_type = _check_norm_type(norm_type)
-        self.foreach = _check_foreach(foreach)
+        self.norm_type = check_norm_type(norm_type)
+        self.foreach = check_foreach(foreach)
         # Computed once: Lightning reads `state_key` several times per step.
         self._state_key = self._generate_state_key(
             max_value=self.max_value,
@@ -178,7 +159,6 @@ class MaxNorm(Callback):
         )
         self._steps: dict[int, int] = {}
         self._bindings: list[_Binding] = []
-        self._handles: list[RemovableHandle] = []
         self._warned: set[str] = set()
 
     @property
@@ -205,13 +185,12 @@ class MaxNorm(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if isinstance(trainer.strategy, FSDPStrategy):
-            raise MisconfigurationException(
-                "MaxNorm cannot run under `strategy='fsdp'` (FSDP1): its flattened parameter "
-                "shards split rows across ranks, so per-row norms would be wrong. Use FSDP2: "
-                "`ModelParallelStrategy` with `fully_shard` in `configure_model` (every shard "
-                "then holds whole rows), or DDP."
-            )
+        refuse_fsdp1(
+            trainer,
+            "MaxNorm",
+            "its flattened parameter shards split rows across ranks, so per-row norms would be "
+            "wrong",
+        )
         # A fresh fit; a checkpoint restored after this hook loads its own count.
         self._steps = {}
         self._warned = set()
@@ -225,20 +204,12 @@ class MaxNorm(Callback):
                 f"MaxNorm found no layer of type {kinds} in {type(pl_module).__name__}: pass the "
                 "layer types to constrain as `modules`."
             )
-        self._remove_hooks()
+        self.release(trainer, pl_module)
         self._bindings = [_Binding(opt) for opt in trainer.optimizers]
         for idx, binding in enumerate(self._bindings):
             self._refresh(pl_module, binding)
             hook = self._make_post_hook(pl_module, idx)
-            self._handles.append(binding.optimizer.register_step_post_hook(hook))
-
-    @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_hooks()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
+            self.handles.append(binding.optimizer.register_step_post_hook(hook))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -264,9 +235,9 @@ class MaxNorm(Callback):
         self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool] | None = None
     ) -> None:
         """Resolve the optimizer's targets again; name the kernels that cannot be constrained."""
-        weights, skipped = _max_norm_targets(pl_module, self.modules, self.norm_type)
+        weights, skipped = max_norm_targets(pl_module, self.modules, self.norm_type)
         flags = binding.current_flags() if flags is None else flags
-        binding.resolve(weights, flags, self.foreach, self.norm_type)
+        binding.resolve(weights, flags, self.foreach is not False)
         new = [name for name in skipped if name not in self._warned]
         if new:
             self._warned.update(new)
@@ -281,19 +252,14 @@ class MaxNorm(Callback):
         # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
         callbacks: list[Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]
         reach = tuple({t for c in callbacks if isinstance(c, MaxNorm) for t in c.modules})
-        outside = _outside_layers(pl_module, reach)
+        outside = outside_parameters(pl_module, reach)
         outside = [name for name in outside if name not in self._warned]
         if outside:
             self._warned.update(outside)
-            rank_zero_warn(_outside_message(f"MaxNorm({self.max_value:g})", pl_module, outside))
-
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+            rank_zero_warn(outside_message(f"MaxNorm({self.max_value:g})", pl_module, outside))
 
 
-def _beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
+def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
     """What ``pl_module.configure_callbacks`` returns to add ``ours`` beside the ``MaxNorm``
     callbacks already on its Trainer, instead of replacing them.
 

@@ -84,7 +84,7 @@ class RegularizedMLP(RegularizedModule):
         self.lr = check_positive("lr", lr)
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {list(_OPTIMIZERS)}, got {optimizer!r}.")
-        if optimizer == "adamw" and self._penalty_as_weight_decay:
+        if optimizer == "adamw" and self.penalty_config.as_weight_decay:
             raise ValueError(
                 "`as_weight_decay=True` needs a coupled weight decay, but `optimizer='adamw'` "
                 "decouples it. Use optimizer='sgd', 'adam' or 'nadam', or as_weight_decay=False."

@@ -405,8 +405,9 @@ def case_penalty_routes_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class ManualPenalty(DigitsClassifier):
-    """Manual optimization with two optimizers: ``net[0]`` stepped every batch after
-    ``self.clip_gradients`` by norm, ``net[2]`` every second batch. The reference (``by_loss``)
+    """Manual optimization with two optimizers: ``net[0]`` stepped every batch, its gradients
+    clipped by norm with ``self.clip_gradients`` in ``on_before_optimizer_step`` (after the
+    penalty's gradient is added), ``net[2]`` every second batch. The reference (``by_loss``)
     adds the penalty of the weights each batch steps to the loss it back-propagates."""
 
     def __init__(self, by_loss: bool = True) -> None:
@@ -423,13 +424,16 @@ class ManualPenalty(DigitsClassifier):
             stepped = [self.net[0].weight, *([self.net[2].weight] if steps_second else [])]
             loss = loss + weight_penalty(stepped, l1=1e-3, l2=1e-2)
         self.manual_backward(loss)
-        self.clip_gradients(first, gradient_clip_val=0.05, gradient_clip_algorithm="norm")
         first.step()
         if steps_second:
             second.step()
         first.zero_grad()
         second.zero_grad()
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if optimizer is self.trainer.optimizers[0]:
+            self.clip_gradients(optimizer, gradient_clip_val=0.05, gradient_clip_algorithm="norm")
 
     def configure_optimizers(self) -> Any:
         return sgd_per_layer(self)

@@ -1,0 +1,67 @@
+"""Lightning plumbing the regularizers share: refusing FSDP1, owning optimizer hooks for a fit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+__all__ = ["HookOwner", "refuse_fsdp1", "remove_handles"]
+
+
+def refuse_fsdp1(trainer: pl.Trainer, who: str, why: str) -> None:
+    """Raise if ``trainer`` runs ``strategy="fsdp"`` (FSDP1), saying ``why`` ``who`` cannot.
+
+    Examples:
+        >>> refuse_fsdp1(pl.Trainer(accelerator="cpu", logger=False), "MaxNorm", "rows split")
+    """
+    if isinstance(trainer.strategy, FSDPStrategy):
+        raise MisconfigurationException(
+            f"{who} cannot run under `strategy='fsdp'` (FSDP1): {why}. Use FSDP2 "
+            "(`ModelParallelStrategy` with `fully_shard` in `configure_model`, where every shard "
+            "holds whole rows of a weight) or DDP."
+        )
+
+
+def remove_handles(handles: Iterable[RemovableHandle]) -> list[RemovableHandle]:
+    """Remove every hook of ``handles``; return an empty list to hold the next ones.
+
+    Examples:
+        >>> remove_handles([])
+        []
+    """
+    for handle in handles:
+        handle.remove()
+    return []
+
+
+class HookOwner(Callback):
+    """A callback that registers optimizer hooks for a fit in ``handles`` and removes them when
+    the fit ends, normally (``teardown``) or by an exception (``on_exception``).
+
+    Examples:
+        >>> HookOwner().handles
+        []
+    """
+
+    def __init__(self) -> None:
+        self.handles: list[RemovableHandle] = []
+
+    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the hooks of the last fit (extend it to drop more per-fit state)."""
+        self.handles = remove_handles(self.handles)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.release(trainer, pl_module)
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.release(trainer, pl_module)

@@ -1,0 +1,351 @@
+"""The weight penalty's one route into training: a callback that ``WeightPenaltyMixin`` adds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_reg._hooks import HookOwner, refuse_fsdp1
+from lightning_reg.penalties import (
+    add_penalty_grad_,
+    soft_threshold_,
+    weight_penalty,
+    zero_fraction,
+)
+from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, outside_parameters, select_weights
+
+__all__ = ["PenaltyConfig", "WeightPenalty"]
+
+# A group's place: (index of its optimizer in trainer.optimizers, index of the group).
+_Place = tuple[int, int]
+
+
+class PenaltyConfig(NamedTuple):
+    """A ``WeightPenaltyMixin``'s configuration (set by its ``configure_penalty``), which
+    :class:`WeightPenalty` reads from ``pl_module.penalty_config``.
+
+    Example:
+        >>> PenaltyConfig(l2=1e-4).as_weight_decay
+        False
+    """
+
+    l1: float = 0.0
+    l2: float = 0.0
+    modules: tuple[type[nn.Module], ...] = DEFAULT_PENALIZED_MODULES
+    predicate: Callable[[str, nn.Parameter], bool] | None = None
+    names: tuple[str, ...] | None = None
+    as_weight_decay: bool = False
+    proximal_l1: bool = False
+
+
+class WeightPenalty(HookOwner):
+    """Adds the gradient of a ``WeightPenaltyMixin`` module's penalty once per real optimizer step.
+
+    ``WeightPenaltyMixin.configure_callbacks`` returns it; it reads the module's
+    ``penalty_config`` (factors at every step, the rest when the fit starts). The route:
+
+    * ``on_after_backward`` counts the micro-batches that ran backward since the last step (a
+      ``training_step`` that returns ``None`` runs none).
+    * ``on_before_optimizer_step``, which Lightning calls once per real step in automatic and
+      manual optimization, after the DDP all-reduce and the GradScaler's unscaling and before
+      gradient clipping, adds ``scale * (l1 * sign(w) + 2 * l2 * w)`` to ``.grad`` of the
+      selected weights in that optimizer's param groups that require grad. Under automatic
+      optimization ``scale`` is ``micro-batches that ran backward / accumulate_grad_batches``,
+      the factor Lightning gives each micro-batch's loss, so the update is the loss route's; under
+      manual optimization it is 1 (once per ``opt.step()``).
+    * ``proximal_l1``: a step post-hook on each optimizer soft-thresholds the weights it stepped.
+    * ``as_weight_decay``: l2 is folded into the coupled ``weight_decay`` of the param groups
+      holding the weights at fit start, and again after Lightning restores a checkpoint's
+      optimizer state (in ``on_train_start``), so a resumed fit trains as its own configuration
+      says; a restored decay that neither the checkpoint's fold nor ``configure_optimizers``
+      explains is named in a warning.
+
+    Example:
+        >>> WeightPenalty().state_dict()
+        {'weight_decay': []}
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._backwards = 0
+        self._weights: list[nn.Parameter] = []
+        self._on = False
+        # Per optimizer: its group sizes, then (group, its selected weights, whether their l2
+        # goes through the gradient) for the groups holding selected weights.
+        self._groups: dict[int, tuple[tuple[int, ...], list[tuple[dict, list, bool]]]] = {}
+        self._configured: dict[_Place, float] = {}  # weight_decay from configure_optimizers
+        self._decay: dict[_Place, float] = {}  # weight_decay the configuration says
+        self._restored: dict[_Place, float] = {}  # what the checkpoint folded
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        folded = [[i, j, wd] for (i, j), wd in self._decay.items() if wd != self._configured[i, j]]
+        return {"weight_decay": folded}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = {(int(i), int(j)): wd for i, j, wd in state_dict.get("weight_decay", [])}
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        config = _config(pl_module)
+        self._restored = {}
+        if stage != "fit" or not (config.l1 or config.l2):
+            return
+        refuse_fsdp1(
+            trainer,
+            "The weight penalty",
+            "outside the forward pass each rank holds a slice of flattened parameters, so the "
+            "penalty would miss most weights",
+        )
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
+            raise MisconfigurationException(
+                "The weight penalty cannot run under DeepSpeedStrategy: DeepSpeed partitions "
+                "and steps the gradients itself. Use DDP or FSDP2, or set l1=l2=0 and add "
+                "`weight_penalty(...)` from lightning_reg.penalties to your loss yourself."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        config = _config(pl_module)
+        self.release(trainer, pl_module)
+        pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
+        self._backwards, self._groups, self._configured, self._decay = 0, {}, {}, {}
+        self._on = bool(config.l1 or config.l2)
+        if not self._on:
+            return
+        self._weights = select_weights(
+            pl_module, config.modules, config.predicate, config.names, trainable_only=False
+        )
+        self._refuse_optimizers(trainer)
+        self._warn_outside(pl_module, config)
+        fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
+        selected = {id(w) for w in self._weights}
+        for i, optimizer in enumerate(trainer.optimizers):
+            for j, group in enumerate(optimizer.param_groups):
+                if not any(id(p) in selected for p in group["params"]):
+                    continue
+                if fold is not None:
+                    problem = fold_problem(optimizer, group, selected, fold)
+                    if problem is not None:
+                        raise ValueError(
+                            f"`as_weight_decay=True` cannot fold l2 into `weight_decay`: "
+                            f"{problem}. Use `as_weight_decay=False` (l2 is then added to the "
+                            "gradient), or build the optimizer from `self.penalty_param_groups()` "
+                            "with a coupled optimizer (SGD, Adam, RMSprop, Adagrad, ...)."
+                        )
+                if "weight_decay" in group:
+                    self._configured[i, j] = group["weight_decay"]
+                    if fold is not None:
+                        group["weight_decay"] = fold
+                    self._decay[i, j] = group["weight_decay"]
+            if config.proximal_l1 and config.l1 > 0:
+                hook = self._proximal_hook(pl_module)
+                self.handles.append(optimizer.register_step_post_hook(hook))
+
+    def _refuse_optimizers(self, trainer: pl.Trainer) -> None:
+        selected = {id(w) for w in self._weights}
+        for optimizer in trainer.optimizers:
+            groups = optimizer.param_groups
+            if not any(id(p) in selected for g in groups for p in g["params"]):
+                continue
+            name = type(optimizer).__name__
+            if isinstance(optimizer, torch.optim.SparseAdam):
+                why = (
+                    "SparseAdam takes sparse gradients only, and the penalty's gradient is dense "
+                    "(as it is with the penalty in the loss). Leave those layers out of the "
+                    "penalty (`modules=`, `predicate=` or `names=`), or give them another optimizer"
+                )
+            elif isinstance(optimizer, torch.optim.LBFGS):
+                why = (
+                    "LBFGS re-evaluates the loss inside its step, and that loss does not contain "
+                    "the penalty. Set l1=l2=0 and add `weight_penalty(...)` from "
+                    "lightning_reg.penalties to the loss `training_step` returns"
+                )
+            elif trainer.precision in ("16-mixed", "16") and any(g.get("fused") for g in groups):
+                why = (
+                    "under 16-bit AMP a fused optimizer unscales its gradients inside its step, "
+                    "so in `on_before_optimizer_step`, where the penalty's gradient is added, "
+                    "they are still scaled. Use `fused=False`, bf16 or 32-bit"
+                )
+            else:
+                continue
+            raise MisconfigurationException(
+                f"The weight penalty cannot be used with {name} on the weights it updates: {why}."
+            )
+
+    def _warn_outside(self, pl_module: pl.LightningModule, config: PenaltyConfig) -> None:
+        """Name the trainable weights the default selection leaves out; a selection the user
+        chose (``modules``, ``predicate`` or ``names``) is taken as meant."""
+        chosen = config.predicate is not None or config.names is not None
+        if chosen or config.modules != DEFAULT_PENALIZED_MODULES:
+            return
+        outside = outside_parameters(pl_module, config.modules)
+        if outside:
+            rank_zero_warn(
+                f"The weight penalty does not apply to these trainable parameters of "
+                f"{type(pl_module).__name__}: {', '.join(outside)}. They have two or more dims "
+                "but belong to no layer of a type in DEFAULT_PENALIZED_MODULES, the default "
+                "selection. To penalize them, pass `modules=` with their layer types added, or "
+                "choose the parameters with `predicate=` or `names=`; with `modules` other than "
+                "the default, or a `predicate` or `names`, this check is off.",
+                category=UserWarning,
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning restored a checkpoint's optimizer state after ``on_fit_start``: set each
+        penalized group's ``weight_decay`` to what this fit's configuration says again."""
+        for (i, j), expected in self._decay.items():
+            group = trainer.optimizers[i].param_groups[j]
+            found = group["weight_decay"]
+            if found == expected:
+                continue
+            if found not in (self._restored.get((i, j)), self._configured[i, j]):
+                rank_zero_warn(
+                    f"The checkpoint restored `weight_decay={found}` into param group {j} of "
+                    f"{type(trainer.optimizers[i]).__name__}, which holds penalized weights; "
+                    f"neither the checkpoint's `as_weight_decay` fold nor `configure_optimizers` "
+                    f"({self._configured[i, j]}) explains it. This fit uses "
+                    f"`weight_decay={expected}`, as its configuration says.",
+                    category=UserWarning,
+                )
+            group["weight_decay"] = expected
+        self._backwards, self._groups = 0, {}  # the restore made new param group dicts
+
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._backwards += 1
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        backwards, self._backwards = self._backwards, 0
+        if not self._on:
+            return
+        if pl_module.automatic_optimization:
+            if backwards == 0:
+                return  # every micro-batch of the window was skipped: no gradient, no update
+            scale = backwards / trainer.accumulate_grad_batches
+        else:
+            scale = 1.0
+        config = _config(pl_module)
+        l1 = 0.0 if config.proximal_l1 else config.l1
+        by_l2: dict[float, list[torch.Tensor]] = {}
+        for _, weights, l2_by_gradient in self._groups_of(optimizer, config):
+            l2 = config.l2 if l2_by_gradient else 0.0
+            by_l2.setdefault(l2, []).extend(w for w in weights if w.requires_grad)
+        for l2, weights in by_l2.items():
+            add_penalty_grad_(weights, l1, l2, scale)
+
+    def _groups_of(
+        self, optimizer: Optimizer, config: PenaltyConfig
+    ) -> list[tuple[dict, list, bool]]:
+        """The optimizer's groups with their selected weights, recomputed only when a group is
+        added or resized (``BackboneFinetuning``)."""
+        sizes = tuple(len(g["params"]) for g in optimizer.param_groups)
+        cached = self._groups.get(id(optimizer))
+        if cached is None or cached[0] != sizes:
+            selected = {id(w) for w in self._weights}
+            found = []
+            for group in optimizer.param_groups:
+                weights = [p for p in group["params"] if id(p) in selected]
+                if weights:
+                    found.append((group, weights, self._l2_by_gradient(optimizer, group, config)))
+            cached = self._groups[id(optimizer)] = (sizes, found)
+        return cached[1]
+
+    def _l2_by_gradient(self, optimizer: Optimizer, group: dict, config: PenaltyConfig) -> bool:
+        """Whether the l2 of ``group``'s weights goes through the gradient: always, unless
+        ``as_weight_decay``; then a group added during fit takes the fold if it can, and where it
+        cannot (a warning says why) its l2 goes through the gradient."""
+        if not config.as_weight_decay:
+            return True
+        fold = 2.0 * config.l2
+        if group.get("weight_decay") == fold:
+            return False
+        problem = fold_problem(optimizer, group, {id(w) for w in self._weights}, fold)
+        if problem is None:
+            group["weight_decay"] = fold
+            return False
+        rank_zero_warn(
+            f"`as_weight_decay=True`: a param group of {type(optimizer).__name__} added during "
+            f"fit (BackboneFinetuning adds one when it unfreezes) holds penalized weights, but "
+            f"l2 cannot be folded into its `weight_decay`: {problem}. Their l2 is added to their "
+            "gradient instead: the same update, which gradient clipping sees.",
+            category=UserWarning,
+        )
+        return True
+
+    def _proximal_hook(self, pl_module: pl.LightningModule) -> Any:
+        """A step post-hook soft-thresholding the weights the step updated, with their group's
+        learning rate (a step the GradScaler skips is no step: torch runs no post-hook)."""
+
+        def proximal_step(optimizer: Optimizer, *_: Any) -> None:
+            config = _config(pl_module)
+            for group, weights, _by_gradient in self._groups_of(optimizer, config):
+                live = [w for w in weights if w.requires_grad]
+                if live:
+                    soft_threshold_(live, group["lr"] * config.l1)
+
+        return proximal_step
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) of the weights
+        the epoch ends with: one value per epoch, the same on every rank."""
+        if not self._on:
+            return
+        config = _config(pl_module)
+        weights = [w for w in self._weights if w.requires_grad]
+        with torch.no_grad():
+            value = weight_penalty(weights, l1=config.l1, l2=config.l2)
+        pl_module.log("train/penalty", value, on_step=False, on_epoch=True, sync_dist=True)
+        if config.proximal_l1 and config.l1 > 0:
+            sparsity = zero_fraction(weights)
+            pl_module.log(
+                "train/zero_fraction", sparsity, on_step=False, on_epoch=True, sync_dist=True
+            )
+
+    @override
+    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the proximal step's hooks; the module is no longer fitting."""
+        super().release(trainer, pl_module)
+        pl_module.penalty_fit_factors = None  # type: ignore[assignment]
+
+
+def _config(pl_module: pl.LightningModule) -> PenaltyConfig:
+    return cast(PenaltyConfig, pl_module.penalty_config)
+
+
+def fold_problem(
+    optimizer: Optimizer, group: dict[str, Any], selected: set[int], decay: float
+) -> str | None:
+    """Why l2 cannot be folded into ``group``'s ``weight_decay = decay``, or ``None`` if it can
+    (``selected``: ids of the penalized weights, some of which the group holds)."""
+    name = type(optimizer).__name__
+    if not all(id(p) in selected for p in group["params"]):
+        return (
+            f"a param group of {name} mixes the penalized weights with other parameters "
+            "(biases, norm layers), which would be decayed too"
+        )
+    if "weight_decay" not in group:
+        return f"{name} has no `weight_decay` option"
+    if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
+        return f"{name} decays weights decoupled from the gradient (AdamW-style), not an l2 penalty"
+    if group["weight_decay"] not in (0, decay):
+        return (
+            f"their param group of {name} already has `weight_decay={group['weight_decay']}`, "
+            f"and l2 sets `weight_decay={decay}` (2 * l2)"
+        )
+    return None

@@ -1,0 +1,326 @@
+"""Max-norm on plain tensors and modules: each output unit's incoming weights rescaled to norm
+``<= max_value``, equal to ``torch.renorm`` to the last bit. No Lightning import."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Iterable
+from typing import NamedTuple, cast
+
+import torch
+from torch import nn
+
+from lightning_reg._validation import check_positive
+from lightning_reg.penalties import is_dtensor, local, tensor_list
+from lightning_reg.selection import (
+    Kernel,
+    check_module_types,
+    kernels,
+    layer_kind,
+    outside_parameters,
+    select_weights,
+)
+
+__all__ = ["DEFAULT_MAX_NORM_MODULES", "apply_max_norm_"]
+
+DEFAULT_MAX_NORM_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.RNNBase,
+    nn.RNNCellBase,
+    nn.MultiheadAttention,
+)
+"""Layers whose kernel rows are max-norm constrained by default: Linear, Conv1d/2d/3d, RNN, LSTM,
+GRU and their cells (input and recurrent weights), ``MultiheadAttention`` (input projection)."""
+
+# The epsilon torch.renorm adds to the norm (fixed in its kernel).
+_RENORM_EPS = 1e-7
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def apply_max_norm_(
+    weights: nn.Module | Iterable[torch.Tensor],
+    max_value: float = 1.0,
+    norm_type: float = 2.0,
+    modules: tuple[type[nn.Module], ...] = DEFAULT_MAX_NORM_MODULES,
+    *,
+    foreach: bool | None = None,
+) -> None:
+    """Rescale in place each output unit's incoming weight vector whose norm exceeds ``max_value``.
+
+    The incoming vector of output unit ``i`` is ``w[i]``: a row of a Linear weight, the whole
+    filter of a Conv weight (the norm runs over every dim but 0). The result is
+    ``torch.renorm(w, norm_type, 0, max_value)`` to the last bit: a row with norm
+    ``n > max_value`` is multiplied by ``max_value / (n + 1e-7)``, every other row stays
+    bit-identical.
+
+    Two paths give that same result. The reference (``foreach=False``) is torch's own
+    ``renorm_`` on each weight, which always writes every row. The multi-tensor path
+    (``foreach=True``, the default ``None``) does only the work a bound needs: it takes the row
+    norms of every weight (the infinity norm exactly, as ``max(amax, -amin)`` per row); on CPU,
+    where reading them to the host is free, it leaves the weights without a row over the bound
+    untouched and scales the others by one ``torch._foreach_mul_``; on an accelerator it never
+    syncs with the host: the factor, clamped to 1 for rows within the bound, multiplies every
+    weight (the ``clip_grad_norm_`` pattern).
+
+    A ``DTensor`` weight whose placements are all ``Shard(0)`` or ``Replicate()`` (FSDP2, DDP
+    replicas) is constrained through its local tensor, since every rank holds whole rows.
+
+    Args:
+        weights: a module, whose trainable kernels of every layer of a type in ``modules``
+            are constrained (biases never), or the tensors themselves (each with ``>= 2`` dims; a
+            single tensor counts as one weight).
+        max_value: the largest allowed norm, finite and ``> 0``. Default ``1.0``.
+        norm_type: ``p`` of the p-norm, a number ``>= 1`` or ``math.inf``. Default ``2.0``.
+        modules: layer types selected when ``weights`` is a module. Default
+            :data:`DEFAULT_MAX_NORM_MODULES`; add ``nn.Embedding`` or ``nn.Bilinear`` to opt
+            in. Transposed convolutions are refused: their dim 0 is the input channel.
+        foreach: ``False`` for the per-tensor reference, ``True`` or ``None`` (default) for the
+            multi-tensor path.
+
+    Raises:
+        TypeError: if an argument has the wrong type, or a weight is not a floating-point tensor.
+        ValueError: if a number is out of range, a weight has fewer than 2 dims, or a DTensor is
+            split along a dim other than 0 (its rows are spread over ranks).
+
+    Warns:
+        UserWarning: if ``weights`` is a module with no selected weight, or with kernels or
+            weights it leaves out.
+
+    Example:
+        >>> from lightning_reg import apply_max_norm_
+        >>> layer = nn.Linear(4, 3)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.mul_(10.0)
+        >>> apply_max_norm_(layer, max_value=1.0)
+        >>> bool((layer.weight.norm(dim=1) <= 1.0).all())
+        True
+    """
+    max_value = check_positive("max_value", max_value)
+    norm_type = check_norm_type(norm_type)
+    foreach = check_foreach(foreach)
+    if isinstance(weights, nn.Module):
+        check_max_norm_modules("modules", modules)
+        targets, skipped = max_norm_targets(weights, modules, norm_type)
+        default = modules == DEFAULT_MAX_NORM_MODULES
+        outside = outside_parameters(weights, modules) if default else []
+        for problem in (
+            outside and outside_message("apply_max_norm_", weights, outside),
+            skipped and f"apply_max_norm_ does not constrain these kernels: {'; '.join(skipped)}.",
+            not (targets or outside or skipped)
+            and f"apply_max_norm_ found no trainable kernel of a layer in `modules` in "
+            f"{type(weights).__name__}.",
+        ):
+            if problem:
+                warnings.warn(problem, UserWarning, stacklevel=2)
+        tensors: list[torch.Tensor] = list(targets)
+    else:
+        tensors = tensor_list(weights)
+    rows = [local_rows(t) for t in tensors]
+    max_norm_(rows if foreach is False else row_groups(rows), max_value, norm_type)
+
+
+def max_norm_(
+    rows: list[torch.Tensor] | list[RowGroup], max_value: float, norm_type: float
+) -> None:
+    """The max-norm of checked tensors (:func:`local_rows`): the reference ``renorm_`` on a list
+    of tensors, the multi-tensor path on their :func:`row_groups`."""
+    with torch.no_grad():
+        for item in rows:
+            if isinstance(item, torch.Tensor):
+                item.renorm_(norm_type, 0, max_value)
+            else:
+                _max_norm_group_(item, max_value, norm_type)
+
+
+class RowGroup(NamedTuple):
+    """Non-empty tensors of one device, dtype and ndim: one pass of the multi-tensor path."""
+
+    tensors: list[torch.Tensor]
+    dims: tuple[int, ...]  # the dims of a row: every dim but 0
+    acc: torch.dtype  # the dtype torch.renorm computes norms and factors in
+    host_check: bool  # CPU: skip the tensors without a row over the bound
+
+
+def row_groups(rows: Iterable[torch.Tensor]) -> list[RowGroup]:
+    """``rows`` grouped by device, dtype and ndim, empty tensors left out (the ``MaxNorm``
+    callback groups its weights once, not at every step)."""
+    groups: dict[tuple[torch.device, torch.dtype, int], list[torch.Tensor]] = {}
+    for w in rows:
+        if w.numel() > 0:
+            groups.setdefault((w.device, w.dtype, w.dim()), []).append(w)
+    return [
+        RowGroup(tensors, tuple(range(1, ndim)), _renorm_acc(dtype), device.type == "cpu")
+        for (device, dtype, ndim), tensors in groups.items()
+    ]
+
+
+def _max_norm_group_(group: RowGroup, max_value: float, norm_type: float) -> None:
+    """``renorm_`` on every tensor of ``group``: the factor ``max_value / (norm + 1e-7)`` where
+    a row's norm is over the bound, else 1.0, in the dtype ``torch.renorm`` computes it in, and
+    one ``torch._foreach_mul_``. On CPU one host read of each tensor's largest row norm first
+    leaves out the tensors with no row over the bound (a NaN row counts as over; its factor is
+    1.0, as in ``torch.renorm``)."""
+    norms = _row_norms(group, norm_type)
+    ws = group.tensors
+    if group.host_check:
+        maxima = torch.stack(torch._foreach_max(norms)).tolist()
+        over = [i for i, largest in enumerate(maxima) if not largest <= max_value]
+        if not over:
+            return
+        ws, norms = [ws[i] for i in over], [norms[i] for i in over]
+    norm = torch.cat(norms) if len(norms) > 1 else norms[0]
+    if norm.dtype != group.acc:  # the infinity norm of a half type, taken exactly in it
+        norm = norm.to(group.acc)
+    factor = torch.where(norm > max_value, torch.div(max_value, norm + _RENORM_EPS), 1.0)
+    factor = factor.to(ws[0].dtype)
+    torch._foreach_mul_(ws, list(factor.split([w.shape[0] for w in ws])))
+
+
+def _row_norms(group: RowGroup, norm_type: float) -> list[torch.Tensor]:
+    """The norm of every row of every tensor of ``group``, as ``torch.renorm`` takes it (shape
+    ``(rows, 1, ...)``). The infinity norm is ``max(amax(w), -amin(w))`` per row: exact in any
+    dtype, and faster on CPU than ``linalg.vector_norm``'s infinity norm (docs/max_norm.md)."""
+    if norm_type == math.inf:
+        largest = [w.amax(group.dims, keepdim=True) for w in group.tensors]
+        smallest = [w.amin(group.dims, keepdim=True) for w in group.tensors]
+        torch._foreach_neg_(smallest)
+        torch._foreach_maximum_(largest, smallest)
+        return largest
+    return [
+        torch.linalg.vector_norm(w, norm_type, group.dims, True, dtype=group.acc)
+        for w in group.tensors
+    ]
+
+
+def max_norm_targets(
+    module: nn.Module, modules: tuple[type[nn.Module], ...], norm_type: float
+) -> tuple[list[nn.Parameter], list[str]]:
+    """The trainable tensors max-norm constrains in ``module``, and the kernels it cannot.
+
+    A reparametrized kernel is not a parameter: the optimizer updates its originals, whose rows
+    are not the kernel's rows. For weight norm along dim 0 (``parametrizations.weight_norm``'s
+    ``original0``/``original1``, the older ``weight_g``/``weight_v``) the row 2-norm of the
+    kernel is ``|g_i|``, so the magnitude ``g`` is the target. Every other parametrization,
+    weight norm with ``norm_type != 2``, and any other parameter of more than one dim of a layer
+    in ``modules`` (not a bias) that is not a target is returned by name in the second list.
+    """
+    chosen = {id(p) for p in select_weights(module, modules, warn_empty=False)}
+    skipped: list[str] = []
+    for layer_name, layer in module.named_modules():
+        if not isinstance(layer, modules):
+            continue
+        prefix = f"{layer_name}." if layer_name else ""
+        kind = layer_kind(layer)
+        reparametrized: set[int] = set()
+        for kernel in kernels(layer):
+            if kernel.kind == "parameter" or kernel.params is None:
+                continue
+            reparametrized.update(id(p) for p in kernel.params)
+            chosen.difference_update(id(p) for p in kernel.params)
+            magnitude = _weight_norm_magnitude(layer, kernel)
+            if magnitude is not None and norm_type == 2.0:
+                if magnitude.requires_grad:
+                    chosen.add(id(magnitude))
+            elif magnitude is not None:
+                skipped.append(f"{prefix}{kernel.name} ({kind}, weight norm bounds 2-norms only)")
+            else:
+                skipped.append(f"{prefix}{kernel.name} ({kind}, parametrized)")
+        for name, p in layer.named_parameters(recurse=False):
+            other = id(p) not in chosen and id(p) not in reparametrized
+            if other and p.dim() >= 2 and p.requires_grad and "bias" not in name:
+                skipped.append(f"{prefix}{name} ({kind})")
+    targets = [p for p in module.parameters() if id(p) in chosen]
+    return targets, skipped
+
+
+def _weight_norm_magnitude(layer: nn.Module, kernel: Kernel) -> nn.Parameter | None:
+    """``g`` if ``kernel`` is weight norm along dim 0: the hook-based form, or a parametrization
+    of two originals ``(g, v)``, one number of ``g`` per row of ``v``, whose kernel has rows of
+    norm ``|g_i|``. Only that two-original form is evaluated to check it (weight norm is a pure
+    function; ``spectral_norm``, one original, never is)."""
+    if kernel.kind not in ("weight_norm", "parametrize") or len(kernel.params or ()) != 2:
+        return None
+    g, v = cast(list[nn.Parameter], kernel.params)
+    if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
+        return None
+    if kernel.kind == "weight_norm":
+        return g
+    with torch.no_grad():
+        computed = getattr(layer, kernel.name)
+        rows = torch.linalg.vector_norm(computed.flatten(1).double(), dim=1)
+        magnitudes = g.flatten().double().abs()
+        matches = rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
+    return g if matches else None
+
+
+def outside_message(who: str, module: nn.Module, outside: list[str]) -> str:
+    """The warning naming what max-norm leaves out of ``module`` (from ``outside_parameters``)."""
+    return (
+        f"{who} does not constrain these trainable parameters of {type(module).__name__}: "
+        f"{', '.join(outside)}. They have two or more dims but belong to no layer of a type in "
+        "DEFAULT_MAX_NORM_MODULES, the default selection. To constrain them, pass `modules=` "
+        "with their layer types added, if dim 0 of each one's weight indexes its output units "
+        "(for nn.Embedding each row is one embedding vector; transposed convolutions cannot be "
+        "constrained); with `modules` other than the default this check is off."
+    )
+
+
+def _renorm_acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``torch.renorm`` accumulates norms in: float32 for half types, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def local_rows(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose rows are renormed, checked: a DTensor's local shard (whole rows), else
+    ``t``; a floating-point tensor of two or more dims."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`weights` must hold tensors, got {type(t).__name__}.")
+    if is_dtensor(t) and not all(p.is_replicate() or p.is_shard(0) for p in t.placements):
+        raise ValueError(
+            f"max-norm needs whole rows on every rank: a DTensor weight of shape "
+            f"{tuple(t.shape)} has placements {t.placements}; only Shard(0) and Replicate() "
+            "are supported (rows split across ranks cannot be renormed locally)."
+        )
+    t = local(t)
+    if not t.is_floating_point():
+        raise TypeError(f"max-norm needs floating-point weights, got dtype {t.dtype}.")
+    if t.dim() < 2:
+        raise ValueError(
+            f"max-norm acts on the rows of weights with >= 2 dims, got shape {tuple(t.shape)} "
+            "(a bias or a normalization parameter?)."
+        )
+    return t
+
+
+def check_foreach(value: object) -> bool | None:
+    """``foreach`` if it is ``True``, ``False`` or ``None``, else a ``TypeError``."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"`foreach` must be True, False or None, got {value!r}.")
+    return value
+
+
+def check_norm_type(value: object) -> float:
+    """``value`` as a float ``>= 1`` (``math.inf`` included), else an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`norm_type` must be a number >= 1 or math.inf, got {value!r}.")
+    number = float(value)
+    if math.isnan(number) or number < 1.0:
+        raise ValueError(f"`norm_type` must be a number >= 1 or math.inf, got {value!r}.")
+    return number
+
+
+def check_max_norm_modules(name: str, modules: object) -> None:
+    """Layer types for max-norm: no transposed convolutions (their dim 0 is the input channel)."""
+    types = check_module_types(name, modules)
+    transposed = [m.__name__ for m in types if issubclass(m, _TRANSPOSED)]
+    if transposed:
+        raise ValueError(
+            f"`{name}` cannot hold transposed convolutions ({', '.join(transposed)}): dim 0 of "
+            "their weight is the input channel, so renorming it would bound outgoing, not "
+            "incoming, vectors."
+        )
