@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.distributed.harness import Checks, run_checks
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite's models are tiny: a second intra-op thread buys little, and on a busy machine
+    # the two threads wait on each other (tests/test_examples.py took 66 s with two threads
+    # and 20 s with one, side by side at load 8 on 2 cores). The DDP workers set one each too.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
-"""Shared test helpers: a tiny real classifier on scikit-learn's digits and a quiet Trainer."""
+"""Shared test helpers: a tiny real classifier on scikit-learn's digits, a quiet Trainer, and a
+script (a benchmark, an example) run in this process as its command line runs it."""
 
 from __future__ import annotations
 
+import logging
+import runpy
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -109,3 +114,24 @@ class DigitsRegressor(RegularizedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+def run_as_script(path: Path, *args: str) -> None:
+    """Run ``python PATH ARGS`` in this process: the file's ``__main__`` block, with ``sys.argv``
+    as that command sets it and the file's folder first on ``sys.path`` (its sibling imports).
+
+    What scripts set for their whole process is put back after: ``sys.argv``, ``sys.path``,
+    torch's thread count and the level of Lightning's loggers. Read the output with ``capsys``.
+    """
+    argv, path_before, threads = sys.argv, sys.path[:], torch.get_num_threads()
+    loggers = [logging.getLogger(f"lightning{sub}") for sub in ("", ".pytorch", ".fabric")]
+    levels = [logger.level for logger in loggers]
+    sys.argv = [str(path), *args]
+    sys.path.insert(0, str(path.parent))
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = argv, path_before
+        torch.set_num_threads(threads)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
