@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +20,10 @@ from lightning_reg import RegularizedModule
 from lightning_reg.demos.data import load_digits_tensors
 
 _DIGITS: tuple[torch.Tensor, torch.Tensor] | None = None
+
+# The time limit of a test's subprocess: a guard against a hang, never a speed check. A loaded
+# machine (many test runs on two cores) stretches a 20-second job several times over, not 60.
+HANG_GUARD_S = 1200.0
 
 
 def digits(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,3 +140,11 @@ def run_as_script(path: Path, *args: str) -> None:
         torch.set_num_threads(threads)
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def few_batches(monkeypatch: pytest.MonkeyPatch, batches: int = 4) -> None:
+    """Every Trainer built without limits of its own runs ``batches`` batches per epoch of its
+    train, validation and test loops (Lightning's ``PL_TRAINER_*`` defaults), for this test: code
+    quoted in the docs runs as written, at toy size."""
+    for loop in ("TRAIN", "VAL", "TEST"):
+        monkeypatch.setenv(f"PL_TRAINER_LIMIT_{loop}_BATCHES", str(batches))

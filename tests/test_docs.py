@@ -18,6 +18,7 @@ from types import ModuleType
 import pytest
 
 import lightning_reg
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def test_site_builds_strict_with_the_api_reference(tmp_path: Path) -> None:
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     pages = {path: path.read_text(encoding="utf-8") for path in site.rglob("*.html")}

@@ -5,7 +5,7 @@ rank runs every named check in order (``worker.py`` says how a check is written)
 builds real ``Trainer(strategy="ddp", accelerator="cpu", devices=2)`` objects; Lightning re-runs
 the same script for the other local rank. The harness picks a free port and kills the whole
 process group on the way out, so no process outlives the test. Its time limit is a guard against
-a hung job only (``GUARD_S``), far above what a job takes on a busy machine.
+a hung job only (``HANG_GUARD_S``), far above what a job takes on a busy machine.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from tests.helpers import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
-GUARD_S = 1200.0
 
 
 def free_port() -> int:
@@ -49,9 +50,11 @@ def _run(cmds: list[list[str]], envs: list[dict[str, str]]) -> list[tuple[int, s
         for cmd, env in zip(cmds, envs, strict=True)
     ]
     try:
-        outputs = [proc.communicate(timeout=GUARD_S)[0] for proc in procs]
+        outputs = [proc.communicate(timeout=HANG_GUARD_S)[0] for proc in procs]
     except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"distributed job hung: running after {GUARD_S} s: {cmds}") from err
+        raise AssertionError(
+            f"distributed job hung: running after {HANG_GUARD_S} s: {cmds}"
+        ) from err
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
