@@ -1,11 +1,43 @@
-"""Fixtures shared by the test files."""
+"""Settings and fixtures shared by the test files.
+
+The multi-process jobs (the 2-rank DDP job running every check of ``tests/distributed/worker.py``,
+the simulated 2-node job, the DDP example script) start in the background, one after another,
+as soon as the tests that read them are collected, while the in-process tests run: the suite's
+own process uses one core (one torch thread), the jobs the other. Each job's fixture waits for
+its result. Running one such test alone (``-k``) still starts only the jobs it reads.
+"""
 
 from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from tests.distributed.harness import Checks, run_checks
+from tests.distributed.harness import (
+    Checks,
+    run_checks,
+    run_checks_on_two_nodes,
+    run_script,
+    stop_jobs,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Fixture name -> the job that makes it, given a fresh folder. Listed in the order they start.
+JOBS: dict[str, Callable[[Path], Any]] = {
+    "ddp_checks": run_checks,
+    "two_node_checks": lambda out: run_checks_on_two_nodes(out, ["plateau"]),
+    "ddp_example_output": lambda out: run_script([str(ROOT / "examples/ddp.py"), "--epochs", "2"]),
+}
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-jobs")
+_STARTED: dict[str, Future[Any]] = {}
+_FOLDER = Path(tempfile.mkdtemp(prefix="lightning_reg_test_jobs_"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -15,8 +47,43 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+def _start(name: str) -> Future[Any]:
+    if name not in _STARTED:
+        _STARTED[name] = _POOL.submit(JOBS[name], _FOLDER / name)
+    return _STARTED[name]
+
+
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Start the jobs the selected tests read, before the first test runs."""
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if torch.distributed.is_available() and torch.distributed.is_gloo_available():
+        for name in JOBS:
+            if name in wanted:
+                _start(name)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the jobs not started, kill the one running (a session cut short), clean up."""
+    _POOL.shutdown(wait=False, cancel_futures=True)
+    stop_jobs()
+    _POOL.shutdown(wait=True)
+    shutil.rmtree(_FOLDER, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def ddp_checks(tmp_path_factory: pytest.TempPathFactory) -> Checks:
+def ddp_checks() -> Checks:
     """Every check of ``tests/distributed/worker.py``, run once per session by one 2-rank DDP
     job; ``ddp_checks["name"]`` is each rank's result of ``check_name``."""
-    return run_checks(tmp_path_factory.mktemp("ddp_checks"))
+    return _start("ddp_checks").result()
+
+
+@pytest.fixture(scope="session")
+def two_node_checks() -> Checks:
+    """The ``plateau`` check run by a simulated 2-node job (node ranks 0 and 1, 1 device each)."""
+    return _start("two_node_checks").result()
+
+
+@pytest.fixture(scope="session")
+def ddp_example_output() -> str:
+    """What ``python examples/ddp.py --epochs 2`` printed (2 ranks started by Lightning)."""
+    return _start("ddp_example_output").result()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from lightning_reg.schedules import OneCycle
-from tests.distributed.harness import Checks, run_checks_on_two_nodes
+from tests.distributed.harness import Checks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -62,8 +60,8 @@ def test_plateau_decision_is_the_same_on_every_rank(ddp_checks: Checks) -> None:
     assert_same_on_every_rank(results, "params")
 
 
-def test_two_simulated_nodes_agree(tmp_path: Path) -> None:
-    results = run_checks_on_two_nodes(tmp_path, ["plateau"])["plateau"]
+def test_two_simulated_nodes_agree(two_node_checks: Checks) -> None:
+    results = two_node_checks["plateau"]
     assert results[0]["lrs"] == pytest.approx([0.08, 0.04, 0.02, 0.01, 0.005])
     assert_same_on_every_rank(results, "lrs")
     assert_same_on_every_rank(results, "params")

@@ -29,6 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
 
 
+_LIVE: set[subprocess.Popen[str]] = set()
+
+
+def stop_jobs() -> None:
+    """Kill every job still running (a test session cut short leaves no process behind)."""
+    for proc in list(_LIVE):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -49,6 +59,7 @@ def _run(cmds: list[list[str]], envs: list[dict[str, str]]) -> list[tuple[int, s
         )
         for cmd, env in zip(cmds, envs, strict=True)
     ]
+    _LIVE.update(procs)
     try:
         outputs = [proc.communicate(timeout=HANG_GUARD_S)[0] for proc in procs]
     except subprocess.TimeoutExpired as err:
@@ -56,6 +67,7 @@ def _run(cmds: list[list[str]], envs: list[dict[str, str]]) -> list[tuple[int, s
             f"distributed job hung: running after {HANG_GUARD_S} s: {cmds}"
         ) from err
     finally:
+        _LIVE.difference_update(procs)
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
