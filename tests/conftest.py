@@ -55,6 +55,8 @@ def _start(name: str) -> Future[Any]:
 
 def pytest_runtestloop(session: pytest.Session) -> None:
     """Start the jobs the selected tests read, before the first test runs."""
+    if session.config.option.collectonly:
+        return
     wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     if torch.distributed.is_available() and torch.distributed.is_gloo_available():
         for name in JOBS:

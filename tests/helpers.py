@@ -105,6 +105,28 @@ def make_trainer(root: Any, **kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**defaults)
 
 
+def fit(
+    root: Any,
+    model: pl.LightningModule | None = None,
+    train: DataLoader[Any] | None = None,
+    val: DataLoader[Any] | None = None,
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """The suite's fit: ``make_trainer(root, **trainer_kwargs).fit(model, train, val)``; returns
+    the Trainer (the model is ``trainer.lightning_module``).
+
+    Defaults: a ``DigitsClassifier`` drawn after ``torch.manual_seed(0)``, trained on the first
+    256 digits in order, in batches of 32 (``digits_loader()``), without validation. A test file
+    wraps it (with its recorders, its model) rather than writing its own Trainer set-up.
+    """
+    if model is None:
+        torch.manual_seed(0)
+        model = DigitsClassifier()
+    trainer = make_trainer(root, **trainer_kwargs)
+    trainer.fit(model, train if train is not None else digits_loader(), val)
+    return trainer
+
+
 class DigitsRegressor(RegularizedModule):
     """A ``RegularizedModule`` regressing 2 outputs from the 64 digit pixels: two dense layers
     (with the module's dropout), a linear head; MC dropout summarizes it as a regression."""

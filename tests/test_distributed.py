@@ -77,14 +77,14 @@ def single_process_reference(tmp_path_factory: pytest.TempPathFactory) -> torch.
     from torch.utils.data import DataLoader, TensorDataset
 
     from tests.distributed.worker import Regularized, flat_params, regularized_kwargs
-    from tests.helpers import digits, make_trainer
+    from tests.helpers import digits, fit
 
     x, y = digits(6 * 32)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     loader = DataLoader(TensorDataset(x[perm], y[perm]), batch_size=32)
     torch.manual_seed(0)
     model = Regularized()
-    make_trainer(tmp_path_factory.mktemp("ref"), **regularized_kwargs()).fit(model, loader)
+    fit(tmp_path_factory.mktemp("ref"), model, loader, **regularized_kwargs())
     # The constraint binds in this run: the largest row norm sits at the bound.
     largest = max(
         float(m.weight.detach().norm(dim=1).max()) for m in model.net if hasattr(m, "weight")

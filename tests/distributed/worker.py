@@ -11,9 +11,9 @@ and returning a dict of what the test compares (tensors, lists, numbers; ``torch
 
     def check_my_feature(launch: Launch) -> dict[str, Any]:
         torch.manual_seed(0)  # every check seeds what it draws: checks share one process
-        trainer = ddp_trainer(launch, max_steps=4, callbacks=[...])
-        trainer.fit(DigitsClassifier(), digits_loader(128, 16))
-        return {"lrs": ...}
+        rec = Recorder()
+        ddp_fit(launch, DigitsClassifier(), digits_loader(128, 16), callbacks=[rec], max_steps=4)
+        return {"lrs": rec.lrs}
 
 Its test takes the session fixture ``ddp_checks`` (``tests/conftest.py``):
 ``results = ddp_checks["my_feature"]`` is the list of each rank's dict, and raises with the
@@ -37,6 +37,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_reg.callbacks import (
     LRCallback,
@@ -49,7 +50,14 @@ from lightning_reg.demos import RegularizedMLP
 from lightning_reg.module import WeightPenaltyMixin
 from lightning_reg.penalties import select_weights, weight_penalty, zero_fraction
 from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup, OneCycle
-from tests.helpers import DigitsClassifier, DigitsRegressor, digits, digits_loader, make_trainer
+from tests.helpers import (
+    DigitsClassifier,
+    DigitsRegressor,
+    digits,
+    digits_loader,
+    fit,
+    make_trainer,
+)
 
 
 @dataclass(frozen=True)
@@ -95,22 +103,30 @@ class Regularized(WeightPenaltyMixin, DigitsClassifier):
         fully_shard(self.net, mesh=mesh)
 
 
-def regularized_run(trainer: pl.Trainer, model: Regularized, batch_size: int) -> torch.Tensor:
-    """Train 6 optimizer steps of `batch_size` per rank on the first 192 digits."""
-    trainer.fit(model, digits_loader(6 * 32, batch_size))
-    return flat_params(model)
-
-
 def regularized_kwargs() -> dict[str, Any]:
     """Trainer arguments of the regularized runs (a fresh MaxNorm each time)."""
     return {"max_steps": 6, "callbacks": [MaxNorm(max_value=0.5)]}
 
 
-def ddp_trainer(launch: Launch, strategy: Any = "ddp", **kwargs: Any) -> pl.Trainer:
+def ddp_trainer(launch: Launch, **kwargs: Any) -> pl.Trainer:
     """A quiet ``make_trainer`` on every rank of the launch, writing under the check's folder."""
     return make_trainer(
-        launch.out, strategy=strategy, devices=launch.devices, num_nodes=launch.num_nodes, **kwargs
+        launch.out, strategy="ddp", devices=launch.devices, num_nodes=launch.num_nodes, **kwargs
     )
+
+
+def ddp_fit(
+    launch: Launch,
+    model: pl.LightningModule,
+    train: DataLoader[Any],
+    val: DataLoader[Any] | None = None,
+    strategy: Any = "ddp",
+    **kwargs: Any,
+) -> pl.Trainer:
+    """The suite's ``fit`` on every rank of the launch (DDP unless ``strategy`` says otherwise),
+    writing under the check's folder."""
+    layout = {"devices": launch.devices, "num_nodes": launch.num_nodes}
+    return fit(launch.out, model, train, val, strategy=strategy, **layout, **kwargs)
 
 
 def check_one_cycle(launch: Launch) -> dict[str, Any]:
@@ -118,11 +134,16 @@ def check_one_cycle(launch: Launch) -> dict[str, Any]:
     torch.manual_seed(0)
     model = DigitsClassifier()
     cb, rec = OneCycleScheduler(max_lr=0.1), Recorder()
-    trainer = ddp_trainer(
-        launch, callbacks=[cb, rec], max_epochs=2, accumulate_grad_batches=2, limit_train_batches=6
-    )
     # 256 samples in batches of 16: 16 batches, 8 per rank, limited to 6, accumulated by 2.
-    trainer.fit(model, digits_loader(256, 16))
+    trainer = ddp_fit(
+        launch,
+        model,
+        digits_loader(256, 16),
+        callbacks=[cb, rec],
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        limit_train_batches=6,
+    )
     return {
         "lrs": rec.lrs,
         "estimated": trainer.estimated_stepping_batches,
@@ -151,10 +172,16 @@ def check_plateau(launch: Launch) -> dict[str, Any]:
     torch.manual_seed(0)
     model = RankDependentLoss()
     cb = PerformanceScheduler(patience=1, min_delta=0.0)
-    trainer = ddp_trainer(
-        launch, callbacks=[cb], max_epochs=5, limit_train_batches=2, limit_val_batches=1
+    ddp_fit(
+        launch,
+        model,
+        digits_loader(128, 16),
+        digits_loader(64, 16),
+        callbacks=[cb],
+        max_epochs=5,
+        limit_train_batches=2,
+        limit_val_batches=1,
     )
-    trainer.fit(model, digits_loader(128, 16), digits_loader(64, 16))
     return {
         "lrs": model.lr_after_eval,
         "state": cb.state_dict(),
@@ -165,18 +192,19 @@ def check_plateau(launch: Launch) -> dict[str, Any]:
 def check_regularized_ddp(launch: Launch) -> dict[str, Any]:
     """MaxNorm + l1/l2 penalty under DDP: 2 ranks of 16 samples = one process with 32."""
     torch.manual_seed(0)
-    trainer = ddp_trainer(launch, **regularized_kwargs())
-    params = regularized_run(trainer, Regularized(), 16)
-    return {"params": params}
+    model = Regularized()
+    ddp_fit(launch, model, digits_loader(6 * 32, 16), **regularized_kwargs())
+    return {"params": flat_params(model)}
 
 
 def check_regularized_fsdp2(launch: Launch) -> dict[str, Any]:
     """The same under FSDP2 (ModelParallelStrategy + fully_shard): every weight is a DTensor."""
     torch.manual_seed(0)
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-    trainer = ddp_trainer(launch, strategy, deterministic=False, **regularized_kwargs())
     model = Regularized(shard=True)
-    params = regularized_run(trainer, model, 16)
+    loader = digits_loader(6 * 32, 16)
+    ddp_fit(launch, model, loader, None, strategy, deterministic=False, **regularized_kwargs())
+    params = flat_params(model)
     kinds = sorted({type(p).__name__ for p in model.parameters()})
     return {"params": params, "param_types": kinds}
 
@@ -232,8 +260,8 @@ def check_max_norm_two_optimizers(launch: Launch) -> dict[str, Any]:
         torch.manual_seed(0)
         model = TwoOptimizerSteps(renorm=name == "by hand")
         by_hand = name == "by hand"
-        trainer = ddp_trainer(launch, max_epochs=1, callbacks=[] if by_hand else callbacks)
-        trainer.fit(model, digits_loader(8 * 32, 16))
+        loader = digits_loader(8 * 32, 16)
+        ddp_fit(launch, model, loader, max_epochs=1, callbacks=[] if by_hand else callbacks)
         runs[name] = flat_params(model)
         steps.append(callbacks[0].steps)
     return {"steps": steps[:2], **runs}
@@ -285,8 +313,10 @@ def check_composed_schedules(launch: Launch) -> dict[str, Any]:
     for name, make in composed_callbacks().items():
         torch.manual_seed(0)
         rec = Recorder()
-        trainer = ddp_trainer(launch, callbacks=[make(), rec], **composed_trainer_kwargs())
-        trainer.fit(FlatValLoss(), digits_loader(256, 16), digits_loader(64, 16))
+        train, val = digits_loader(256, 16), digits_loader(64, 16)
+        ddp_fit(
+            launch, FlatValLoss(), train, val, callbacks=[make(), rec], **composed_trainer_kwargs()
+        )
         result[name] = rec.lrs
     return result
 
@@ -311,8 +341,7 @@ def check_auto_max_lr(launch: Launch) -> dict[str, Any]:
             with torch.no_grad():
                 out["local_first_loss"] = float(F.cross_entropy(model(x[first]), y[first]))
         cb = OneCycleScheduler(max_lr=out.get("max_lr", "auto"), range_test=sweep)
-        trainer = ddp_trainer(launch, callbacks=[cb], max_epochs=2)
-        trainer.fit(model, digits_loader(256, 16, shuffle=True))
+        ddp_fit(launch, model, digits_loader(256, 16, shuffle=True), callbacks=[cb], max_epochs=2)
         if name == "auto":
             assert cb.range_test_result is not None
             out["max_lr"] = cb.range_test_result.max_lr
@@ -366,15 +395,9 @@ def _penalty_routes(launch: Launch, shard: bool) -> dict[str, Any]:
             extra: dict[str, Any] = {"deterministic": False}
         else:
             strategy, extra = "ddp", {"gradient_clip_val": 0.3}
-        trainer = ddp_trainer(
-            launch,
-            strategy,
-            max_epochs=1,
-            limit_train_batches=5,
-            accumulate_grad_batches=2,
-            **extra,
-        )
-        trainer.fit(model, digits_loader(192, 16))
+        loader = digits_loader(192, 16)
+        windows = {"limit_train_batches": 5, "accumulate_grad_batches": 2}
+        ddp_fit(launch, model, loader, None, strategy, max_epochs=1, **windows, **extra)
         out[route] = flat_params(model)
         if route == "proximal":
             out["zero_fraction"] = float(zero_fraction(model.penalized_weights()))
@@ -450,8 +473,7 @@ def check_penalty_manual_ddp(launch: Launch) -> dict[str, Any]:
     for route in ("loss", "step"):
         torch.manual_seed(0)
         model = ManualPenalty() if route == "loss" else ManualPenaltyByStep()
-        trainer = ddp_trainer(launch, max_epochs=1, limit_train_batches=6)
-        trainer.fit(model, digits_loader(192, 16))
+        ddp_fit(launch, model, digits_loader(192, 16), max_epochs=1, limit_train_batches=6)
         out[route] = flat_params(model)
     return out
 
