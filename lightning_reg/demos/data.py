@@ -98,6 +98,13 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
         >>> x.shape, x.dtype, y.bincount().tolist()
         (torch.Size([1797, 64]), torch.float32, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
     """
+    x, y = _digits_arrays()
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)  # copies
+
+
+@functools.cache
+def _digits_arrays() -> tuple[Any, Any]:
+    """scikit-learn's arrays, read once per process (each data module's ``setup`` loads them)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -106,9 +113,7 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
             'install it with `pip install "lightning-reg[data]"`.'
         ) from err
     bunch = load_digits()
-    x = torch.as_tensor(bunch.data, dtype=torch.float32)
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    return x, y
+    return bunch.data, bunch.target
 
 
 class _SplitsDataModule(pl.LightningDataModule):
