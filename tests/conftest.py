@@ -1,15 +1,19 @@
 """Settings and fixtures shared by the test files.
 
-The multi-process jobs (the 2-rank DDP job running every check of ``tests/distributed/worker.py``,
-the simulated 2-node job, the DDP example script) start in the background, one after another,
-as soon as the tests that read them are collected, while the in-process tests run: the suite's
-own process uses one core (one torch thread), the jobs the other. Each job's fixture waits for
-its result. Running one such test alone (``-k``) still starts only the jobs it reads.
+The jobs that run in processes of their own (the 2-rank DDP job running every check of
+``tests/distributed/worker.py``, the simulated 2-node job, the DDP example script, the strict
+docs build) start in the background, one after another, once the tests that read them are
+collected, while the in-process tests run: the suite's own process uses one core (one torch
+thread), the jobs the other. Each job's fixture waits for its result. Selecting tests (``-k``)
+starts only the jobs they read.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,14 +30,31 @@ from tests.distributed.harness import (
     run_script,
     stop_jobs,
 )
+from tests.helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_site(out: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``mkdocs build --strict`` of the docs into ``OUT/site``: the finished process, the site."""
+    site = out / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    return result, site
+
 
 # Fixture name -> the job that makes it, given a fresh folder. Listed in the order they start.
 JOBS: dict[str, Callable[[Path], Any]] = {
     "ddp_checks": run_checks,
     "two_node_checks": lambda out: run_checks_on_two_nodes(out, ["plateau"]),
     "ddp_example_output": lambda out: run_script([str(ROOT / "examples/ddp.py"), "--epochs", "2"]),
+    "built_site": build_site,
 }
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-jobs")
 _STARTED: dict[str, Future[Any]] = {}
@@ -58,10 +79,9 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
     wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
-    if torch.distributed.is_available() and torch.distributed.is_gloo_available():
-        for name in JOBS:
-            if name in wanted:
-                _start(name)
+    for name in JOBS:
+        if name in wanted:
+            _start(name)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -89,3 +109,9 @@ def two_node_checks() -> Checks:
 def ddp_example_output() -> str:
     """What ``python examples/ddp.py --epochs 2`` printed (2 ranks started by Lightning)."""
     return _start("ddp_example_output").result()
+
+
+@pytest.fixture(scope="session")
+def built_site() -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The strict docs build (``build_site``): the finished ``mkdocs`` process and the site."""
+    return _start("built_site").result()
