@@ -49,12 +49,14 @@ def build_site(out: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     return result, site
 
 
-# Fixture name -> the job that makes it, given a fresh folder. Listed in the order they start.
+# Fixture name -> the job that makes it, given a fresh folder. Listed in the order they start:
+# each is done before the tests reading it come up (test_distributed runs after a minute of
+# in-process tests; the docs build is short, so it goes first).
 JOBS: dict[str, Callable[[Path], Any]] = {
+    "built_site": build_site,
     "ddp_checks": run_checks,
     "two_node_checks": lambda out: run_checks_on_two_nodes(out, ["plateau"]),
     "ddp_example_output": lambda out: run_script([str(ROOT / "examples/ddp.py"), "--epochs", "2"]),
-    "built_site": build_site,
 }
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-jobs")
 _STARTED: dict[str, Future[Any]] = {}
