@@ -1,10 +1,16 @@
-"""Shared test helpers: a tiny real classifier on scikit-learn's digits and a quiet Trainer."""
+"""Shared test helpers: a tiny real classifier on scikit-learn's digits, a quiet Trainer, and a
+script (a benchmark, an example) run in this process as its command line runs it."""
 
 from __future__ import annotations
 
+import logging
+import runpy
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +20,10 @@ from lightning_reg import RegularizedModule
 from lightning_reg.demos.data import load_digits_tensors
 
 _DIGITS: tuple[torch.Tensor, torch.Tensor] | None = None
+
+# The time limit of a test's subprocess: a guard against a hang, never a speed check. A loaded
+# machine (many test runs on two cores) stretches a 20-second job several times over, not 60.
+HANG_GUARD_S = 1200.0
 
 
 def digits(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +105,28 @@ def make_trainer(root: Any, **kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**defaults)
 
 
+def fit(
+    root: Any,
+    model: pl.LightningModule | None = None,
+    train: DataLoader[Any] | None = None,
+    val: DataLoader[Any] | None = None,
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """The suite's fit: ``make_trainer(root, **trainer_kwargs).fit(model, train, val)``; returns
+    the Trainer (the model is ``trainer.lightning_module``).
+
+    Defaults: a ``DigitsClassifier`` drawn after ``torch.manual_seed(0)``, trained on the first
+    256 digits in order, in batches of 32 (``digits_loader()``), without validation. A test file
+    wraps it (with its recorders, its model) rather than writing its own Trainer set-up.
+    """
+    if model is None:
+        torch.manual_seed(0)
+        model = DigitsClassifier()
+    trainer = make_trainer(root, **trainer_kwargs)
+    trainer.fit(model, train if train is not None else digits_loader(), val)
+    return trainer
+
+
 class DigitsRegressor(RegularizedModule):
     """A ``RegularizedModule`` regressing 2 outputs from the 64 digit pixels: two dense layers
     (with the module's dropout), a linear head; MC dropout summarizes it as a regression."""
@@ -109,3 +141,32 @@ class DigitsRegressor(RegularizedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+def run_as_script(path: Path, *args: str) -> None:
+    """Run ``python PATH ARGS`` in this process: the file's ``__main__`` block, with ``sys.argv``
+    as that command sets it and the file's folder first on ``sys.path`` (its sibling imports).
+
+    What scripts set for their whole process is put back after: ``sys.argv``, ``sys.path``,
+    torch's thread count and the level of Lightning's loggers. Read the output with ``capsys``.
+    """
+    argv, path_before, threads = sys.argv, sys.path[:], torch.get_num_threads()
+    loggers = [logging.getLogger(f"lightning{sub}") for sub in ("", ".pytorch", ".fabric")]
+    levels = [logger.level for logger in loggers]
+    sys.argv = [str(path), *args]
+    sys.path.insert(0, str(path.parent))
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = argv, path_before
+        torch.set_num_threads(threads)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def few_batches(monkeypatch: pytest.MonkeyPatch, batches: int = 4) -> None:
+    """Every Trainer built without limits of its own runs ``batches`` batches per epoch of its
+    train, validation and test loops (Lightning's ``PL_TRAINER_*`` defaults), for this test: code
+    quoted in the docs runs as written, at toy size."""
+    for loop in ("TRAIN", "VAL", "TEST"):
+        monkeypatch.setenv(f"PL_TRAINER_LIMIT_{loop}_BATCHES", str(batches))

@@ -1,39 +1,40 @@
 """The overhead and convergence benchmarks run end to end at tiny sizes and print their tables.
 
-They are not timed tests: this only keeps them from rotting. ``--no-write`` keeps the docs as
-they are, so the check is that each script exits 0 and prints a complete, well-formed table.
+They are not timed tests: this only keeps them from rotting. Each runs in this process as its
+command line runs it; ``--no-write`` keeps the docs as they are, so the check is that each
+script finishes and prints a complete, well-formed table.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import shlex
 from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_as_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
-def run_quick(script: str) -> list[str]:
+def run_quick(capsys: pytest.CaptureFixture[str], script: str, *args: str) -> list[str]:
+    """The table rows ``python benchmarks/SCRIPT --quick --no-write ARGS`` prints."""
     before = DOCS.read_text() if DOCS.exists() else None
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", "--no-write"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_as_script(BENCHMARKS / script, "--quick", "--no-write", *args)
+    out = capsys.readouterr().out
     assert (DOCS.read_text() if DOCS.exists() else None) == before, "--no-write wrote the docs"
-    assert f"- Command: `python benchmarks/{script} --quick --no-write`" in result.stdout
-    return [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    command = shlex.join(["python", f"benchmarks/{script}", "--quick", "--no-write", *args])
+    assert f"- Command: `{command}`" in out
+    return [line for line in out.splitlines() if line.startswith("| ")]
 
 
 def cells(row: str) -> list[str]:
     return [cell.strip() for cell in row.strip("|").split("|")]
 
 
-def test_overhead_quick() -> None:
-    header, rule, *rows = run_quick("overhead.py")
+def test_overhead_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    header, rule, *rows = run_quick(capsys, "overhead.py")
     assert cells(header)[:4] == ["model", "arm", "CPU ms/step, best round", "x bare"]
     assert rule.count("|") == header.count("|")
     arms = [cells(row)[1] for row in rows]
@@ -47,22 +48,9 @@ def test_overhead_quick() -> None:
         assert 0 < best <= median and ratio > 0 and paired > 0 and wall > 0, row
 
 
-def test_overhead_penalty_arms_quick() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "overhead.py"),
-            "--quick",
-            "--no-write",
-            "--arms",
-            "penalty",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [cells(line) for line in result.stdout.splitlines() if line.startswith("| tiny")]
+def test_overhead_penalty_arms_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [cells(line) for line in run_quick(capsys, "overhead.py", "--arms", "penalty")]
+    rows = [row for row in rows if row[0].startswith("tiny")]
     arms = [row[1] for row in rows[:8]]
     assert arms[:2] == ["bare", "floors"] and arms[2].startswith("hand-written floor")
     targets = {row[1]: row for row in rows[8:]}
@@ -71,8 +59,8 @@ def test_overhead_penalty_arms_quick() -> None:
         assert float(row[2].split()[0]) > 0 and float(row[3].rstrip("x")) > 0, row
 
 
-def test_convergence_quick() -> None:
-    lines = run_quick("convergence.py")
+def test_convergence_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = run_quick(capsys, "convergence.py")
     starts = [k for k, line in enumerate(lines) if cells(line)[0] == "schedule"]
     assert len(starts) == 2  # the best setting of each schedule, then every setting
     summary = lines[starts[0] + 2 : starts[1]]

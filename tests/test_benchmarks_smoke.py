@@ -1,20 +1,25 @@
-"""The regularization benchmark runs end to end at tiny sizes and prints its Markdown table."""
+"""The regularization and MC dropout benchmarks run end to end at tiny sizes (in this process,
+as their command lines run them) and print their Markdown tables."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_as_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regularization.py"
 
 
-def test_regularization_benchmark_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+def printed(capsys: pytest.CaptureFixture[str], script: Path, *args: str) -> list[str]:
+    """The lines ``python SCRIPT ARGS`` prints."""
+    run_as_script(script, *args)
+    return capsys.readouterr().out.splitlines()
+
+
+def test_regularization_benchmark_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = printed(capsys, SCRIPT, "--quick")
     assert any(
         line.startswith("| model: tensors, weight elements | op | fused (ms)") for line in lines
     )
@@ -36,12 +41,8 @@ def test_regularization_benchmark_quick() -> None:
 MC_SCRIPT = SCRIPT.parent / "mc_dropout.py"
 
 
-def test_mc_dropout_benchmark_quick() -> None:
-    result = subprocess.run(
-        [sys.executable, str(MC_SCRIPT), "--quick"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+def test_mc_dropout_benchmark_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = printed(capsys, MC_SCRIPT, "--quick", "--batch", "2")
     rows = [line for line in lines if line.startswith("| ") and line.rstrip(" |)").endswith("x")]
     assert [row.split("|")[1].strip() for row in rows] == [
         "MLP 784-512x3-10",
@@ -56,17 +57,12 @@ def test_mc_dropout_benchmark_quick() -> None:
         assert all(n > 0 for n in numbers), row
 
 
-def test_mc_dropout_benchmark_sweep_and_profile_quick() -> None:
+def test_mc_dropout_benchmark_sweep_and_profile_quick(capsys: pytest.CaptureFixture[str]) -> None:
     def run(flag: str) -> list[list[str]]:
-        result = subprocess.run(
-            [sys.executable, str(MC_SCRIPT), "--quick", "--rounds", "1", flag],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-        return [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+        lines = printed(capsys, MC_SCRIPT, "--quick", "--batch", "2", "--rounds", "1", flag)
+        return [
+            [cell.strip() for cell in line.split("|")[1:-1]] for line in lines if line[:2] == "| "
+        ]
 
     sweep = [row for row in run("--sweep") if row[1] != "case" and not row[1].startswith("-")]
     cases = ["floor", "mc_dropout_predict", "fast_masks"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import os
 import re
-import subprocess
+import runpy
 import sys
 import tomllib
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -297,38 +297,32 @@ def test_missing_requirements_checks_versions_and_extras(
     ]
 
 
-@pytest.mark.slow
-def test_without_the_cli_extra_the_command_says_so_in_one_line(tmp_path: Path) -> None:
+def test_without_the_cli_extra_the_command_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # A too-old jsonargparse found first on sys.path, as after `pip install lightning-reg` with
     # an old jsonargparse: the command stops before parsing anything and writes nothing.
     fake = tmp_path / "site" / "jsonargparse-4.27.0.dist-info"
     fake.mkdir(parents=True)
     (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: jsonargparse\nVersion: 4.27.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
-    script = (  # the console script's two entries, `lightning-reg fit` and `lightning-reg --help`
-        f"import sys\nfrom {main.__module__} import main\n"
-        "for argv in (['fit'], ['--help']):\n"
-        "    sys.argv = ['lightning-reg', *argv]\n"
-        "    try:\n        main()\n"
-        "    except SystemExit as exit:\n"
-        "        print(repr(exit.code))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=run_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    monkeypatch.chdir(run_dir)
     message = (
         "lightning-reg: the command needs the `cli` extra (missing: "
         'jsonargparse[signatures]>=4.39.0); install it with: pip install "lightning-reg[cli]"'
     )
-    assert result.stdout.splitlines() == [repr(message)] * 2  # SystemExit(message): exit code 1
-    assert result.stderr == ""
+    # The console script's two entries, `lightning-reg fit` and `lightning-reg --help`: exit
+    # code 1 with the message, no warning, nothing else printed.
+    for argv in (["fit"], ["--help"]):
+        monkeypatch.setattr(sys, "argv", ["lightning-reg", *argv])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(SystemExit) as info:
+                main()
+        assert info.value.code == message
+    assert capsys.readouterr() == ("", "")
     assert list(run_dir.iterdir()) == []
 
 
@@ -349,20 +343,17 @@ def test_configs_subcommand_lists_and_prints_the_example_configs(
         main(["configs", "nope"])
 
 
-def test_python_dash_m_runs_the_command(tmp_path: Path) -> None:
+def test_python_dash_m_runs_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # `python -m lightning_reg.demos.cli ...` (no console script on the PATH) used to import the
-    # module, do nothing and exit 0.
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", main.__module__, "configs", "--path", "warmup_cosine"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(CONFIGS / "warmup_cosine.yaml")
+    # module, do nothing and exit 0. runpy runs the module's `__main__` as `python -m` does.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [main.__module__, "configs", "--path", "warmup_cosine"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'lightning_reg.demos.cli' found in sys.modules")
+        runpy.run_module(main.__module__, run_name="__main__", alter_sys=True)
+    assert capsys.readouterr().out.strip() == str(CONFIGS / "warmup_cosine.yaml")
 
 
 def test_fit_help_describes_the_app_in_plain_text(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from lightning_reg.schedules import OneCycle
-from tests.distributed.harness import run_ddp, run_two_nodes
+from tests.distributed.harness import Checks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -25,8 +23,8 @@ def assert_same_on_every_rank(results: list[dict], key: str) -> None:
             assert first == other[key], key
 
 
-def test_one_cycle_is_sized_for_two_ranks_with_accumulation(tmp_path: Path) -> None:
-    results = run_ddp("one_cycle", tmp_path)
+def test_one_cycle_is_sized_for_two_ranks_with_accumulation(ddp_checks: Checks) -> None:
+    results = ddp_checks["one_cycle"]
     # 6 batches per rank per epoch, accumulated by 2: 3 optimizer steps per epoch, 2 epochs.
     assert results[0]["estimated"] == 6
     sched = OneCycle(6, 0.1)
@@ -35,8 +33,10 @@ def test_one_cycle_is_sized_for_two_ranks_with_accumulation(tmp_path: Path) -> N
     assert_same_on_every_rank(results, "params")
 
 
-def test_auto_max_lr_sweeps_one_curve_and_picks_one_value_on_every_rank(tmp_path: Path) -> None:
-    results = run_ddp("auto_max_lr", tmp_path)
+def test_auto_max_lr_sweeps_one_curve_and_picks_one_value_on_every_rank(
+    ddp_checks: Checks,
+) -> None:
+    results = ddp_checks["auto_max_lr"]
     assert_same_on_every_rank(results, "losses")
     assert_same_on_every_rank(results, "max_lr")
     # The curve is the mean over ranks: its first point averages the ranks' own first losses,
@@ -55,8 +55,8 @@ def test_auto_max_lr_sweeps_one_curve_and_picks_one_value_on_every_rank(tmp_path
     assert_same_on_every_rank(results, "auto_params")
 
 
-def test_plateau_decision_is_the_same_on_every_rank(tmp_path: Path) -> None:
-    results = run_ddp("plateau", tmp_path)
+def test_plateau_decision_is_the_same_on_every_rank(ddp_checks: Checks) -> None:
+    results = ddp_checks["plateau"]
     # Mean over ranks: 1.0, 1.05, 1.1, 1.15, 1.2 -> only the first evaluation is a best;
     # patience 1 reduces at each later one (rank 0 alone would never reduce).
     assert results[0]["lrs"] == pytest.approx([0.08, 0.04, 0.02, 0.01, 0.005])
@@ -65,14 +65,15 @@ def test_plateau_decision_is_the_same_on_every_rank(tmp_path: Path) -> None:
     assert_same_on_every_rank(results, "params")
 
 
-def test_two_simulated_nodes_agree(tmp_path: Path) -> None:
-    results = run_two_nodes("plateau", tmp_path)
+def test_two_simulated_nodes_agree(two_node_checks: Checks) -> None:
+    results = two_node_checks["plateau"]
     assert results[0]["lrs"] == pytest.approx([0.08, 0.04, 0.02, 0.01, 0.005])
     assert_same_on_every_rank(results, "lrs")
     assert_same_on_every_rank(results, "params")
 
 
-def single_process_reference(tmp_path: Path) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def single_process_reference(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
     """The regularized run in one process, each batch the union of the 2 ranks' batches.
 
     Lightning gives a training loader a shuffling ``DistributedSampler`` (seed 0): rank r takes
@@ -81,14 +82,14 @@ def single_process_reference(tmp_path: Path) -> torch.Tensor:
     from torch.utils.data import DataLoader, TensorDataset
 
     from tests.distributed.worker import Regularized, flat_params, regularized_kwargs
-    from tests.helpers import digits, make_trainer
+    from tests.helpers import digits, fit
 
     x, y = digits(6 * 32)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     loader = DataLoader(TensorDataset(x[perm], y[perm]), batch_size=32)
     torch.manual_seed(0)
     model = Regularized()
-    make_trainer(tmp_path, **regularized_kwargs()).fit(model, loader)
+    fit(tmp_path_factory.mktemp("ref"), model, loader, **regularized_kwargs())
     # The constraint binds in this run: the largest row norm sits at the bound.
     largest = max(
         float(m.weight.detach().norm(dim=1).max()) for m in model.net if hasattr(m, "weight")
@@ -98,17 +99,18 @@ def single_process_reference(tmp_path: Path) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("case", ["regularized_ddp", "regularized_fsdp2"])
-def test_max_norm_and_penalty_match_a_single_process(tmp_path: Path, case: str) -> None:
-    results = run_ddp(case, tmp_path / "dist")
-    reference = single_process_reference(tmp_path / "ref")
+def test_max_norm_and_penalty_match_a_single_process(
+    ddp_checks: Checks, single_process_reference: torch.Tensor, case: str
+) -> None:
+    results = ddp_checks[case]
     assert_same_on_every_rank(results, "params")
-    torch.testing.assert_close(results[0]["params"], reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0]["params"], single_process_reference, rtol=1e-5, atol=1e-6)
     if case == "regularized_fsdp2":
         assert results[0]["param_types"] == ["DTensor"]
 
 
-def test_max_norm_two_optimizers_reused_across_fits_under_ddp(tmp_path: Path) -> None:
-    results = run_ddp("max_norm_two_optimizers", tmp_path)
+def test_max_norm_two_optimizers_reused_across_fits_under_ddp(ddp_checks: Checks) -> None:
+    results = ddp_checks["max_norm_two_optimizers"]
     # 256 samples, 16 per rank and batch: 8 batches; the second optimizer steps every second one.
     assert results[0]["steps"] == [{0: 8, 1: 4}, {0: 8, 1: 4}]  # the second fit started fresh
     for key in ("callback", "callback again", "by hand", "steps"):
@@ -117,8 +119,8 @@ def test_max_norm_two_optimizers_reused_across_fits_under_ddp(tmp_path: Path) ->
     assert torch.equal(results[0]["callback again"], results[0]["by hand"])
 
 
-def test_mc_dropout_predict_under_ddp(tmp_path: Path) -> None:
-    results = run_ddp("mc_predict", tmp_path)
+def test_mc_dropout_predict_under_ddp(ddp_checks: Checks) -> None:
+    results = ddp_checks["mc_predict"]
     # 96 samples over 2 ranks: 48 each, every one with MC statistics.
     assert [len(r["mean"]) for r in results] == [48, 48]
     for r in results:
@@ -131,11 +133,11 @@ def test_mc_dropout_predict_under_ddp(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_penalty_step_route_equals_loss_route_under_ddp_and_fsdp2(tmp_path: Path) -> None:
+def test_penalty_step_route_equals_loss_route_under_ddp_and_fsdp2(ddp_checks: Checks) -> None:
     """Accumulation 2 with a short last window (and clipping under DDP): the step route's
     weights are the loss route's; proximal l1 leaves exact zeros, the same on every rank."""
-    ddp = run_ddp("penalty_routes_ddp", tmp_path / "ddp")
-    fsdp2 = run_ddp("penalty_routes_fsdp2", tmp_path / "fsdp2")
+    ddp = ddp_checks["penalty_routes_ddp"]
+    fsdp2 = ddp_checks["penalty_routes_fsdp2"]
     for results in (ddp, fsdp2):
         for key in ("step", "proximal", "zero_fraction"):
             assert_same_on_every_rank(results, key)
@@ -145,11 +147,11 @@ def test_penalty_step_route_equals_loss_route_under_ddp_and_fsdp2(tmp_path: Path
 
 @pytest.mark.slow
 def test_penalty_under_manual_optimization_with_clipping_equals_loss_route_under_ddp(
-    tmp_path: Path,
+    ddp_checks: Checks,
 ) -> None:
     """Two manually stepped optimizers, `self.clip_gradients` on one, 2 DDP ranks: the mixin's
     weights are the loss route's on every rank (clipping sees data plus penalty gradient)."""
-    results = run_ddp("penalty_manual_ddp", tmp_path)
+    results = ddp_checks["penalty_manual_ddp"]
     for key in ("loss", "step"):
         assert_same_on_every_rank(results, key)
     torch.testing.assert_close(results[0]["step"], results[0]["loss"], rtol=1e-5, atol=1e-7)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import os
 import pkgutil
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -76,16 +74,10 @@ def test_pytest_collects_the_docstring_examples() -> None:
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
     reason="needs the docs extra (mkdocs, mkdocs-material, mkdocstrings[python])",
 )
-def test_site_builds_strict_with_the_api_reference(tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_site_builds_strict_with_the_api_reference(
+    built_site: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    result, site = built_site
     assert result.returncode == 0, result.stderr[-4000:]
     pages = {path: path.read_text(encoding="utf-8") for path in site.rglob("*.html")}
     api = "\n".join(text for path, text in pages.items() if "api" in path.parts)

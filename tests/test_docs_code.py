@@ -1,4 +1,5 @@
-"""Every ```python block of docs/*.md runs as written: per page, in order, in one namespace.
+"""Every ```python block of docs/*.md runs as written: per page, in order, in one namespace; its
+Trainers run a few batches per epoch.
 
 A block that cannot run here (a multi-process script, a GPU job) is fenced as ```text instead,
 or guarded by ``if __name__ == "__main__":`` (run as a script by the examples' tests).
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+
+from tests.helpers import few_batches
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
@@ -32,6 +35,7 @@ def test_docs_python_blocks_run(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # files the blocks write (plots, logs, checkpoints) land here
+    few_batches(monkeypatch)
     matplotlib.use("Agg")
     # A real module (dataclasses and pickling look classes up in sys.modules), not "__main__".
     module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")

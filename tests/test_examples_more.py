@@ -5,17 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from lightning_reg.schedules import OneCycle
-from tests.distributed.harness import run_script
 from tests.test_examples import load
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_custom_module_gets_penalty_max_norm_and_one_cycle() -> None:
@@ -64,9 +60,8 @@ def _lines(stdout: str) -> dict[str, str]:
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="needs torch.distributed with gloo",
 )
-def test_ddp_example_ranks_agree() -> None:
-    stdout = run_script([str(ROOT / "examples" / "ddp.py"), "--epochs", "2"])
-    out = _lines(stdout)
+def test_ddp_example_ranks_agree(ddp_example_output: str) -> None:
+    out = _lines(ddp_example_output)
     assert out["world size"] == "2"
     # 1258 training digits over 2 ranks, batches of 32: 20 optimizer steps per epoch.
     assert out["optimizer steps per rank"] == "40"

@@ -1,4 +1,5 @@
-"""The README's Python blocks run as written, in order, in one namespace."""
+"""The README's Python blocks run as written, in order, in one namespace (their Trainers a few
+batches per epoch)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import few_batches
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,6 +24,7 @@ def test_readme_has_python_examples() -> None:
 
 def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # files the blocks write (plots, logs) land here
+    few_batches(monkeypatch)
     namespace: dict[str, object] = {"__name__": "readme"}
     for block in python_blocks():
         if 'if __name__ == "__main__":' in block:

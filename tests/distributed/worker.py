@@ -1,15 +1,34 @@
-"""One rank of a distributed test job: ``python tests/distributed/worker.py CASE OUT [options]``.
+"""Distributed checks, run by one launch: ``python tests/distributed/worker.py OUT [CHECK...]``.
 
-Launched by ``tests/distributed/harness.py``; Lightning's DDP launcher re-runs this script for the
-other local ranks. Each case trains with a real ``Trainer(strategy="ddp", accelerator="cpu")``
-and every rank saves what the tests compare to ``OUT_DIR/rank<k>.pt``.
+``tests/distributed/harness.py`` starts this script once; the first ``Trainer(strategy="ddp",
+devices=2)`` makes Lightning's launcher re-run it for local rank 1, and every later Trainer of
+the job (DDP or FSDP2) reuses the 2-rank process group. Each rank runs the checks in order and
+saves what each returns to ``OUT/CHECK/rank<k>.pt``; a check that raises writes its traceback to
+``OUT/CHECK/rank<k>.error`` and stops the job (the other ranks may be waiting in a collective).
+
+Adding a check is adding one function here, named ``check_<name>``, taking the :class:`Launch`
+and returning a dict of what the test compares (tensors, lists, numbers; ``torch.save``-able)::
+
+    def check_my_feature(launch: Launch) -> dict[str, Any]:
+        torch.manual_seed(0)  # every check seeds what it draws: checks share one process
+        rec = Recorder()
+        ddp_fit(launch, DigitsClassifier(), digits_loader(128, 16), callbacks=[rec], max_steps=4)
+        return {"lrs": rec.lrs}
+
+Its test takes the session fixture ``ddp_checks`` (``tests/conftest.py``):
+``results = ddp_checks["my_feature"]`` is the list of each rank's dict, and raises with the
+rank's traceback when the check failed. Run the checks by hand with
+``python tests/distributed/worker.py /tmp/out my_feature`` (every check when none is named).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +37,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_reg.callbacks import (
     LRCallback,
@@ -30,7 +50,23 @@ from lightning_reg.demos import RegularizedMLP
 from lightning_reg.module import WeightPenaltyMixin
 from lightning_reg.penalties import select_weights, weight_penalty, zero_fraction
 from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup, OneCycle
-from tests.helpers import DigitsClassifier, DigitsRegressor, digits, digits_loader, make_trainer
+from tests.helpers import (
+    DigitsClassifier,
+    DigitsRegressor,
+    digits,
+    digits_loader,
+    fit,
+    make_trainer,
+)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where a check runs: its own output folder, and the job's layout."""
+
+    out: Path
+    devices: int = 2
+    num_nodes: int = 1
 
 
 class Recorder(Callback):
@@ -81,35 +117,48 @@ class Regularized(WeightPenaltyMixin, DigitsClassifier):
         fully_shard(self.net, mesh=mesh)
 
 
-def regularized_run(trainer: pl.Trainer, model: Regularized, batch_size: int) -> torch.Tensor:
-    """Train 6 optimizer steps of `batch_size` per rank on the first 192 digits."""
-    trainer.fit(model, digits_loader(6 * 32, batch_size))
-    return flat_params(model)
-
-
 def regularized_kwargs() -> dict[str, Any]:
     """Trainer arguments of the regularized runs (a fresh MaxNorm each time)."""
     return {"max_steps": 6, "callbacks": [MaxNorm(max_value=0.5)]}
 
 
-def ddp_trainer(args: argparse.Namespace, **kwargs: Any) -> pl.Trainer:
+def ddp_trainer(launch: Launch, **kwargs: Any) -> pl.Trainer:
+    """A quiet ``make_trainer`` on every rank of the launch, writing under the check's folder."""
     return make_trainer(
-        args.out, strategy="ddp", devices=args.devices, num_nodes=args.num_nodes, **kwargs
+        launch.out, strategy="ddp", devices=launch.devices, num_nodes=launch.num_nodes, **kwargs
     )
 
 
-def case_one_cycle(args: argparse.Namespace) -> dict[str, Any]:
+def ddp_fit(
+    launch: Launch,
+    model: pl.LightningModule,
+    train: DataLoader[Any],
+    val: DataLoader[Any] | None = None,
+    strategy: Any = "ddp",
+    **kwargs: Any,
+) -> pl.Trainer:
+    """The suite's ``fit`` on every rank of the launch (DDP unless ``strategy`` says otherwise),
+    writing under the check's folder."""
+    layout = {"devices": launch.devices, "num_nodes": launch.num_nodes}
+    return fit(launch.out, model, train, val, strategy=strategy, **layout, **kwargs)
+
+
+def check_one_cycle(launch: Launch) -> dict[str, Any]:
     """1cycle sized by the Trainer with 2 ranks, accumulation and limit_train_batches."""
     torch.manual_seed(0)
     model = DigitsClassifier()
     cb, rec = OneCycleScheduler(max_lr=0.1), Recorder()
-    trainer = ddp_trainer(
-        args, callbacks=[cb, rec], max_epochs=2, accumulate_grad_batches=2, limit_train_batches=6
-    )
     # 256 samples in batches of 16: 16 batches, 8 per rank, limited to 6, accumulated by 2.
-    trainer.fit(model, digits_loader(256, 16))
+    trainer = ddp_fit(
+        launch,
+        model,
+        digits_loader(256, 16),
+        callbacks=[cb, rec],
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        limit_train_batches=6,
+    )
     return {
-        "rank": trainer.global_rank,
         "lrs": rec.lrs,
         "estimated": trainer.estimated_stepping_batches,
         "params": flat_params(model),
@@ -133,41 +182,45 @@ class RankDependentLoss(DigitsClassifier):
         self.lr_after_eval.append(self.optimizers().param_groups[0]["lr"])
 
 
-def case_plateau(args: argparse.Namespace) -> dict[str, Any]:
+def check_plateau(launch: Launch) -> dict[str, Any]:
     torch.manual_seed(0)
     model = RankDependentLoss()
     cb = PerformanceScheduler(patience=1, min_delta=0.0)
-    trainer = ddp_trainer(
-        args, callbacks=[cb], max_epochs=5, limit_train_batches=2, limit_val_batches=1
+    ddp_fit(
+        launch,
+        model,
+        digits_loader(128, 16),
+        digits_loader(64, 16),
+        callbacks=[cb],
+        max_epochs=5,
+        limit_train_batches=2,
+        limit_val_batches=1,
     )
-    trainer.fit(model, digits_loader(128, 16), digits_loader(64, 16))
     return {
-        "rank": trainer.global_rank,
         "lrs": model.lr_after_eval,
         "state": cb.state_dict(),
         "params": flat_params(model),
     }
 
 
-def case_regularized_ddp(args: argparse.Namespace) -> dict[str, Any]:
+def check_regularized_ddp(launch: Launch) -> dict[str, Any]:
     """MaxNorm + l1/l2 penalty under DDP: 2 ranks of 16 samples = one process with 32."""
     torch.manual_seed(0)
-    trainer = ddp_trainer(args, **regularized_kwargs())
-    params = regularized_run(trainer, Regularized(), 16)
-    return {"rank": trainer.global_rank, "params": params}
+    model = Regularized()
+    ddp_fit(launch, model, digits_loader(6 * 32, 16), **regularized_kwargs())
+    return {"params": flat_params(model)}
 
 
-def case_regularized_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
+def check_regularized_fsdp2(launch: Launch) -> dict[str, Any]:
     """The same under FSDP2 (ModelParallelStrategy + fully_shard): every weight is a DTensor."""
     torch.manual_seed(0)
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
-    trainer = make_trainer(
-        args.out, strategy=strategy, devices=2, deterministic=False, **regularized_kwargs()
-    )
     model = Regularized(shard=True)
-    params = regularized_run(trainer, model, 16)
+    loader = digits_loader(6 * 32, 16)
+    ddp_fit(launch, model, loader, None, strategy, deterministic=False, **regularized_kwargs())
+    params = flat_params(model)
     kinds = sorted({type(p).__name__ for p in model.parameters()})
-    return {"rank": trainer.global_rank, "params": params, "param_types": kinds}
+    return {"params": params, "param_types": kinds}
 
 
 def sgd_per_layer(model: DigitsClassifier) -> tuple[torch.optim.SGD, torch.optim.SGD]:
@@ -212,7 +265,7 @@ class TwoOptimizerSteps(DigitsClassifier):
         return sgd_per_layer(self)
 
 
-def case_max_norm_two_optimizers(args: argparse.Namespace) -> dict[str, Any]:
+def check_max_norm_two_optimizers(launch: Launch) -> dict[str, Any]:
     """MaxNorm with two manually stepped optimizers under DDP, one callbacks list for two fits,
     against the same run renorming by hand after each optimizer's step."""
     callbacks = [MaxNorm(max_value=0.5)]
@@ -220,22 +273,22 @@ def case_max_norm_two_optimizers(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("callback", "callback again", "by hand"):
         torch.manual_seed(0)
         model = TwoOptimizerSteps(renorm=name == "by hand")
-        trainer = ddp_trainer(args, max_epochs=1, callbacks=callbacks if name != "by hand" else [])
-        trainer.fit(model, digits_loader(8 * 32, 16))
+        by_hand = name == "by hand"
+        loader = digits_loader(8 * 32, 16)
+        ddp_fit(launch, model, loader, max_epochs=1, callbacks=[] if by_hand else callbacks)
         runs[name] = flat_params(model)
         steps.append(callbacks[0].steps)
-    return {"rank": trainer.global_rank, "steps": steps[:2], **runs}
+    return {"steps": steps[:2], **runs}
 
 
-def case_mc_predict(args: argparse.Namespace) -> dict[str, Any]:
+def check_mc_predict(launch: Launch) -> dict[str, Any]:
     """`Trainer.predict` with MC dropout under DDP: each rank samples its share of the data."""
     torch.manual_seed(0)
     model = RegularizedMLP(hidden=(32,), dropout=0.3, mc_samples=16)
-    trainer = ddp_trainer(args)
+    trainer = ddp_trainer(launch)
     outputs = trainer.predict(model, digits_loader(96, 16))
     assert outputs is not None
     return {
-        "rank": trainer.global_rank,
         "mean": torch.cat([o.mean for o in outputs]),  # type: ignore[union-attr]
         "std": torch.cat([o.std for o in outputs]),  # type: ignore[union-attr]
         "training_modes": sorted({m.training for m in model.modules()}),
@@ -268,20 +321,21 @@ def composed_trainer_kwargs() -> dict[str, Any]:
     return {"max_epochs": 4, "limit_train_batches": 4, "limit_val_batches": 1}
 
 
-def case_composed_schedules(args: argparse.Namespace) -> dict[str, Any]:
+def check_composed_schedules(launch: Launch) -> dict[str, Any]:
     """Each composed schedule under 2-rank DDP; every rank records its LR before each step."""
     result: dict[str, Any] = {}
     for name, make in composed_callbacks().items():
         torch.manual_seed(0)
         rec = Recorder()
-        trainer = ddp_trainer(args, callbacks=[make(), rec], **composed_trainer_kwargs())
-        trainer.fit(FlatValLoss(), digits_loader(256, 16), digits_loader(64, 16))
+        train, val = digits_loader(256, 16), digits_loader(64, 16)
+        ddp_fit(
+            launch, FlatValLoss(), train, val, callbacks=[make(), rec], **composed_trainer_kwargs()
+        )
         result[name] = rec.lrs
-        result["rank"] = trainer.global_rank
     return result
 
 
-def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
+def check_auto_max_lr(launch: Launch) -> dict[str, Any]:
     """`OneCycleScheduler(max_lr="auto")` on 2 ranks, then the same run with the value by hand."""
     import torch.nn.functional as F
 
@@ -304,15 +358,19 @@ def case_auto_max_lr(args: argparse.Namespace) -> dict[str, Any]:
             out["local_first_grad"] = torch.cat([g.reshape(-1) for g in grads])
         cb = OneCycleScheduler(max_lr=out.get("max_lr", "auto"), range_test=sweep)
         first_step = FirstStepGrad()
-        trainer = ddp_trainer(args, callbacks=[cb, first_step], max_epochs=2)
-        trainer.fit(model, digits_loader(256, 16, shuffle=True))
+        ddp_fit(
+            launch,
+            model,
+            digits_loader(256, 16, shuffle=True),
+            callbacks=[cb, first_step],
+            max_epochs=2,
+        )
         if name == "auto":
             assert cb.range_test_result is not None
             out["max_lr"] = cb.range_test_result.max_lr
             out["losses"] = cb.range_test_result.losses
             out["sweep_first_grad"] = first_step.grad
         out[f"{name}_params"] = flat_params(model)
-        out["rank"] = trainer.global_rank
     return out
 
 
@@ -347,7 +405,7 @@ class PenaltyByStep(WeightPenaltyMixin, PenaltyByLoss):
         self.configure_penalty(l1=l1, l2=1e-2, proximal_l1=proximal)
 
 
-def _penalty_routes(args: argparse.Namespace, shard: bool) -> dict[str, Any]:
+def _penalty_routes(launch: Launch, shard: bool) -> dict[str, Any]:
     """The loss route, the step route and proximal l1, each fit with accumulation 2 over
     windows of 2, 2 and a short 1 (5 batches of 16 per rank)."""
     out: dict[str, Any] = {}
@@ -361,34 +419,25 @@ def _penalty_routes(args: argparse.Namespace, shard: bool) -> dict[str, Any]:
             extra: dict[str, Any] = {"deterministic": False}
         else:
             strategy, extra = "ddp", {"gradient_clip_val": 0.3}
-        trainer = make_trainer(
-            args.out,
-            strategy=strategy,
-            devices=2,
-            max_epochs=1,
-            limit_train_batches=5,
-            accumulate_grad_batches=2,
-            **extra,
-        )
-        trainer.fit(model, digits_loader(192, 16))
+        loader = digits_loader(192, 16)
+        windows = {"limit_train_batches": 5, "accumulate_grad_batches": 2}
+        ddp_fit(launch, model, loader, None, strategy, max_epochs=1, **windows, **extra)
         out[route] = flat_params(model)
         if route == "proximal":
             out["zero_fraction"] = float(zero_fraction(model.penalized_weights()))
-        out["rank"] = trainer.global_rank
     return out
 
 
-def case_mc_predict_dict(args: argparse.Namespace) -> dict[str, Any]:
+def check_mc_predict_dict(launch: Launch) -> dict[str, Any]:
     """`Trainer.predict` under DDP, dict batches, regression: each rank summarizes its rows."""
     model = DigitsRegressor(dropout=0.2, mc_samples=64)
     model.mc_input_key = "pixels"
     x, y = digits(64)
     data = [{"pixels": x[i], "label": y[i]} for i in range(64)]
-    trainer = ddp_trainer(args)
+    trainer = ddp_trainer(launch)
     outputs = trainer.predict(model, torch.utils.data.DataLoader(data, batch_size=16))
     assert outputs is not None
     return {
-        "rank": trainer.global_rank,
         "mean": torch.cat([o.mean for o in outputs]),  # type: ignore[union-attr]
         "std": torch.cat([o.std for o in outputs]),  # type: ignore[union-attr]
         "modes": sorted({m.training for m in model.modules()}),
@@ -396,12 +445,12 @@ def case_mc_predict_dict(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def case_penalty_routes_ddp(args: argparse.Namespace) -> dict[str, Any]:
-    return _penalty_routes(args, shard=False)
+def check_penalty_routes_ddp(launch: Launch) -> dict[str, Any]:
+    return _penalty_routes(launch, shard=False)
 
 
-def case_penalty_routes_fsdp2(args: argparse.Namespace) -> dict[str, Any]:
-    return _penalty_routes(args, shard=True)
+def check_penalty_routes_fsdp2(launch: Launch) -> dict[str, Any]:
+    return _penalty_routes(launch, shard=True)
 
 
 class ManualPenalty(DigitsClassifier):
@@ -445,52 +494,56 @@ class ManualPenaltyByStep(WeightPenaltyMixin, ManualPenalty):
         self.configure_penalty(l1=1e-3, l2=1e-2)
 
 
-def case_penalty_manual_ddp(args: argparse.Namespace) -> dict[str, Any]:
+def check_penalty_manual_ddp(launch: Launch) -> dict[str, Any]:
     """Manual optimization, two optimizers, manual clipping, under DDP: the step route (the
     mixin) against the loss route, 6 batches of 16 per rank."""
     out: dict[str, Any] = {}
     for route in ("loss", "step"):
         torch.manual_seed(0)
         model = ManualPenalty() if route == "loss" else ManualPenaltyByStep()
-        trainer = ddp_trainer(args, max_epochs=1, limit_train_batches=6)
-        trainer.fit(model, digits_loader(192, 16))
+        ddp_fit(launch, model, digits_loader(192, 16), max_epochs=1, limit_train_batches=6)
         out[route] = flat_params(model)
-        out["rank"] = trainer.global_rank
     return out
 
 
-CASES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "max_norm_two_optimizers": case_max_norm_two_optimizers,
-    "auto_max_lr": case_auto_max_lr,
-    "one_cycle": case_one_cycle,
-    "plateau": case_plateau,
-    "composed_schedules": case_composed_schedules,
-    "regularized_ddp": case_regularized_ddp,
-    "regularized_fsdp2": case_regularized_fsdp2,
-    "mc_predict": case_mc_predict,
-    "mc_predict_dict": case_mc_predict_dict,
-    "penalty_routes_ddp": case_penalty_routes_ddp,
-    "penalty_routes_fsdp2": case_penalty_routes_fsdp2,
-    "penalty_manual_ddp": case_penalty_manual_ddp,
-}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=sorted(CASES))
-    parser.add_argument("out", type=Path)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run distributed checks on this rank.")
+    parser.add_argument("out", type=Path, help="each check writes OUT/CHECK/rank<k>.pt")
+    parser.add_argument("checks", nargs="*", help=f"default: all of {', '.join(CHECKS)}")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--num-nodes", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.checks) - set(CHECKS))
+    if unknown:
+        parser.error(f"no check named {', '.join(unknown)}")
     torch.set_num_threads(1)
-    result = CASES[args.case](args)
-    torch.save(result, args.out / f"rank{result['rank']}.pt")
+    # Lightning's launcher starts the other local ranks with LOCAL_RANK set; the harness sets
+    # NODE_RANK for a simulated second node.
+    rank = int(os.environ.get("NODE_RANK", 0)) * args.devices + int(os.environ.get("LOCAL_RANK", 0))
+    for name in args.checks or CHECKS:
+        launch = Launch(args.out / name, args.devices, args.num_nodes)
+        launch.out.mkdir(parents=True, exist_ok=True)
+        try:
+            result = CHECKS[name](launch)
+        except BaseException:
+            (launch.out / f"rank{rank}.error").write_text(traceback.format_exc())
+            # Stop the job: the other ranks may wait in a collective this rank will never join.
+            # Exiting closes this rank's gloo connections, so their wait fails at once.
+            sys.stdout.flush()
+            os._exit(1)
+        torch.save(result, launch.out / f"rank{rank}.pt")
     # Lightning leaves the process group up; tearing it down before exit keeps gloo's threads
     # from aborting the process ("terminate called without an active exception").
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
+
+CHECKS: dict[str, Callable[[Launch], dict[str, Any]]] = {
+    name.removeprefix("check_"): function
+    for name, function in list(globals().items())
+    if name.startswith("check_") and callable(function)
+}
 
 if __name__ == "__main__":
     main()
