@@ -358,19 +358,23 @@ def _draw(
 ) -> Tensor:
     """``n_samples`` outputs of ``model`` for ``x``, stacked on a new first dimension.
 
-    The prefix (see :func:`_split`) runs once per chunk of rows; its output is replicated ``k``
-    times along the batch dimension, so one forward pass of the rest computes ``k`` samples.
-    Chunks hold at most ``batch_size`` rows (replicas included), at least the chunk's own rows;
-    ``None``: the rows :func:`_pass_rows` measures.
+    The prefix (see :func:`_split`) runs once per row of ``x`` (per chunk of rows when
+    ``batch_size`` is given); its output is replicated ``k`` times along the batch dimension, so
+    one forward pass of the rest computes ``k`` samples. Passes hold at most ``batch_size`` rows
+    (replicas included), at least a chunk's own rows; ``None``: the rows :func:`_pass_rows`
+    measures, the prefix run on all of ``x`` at once.
     """
     prefix, rest = _split(model, batch_dim)
     n_rows = x.shape[batch_dim]
     if batch_size is None:
-        batch_size = _pass_rows(model, prefix, rest, x, batch_dim)
+        whole = _apply(prefix, x)
+        batch_size = _pass_rows(model, rest, whole, batch_dim)
+        chunks = iter(whole.split(batch_size, batch_dim))
+    else:
+        chunks = (_apply(prefix, rows) for rows in x.split(batch_size, batch_dim))
     per_chunk = []
-    for rows in x.split(batch_size, batch_dim):
-        m = rows.shape[batch_dim]
-        h = _apply(prefix, rows)
+    for h in chunks:
+        m = h.shape[batch_dim]
         parts = []
         for k in _pass_sizes(n_samples, max(1, batch_size // m)):
             hk = _replicate(h, k, batch_dim)
@@ -412,25 +416,22 @@ def _pass_bytes(device: torch.device) -> int:
     return 2**21 if device.type == "cpu" else 2**26
 
 
-def _pass_rows(
-    model: nn.Module, prefix: list[nn.Module], rest: list[nn.Module] | None, x: Tensor, dim: int
-) -> int:
+def _pass_rows(model: nn.Module, rest: list[nn.Module] | None, h: Tensor, dim: int) -> int:
     """Input rows per forward pass (replicas included), from the bytes of the activations.
 
-    One probe pass of the first :data:`PROBE_ROWS` rows through the layers that run per sample
-    (after the shared prefix) records the largest tensor any torch function returns, and the
-    attention weights that ``scaled_dot_product_attention`` and ``nn.MultiheadAttention`` make
-    inside, so a transformer's feed-forward width or an attention's ``L x S`` weights count,
-    not the input's width. The pass runs on a forked random generator: the samples are those
-    the model would draw without it.
+    One probe pass of the first :data:`PROBE_ROWS` rows of ``h`` (the shared prefix's output)
+    through the layers that run per sample records the largest tensor any torch function
+    returns, and the attention weights that ``scaled_dot_product_attention`` and
+    ``nn.MultiheadAttention`` make inside, so a transformer's feed-forward width or an
+    attention's ``L x S`` weights count, not the input's width. The pass runs on a forked random
+    generator: the samples are those the model would draw without it.
     """
-    probe = x.narrow(dim, 0, min(PROBE_ROWS, x.shape[dim]))
-    devices = [] if x.device.type == "cpu" else [x.device]
-    h = _apply(prefix, probe)  # once per input, not per sample: its activations do not count
-    with torch.random.fork_rng(devices, device_type=x.device.type), _LargestTensor() as largest:
-        model(h) if rest is None else _apply(rest, h)
-    per_row = max(largest.nbytes, h.nbytes) / probe.shape[dim]
-    return max(1, int(_pass_bytes(x.device) // max(per_row, 1.0)))
+    probe = h.narrow(dim, 0, min(PROBE_ROWS, h.shape[dim]))
+    devices = [] if h.device.type == "cpu" else [h.device]
+    with torch.random.fork_rng(devices, device_type=h.device.type), _LargestTensor() as largest:
+        model(probe) if rest is None else _apply(rest, probe)
+    per_row = max(largest.nbytes, probe.nbytes) / probe.shape[dim]
+    return max(1, int(_pass_bytes(h.device) // max(per_row, 1.0)))
 
 
 class _LargestTensor(TorchFunctionMode):

@@ -415,7 +415,7 @@ def test_pass_sizes() -> None:
     first, last = _rows_seen(model[0]), _rows_seen(model[3])
     mc_dropout_predict(model, x, n_samples=100, task="classification")
     # A probe of 16 rows, then passes of at most 2 MiB: 8192 rows of 64 float32 activations.
-    assert first == [16, 32] and last == [16, 3200]
+    assert first == [32] and last == [16, 3200]
     last.clear()
     mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2, task="classification")
     assert last == [16, 5000, 5000]  # one sample per pass: two would be over 8192 rows
@@ -460,7 +460,7 @@ def test_the_prefix_ends_at_any_layer_that_may_draw_randomness() -> None:
         model = nn.Sequential(nn.Linear(64, 64), noisy, nn.Linear(64, 4))
         first, last = _rows_seen(model[0]), _rows_seen(model[2])
         result = mc_dropout_predict(model, x, 10, task="regression")
-        assert first == [8] and last == [80]
+        assert first == [8] and last == [8, 80]  # a probe pass of the 8 rows, then 10 samples
         assert result.std.min() > 1e-3  # drawn for every sample, not once
     trunk = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten())
     model = nn.Sequential(trunk, nn.Sequential(nn.Dropout(0.3), nn.Linear(124, 4)))
@@ -474,12 +474,12 @@ def test_the_prefix_ends_at_any_layer_that_may_draw_randomness() -> None:
 
     conv.clear()
     mc_dropout_predict(Doubling(*model), x[:, None], 10, task="regression")
-    assert conv == [80]  # a Sequential with its own forward runs whole
+    assert conv == [8, 80]  # a Sequential with its own forward runs whole (after the probe)
     conv.clear()
     hooked = nn.Sequential(*model)
     hooked.register_forward_hook(lambda m, args, out: None)
     mc_dropout_predict(hooked, x[:, None], 10, task="regression")
-    assert conv == [80]  # and so does one with hooks of its own (they run)
+    assert conv == [8, 80]  # and so does one with hooks of its own (they run)
 
 
 def test_regularized_mlp_shares_its_prefix_unless_forward_is_overridden() -> None:
