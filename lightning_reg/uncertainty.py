@@ -409,11 +409,12 @@ fewer)."""
 
 
 def _pass_bytes(device: torch.device) -> int:
-    """The size of the largest tensor one forward pass may make, by default: 2 MiB on CPU,
-    where larger buffers fall out of the caches and, from a few MiB on, are mapped afresh from
-    the system at every pass (page faults; ``benchmarks/mc_dropout.py --sweep`` times the pass
-    sizes); 64 MiB on other devices (not measured there)."""
-    return 2**21 if device.type == "cpu" else 2**26
+    """The size of the largest tensor one forward pass may make, by default: 1 MiB on CPU, a
+    core's L2 cache on the development machine; larger passes fall out of the cache and, from a
+    few MiB on, their buffers are mapped afresh from the system at every pass (page faults;
+    ``benchmarks/mc_dropout.py --sweep`` times the pass sizes). 64 MiB on other devices (not
+    measured there)."""
+    return 2**20 if device.type == "cpu" else 2**26
 
 
 def _pass_rows(model: nn.Module, rest: list[nn.Module] | None, h: Tensor, dim: int) -> int:
@@ -778,7 +779,7 @@ def mc_dropout_predict(
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
             from the size of the activations, measured by a probe pass of 16 rows (on a forked
             random generator): as many rows as keep the largest tensor of a pass, the attention
-            weights included, within 2 MiB on CPU (64 MiB on other devices), at least one.
+            weights included, within 1 MiB on CPU (64 MiB on other devices), at least one.
             The layers of a shared prefix (below) do not count: they run once per input.
         eval_modules: more module types to keep in eval mode. Default ``()``.
         fast_masks: the one faster path, for CPU: dropout masks are drawn from 16 random bits

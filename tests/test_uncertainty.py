@@ -414,14 +414,14 @@ def test_pass_sizes() -> None:
     x, _ = digits(32)
     first, last = _rows_seen(model[0]), _rows_seen(model[3])
     mc_dropout_predict(model, x, n_samples=100, task="classification")
-    # A probe of 16 rows, then passes of at most 2 MiB: 8192 rows of 64 float32 activations.
+    # A probe of 16 rows, then passes of at most 1 MiB: 4096 rows of 64 float32 activations.
     assert first == [32] and last == [16, 3200]
     last.clear()
     mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2, task="classification")
-    assert last == [16, 5000, 5000]  # one sample per pass: two would be over 8192 rows
+    assert last == [16, 4096, 4096, 1808]  # chunks of 4096 rows: 5000 = 4096 + 904
     last.clear()
-    mc_dropout_predict(model, torch.randn(3000, 64), n_samples=3, task="classification")
-    assert last == [16, 6000, 3000]
+    mc_dropout_predict(model, torch.randn(2000, 64), n_samples=3, task="classification")
+    assert last == [16, 4000, 2000]
     last.clear()
     mc_dropout_predict(model, x, n_samples=100, task="classification", batch_size=1000)
     assert last == [992, 992, 992, 224]  # 31 + 31 + 31 + 7 samples of 32 rows
@@ -879,7 +879,7 @@ def _largest_outputs(model: nn.Module) -> list[int]:
 
 def test_pass_size_follows_the_bytes_of_the_activations() -> None:
     # Two models with the same input and prefix: the one with 4096-wide layers after the
-    # dropout makes smaller passes, each within 2 MiB (the CPU default), not a fixed row count.
+    # dropout makes smaller passes, each within 1 MiB (the CPU default), not a fixed row count.
     x, _ = digits(32)
     torch.manual_seed(0)
     narrow = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 10))
@@ -892,13 +892,13 @@ def test_pass_size_follows_the_bytes_of_the_activations() -> None:
         seen = _rows_seen(model[2])
         mc_dropout_predict(model, x, n_samples=100, task="classification")
         rows[name] = seen[1:]  # after the probe's 16 rows
-    assert rows["narrow"] == [3200]  # 8192 rows of 256 bytes would fit
-    assert rows["wide"] == [128] * 25  # 128 rows of 4096 float32: 2 MiB
+    assert rows["narrow"] == [3200]  # 4096 rows of 256 bytes would fit
+    assert rows["wide"] == [64] * 50  # 64 rows of 4096 float32: 1 MiB
 
 
 def test_a_transformer_with_torchs_default_feed_forward_stays_within_the_pass_bytes() -> None:
     # dim_feedforward=2048 (torch's default): 16 tokens make 128 KiB of activations per row,
-    # so a pass holds 16 rows (the input is chunked), where rows-based passes made 16-64 MiB.
+    # so a pass holds 8 rows (the input is chunked), where rows-based passes made 16-64 MiB.
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(32, 4, dropout=0.1, batch_first=True)
     x = torch.randn(40, 16, 32)
@@ -906,13 +906,12 @@ def test_a_transformer_with_torchs_default_feed_forward_stays_within_the_pass_by
     rows = _rows_seen(layer)
     torch.manual_seed(3)
     result = mc_dropout_predict(layer, x, n_samples=5, task="regression", return_samples=True)
-    # The probe, 5 samples of each 16-row chunk, then 2 + 2 + 1 samples of the last 8 rows.
-    assert rows == [16] + [16] * 10 + [16, 16, 8]
-    assert max(sizes[1:]) <= 2**21
-    # The same samples as passes of explicitly 16 rows: the probe leaves the random stream.
+    assert rows == [16] + [8] * 25  # the probe, then 5 samples of each 8-row chunk
+    assert max(sizes[1:]) <= 2**20
+    # The same samples as passes of explicitly 8 rows: the probe leaves the random stream.
     torch.manual_seed(3)
     again = mc_dropout_predict(
-        layer, x, n_samples=5, task="regression", batch_size=16, return_samples=True
+        layer, x, n_samples=5, task="regression", batch_size=8, return_samples=True
     )
     assert result.samples is not None and again.samples is not None
     torch.testing.assert_close(result.samples, again.samples, rtol=0, atol=0)
