@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_reg import OneCycleScheduler
 from lightning_reg.demos.cli import LightningRegCLI
 from lightning_reg.demos.report import (
     OptimizerTrace,
@@ -143,3 +144,17 @@ def test_the_command_prints_no_lightning_tips(tmp_path: Path) -> None:
     assert not [message for message in messages if "Tip" in message]
     # Lightning's own default checkpoint is still written.
     assert list((Path(cli.trainer.log_dir) / "checkpoints").glob("*.ckpt"))
+
+
+def test_the_trace_leaves_out_the_range_test_of_max_lr_auto(tmp_path: Path) -> None:
+    # The range test takes real optimizer steps (up to LR 10) inside `fit`, then restores
+    # everything: schedule.png shows the cycle that followed, peaking at the chosen max_lr.
+    cli = short_fit(tmp_path, "--lr_schedule.max_lr=auto", "--report.enabled=false")
+    (trace,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, OptimizerTrace)]
+    (schedule,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, OneCycleScheduler)]
+    result = schedule.range_test_result
+    assert result is not None and len(result.lrs) > 6
+    lrs = [groups[0] for groups in trace.lrs[0]]
+    assert len(lrs) == cli.trainer.global_step == 6
+    cycle = OneCycle(total_steps=6, max_lr=result.max_lr)
+    assert lrs == pytest.approx([cycle(step) for step in range(6)], rel=1e-12)

@@ -122,7 +122,7 @@ class OptimizerTrace(Callback):
     any learning-rate callback has set them and whatever that callback logs, so
     :func:`plot_schedule_trace` draws every step the run took (the 1cycle peak at ``max_lr``),
     not the rows logged every ``log_every_n_steps``. Several optimizers are recorded apart; the
-    trace starts afresh at each fit.
+    trace starts afresh when each fit's training starts.
 
     Attributes:
         lrs: per optimizer (its index in ``trainer.optimizers``), one list per step of the
@@ -147,7 +147,9 @@ class OptimizerTrace(Callback):
         self.momenta: dict[int, list[list[float | None]]] = {}
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Afresh at each fit, after anything done in `on_fit_start` (the LR range test of
+        # `max_lr="auto"` takes its steps there, then restores the model and the optimizer).
         self.lrs, self.momenta = {}, {}
 
     @override
