@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
             (16, 32),
         ),
     ]
+    if args.quick and (args.sweep or args.profile):
+        cases = cases[:3]  # a smoke run of the sweep or profile: the three small models
     setting = (
         f"{N_SAMPLES} samples, batch {batch}, {torch.get_num_threads()} threads, median of "
         f"{rounds} interleaved rounds"

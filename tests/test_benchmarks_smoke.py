@@ -71,7 +71,7 @@ def test_mc_dropout_benchmark_sweep_and_profile_quick() -> None:
 
     sweep = [row for row in run("--sweep") if row[1] != "case" and not row[1].startswith("-")]
     cases = ["floor", "mc_dropout_predict", "fast_masks"]
-    assert [row[1] for row in sweep] == cases * 4
+    assert [row[1] for row in sweep] == cases * 3  # --quick: the three small models
     assert all(len(row) == 8 and all(float(c) > 0 for c in row[2:]) for row in sweep)
     rows = run("--profile")
     mlp = rows[: [row[0] for row in rows].index("total")]  # the first table: the MLP's
