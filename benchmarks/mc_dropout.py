@@ -3,7 +3,7 @@
 Run: ``python benchmarks/mc_dropout.py [--batch N] [--rounds R] [--threads T]`` (``--quick``:
 2 rounds of batch 8, a smoke run). Instead of the table, ``--sweep`` times the floor (the math
 floor for a model with attention dropout), ``mc_dropout_predict`` and ``fast_masks=True`` by
-samples per pass, to check that the default pass size is near the best one; ``--profile``
+input rows per pass, to check that the default pass size is near the best one; ``--profile``
 prints self CPU time by op from ``torch.profiler``, to see where the time beyond the floor
 goes. Numbers go in ``docs/benchmarks.md``, not here.
 
@@ -37,7 +37,9 @@ its first Linear runs once); the textbook's small CNN on 28x28 inputs with dropo
 dense head (a Sequential: the convolutions run once); a small transformer classifier (a
 custom module, so it runs whole on the replicated input): a Linear embedding of 16 tokens of
 32 features to width 64, ``nn.TransformerEncoder`` of 2 layers (4 heads, feed-forward 128,
-dropout 0.1, which includes attention-weight dropout), mean over tokens, Linear to 10 classes.
+dropout 0.1, which includes attention-weight dropout), mean over tokens, Linear to 10 classes;
+the same transformer with torch's default feed-forward width, 2048 (each row's activations are
+then 128 KiB: the pass size must follow the activations, not the input).
 """
 
 from __future__ import annotations
@@ -89,10 +91,12 @@ def _cnn() -> nn.Module:
 class TransformerClassifier(nn.Module):
     """Linear token embedding, a 2-layer ``nn.TransformerEncoder``, mean pooling, a head."""
 
-    def __init__(self, features: int = 32, width: int = 64, classes: int = 10) -> None:
+    def __init__(
+        self, features: int = 32, width: int = 64, classes: int = 10, feedforward: int = 128
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(features, width)
-        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.1, batch_first=True)
+        layer = nn.TransformerEncoderLayer(width, 4, feedforward, dropout=0.1, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.head = nn.Linear(width, classes)
 
@@ -168,15 +172,15 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> dict[str
     return {"model": name, **ms}
 
 
-SWEEP = (1, 2, 4, 8, 16, 32)
+SWEEP = (16, 64, 256, 1024, 4096)
+"""Input rows per pass (``batch_size``, replicas included) of ``--sweep``."""
 
 
 def sweep(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> list[str]:
     """Markdown rows: the floor (math attention if the model has attention dropout),
-    ``mc_dropout_predict`` and ``fast_masks=True`` in ms by samples per pass (``batch_size``),
-    and with the default pass size; interleaved, medians."""
+    ``mc_dropout_predict`` and ``fast_masks=True`` in ms by input rows per pass
+    (``batch_size``), and with the default pass size; interleaved, medians."""
     model.eval()
-    n = len(x)
     math_attention = has_attention_dropout(model)
 
     def predict(batch_size: int | None, fast: bool) -> Callable[[], object]:
@@ -184,7 +188,7 @@ def sweep(name: str, model: nn.Module, x: torch.Tensor, rounds: int) -> list[str
             model, x, N_SAMPLES, task="classification", batch_size=batch_size, fast_masks=fast
         )
 
-    sizes: list[int | None] = [*(k * n for k in SWEEP), None]
+    sizes: list[int | None] = [*SWEEP, None]
     fns: dict[tuple[str, int | None], Callable[[], object]] = {}
     for size in sizes:
         fns["floor", size] = floor_fn(model, x, math_attention, size)
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--batch", type=int, default=None, help="rows of x (default 128)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 15)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--sweep", action="store_true", help="the floor by samples per pass")
+    parser.add_argument("--sweep", action="store_true", help="the times by rows per pass")
     parser.add_argument("--profile", action="store_true", help="self CPU time by op")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -279,13 +283,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
         ("MLP 784-512x3-10", _mlp(), (784,)),
         ("CNN 28x28, dropout in the head", _cnn(), (1, 28, 28)),
         ("transformer 16x32, 2 layers", TransformerClassifier(), (16, 32)),
+        (
+            "transformer 16x32, 2 layers, feed-forward 2048",
+            TransformerClassifier(feedforward=2048),
+            (16, 32),
+        ),
     ]
+    if args.quick and (args.sweep or args.profile):
+        cases = cases[:3]  # a smoke run of the sweep or profile: the three small models
     setting = (
         f"{N_SAMPLES} samples, batch {batch}, {torch.get_num_threads()} threads, median of "
         f"{rounds} interleaved rounds"
     )
     if args.sweep:
-        print(f"\nms by samples per pass, {setting}\n")
+        print(f"\nms by input rows per pass, {setting}\n")
         print("| model | case | " + " | ".join(map(str, SWEEP)) + " | default |")
         print("| --- | --- |" + " ---: |" * (len(SWEEP) + 1))
         for name, model, shape in cases:

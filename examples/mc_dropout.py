@@ -1,6 +1,6 @@
 """Monte Carlo dropout on the offline digits data: accuracy and uncertainty.
 
-Run: ``python examples/mc_dropout.py`` (about 15 s on 2 CPU cores, nothing is downloaded).
+Run: ``python examples/mc_dropout.py`` (under a minute on 2 CPU cores, nothing is downloaded).
 
 A ``RegularizedMLP`` with dropout 0.3 is trained briefly. On the test split the script compares
 the deterministic prediction (dropout off) with the Monte Carlo dropout prediction (the mean of

@@ -1,6 +1,6 @@
 """Quick start: a regularized MLP on the offline digits data, trained with the 1cycle policy.
 
-Run: ``python examples/quickstart.py`` (about 20 s on 2 CPU cores, nothing is downloaded).
+Run: ``python examples/quickstart.py`` (under a minute on 2 CPU cores, nothing is downloaded).
 
 It prints what the schedule did (LR and momentum at the start, the peak and the end of the
 cycle), the largest row norm under the max-norm constraint, and validation/test accuracy.

@@ -358,22 +358,25 @@ def _draw(
 ) -> Tensor:
     """``n_samples`` outputs of ``model`` for ``x``, stacked on a new first dimension.
 
-    The prefix (see :func:`_split`) runs once per chunk of rows; its output is replicated ``k``
-    times along the batch dimension, so one forward pass of the rest computes ``k`` samples.
-    Chunks hold at most ``batch_size`` rows (replicas included), at least the chunk's own rows.
+    The prefix (see :func:`_split`) runs once per row of ``x`` (per chunk of rows when
+    ``batch_size`` is given); its output is replicated ``k`` times along the batch dimension, so
+    one forward pass of the rest computes ``k`` samples. Passes hold at most ``batch_size`` rows
+    (replicas included), at least a chunk's own rows; ``None``: the rows :func:`_pass_rows`
+    measures, the prefix run on all of ``x`` at once.
     """
     prefix, rest = _split(model, batch_dim)
     n_rows = x.shape[batch_dim]
-    chunks = x.split(batch_size, batch_dim) if batch_size is not None else (x,)
+    if batch_size is None:
+        whole = _apply(prefix, x)
+        batch_size = _pass_rows(model, rest, whole, batch_dim)
+        chunks = iter(whole.split(batch_size, batch_dim))
+    else:
+        chunks = (_apply(prefix, rows) for rows in x.split(batch_size, batch_dim))
     per_chunk = []
-    for rows in chunks:
-        m = rows.shape[batch_dim]
-        h = _apply(prefix, rows)
-        elements = _pass_elements(h.device)
-        limit = batch_size if batch_size is not None else elements * m // max(1, h.numel())
-        per_pass = max(1, limit // m)
+    for h in chunks:
+        m = h.shape[batch_dim]
         parts = []
-        for k in _pass_sizes(n_samples, per_pass):
+        for k in _pass_sizes(n_samples, max(1, batch_size // m)):
             hk = _replicate(h, k, batch_dim)
             out = model(hk) if rest is None else _apply(rest, hk)
             if not isinstance(out, Tensor):
@@ -400,12 +403,74 @@ def _pass_sizes(n_samples: int, per_pass: int) -> list[int]:
     return [per_pass] * full + ([last] if last else [])
 
 
-def _pass_elements(device: torch.device) -> int:
-    """Default size of one forward pass, in elements of the replicated input (the prefix's
-    output). On CPU 2**18 (1 MiB of float32): smaller passes keep a layer's activations in the
-    caches (a transformer's are several times its input; ``benchmarks/mc_dropout.py --sweep``
-    times the pass sizes). Other devices keep the larger passes they had, not measured there."""
-    return 2**18 if device.type == "cpu" else 2**21
+PROBE_ROWS = 16
+"""Input rows of the probe pass that measures a model's activations (fewer if the input has
+fewer)."""
+
+
+def _pass_bytes(device: torch.device) -> int:
+    """The size of the largest tensor one forward pass may make, by default: 1 MiB on CPU, a
+    core's L2 cache on the development machine; larger passes fall out of the cache and, from a
+    few MiB on, their buffers are mapped afresh from the system at every pass (page faults;
+    ``benchmarks/mc_dropout.py --sweep`` times the pass sizes). 64 MiB on other devices (not
+    measured there)."""
+    return 2**20 if device.type == "cpu" else 2**26
+
+
+def _pass_rows(model: nn.Module, rest: list[nn.Module] | None, h: Tensor, dim: int) -> int:
+    """Input rows per forward pass (replicas included), from the bytes of the activations.
+
+    One probe pass of the first :data:`PROBE_ROWS` rows of ``h`` (the shared prefix's output)
+    through the layers that run per sample records the largest tensor any torch function
+    returns, and the attention weights that ``scaled_dot_product_attention`` and
+    ``nn.MultiheadAttention`` make inside, so a transformer's feed-forward width or an
+    attention's ``L x S`` weights count, not the input's width. The pass runs on a forked random
+    generator: the samples are those the model would draw without it.
+    """
+    probe = h.narrow(dim, 0, min(PROBE_ROWS, h.shape[dim]))
+    devices = [] if h.device.type == "cpu" else [h.device]
+    with torch.random.fork_rng(devices, device_type=h.device.type), _LargestTensor() as largest:
+        model(probe) if rest is None else _apply(rest, probe)
+    per_row = max(largest.nbytes, probe.nbytes) / probe.shape[dim]
+    return max(1, int(_pass_bytes(h.device) // max(per_row, 1.0)))
+
+
+class _LargestTensor(TorchFunctionMode):
+    """Records the bytes of the largest tensor the torch functions called in it return, and of
+    the attention weights made inside attention calls, in ``nbytes``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes = 0
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        sizes = [t.nbytes for t in outputs if isinstance(t, Tensor)]
+        self.nbytes = max(self.nbytes, _attention_bytes(func, args, kwargs), *sizes)
+        return out
+
+
+def _attention_bytes(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """Bytes of the ``L x S`` attention weights an attention call makes inside, else 0."""
+    if func is F.scaled_dot_product_attention:  # (..., L, E) queries on (..., S, E) keys
+        query = args[0] if args else kwargs["query"]
+        key = args[1] if len(args) > 1 else kwargs["key"]
+        return query[..., :1].numel() * key.shape[-2] * query.element_size()
+    if func is F.multi_head_attention_forward:
+        call = _MHA_SIGNATURE.bind(*args, **kwargs).arguments
+        query, key = call["query"], call["key"]  # (L, N, E) and (S, N, E), or unbatched
+        batch = query.shape[1] if query.dim() == 3 else 1
+        weights = batch * call["num_heads"] * query.shape[0] * key.shape[0]
+        return weights * query.element_size()
+    return 0
 
 
 # fast_masks draws each dropout decision from 16 random bits, four per 64-bit word of torch's
@@ -605,6 +670,37 @@ def _dropout_sources(model: nn.Module) -> list[str]:
     return found
 
 
+def _sequence_first_layers(model: nn.Module) -> list[str]:
+    """``name (Type)`` of the attention and recurrent layers that take the batch as dim 1
+    (``batch_first=False``, torch's default for them)."""
+    return [
+        f"`{name or 'model'}` ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)) and not module.batch_first
+    ]
+
+
+def _check_batch_dim(model: nn.Module, batch_dim: int | None) -> int:
+    """``batch_dim``, 0 when it is None; with a warning naming ``batch_dim=1`` when it is None
+    and ``model`` has sequence-first layers."""
+    if batch_dim is not None:
+        return check_int("batch_dim", batch_dim, 0)
+    layers = _sequence_first_layers(model)
+    if layers:
+        shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+        warnings.warn(
+            f"MC dropout: {shown} take sequence-first input (batch_first=False), where the "
+            "batch is dim 1, but `batch_dim` defaults to 0: the copies of each input would be "
+            "stacked along the sequence and attend to each other, so the spread comes out too "
+            "small. Pass batch_dim=1 for a (sequence, batch, ...) input (with "
+            "output_batch_dim=0 if the output is (batch, ...)), or batch_dim=0 if the model "
+            "takes the batch first and moves it itself.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return 0
+
+
 def _summarize(samples: Tensor, task: str, return_samples: bool) -> MCDropoutResult:
     std, mean = torch.std_mean(samples, dim=0, correction=0)
     entropy = -torch.special.xlogy(mean, mean).sum(-1) if task == "classification" else None
@@ -618,7 +714,7 @@ def mc_dropout_predict(
     *,
     task: str,
     input_key: str | int | Callable[[Any], Tensor] | None = None,
-    batch_dim: int = 0,
+    batch_dim: int | None = None,
     output_batch_dim: int | None = None,
     from_logits: bool = True,
     batch_size: int | None = None,
@@ -646,14 +742,15 @@ def mc_dropout_predict(
     :func:`mc_dropout_mode`).
 
     **How.** The input is replicated along its batch dimension, so one forward pass computes
-    many samples, up to ``batch_size`` rows at a time. The model must treat the rows of a batch
-    independently (true of dropout, linear, convolution, attention and recurrent layers, and of
-    BatchNorm in eval mode). For a plain ``nn.Sequential`` with the batch first, the leading
-    layers that cannot draw randomness (linear, convolution, pooling, normalization,
-    activation layers of torch's own types) run once on the input itself and only their output
-    is replicated: a CNN with dropout in its head pays for its convolutions once. A
-    LightningModule with :class:`MCDropoutMixin` can point at its Sequential body with
-    :meth:`MCDropoutMixin.mc_dropout_module`.
+    many samples, up to ``batch_size`` rows at a time (by default as many as the activations'
+    bytes allow; a chunk of the input's rows per pass when one row's activations are large).
+    The model must treat the rows of a batch independently (true of dropout, linear,
+    convolution, attention and recurrent layers, and of BatchNorm in eval mode). For a plain
+    ``nn.Sequential`` with the batch first, the leading layers that cannot draw randomness
+    (linear, convolution, pooling, normalization, activation layers of torch's own types) run
+    once on the input itself and only their output is replicated: a CNN with dropout in its head
+    pays for its convolutions once. A LightningModule with :class:`MCDropoutMixin` can point at
+    its Sequential body with :meth:`MCDropoutMixin.mc_dropout_module`.
 
     Args:
         model: the model; its output is the prediction. Required.
@@ -667,7 +764,11 @@ def mc_dropout_predict(
             callable ``batch -> tensor``. Default ``None``: ``batch`` itself if it is a tensor,
             its first element if it is a tuple or list; a dict needs ``input_key``.
         batch_dim: the input's batch dimension, an integer >= 0 (``1`` for a sequence-first
-            ``nn.LSTM`` or transformer). Default ``0``.
+            ``nn.LSTM`` or transformer). Default ``None``: ``0``, with a ``UserWarning`` naming
+            ``batch_dim=1`` when the model has sequence-first layers (``nn.MultiheadAttention``,
+            torch's transformer layers or ``nn.RNN``/``LSTM``/``GRU`` with
+            ``batch_first=False``): their copies would attend to each other. Pass ``0``
+            explicitly for a model that takes the batch first and moves it itself.
         output_batch_dim: the output's batch dimension, an integer >= 0. Default ``None``: the
             same as ``batch_dim`` (set ``0`` for a sequence-first encoder with a head that
             returns ``(N, C)``).
@@ -676,8 +777,10 @@ def mc_dropout_predict(
             Default ``True``.
         batch_size: the most input rows one forward pass may hold (replicas included; a chunk
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
-            as many as keep the replicated input within 2**18 elements on CPU (2**21 on other
-            devices), at least all the rows.
+            from the size of the activations, measured by a probe pass of 16 rows (on a forked
+            random generator): as many rows as keep the largest tensor of a pass, the attention
+            weights included, within 1 MiB on CPU (64 MiB on other devices), at least one.
+            The layers of a shared prefix (below) do not count: they run once per input.
         eval_modules: more module types to keep in eval mode. Default ``()``.
         fast_masks: the one faster path, for CPU: dropout masks are drawn from 16 random bits
             per element instead of with torch's Bernoulli kernel, in ``F.dropout`` (which every
@@ -725,7 +828,7 @@ def mc_dropout_predict(
     n_samples = check_int("n_samples", n_samples, 1)
     if task not in TASKS:
         raise ValueError(f"`task` must be one of {list(TASKS)}, got {task!r}.")
-    batch_dim = check_int("batch_dim", batch_dim, 0)
+    batch_dim = _check_batch_dim(model, batch_dim)
     output_batch_dim = (
         batch_dim
         if output_batch_dim is None
@@ -798,7 +901,7 @@ class MCDropoutMixin:
             must be set when ``mc_samples`` is. Default ``None``.
         mc_input_key: ``input_key`` of :func:`mc_dropout_predict`: which part of the batch is
             the model input. Default ``None`` (the batch itself, or its first element).
-        mc_batch_dim: ``batch_dim`` of :func:`mc_dropout_predict`. Default ``0``.
+        mc_batch_dim: ``batch_dim`` of :func:`mc_dropout_predict`. Default ``None``.
         mc_output_batch_dim: ``output_batch_dim`` of :func:`mc_dropout_predict`. Default
             ``None``.
         mc_batch_size: ``batch_size`` of :func:`mc_dropout_predict`. Default ``None``.
@@ -829,7 +932,7 @@ class MCDropoutMixin:
     mc_samples: int | None = None
     mc_task: str | None = None
     mc_input_key: str | int | Callable[[Any], Tensor] | None = None
-    mc_batch_dim: int = 0
+    mc_batch_dim: int | None = None
     mc_output_batch_dim: int | None = None
     mc_batch_size: int | None = None
     mc_eval_modules: tuple[type[nn.Module], ...] = ()

@@ -48,6 +48,7 @@ def test_mc_dropout_benchmark_quick(capsys: pytest.CaptureFixture[str]) -> None:
         "MLP 784-512x3-10",
         "CNN 28x28, dropout in the head",
         "transformer 16x32, 2 layers",
+        "transformer 16x32, 2 layers, feed-forward 2048",
     ]
     for row in rows:
         cells = [cell.strip() for cell in row.split("|")[2:-1]]
@@ -66,8 +67,8 @@ def test_mc_dropout_benchmark_sweep_and_profile_quick(capsys: pytest.CaptureFixt
 
     sweep = [row for row in run("--sweep") if row[1] != "case" and not row[1].startswith("-")]
     cases = ["floor", "mc_dropout_predict", "fast_masks"]
-    assert [row[1] for row in sweep] == cases * 3
-    assert all(len(row) == 9 and all(float(c) > 0 for c in row[2:]) for row in sweep)
+    assert [row[1] for row in sweep] == cases * 3  # --quick: the three small models
+    assert all(len(row) == 8 and all(float(c) > 0 for c in row[2:]) for row in sweep)
     rows = run("--profile")
     mlp = rows[: [row[0] for row in rows].index("total")]  # the first table: the MLP's
     profile = {row[0]: row[1:] for row in mlp if row[0].startswith("`")}

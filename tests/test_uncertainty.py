@@ -413,13 +413,14 @@ def test_pass_sizes() -> None:
     x, _ = digits(32)
     first, last = _rows_seen(model[0]), _rows_seen(model[3])
     mc_dropout_predict(model, x, n_samples=100, task="classification")
-    assert first == [32] and last == [3200]  # 2**18 elements allow 4096 rows of 64
+    # A probe of 16 rows, then passes of at most 1 MiB: 4096 rows of 64 float32 activations.
+    assert first == [32] and last == [16, 3200]
     last.clear()
     mc_dropout_predict(model, torch.randn(5000, 64), n_samples=2, task="classification")
-    assert last == [5000, 5000]  # one sample per pass: the rows alone are over 4096
+    assert last == [16, 4096, 4096, 1808]  # chunks of 4096 rows: 5000 = 4096 + 904
     last.clear()
     mc_dropout_predict(model, torch.randn(2000, 64), n_samples=3, task="classification")
-    assert last == [4000, 2000]
+    assert last == [16, 4000, 2000]
     last.clear()
     mc_dropout_predict(model, x, n_samples=100, task="classification", batch_size=1000)
     assert last == [992, 992, 992, 224]  # 31 + 31 + 31 + 7 samples of 32 rows
@@ -458,7 +459,7 @@ def test_the_prefix_ends_at_any_layer_that_may_draw_randomness() -> None:
         model = nn.Sequential(nn.Linear(64, 64), noisy, nn.Linear(64, 4))
         first, last = _rows_seen(model[0]), _rows_seen(model[2])
         result = mc_dropout_predict(model, x, 10, task="regression")
-        assert first == [8] and last == [80]
+        assert first == [8] and last == [8, 80]  # a probe pass of the 8 rows, then 10 samples
         assert result.std.min() > 1e-3  # drawn for every sample, not once
     trunk = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten())
     model = nn.Sequential(trunk, nn.Sequential(nn.Dropout(0.3), nn.Linear(124, 4)))
@@ -472,12 +473,12 @@ def test_the_prefix_ends_at_any_layer_that_may_draw_randomness() -> None:
 
     conv.clear()
     mc_dropout_predict(Doubling(*model), x[:, None], 10, task="regression")
-    assert conv == [80]  # a Sequential with its own forward runs whole
+    assert conv == [8, 80]  # a Sequential with its own forward runs whole (after the probe)
     conv.clear()
     hooked = nn.Sequential(*model)
     hooked.register_forward_hook(lambda m, args, out: None)
     mc_dropout_predict(hooked, x[:, None], 10, task="regression")
-    assert conv == [80]  # and so does one with hooks of its own (they run)
+    assert conv == [8, 80]  # and so does one with hooks of its own (they run)
 
 
 def test_regularized_mlp_shares_its_prefix_unless_forward_is_overridden() -> None:
@@ -853,3 +854,102 @@ def test_trainer_predict_under_ddp_with_a_dict_batch(ddp_checks: Checks) -> None
         se = (r["std"] ** 2 / 64 + local.std**2 / 64).sqrt()
         assert ((r["mean"] - local.mean).abs() <= 5 * se + 1e-6).all()
         torch.testing.assert_close(r["std"].mean(), local.std.mean(), rtol=0.15, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 23: passes sized by the activations' bytes; sequence-first layers and the default
+# batch_dim. (Kept apart from the tests above to ease merging.)
+
+
+def _largest_outputs(model: nn.Module) -> list[int]:
+    """Bytes of the largest output of any submodule, per top-level forward of ``model``."""
+    sizes: list[int] = []
+
+    def record(module: nn.Module, args: Any, out: Any) -> None:
+        outs = out if isinstance(out, tuple) else (out,)
+        largest = max((t.nbytes for t in outs if isinstance(t, torch.Tensor)), default=0)
+        sizes[-1] = max(sizes[-1], largest)
+
+    model.register_forward_pre_hook(lambda module, args: sizes.append(0))
+    for module in model.modules():
+        module.register_forward_hook(record)
+    return sizes
+
+
+def test_pass_size_follows_the_bytes_of_the_activations() -> None:
+    # Two models with the same input and prefix: the one with 4096-wide layers after the
+    # dropout makes smaller passes, each within 1 MiB (the CPU default), not a fixed row count.
+    x, _ = digits(32)
+    torch.manual_seed(0)
+    narrow = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 10))
+    wide = nn.Sequential(
+        nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 4096), nn.ReLU(),
+        nn.Linear(4096, 10),
+    )  # fmt: skip
+    rows = {}
+    for name, model in (("narrow", narrow), ("wide", wide)):
+        seen = _rows_seen(model[2])
+        mc_dropout_predict(model, x, n_samples=100, task="classification")
+        rows[name] = seen[1:]  # after the probe's 16 rows
+    assert rows["narrow"] == [3200]  # 4096 rows of 256 bytes would fit
+    assert rows["wide"] == [64] * 50  # 64 rows of 4096 float32: 1 MiB
+
+
+def test_a_transformer_with_torchs_default_feed_forward_stays_within_the_pass_bytes() -> None:
+    # dim_feedforward=2048 (torch's default): 16 tokens make 128 KiB of activations per row,
+    # so a pass holds 8 rows (the input is chunked), where rows-based passes made 16-64 MiB.
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, dropout=0.1, batch_first=True)
+    x = torch.randn(40, 16, 32)
+    sizes = _largest_outputs(layer)
+    rows = _rows_seen(layer)
+    torch.manual_seed(3)
+    result = mc_dropout_predict(layer, x, n_samples=5, task="regression", return_samples=True)
+    assert rows == [16] + [8] * 25  # the probe, then 5 samples of each 8-row chunk
+    assert max(sizes[1:]) <= 2**20
+    # The same samples as passes of explicitly 8 rows: the probe leaves the random stream.
+    torch.manual_seed(3)
+    again = mc_dropout_predict(
+        layer, x, n_samples=5, task="regression", batch_size=8, return_samples=True
+    )
+    assert result.samples is not None and again.samples is not None
+    torch.testing.assert_close(result.samples, again.samples, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.TransformerEncoderLayer(8, 2, 16, dropout=0.2),
+        nn.MultiheadAttention(8, 2, dropout=0.2),
+        nn.LSTM(8, 8, num_layers=2, dropout=0.2),
+        nn.GRU(8, 8, num_layers=2, dropout=0.2),
+        nn.RNN(8, 8, num_layers=2, dropout=0.2),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_sequence_first_layers_with_the_default_batch_dim_warn(layer: nn.Module) -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.layer(x, x, x) if isinstance(self.layer, nn.MultiheadAttention) else None
+            out = self.layer(x) if out is None else out
+            return out[0] if isinstance(out, tuple) else out
+
+    model = Net()
+    x = torch.randn(5, 3, 8)  # (sequence, batch, features)
+    with pytest.warns(UserWarning, match=r"`layer.*batch_first=False.*Pass batch_dim=1"):
+        mc_dropout_predict(model, x, n_samples=4, task="regression")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for batch_dim in (0, 1):  # said explicitly: no warning
+            mc_dropout_predict(model, x, n_samples=4, task="regression", batch_dim=batch_dim)
+
+
+def test_batch_first_layers_do_not_warn() -> None:
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.2, batch_first=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mc_dropout_predict(layer, torch.randn(3, 5, 8), n_samples=4, task="regression")

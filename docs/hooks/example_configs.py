@@ -15,19 +15,23 @@ CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
 
 
 def header_comment(path: Path) -> str:
-    """The comment lines at the top of a YAML file, joined into one paragraph."""
+    """The comment lines at the top of a YAML file, joined into one paragraph; indented lines
+    (``#   lightning-reg fit ...``, a command to run it) are left out."""
     lines = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
             break
-        lines.append(line.lstrip("#").strip())
+        if not line.startswith("#  "):
+            lines.append(line.lstrip("#").strip())
     return " ".join(lines)
 
 
 def configs_table() -> str:
+    """The Markdown table; a ``|`` in a comment (``sum|w|``) is escaped, not a cell border."""
     rows = ["| Config | What it is |", "| --- | --- |"]
     for path in sorted(CONFIGS.glob("*.yaml")):
-        rows.append(f"| `{path.stem}` | {header_comment(path).replace('|', '/')} |")
+        comment = header_comment(path).replace("|", "\\|")
+        rows.append(f"| `{path.stem}` | {comment} |")
     return "\n".join(rows)
 
 

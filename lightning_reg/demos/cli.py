@@ -11,6 +11,7 @@ the example configs. The command needs the ``cli`` extra (``pip install "lightni
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from argparse import Action
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from packaging.requirements import Requirement
@@ -28,7 +30,12 @@ from typing_extensions import override
 
 from lightning_reg.callbacks import LRCallback
 from lightning_reg.demos.mlp import RegularizedMLP
-from lightning_reg.demos.report import ReportOptions, format_summary, write_report
+from lightning_reg.demos.report import (
+    OptimizerTrace,
+    ReportOptions,
+    format_summary,
+    write_report,
+)
 
 __all__ = [
     "CLI_REQUIREMENTS",
@@ -71,6 +78,13 @@ _DESCRIPTION = (
     "lightning-reg: train the default experiment (RegularizedMLP on the offline digits, 1cycle, "
     "l2 + dropout + max-norm) or your variant of it, then test it and write a report. Every "
     "option is a flag and a YAML key. `lightning-reg configs` lists the example configs."
+)
+_USAGE = "lightning-reg [-c CONFIG] {fit,validate,test,predict,configs} ..."
+_CONFIGS_HELP = (
+    "One more subcommand, configs: `lightning-reg configs` lists the example configs that ship "
+    "with the package, `lightning-reg configs NAME` prints one, and `lightning-reg configs "
+    '--path NAME` prints its file, to run it with `lightning-reg fit --config "$(lightning-reg '
+    'configs --path NAME)"`.'
 )
 _SUBCOMMAND_DESCRIPTIONS = {
     "fit": "Train, then test the model and write the report (plots, MC-dropout table) into the "
@@ -202,6 +216,26 @@ def _innermost(err: BaseException) -> BaseException:
     return err
 
 
+_NAMES = re.compile(r"`(\w+)(?:=[^`]*)?`")
+
+
+def _flags_named(message: str, config: Any) -> list[str]:
+    """The flags of the config keys that ``message`` names in backquotes (```dropout```, or
+    ```optimizer='adamw'```), in order: ``["--model.dropout"]``. A name several keys end in
+    (``max_lr`` of the schedule and of its range test) gives the keys whose value the message
+    quotes, or all of them."""
+    leaves: dict[str, list[str]] = {}
+    for key in config.keys():  # noqa: SIM118 (a Namespace: keys() gives the nested, dotted keys)
+        leaves.setdefault(key.rpartition(".")[2], []).append(key)
+    flags: list[str] = []
+    for name in dict.fromkeys(_NAMES.findall(message)):
+        keys = leaves.get(name, [])
+        quoted = [key for key in keys if repr(config[key]) in message]
+        for key in quoted or keys:
+            flags.append("--" + key.replace(".init_args.", "."))
+    return flags
+
+
 def _test_tensors(data: LightningDataModule) -> tuple[torch.Tensor, torch.Tensor]:
     """All batches of the data module's test loader, concatenated into ``(x, y)``."""
     xs, ys = zip(*data.test_dataloader(), strict=True)
@@ -281,6 +315,9 @@ class LightningRegCLI(LightningCLI):
             or a ``Namespace``. Default ``None``: ``sys.argv[1:]``.
         run: run the subcommand (``fit``, ``validate``, ``test``, ``predict``) given in
             ``args``. Default ``True``; ``False`` only instantiates the classes.
+        exit_on_bad_value: for a value a class rejects, exit (code 2) with one line naming the
+            flag and the class's message, as the parser does for a misspelt key, instead of
+            raising. Default ``False``; the ``lightning-reg`` command sets it.
         **kwargs: other ``LightningCLI`` arguments (e.g. ``save_config_kwargs``,
             ``parser_kwargs``, ``trainer_defaults``).
 
@@ -288,7 +325,7 @@ class LightningRegCLI(LightningCLI):
         SystemExit: for arguments the parser rejects (unknown key, wrong type), with the parser's
             message.
         ValueError, TypeError: for values the classes reject, with the same message as the
-            Python API (e.g. ``model.dropout: 1.5``).
+            Python API (e.g. ``model.dropout: 1.5``), unless ``exit_on_bad_value``.
 
     Examples:
         >>> cli = LightningRegCLI(
@@ -301,12 +338,23 @@ class LightningRegCLI(LightningCLI):
         ['OneCycleScheduler']
     """
 
-    def __init__(self, args: ArgsType = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        args: ArgsType = None,
+        run: bool = True,
+        *,
+        exit_on_bad_value: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.exit_on_bad_value = exit_on_bad_value
+        self.trace = OptimizerTrace()  # what schedule.png draws: the LRs of every step
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         parser_kwargs = dict(kwargs.pop("parser_kwargs", None) or {})
         parser_kwargs.setdefault("description", _DESCRIPTION)
         parser_kwargs.setdefault("formatter_class", _help_formatter())
         parser_kwargs.setdefault("prog", "lightning-reg")
+        parser_kwargs.setdefault("usage", _USAGE)
+        parser_kwargs.setdefault("epilog", _CONFIGS_HELP)
         for subcommand, description in _SUBCOMMAND_DESCRIPTIONS.items():
             sub = parser_kwargs[subcommand] = dict(parser_kwargs.get(subcommand) or {})
             sub.setdefault("description", description)
@@ -350,22 +398,46 @@ class LightningRegCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Instantiate as ``LightningCLI`` does, but raise a class's own ``ValueError`` or
         ``TypeError`` as is (jsonargparse wraps those of subclass-typed groups in a union error
-        that only quotes them)."""
+        that only quotes them), or with ``exit_on_bad_value``, exit with one line naming the
+        flag."""
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:
-            raise _innermost(err) from None
+            inner = _innermost(err)
+            if not self.exit_on_bad_value:
+                raise inner from None
+            config = self.config if self.subcommand is None else self.config[self.subcommand]
+            flags = ", ".join(_flags_named(str(inner), config))
+            where = f"{flags}: " if flags else ""
+            command = " ".join(filter(None, ("lightning-reg", self.subcommand)))
+            self.parser.exit(2, f"{command}: error: {where}{inner}\n")
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer with the configured callbacks, plus ``lr_schedule`` unless it is null."""
         schedule = self._section("lr_schedule")
-        if schedule is not None and "callbacks" not in kwargs:
-            configured = self._section("trainer", {}).get("callbacks") or []
+        if "callbacks" not in kwargs:
+            trainer = self._section("trainer", {})
+            configured = trainer.get("callbacks") or []
             if not isinstance(configured, list):
                 configured = [configured]
-            kwargs["callbacks"] = [*configured, schedule]
-        return super().instantiate_trainer(**kwargs)
+            ours = [self.trace] if schedule is None else [schedule, self.trace]
+            if trainer.get("enable_checkpointing") is not False and not any(
+                isinstance(cb, ModelCheckpoint) for cb in configured
+            ):
+                # Lightning's default checkpoint, given explicitly: Lightning then shows no
+                # "Tip" about its model registry.
+                ours.append(ModelCheckpoint())
+            kwargs["callbacks"] = [*configured, *ours]
+        # Lightning reports while building the Trainer (devices found, a "Tip" about its
+        # experiment platform) at INFO level on this logger: keep the command's output to the run.
+        rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        level = rank_zero.level
+        rank_zero.setLevel(logging.WARNING)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        finally:
+            rank_zero.setLevel(level)
 
     def after_fit(self) -> None:
         """Test the trained model and write the report (``report.enabled``), on rank zero."""
@@ -382,7 +454,7 @@ class LightningRegCLI(LightningCLI):
             return
         out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         test_data = _test_tensors(data) if has_test else None
-        written = write_report(out_dir, self.model, test_data, options.mc_samples)
+        written = write_report(out_dir, self.model, test_data, options.mc_samples, self.trace)
         if "mc_dropout" in written:
             print(format_summary(json.loads(written["mc_dropout"].read_text())))
         scores = [
@@ -411,8 +483,9 @@ def main(args: ArgsType = None) -> None:
 
     Raises:
         SystemExit: when the ``cli`` extra is missing (code 1), for arguments the parser rejects
-            (code 2), and for ``--help``/``--print_config`` (code 0).
-        ValueError, TypeError: for values a class rejects, with the Python API's message.
+            and values a class rejects (code 2, one line naming the flag and the allowed range:
+            ``lightning-reg fit: error: --model.dropout: `dropout` must be a finite number in
+            [0, 1), got 1.5.``), and for ``--help``/``--print_config`` (code 0).
 
     Examples:
         >>> main(["configs", "selu"])  # doctest: +ELLIPSIS
@@ -432,7 +505,7 @@ def main(args: ArgsType = None) -> None:
     if isinstance(argv, list | tuple) and argv and argv[0] == "configs":
         _configs_command(argv[1:])
         return
-    LightningRegCLI(args=args)
+    LightningRegCLI(args=args, exit_on_bad_value=True)
 
 
 if __name__ == "__main__":  # `python -m lightning_reg.demos.cli ...`

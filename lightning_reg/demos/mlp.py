@@ -29,8 +29,9 @@ class RegularizedMLP(RegularizedModule):
 
     Flattens the input, applies the dense blocks and a Linear output layer (initialized for
     no activation), and trains with cross-entropy. Logs ``train/loss`` (without the penalty,
-    which is logged as ``train/penalty``), ``train/acc``, ``val/loss`` (also as ``val_loss``, the
-    default monitor of ``PerformanceScheduler``), ``val/acc``, ``test/loss`` and ``test/acc``.
+    which is logged as ``train/penalty``), ``train/acc``, ``val/loss`` (also as ``val_loss``
+    for callbacks, the default monitor of ``PerformanceScheduler``, but not to the logger),
+    ``val/acc``, ``test/loss`` and ``test/acc``.
     ``Trainer.predict`` returns class probabilities (softmax of the logits), or Monte Carlo
     dropout summaries of the probabilities (``mc_task = "classification"``) when ``mc_samples``
     is set.
@@ -149,7 +150,9 @@ class RegularizedMLP(RegularizedModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss = self._evaluate(batch, "val", self.val_acc)
-        self.log("val_loss", loss)
+        # For callbacks only (PerformanceScheduler's default monitor): metrics.csv keeps one
+        # validation-loss column, val/loss.
+        self.log("val_loss", loss, logger=False)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_acc)

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+from typing_extensions import override
 
 from lightning_reg._validation import check_int
 from lightning_reg.plotting import matplotlib_figure
@@ -30,7 +33,8 @@ __all__ = [
     "format_summary",
     "mc_dropout_summary",
     "plot_learning_curves",
-    "plot_logged_schedule",
+    "OptimizerTrace",
+    "plot_schedule_trace",
     "read_metrics",
     "write_report",
 ]
@@ -110,54 +114,136 @@ def _new_figure(ncols: int = 1) -> tuple[Figure, list[Any]]:
     return figure, [figure.add_subplot(1, ncols, k + 1) for k in range(ncols)]
 
 
+class OptimizerTrace(Callback):
+    """Records what the optimizer really uses: each param group's learning rate and momentum
+    (``momentum``, or the first of Adam's ``betas``) just before every optimizer step.
+
+    It reads ``optimizer.param_groups`` in Lightning's ``on_before_optimizer_step`` hook, after
+    any learning-rate callback has set them and whatever that callback logs, so
+    :func:`plot_schedule_trace` draws every step the run took (the 1cycle peak at ``max_lr``),
+    not the rows logged every ``log_every_n_steps``. Several optimizers are recorded apart; the
+    trace starts afresh when each fit's training starts.
+
+    Attributes:
+        lrs: per optimizer (its index in ``trainer.optimizers``), one list per step of the
+            learning rate of each param group.
+        momenta: the same for the momentum (``None`` for an optimizer without one).
+
+    Examples:
+        >>> import lightning.pytorch as pl
+        >>> from lightning_reg import OneCycleScheduler
+        >>> from lightning_reg.demos import DigitsDataModule, RegularizedMLP
+        >>> trace = OptimizerTrace()
+        >>> trainer = pl.Trainer(max_steps=20, logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False,
+        ...                      callbacks=[trace, OneCycleScheduler(max_lr=0.1)])
+        >>> trainer.fit(RegularizedMLP(), datamodule=DigitsDataModule())
+        >>> len(trace.lrs[0]), max(lr for lr, *_ in trace.lrs[0])  # every step, the peak
+        (20, 0.1)
+    """
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, list[list[float]]] = {}
+        self.momenta: dict[int, list[list[float | None]]] = {}
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Afresh at each fit, after anything done in `on_fit_start` (the LR range test of
+        # `max_lr="auto"` takes its steps there, then restores the model and the optimizer).
+        self.lrs, self.momenta = {}, {}
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        index = next(i for i, opt in enumerate(trainer.optimizers) if opt is optimizer)
+        groups = optimizer.param_groups
+        self.lrs.setdefault(index, []).append([float(g["lr"]) for g in groups])
+        self.momenta.setdefault(index, []).append([_momentum(g) for g in groups])
+
+
+def _momentum(group: dict[str, Any]) -> float | None:
+    if "momentum" in group:
+        return float(group["momentum"])
+    return float(group["betas"][0]) if "betas" in group else None
+
+
+def _columns(values: Sequence[Sequence[Any]]) -> list[tuple[str, list[Any]]]:
+    """``(label, series)`` per param group; groups that followed the same series are one."""
+    merged: list[tuple[list[int], list[Any]]] = []
+    for k, column in enumerate(map(list, zip(*values, strict=True))):
+        same = next((groups for groups, kept in merged if kept == column), None)
+        if same is None:
+            merged.append(([k], column))
+        else:
+            same.append(k)
+    if len(merged) == 1 and len(merged[0][0]) > 1:
+        return [(f"all {len(merged[0][0])} param groups", merged[0][1])]
+    return [
+        (f"param group{'s' if len(g) > 1 else ''} {', '.join(map(str, g))}", column)
+        for g, column in merged
+    ]
+
+
 _STYLES = ("-", "--", ":", "-.")
 
 
-def plot_logged_schedule(rows: Sequence[dict[str, float]]) -> Figure | None:
-    """Plot the learning rates and the first momentum that ``LearningRateMonitor`` logged.
+def plot_schedule_trace(
+    lrs: Sequence[Sequence[float]], momenta: Sequence[Sequence[float | None]] | None = None
+) -> Figure | None:
+    """Plot the learning rate and momentum of each param group at every optimizer step.
 
-    The learning-rate callbacks log what they set through Lightning's ``LearningRateMonitor``
-    (``lr-SGD``, ``lr-SGD-momentum``, ``lr-Adam/pg2``, ...) at the start of every logged batch,
-    with the value that batch trained with, so this is the schedule the run really followed.
+    Param groups that followed the same values are one line (``"all 2 param groups"``); the
+    title gives the peak learning rate and its step; the legend sits above the plot, clear of
+    the lines.
 
     Args:
-        rows: rows of ``metrics.csv`` (see :func:`read_metrics`). Required.
+        lrs: one list per optimizer step of the learning rate of each param group
+            (:attr:`OptimizerTrace.lrs` of one optimizer). Required.
+        momenta: the same for the momentum. Default ``None`` (no momentum line).
 
     Returns:
         The figure (learning rates on the left axis, momentum on a twin axis), or ``None`` when
-        no learning rate was logged.
+        ``lrs`` is empty.
 
     Raises:
         ImportError: if matplotlib is not installed.
 
     Examples:
-        >>> rows = [{"step": 0.0, "lr-SGD": 0.01, "lr-SGD-momentum": 0.95},
-        ...         {"step": 10.0, "lr-SGD": 0.1, "lr-SGD-momentum": 0.85}]
-        >>> figure = plot_logged_schedule(rows)
+        >>> figure = plot_schedule_trace([[0.01, 0.01], [0.1, 0.1], [0.05, 0.05]],
+        ...                              [[0.95, 0.95], [0.85, 0.85], [0.9, 0.9]])
         >>> [ax.get_ylabel() for ax in figure.axes]
         ['learning rate', 'momentum']
-        >>> plot_logged_schedule([{"step": 0.0, "train/loss": 1.0}]) is None
-        True
+        >>> figure.axes[0].get_title()
+        'learning rate at each optimizer step (peak 0.1 at step 1)'
+        >>> [text.get_text() for text in figure.legends[0].get_texts()]
+        ['lr, all 2 param groups', 'momentum, all 2 param groups']
     """
-    keys = sorted({key for row in rows for key in row if key.startswith("lr-")})
-    columns = [key for key in keys if not key.endswith(("-momentum", "-weight_decay"))]
-    if not columns:
+    if not lrs:
         return None
     figure, (ax,) = _new_figure()
-    for k, column in enumerate(columns):
-        ax.plot(*_series(rows, "step", column), linestyle=_STYLES[k % len(_STYLES)], label=column)
+    steps = list(range(len(lrs)))
+    handles = []
+    for k, (label, column) in enumerate(_columns(lrs)):
+        (line,) = ax.plot(steps, column, linestyle=_STYLES[k % 4], label=f"lr, {label}")
+        handles.append(line)
+    peak = max(max(row) for row in lrs)
+    at = next(t for t, row in enumerate(lrs) if max(row) == peak)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
-    ax.set_title("learning-rate schedule (as logged)")
-    handles, labels = ax.get_legend_handles_labels()
-    momentum_key = f"{columns[0]}-momentum"
-    steps, momentum = _series(rows, "step", momentum_key)
-    if momentum:
+    ax.set_title(f"learning rate at each optimizer step (peak {peak:.4g} at step {at})")
+    columns = _columns(momenta) if momenta else []
+    columns = [(label, column) for label, column in columns if None not in column]
+    if columns:
         twin = ax.twinx()
-        (line,) = twin.plot(steps, momentum, color="tab:red", alpha=0.6, label=momentum_key)
+        for k, (label, column) in enumerate(columns):
+            (line,) = twin.plot(
+                steps, column, color="tab:red", alpha=0.6, linestyle=_STYLES[k % 4],
+                label=f"momentum, {label}",
+            )  # fmt: skip
+            handles.append(line)
         twin.set_ylabel("momentum", color="tab:red")
-        handles, labels = [*handles, line], [*labels, momentum_key]
-    ax.legend(handles, labels, loc="upper right")
+    figure.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 2))
     return figure
 
 
@@ -212,12 +298,23 @@ def plot_learning_curves(rows: Sequence[dict[str, float]]) -> Figure | None:
     return figure
 
 
-def _scores(probs: Tensor, log_probs: Tensor, y: Tensor) -> dict[str, float]:
+def _log_mean_probs(logits: Tensor) -> Tensor:
+    """``log(mean_s softmax(logits[s]))`` over the samples ``s`` of ``logits`` ``(S, N, C)``,
+    from log-probabilities (``max + log(mean(exp(lp - max)))``): no probability is clamped, and
+    ``S`` identical samples give exactly the log-softmax of one, so one eval-mode pass
+    (``S = 1``) and samples that do not differ score the same."""
+    log_probs = logits.log_softmax(-1)
+    top = log_probs.amax(0)
+    return top + (log_probs - top).exp().mean(0).log()
+
+
+def _scores(log_probs: Tensor, y: Tensor) -> dict[str, float]:
+    probs = log_probs.exp()
     num_classes = probs.shape[-1]
     accuracy = MulticlassAccuracy(num_classes).to(probs.device)(probs, y)
     ece = MulticlassCalibrationError(num_classes, n_bins=ECE_BINS, norm="l1").to(probs.device)
     nll = -log_probs.gather(1, y[:, None]).mean()
-    entropy = -torch.special.xlogy(probs, probs).sum(-1).mean()
+    entropy = -(probs * log_probs).sum(-1).mean()
     return {
         "accuracy": float(accuracy),
         "ece": float(ece(probs, y)),
@@ -231,13 +328,15 @@ def mc_dropout_summary(
 ) -> dict[str, Any]:
     """Score deterministic and Monte Carlo dropout predictions of a classifier on ``(x, y)``.
 
-    Deterministic: one pass in eval mode (dropout off). MC dropout: the mean of ``n_samples``
-    passes with only the dropout layers on (:func:`~lightning_reg.mc_dropout_predict`). Each is
-    scored with torchmetrics' ``MulticlassAccuracy`` (its default, macro average over classes:
-    the ``test/acc`` that :class:`~lightning_reg.demos.RegularizedMLP` logs) and
-    ``MulticlassCalibrationError`` (expected calibration error, ``l1`` norm, 15 bins), plus the
-    negative log-likelihood and the mean predictive entropy (nats). The model's modes are
-    restored afterwards.
+    Deterministic: one pass in eval mode (dropout off). MC dropout: ``n_samples`` passes with
+    only the dropout layers on (:func:`~lightning_reg.mc_dropout_predict`), averaged as
+    probabilities. Both rows go through the same numerics: the log of the mean probability is
+    computed from the log-softmax of each pass (one pass for the deterministic row), so with no
+    dropout in the model the two rows are equal. Each is scored with torchmetrics'
+    ``MulticlassAccuracy`` (its default, macro average over classes: the ``test/acc`` that
+    :class:`~lightning_reg.demos.RegularizedMLP` logs) and ``MulticlassCalibrationError``
+    (expected calibration error, ``l1`` norm, 15 bins), plus the negative log-likelihood and the
+    mean predictive entropy (nats). The model's modes are restored afterwards.
 
     Args:
         model: a classifier returning logits of shape ``(N, C)``. Required.
@@ -248,8 +347,8 @@ def mc_dropout_summary(
     Returns:
         ``{"n_samples", "num_examples", "ece_bins", "deterministic": {...}, "mc_dropout":
         {...}}`` where both inner dicts hold ``accuracy``, ``ece``, ``nll`` and ``mean_entropy``;
-        ``mc_dropout`` also holds ``mean_std`` (the per-class standard deviation over the samples,
-        averaged).
+        ``mc_dropout`` also holds ``mean_std`` (the per-class standard deviation of the
+        probabilities over the samples, averaged).
 
     Raises:
         TypeError, ValueError: if ``n_samples`` is not an integer >= 1.
@@ -272,14 +371,16 @@ def mc_dropout_summary(
             logits = model(x)
     finally:
         model.train(was_training)
-    mc = mc_dropout_predict(model, x, n_samples=n_samples, task="classification")
-    mc_log_probs = mc.mean.clamp_min(torch.finfo(mc.mean.dtype).tiny).log()
+    # The raw outputs (logits) of every pass: "regression" summarizes them without a softmax.
+    mc = mc_dropout_predict(model, x, n_samples=n_samples, task="regression", return_samples=True)
+    assert mc.samples is not None
+    mean_std = torch.std_mean(mc.samples.softmax(-1), dim=0, correction=0)[0].mean()
     return {
         "n_samples": n_samples,
         "num_examples": len(y),
         "ece_bins": ECE_BINS,
-        "deterministic": _scores(logits.softmax(-1), logits.log_softmax(-1), y),
-        "mc_dropout": {**_scores(mc.mean, mc_log_probs, y), "mean_std": float(mc.std.mean())},
+        "deterministic": _scores(_log_mean_probs(logits[None]), y),
+        "mc_dropout": {**_scores(_log_mean_probs(mc.samples), y), "mean_std": float(mean_std)},
     }
 
 
@@ -321,21 +422,23 @@ def write_report(
     model: nn.Module | None = None,
     test_data: tuple[Tensor, Tensor] | None = None,
     mc_samples: int = 50,
+    trace: OptimizerTrace | None = None,
 ) -> dict[str, Path]:
     """Write the plots and the MC-dropout summary of a finished run into ``out_dir``.
 
-    * ``schedule.png``: :func:`plot_logged_schedule` of ``out_dir/metrics.csv``.
+    * ``schedule.png``: :func:`plot_schedule_trace` of the first optimizer in ``trace``.
     * ``learning_curves.png``: :func:`plot_learning_curves` of ``out_dir/metrics.csv``.
     * ``mc_dropout.json``: :func:`mc_dropout_summary` of ``model`` on ``test_data``.
 
-    A file whose input is missing (no ``metrics.csv``, nothing logged, no model or test data)
-    is skipped. Call it on one process only (rank zero).
+    A file whose input is missing (no trace, no ``metrics.csv``, nothing logged, no model or
+    test data) is skipped. Call it on one process only (rank zero).
 
     Args:
         out_dir: the run's folder (the CSV logger's ``log_dir``), created if missing. Required.
         model: the trained classifier. Default ``None`` (no MC-dropout summary).
         test_data: ``(x, y)`` to score the model on. Default ``None`` (no MC-dropout summary).
         mc_samples: MC dropout samples per example, an integer >= 1. Default ``50``.
+        trace: the run's :class:`OptimizerTrace`. Default ``None`` (no ``schedule.png``).
 
     Returns:
         The files written, keyed ``"schedule"``, ``"learning_curves"`` and ``"mc_dropout"``.
@@ -358,11 +461,14 @@ def write_report(
     written: dict[str, Path] = {}
     metrics = out / "metrics.csv"
     rows = read_metrics(metrics) if metrics.is_file() else []
-    for name, plot in (
-        ("schedule", plot_logged_schedule),
-        ("learning_curves", plot_learning_curves),
-    ):
-        figure = plot(rows)
+    first = min(trace.lrs, default=None) if trace is not None else None
+    figures = {
+        "schedule": None
+        if trace is None or first is None
+        else plot_schedule_trace(trace.lrs[first], trace.momenta[first]),
+        "learning_curves": plot_learning_curves(rows),
+    }
+    for name, figure in figures.items():
         if figure is not None:
             written[name] = out / f"{name}.png"
             figure.savefig(written[name], dpi=110)

@@ -1,0 +1,81 @@
+"""What the ``lightning-reg`` command prints for a bad value and for ``--help``: one line naming
+the flag and the allowed range, no traceback; ``configs`` among the subcommands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightning_reg.demos.cli import main
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *args])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--model.dropout=1.5"],
+            "--model.dropout: `dropout` must be a finite number in [0, 1), got 1.5.",
+        ),
+        (
+            ["--lr_schedule.max_lr=-1"],
+            "--lr_schedule.max_lr: `max_lr` must be finite and > 0, got -1.0.",
+        ),
+        (
+            ["--data.batch_size=0"],
+            "--data.batch_size: `batch_size` must be an integer >= 1, got 0.",
+        ),
+        (
+            ["--report.mc_samples=0"],
+            "--report.mc_samples: `mc_samples` must be an integer >= 1, got 0.",
+        ),
+        (
+            ["--model.optimizer=adamw", "--model.as_weight_decay=true"],
+            "--model.as_weight_decay, --model.optimizer: `as_weight_decay=True` needs a coupled "
+            "weight decay, but `optimizer='adamw'` decouples it. Use optimizer='sgd', 'adam' or "
+            "'nadam', or as_weight_decay=False.",
+        ),
+    ],
+)
+def test_a_bad_value_ends_in_one_line_naming_the_flag_and_the_range(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    line: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert one_line_error(capsys, *args) == f"lightning-reg fit: error: {line}"
+    assert list(tmp_path.iterdir()) == []  # stopped before writing anything
+
+
+def test_a_bad_value_in_a_config_file_names_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  hidden: [64, 0]\n")
+    assert one_line_error(capsys, f"--config={config}") == (
+        "lightning-reg fit: error: --model.hidden: `hidden` must be an integer >= 1, got 0."
+    )
+
+
+def test_help_lists_the_configs_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: lightning-reg [-c CONFIG] {fit,validate,test,predict,configs}")
+    flat = " ".join(text.split())
+    assert "One more subcommand, configs: `lightning-reg configs` lists the example configs" in flat
