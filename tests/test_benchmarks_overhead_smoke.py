@@ -7,6 +7,7 @@ script finishes and prints a complete, well-formed table.
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def test_overhead_penalty_arms_quick(capsys: pytest.CaptureFixture[str]) -> None
     assert arms[:2] == ["bare", "floors"] and arms[2].startswith("hand-written floor")
     targets = {row[1]: row for row in rows[8:]}
     assert len(targets) == 7
-    for row in targets.values():
-        assert float(row[2].split()[0]) > 0 and float(row[3].rstrip("x")) > 0, row
+    for row in targets.values():  # a toy model's time differences are noise: any sign
+        assert math.isfinite(float(row[2].split()[0])), row
+        assert math.isfinite(float(row[3].rstrip("x"))), row
 
 
 def test_convergence_quick(capsys: pytest.CaptureFixture[str]) -> None:

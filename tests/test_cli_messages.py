@@ -30,7 +30,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
         ),
         (
             ["--lr_schedule.max_lr=-1"],
-            "--lr_schedule.max_lr: `max_lr` must be finite and > 0, got -1.0.",
+            "--lr_schedule.max_lr: `max_lr` must be a finite number > 0, got -1.0.",
         ),
         (
             ["--data.batch_size=0"],
