@@ -222,9 +222,9 @@ def test_max_lr_per_param_group(tmp_path: Path) -> None:
     a, b = OneCycle(8, 0.1), OneCycle(8, 0.02)
     assert rec.lrs == [pytest.approx((a(k), b(k)), rel=1e-12) for k in range(8)]
     with pytest.raises(ValueError, match="3 values but the optimizers have 2 param groups"):
-        make_trainer(tmp_path, callbacks=[OneCycleScheduler([0.1, 0.2, 0.3])], max_steps=2).fit(
-            TwoGroups(), digits_loader(64, 32)
-        )
+        make_trainer(
+            tmp_path, callbacks=[OneCycleScheduler([0.1, 0.2, 0.3], total_steps=8)], max_steps=2
+        ).fit(TwoGroups(), digits_loader(64, 32))
 
 
 class ManualModule(DigitsClassifier):

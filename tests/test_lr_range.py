@@ -245,7 +245,7 @@ class ManualClassifier(DigitsClassifier):
 )
 def test_run_shapes_the_sweep_cannot_undo_are_named(model: type, message: str) -> None:
     cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, callbacks=[cb])
+    trainer = pl.Trainer(max_steps=20, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(MisconfigurationException, match=message):
         trainer.fit(model(), loader())
 
@@ -479,6 +479,16 @@ def test_a_cycle_that_cannot_be_sized_fails_before_any_sweep_step() -> None:
     trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(ValueError, match="could not size the cycle"):
         trainer.fit(model, loader())
+    assert model.calls == []
+
+
+def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
+    model = Counting()
+    cb = OneCycleScheduler(max_lr="auto", final_steps=5, range_test=FAST)
+    trainer = pl.Trainer(max_steps=6, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.raises(ValueError, match="too short for this 1cycle") as info:
+        trainer.fit(model, loader())
+    assert "`trainer.estimated_stepping_batches` = 6" in str(info.value)
     assert model.calls == []
 
 
