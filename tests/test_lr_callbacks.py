@@ -1024,3 +1024,20 @@ def test_a_tensor_learning_rate_stays_a_tensor(tmp_path: Path) -> None:
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(0.1 * 0.1, rel=1e-6)
     assert [lrs[0] for lrs in rec.lrs] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(4)])
+
+
+class FailsAtBatch2(DigitsClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == 2:
+            raise RuntimeError("boom at batch 2")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failed_fit_leaves_no_step_hook_on_the_optimizer(tmp_path: Path) -> None:
+    cb = ScheduledLR(ExponentialDecay(0.1, 10, 0.5))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=8)
+    with pytest.raises(RuntimeError, match="boom at batch 2"):
+        trainer.fit(FailsAtBatch2(), digits_loader(256, 32))
+    assert cb.steps == [2]
+    trainer.optimizers[0].step()  # a step after the fit is not counted: the hook is gone
+    assert cb.steps == [2]
