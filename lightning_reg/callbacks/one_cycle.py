@@ -169,11 +169,6 @@ class OneCycleScheduler(ScheduledLR):
         self.auto_max_lr: float | None = None
         self._step_source: str | None = None
 
-    @property
-    def auto(self) -> bool:
-        """Whether ``max_lr`` is ``"auto"`` (found by the range test in each fit)."""
-        return self.max_lr == "auto"
-
     def _saved_max_lr(self) -> list[float]:
         """The checkpoint's ``max_lr`` per group (empty when none was restored)."""
         return list((self.saved_config or {}).get("max_lr", []))
@@ -254,7 +249,9 @@ class OneCycleScheduler(ScheduledLR):
             **self.one_cycle_kwargs,
         }
         planned = dict(self.config)
-        if self.auto and self.auto_max_lr is None:  # the checkpoint's cycle has a hand-set peak
+        if (
+            self.max_lr == "auto" and self.auto_max_lr is None
+        ):  # the checkpoint's cycle has a hand-set peak
             planned["max_lr"] = "auto"
         changed = self.changes(saved, planned)
         if saved is not None and changed:
