@@ -371,7 +371,9 @@ def test_scheduled_lr_rejects_bad_schedules(tmp_path: Path) -> None:
         fit(tmp_path, [ScheduledLR(lambda s: torch.tensor(0.1))], max_steps=2)
     with pytest.raises(ValueError, match="finite and >= 0"):
         fit(tmp_path, [ScheduledLR(lambda s: -1.0)], max_steps=2)
-    with pytest.raises(ValueError, match="2 schedules but the optimizers have 1 param groups"):
+    with pytest.raises(
+        ValueError, match="`schedule` has 2 values but the optimizers have 1 param groups"
+    ):
         fit(tmp_path, [ScheduledLR([lambda s: 0.1, lambda s: 0.2])], max_steps=2)
 
 

@@ -21,7 +21,7 @@ batches that train with them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
@@ -41,12 +41,23 @@ ScheduleLike = Callable[[int], float]
 
 
 _C = TypeVar("_C", bound=Callback)
+_T = TypeVar("_T")
 
 
 def callbacks_of(trainer: pl.Trainer, kind: type[_C]) -> list[_C]:
     """The Trainer's callbacks of type ``kind``."""
     callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
     return [cb for cb in callbacks if isinstance(cb, kind)]
+
+
+def per_group(name: str, values: Sequence[_T], num_groups: int) -> list[_T]:
+    """``values`` for each of ``num_groups`` param groups: one value is shared by all of them."""
+    if len(values) not in (1, num_groups):
+        raise ValueError(
+            f"`{name}` has {len(values)} values but the optimizers have {num_groups} param "
+            "groups; pass one value, or exactly one per param group."
+        )
+    return list(values) * (num_groups if len(values) == 1 else 1)
 
 
 def momentum_key(group: dict[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ from lightning_reg.callbacks._lr_base import (
     ScheduleLike,
     callbacks_of,
     momentum_key,
+    per_group,
 )
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
@@ -136,7 +137,7 @@ class OneCycleScheduler(ScheduledLR):
         log_values: bool = True,
         range_test: LRRangeTest | None = None,
     ) -> None:
-        # The cycles are built when training starts (`build_schedules`), not from a schedule
+        # The cycles are built when training starts (`plan`), not from a schedule
         # given here: ScheduledLR's own constructor does not apply.
         LRCallback.__init__(self, log_values=log_values)
         self.interval: Literal["step", "epoch"] = "step"
@@ -238,14 +239,9 @@ class OneCycleScheduler(ScheduledLR):
         if self._step_source is not None and saved is None:  # a resume keeps the saved cycle
             self.check_phases_fit(total)
         given = self.peak_lrs(trainer) or self._saved_max_lr()
-        if len(given) not in (1, num_groups):
-            raise ValueError(
-                f"`max_lr` has {len(given)} values but the optimizers have {num_groups} "
-                "param groups; pass one value, or exactly one per param group."
-            )
         self.config = {
             "total_steps": [total] * len(trainer.optimizers),
-            "max_lr": given * num_groups if len(given) == 1 else given,
+            "max_lr": per_group("max_lr", given, num_groups),
             **self.one_cycle_kwargs,
         }
         planned = dict(self.config)

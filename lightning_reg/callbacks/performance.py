@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_non_negative, check_number
-from lightning_reg.callbacks._lr_base import LRCallback, assign
+from lightning_reg.callbacks._lr_base import LRCallback, assign, per_group
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
@@ -195,11 +195,7 @@ class PerformanceScheduler(LRCallback):
     @override
     def start(self, trainer: pl.Trainer) -> None:
         num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
-        if len(self.min_lr) not in (1, num_groups):
-            raise ValueError(
-                f"`min_lr` has {len(self.min_lr)} values but the optimizers have {num_groups} "
-                "param groups; pass one value, or exactly one per param group."
-            )
+        per_group("min_lr", self.min_lr, num_groups)
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         if self.schedule is None:
@@ -285,7 +281,7 @@ class PerformanceScheduler(LRCallback):
 
     def _reduce(self, trainer: pl.Trainer) -> None:
         groups = [group for _, _, group in self.param_groups(trainer)]
-        floors = self.min_lr * len(groups) if len(self.min_lr) == 1 else self.min_lr
+        floors = per_group("min_lr", self.min_lr, len(groups))
         changes = []
         for group, floor in zip(groups, floors, strict=True):
             old = float(group["lr"])

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, per_group
 
 __all__ = ["ScheduledLR"]
 
@@ -114,24 +114,13 @@ class ScheduledLR(LRCallback):
         self.warned_past_end = False
 
     # -- what subclasses customise ------------------------------------------------------------
-    def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
-        """The schedules of the param groups for this fit (one per group)."""
-        if len(self._schedules) == 1:
-            return self._schedules * num_groups
-        if len(self._schedules) != num_groups:
-            raise ValueError(
-                f"{self.name} got {len(self._schedules)} schedules but the optimizers have "
-                f"{num_groups} param groups; pass one schedule, or exactly one per param group."
-            )
-        return list(self._schedules)
-
     def plan(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
         """The schedules of this fit, reconciled with the checkpoint's when resuming.
 
         Sets :attr:`config`, the plain-data description saved in checkpoints. ``ScheduledLR``
         keeps the schedules it was given and warns when they differ from the checkpoint's.
         """
-        schedules = self.build_schedules(trainer, num_groups)
+        schedules = per_group("schedule", self._schedules, num_groups)
         saved, self.config = self.saved_config, {"schedule": [config_of(s) for s in schedules]}
         changed = self.changes(saved, self.config)
         if changed:
