@@ -50,6 +50,13 @@ def callbacks_of(trainer: pl.Trainer, kind: type[_C]) -> list[_C]:
     return [cb for cb in callbacks if isinstance(cb, kind)]
 
 
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError naming ``name`` and them."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
+
+
 def per_group(name: str, values: Sequence[_T], num_groups: int) -> list[_T]:
     """``values`` for each of ``num_groups`` param groups: one value is shared by all of them."""
     if len(values) not in (1, num_groups):

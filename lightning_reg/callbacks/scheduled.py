@@ -8,7 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, per_group
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, check_choice, per_group
 
 __all__ = ["ScheduledLR"]
 
@@ -90,9 +90,7 @@ class ScheduledLR(LRCallback):
         log_values: bool = True,
     ) -> None:
         super().__init__(log_values=log_values)
-        if interval not in _INTERVALS:
-            raise ValueError(f"`interval` must be one of {_INTERVALS}, got {interval!r}.")
-        self.interval = interval
+        self.interval = check_choice("interval", interval, _INTERVALS)
         given: Any = schedule
         many = isinstance(given, Sequence) and not callable(given)
         self._schedules: list[ScheduleLike] = list(given) if many else [given]
