@@ -391,8 +391,12 @@ def _training_step(
             pl_module.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer)
 
         closure = Closure(step_fn, backward, zero_grad if micro == 0 else None)
-        if micro + 1 < accumulate:
-            with _no_sync(strategy):
+        if micro + 1 < accumulate:  # DDP's gradient sync blocked, as in Lightning's loop
+            with (
+                strategy.block_backward_sync()
+                if isinstance(strategy, ParallelStrategy)
+                else contextlib.nullcontext()
+            ):
                 closure()
         else:
             strategy.optimizer_step(optimizer, closure, model=pl_module)
@@ -400,13 +404,6 @@ def _training_step(
         assert loss is not None  # step_fn raised otherwise
         total += loss
     return total
-
-
-def _no_sync(strategy: Any) -> contextlib.AbstractContextManager[Any]:
-    """DDP's gradient sync blocked, as for a micro-batch that does not end an accumulation."""
-    if isinstance(strategy, ParallelStrategy):
-        return strategy.block_backward_sync()
-    return contextlib.nullcontext()
 
 
 def _loader_generators(iterables: Any) -> list[torch.Generator]:

@@ -245,9 +245,7 @@ class OneCycleScheduler(ScheduledLR):
             **self.one_cycle_kwargs,
         }
         planned = dict(self.config)
-        if (
-            self.max_lr == "auto" and self.auto_max_lr is None
-        ):  # the checkpoint's cycle has a hand-set peak
+        if self.max_lr == "auto" and self.auto_max_lr is None:  # a checkpoint's hand-set peak
             planned["max_lr"] = "auto"
         changed = self.changes(saved, planned)
         if saved is not None and changed:
