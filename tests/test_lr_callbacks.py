@@ -25,6 +25,8 @@ from lightning_reg.schedules import (
     OneCycle,
     PiecewiseConstant,
 )
+from tests import helpers
+from tests.distributed.harness import Checks
 from tests.distributed.worker import FlatValLoss, composed_callbacks, composed_trainer_kwargs
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
@@ -50,12 +52,11 @@ def fit(
     batch_size: int = 32,
     **trainer_kwargs: Any,
 ) -> tuple[Recorder, pl.LightningModule]:
-    torch.manual_seed(0)
-    model = model or DigitsClassifier()
+    torch.manual_seed(0)  # also for a model given: the same draws in training
     rec = Recorder()
-    trainer = make_trainer(tmp_path, callbacks=[*callbacks, rec], **trainer_kwargs)
-    trainer.fit(model, digits_loader(loader_n, batch_size))
-    return rec, model
+    loader = digits_loader(loader_n, batch_size)
+    trainer = helpers.fit(tmp_path, model, loader, callbacks=[*callbacks, rec], **trainer_kwargs)
+    return rec, trainer.lightning_module
 
 
 def test_textbook_one_cycle_trace_on_trainer(tmp_path: Path) -> None:
@@ -753,15 +754,12 @@ def test_composed_schedule_runs_and_resumes_exactly_mid_chain(tmp_path: Path, na
             assert torch.equal(a, b)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="needs torch.distributed with gloo",
 )
-def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(tmp_path: Path) -> None:
-    from tests.distributed.harness import run_ddp
-
-    results = run_ddp("composed_schedules", tmp_path)
+def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(ddp_checks: Checks) -> None:
+    results = ddp_checks["composed_schedules"]
     for name in ("warmup_cosine", "one_cycle_constant", "warmup_plateau"):
         assert results[0][name] == results[1][name], name
         assert results[0][name] == pytest.approx(expected_composed_trace(name), rel=1e-12), name
