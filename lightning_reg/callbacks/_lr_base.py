@@ -304,10 +304,11 @@ class LRCallback(HookOwner):
 
     def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
         """Warn when one schedule would give param groups with different LRs the same LR, i.e.
-        when no group carries an ``lr_scale``."""
+        when no group carries an ``lr_scale``; said in the first fit, not again on resume."""
         groups = [group for _, _, group in self.param_groups(trainer)]
         lrs = [float(group["lr"]) for group in groups]
-        if max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups):
+        erased = max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups)
+        if erased and not self.restored:
             ratios = [round(lr / max(lrs), 12) for lr in lrs]
             self.warn(
                 f"{self.name}: the param groups have different learning rates {lrs}, but one "

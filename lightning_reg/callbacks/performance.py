@@ -189,8 +189,7 @@ class PerformanceScheduler(LRCallback):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         if self.schedule is None:
             return
-        if num_groups > 1 and not self.restored:
-            self.warn_if_ratio_erased(trainer)
+        self.warn_if_ratio_erased(trainer)
         self.active, self.until = [self.schedule] * num_groups, self.schedule_steps
 
     @override

@@ -156,7 +156,7 @@ class ScheduledLR(LRCallback):
     @override
     def start(self, trainer: pl.Trainer) -> None:
         groups = [idx for idx, _, _ in self.param_groups(trainer)]
-        if self.shares_one_schedule and len(groups) > 1 and not self.restored:
+        if self.shares_one_schedule:
             self.warn_if_ratio_erased(trainer)
         self.active = self.plan(trainer, len(groups))
         if self.interval != "step":
@@ -212,7 +212,7 @@ class ScheduledLR(LRCallback):
     def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
         """Warn, per optimizer, when training ended before the end of its schedule."""
         for idx, horizon in enumerate(self._horizons):
-            taken = self.steps[idx] if idx < len(self.steps) else 0
+            taken = self.steps[idx]
             if horizon is None or taken >= horizon:
                 continue
             group = trainer.optimizers[idx].param_groups[0]
