@@ -37,6 +37,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torchmetrics import Metric
 
 from lightning_reg._validation import check_int, check_number, check_positive
+from lightning_reg.plotting import matplotlib_figure
 
 __all__ = ["LRRangeTest", "RangeTestResult", "smooth", "suggest_max_lr"]
 
@@ -187,12 +188,8 @@ class RangeTestResult:
             'log'
         """
         if ax is None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-
-            fig = Figure(figsize=(6, 4), layout="constrained")
-            FigureCanvasAgg(fig)
-            ax = fig.subplots()
+            figure = matplotlib_figure("RangeTestResult.plot")
+            ax = figure(figsize=(6, 4), layout="constrained").add_subplot()
         finite = [k for k, loss in enumerate(self.losses) if math.isfinite(loss)]
         lrs = [self.lrs[k] for k in finite]
         ax.plot(lrs, [self.losses[k] for k in finite], alpha=0.4, label="loss")
@@ -205,6 +202,7 @@ class RangeTestResult:
         return ax.figure
 
 
+@dataclass
 class LRRangeTest:
     """An exponential LR sweep of real training steps inside ``fit``, undone afterwards (Smith
     2015's range test).
@@ -261,30 +259,21 @@ class LRRangeTest:
         >>> callback = OneCycleScheduler(max_lr="auto", range_test=range_test)
     """
 
-    def __init__(
-        self,
-        min_lr: float = 1e-4,
-        max_lr: float = 10.0,
-        num_steps: int = 50,
-        early_stop_threshold: float | None = 4.0,
-        beta: float = DEFAULT_BETA,
-        divisor: float = DEFAULT_DIVISOR,
-    ) -> None:
-        self.min_lr = check_positive("min_lr", min_lr)
-        self.max_lr = check_number("max_lr", max_lr, f"> min_lr ({min_lr})", lambda m: m > min_lr)
-        self.num_steps = check_int("num_steps", num_steps, 2)
-        if early_stop_threshold is not None:
-            check_number("early_stop_threshold", early_stop_threshold, "> 1", lambda t: t > 1)
-        self.early_stop_threshold = early_stop_threshold
-        self.beta = check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
-        self.divisor = check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
+    min_lr: float = 1e-4
+    max_lr: float = 10.0
+    num_steps: int = 50
+    early_stop_threshold: float | None = 4.0
+    beta: float = DEFAULT_BETA
+    divisor: float = DEFAULT_DIVISOR
 
-    def __repr__(self) -> str:
-        return (
-            f"LRRangeTest(min_lr={self.min_lr}, max_lr={self.max_lr}, num_steps={self.num_steps}, "
-            f"early_stop_threshold={self.early_stop_threshold}, beta={self.beta}, "
-            f"divisor={self.divisor})"
-        )
+    def __post_init__(self) -> None:
+        low = self.min_lr = check_positive("min_lr", self.min_lr)
+        self.max_lr = check_number("max_lr", self.max_lr, f"> min_lr ({low})", lambda m: m > low)
+        self.num_steps = check_int("num_steps", self.num_steps, 2)
+        if self.early_stop_threshold is not None:
+            check_number("early_stop_threshold", self.early_stop_threshold, "> 1", lambda t: t > 1)
+        self.beta = check_number("beta", self.beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
+        self.divisor = check_number("divisor", self.divisor, ">= 1", lambda d: d >= 1.0)
 
     def lrs(self) -> list[float]:
         """The LR of every step of a full sweep."""
@@ -402,8 +391,12 @@ def _training_step(
             pl_module.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer)
 
         closure = Closure(step_fn, backward, zero_grad if micro == 0 else None)
-        if micro + 1 < accumulate:
-            with _no_sync(strategy):
+        if micro + 1 < accumulate:  # DDP's gradient sync blocked, as in Lightning's loop
+            with (
+                strategy.block_backward_sync()
+                if isinstance(strategy, ParallelStrategy)
+                else contextlib.nullcontext()
+            ):
                 closure()
         else:
             strategy.optimizer_step(optimizer, closure, model=pl_module)
@@ -411,13 +404,6 @@ def _training_step(
         assert loss is not None  # step_fn raised otherwise
         total += loss
     return total
-
-
-def _no_sync(strategy: Any) -> contextlib.AbstractContextManager[Any]:
-    """DDP's gradient sync blocked, as for a micro-batch that does not end an accumulation."""
-    if isinstance(strategy, ParallelStrategy):
-        return strategy.block_backward_sync()
-    return contextlib.nullcontext()
 
 
 def _loader_generators(iterables: Any) -> list[torch.Generator]:

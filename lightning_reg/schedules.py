@@ -344,18 +344,7 @@ class OneCycle(Schedule):
             self.min_momentum,
         )
         assert max_lr is not None and start_lr is not None and final_lr is not None
-        final = total // 10 + 1 if self.final_steps is None else self.final_steps
-        if final >= total:
-            raise ValueError(f"`final_steps` must be < total_steps ({total}), got {final!r}.")
-        warmup = (total - final) // 2 if self.warmup_steps is None else self.warmup_steps
-        if not 0 < warmup < total - final:
-            raise ValueError(
-                f"`warmup_steps` must be > 0 and < total_steps - final_steps ({total - final}) "
-                f"so that the rise and the descent are not empty (total_steps={total}), "
-                f"got {warmup!r}."
-            )
-        if self.final_steps is None and self.warmup_steps is None:
-            final = total - 2 * warmup  # the textbook's rounding: the odd step goes last
+        warmup, final = self.phase_lengths(total, self.final_steps, self.warmup_steps)
         resolved = {
             "total_steps": total,
             "max_lr": max_lr,
@@ -381,6 +370,34 @@ class OneCycle(Schedule):
             steps, lrs, momenta if self.cycle_momentum else None, self.anneal, total_steps=total
         )
         object.__setattr__(self, "knots", knots)
+
+    @staticmethod
+    def phase_lengths(
+        total_steps: int, final_steps: int | None = None, warmup_steps: int | None = None
+    ) -> tuple[int, int]:
+        """``(warmup_steps, final_steps)`` of a cycle of ``total_steps``, defaults resolved;
+        raises when the phases do not fit, so a cycle sized at fit time is checked before the
+        peak is known.
+
+        Example:
+            >>> from lightning_reg.schedules import OneCycle
+            >>> OneCycle.phase_lengths(1000)
+            (449, 102)
+        """
+        total = check_int("total_steps", total_steps, 2)
+        final = total // 10 + 1 if final_steps is None else final_steps
+        if final >= total:
+            raise ValueError(f"`final_steps` must be < total_steps ({total}), got {final!r}.")
+        warmup = (total - final) // 2 if warmup_steps is None else warmup_steps
+        if not 0 < warmup < total - final:
+            raise ValueError(
+                f"`warmup_steps` must be > 0 and < total_steps - final_steps ({total - final}) "
+                f"so that the rise and the descent are not empty (total_steps={total}), "
+                f"got {warmup!r}."
+            )
+        if final_steps is None and warmup_steps is None:
+            final = total - 2 * warmup  # the textbook's rounding: the odd step goes last
+        return warmup, final
 
     @staticmethod
     def check_arguments(

@@ -25,6 +25,8 @@ from lightning_reg.schedules import (
     OneCycle,
     PiecewiseConstant,
 )
+from tests import helpers
+from tests.distributed.harness import Checks
 from tests.distributed.worker import FlatValLoss, composed_callbacks, composed_trainer_kwargs
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer
 
@@ -50,12 +52,11 @@ def fit(
     batch_size: int = 32,
     **trainer_kwargs: Any,
 ) -> tuple[Recorder, pl.LightningModule]:
-    torch.manual_seed(0)
-    model = model or DigitsClassifier()
+    torch.manual_seed(0)  # also for a model given: the same draws in training
     rec = Recorder()
-    trainer = make_trainer(tmp_path, callbacks=[*callbacks, rec], **trainer_kwargs)
-    trainer.fit(model, digits_loader(loader_n, batch_size))
-    return rec, model
+    loader = digits_loader(loader_n, batch_size)
+    trainer = helpers.fit(tmp_path, model, loader, callbacks=[*callbacks, rec], **trainer_kwargs)
+    return rec, trainer.lightning_module
 
 
 def test_textbook_one_cycle_trace_on_trainer(tmp_path: Path) -> None:
@@ -222,9 +223,9 @@ def test_max_lr_per_param_group(tmp_path: Path) -> None:
     a, b = OneCycle(8, 0.1), OneCycle(8, 0.02)
     assert rec.lrs == [pytest.approx((a(k), b(k)), rel=1e-12) for k in range(8)]
     with pytest.raises(ValueError, match="3 values but the optimizers have 2 param groups"):
-        make_trainer(tmp_path, callbacks=[OneCycleScheduler([0.1, 0.2, 0.3])], max_steps=2).fit(
-            TwoGroups(), digits_loader(64, 32)
-        )
+        make_trainer(
+            tmp_path, callbacks=[OneCycleScheduler([0.1, 0.2, 0.3], total_steps=8)], max_steps=2
+        ).fit(TwoGroups(), digits_loader(64, 32))
 
 
 class ManualModule(DigitsClassifier):
@@ -371,7 +372,9 @@ def test_scheduled_lr_rejects_bad_schedules(tmp_path: Path) -> None:
         fit(tmp_path, [ScheduledLR(lambda s: torch.tensor(0.1))], max_steps=2)
     with pytest.raises(ValueError, match="finite and >= 0"):
         fit(tmp_path, [ScheduledLR(lambda s: -1.0)], max_steps=2)
-    with pytest.raises(ValueError, match="2 schedules but the optimizers have 1 param groups"):
+    with pytest.raises(
+        ValueError, match="`schedule` has 2 values but the optimizers have 1 param groups"
+    ):
         fit(tmp_path, [ScheduledLR([lambda s: 0.1, lambda s: 0.2])], max_steps=2)
 
 
@@ -751,15 +754,12 @@ def test_composed_schedule_runs_and_resumes_exactly_mid_chain(tmp_path: Path, na
             assert torch.equal(a, b)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="needs torch.distributed with gloo",
 )
-def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(tmp_path: Path) -> None:
-    from tests.distributed.harness import run_ddp
-
-    results = run_ddp("composed_schedules", tmp_path)
+def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(ddp_checks: Checks) -> None:
+    results = ddp_checks["composed_schedules"]
     for name in ("warmup_cosine", "one_cycle_constant", "warmup_plateau"):
         assert results[0][name] == results[1][name], name
         assert results[0][name] == pytest.approx(expected_composed_trace(name), rel=1e-12), name
@@ -1024,3 +1024,20 @@ def test_a_tensor_learning_rate_stays_a_tensor(tmp_path: Path) -> None:
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(0.1 * 0.1, rel=1e-6)
     assert [lrs[0] for lrs in rec.lrs] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(4)])
+
+
+class FailsAtBatch2(DigitsClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx == 2:
+            raise RuntimeError("boom at batch 2")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failed_fit_leaves_no_step_hook_on_the_optimizer(tmp_path: Path) -> None:
+    cb = ScheduledLR(ExponentialDecay(0.1, 10, 0.5))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=8)
+    with pytest.raises(RuntimeError, match="boom at batch 2"):
+        trainer.fit(FailsAtBatch2(), digits_loader(256, 32))
+    assert cb.steps == [2]
+    trainer.optimizers[0].step()  # a step after the fit is not counted: the hook is gone
+    assert cb.steps == [2]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from lightning_reg import OneCycleScheduler
 from lightning_reg.demos import RegularizedMLP
 from lightning_reg.lr_range import LRRangeTest, smooth, suggest_max_lr
 from lightning_reg.module import WeightPenaltyMixin
-from tests.helpers import DigitsClassifier, digits
+from tests import helpers
+from tests.helpers import DigitsClassifier, digits, run_as_script
 
 # A short sweep keeps every test to about a second.
 FAST = LRRangeTest(min_lr=1e-4, max_lr=10.0, num_steps=40)
@@ -62,19 +61,18 @@ def fit(
     pl.seed_everything(7, verbose=False)
     model = DropoutClassifier()
     cb = OneCycleScheduler(max_lr=max_lr, range_test=FAST)
-    trainer = pl.Trainer(
+    gen = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
+    trainer = helpers.fit(
+        tmp_path,
+        model,
+        loader(generator=gen),
+        loader(shuffle=False),
         max_epochs=epochs,
-        accelerator="cpu",
         logger=CSVLogger(tmp_path, name=name),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         log_every_n_steps=1,
         callbacks=[cb],
         **trainer_kwargs,
     )
-    gen = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
-    trainer.fit(model, loader(generator=gen), loader(shuffle=False))
     return cb, model, trainer
 
 
@@ -245,7 +243,7 @@ class ManualClassifier(DigitsClassifier):
 )
 def test_run_shapes_the_sweep_cannot_undo_are_named(model: type, message: str) -> None:
     cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
-    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, callbacks=[cb])
+    trainer = pl.Trainer(max_steps=20, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(MisconfigurationException, match=message):
         trainer.fit(model(), loader())
 
@@ -482,6 +480,16 @@ def test_a_cycle_that_cannot_be_sized_fails_before_any_sweep_step() -> None:
     assert model.calls == []
 
 
+def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
+    model = Counting()
+    cb = OneCycleScheduler(max_lr="auto", final_steps=5, range_test=FAST)
+    trainer = pl.Trainer(max_steps=6, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.raises(ValueError, match="too short for this 1cycle") as info:
+        trainer.fit(model, loader())
+    assert "`trainer.estimated_stepping_batches` = 6" in str(info.value)
+    assert model.calls == []
+
+
 def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_first_step() -> None:
     pl.seed_everything(0, verbose=False)
     model = Counting(output="dict")
@@ -547,17 +555,12 @@ def test_auto_with_a_weight_penalty_equals_the_hand_set_run_logged_penalty_inclu
     assert len(auto_logged) == 2 and auto_logged == hand_logged  # once per epoch
 
 
-def test_the_rule_benchmark_runs_at_a_tiny_size() -> None:
+def test_the_rule_benchmark_runs_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "lr_range_rule.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--quick", "--no-write"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| digits")]
+    run_as_script(script, "--quick", "--no-write")
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| digits")]
     arms = [row.split("|")[3].strip() for row in rows]
     assert arms[:2] == ["hand 0.1", "lowest smoothed loss / 2"]
     assert arms[-1] == '"auto" (lowest smoothed loss / 4)'
-    assert "Rule kept on the tuning tasks" in result.stdout
+    assert "Rule kept on the tuning tasks" in out

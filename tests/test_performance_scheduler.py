@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_reg.callbacks import PerformanceScheduler
-from tests.helpers import DigitsClassifier, digits_loader, make_trainer
+from tests.helpers import DigitsClassifier, digits_loader, fit, make_trainer
 
 
 def decisions(sched: PerformanceScheduler, values: list[float]) -> list[bool]:
@@ -66,14 +66,16 @@ class ScriptedLoss(DigitsClassifier):
 
 def run(tmp_path: Path, script: list[float], **kwargs: Any) -> list[float]:
     model = ScriptedLoss(script)
-    trainer = make_trainer(
+    fit(
         tmp_path,
+        model,
+        digits_loader(64, 32),
+        digits_loader(32, 32),
         callbacks=[PerformanceScheduler(**kwargs)],
         max_epochs=len(script),
         limit_train_batches=2,
         limit_val_batches=1,
     )
-    trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32))
     return model.lr_after_eval
 
 

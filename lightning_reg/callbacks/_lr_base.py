@@ -21,7 +21,7 @@ batches that train with them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
@@ -30,9 +30,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_reg._hooks import HookOwner, remove_handles
 from lightning_reg._validation import check_positive
 
 __all__ = ["LRCallback", "ScheduleLike"]
@@ -41,12 +41,30 @@ ScheduleLike = Callable[[int], float]
 
 
 _C = TypeVar("_C", bound=Callback)
+_T = TypeVar("_T")
 
 
 def callbacks_of(trainer: pl.Trainer, kind: type[_C]) -> list[_C]:
     """The Trainer's callbacks of type ``kind``."""
     callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
     return [cb for cb in callbacks if isinstance(cb, kind)]
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError naming ``name`` and them."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
+
+
+def per_group(name: str, values: Sequence[_T], num_groups: int) -> list[_T]:
+    """``values`` for each of ``num_groups`` param groups: one value is shared by all of them."""
+    if len(values) not in (1, num_groups):
+        raise ValueError(
+            f"`{name}` has {len(values)} values but the optimizers have {num_groups} param "
+            "groups; pass one value, or exactly one per param group."
+        )
+    return list(values) * (num_groups if len(values) == 1 else 1)
 
 
 def momentum_key(group: dict[str, Any]) -> str | None:
@@ -82,15 +100,16 @@ def check_lr_value(value: Any, where: str) -> float:
     return float(value)
 
 
-class LRCallback(Callback):
+class LRCallback(HookOwner):
     """Base class of lightning-reg's learning-rate callbacks: one engine for the family.
 
     It owns the lifecycle (fresh state at ``setup("fit")`` unless a checkpoint is restored), the
-    count of each optimizer's real steps (torch's step post-hook, saved in checkpoints), the
-    writing of the LR and momentum (a per-group ``lr_scale`` multiplies the LR, a tensor LR stays
-    a tensor), the hand-over to ``StochasticWeightAveraging``, the logging, and the fit-time
-    refusals: no optimizer, an ``lr_scheduler`` returned by ``configure_optimizers`` on the same
-    optimizer, or a second learning-rate callback of this family.
+    count of each optimizer's real steps (torch's step post-hook, removed when the fit ends or
+    fails; the count is saved in checkpoints), the writing of the LR and momentum (a per-group
+    ``lr_scale`` multiplies the LR, a tensor LR stays a tensor), the hand-over to
+    ``StochasticWeightAveraging``, the logging, and the fit-time refusals: no optimizer, an
+    ``lr_scheduler`` returned by ``configure_optimizers`` on the same optimizer, or a second
+    learning-rate callback of this family.
 
     Args:
         log_values: without a ``LearningRateMonitor`` on the Trainer, log what it sets through
@@ -114,8 +133,8 @@ class LRCallback(Callback):
     def __init__(self, log_values: bool = True) -> None:
         if not isinstance(log_values, bool):
             raise TypeError(f"`log_values` must be a bool, got {log_values!r}.")
+        super().__init__()
         self.log_values = log_values
-        self._handles: list[RemovableHandle] = []
         LRCallback.reset(self)  # subclasses call `self.reset()` once their config is set
 
     @property
@@ -141,7 +160,7 @@ class LRCallback(Callback):
     # -- lifecycle ----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything from a previous fit (called at ``setup("fit")``)."""
-        self._remove_hooks()
+        self.handles = remove_handles(self.handles)
         self.steps: list[int] = []
         self.restored = False
         self.taken_over: str | None = None
@@ -204,9 +223,8 @@ class LRCallback(Callback):
             self.start(trainer)
             for idx in range(num_optimizers):
                 self.after_step(trainer, idx)
-        self._remove_hooks()
         for idx, opt in enumerate(trainer.optimizers):
-            self._handles.append(opt.register_step_post_hook(self._make_post_hook(trainer, idx)))
+            self.handles.append(opt.register_step_post_hook(self._make_post_hook(trainer, idx)))
         if self.log_values and trainer.loggers and not callbacks_of(trainer, LearningRateMonitor):
             momentum = all(momentum_key(group) for group in groups)
             self._monitor = LearningRateMonitor("step", log_momentum=momentum)
@@ -218,10 +236,6 @@ class LRCallback(Callback):
     ) -> None:
         if self._monitor is not None:
             self._monitor.on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._remove_hooks()
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -264,11 +278,6 @@ class LRCallback(Callback):
                 rank_zero_info(message)
         return self.taken_over is not None
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
     # -- writing ----------------------------------------------------------------------------------
     @staticmethod
     def param_groups(trainer: pl.Trainer) -> Iterator[tuple[int, Optimizer, dict[str, Any]]]:
@@ -295,10 +304,11 @@ class LRCallback(Callback):
 
     def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
         """Warn when one schedule would give param groups with different LRs the same LR, i.e.
-        when no group carries an ``lr_scale``."""
+        when no group carries an ``lr_scale``; said in the first fit, not again on resume."""
         groups = [group for _, _, group in self.param_groups(trainer)]
         lrs = [float(group["lr"]) for group in groups]
-        if max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups):
+        erased = max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups)
+        if erased and not self.restored:
             ratios = [round(lr / max(lrs), 12) for lr in lrs]
             self.warn(
                 f"{self.name}: the param groups have different learning rates {lrs}, but one "

@@ -16,6 +16,7 @@ from lightning_reg.callbacks._lr_base import (
     ScheduleLike,
     callbacks_of,
     momentum_key,
+    per_group,
 )
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
@@ -136,7 +137,7 @@ class OneCycleScheduler(ScheduledLR):
         log_values: bool = True,
         range_test: LRRangeTest | None = None,
     ) -> None:
-        # The cycles are built when training starts (`build_schedules`), not from a schedule
+        # The cycles are built when training starts (`plan`), not from a schedule
         # given here: ScheduledLR's own constructor does not apply.
         LRCallback.__init__(self, log_values=log_values)
         self.interval: Literal["step", "epoch"] = "step"
@@ -158,8 +159,8 @@ class OneCycleScheduler(ScheduledLR):
         }
         for peak in [None] if self.max_lr == "auto" else self.max_lr:
             OneCycle.check_arguments(peak, **self.one_cycle_kwargs)
-            if self.total_steps is not None and peak is not None:
-                OneCycle(self.total_steps, peak, **self.one_cycle_kwargs)  # the phases fit
+        if self.total_steps is not None:
+            OneCycle.phase_lengths(self.total_steps, final_steps, warmup_steps)
         self.reset()
 
     @override
@@ -168,11 +169,6 @@ class OneCycleScheduler(ScheduledLR):
         self.range_test_result: RangeTestResult | None = None
         self.auto_max_lr: float | None = None
         self._step_source: str | None = None
-
-    @property
-    def auto(self) -> bool:
-        """Whether ``max_lr`` is ``"auto"`` (found by the range test in each fit)."""
-        return self.max_lr == "auto"
 
     def _saved_max_lr(self) -> list[float]:
         """The checkpoint's ``max_lr`` per group (empty when none was restored)."""
@@ -240,19 +236,16 @@ class OneCycleScheduler(ScheduledLR):
         self._step_source, saved = None, self.saved_config
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
         total = self.total_steps or self.planned_steps(trainer)
+        if self._step_source is not None and saved is None:  # a resume keeps the saved cycle
+            self.check_phases_fit(total)
         given = self.peak_lrs(trainer) or self._saved_max_lr()
-        if len(given) not in (1, num_groups):
-            raise ValueError(
-                f"`max_lr` has {len(given)} values but the optimizers have {num_groups} "
-                "param groups; pass one value, or exactly one per param group."
-            )
         self.config = {
             "total_steps": [total] * len(trainer.optimizers),
-            "max_lr": given * num_groups if len(given) == 1 else given,
+            "max_lr": per_group("max_lr", given, num_groups),
             **self.one_cycle_kwargs,
         }
         planned = dict(self.config)
-        if self.auto and self.auto_max_lr is None:  # the checkpoint's cycle has a hand-set peak
+        if self.max_lr == "auto" and self.auto_max_lr is None:  # a checkpoint's hand-set peak
             planned["max_lr"] = "auto"
         changed = self.changes(saved, planned)
         if saved is not None and changed:
@@ -266,23 +259,27 @@ class OneCycleScheduler(ScheduledLR):
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
         totals, peaks = self.config["total_steps"], self.config["max_lr"]
         opt_of_group = [idx for idx, _, _ in self.param_groups(trainer)]
+        schedules: list[ScheduleLike] = [
+            OneCycle(totals[idx], m, **kwargs) for idx, m in zip(opt_of_group, peaks, strict=True)
+        ]
+        if not self.restored:
+            self.warn_if_momentum_switched_on(trainer)
+        return schedules
+
+    def check_phases_fit(self, total: int) -> None:
+        """Raise, naming the Trainer's estimate, when a cycle of ``total`` steps (sized from the
+        Trainer) is too short for the phases."""
         try:
-            schedules: list[ScheduleLike] = [
-                OneCycle(totals[idx], m, **kwargs)
-                for idx, m in zip(opt_of_group, peaks, strict=True)
-            ]
+            OneCycle.phase_lengths(
+                total, self.one_cycle_kwargs["final_steps"], self.one_cycle_kwargs["warmup_steps"]
+            )
         except ValueError as error:
-            if self._step_source is None:
-                raise
             raise ValueError(
                 f"{self.name} sizes its cycle from the Trainer ({self._step_source}), which is "
                 f"too short for this 1cycle: {error} Train for more steps (`max_steps`, "
                 "`max_epochs`, `limit_train_batches`), or pass `total_steps=...` (and "
                 "`warmup_steps`/`final_steps`) to OneCycleScheduler. `fast_dev_run` works as is."
             ) from None
-        if not self.restored:
-            self.warn_if_momentum_switched_on(trainer)
-        return schedules
 
     @property
     @override

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_non_negative, check_number
-from lightning_reg.callbacks._lr_base import LRCallback, assign
+from lightning_reg.callbacks._lr_base import LRCallback, assign, check_choice, per_group
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
@@ -112,24 +112,16 @@ class PerformanceScheduler(LRCallback):
         super().__init__(log_values=log_values)
         if not isinstance(monitor, str) or not monitor:
             raise TypeError(f"`monitor` must be a non-empty string, got {monitor!r}.")
-        if mode not in _MODES:
-            raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}.")
-        if threshold_mode not in _THRESHOLD_MODES:
-            raise ValueError(
-                f"`threshold_mode` must be one of {_THRESHOLD_MODES}, got {threshold_mode!r}."
-            )
-        if check_on not in _CHECK_ON:
-            raise ValueError(f"`check_on` must be one of {_CHECK_ON}, got {check_on!r}.")
         self.monitor = monitor
-        self.mode = mode
-        self.threshold_mode = threshold_mode
+        self.mode = check_choice("mode", mode, _MODES)
+        self.threshold_mode = check_choice("threshold_mode", threshold_mode, _THRESHOLD_MODES)
+        self.check_on = check_choice("check_on", check_on, _CHECK_ON)
         self.factor = check_number("factor", factor, "in (0, 1)", lambda x: 0 < x < 1)
         self.patience = check_int("patience", patience, 0)
         self.min_delta = check_non_negative("min_delta", min_delta)
         self.cooldown = check_int("cooldown", cooldown, 0)
         lrs = list(min_lr) if isinstance(min_lr, Sequence) else [min_lr]
         self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
-        self.check_on = check_on
         self.strict = bool(strict)
         self.schedule, self.schedule_steps = _check_handover(schedule, schedule_steps)
         self.reset()
@@ -144,15 +136,12 @@ class PerformanceScheduler(LRCallback):
 
     def is_improvement(self, value: float) -> bool:
         """Whether ``value`` beats the best so far by more than the threshold (NaN never does)."""
-        if not math.isfinite(value):
-            return False
+        sign = 1 if self.mode == "min" else -1  # compare -value with -bar in mode "max"
         if self.threshold_mode == "rel":
-            scale = 1 - self.min_delta if self.mode == "min" else 1 + self.min_delta
-            bar = self.best * scale
-            return value < bar if self.mode == "min" else value > bar
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            bar = self.best * (1 - sign * self.min_delta)
+        else:
+            bar = self.best - sign * self.min_delta
+        return math.isfinite(value) and sign * value < sign * bar
 
     def step(self, value: float) -> bool:
         """Record one evaluation; return whether the LR must be reduced now.
@@ -195,17 +184,12 @@ class PerformanceScheduler(LRCallback):
     @override
     def start(self, trainer: pl.Trainer) -> None:
         num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
-        if len(self.min_lr) not in (1, num_groups):
-            raise ValueError(
-                f"`min_lr` has {len(self.min_lr)} values but the optimizers have {num_groups} "
-                "param groups; pass one value, or exactly one per param group."
-            )
+        per_group("min_lr", self.min_lr, num_groups)
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         if self.schedule is None:
             return
-        if num_groups > 1 and not self.restored:
-            self.warn_if_ratio_erased(trainer)
+        self.warn_if_ratio_erased(trainer)
         self.active, self.until = [self.schedule] * num_groups, self.schedule_steps
 
     @override
@@ -285,7 +269,7 @@ class PerformanceScheduler(LRCallback):
 
     def _reduce(self, trainer: pl.Trainer) -> None:
         groups = [group for _, _, group in self.param_groups(trainer)]
-        floors = self.min_lr * len(groups) if len(self.min_lr) == 1 else self.min_lr
+        floors = per_group("min_lr", self.min_lr, len(groups))
         changes = []
         for group, floor in zip(groups, floors, strict=True):
             old = float(group["lr"])

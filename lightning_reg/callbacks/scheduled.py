@@ -8,7 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, check_choice, per_group
 
 __all__ = ["ScheduledLR"]
 
@@ -90,9 +90,7 @@ class ScheduledLR(LRCallback):
         log_values: bool = True,
     ) -> None:
         super().__init__(log_values=log_values)
-        if interval not in _INTERVALS:
-            raise ValueError(f"`interval` must be one of {_INTERVALS}, got {interval!r}.")
-        self.interval = interval
+        self.interval = check_choice("interval", interval, _INTERVALS)
         given: Any = schedule
         many = isinstance(given, Sequence) and not callable(given)
         self._schedules: list[ScheduleLike] = list(given) if many else [given]
@@ -114,24 +112,13 @@ class ScheduledLR(LRCallback):
         self.warned_past_end = False
 
     # -- what subclasses customise ------------------------------------------------------------
-    def build_schedules(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
-        """The schedules of the param groups for this fit (one per group)."""
-        if len(self._schedules) == 1:
-            return self._schedules * num_groups
-        if len(self._schedules) != num_groups:
-            raise ValueError(
-                f"{self.name} got {len(self._schedules)} schedules but the optimizers have "
-                f"{num_groups} param groups; pass one schedule, or exactly one per param group."
-            )
-        return list(self._schedules)
-
     def plan(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
         """The schedules of this fit, reconciled with the checkpoint's when resuming.
 
         Sets :attr:`config`, the plain-data description saved in checkpoints. ``ScheduledLR``
         keeps the schedules it was given and warns when they differ from the checkpoint's.
         """
-        schedules = self.build_schedules(trainer, num_groups)
+        schedules = per_group("schedule", self._schedules, num_groups)
         saved, self.config = self.saved_config, {"schedule": [config_of(s) for s in schedules]}
         changed = self.changes(saved, self.config)
         if changed:
@@ -169,7 +156,7 @@ class ScheduledLR(LRCallback):
     @override
     def start(self, trainer: pl.Trainer) -> None:
         groups = [idx for idx, _, _ in self.param_groups(trainer)]
-        if self.shares_one_schedule and len(groups) > 1 and not self.restored:
+        if self.shares_one_schedule:
             self.warn_if_ratio_erased(trainer)
         self.active = self.plan(trainer, len(groups))
         if self.interval != "step":
@@ -225,7 +212,7 @@ class ScheduledLR(LRCallback):
     def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
         """Warn, per optimizer, when training ended before the end of its schedule."""
         for idx, horizon in enumerate(self._horizons):
-            taken = self.steps[idx] if idx < len(self.steps) else 0
+            taken = self.steps[idx]
             if horizon is None or taken >= horizon:
                 continue
             group = trainer.optimizers[idx].param_groups[0]
