@@ -138,12 +138,6 @@ def run_checks_on_two_nodes(out: Path, checks: Sequence[str]) -> Checks:
     return Checks(out, 2, "\n".join(output for _, output in runs))
 
 
-def run_ddp(check: str, out: Path) -> list[dict[str, Any]]:
-    """Run the one ``check`` in a job of its own; each rank's result. A test reads its check
-    from the shared job instead (the ``ddp_checks`` fixture): each job costs a launch."""
-    return run_checks(out, [check])[check]
-
-
 def run_script(args: list[str]) -> str:
     """Run ``python ARGS`` (a script that may launch its own DDP ranks) on a free port; return
     its output, or fail with it if the script exits non-zero."""
