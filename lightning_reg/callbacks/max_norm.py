@@ -25,8 +25,8 @@ from lightning_reg.max_norm import (
     local_rows,
     max_norm_,
     max_norm_targets,
-    outside_message,
     row_groups,
+    unconstrained_message,
 )
 from lightning_reg.penalties import is_dtensor
 from lightning_reg.selection import outside_parameters
@@ -256,7 +256,9 @@ class MaxNorm(HookOwner):
         outside = [name for name in outside if name not in self._warned]
         if outside:
             self._warned.update(outside)
-            rank_zero_warn(outside_message(f"MaxNorm({self.max_value:g})", pl_module, outside))
+            rank_zero_warn(
+                unconstrained_message(f"MaxNorm({self.max_value:g})", pl_module, outside)
+            )
 
 
 def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
