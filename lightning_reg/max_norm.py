@@ -143,7 +143,7 @@ class RowGroup(NamedTuple):
 
     tensors: list[torch.Tensor]
     dims: tuple[int, ...]  # the dims of a row: every dim but 0
-    acc: torch.dtype  # the dtype torch.renorm computes norms and factors in
+    acc: torch.dtype  # the dtype torch.renorm computes norms and factors in: float32 for halves
     host_check: bool  # CPU: skip the tensors without a row over the bound
 
 
@@ -154,9 +154,10 @@ def row_groups(rows: Iterable[torch.Tensor]) -> list[RowGroup]:
     for w in rows:
         if w.numel() > 0:
             groups.setdefault((w.device, w.dtype, w.dim()), []).append(w)
+    half = (torch.float16, torch.bfloat16)
     return [
-        RowGroup(tensors, tuple(range(1, ndim)), _renorm_acc(dtype), device.type == "cpu")
-        for (device, dtype, ndim), tensors in groups.items()
+        RowGroup(tensors, tuple(range(1, n)), torch.float32 if dt in half else dt, d.type == "cpu")
+        for (d, dt, n), tensors in groups.items()
     ]
 
 
@@ -270,11 +271,6 @@ def unconstrained_message(who: str, module: nn.Module, outside: list[str]) -> st
         "weight indexes its output units (an nn.Embedding's rows are its vectors; transposed "
         "convolutions cannot be constrained)",
     )
-
-
-def _renorm_acc(dtype: torch.dtype) -> torch.dtype:
-    """The dtype ``torch.renorm`` accumulates norms in: float32 for half types, else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def local_rows(t: torch.Tensor) -> torch.Tensor:
