@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -185,12 +186,7 @@ class MaxNorm(HookOwner):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        refuse_fsdp1(
-            trainer,
-            "MaxNorm",
-            "its flattened parameter shards split rows across ranks, so per-row norms would be "
-            "wrong",
-        )
+        refuse_fsdp1(trainer, "MaxNorm", "its flat parameter shards split rows across ranks")
         # A fresh fit; a checkpoint restored after this hook loads its own count.
         self._steps = {}
         self._warned = set()
@@ -208,7 +204,7 @@ class MaxNorm(HookOwner):
         self._bindings = [_Binding(opt) for opt in trainer.optimizers]
         for idx, binding in enumerate(self._bindings):
             self._refresh(pl_module, binding)
-            hook = self._make_post_hook(pl_module, idx)
+            hook = functools.partial(self._post_hook, pl_module, idx)
             self.handles.append(binding.optimizer.register_step_post_hook(hook))
 
     @override
@@ -219,17 +215,15 @@ class MaxNorm(HookOwner):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._steps = {int(k): int(v) for k, v in state_dict.get("steps", {}).items()}
 
-    def _make_post_hook(self, pl_module: pl.LightningModule, idx: int) -> Callable[..., None]:
+    def _post_hook(
+        self, pl_module: pl.LightningModule, idx: int, optimizer: Optimizer, *_: Any
+    ) -> None:
         binding = self._bindings[idx]
-
-        def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-            flags = binding.current_flags()
-            if flags != binding.flags:
-                self._refresh(pl_module, binding, flags)
-            binding.apply(self.max_value, self.norm_type)
-            self._steps[idx] = self._steps.get(idx, 0) + 1
-
-        return post_hook
+        flags = binding.current_flags()
+        if flags != binding.flags:
+            self._refresh(pl_module, binding, flags)
+        binding.apply(self.max_value, self.norm_type)
+        self._steps[idx] = self._steps.get(idx, 0) + 1
 
     def _refresh(
         self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool] | None = None
