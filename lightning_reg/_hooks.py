@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
@@ -11,7 +9,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-__all__ = ["HookOwner", "refuse_fsdp1", "remove_handles"]
+__all__ = ["HookOwner", "refuse_fsdp1"]
 
 
 def refuse_fsdp1(trainer: pl.Trainer, who: str, why: str) -> None:
@@ -28,18 +26,6 @@ def refuse_fsdp1(trainer: pl.Trainer, who: str, why: str) -> None:
         )
 
 
-def remove_handles(handles: Iterable[RemovableHandle]) -> list[RemovableHandle]:
-    """Remove every hook of ``handles``; return an empty list to hold the next ones.
-
-    Examples:
-        >>> remove_handles([])
-        []
-    """
-    for handle in handles:
-        handle.remove()
-    return []
-
-
 class HookOwner(Callback):
     """A callback that registers optimizer hooks for a fit in ``handles`` and removes them when
     the fit ends, normally (``teardown``) or by an exception (``on_exception``).
@@ -54,7 +40,9 @@ class HookOwner(Callback):
 
     def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Remove the hooks of the last fit (extend it to drop more per-fit state)."""
-        self.handles = remove_handles(self.handles)
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -19,6 +19,7 @@ from lightning_reg.selection import (
     check_module_types,
     kernels,
     layer_kind,
+    outside_message,
     outside_parameters,
     select_weights,
 )
@@ -109,7 +110,7 @@ def apply_max_norm_(
         default = modules == DEFAULT_MAX_NORM_MODULES
         outside = outside_parameters(weights, modules) if default else []
         for problem in (
-            outside and outside_message("apply_max_norm_", weights, outside),
+            outside and unconstrained_message("apply_max_norm_", weights, outside),
             skipped and f"apply_max_norm_ does not constrain these kernels: {'; '.join(skipped)}.",
             not (targets or outside or skipped)
             and f"apply_max_norm_ found no trainable kernel of a layer in `modules` in "
@@ -142,7 +143,7 @@ class RowGroup(NamedTuple):
 
     tensors: list[torch.Tensor]
     dims: tuple[int, ...]  # the dims of a row: every dim but 0
-    acc: torch.dtype  # the dtype torch.renorm computes norms and factors in
+    acc: torch.dtype  # the dtype torch.renorm computes norms and factors in: float32 for halves
     host_check: bool  # CPU: skip the tensors without a row over the bound
 
 
@@ -153,9 +154,10 @@ def row_groups(rows: Iterable[torch.Tensor]) -> list[RowGroup]:
     for w in rows:
         if w.numel() > 0:
             groups.setdefault((w.device, w.dtype, w.dim()), []).append(w)
+    half = (torch.float16, torch.bfloat16)
     return [
-        RowGroup(tensors, tuple(range(1, ndim)), _renorm_acc(dtype), device.type == "cpu")
-        for (device, dtype, ndim), tensors in groups.items()
+        RowGroup(tensors, tuple(range(1, n)), torch.float32 if dt in half else dt, d.type == "cpu")
+        for (d, dt, n), tensors in groups.items()
     ]
 
 
@@ -258,21 +260,17 @@ def _weight_norm_magnitude(layer: nn.Module, kernel: Kernel) -> nn.Parameter | N
     return g if matches else None
 
 
-def outside_message(who: str, module: nn.Module, outside: list[str]) -> str:
-    """The warning naming what max-norm leaves out of ``module`` (from ``outside_parameters``)."""
-    return (
-        f"{who} does not constrain these trainable parameters of {type(module).__name__}: "
-        f"{', '.join(outside)}. They have two or more dims but belong to no layer of a type in "
-        "DEFAULT_MAX_NORM_MODULES, the default selection. To constrain them, pass `modules=` "
-        "with their layer types added, if dim 0 of each one's weight indexes its output units "
-        "(for nn.Embedding each row is one embedding vector; transposed convolutions cannot be "
-        "constrained); with `modules` other than the default this check is off."
+def unconstrained_message(who: str, module: nn.Module, outside: list[str]) -> str:
+    """The warning naming the parameters (from ``outside_parameters``) max-norm leaves out."""
+    return outside_message(
+        f"{who} does not constrain",
+        module,
+        outside,
+        "DEFAULT_MAX_NORM_MODULES",
+        "To constrain them, pass `modules=` with their layer types added, if dim 0 of each "
+        "weight indexes its output units (an nn.Embedding's rows are its vectors; transposed "
+        "convolutions cannot be constrained)",
     )
-
-
-def _renorm_acc(dtype: torch.dtype) -> torch.dtype:
-    """The dtype ``torch.renorm`` accumulates norms in: float32 for half types, else ``dtype``."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def local_rows(t: torch.Tensor) -> torch.Tensor:

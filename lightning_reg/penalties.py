@@ -123,14 +123,12 @@ def add_penalty_grad_(
     if not weights or (l1 == 0.0 and l2 == 0.0):
         return
     with torch.no_grad():
+        for w in weights:
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            elif w.grad.is_sparse:  # nn.Embedding(sparse=True): the sum is dense, as autograd
+                w.grad = w.grad.to_dense()  # makes it with the penalty in the loss
         grads = [w.grad for w in weights]
-        if any(g is None or g.is_sparse for g in grads):
-            for w in weights:
-                if w.grad is None:
-                    w.grad = torch.zeros_like(w)
-                elif w.grad.is_sparse:  # nn.Embedding(sparse=True): the sum is dense, as
-                    w.grad = w.grad.to_dense()  # autograd makes it with the penalty in the loss
-            grads = [w.grad for w in weights]
         if any(is_dtensor(w) for w in weights):  # FSDP2: each shard where it lies
             weights = [local(w) for w in weights]
             grads = [local(cast(torch.Tensor, g)) for g in grads]

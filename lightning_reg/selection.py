@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_PENALIZED_MODULES",
     "kernels",
     "layer_kind",
+    "outside_message",
     "outside_parameters",
     "select_weights",
 ]
@@ -257,6 +258,22 @@ def outside_parameters(module: nn.Module, modules: tuple[type[nn.Module], ...]) 
             held.add(id(p))  # a parameter tied between two such modules is named once
             names.append(name)
     return names
+
+
+def outside_message(who: str, module: nn.Module, outside: list[str], default: str, how: str) -> str:
+    """The warning naming what a default selection (``default``) leaves out of ``module``: the
+    names from :func:`outside_parameters`, ``who`` says what does not act on them, ``how`` what to
+    do.
+
+    Examples:
+        >>> outside_message("X skips", nn.Linear(2, 2), ["w (Own)"], "DEFAULTS", "Add them")[:38]
+        'X skips these trainable parameters of '
+    """
+    return (
+        f"{who} these trainable parameters of {type(module).__name__}: {', '.join(outside)}. "
+        f"They have two or more dims but belong to no layer of a type in {default}, the default "
+        f"selection. {how}; with other `modules` (or a `predicate` or `names`) this check is off."
+    )
 
 
 def check_module_types(name: str, modules: object) -> tuple[type[nn.Module], ...]:

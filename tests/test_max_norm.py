@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from lightning_reg.callbacks.max_norm import MaxNorm
 from lightning_reg.max_norm import RowGroup, apply_max_norm_, max_norm_, row_groups
 from lightning_reg.selection import select_weights
 from tests.distributed.worker import TwoOptimizerSteps
-from tests.helpers import DigitsClassifier, digits_loader, make_trainer
+from tests.helpers import DigitsClassifier, digits_loader, make_trainer, run_as_script
 
 MAX = 0.5
 PATHS = [False, True]  # foreach: the per-tensor reference, the multi-tensor path
@@ -703,17 +701,11 @@ def test_config_state_key_and_bad_arguments() -> None:
         MaxNorm(foreach="yes")  # type: ignore[arg-type]
 
 
-def test_benchmark_prints_the_max_norm_table() -> None:
+def test_benchmark_prints_the_max_norm_table(capsys: pytest.CaptureFixture[str]) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "regularization.py"
     # Model (c) alone (--models): no penalty rows, the max-norm rows of (c) only.
-    result = subprocess.run(
-        [sys.executable, str(script), "--quick", "--models", "c"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+    run_as_script(script, "--quick", "--models", "c")
+    lines = capsys.readouterr().out.splitlines()
     assert not any(line.startswith("| (") for line in lines)
     rows = [line for line in lines if line.startswith("| max-norm, (")]
     max_norm = [row.split("|") for row in rows]

@@ -20,7 +20,7 @@ from lightning_reg.demos import RegularizedMLP
 from lightning_reg.demos.data import DigitsDataModule
 from lightning_reg.module import RegularizedModule, WeightPenaltyMixin
 from lightning_reg.uncertainty import MCDropoutResult
-from tests.helpers import digits, digits_loader, make_trainer
+from tests.helpers import digits, digits_loader, fit, make_trainer
 
 L1, L2 = 1e-3, 1e-2
 
@@ -85,9 +85,7 @@ class _InheritedStep(WeightPenaltyMixin, _Plain):
 
 
 def _fit(model: pl.LightningModule, tmp_path: Any, steps: int = 1, **kwargs: Any) -> pl.Trainer:
-    trainer = make_trainer(tmp_path, max_steps=steps, **kwargs)
-    trainer.fit(model, train_dataloaders=digits_loader(n=192, batch_size=64))
-    return trainer
+    return fit(tmp_path, model, digits_loader(n=192, batch_size=64), max_steps=steps, **kwargs)
 
 
 @pytest.mark.parametrize("cls", [_OwnStep, _DictStep, _SuperStep, _InheritedStep])

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -202,56 +199,18 @@ def test_penalty_rejects_bad_factors(kwargs: dict, error: type, match: str) -> N
 
 # --------------------------------------------------------------------------------- DTensor
 
-DTENSOR_SCRIPT = """
-import math, sys
-import torch, torch.distributed as dist
-from torch import nn
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
-from lightning_reg.max_norm import apply_max_norm_
-from lightning_reg.penalties import weight_penalty
 
-dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
-mesh = init_device_mesh("cpu", (1,))
-w = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 2
-for placement in (Shard(0), Replicate()):
-    d = nn.Parameter(distribute_tensor(w.clone(), mesh, [placement]))
-    apply_max_norm_([d], max_value=1.0, norm_type=3.0)
-    assert torch.equal(d.full_tensor(), torch.renorm(w, 3.0, 0, 1.0)), placement
-try:
-    apply_max_norm_([distribute_tensor(w.clone(), mesh, [Shard(1)])])
-    raise AssertionError("Shard(1) accepted")
-except ValueError as err:
-    assert "Shard(0) and Replicate()" in str(err)
-model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
-with torch.no_grad():
-    model[0].weight.mul_(10.0)
-before = model[0].weight.detach().clone()
-fully_shard(model, mesh=mesh)
-assert model[0].weight.placements == (Shard(0),)
-apply_max_norm_(model, max_value=1.0)
-assert torch.equal(model[0].weight.full_tensor(), torch.renorm(before, 2, 0, 1.0))
-penalty = weight_penalty([model[0].weight, model[1].weight], l1=0.1, l2=0.2)
-full = [model[0].weight.full_tensor(), model[1].weight.full_tensor()]
-reference = sum(0.1 * f.abs().sum() + 0.2 * (f ** 2).sum() for f in full)
-assert type(penalty) is torch.Tensor and torch.allclose(penalty, reference), (penalty, reference)
-penalty.backward()
-grad = model[0].weight.grad.full_tensor()
-assert torch.allclose(grad, 0.1 * full[0].sign() + 0.4 * full[0])
-dist.destroy_process_group()
-print("DTENSOR-OK")
-"""
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_dtensor_shards_on_a_single_rank_gloo_group(tmp_path: Path) -> None:
-    script = tmp_path / "dtensor_check.py"
-    script.write_text(textwrap.dedent(DTENSOR_SCRIPT))
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "rendezvous")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "DTENSOR-OK" in result.stdout
+def test_dtensor_shards_over_two_ranks(ddp_checks: Any) -> None:
+    """``check_dtensor_shards`` of tests/distributed/worker.py: DTensors sharded over 2 ranks."""
+    for result in ddp_checks["dtensor_shards"]:
+        w = result["w"]
+        assert torch.equal(result["shard0"], torch.renorm(w, 3.0, 0, 1.0))
+        assert torch.equal(result["replicate"], torch.renorm(w, 3.0, 0, 1.0))
+        assert "Shard(0) and Replicate()" in result["shard1_error"]
+        assert result["shard0_only"] and result["local_rows"] == 3
+        first = result["full"][0]
+        assert torch.equal(first, torch.renorm(result["before"], 2, 0, 1.0))
+        reference = sum(0.1 * f.abs().sum() + 0.2 * (f**2).sum() for f in result["full"])
+        assert result["penalty_type"] == "Tensor"
+        torch.testing.assert_close(result["penalty"], reference)
+        torch.testing.assert_close(result["grad"], 0.1 * first.sign() + 0.4 * first)

@@ -22,7 +22,7 @@ from torch import nn
 
 from lightning_reg.module import WeightPenaltyMixin
 from lightning_reg.penalties import select_weights, weight_penalty
-from tests.helpers import digits_loader, make_trainer
+from tests.helpers import digits_loader, fit, make_trainer
 
 L1, L2 = 2e-3, 2e-2
 
@@ -112,8 +112,7 @@ class _Overflow(Callback):
 def _run(cls: type, tmp_path: Any, dtype: torch.dtype, callbacks: list, **kwargs: Any) -> Any:
     recorder = _Recorder()
     model = cls(loss_route=not issubclass(cls, WeightPenaltyMixin)).to(dtype)
-    trainer = make_trainer(tmp_path, callbacks=[*callbacks, recorder], **kwargs)
-    trainer.fit(model, train_dataloaders=digits_loader(n=160, batch_size=32))
+    trainer = fit(tmp_path, model, digits_loader(160), callbacks=[*callbacks, recorder], **kwargs)
     recorder.before_step = model.__dict__.get("seen_before_step", [])
     return recorder, model, trainer
 

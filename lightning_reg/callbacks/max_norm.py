@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,8 +26,8 @@ from lightning_reg.max_norm import (
     local_rows,
     max_norm_,
     max_norm_targets,
-    outside_message,
     row_groups,
+    unconstrained_message,
 )
 from lightning_reg.penalties import is_dtensor
 from lightning_reg.selection import outside_parameters
@@ -185,12 +186,7 @@ class MaxNorm(HookOwner):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        refuse_fsdp1(
-            trainer,
-            "MaxNorm",
-            "its flattened parameter shards split rows across ranks, so per-row norms would be "
-            "wrong",
-        )
+        refuse_fsdp1(trainer, "MaxNorm", "its flat parameter shards split rows across ranks")
         # A fresh fit; a checkpoint restored after this hook loads its own count.
         self._steps = {}
         self._warned = set()
@@ -207,8 +203,8 @@ class MaxNorm(HookOwner):
         self.release(trainer, pl_module)
         self._bindings = [_Binding(opt) for opt in trainer.optimizers]
         for idx, binding in enumerate(self._bindings):
-            self._refresh(pl_module, binding)
-            hook = self._make_post_hook(pl_module, idx)
+            self._refresh(pl_module, binding, binding.current_flags())
+            hook = functools.partial(self._post_hook, pl_module, idx)
             self.handles.append(binding.optimizer.register_step_post_hook(hook))
 
     @override
@@ -219,44 +215,43 @@ class MaxNorm(HookOwner):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._steps = {int(k): int(v) for k, v in state_dict.get("steps", {}).items()}
 
-    def _make_post_hook(self, pl_module: pl.LightningModule, idx: int) -> Callable[..., None]:
-        binding = self._bindings[idx]
-
-        def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-            flags = binding.current_flags()
-            if flags != binding.flags:
-                self._refresh(pl_module, binding, flags)
-            binding.apply(self.max_value, self.norm_type)
-            self._steps[idx] = self._steps.get(idx, 0) + 1
-
-        return post_hook
-
-    def _refresh(
-        self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool] | None = None
+    def _post_hook(
+        self, pl_module: pl.LightningModule, idx: int, optimizer: Optimizer, *_: Any
     ) -> None:
-        """Resolve the optimizer's targets again; name the kernels that cannot be constrained."""
+        binding = self._bindings[idx]
+        flags = binding.current_flags()
+        if flags != binding.flags:
+            self._refresh(pl_module, binding, flags)
+        binding.apply(self.max_value, self.norm_type)
+        self._steps[idx] = self._steps.get(idx, 0) + 1
+
+    def _refresh(self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool]) -> None:
+        """Resolve the optimizer's targets again; name the kernels that cannot be constrained and,
+        with the default ``modules``, the parameters no ``MaxNorm`` on the Trainer reaches."""
         weights, skipped = max_norm_targets(pl_module, self.modules, self.norm_type)
-        flags = binding.current_flags() if flags is None else flags
         binding.resolve(weights, flags, self.foreach is not False)
-        new = [name for name in skipped if name not in self._warned]
+        who = f"MaxNorm({self.max_value:g})"
+        new = self._new(skipped)
         if new:
-            self._warned.update(new)
             rank_zero_warn(
-                f"MaxNorm({self.max_value:g}) does not constrain these kernels of "
-                f"{type(pl_module).__name__}: {'; '.join(new)}. Leave their layer types out of "
-                "`modules` if that is intended.",
+                f"{who} does not constrain these kernels of {type(pl_module).__name__}: "
+                f"{'; '.join(new)}. Leave their layer types out of `modules` if that is intended.",
                 category=UserWarning,
             )
+            self._warned.update(new)
         if self.modules != DEFAULT_MAX_NORM_MODULES:
             return  # layer types the user chose
         # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
         callbacks: list[Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]
         reach = tuple({t for c in callbacks if isinstance(c, MaxNorm) for t in c.modules})
-        outside = outside_parameters(pl_module, reach)
-        outside = [name for name in outside if name not in self._warned]
+        outside = self._new(outside_parameters(pl_module, reach))
         if outside:
+            rank_zero_warn(unconstrained_message(who, pl_module, outside))
             self._warned.update(outside)
-            rank_zero_warn(outside_message(f"MaxNorm({self.max_value:g})", pl_module, outside))
+
+    def _new(self, names: list[str]) -> list[str]:
+        """The ``names`` no warning of this fit has named yet."""
+        return [name for name in names if name not in self._warned]
 
 
 def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:

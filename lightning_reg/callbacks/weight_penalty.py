@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
@@ -21,7 +22,12 @@ from lightning_reg.penalties import (
     weight_penalty,
     zero_fraction,
 )
-from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, outside_parameters, select_weights
+from lightning_reg.selection import (
+    DEFAULT_PENALIZED_MODULES,
+    outside_message,
+    outside_parameters,
+    select_weights,
+)
 
 __all__ = ["PenaltyConfig", "WeightPenalty"]
 
@@ -101,17 +107,11 @@ class WeightPenalty(HookOwner):
         self._restored = {}
         if stage != "fit" or not (config.l1 or config.l2):
             return
-        refuse_fsdp1(
-            trainer,
-            "The weight penalty",
-            "outside the forward pass each rank holds a slice of flattened parameters, so the "
-            "penalty would miss most weights",
-        )
+        refuse_fsdp1(trainer, "The weight penalty", "each rank holds a slice of flat parameters")
         if isinstance(trainer.strategy, DeepSpeedStrategy):
             raise MisconfigurationException(
-                "The weight penalty cannot run under DeepSpeedStrategy: DeepSpeed partitions "
-                "and steps the gradients itself. Use DDP or FSDP2, or set l1=l2=0 and add "
-                "`weight_penalty(...)` from lightning_reg.penalties to your loss yourself."
+                "The weight penalty cannot run under DeepSpeedStrategy, which partitions and steps "
+                f"the gradients itself. {_IN_THE_LOSS}, or use DDP or FSDP2."
             )
 
     @override
@@ -126,80 +126,35 @@ class WeightPenalty(HookOwner):
         self._weights = select_weights(
             pl_module, config.modules, config.predicate, config.names, trainable_only=False
         )
-        self._refuse_optimizers(trainer)
-        self._warn_outside(pl_module, config)
-        fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
         selected = {id(w) for w in self._weights}
+        if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
+            outside = outside_parameters(pl_module, config.modules)
+            if outside:  # the default selection leaves them out; a chosen one is taken as meant
+                how = "To penalize them, pass `modules=` with their layer types added, or choose "
+                how += "the parameters with `predicate=` or `names=`"
+                who = "The weight penalty does not apply to"
+                rank_zero_warn(outside_message(who, pl_module, outside, _DEFAULT, how))
+        fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
         for i, optimizer in enumerate(trainer.optimizers):
-            for j, group in enumerate(optimizer.param_groups):
-                if not any(id(p) in selected for p in group["params"]):
-                    continue
-                if fold is not None:
-                    problem = fold_problem(optimizer, group, selected, fold)
-                    if problem is not None:
-                        raise ValueError(
-                            f"`as_weight_decay=True` cannot fold l2 into `weight_decay`: "
-                            f"{problem}. Use `as_weight_decay=False` (l2 is then added to the "
-                            "gradient), or build the optimizer from `self.penalty_param_groups()` "
-                            "with a coupled optimizer (SGD, Adam, RMSprop, Adagrad, ...)."
-                        )
+            held = [j for j, g in enumerate(optimizer.param_groups) if selected & _ids(g)]
+            if held:
+                _refuse(trainer, optimizer)
+            for j in held:
+                group = optimizer.param_groups[j]
+                problem = fold and fold_problem(optimizer, group, selected, fold)
+                if problem:
+                    raise ValueError(
+                        f"`as_weight_decay=True` cannot fold l2 into `weight_decay`: {problem}. "
+                        "Use `as_weight_decay=False` (l2 is then added to the gradient), or build "
+                        "the optimizer from `self.penalty_param_groups()` with a coupled "
+                        "optimizer (SGD, Adam, RMSprop, Adagrad, ...)."
+                    )
                 if "weight_decay" in group:
                     self._configured[i, j] = group["weight_decay"]
-                    if fold is not None:
-                        group["weight_decay"] = fold
-                    self._decay[i, j] = group["weight_decay"]
+                    self._decay[i, j] = group["weight_decay"] = fold or group["weight_decay"]
             if config.proximal_l1 and config.l1 > 0:
-                hook = self._proximal_hook(pl_module)
+                hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
-
-    def _refuse_optimizers(self, trainer: pl.Trainer) -> None:
-        selected = {id(w) for w in self._weights}
-        for optimizer in trainer.optimizers:
-            groups = optimizer.param_groups
-            if not any(id(p) in selected for g in groups for p in g["params"]):
-                continue
-            name = type(optimizer).__name__
-            if isinstance(optimizer, torch.optim.SparseAdam):
-                why = (
-                    "SparseAdam takes sparse gradients only, and the penalty's gradient is dense "
-                    "(as it is with the penalty in the loss). Leave those layers out of the "
-                    "penalty (`modules=`, `predicate=` or `names=`), or give them another optimizer"
-                )
-            elif isinstance(optimizer, torch.optim.LBFGS):
-                why = (
-                    "LBFGS re-evaluates the loss inside its step, and that loss does not contain "
-                    "the penalty. Set l1=l2=0 and add `weight_penalty(...)` from "
-                    "lightning_reg.penalties to the loss `training_step` returns"
-                )
-            elif trainer.precision in ("16-mixed", "16") and any(g.get("fused") for g in groups):
-                why = (
-                    "under 16-bit AMP a fused optimizer unscales its gradients inside its step, "
-                    "so in `on_before_optimizer_step`, where the penalty's gradient is added, "
-                    "they are still scaled. Use `fused=False`, bf16 or 32-bit"
-                )
-            else:
-                continue
-            raise MisconfigurationException(
-                f"The weight penalty cannot be used with {name} on the weights it updates: {why}."
-            )
-
-    def _warn_outside(self, pl_module: pl.LightningModule, config: PenaltyConfig) -> None:
-        """Name the trainable weights the default selection leaves out; a selection the user
-        chose (``modules``, ``predicate`` or ``names``) is taken as meant."""
-        chosen = config.predicate is not None or config.names is not None
-        if chosen or config.modules != DEFAULT_PENALIZED_MODULES:
-            return
-        outside = outside_parameters(pl_module, config.modules)
-        if outside:
-            rank_zero_warn(
-                f"The weight penalty does not apply to these trainable parameters of "
-                f"{type(pl_module).__name__}: {', '.join(outside)}. They have two or more dims "
-                "but belong to no layer of a type in DEFAULT_PENALIZED_MODULES, the default "
-                "selection. To penalize them, pass `modules=` with their layer types added, or "
-                "choose the parameters with `predicate=` or `names=`; with `modules` other than "
-                "the default, or a `predicate` or `names`, this check is off.",
-                category=UserWarning,
-            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,9 +163,7 @@ class WeightPenalty(HookOwner):
         for (i, j), expected in self._decay.items():
             group = trainer.optimizers[i].param_groups[j]
             found = group["weight_decay"]
-            if found == expected:
-                continue
-            if found not in (self._restored.get((i, j)), self._configured[i, j]):
+            if found not in (expected, self._restored.get((i, j)), self._configured[i, j]):
                 rank_zero_warn(
                     f"The checkpoint restored `weight_decay={found}` into param group {j} of "
                     f"{type(trainer.optimizers[i]).__name__}, which holds penalized weights; "
@@ -231,28 +184,24 @@ class WeightPenalty(HookOwner):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
         backwards, self._backwards = self._backwards, 0
-        if not self._on:
-            return
-        if pl_module.automatic_optimization:
-            if backwards == 0:
-                return  # every micro-batch of the window was skipped: no gradient, no update
+        scale = 1.0  # manual optimization: once per `opt.step()`
+        if pl_module.automatic_optimization:  # the factor Lightning gives each micro-batch
             scale = backwards / trainer.accumulate_grad_batches
-        else:
-            scale = 1.0
+        if not self._on or scale == 0.0:  # no penalty, or every micro-batch was skipped
+            return
         config = _config(pl_module)
         l1 = 0.0 if config.proximal_l1 else config.l1
-        by_l2: dict[float, list[torch.Tensor]] = {}
-        for _, weights, l2_by_gradient in self._groups_of(optimizer, config):
-            l2 = config.l2 if l2_by_gradient else 0.0
-            by_l2.setdefault(l2, []).extend(w for w in weights if w.requires_grad)
-        for l2, weights in by_l2.items():
-            add_penalty_grad_(weights, l1, l2, scale)
+        groups = self._groups_of(optimizer, config)
+        for by_gradient in (True, False):
+            weights = [w for _, ws, g in groups if g is by_gradient for w in ws if w.requires_grad]
+            if weights:
+                add_penalty_grad_(weights, l1, config.l2 if by_gradient else 0.0, scale)
 
     def _groups_of(
         self, optimizer: Optimizer, config: PenaltyConfig
     ) -> list[tuple[dict, list, bool]]:
-        """The optimizer's groups with their selected weights, recomputed only when a group is
-        added or resized (``BackboneFinetuning``)."""
+        """The optimizer's groups with their selected weights and whether their l2 goes through
+        the gradient, recomputed only when a group is added or resized (``BackboneFinetuning``)."""
         sizes = tuple(len(g["params"]) for g in optimizer.param_groups)
         cached = self._groups.get(id(optimizer))
         if cached is None or cached[0] != sizes:
@@ -266,14 +215,11 @@ class WeightPenalty(HookOwner):
         return cached[1]
 
     def _l2_by_gradient(self, optimizer: Optimizer, group: dict, config: PenaltyConfig) -> bool:
-        """Whether the l2 of ``group``'s weights goes through the gradient: always, unless
-        ``as_weight_decay``; then a group added during fit takes the fold if it can, and where it
-        cannot (a warning says why) its l2 goes through the gradient."""
-        if not config.as_weight_decay:
-            return True
+        """Always, unless ``as_weight_decay``; then a group added during fit takes the fold if it
+        can, and where it cannot (a warning says why) its l2 goes through the gradient."""
         fold = 2.0 * config.l2
-        if group.get("weight_decay") == fold:
-            return False
+        if not config.as_weight_decay or group.get("weight_decay") == fold:
+            return not config.as_weight_decay
         problem = fold_problem(optimizer, group, {id(w) for w in self._weights}, fold)
         if problem is None:
             group["weight_decay"] = fold
@@ -287,18 +233,14 @@ class WeightPenalty(HookOwner):
         )
         return True
 
-    def _proximal_hook(self, pl_module: pl.LightningModule) -> Any:
-        """A step post-hook soft-thresholding the weights the step updated, with their group's
-        learning rate (a step the GradScaler skips is no step: torch runs no post-hook)."""
-
-        def proximal_step(optimizer: Optimizer, *_: Any) -> None:
-            config = _config(pl_module)
-            for group, weights, _by_gradient in self._groups_of(optimizer, config):
-                live = [w for w in weights if w.requires_grad]
-                if live:
-                    soft_threshold_(live, group["lr"] * config.l1)
-
-        return proximal_step
+    def _proximal_step(self, pl_module: pl.LightningModule, optimizer: Optimizer, *_: Any) -> None:
+        """Soft-threshold the weights the step updated with their group's learning rate (a step
+        the GradScaler skips is no step: torch runs no post-hook)."""
+        config = _config(pl_module)
+        for group, weights, _by_gradient in self._groups_of(optimizer, config):
+            live = [w for w in weights if w.requires_grad]
+            if live:
+                soft_threshold_(live, group["lr"] * config.l1)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -324,8 +266,40 @@ class WeightPenalty(HookOwner):
         pl_module.penalty_fit_factors = None  # type: ignore[assignment]
 
 
+_DEFAULT = "DEFAULT_PENALIZED_MODULES"
+_IN_THE_LOSS = "Set l1=l2=0 and add `weight_penalty(...)` from lightning_reg.penalties to the loss"
+
+
 def _config(pl_module: pl.LightningModule) -> PenaltyConfig:
     return cast(PenaltyConfig, pl_module.penalty_config)
+
+
+def _ids(group: dict[str, Any]) -> set[int]:
+    return {id(p) for p in group["params"]}
+
+
+def _refuse(trainer: pl.Trainer, optimizer: Optimizer) -> None:
+    """Raise if ``optimizer``, which steps penalized weights, cannot take the penalty's gradient."""
+    if isinstance(optimizer, torch.optim.SparseAdam):
+        why = (
+            "it takes sparse gradients only, and the penalty's gradient is dense. Leave those "
+            "layers out of the penalty (`modules=`, `predicate=` or `names=`)"
+        )
+    elif isinstance(optimizer, torch.optim.LBFGS):
+        why = f"it re-evaluates a loss without the penalty inside its step. {_IN_THE_LOSS}"
+    elif trainer.precision in ("16-mixed", "16") and any(
+        g.get("fused") for g in optimizer.param_groups
+    ):
+        why = (
+            "under 16-bit AMP a fused optimizer unscales its gradients inside its step, so they "
+            "are still scaled where the penalty is added. Use `fused=False`, bf16 or 32-bit"
+        )
+    else:
+        return
+    raise MisconfigurationException(
+        f"The weight penalty cannot be used with {type(optimizer).__name__} on the weights it "
+        f"updates: {why}."
+    )
 
 
 def fold_problem(

@@ -47,6 +47,7 @@ from lightning_reg.callbacks import (
     ScheduledLR,
 )
 from lightning_reg.demos import RegularizedMLP
+from lightning_reg.max_norm import apply_max_norm_
 from lightning_reg.module import WeightPenaltyMixin
 from lightning_reg.penalties import select_weights, weight_penalty, zero_fraction
 from lightning_reg.schedules import Chain, Constant, CosineDecay, LinearWarmup, OneCycle
@@ -503,6 +504,44 @@ def check_penalty_manual_ddp(launch: Launch) -> dict[str, Any]:
         model = ManualPenalty() if route == "loss" else ManualPenaltyByStep()
         ddp_fit(launch, model, digits_loader(192, 16), max_epochs=1, limit_train_batches=6)
         out[route] = flat_params(model)
+    return out
+
+
+def check_dtensor_shards(launch: Launch) -> dict[str, Any]:
+    """``apply_max_norm_`` and ``weight_penalty`` on DTensors sharded over the job's ranks (each
+    rank holds 3 of 6 rows): placements given by hand, then ``fully_shard`` (FSDP2)."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+    if not torch.distributed.is_initialized():  # run alone: a DDP fit starts the other rank
+        ddp_fit(launch, DigitsClassifier(), digits_loader(32, 16), max_steps=1)
+    mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
+    w = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 2
+    out: dict[str, Any] = {"w": w}
+    for key, placement in (("shard0", Shard(0)), ("replicate", Replicate())):
+        d = nn.Parameter(distribute_tensor(w.clone(), mesh, [placement]))
+        apply_max_norm_([d], max_value=1.0, norm_type=3.0)
+        out[key] = d.full_tensor()
+    try:
+        apply_max_norm_([distribute_tensor(w.clone(), mesh, [Shard(1)])])
+        out["shard1_error"] = ""
+    except ValueError as err:
+        out["shard1_error"] = str(err)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(10.0)
+    out["before"] = model[0].weight.detach().clone()
+    fully_shard(model, mesh=mesh)
+    out["shard0_only"] = [p.is_shard(0) for p in model[0].weight.placements] == [True]
+    out["local_rows"] = model[0].weight.to_local().shape[0]
+    apply_max_norm_(model, max_value=1.0)
+    out["full"] = [model[0].weight.full_tensor(), model[1].weight.full_tensor()]
+    penalty = weight_penalty([model[0].weight, model[1].weight], l1=0.1, l2=0.2)
+    out["penalty_type"] = type(penalty).__name__
+    penalty.backward()
+    out["penalty"] = penalty.detach()
+    out["grad"] = model[0].weight.grad.full_tensor()
     return out
 
 
