@@ -38,11 +38,15 @@ class HookOwner(Callback):
     def __init__(self) -> None:
         self.handles: list[RemovableHandle] = []
 
-    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Remove the hooks of the last fit (extend it to drop more per-fit state)."""
+    def remove_hooks(self) -> None:
+        """Remove the hooks registered so far."""
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+    def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the hooks of the last fit (extend it to drop more per-fit state)."""
+        self.remove_hooks()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

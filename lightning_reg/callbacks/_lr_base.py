@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg._hooks import HookOwner, remove_handles
+from lightning_reg._hooks import HookOwner
 from lightning_reg._validation import check_positive
 
 __all__ = ["LRCallback", "ScheduleLike"]
@@ -160,7 +160,7 @@ class LRCallback(HookOwner):
     # -- lifecycle ----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything from a previous fit (called at ``setup("fit")``)."""
-        self.handles = remove_handles(self.handles)
+        self.remove_hooks()
         self.steps: list[int] = []
         self.restored = False
         self.taken_over: str | None = None
