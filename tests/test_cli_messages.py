@@ -36,6 +36,11 @@ def one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
             ["--data.batch_size=0"],
             "--data.batch_size: `batch_size` must be an integer >= 1, got 0.",
         ),
+        (  # Lightning's own check of a Trainer flag
+            ["--trainer.max_epochs=-2"],
+            "--trainer.max_epochs: `max_epochs` must be a non-negative integer or -1. You passed "
+            "in -2.",
+        ),
         (
             ["--report.mc_samples=0"],
             "--report.mc_samples: `mc_samples` must be an integer >= 1, got 0.",
@@ -79,3 +84,29 @@ def test_help_lists_the_configs_subcommand(capsys: pytest.CaptureFixture[str]) -
     assert text.startswith("usage: lightning-reg [-c CONFIG] {fit,validate,test,predict,configs}")
     flat = " ".join(text.split())
     assert "One more subcommand, configs: `lightning-reg configs` lists the example configs" in flat
+
+
+def test_a_value_the_run_rejects_at_fit_start_ends_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The cycle is sized from the Trainer's plan only when the fit starts.
+    monkeypatch.chdir(tmp_path)
+    args = ["--lr_schedule.final_steps=100000", "--trainer.max_epochs=1"]
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--trainer.enable_model_summary=false", *args])
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("lightning-reg fit: error: OneCycleScheduler sizes its cycle from")
+    assert "`trainer.estimated_stepping_batches` = 20" in line and "got 100000" in line
+
+
+def test_only_this_packages_own_errors_lose_their_traceback() -> None:
+    from lightning_reg.demos.cli import _raised_by_this_package
+    from lightning_reg.schedules import OneCycle
+
+    with pytest.raises(ValueError) as ours:
+        OneCycle(total_steps=10, max_lr=-1.0)
+    with pytest.raises(ValueError) as elsewhere:
+        int("ten")
+    assert _raised_by_this_package(ours.value)
+    assert not _raised_by_this_package(elsewhere.value)

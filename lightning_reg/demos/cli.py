@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from packaging.requirements import Requirement
 from typing_extensions import override
@@ -402,7 +403,7 @@ class LightningRegCLI(LightningCLI):
         flag."""
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError) as err:
+        except (ValueError, TypeError, MisconfigurationException) as err:
             inner = _innermost(err)
             if not self.exit_on_bad_value:
                 raise inner from None
@@ -485,7 +486,10 @@ def main(args: ArgsType = None) -> None:
         SystemExit: when the ``cli`` extra is missing (code 1), for arguments the parser rejects
             and values a class rejects (code 2, one line naming the flag and the allowed range:
             ``lightning-reg fit: error: --model.dropout: `dropout` must be a finite number in
-            [0, 1), got 1.5.``), and for ``--help``/``--print_config`` (code 0).
+            [0, 1), got 1.5.``), for a ``ValueError`` or ``MisconfigurationException`` that
+            this package raises while the run starts (code 2, its message on one line: a
+            schedule the Trainer's plan cannot hold, say; errors raised elsewhere keep their
+            traceback), and for ``--help``/``--print_config`` (code 0).
 
     Examples:
         >>> main(["configs", "selu"])  # doctest: +ELLIPSIS
@@ -505,7 +509,24 @@ def main(args: ArgsType = None) -> None:
     if isinstance(argv, list | tuple) and argv and argv[0] == "configs":
         _configs_command(argv[1:])
         return
-    LightningRegCLI(args=args, exit_on_bad_value=True)
+    try:
+        LightningRegCLI(args=args, exit_on_bad_value=True)
+    except (ValueError, MisconfigurationException) as err:
+        if not _raised_by_this_package(err):
+            raise
+        command = " ".join(["lightning-reg", *argv[:1]]) if isinstance(argv, list | tuple) else ""
+        print(f"{command or 'lightning-reg'}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _raised_by_this_package(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is in ``lightning_reg``: our own
+    checks, whose messages say what to change, as opposed to a fault worth its traceback."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = Path(__file__).resolve().parents[1]
+    return tb is not None and package in Path(tb.tb_frame.f_code.co_filename).resolve().parents
 
 
 if __name__ == "__main__":  # `python -m lightning_reg.demos.cli ...`
