@@ -86,14 +86,22 @@ def test_help_lists_the_configs_subcommand(capsys: pytest.CaptureFixture[str]) -
     assert "One more subcommand, configs: `lightning-reg configs` lists the example configs" in flat
 
 
+@pytest.mark.parametrize("with_config", [False, True], ids=["fit", "-c CONFIG fit"])
 def test_a_value_the_run_rejects_at_fit_start_ends_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    with_config: bool,
 ) -> None:
     # The cycle is sized from the Trainer's plan only when the fit starts.
     monkeypatch.chdir(tmp_path)
     args = ["--lr_schedule.final_steps=100000", "--trainer.max_epochs=1"]
+    config = []
+    if with_config:  # the `lightning-reg -c CONFIG fit` form, a top-level config
+        (tmp_path / "top.yaml").write_text("fit:\n  trainer:\n    max_epochs: 1\n")
+        config = ["-c", str(tmp_path / "top.yaml")]
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--trainer.enable_model_summary=false", *args])
+        main([*config, "fit", "--trainer.enable_model_summary=false", *args])
     assert info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("lightning-reg fit: error: OneCycleScheduler sizes its cycle from")

@@ -410,8 +410,7 @@ class LightningRegCLI(LightningCLI):
             config = self.config if self.subcommand is None else self.config[self.subcommand]
             flags = ", ".join(_flags_named(str(inner), config))
             where = f"{flags}: " if flags else ""
-            command = " ".join(filter(None, ("lightning-reg", self.subcommand)))
-            self.parser.exit(2, f"{command}: error: {where}{inner}\n")
+            self.parser.exit(2, _error_line(self.subcommand, f"{where}{inner}") + "\n")
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -514,9 +513,16 @@ def main(args: ArgsType = None) -> None:
     except (ValueError, MisconfigurationException) as err:
         if not _raised_by_this_package(err):
             raise
-        command = " ".join(["lightning-reg", *argv[:1]]) if isinstance(argv, list | tuple) else ""
-        print(f"{command or 'lightning-reg'}: error: {err}", file=sys.stderr)
+        names = LightningCLI.subcommands()
+        given = argv if isinstance(argv, list | tuple) else []
+        subcommand = next((arg for arg in given if arg in names), None)
+        print(_error_line(subcommand, str(err)), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _error_line(subcommand: str | None, message: str) -> str:
+    """The command's one-line error: ``lightning-reg fit: error: <message>``."""
+    return f"{' '.join(filter(None, ('lightning-reg', subcommand)))}: error: {message}"
 
 
 def _raised_by_this_package(err: BaseException) -> bool:
