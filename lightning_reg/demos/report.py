@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from typing_extensions import override
 
 from lightning_reg._validation import check_int
+from lightning_reg.callbacks._lr_base import momentum_key
 from lightning_reg.plotting import matplotlib_figure
 from lightning_reg.uncertainty import mc_dropout_predict
 
@@ -163,9 +164,10 @@ class OptimizerTrace(Callback):
 
 
 def _momentum(group: dict[str, Any]) -> float | None:
-    if "momentum" in group:
-        return float(group["momentum"])
-    return float(group["betas"][0]) if "betas" in group else None
+    key = momentum_key(group)
+    if key is None:
+        return None
+    return float(group[key][0] if key == "betas" else group[key])
 
 
 def _columns(values: Sequence[Sequence[Any]]) -> list[tuple[str, list[Any]]]:
@@ -225,7 +227,7 @@ def plot_schedule_trace(
     steps = list(range(len(lrs)))
     handles = []
     for k, (label, column) in enumerate(_columns(lrs)):
-        (line,) = ax.plot(steps, column, linestyle=_STYLES[k % 4], label=f"lr, {label}")
+        (line,) = ax.plot(steps, column, linestyle=_STYLES[k % len(_STYLES)], label=f"lr, {label}")
         handles.append(line)
     peak = max(max(row) for row in lrs)
     at = next(t for t, row in enumerate(lrs) if max(row) == peak)
@@ -238,7 +240,7 @@ def plot_schedule_trace(
         twin = ax.twinx()
         for k, (label, column) in enumerate(columns):
             (line,) = twin.plot(
-                steps, column, color="tab:red", alpha=0.6, linestyle=_STYLES[k % 4],
+                steps, column, color="tab:red", alpha=0.6, linestyle=_STYLES[k % len(_STYLES)],
                 label=f"momentum, {label}",
             )  # fmt: skip
             handles.append(line)
