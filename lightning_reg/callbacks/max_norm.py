@@ -29,7 +29,7 @@ from lightning_reg.max_norm import (
     row_groups,
     unconstrained_message,
 )
-from lightning_reg.penalties import is_dtensor
+from lightning_reg.penalties import is_dtensor, local
 from lightning_reg.selection import outside_parameters
 
 __all__ = ["MaxNorm"]
@@ -49,6 +49,7 @@ class _Binding:
         self.targets: list[torch.Tensor] = []
         self.rows: list[torch.Tensor] | list[RowGroup] = []
         self.foreach = True
+        self.sharded = False  # DTensor targets: their local shards are taken at every step
 
     def current_flags(self) -> list[bool]:
         return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
@@ -59,15 +60,15 @@ class _Binding:
         self.targets = [w for w in weights if id(w) in held]
         self.flags, self.foreach = flags, foreach
         rows = [local_rows(w) for w in self.targets]  # checks dims, dtype, placements
-        sharded = any(is_dtensor(w) for w in self.targets)  # local shards taken at every step
-        self.rows = [] if sharded else rows if not foreach else row_groups(rows)
+        self.sharded = any(is_dtensor(w) for w in self.targets)
+        self.rows = [] if self.sharded else rows if not foreach else row_groups(rows)
 
     def apply(self, max_value: float, norm_type: float) -> None:
         """Renorm the targets now."""
         rows = self.rows
-        if not rows and self.targets:  # DTensors: their local shards afresh
-            local = [local_rows(w) for w in self.targets]
-            rows = row_groups(local) if self.foreach else local
+        if self.sharded:  # checked in `resolve`: only the local shards are taken afresh
+            shards = [local(w) for w in self.targets]
+            rows = row_groups(shards) if self.foreach else shards
         max_norm_(rows, max_value, norm_type)
 
 
