@@ -84,6 +84,7 @@ class WeightPenalty(HookOwner):
         super().__init__()
         self._backwards = 0
         self._weights: list[nn.Parameter] = []
+        self._selected: set[int] = set()  # their ids
         self._on = False
         # Per optimizer: its group sizes, then (group, its selected weights, whether their l2
         # goes through the gradient) for the groups holding selected weights.
@@ -126,7 +127,7 @@ class WeightPenalty(HookOwner):
         self._weights = select_weights(
             pl_module, config.modules, config.predicate, config.names, trainable_only=False
         )
-        selected = {id(w) for w in self._weights}
+        self._selected = selected = {id(w) for w in self._weights}
         if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
             outside = outside_parameters(pl_module, config.modules)
             if outside:  # the default selection leaves them out; a chosen one is taken as meant
@@ -192,7 +193,8 @@ class WeightPenalty(HookOwner):
         config = _config(pl_module)
         l1 = 0.0 if config.proximal_l1 else config.l1
         groups = self._groups_of(optimizer, config)
-        for by_gradient in (True, False):
+        # Groups whose l2 is folded into `weight_decay` take only l1 here.
+        for by_gradient in (True, False) if l1 else (True,):
             weights = [w for _, ws, g in groups if g is by_gradient for w in ws if w.requires_grad]
             if weights:
                 add_penalty_grad_(weights, l1, config.l2 if by_gradient else 0.0, scale)
@@ -205,10 +207,9 @@ class WeightPenalty(HookOwner):
         sizes = tuple(len(g["params"]) for g in optimizer.param_groups)
         cached = self._groups.get(id(optimizer))
         if cached is None or cached[0] != sizes:
-            selected = {id(w) for w in self._weights}
             found = []
             for group in optimizer.param_groups:
-                weights = [p for p in group["params"] if id(p) in selected]
+                weights = [p for p in group["params"] if id(p) in self._selected]
                 if weights:
                     found.append((group, weights, self._l2_by_gradient(optimizer, group, config)))
             cached = self._groups[id(optimizer)] = (sizes, found)
@@ -220,7 +221,7 @@ class WeightPenalty(HookOwner):
         fold = 2.0 * config.l2
         if not config.as_weight_decay or group.get("weight_decay") == fold:
             return not config.as_weight_decay
-        problem = fold_problem(optimizer, group, {id(w) for w in self._weights}, fold)
+        problem = fold_problem(optimizer, group, self._selected, fold)
         if problem is None:
             group["weight_decay"] = fold
             return False
