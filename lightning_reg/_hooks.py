@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
@@ -9,7 +11,15 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-__all__ = ["HookOwner", "refuse_fsdp1"]
+__all__ = ["HookOwner", "callbacks_of", "refuse_fsdp1"]
+
+_C = TypeVar("_C", bound=Callback)
+
+
+def callbacks_of(trainer: pl.Trainer, kind: type[_C]) -> list[_C]:
+    """The Trainer's callbacks of type ``kind``."""
+    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    return [cb for cb in callbacks if isinstance(cb, kind)]
 
 
 def refuse_fsdp1(trainer: pl.Trainer, who: str, why: str) -> None:

@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg._hooks import HookOwner
+from lightning_reg._hooks import HookOwner, callbacks_of
 from lightning_reg._validation import check_positive
 
 __all__ = ["LRCallback", "ScheduleLike"]
@@ -40,14 +40,7 @@ __all__ = ["LRCallback", "ScheduleLike"]
 ScheduleLike = Callable[[int], float]
 
 
-_C = TypeVar("_C", bound=Callback)
 _T = TypeVar("_T")
-
-
-def callbacks_of(trainer: pl.Trainer, kind: type[_C]) -> list[_C]:
-    """The Trainer's callbacks of type ``kind``."""
-    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
-    return [cb for cb in callbacks if isinstance(cb, kind)]
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg._hooks import HookOwner, refuse_fsdp1
+from lightning_reg._hooks import HookOwner, callbacks_of, refuse_fsdp1
 from lightning_reg._validation import check_positive
 from lightning_reg.max_norm import (
     DEFAULT_MAX_NORM_MODULES,
@@ -243,8 +243,7 @@ class MaxNorm(HookOwner):
         if self.modules != DEFAULT_MAX_NORM_MODULES:
             return  # layer types the user chose
         # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
-        callbacks: list[Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]
-        reach = tuple({t for c in callbacks if isinstance(c, MaxNorm) for t in c.modules})
+        reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
         outside = self._new(outside_parameters(pl_module, reach))
         if outside:
             rank_zero_warn(unconstrained_message(who, pl_module, outside))
@@ -265,11 +264,10 @@ def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> li
     one of them is the same constraint (same ``state_key``), ``ours`` is left out.
     """
     try:
-        on_trainer: list[Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]
+        theirs = callbacks_of(pl_module.trainer, MaxNorm)
     except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
-        on_trainer = []
+        theirs = []
     owner = type(pl_module).__name__
-    theirs = [c for c in on_trainer if isinstance(c, MaxNorm)]
     if any(c.state_key == ours.state_key for c in theirs):
         return []
     if theirs:

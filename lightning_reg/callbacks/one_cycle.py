@@ -10,14 +10,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from typing_extensions import override
 
+from lightning_reg._hooks import callbacks_of
 from lightning_reg._validation import check_int, check_positive
-from lightning_reg.callbacks._lr_base import (
-    LRCallback,
-    ScheduleLike,
-    callbacks_of,
-    momentum_key,
-    per_group,
-)
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, momentum_key, per_group
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
