@@ -473,7 +473,8 @@ class _Snapshot:
         self.scaler_state = None if self.scaler is None else self.scaler.state_dict()
         self.modes = [(m, m.training) for m in pl_module.modules()]
         self.callback_states = [
-            (cb, copy.deepcopy(cb.state_dict())) for cb in getattr(trainer, "callbacks", [])
+            (cb, copy.deepcopy(cb.state_dict()))
+            for cb in trainer.callbacks  # type: ignore[attr-defined]
         ]
         self.metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
         self.metric_states = [copy.deepcopy(m.metric_state) for m in self.metrics]

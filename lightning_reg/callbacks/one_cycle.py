@@ -136,7 +136,6 @@ class OneCycleScheduler(ScheduledLR):
         # given here: ScheduledLR's own constructor does not apply.
         LRCallback.__init__(self, log_values=log_values)
         self.interval: Literal["step", "epoch"] = "step"
-        self._schedules: list[ScheduleLike] = []
         self.max_lr = _check_max_lr(max_lr)
         if range_test is not None and not isinstance(range_test, LRRangeTest):
             raise TypeError(f"`range_test` must be an LRRangeTest or None, got {range_test!r}.")
