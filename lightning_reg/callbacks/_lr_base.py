@@ -81,15 +81,19 @@ def set_momentum(group: dict[str, Any], value: float) -> None:
         group["betas"] = (assign(betas[0], value), *betas[1:])
 
 
-def check_lr_value(value: Any, where: str) -> float:
-    """Validate a learning rate produced by a schedule (a Python number, finite, >= 0)."""
+def check_lr_value(value: Any, who: str) -> float:
+    """Validate a learning rate produced by callback ``who``'s schedule (a Python number,
+    finite, >= 0); the message is built only when it is raised (this runs at every step)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"{where} must return a Python number (int or float), got {type(value).__name__}. "
-            "Return e.g. `float(...)` of a plain computation; tensors would force a host sync."
+            f"{who}'s schedule must return a Python number (int or float), got "
+            f"{type(value).__name__}. Return e.g. `float(...)` of a plain computation; tensors "
+            "would force a host sync."
         )
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where} returned {value!r}; a learning rate must be finite and >= 0.")
+        raise ValueError(
+            f"{who}'s schedule returned {value!r}; a learning rate must be finite and >= 0."
+        )
     return float(value)
 
 
@@ -288,7 +292,7 @@ class LRCallback(HookOwner):
         for k, (idx, _, group) in enumerate(self.param_groups(trainer)):
             if idx != opt_idx:
                 continue
-            lr = check_lr_value(schedules[k](step), f"{self.name}'s schedule")
+            lr = check_lr_value(schedules[k](step), self.name)
             group["lr"] = assign(group["lr"], lr * group["lr_scale"] if "lr_scale" in group else lr)
             momentum = getattr(schedules[k], "momentum", None)
             value = momentum(step) if callable(momentum) else None
