@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--cycle-epochs", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--hidden", type=int, nargs="+", default=[300, 100])
     parser.add_argument("--max-lr-grid", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     quiet_lightning()
     cache = Cache(args.cache)
-    seeds = range(args.seeds)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     # runs[(task, arm, epochs)] = one row per seed; chosen[(task, arm)] = the values per seed
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     chosen: dict[tuple[str, str], list[float]] = {}
@@ -229,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     body = report(runs, chosen, args)
     print(body)
     if not args.no_write:
-        write_section("lr-range-rule", body)
+        suffix = f"-seeds-{seeds[0]}-{seeds[-1]}" if args.first_seed else ""
+        write_section("lr-range-rule" + suffix, body)
 
 
 def report(
@@ -277,8 +281,9 @@ def report(
         )
     return (
         f"{machine_header(torch.device('cpu'))}\n- Settings: MLP hidden {args.hidden} (ELU, He "
-        f"init), seeds {list(range(args.seeds))}, final validation accuracy after 1cycle, "
-        f"medians over seeds; gaps are to the best hand max_lr of the same task and budget.\n\n"
+        f"init), seeds {[*range(args.first_seed, args.first_seed + args.seeds)]}, final "
+        "validation accuracy after 1cycle, medians over seeds; gaps are to the best hand "
+        "max_lr of the same task and budget.\n\n"
         f"{table}\n\nRule kept on the tuning tasks (largest worst gap): **{kept}** "
         f"(the default: {DEFAULT_RULE}).\n\nHeld-out tasks, target within 0.5 point of the best "
         "hand value, no diverged run:\n\n" + "\n".join(verdicts)
