@@ -191,6 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1"
     )
+    parser.add_argument(
+        "--seed-sets",
+        type=int,
+        default=1,
+        help="run that many disjoint sets of --seeds seeds and report how the held-out "
+        "verdicts move between them (seed noise), next to the pooled medians",
+    )
     parser.add_argument("--cycle-epochs", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--hidden", type=int, nargs="+", default=[300, 100])
     parser.add_argument("--max-lr-grid", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3])
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     quiet_lightning()
     cache = Cache(args.cache)
-    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    seeds = range(args.first_seed, args.first_seed + args.seeds * args.seed_sets)
     # runs[(task, arm, epochs)] = one row per seed; chosen[(task, arm)] = the values per seed
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     chosen: dict[tuple[str, str], list[float]] = {}
@@ -230,9 +237,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.grid_only:
         return
     body = report(runs, chosen, args)
+    if args.seed_sets > 1:
+        body += "\n\n" + noise_report(runs, args)
     print(body)
     if not args.no_write:
-        suffix = f"-seeds-{seeds[0]}-{seeds[-1]}" if args.first_seed else ""
+        other = args.first_seed != 0 or len(seeds) != 3  # the study's own seeds are 0-2
+        suffix = f"-seeds-{seeds[0]}-{seeds[-1]}" if other else ""
         write_section("lr-range-rule" + suffix, body)
 
 
@@ -281,12 +291,60 @@ def report(
         )
     return (
         f"{machine_header(torch.device('cpu'))}\n- Settings: MLP hidden {args.hidden} (ELU, He "
-        f"init), seeds {[*range(args.first_seed, args.first_seed + args.seeds)]}, final "
+        f"init), seeds {args.first_seed}-{args.first_seed + args.seeds * args.seed_sets - 1}, "
+        "final "
         "validation accuracy after 1cycle, medians over seeds; gaps are to the best hand "
         "max_lr of the same task and budget.\n\n"
         f"{table}\n\nRule kept on the tuning tasks (largest worst gap): **{kept}** "
         f"(the default: {DEFAULT_RULE}).\n\nHeld-out tasks, target within 0.5 point of the best "
         "hand value, no diverged run:\n\n" + "\n".join(verdicts)
+    )
+
+
+def noise_report(runs: dict[tuple[str, str, int], list[dict[str, Any]]], args) -> str:
+    """Per held-out task and disjoint seed set: the gaps of ``"auto"`` and of the hand value that
+    was best on the other sets (what a rule that knew those seeds' results would pick)."""
+    n, sets = args.seeds, range(args.seed_sets)
+
+    def med(key: tuple[str, str, int], chunks: list[int]) -> float:
+        return statistics.median(r["acc"] for j in chunks for r in runs[key][j * n : (j + 1) * n])
+
+    hands = [f"hand {m:g}" for m in args.max_lr_grid]
+    auto = '"auto" (' + DEFAULT_RULE + ")"
+    rows, passes = [], {}
+    for name in args.tasks:
+        if TASKS[name].role != "held-out":
+            continue
+        for j in sets:
+            others = [k for k in sets if k != j]
+            cells: dict[str, list[float]] = {"auto": [], "other": []}
+            for e in args.cycle_epochs:
+                best = max(med((name, h, e), [j]) for h in hands)
+                picked = max(hands, key=lambda h: med((name, h, e), others))
+                cells["auto"].append(100 * (med((name, auto, e), [j]) - best))
+                cells["other"].append(100 * (med((name, picked, e), [j]) - best))
+            row = [name, f"{j * n + args.first_seed}-{(j + 1) * n + args.first_seed - 1}"]
+            for arm, gaps in cells.items():
+                ok = min(gaps) >= -0.5
+                passes[(name, arm)] = passes.get((name, arm), 0) + ok
+                row += [", ".join(f"{g:+.2f}" for g in gaps), "yes" if ok else "no"]
+            rows.append(row)
+    budgets = "/".join(map(str, args.cycle_epochs))
+    headers = ["task", "seeds", f'"auto" gaps ({budgets} ep)', "within 0.5"]
+    headers += [f"best hand value of the other seeds, gaps ({budgets} ep)", "within 0.5"]
+    lines = [
+        f'- {name}: "auto" within the target on {passes[(name, "auto")]} of '
+        f"{args.seed_sets} seed sets, the other seeds' best hand value on "
+        f"{passes[(name, 'other')]} of {args.seed_sets}."
+        for name in args.tasks
+        if TASKS[name].role == "held-out"
+    ]
+    return (
+        "Seed noise: each set of seeds scored on its own (medians of its seeds, gaps to the best "
+        "hand value of the same seeds):\n\n"
+        + markdown_table(headers, rows, "llllll")
+        + "\n\n"
+        + "\n".join(lines)
     )
 
 
