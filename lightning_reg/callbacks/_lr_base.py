@@ -33,7 +33,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_reg._hooks import HookOwner, callbacks_of
-from lightning_reg._validation import check_positive
+from lightning_reg._validation import check_bool, check_positive
 
 __all__ = ["LRCallback", "ScheduleLike"]
 
@@ -41,13 +41,6 @@ ScheduleLike = Callable[[int], float]
 
 
 _T = TypeVar("_T")
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
-    """``value`` if it is one of ``choices``, else a ValueError naming ``name`` and them."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
-    return value
 
 
 def per_group(name: str, values: Sequence[_T], num_groups: int) -> list[_T]:
@@ -128,10 +121,8 @@ class LRCallback(HookOwner):
     """The attributes saved in checkpoints (subclasses extend it)."""
 
     def __init__(self, log_values: bool = True) -> None:
-        if not isinstance(log_values, bool):
-            raise TypeError(f"`log_values` must be a bool, got {log_values!r}.")
         super().__init__()
-        self.log_values = log_values
+        self.log_values = check_bool("log_values", log_values)
         LRCallback.reset(self)  # subclasses call `self.reset()` once their config is set
 
     @property

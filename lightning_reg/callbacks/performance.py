@@ -13,8 +13,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from lightning_reg._validation import check_int, check_non_negative, check_number
-from lightning_reg.callbacks._lr_base import LRCallback, assign, check_choice, per_group
+from lightning_reg._validation import check_choice, check_int, check_non_negative, check_number
+from lightning_reg.callbacks._lr_base import LRCallback, assign, per_group
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]

@@ -8,7 +8,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, check_choice, per_group
+from lightning_reg._validation import check_choice
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, per_group
 
 __all__ = ["ScheduledLR"]
 
