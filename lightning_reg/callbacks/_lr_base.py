@@ -20,8 +20,9 @@ batches that train with them.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
@@ -43,14 +44,22 @@ ScheduleLike = Callable[[int], float]
 _T = TypeVar("_T")
 
 
-def per_group(name: str, values: Sequence[_T], num_groups: int) -> list[_T]:
-    """``values`` for each of ``num_groups`` param groups: one value is shared by all of them."""
-    if len(values) not in (1, num_groups):
+def all_groups(trainer: pl.Trainer) -> list[dict[str, Any]]:
+    """The param groups of all the Trainer's optimizers, in order."""
+    return [group for opt in trainer.optimizers for group in opt.param_groups]
+
+
+def per_group(name: str, values: Sequence[_T], trainer: pl.Trainer) -> list[list[_T]]:
+    """``values`` for the param groups of each optimizer (all optimizers' groups in order):
+    one value is shared by all of them."""
+    sizes = [len(opt.param_groups) for opt in trainer.optimizers]
+    if len(values) not in (1, sum(sizes)):
         raise ValueError(
-            f"`{name}` has {len(values)} values but the optimizers have {num_groups} param "
+            f"`{name}` has {len(values)} values but the optimizers have {sum(sizes)} param "
             "groups; pass one value, or exactly one per param group."
         )
-    return list(values) * (num_groups if len(values) == 1 else 1)
+    flat = iter(list(values) * (sum(sizes) if len(values) == 1 else 1))
+    return [list(itertools.islice(flat, size)) for size in sizes]
 
 
 def momentum_key(group: dict[str, Any]) -> str | None:
@@ -139,11 +148,15 @@ class LRCallback(HookOwner):
         the step count, up to step :attr:`until`."""
         step = self.steps[opt_idx]
         if self.active and (self.until is None or step <= self.until):
-            self.write(trainer, opt_idx, step, self.active)
+            self.write(trainer, opt_idx, step)
 
     def describe_progress(self) -> str:
         """How far the schedule got, for the hand-over message ("" when it is complete)."""
         return ""
+
+    def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
+        """When training ends (not under ``fast_dev_run`` nor after a hand-over to SWA): warn
+        if the run ended before the schedule did."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -152,7 +165,7 @@ class LRCallback(HookOwner):
         self.steps: list[int] = []
         self.restored = False
         self.taken_over: str | None = None
-        self.active: list[ScheduleLike] = []  # the schedule of each param group, if any
+        self.active: list[list[ScheduleLike]] = []  # per optimizer, a schedule per param group
         self.until: int | None = None  # the last step they write (None: no end)
         self._monitor: LearningRateMonitor | None = None
 
@@ -203,7 +216,7 @@ class LRCallback(HookOwner):
                 f"but `configure_optimizers` now returns {num_optimizers}. Resume with the same "
                 "optimizers, or start a new fit without `ckpt_path`."
             )
-        groups = [group for _, _, group in self.param_groups(trainer)]
+        groups = all_groups(trainer)
         for k, group in enumerate(groups):
             if "lr_scale" in group:
                 check_positive(f"param_groups[{k}]['lr_scale']", group["lr_scale"])
@@ -224,6 +237,11 @@ class LRCallback(HookOwner):
     ) -> None:
         if self._monitor is not None:
             self._monitor.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (getattr(trainer, "fast_dev_run", False) or self.taken_over):
+            self.warn_if_stopped_early(trainer)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -267,33 +285,25 @@ class LRCallback(HookOwner):
         return self.taken_over is not None
 
     # -- writing ----------------------------------------------------------------------------------
-    @staticmethod
-    def param_groups(trainer: pl.Trainer) -> Iterator[tuple[int, Optimizer, dict[str, Any]]]:
-        """Yield ``(optimizer_index, optimizer, param_group)`` over all optimizers in order."""
-        for idx, opt in enumerate(trainer.optimizers):
-            for group in opt.param_groups:
-                yield idx, opt, group
-
-    def write(
-        self, trainer: pl.Trainer, opt_idx: int, step: int, schedules: list[ScheduleLike]
-    ) -> None:
+    def write(self, trainer: pl.Trainer, opt_idx: int, step: int) -> None:
         """Set the LR (times the group's ``lr_scale``, if any) and momentum of optimizer
-        ``opt_idx``'s groups from their schedules at ``step``; one schedule per param group of
-        all optimizers."""
-        for k, (idx, _, group) in enumerate(self.param_groups(trainer)):
-            if idx != opt_idx:
-                continue
-            lr = check_lr_value(schedules[k](step), self.name)
-            group["lr"] = assign(group["lr"], lr * group["lr_scale"] if "lr_scale" in group else lr)
-            momentum = getattr(schedules[k], "momentum", None)
-            value = momentum(step) if callable(momentum) else None
+        ``opt_idx``'s param groups from their :attr:`active` schedules at ``step``; a schedule
+        shared by consecutive groups is evaluated once."""
+        last = None
+        groups = trainer.optimizers[opt_idx].param_groups
+        for group, schedule in zip(groups, self.active[opt_idx], strict=True):
+            if schedule is not last:
+                last, lr = schedule, check_lr_value(schedule(step), self.name)
+                momentum = getattr(schedule, "momentum", None)
+                value = momentum(step) if callable(momentum) else None
+            group["lr"] = assign(group["lr"], lr * group.get("lr_scale", 1))
             if value is not None:
                 set_momentum(group, value)
 
     def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
         """Warn when one schedule would give param groups with different LRs the same LR, i.e.
         when no group carries an ``lr_scale``; said in the first fit, not again on resume."""
-        groups = [group for _, _, group in self.param_groups(trainer)]
+        groups = all_groups(trainer)
         lrs = [float(group["lr"]) for group in groups]
         erased = max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups)
         if erased and not self.restored:
