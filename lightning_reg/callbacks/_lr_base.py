@@ -75,10 +75,9 @@ def assign(old: Any, new: float) -> Any:
 
 def set_momentum(group: dict[str, Any], value: float) -> None:
     """Set a param group's momentum (SGD/RMSprop ``momentum`` or Adam-family ``betas[0]``)."""
-    key = momentum_key(group)
-    if key == "momentum":
+    if "momentum" in group:
         group["momentum"] = assign(group["momentum"], value)
-    elif key == "betas":
+    elif "betas" in group:
         betas = tuple(group["betas"])
         group["betas"] = (assign(betas[0], value), *betas[1:])
 
@@ -203,7 +202,7 @@ class LRCallback(HookOwner):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         num_optimizers = len(trainer.optimizers)
         if trainer.ckpt_path is not None and not self.restored:
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: the checkpoint {str(trainer.ckpt_path)!r} holds no state of "
                 f"{self.name}, so its schedule starts again at step 0 although the run resumes "
                 f"at global step {trainer.global_step}."
@@ -276,7 +275,7 @@ class LRCallback(HookOwner):
                 "it."
             )
             if progress:
-                self.warn(
+                rank_zero_warn(
                     f"{message} {progress} Size the schedule to the steps before "
                     "`swa_epoch_start` (OneCycleScheduler sized by the Trainer does so)."
                 )
@@ -308,14 +307,10 @@ class LRCallback(HookOwner):
         erased = max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups)
         if erased and not self.restored:
             ratios = [round(lr / max(lrs), 12) for lr in lrs]
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: the param groups have different learning rates {lrs}, but one "
                 "schedule drives all of them to the same value, erasing their ratio. Give each "
                 f"param group an `lr_scale` (here {ratios}): the schedule's LR is multiplied by "
                 "it; or pass one schedule per param group (OneCycleScheduler: one `max_lr` per "
                 "group)."
             )
-
-    @staticmethod
-    def warn(message: str) -> None:
-        rank_zero_warn(message, category=UserWarning)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import StochasticWeightAveraging
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._hooks import callbacks_of
@@ -241,6 +242,8 @@ class OneCycleScheduler(ScheduledLR):
         :meth:`planned_steps`) and ``max_lr`` per group (:meth:`peak_lrs`). On resume, the
         checkpoint's cycles, with a warning naming every value (``total_steps``, ``max_lr``, a
         phase argument) this fit would change."""
+        if self.max_lr == "auto" or len(self.max_lr) == 1:
+            self.warn_if_ratio_erased(trainer)
         saved = self.config if self.restored else None
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
         total = self.total_steps or self.planned_steps(trainer, check_phases=saved is None)
@@ -254,7 +257,7 @@ class OneCycleScheduler(ScheduledLR):
         changed = self.changed({**config, "max_lr": "auto"} if unset else config)
         self.config = config
         if changed:
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
                 f"({changed}). Continuing the checkpoint's cycle at its step count "
                 f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
@@ -270,24 +273,19 @@ class OneCycleScheduler(ScheduledLR):
             for steps, group in zip(self.config["total_steps"], peaks, strict=True)
         ]
 
-    @property
-    @override
-    def shares_one_schedule(self) -> bool:
-        return self.max_lr == "auto" or len(self.max_lr) == 1
-
     def warn_if_momentum_switched_on(self, trainer: pl.Trainer) -> None:
         """Warn about optimizers whose momentum the cycle cannot drive, or would switch on."""
         if not self.one_cycle_kwargs["cycle_momentum"]:
             return
         groups = all_groups(trainer)
         if any(momentum_key(group) is None for group in groups):
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
                 "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
                 "to silence this."
             )
         if any(group.get("momentum", None) == 0 for group in groups):
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and cycling "
                 f"momentum ({self.one_cycle_kwargs['max_momentum']} -> "
                 f"{self.one_cycle_kwargs['min_momentum']}) switches momentum on. Pass "

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice, check_int, check_non_negative, check_number
@@ -200,7 +200,7 @@ class PerformanceScheduler(LRCallback):
     @override
     def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
         if self._in_handover():
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: training ended after {min(self.steps)} optimizer steps, before "
                 f"the hand-over to plateau scheduling at step {self.schedule_steps}; plateau "
                 "scheduling never acted. Shorten the schedule (`schedule_steps=...`) or train "
@@ -251,7 +251,7 @@ class PerformanceScheduler(LRCallback):
             )
             if self.strict:
                 raise MisconfigurationException(message + " Pass `strict=False` to only warn.")
-            self.warn(message + " Skipping this check.")
+            rank_zero_warn(message + " Skipping this check.")
             return None
         value = torch.as_tensor(metrics[self.monitor], dtype=torch.float64)
         value = trainer.strategy.reduce(value.to(trainer.strategy.root_device), reduce_op="mean")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice
@@ -120,13 +121,16 @@ class ScheduledLR(LRCallback):
         checkpoint's when resuming.
 
         Sets :attr:`config`, the plain-data description saved in checkpoints. ``ScheduledLR``
-        keeps the schedules it was given and warns when they differ from the checkpoint's.
+        keeps the schedules it was given and warns when they differ from the checkpoint's, or
+        when one schedule erases the ratio of the groups' LRs.
         """
+        if len(self._schedules) == 1:
+            self.warn_if_ratio_erased(trainer)
         schedules = per_group("schedule", self._schedules, trainer)
         config = {"schedule": [config_of(s) for group in schedules for s in group]}
         changed, self.config = self.changed(config), config
         if changed:
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: the schedule differs from the one in the checkpoint ({changed}); "
                 f"continuing from the saved step count {self.steps} with the schedule given now."
             )
@@ -146,16 +150,9 @@ class ScheduledLR(LRCallback):
         """The schedule of the first param group (for :func:`~lightning_reg.plot_schedule`)."""
         return self._schedules[0]
 
-    @property
-    def shares_one_schedule(self) -> bool:
-        """Whether one schedule drives every param group."""
-        return len(self._schedules) == 1
-
     # -- the engine's hooks -------------------------------------------------------------------
     @override
     def start(self, trainer: pl.Trainer) -> None:
-        if self.shares_one_schedule:
-            self.warn_if_ratio_erased(trainer)
         self.active = self.plan(trainer)
         self._horizons = [horizon_of(s) if self.interval == "step" else None for s in self.active]
 
@@ -173,21 +170,21 @@ class ScheduledLR(LRCallback):
                 else "Make the schedule as long as the run (for OneCycleScheduler leave "
                 "`total_steps=None` to size it from the Trainer)."
             )
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: optimizer {opt_idx} took step {step - 1}, past the schedule's end "
                 f"(length {horizon} steps); holding its final value. The run is longer than the "
                 f"schedule. {advice}"
             )
         super().after_step(trainer, opt_idx)
 
+    def unfinished(self) -> list[tuple[int, int]]:
+        """``(optimizer index, schedule length)`` of each step schedule not at its end yet."""
+        return [(i, n) for i, n in enumerate(self._horizons) if n is not None and self.steps[i] < n]
+
     @override
     def describe_progress(self) -> str:
-        unfinished = [
-            f"optimizer {idx} at step {self.steps[idx]} of {horizon}"
-            for idx, horizon in enumerate(self._horizons)
-            if horizon is not None and self.steps[idx] < horizon
-        ]
-        return f"The schedule had not ended ({', '.join(unfinished)})." if unfinished else ""
+        where = [f"optimizer {i} at step {self.steps[i]} of {n}" for i, n in self.unfinished()]
+        return f"The schedule had not ended ({', '.join(where)})." if where else ""
 
     # -- Lightning hooks ----------------------------------------------------------------------
     @override
@@ -198,10 +195,8 @@ class ScheduledLR(LRCallback):
 
     @override
     def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
-        for idx, horizon in enumerate(self._horizons):
+        for idx, horizon in self.unfinished():
             taken = self.steps[idx]
-            if horizon is None or taken >= horizon:
-                continue
             group, end_lr = trainer.optimizers[idx].param_groups[0], self.active[idx][0](horizon)
             planned = trainer.estimated_stepping_batches
             why = (
@@ -215,7 +210,7 @@ class ScheduledLR(LRCallback):
                 "run that really happens (OneCycleScheduler: `total_steps=...`), or resume from "
                 "the last checkpoint to finish it."
             )
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
                 f"rate is {float(group['lr']):.4g}, not the end value {end_lr:.4g}. {why}"
