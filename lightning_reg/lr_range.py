@@ -476,9 +476,8 @@ class _Snapshot:
             (cb, copy.deepcopy(cb.state_dict()))
             for cb in trainer.callbacks  # type: ignore[attr-defined]
         ]
-        self.metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
-        self.metric_states = [copy.deepcopy(m.metric_state) for m in self.metrics]
-        self.metric_counts = [m.update_count for m in self.metrics]
+        metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
+        self.metrics = [(m, copy.deepcopy(m.metric_state), m.update_count) for m in metrics]
         self.generators = [(g, g.get_state()) for g in _loader_generators(trainer.train_dataloader)]
         self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -503,9 +502,7 @@ class _Snapshot:
             # callback that it resumed from a checkpoint (the LR callbacks' lifecycle).
             if state and not _same_state(callback.state_dict(), state):
                 callback.load_state_dict(state)
-        for metric, metric_state, count in zip(
-            self.metrics, self.metric_states, self.metric_counts, strict=True
-        ):
+        for metric, metric_state, count in self.metrics:
             metric.reset()
             if count:
                 for name, value in metric_state.items():

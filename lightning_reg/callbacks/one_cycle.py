@@ -170,22 +170,22 @@ class OneCycleScheduler(ScheduledLR):
         self.range_test_result: RangeTestResult | None = None
         self.auto_max_lr: float | None = None
 
-    def peak_lrs(self, trainer: pl.Trainer, saved: dict[str, Any] | None) -> list[float]:
+    def peak_lrs(self, trainer: pl.Trainer, saved: dict[str, Any]) -> list[float]:
         """``max_lr`` as given, one value or one per group; for ``"auto"``, the range test's value.
 
         Under ``"auto"`` the sweep runs here, once per fit (the optimizer and the training
         dataloader exist by now), unless a checkpoint restored its value. A resumed ``"auto"``
-        fit whose checkpoint (``saved``) holds a cycle with a hand-set ``max_lr`` gets that
-        ``max_lr``: that cycle continues (see :meth:`plan`).
+        fit whose checkpoint configuration (``saved``) holds a cycle with a hand-set ``max_lr``
+        gets that ``max_lr``: that cycle continues (see :meth:`plan`).
         """
         if self.max_lr != "auto":
             return list(self.max_lr)
-        hand_set = list((saved or {}).get("max_lr", []))
-        if self.auto_max_lr is None and not hand_set:
+        saved_peaks = list(saved.get("max_lr", []))
+        if self.auto_max_lr is None and not saved_peaks:
             self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
             self.range_test_result.log(trainer)
             self.auto_max_lr = self.range_test_result.max_lr
-        return hand_set if self.auto_max_lr is None else [self.auto_max_lr]
+        return saved_peaks if self.auto_max_lr is None else [self.auto_max_lr]
 
     def planned_steps(self, trainer: pl.Trainer, check_phases: bool) -> int:
         """The optimizer steps each optimizer takes in this fit, from the Trainer's plan.
@@ -244,18 +244,17 @@ class OneCycleScheduler(ScheduledLR):
         phase argument) this fit would change."""
         if self.max_lr == "auto" or len(self.max_lr) == 1:
             self.warn_if_ratio_erased(trainer)
-        saved = self.config if self.restored else None
+        saved = self.config if self.restored else {}
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
-        total = self.total_steps or self.planned_steps(trainer, check_phases=saved is None)
+        total = self.total_steps or self.planned_steps(trainer, check_phases=not self.restored)
         peaks = per_group("max_lr", self.peak_lrs(trainer, saved), trainer)
-        config = {
+        planned = {
             "total_steps": [total] * len(peaks),
             "max_lr": [peak for group in peaks for peak in group],
             **self.one_cycle_kwargs,
         }
         unset = self.max_lr == "auto" and self.auto_max_lr is None  # a checkpoint's hand-set peak
-        changed = self.changed({**config, "max_lr": "auto"} if unset else config)
-        self.config = config
+        changed = self.changed({**planned, "max_lr": "auto"} if unset else planned)
         if changed:
             rank_zero_warn(
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
@@ -263,11 +262,11 @@ class OneCycleScheduler(ScheduledLR):
                 f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
                 "a fit without `ckpt_path` (loading only the weights)."
             )
-            self.config = {**config, **(saved or {})}
-            peaks = per_group("max_lr", self.config["max_lr"], trainer)
-        kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
+        self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
         if not self.restored:
             self.warn_if_momentum_switched_on(trainer)
+        kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
+        peaks = per_group("max_lr", self.config["max_lr"], trainer)
         return [
             [OneCycle(steps, peak, **kwargs) for peak in group]
             for steps, group in zip(self.config["total_steps"], peaks, strict=True)
