@@ -74,6 +74,12 @@ def smooth(losses: Sequence[float], beta: float = DEFAULT_BETA) -> list[float]:
     return out
 
 
+def _check_rule(beta: float, divisor: float) -> tuple[float, float]:
+    """The arguments of :func:`suggest_max_lr`'s rule, checked (``LRRangeTest`` holds them too)."""
+    beta = check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
+    return beta, check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
+
+
 def suggest_max_lr(
     lrs: Sequence[float],
     losses: Sequence[float],
@@ -114,8 +120,7 @@ def suggest_max_lr(
     """
     if len(lrs) != len(losses):
         raise ValueError(f"`lrs` and `losses` differ in length: {len(lrs)} and {len(losses)}.")
-    check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
-    check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
+    _check_rule(beta, divisor)
     finite = next((k for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
     if finite == 0:
         raise ValueError(
@@ -272,8 +277,7 @@ class LRRangeTest:
         self.num_steps = check_int("num_steps", self.num_steps, 2)
         if self.early_stop_threshold is not None:
             check_number("early_stop_threshold", self.early_stop_threshold, "> 1", lambda t: t > 1)
-        self.beta = check_number("beta", self.beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
-        self.divisor = check_number("divisor", self.divisor, ">= 1", lambda d: d >= 1.0)
+        self.beta, self.divisor = _check_rule(self.beta, self.divisor)
 
     def lrs(self) -> list[float]:
         """The LR of every step of a full sweep."""
