@@ -139,15 +139,14 @@ class LRCallback(HookOwner):
 
     # -- what subclasses implement -------------------------------------------------------------
     def start(self, trainer: pl.Trainer) -> None:
-        """Plan this fit: set :attr:`active` (and :attr:`until`); ``self.steps`` is set by now."""
+        """Plan this fit: set :attr:`active`; ``self.steps`` is set by now."""
 
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
         """Called after every real step of optimizer ``opt_idx`` (its count already updated), and
         once per optimizer when training starts: writes the :attr:`active` schedules' values at
-        the step count, up to step :attr:`until`."""
-        step = self.steps[opt_idx]
-        if self.active and (self.until is None or step <= self.until):
-            self.write(trainer, opt_idx, step)
+        the step count."""
+        if self.active:
+            self.write(trainer, opt_idx, self.steps[opt_idx])
 
     def describe_progress(self) -> str:
         """How far the schedule got, for the hand-over message ("" when it is complete)."""
@@ -165,7 +164,6 @@ class LRCallback(HookOwner):
         self.restored = False
         self.taken_over: str | None = None
         self.active: list[list[ScheduleLike]] = []  # per optimizer, a schedule per param group
-        self.until: int | None = None  # the last step they write (None: no end)
         self._monitor: LearningRateMonitor | None = None
 
     @override

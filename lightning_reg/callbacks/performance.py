@@ -189,7 +189,11 @@ class PerformanceScheduler(LRCallback):
         if self.schedule is not None:
             self.warn_if_ratio_erased(trainer)
             self.active = per_group("schedule", [self.schedule], trainer)
-            self.until = self.schedule_steps
+
+    @override
+    def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
+        if self.steps[opt_idx] <= self.schedule_steps:  # the schedule's steps, then plateau
+            super().after_step(trainer, opt_idx)
 
     @override
     def describe_progress(self) -> str:
