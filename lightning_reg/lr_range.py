@@ -307,11 +307,12 @@ class LRRangeTest:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
                 pl_module.train()
-                lrs, losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
+                losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
         finally:
             trainer.barebones = barebones
             batches.close()
             saved.restore()
+        lrs = self.lrs()[: len(losses)]
         max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)
         max_lr = float(trainer.strategy.broadcast(max_lr, src=0))
         return RangeTestResult(lrs, losses, max_lr, reason, time.perf_counter() - start)
@@ -322,26 +323,23 @@ class LRRangeTest:
         pl_module: pl.LightningModule,
         optimizer: torch.optim.Optimizer,
         batches: Iterator[Any],
-    ) -> tuple[list[float], list[float], str]:
-        lrs: list[float] = []
+    ) -> tuple[list[float], str]:
+        """The loss of each step of :meth:`lrs` taken, and why the sweep stopped."""
         losses: list[float] = []
         for k, lr in enumerate(self.lrs()):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = _training_step(trainer, pl_module, optimizer, batches, k)
-            lrs.append(lr)
             losses.append(float(trainer.strategy.reduce(loss, reduce_op="mean")))
             if not math.isfinite(losses[-1]):
-                return lrs, losses, f"non-finite loss at step {k} (lr {lr:.3g})"
+                return losses, f"non-finite loss at step {k} (lr {lr:.3g})"
             curve, limit = smooth(losses, self.beta), self.early_stop_threshold
             if limit is not None and curve[-1] > limit * min(curve):
-                return (
-                    lrs,
-                    losses,
+                return losses, (
                     f"loss diverged at step {k} (lr {lr:.3g}): smoothed loss {curve[-1]:.4g} > "
-                    f"{limit:g} x lowest {min(curve):.4g}",
+                    f"{limit:g} x lowest {min(curve):.4g}"
                 )
-        return lrs, losses, DONE
+        return losses, DONE
 
 
 def _check_run_shape(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
