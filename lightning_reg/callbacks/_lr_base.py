@@ -78,8 +78,7 @@ def set_momentum(group: dict[str, Any], value: float) -> None:
     if "momentum" in group:
         group["momentum"] = assign(group["momentum"], value)
     elif "betas" in group:
-        betas = tuple(group["betas"])
-        group["betas"] = (assign(betas[0], value), *betas[1:])
+        group["betas"] = (assign(group["betas"][0], value), *group["betas"][1:])
 
 
 def check_lr_value(value: Any, who: str) -> float:
