@@ -434,17 +434,14 @@ def _cycle(iterables: Any) -> Generator[Any, None, None]:
 
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two ``state_dict`` values are equal (nested dicts and sequences, tensors)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        tensors = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-        return tensors and a.dtype == b.dtype and bool(torch.equal(a, b))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, Mapping):
         return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return (
-            type(a) is type(b)
-            and len(a) == len(b)
-            and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
-        )
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
     try:
         return bool(a == b)
     except (TypeError, ValueError, RuntimeError):  # values without a plain equality
