@@ -196,13 +196,11 @@ class RangeTestResult:
             figure = matplotlib_figure("RangeTestResult.plot")
             ax = figure(figsize=(6, 4), layout="constrained").add_subplot()
         finite = [k for k, loss in enumerate(self.losses) if math.isfinite(loss)]
-        lrs = [self.lrs[k] for k in finite]
-        ax.plot(lrs, [self.losses[k] for k in finite], alpha=0.4, label="loss")
-        ax.plot(lrs, smooth([self.losses[k] for k in finite]), label="smoothed")
+        lrs, losses = [self.lrs[k] for k in finite], [self.losses[k] for k in finite]
+        ax.plot(lrs, losses, alpha=0.4, label="loss")
+        ax.plot(lrs, smooth(losses), label="smoothed")
         ax.axvline(self.max_lr, color="C2", linestyle="--", label=f"max_lr {self.max_lr:.3g}")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("training loss")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="training loss")
         ax.legend()
         return ax.figure
 
