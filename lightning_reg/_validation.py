@@ -10,8 +10,42 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["check_int", "check_non_negative", "check_number", "check_positive"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_non_negative",
+    "check_number",
+    "check_positive",
+]
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool (``1`` and ``None`` are not).
+
+    Examples:
+        >>> check_bool("strict", 1)
+        Traceback (most recent call last):
+        TypeError: `strict` must be a bool, got 1.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+    return value
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> Any:
+    """``value`` if it is one of ``choices``.
+
+    Examples:
+        >>> check_choice("mode", "mean", ("min", "max"))
+        Traceback (most recent call last):
+        ValueError: `mode` must be one of ('min', 'max'), got 'mean'.
+    """
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
 
 
 def check_int(name: str, value: object, minimum: int) -> int:

@@ -74,6 +74,12 @@ def smooth(losses: Sequence[float], beta: float = DEFAULT_BETA) -> list[float]:
     return out
 
 
+def _check_rule(beta: float, divisor: float) -> tuple[float, float]:
+    """The arguments of :func:`suggest_max_lr`'s rule, checked (``LRRangeTest`` holds them too)."""
+    beta = check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
+    return beta, check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
+
+
 def suggest_max_lr(
     lrs: Sequence[float],
     losses: Sequence[float],
@@ -114,8 +120,7 @@ def suggest_max_lr(
     """
     if len(lrs) != len(losses):
         raise ValueError(f"`lrs` and `losses` differ in length: {len(lrs)} and {len(losses)}.")
-    check_number("beta", beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
-    check_number("divisor", divisor, ">= 1", lambda d: d >= 1.0)
+    _check_rule(beta, divisor)
     finite = next((k for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
     if finite == 0:
         raise ValueError(
@@ -191,13 +196,11 @@ class RangeTestResult:
             figure = matplotlib_figure("RangeTestResult.plot")
             ax = figure(figsize=(6, 4), layout="constrained").add_subplot()
         finite = [k for k, loss in enumerate(self.losses) if math.isfinite(loss)]
-        lrs = [self.lrs[k] for k in finite]
-        ax.plot(lrs, [self.losses[k] for k in finite], alpha=0.4, label="loss")
-        ax.plot(lrs, smooth([self.losses[k] for k in finite]), label="smoothed")
+        lrs, losses = [self.lrs[k] for k in finite], [self.losses[k] for k in finite]
+        ax.plot(lrs, losses, alpha=0.4, label="loss")
+        ax.plot(lrs, smooth(losses), label="smoothed")
         ax.axvline(self.max_lr, color="C2", linestyle="--", label=f"max_lr {self.max_lr:.3g}")
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("training loss")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="training loss")
         ax.legend()
         return ax.figure
 
@@ -272,8 +275,7 @@ class LRRangeTest:
         self.num_steps = check_int("num_steps", self.num_steps, 2)
         if self.early_stop_threshold is not None:
             check_number("early_stop_threshold", self.early_stop_threshold, "> 1", lambda t: t > 1)
-        self.beta = check_number("beta", self.beta, "in [0, 1)", lambda b: 0.0 <= b < 1.0)
-        self.divisor = check_number("divisor", self.divisor, ">= 1", lambda d: d >= 1.0)
+        self.beta, self.divisor = _check_rule(self.beta, self.divisor)
 
     def lrs(self) -> list[float]:
         """The LR of every step of a full sweep."""
@@ -303,11 +305,12 @@ class LRRangeTest:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
                 pl_module.train()
-                lrs, losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
+                losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
         finally:
             trainer.barebones = barebones
             batches.close()
             saved.restore()
+        lrs = self.lrs()[: len(losses)]
         max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)
         max_lr = float(trainer.strategy.broadcast(max_lr, src=0))
         return RangeTestResult(lrs, losses, max_lr, reason, time.perf_counter() - start)
@@ -318,26 +321,23 @@ class LRRangeTest:
         pl_module: pl.LightningModule,
         optimizer: torch.optim.Optimizer,
         batches: Iterator[Any],
-    ) -> tuple[list[float], list[float], str]:
-        lrs: list[float] = []
+    ) -> tuple[list[float], str]:
+        """The loss of each step of :meth:`lrs` taken, and why the sweep stopped."""
         losses: list[float] = []
         for k, lr in enumerate(self.lrs()):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = _training_step(trainer, pl_module, optimizer, batches, k)
-            lrs.append(lr)
             losses.append(float(trainer.strategy.reduce(loss, reduce_op="mean")))
             if not math.isfinite(losses[-1]):
-                return lrs, losses, f"non-finite loss at step {k} (lr {lr:.3g})"
+                return losses, f"non-finite loss at step {k} (lr {lr:.3g})"
             curve, limit = smooth(losses, self.beta), self.early_stop_threshold
             if limit is not None and curve[-1] > limit * min(curve):
-                return (
-                    lrs,
-                    losses,
+                return losses, (
                     f"loss diverged at step {k} (lr {lr:.3g}): smoothed loss {curve[-1]:.4g} > "
-                    f"{limit:g} x lowest {min(curve):.4g}",
+                    f"{limit:g} x lowest {min(curve):.4g}"
                 )
-        return lrs, losses, DONE
+        return losses, DONE
 
 
 def _check_run_shape(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -432,17 +432,14 @@ def _cycle(iterables: Any) -> Generator[Any, None, None]:
 
 def _same_state(a: Any, b: Any) -> bool:
     """Whether two ``state_dict`` values are equal (nested dicts and sequences, tensors)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        tensors = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-        return tensors and a.dtype == b.dtype and bool(torch.equal(a, b))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, Mapping):
         return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return (
-            type(a) is type(b)
-            and len(a) == len(b)
-            and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
-        )
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
     try:
         return bool(a == b)
     except (TypeError, ValueError, RuntimeError):  # values without a plain equality
@@ -476,9 +473,8 @@ class _Snapshot:
             (cb, copy.deepcopy(cb.state_dict()))
             for cb in trainer.callbacks  # type: ignore[attr-defined]
         ]
-        self.metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
-        self.metric_states = [copy.deepcopy(m.metric_state) for m in self.metrics]
-        self.metric_counts = [m.update_count for m in self.metrics]
+        metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
+        self.metrics = [(m, copy.deepcopy(m.metric_state), m.update_count) for m in metrics]
         self.generators = [(g, g.get_state()) for g in _loader_generators(trainer.train_dataloader)]
         self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -503,9 +499,7 @@ class _Snapshot:
             # callback that it resumed from a checkpoint (the LR callbacks' lifecycle).
             if state and not _same_state(callback.state_dict(), state):
                 callback.load_state_dict(state)
-        for metric, metric_state, count in zip(
-            self.metrics, self.metric_states, self.metric_counts, strict=True
-        ):
+        for metric, metric_state, count in self.metrics:
             metric.reset()
             if count:
                 for name, value in metric_state.items():

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 from lightning_reg._validation import (
+    check_bool,
+    check_choice,
     check_int,
     check_non_negative,
     check_number,
@@ -38,6 +40,7 @@ __all__ = [
 ]
 
 Anneal = Literal["linear", "cos"]
+_ANNEALS = ("linear", "cos")
 
 
 def _interpolate(start: float, end: float, pct: float, anneal: Anneal) -> float:
@@ -45,11 +48,6 @@ def _interpolate(start: float, end: float, pct: float, anneal: Anneal) -> float:
     if anneal == "cos":
         return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
     return (end - start) * pct + start
-
-
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
 
 
 def _periods(step: int, s: float, staircase: bool) -> float:
@@ -209,8 +207,7 @@ class Knots(Schedule):
                 raise ValueError(
                     f"`{name}` must have one value per knot ({len(steps)}), got {len(values)}."
                 )
-        if self.anneal not in ("linear", "cos"):
-            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {self.anneal!r}.")
+        check_choice("anneal", self.anneal, _ANNEALS)
         last = math.ceil(steps[-1])
         total = last if self.total_steps is None else self.total_steps
         total = check_int("total_steps", total, max(last - 1, 1))
@@ -450,9 +447,8 @@ class OneCycle(Schedule):
             check_int("final_steps", final_steps, 0)
         if warmup_steps is not None:
             check_int("warmup_steps", warmup_steps, 0)
-        if anneal not in ("linear", "cos"):
-            raise ValueError(f"`anneal` must be 'linear' or 'cos', got {anneal!r}.")
-        _check_flag("cycle_momentum", cycle_momentum)
+        check_choice("anneal", anneal, _ANNEALS)
+        check_bool("cycle_momentum", cycle_momentum)
         high, low = max_momentum, min_momentum
         if cycle_momentum:
             high = check_number("max_momentum", high, ">= 0 and < 1", lambda x: 0 <= x < 1)
@@ -520,10 +516,7 @@ class OneCycle(Schedule):
         pct = check_number("pct_start", pct_start, "> 0 and < 1", lambda x: 0 < x < 1)
         div = check_number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
         final_div = check_number("final_div_factor", final_div_factor, ">= 1", lambda x: x >= 1)
-        if anneal_strategy not in ("linear", "cos"):
-            raise ValueError(
-                f"`anneal_strategy` must be 'cos' or 'linear', got {anneal_strategy!r}."
-            )
+        check_choice("anneal_strategy", anneal_strategy, _ANNEALS)
         if cycle_momentum:
             check_number(
                 "base_momentum",
@@ -597,7 +590,7 @@ class ExponentialDecay(Schedule):
         object.__setattr__(
             self, "rate", check_number("rate", self.rate, "> 0 and <= 1", lambda x: 0 < x <= 1)
         )
-        _check_flag("staircase", self.staircase)
+        check_bool("staircase", self.staircase)
 
     def __call__(self, step: int) -> float:
         return self.lr0 * self.rate ** _periods(self._check_step(step), self.s, self.staircase)
@@ -635,7 +628,7 @@ class PowerDecay(Schedule):
         object.__setattr__(self, "lr0", check_positive("lr0", self.lr0))
         object.__setattr__(self, "s", check_positive("s", self.s))
         object.__setattr__(self, "c", check_non_negative("c", self.c))
-        _check_flag("staircase", self.staircase)
+        check_bool("staircase", self.staircase)
 
     def __call__(self, step: int) -> float:
         return self.lr0 / (1 + _periods(self._check_step(step), self.s, self.staircase)) ** self.c

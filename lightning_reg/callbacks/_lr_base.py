@@ -20,8 +20,9 @@ batches that train with them.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
@@ -33,7 +34,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_reg._hooks import HookOwner, callbacks_of
-from lightning_reg._validation import check_positive
+from lightning_reg._validation import check_bool, check_positive
 
 __all__ = ["LRCallback", "ScheduleLike"]
 
@@ -43,21 +44,22 @@ ScheduleLike = Callable[[int], float]
 _T = TypeVar("_T")
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
-    """``value`` if it is one of ``choices``, else a ValueError naming ``name`` and them."""
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
-    return value
+def all_groups(trainer: pl.Trainer) -> list[dict[str, Any]]:
+    """The param groups of all the Trainer's optimizers, in order."""
+    return [group for opt in trainer.optimizers for group in opt.param_groups]
 
 
-def per_group(name: str, values: Sequence[_T], num_groups: int) -> list[_T]:
-    """``values`` for each of ``num_groups`` param groups: one value is shared by all of them."""
-    if len(values) not in (1, num_groups):
+def per_group(name: str, values: Sequence[_T], trainer: pl.Trainer) -> list[list[_T]]:
+    """``values`` for the param groups of each optimizer (all optimizers' groups in order):
+    one value is shared by all of them."""
+    sizes = [len(opt.param_groups) for opt in trainer.optimizers]
+    if len(values) not in (1, sum(sizes)):
         raise ValueError(
-            f"`{name}` has {len(values)} values but the optimizers have {num_groups} param "
+            f"`{name}` has {len(values)} values but the optimizers have {sum(sizes)} param "
             "groups; pass one value, or exactly one per param group."
         )
-    return list(values) * (num_groups if len(values) == 1 else 1)
+    flat = iter(list(values) * (sum(sizes) if len(values) == 1 else 1))
+    return [list(itertools.islice(flat, size)) for size in sizes]
 
 
 def momentum_key(group: dict[str, Any]) -> str | None:
@@ -73,12 +75,10 @@ def assign(old: Any, new: float) -> Any:
 
 def set_momentum(group: dict[str, Any], value: float) -> None:
     """Set a param group's momentum (SGD/RMSprop ``momentum`` or Adam-family ``betas[0]``)."""
-    key = momentum_key(group)
-    if key == "momentum":
+    if "momentum" in group:
         group["momentum"] = assign(group["momentum"], value)
-    elif key == "betas":
-        betas = tuple(group["betas"])
-        group["betas"] = (assign(betas[0], value), *betas[1:])
+    elif "betas" in group:
+        group["betas"] = (assign(group["betas"][0], value), *group["betas"][1:])
 
 
 def check_lr_value(value: Any, who: str) -> float:
@@ -128,10 +128,8 @@ class LRCallback(HookOwner):
     """The attributes saved in checkpoints (subclasses extend it)."""
 
     def __init__(self, log_values: bool = True) -> None:
-        if not isinstance(log_values, bool):
-            raise TypeError(f"`log_values` must be a bool, got {log_values!r}.")
         super().__init__()
-        self.log_values = log_values
+        self.log_values = check_bool("log_values", log_values)
         LRCallback.reset(self)  # subclasses call `self.reset()` once their config is set
 
     @property
@@ -140,19 +138,22 @@ class LRCallback(HookOwner):
 
     # -- what subclasses implement -------------------------------------------------------------
     def start(self, trainer: pl.Trainer) -> None:
-        """Plan this fit: set :attr:`active` (and :attr:`until`); ``self.steps`` is set by now."""
+        """Plan this fit: set :attr:`active`; ``self.steps`` is set by now."""
 
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
         """Called after every real step of optimizer ``opt_idx`` (its count already updated), and
         once per optimizer when training starts: writes the :attr:`active` schedules' values at
-        the step count, up to step :attr:`until`."""
-        step = self.steps[opt_idx]
-        if self.active and (self.until is None or step <= self.until):
-            self.write(trainer, opt_idx, step, self.active)
+        the step count."""
+        if self.active:
+            self.write(trainer, opt_idx, self.steps[opt_idx])
 
     def describe_progress(self) -> str:
         """How far the schedule got, for the hand-over message ("" when it is complete)."""
         return ""
+
+    def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
+        """When training ends (not under ``fast_dev_run`` nor after a hand-over to SWA): warn
+        if the run ended before the schedule did."""
 
     # -- lifecycle ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -161,8 +162,7 @@ class LRCallback(HookOwner):
         self.steps: list[int] = []
         self.restored = False
         self.taken_over: str | None = None
-        self.active: list[ScheduleLike] = []  # the schedule of each param group, if any
-        self.until: int | None = None  # the last step they write (None: no end)
+        self.active: list[list[ScheduleLike]] = []  # per optimizer, a schedule per param group
         self._monitor: LearningRateMonitor | None = None
 
     @override
@@ -199,7 +199,7 @@ class LRCallback(HookOwner):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         num_optimizers = len(trainer.optimizers)
         if trainer.ckpt_path is not None and not self.restored:
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: the checkpoint {str(trainer.ckpt_path)!r} holds no state of "
                 f"{self.name}, so its schedule starts again at step 0 although the run resumes "
                 f"at global step {trainer.global_step}."
@@ -212,7 +212,7 @@ class LRCallback(HookOwner):
                 f"but `configure_optimizers` now returns {num_optimizers}. Resume with the same "
                 "optimizers, or start a new fit without `ckpt_path`."
             )
-        groups = [group for _, _, group in self.param_groups(trainer)]
+        groups = all_groups(trainer)
         for k, group in enumerate(groups):
             if "lr_scale" in group:
                 check_positive(f"param_groups[{k}]['lr_scale']", group["lr_scale"])
@@ -233,6 +233,11 @@ class LRCallback(HookOwner):
     ) -> None:
         if self._monitor is not None:
             self._monitor.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (getattr(trainer, "fast_dev_run", False) or self.taken_over):
+            self.warn_if_stopped_early(trainer)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -267,7 +272,7 @@ class LRCallback(HookOwner):
                 "it."
             )
             if progress:
-                self.warn(
+                rank_zero_warn(
                     f"{message} {progress} Size the schedule to the steps before "
                     "`swa_epoch_start` (OneCycleScheduler sized by the Trainer does so)."
                 )
@@ -276,45 +281,33 @@ class LRCallback(HookOwner):
         return self.taken_over is not None
 
     # -- writing ----------------------------------------------------------------------------------
-    @staticmethod
-    def param_groups(trainer: pl.Trainer) -> Iterator[tuple[int, Optimizer, dict[str, Any]]]:
-        """Yield ``(optimizer_index, optimizer, param_group)`` over all optimizers in order."""
-        for idx, opt in enumerate(trainer.optimizers):
-            for group in opt.param_groups:
-                yield idx, opt, group
-
-    def write(
-        self, trainer: pl.Trainer, opt_idx: int, step: int, schedules: list[ScheduleLike]
-    ) -> None:
+    def write(self, trainer: pl.Trainer, opt_idx: int, step: int) -> None:
         """Set the LR (times the group's ``lr_scale``, if any) and momentum of optimizer
-        ``opt_idx``'s groups from their schedules at ``step``; one schedule per param group of
-        all optimizers."""
-        for k, (idx, _, group) in enumerate(self.param_groups(trainer)):
-            if idx != opt_idx:
-                continue
-            lr = check_lr_value(schedules[k](step), self.name)
-            group["lr"] = assign(group["lr"], lr * group["lr_scale"] if "lr_scale" in group else lr)
-            momentum = getattr(schedules[k], "momentum", None)
-            value = momentum(step) if callable(momentum) else None
+        ``opt_idx``'s param groups from their :attr:`active` schedules at ``step``; a schedule
+        shared by consecutive groups is evaluated once."""
+        last = None
+        groups = trainer.optimizers[opt_idx].param_groups
+        for group, schedule in zip(groups, self.active[opt_idx], strict=True):
+            if schedule is not last:
+                last, lr = schedule, check_lr_value(schedule(step), self.name)
+                momentum = getattr(schedule, "momentum", None)
+                value = momentum(step) if callable(momentum) else None
+            group["lr"] = assign(group["lr"], lr * group.get("lr_scale", 1))
             if value is not None:
                 set_momentum(group, value)
 
     def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
         """Warn when one schedule would give param groups with different LRs the same LR, i.e.
         when no group carries an ``lr_scale``; said in the first fit, not again on resume."""
-        groups = [group for _, _, group in self.param_groups(trainer)]
+        groups = all_groups(trainer)
         lrs = [float(group["lr"]) for group in groups]
         erased = max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups)
         if erased and not self.restored:
             ratios = [round(lr / max(lrs), 12) for lr in lrs]
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: the param groups have different learning rates {lrs}, but one "
                 "schedule drives all of them to the same value, erasing their ratio. Give each "
                 f"param group an `lr_scale` (here {ratios}): the schedule's LR is multiplied by "
                 "it; or pass one schedule per param group (OneCycleScheduler: one `max_lr` per "
                 "group)."
             )
-
-    @staticmethod
-    def warn(message: str) -> None:
-        rank_zero_warn(message, category=UserWarning)

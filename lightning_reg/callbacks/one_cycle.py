@@ -8,11 +8,18 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import StochasticWeightAveraging
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._hooks import callbacks_of
 from lightning_reg._validation import check_int, check_positive
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, momentum_key, per_group
+from lightning_reg.callbacks._lr_base import (
+    LRCallback,
+    ScheduleLike,
+    all_groups,
+    momentum_key,
+    per_group,
+)
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
@@ -162,36 +169,33 @@ class OneCycleScheduler(ScheduledLR):
         super().reset()
         self.range_test_result: RangeTestResult | None = None
         self.auto_max_lr: float | None = None
-        self._step_source: str | None = None
 
-    def _saved_max_lr(self) -> list[float]:
-        """The checkpoint's ``max_lr`` per group (empty when none was restored)."""
-        return list((self.saved_config or {}).get("max_lr", []))
-
-    def peak_lrs(self, trainer: pl.Trainer) -> list[float]:
+    def peak_lrs(self, trainer: pl.Trainer, saved: dict[str, Any]) -> list[float]:
         """``max_lr`` as given, one value or one per group; for ``"auto"``, the range test's value.
 
         Under ``"auto"`` the sweep runs here, once per fit (the optimizer and the training
-        dataloader exist by now), unless a checkpoint restored its value. An empty list means a
-        resumed ``"auto"`` fit whose checkpoint holds a cycle with a hand-set ``max_lr``: that
-        cycle continues (see :meth:`plan`).
+        dataloader exist by now), unless a checkpoint restored its value. A resumed ``"auto"``
+        fit whose checkpoint configuration (``saved``) holds a cycle with a hand-set ``max_lr``
+        gets that ``max_lr``: that cycle continues (see :meth:`plan`).
         """
         if self.max_lr != "auto":
             return list(self.max_lr)
-        if self.auto_max_lr is None and not self._saved_max_lr():
-            result = self.range_test.run(trainer, trainer.lightning_module)
-            result.log(trainer)
-            self.range_test_result = result
-            self.auto_max_lr = result.max_lr
-        return [] if self.auto_max_lr is None else [self.auto_max_lr]
+        saved_peaks = list(saved.get("max_lr", []))
+        if self.auto_max_lr is None and not saved_peaks:
+            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
+            self.range_test_result.log(trainer)
+            self.auto_max_lr = self.range_test_result.max_lr
+        return saved_peaks if self.auto_max_lr is None else [self.auto_max_lr]
 
-    def planned_steps(self, trainer: pl.Trainer) -> int:
+    def planned_steps(self, trainer: pl.Trainer, check_phases: bool) -> int:
         """The optimizer steps each optimizer takes in this fit, from the Trainer's plan.
 
         ``trainer.estimated_stepping_batches``, except under manual optimization with several
         optimizers, where ``global_step`` (and so ``max_steps``) counts the steps of all of
         them: each optimizer, assumed to step once per batch, gets ``max_steps // n``. Beside
-        ``StochasticWeightAveraging``, only the epochs before ``swa_epoch_start`` count.
+        ``StochasticWeightAveraging``, only the epochs before ``swa_epoch_start`` count. With
+        ``check_phases`` (not on resume, which keeps the saved cycle), raises naming the
+        estimate when it is too short for the phases.
         """
         estimate = trainer.estimated_stepping_batches
         source = "`trainer.estimated_stepping_batches`"
@@ -218,81 +222,69 @@ class OneCycleScheduler(ScheduledLR):
             )
         if getattr(trainer, "fast_dev_run", False):
             return max(int(estimate), _SMOKE_STEPS)
-        self._step_source = f"{source} = {int(estimate)}"
+        kwargs = self.one_cycle_kwargs
+        try:
+            OneCycle.phase_lengths(int(estimate), kwargs["final_steps"], kwargs["warmup_steps"])
+        except ValueError as error:
+            if check_phases:
+                raise ValueError(
+                    f"{self.name} sizes its cycle from the Trainer ({source} = {int(estimate)}),"
+                    f" which is too short for this 1cycle: {error} Train for more steps "
+                    "(`max_steps`, `max_epochs`, `limit_train_batches`), or pass "
+                    "`total_steps=...` (and `warmup_steps`/`final_steps`) to OneCycleScheduler. "
+                    "`fast_dev_run` works as is."
+                ) from None
         return int(estimate)
 
     @override
-    def plan(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
+    def plan(self, trainer: pl.Trainer) -> list[list[ScheduleLike]]:
         """The cycles of this fit: ``total_steps`` per optimizer (the constructor's, else
         :meth:`planned_steps`) and ``max_lr`` per group (:meth:`peak_lrs`). On resume, the
         checkpoint's cycles, with a warning naming every value (``total_steps``, ``max_lr``, a
         phase argument) this fit would change."""
-        self._step_source, saved = None, self.saved_config
+        if self.max_lr == "auto" or len(self.max_lr) == 1:
+            self.warn_if_ratio_erased(trainer)
+        saved = self.config if self.restored else {}
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
-        total = self.total_steps or self.planned_steps(trainer)
-        if self._step_source is not None and saved is None:  # a resume keeps the saved cycle
-            self.check_phases_fit(total)
-        given = self.peak_lrs(trainer) or self._saved_max_lr()
-        self.config = {
-            "total_steps": [total] * len(trainer.optimizers),
-            "max_lr": per_group("max_lr", given, num_groups),
+        total = self.total_steps or self.planned_steps(trainer, check_phases=not self.restored)
+        peaks = per_group("max_lr", self.peak_lrs(trainer, saved), trainer)
+        planned = {
+            "total_steps": [total] * len(peaks),
+            "max_lr": [peak for group in peaks for peak in group],
             **self.one_cycle_kwargs,
         }
-        planned = dict(self.config)
-        if self.max_lr == "auto" and self.auto_max_lr is None:  # a checkpoint's hand-set peak
-            planned["max_lr"] = "auto"
-        changed = self.changes(saved, planned)
-        if saved is not None and changed:
-            self.warn(
+        unset = self.max_lr == "auto" and self.auto_max_lr is None  # a checkpoint's hand-set peak
+        changed = self.changed({**planned, "max_lr": "auto"} if unset else planned)
+        if changed:
+            rank_zero_warn(
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
                 f"({changed}). Continuing the checkpoint's cycle at its step count "
                 f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
                 "a fit without `ckpt_path` (loading only the weights)."
             )
-            self.config = {**self.config, **saved}
-        kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
-        totals, peaks = self.config["total_steps"], self.config["max_lr"]
-        opt_of_group = [idx for idx, _, _ in self.param_groups(trainer)]
-        schedules: list[ScheduleLike] = [
-            OneCycle(totals[idx], m, **kwargs) for idx, m in zip(opt_of_group, peaks, strict=True)
-        ]
+        self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
         if not self.restored:
             self.warn_if_momentum_switched_on(trainer)
-        return schedules
-
-    def check_phases_fit(self, total: int) -> None:
-        """Raise, naming the Trainer's estimate, when a cycle of ``total`` steps (sized from the
-        Trainer) is too short for the phases."""
-        try:
-            OneCycle.phase_lengths(
-                total, self.one_cycle_kwargs["final_steps"], self.one_cycle_kwargs["warmup_steps"]
-            )
-        except ValueError as error:
-            raise ValueError(
-                f"{self.name} sizes its cycle from the Trainer ({self._step_source}), which is "
-                f"too short for this 1cycle: {error} Train for more steps (`max_steps`, "
-                "`max_epochs`, `limit_train_batches`), or pass `total_steps=...` (and "
-                "`warmup_steps`/`final_steps`) to OneCycleScheduler. `fast_dev_run` works as is."
-            ) from None
-
-    @property
-    @override
-    def shares_one_schedule(self) -> bool:
-        return self.max_lr == "auto" or len(self.max_lr) == 1
+        kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
+        peaks = per_group("max_lr", self.config["max_lr"], trainer)
+        return [
+            [OneCycle(steps, peak, **kwargs) for peak in group]
+            for steps, group in zip(self.config["total_steps"], peaks, strict=True)
+        ]
 
     def warn_if_momentum_switched_on(self, trainer: pl.Trainer) -> None:
         """Warn about optimizers whose momentum the cycle cannot drive, or would switch on."""
         if not self.one_cycle_kwargs["cycle_momentum"]:
             return
-        groups = [group for _, _, group in self.param_groups(trainer)]
+        groups = all_groups(trainer)
         if any(momentum_key(group) is None for group in groups):
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
                 "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
                 "to silence this."
             )
         if any(group.get("momentum", None) == 0 for group in groups):
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and cycling "
                 f"momentum ({self.one_cycle_kwargs['max_momentum']} -> "
                 f"{self.one_cycle_kwargs['min_momentum']}) switches momentum on. Pass "

@@ -10,11 +10,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg._validation import check_int, check_non_negative, check_number
-from lightning_reg.callbacks._lr_base import LRCallback, assign, check_choice, per_group
+from lightning_reg._validation import check_choice, check_int, check_non_negative, check_number
+from lightning_reg.callbacks._lr_base import LRCallback, all_groups, assign, per_group
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
@@ -183,14 +183,17 @@ class PerformanceScheduler(LRCallback):
 
     @override
     def start(self, trainer: pl.Trainer) -> None:
-        num_groups = sum(len(opt.param_groups) for opt in trainer.optimizers)
-        per_group("min_lr", self.min_lr, num_groups)
+        per_group("min_lr", self.min_lr, trainer)
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
-        if self.schedule is None:
-            return
-        self.warn_if_ratio_erased(trainer)
-        self.active, self.until = [self.schedule] * num_groups, self.schedule_steps
+        if self.schedule is not None:
+            self.warn_if_ratio_erased(trainer)
+            self.active = per_group("schedule", [self.schedule], trainer)
+
+    @override
+    def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
+        if self.steps[opt_idx] <= self.schedule_steps:  # the schedule's steps, then plateau
+            super().after_step(trainer, opt_idx)
 
     @override
     def describe_progress(self) -> str:
@@ -199,10 +202,9 @@ class PerformanceScheduler(LRCallback):
         return f"The warm-up had reached step {min(self.steps)} of {self.schedule_steps}."
 
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        quiet = getattr(trainer, "fast_dev_run", False) or self.taken_over
-        if self._in_handover() and not quiet:
-            self.warn(
+    def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
+        if self._in_handover():
+            rank_zero_warn(
                 f"{self.name}: training ended after {min(self.steps)} optimizer steps, before "
                 f"the hand-over to plateau scheduling at step {self.schedule_steps}; plateau "
                 "scheduling never acted. Shorten the schedule (`schedule_steps=...`) or train "
@@ -253,7 +255,7 @@ class PerformanceScheduler(LRCallback):
             )
             if self.strict:
                 raise MisconfigurationException(message + " Pass `strict=False` to only warn.")
-            self.warn(message + " Skipping this check.")
+            rank_zero_warn(message + " Skipping this check.")
             return None
         value = torch.as_tensor(metrics[self.monitor], dtype=torch.float64)
         value = trainer.strategy.reduce(value.to(trainer.strategy.root_device), reduce_op="mean")
@@ -268,10 +270,9 @@ class PerformanceScheduler(LRCallback):
             self._reduce(trainer)
 
     def _reduce(self, trainer: pl.Trainer) -> None:
-        groups = [group for _, _, group in self.param_groups(trainer)]
-        floors = per_group("min_lr", self.min_lr, len(groups))
+        floors = [floor for group in per_group("min_lr", self.min_lr, trainer) for floor in group]
         changes = []
-        for group, floor in zip(groups, floors, strict=True):
+        for group, floor in zip(all_groups(trainer), floors, strict=True):
             old = float(group["lr"])
             new = max(old * self.factor, floor)
             if new < old:  # Keras' rule: any LR above `min_lr` is reduced, however small

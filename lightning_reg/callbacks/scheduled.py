@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, check_choice, per_group
+from lightning_reg._validation import check_choice
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, per_group
 
 __all__ = ["ScheduledLR"]
 
@@ -24,10 +26,12 @@ def config_of(schedule: ScheduleLike) -> Any:
     return f"{getattr(schedule, '__module__', '')}.{getattr(schedule, '__qualname__', schedule)}"
 
 
-def length_of(schedule: ScheduleLike) -> int | None:
-    """The schedule's ``length`` (steps until its final value), or ``None`` if it has none."""
-    length = getattr(schedule, "length", None)
-    return length if isinstance(length, int) and not isinstance(length, bool) else None
+def horizon_of(schedules: list[ScheduleLike]) -> int | None:
+    """The steps until all ``schedules`` hold their final value (their longest ``length``), or
+    ``None`` when one has no ``length``."""
+    lengths = [getattr(schedule, "length", None) for schedule in schedules]
+    ints = [n for n in lengths if isinstance(n, int) and not isinstance(n, bool)]
+    return max(ints) if len(ints) == len(lengths) else None
 
 
 class ScheduledLR(LRCallback):
@@ -112,60 +116,45 @@ class ScheduledLR(LRCallback):
         self.warned_past_end = False
 
     # -- what subclasses customise ------------------------------------------------------------
-    def plan(self, trainer: pl.Trainer, num_groups: int) -> list[ScheduleLike]:
-        """The schedules of this fit, reconciled with the checkpoint's when resuming.
+    def plan(self, trainer: pl.Trainer) -> list[list[ScheduleLike]]:
+        """The schedules of this fit (per optimizer, one per param group), reconciled with the
+        checkpoint's when resuming.
 
         Sets :attr:`config`, the plain-data description saved in checkpoints. ``ScheduledLR``
-        keeps the schedules it was given and warns when they differ from the checkpoint's.
+        keeps the schedules it was given and warns when they differ from the checkpoint's, or
+        when one schedule erases the ratio of the groups' LRs.
         """
-        schedules = per_group("schedule", self._schedules, num_groups)
-        saved, self.config = self.saved_config, {"schedule": [config_of(s) for s in schedules]}
-        changed = self.changes(saved, self.config)
+        if len(self._schedules) == 1:
+            self.warn_if_ratio_erased(trainer)
+        schedules = per_group("schedule", self._schedules, trainer)
+        config = {"schedule": [config_of(s) for group in schedules for s in group]}
+        changed, self.config = self.changed(config), config
         if changed:
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: the schedule differs from the one in the checkpoint ({changed}); "
                 f"continuing from the saved step count {self.steps} with the schedule given now."
             )
         return schedules
 
-    @property
-    def saved_config(self) -> dict[str, Any] | None:
-        """The configuration restored from a checkpoint (``None`` when none was)."""
-        return self.config if self.restored else None
-
-    @staticmethod
-    def changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
-        """``"key: saved -> now"`` for every key whose value differs ("" if none or no saved)."""
-        if saved is None:
-            return ""
-        keys = [key for key in now if key in saved and saved[key] != now[key]]
+    def changed(self, now: dict[str, Any]) -> str:
+        """How ``now`` differs from the configuration restored from a checkpoint: ``"`key`:
+        saved in the checkpoint, now now"`` per differing key ("" when none was restored)."""
+        saved = self.config if self.restored else {}
         return "; ".join(
-            f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now" for key in keys
+            f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now"
+            for key in now
+            if key in saved and saved[key] != now[key]
         )
 
     def as_schedule(self, total_steps: int | None = None) -> ScheduleLike:
         """The schedule of the first param group (for :func:`~lightning_reg.plot_schedule`)."""
         return self._schedules[0]
 
-    @property
-    def shares_one_schedule(self) -> bool:
-        """Whether one schedule drives every param group."""
-        return len(self._schedules) == 1
-
     # -- the engine's hooks -------------------------------------------------------------------
     @override
     def start(self, trainer: pl.Trainer) -> None:
-        groups = [idx for idx, _, _ in self.param_groups(trainer)]
-        if self.shares_one_schedule:
-            self.warn_if_ratio_erased(trainer)
-        self.active = self.plan(trainer, len(groups))
-        if self.interval != "step":
-            return
-        self._horizons = []
-        for idx in range(len(trainer.optimizers)):
-            lengths = [length_of(s) for s, i in zip(self.active, groups, strict=True) if i == idx]
-            known = [n for n in lengths if n is not None]
-            self._horizons.append(max(known) if known and len(known) == len(lengths) else None)
+        self.active = self.plan(trainer)
+        self._horizons = [horizon_of(s) if self.interval == "step" else None for s in self.active]
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
@@ -181,43 +170,34 @@ class ScheduledLR(LRCallback):
                 else "Make the schedule as long as the run (for OneCycleScheduler leave "
                 "`total_steps=None` to size it from the Trainer)."
             )
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: optimizer {opt_idx} took step {step - 1}, past the schedule's end "
                 f"(length {horizon} steps); holding its final value. The run is longer than the "
                 f"schedule. {advice}"
             )
         super().after_step(trainer, opt_idx)
 
+    def unfinished(self) -> list[tuple[int, int]]:
+        """``(optimizer index, schedule length)`` of each step schedule not at its end yet."""
+        return [(i, n) for i, n in enumerate(self._horizons) if n is not None and self.steps[i] < n]
+
     @override
     def describe_progress(self) -> str:
-        unfinished = [
-            f"optimizer {idx} at step {self.steps[idx]} of {horizon}"
-            for idx, horizon in enumerate(self._horizons)
-            if horizon is not None and self.steps[idx] < horizon
-        ]
-        return f"The schedule had not ended ({', '.join(unfinished)})." if unfinished else ""
+        where = [f"optimizer {i} at step {self.steps[i]} of {n}" for i, n in self.unfinished()]
+        return f"The schedule had not ended ({', '.join(where)})." if where else ""
 
     # -- Lightning hooks ----------------------------------------------------------------------
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.interval == "epoch" and not self.handed_over(trainer):
             for idx in range(len(trainer.optimizers)):
-                self.write(trainer, idx, trainer.current_epoch, self.active)
+                self.write(trainer, idx, trainer.current_epoch)
 
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (getattr(trainer, "fast_dev_run", False) or self.taken_over):
-            self.warn_if_stopped_early(trainer)
-
     def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
-        """Warn, per optimizer, when training ended before the end of its schedule."""
-        for idx, horizon in enumerate(self._horizons):
+        for idx, horizon in self.unfinished():
             taken = self.steps[idx]
-            if horizon is None or taken >= horizon:
-                continue
-            group = trainer.optimizers[idx].param_groups[0]
-            first = next(k for k, (i, _, _) in enumerate(self.param_groups(trainer)) if i == idx)
-            end_lr = self.active[first](horizon)
+            group, end_lr = trainer.optimizers[idx].param_groups[0], self.active[idx][0](horizon)
             planned = trainer.estimated_stepping_batches
             why = (
                 f"The Trainer planned only {planned:g} optimizer steps "
@@ -230,7 +210,7 @@ class ScheduledLR(LRCallback):
                 "run that really happens (OneCycleScheduler: `total_steps=...`), or resume from "
                 "the last checkpoint to finish it."
             )
-            self.warn(
+            rank_zero_warn(
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
                 f"rate is {float(group['lr']):.4g}, not the end value {end_lr:.4g}. {why}"
