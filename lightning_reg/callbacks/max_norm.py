@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,20 +15,16 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_reg._hooks import HookOwner, callbacks_of, refuse_fsdp1
-from lightning_reg._validation import check_positive
 from lightning_reg.max_norm import (
     DEFAULT_MAX_NORM_MODULES,
     RowGroup,
-    check_foreach,
-    check_max_norm_modules,
-    check_norm_type,
-    local_rows,
+    check_max_norm,
     max_norm_,
     max_norm_targets,
-    row_groups,
+    prepare,
     unconstrained_message,
 )
-from lightning_reg.penalties import is_dtensor, local
+from lightning_reg.penalties import is_dtensor
 from lightning_reg.selection import outside_parameters
 
 __all__ = ["MaxNorm"]
@@ -47,29 +42,20 @@ class _Binding:
         self.optimizer = optimizer
         self.flags: list[bool] | None = None
         self.targets: list[torch.Tensor] = []
-        self.rows: list[torch.Tensor] | list[RowGroup] = []
-        self.foreach = True
-        self.sharded = False  # DTensor targets: their local shards are taken at every step
+        self.rows: list[torch.Tensor] | list[RowGroup] | None = None  # None: DTensors
 
     def current_flags(self) -> list[bool]:
         return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
 
-    def resolve(self, weights: Sequence[torch.Tensor], flags: list[bool], foreach: bool) -> None:
-        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds."""
+    def resolve(self, weights: list[torch.Tensor], flags: list[bool], foreach: bool | None) -> None:
+        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds,
+        prepared once, except DTensors, whose local shards are taken at every step."""
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         self.targets = [w for w in weights if id(w) in held]
-        self.flags, self.foreach = flags, foreach
-        rows = [local_rows(w) for w in self.targets]  # checks dims, dtype, placements
-        self.sharded = any(is_dtensor(w) for w in self.targets)
-        self.rows = [] if self.sharded else rows if not foreach else row_groups(rows)
-
-    def apply(self, max_value: float, norm_type: float) -> None:
-        """Renorm the targets now."""
-        rows = self.rows
-        if self.sharded:  # checked in `resolve`: only the local shards are taken afresh
-            shards = [local(w) for w in self.targets]
-            rows = row_groups(shards) if self.foreach else shards
-        max_norm_(rows, max_value, norm_type)
+        self.flags = flags
+        self.rows = prepare(self.targets, foreach)  # checks dims, dtype, placements
+        if any(is_dtensor(w) for w in self.targets):
+            self.rows = None
 
 
 class MaxNorm(HookOwner):
@@ -92,16 +78,17 @@ class MaxNorm(HookOwner):
     or their ``requires_grad`` flags change. It does not act before the first update (as Keras
     constraints, it follows updates).
 
-    Parametrized kernels: for a kernel under ``torch.nn.utils.parametrizations.weight_norm`` (or
-    the older ``torch.nn.utils.weight_norm``), the parameter the optimizer updates for a row's
-    length is the magnitude ``g`` (``original0``, ``weight_g``): with ``norm_type=2`` each row's
-    norm is ``|g_i|``, so bounding ``g`` bounds the row exactly. Every other parametrization
-    (``spectral_norm``, ``register_parametrization``), and weight norm with another
-    ``norm_type``, cannot be bounded through the parameters the optimizer updates and is named in
-    a warning at the start of fit, as is any other kernel of a layer in ``modules`` that is not
-    constrained. With the default ``modules``, trainable parameters of two or more dims that
-    belong to no layer of those types (an ``nn.Embedding``, your own layer's weight) and to none
-    that another ``MaxNorm`` on the Trainer selects are named in a warning too, and left alone.
+    Parametrized kernels: for a kernel under ``torch.nn.utils.parametrizations.weight_norm``,
+    the parameter the optimizer updates for a row's length is the magnitude ``g``
+    (``original0``): with ``norm_type=2`` each row's norm is ``|g_i|``, so bounding ``g`` bounds
+    the row exactly. Every other parametrization (``spectral_norm``,
+    ``register_parametrization``), and weight norm with another ``norm_type``, cannot be bounded
+    through the parameters the optimizer updates and is named in a warning at the start of fit,
+    as is any other trainable parameter of two or more dims of a layer in ``modules`` that is not
+    a bias (the deprecated hook-based ``torch.nn.utils.weight_norm``'s ``weight_g``). With the
+    default ``modules``, trainable parameters of two or more dims that belong to no layer of
+    those types (an ``nn.Embedding``, your own layer's weight) and to none that another
+    ``MaxNorm`` on the Trainer selects are named in a warning too, and left alone.
 
     Lifecycle: each fit starts fresh (the count of steps it acted on is reset in ``setup``)
     unless a checkpoint is restored, so one callbacks list reused across Trainers (folds of a
@@ -148,11 +135,9 @@ class MaxNorm(HookOwner):
         foreach: bool | None = None,
     ) -> None:
         super().__init__()
-        self.max_value = check_positive("max_value", max_value)
-        check_max_norm_modules("modules", modules)
+        self.max_value, self.norm_type = check_max_norm(max_value, modules, norm_type, foreach)
         self.modules = modules
-        self.norm_type = check_norm_type(norm_type)
-        self.foreach = check_foreach(foreach)
+        self.foreach = foreach
         # Computed once: Lightning reads `state_key` several times per step.
         self._state_key = self._generate_state_key(
             max_value=self.max_value,
@@ -223,35 +208,27 @@ class MaxNorm(HookOwner):
         flags = binding.current_flags()
         if flags != binding.flags:
             self._refresh(pl_module, binding, flags)
-        binding.apply(self.max_value, self.norm_type)
+        rows = prepare(binding.targets, self.foreach) if binding.rows is None else binding.rows
+        max_norm_(rows, self.max_value, self.norm_type)
         self._steps[idx] = self._steps.get(idx, 0) + 1
 
     def _refresh(self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool]) -> None:
-        """Resolve the optimizer's targets again; name the kernels that cannot be constrained and,
-        with the default ``modules``, the parameters no ``MaxNorm`` on the Trainer reaches."""
+        """Resolve the optimizer's targets again; name what is not constrained and no warning of
+        this fit has named yet: what ``max_norm_targets`` skips and, with the default
+        ``modules``, the parameters no ``MaxNorm`` on the Trainer reaches."""
         weights, skipped = max_norm_targets(pl_module, self.modules, self.norm_type)
-        binding.resolve(weights, flags, self.foreach is not False)
-        who = f"MaxNorm({self.max_value:g})"
-        new = self._new(skipped)
-        if new:
-            rank_zero_warn(
-                f"{who} does not constrain these kernels of {type(pl_module).__name__}: "
-                f"{'; '.join(new)}. Leave their layer types out of `modules` if that is intended.",
-                category=UserWarning,
-            )
-            self._warned.update(new)
-        if self.modules != DEFAULT_MAX_NORM_MODULES:
-            return  # layer types the user chose
-        # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
-        reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
-        outside = self._new(outside_parameters(pl_module, reach))
-        if outside:
-            rank_zero_warn(unconstrained_message(who, pl_module, outside))
-            self._warned.update(outside)
-
-    def _new(self, names: list[str]) -> list[str]:
-        """The ``names`` no warning of this fit has named yet."""
-        return [name for name in names if name not in self._warned]
+        binding.resolve(weights, flags, self.foreach)
+        outside: list[str] = []
+        if self.modules == DEFAULT_MAX_NORM_MODULES:  # not layer types the user chose
+            # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
+            reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
+            outside = outside_parameters(pl_module, reach)
+        skipped = [name for name in skipped if name not in self._warned]
+        outside = [name for name in outside if name not in self._warned]
+        if skipped or outside:
+            who = f"MaxNorm({self.max_value:g})"
+            rank_zero_warn(unconstrained_message(who, pl_module, skipped, outside))
+            self._warned.update(skipped + outside)
 
 
 def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
