@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -106,7 +106,14 @@ def select_weights(
     if predicate is not None:
         chosen = {id(p) for name, p in named if predicate(name, p)}
     elif names is not None:
-        chosen = _ids_of_names(named, names)
+        by_name, wanted = dict(named), list(names)
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            valid = ", ".join(list(by_name)[:5])
+            raise ValueError(
+                f"Unknown parameter names {unknown} in `names`; valid names include: {valid}."
+            )
+        chosen = {id(by_name[n]) for n in wanted}
     else:
         found, left = layer_kernels(module, modules, trainable_only)
         chosen = {id(p) for kernel in found for p in kernel.params}
@@ -192,15 +199,11 @@ def _is_kernel(layer: nn.Module, attr: str) -> bool:
 def own_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The layer's own parameters by name, the originals of its parametrizations included
     (``parametrizations.weight.original``), read without evaluating them."""
-    own = list(layer.named_parameters(recurse=False))
-    if parametrize.is_parametrized(layer):
-        plists = cast(nn.ModuleDict, layer.parametrizations)
-        own += [
-            (f"parametrizations.{attr}.{name}", p)
-            for attr, plist in plists.items()
-            for name, p in plist.named_parameters(recurse=False)
-        ]
-    return own
+    return [
+        (name, p)
+        for name, p in layer.named_parameters()
+        if "." not in name or re.fullmatch(r"parametrizations\.\w+\.original\d*", name)
+    ]
 
 
 def layer_kind(layer: nn.Module) -> str:
@@ -295,15 +298,3 @@ def check_selection(
         raise TypeError(f"`names` must be an iterable of parameter names, not a string: {names!r}.")
     if predicate is not None and names is not None:
         raise ValueError("Pass at most one of `predicate` and `names`, got both.")
-
-
-def _ids_of_names(named: list[tuple[str, nn.Parameter]], names: Iterable[str]) -> set[int]:
-    by_name = dict(named)
-    wanted = list(names)
-    unknown = [n for n in wanted if n not in by_name]
-    if unknown:
-        valid = ", ".join(list(by_name)[:5])
-        raise ValueError(
-            f"Unknown parameter names {unknown} in `names`; valid names include: {valid}."
-        )
-    return {id(by_name[n]) for n in wanted}

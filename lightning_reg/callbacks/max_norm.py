@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -30,32 +30,21 @@ from lightning_reg.selection import outside_parameters
 __all__ = ["MaxNorm"]
 
 
-class _Binding:
-    """What one optimizer's steps constrain: its param groups' max-norm weights that require grad.
+class _Bound(NamedTuple):
+    """What one optimizer's steps constrain: its param groups' max-norm targets that require grad.
 
-    Resolved from the model when first used and again only when the optimizer's parameters or
-    their ``requires_grad`` flags change (``BackboneFinetuning`` freezing, unfreezing, adding a
-    param group), so each step pays one comparison of those flags, not a walk of the model.
+    Resolved when the fit starts and again only when the ``requires_grad`` flags of the
+    optimizer's parameters change (``BackboneFinetuning`` freezing, unfreezing, adding a param
+    group), so each step pays one comparison of those flags, not a walk of the model.
     """
 
-    def __init__(self, optimizer: Optimizer) -> None:
-        self.optimizer = optimizer
-        self.flags: list[bool] | None = None
-        self.targets: list[torch.Tensor] = []
-        self.rows: list[torch.Tensor] | list[RowGroup] | None = None  # None: DTensors
+    flags: list[bool]
+    targets: list[torch.Tensor]
+    rows: list[torch.Tensor] | list[RowGroup] | None  # None: DTensors, taken afresh at each step
 
-    def current_flags(self) -> list[bool]:
-        return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
 
-    def resolve(self, weights: list[torch.Tensor], flags: list[bool], foreach: bool | None) -> None:
-        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds,
-        prepared once, except DTensors, whose local shards are taken at every step."""
-        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        self.targets = [w for w in weights if id(w) in held]
-        self.flags = flags
-        self.rows = prepare(self.targets, foreach)  # checks dims, dtype, placements
-        if any(is_dtensor(w) for w in self.targets):
-            self.rows = None
+def _flags(optimizer: Optimizer) -> list[bool]:
+    return [p.requires_grad for group in optimizer.param_groups for p in group["params"]]
 
 
 class MaxNorm(HookOwner):
@@ -145,7 +134,7 @@ class MaxNorm(HookOwner):
             norm_type=self.norm_type,
         )
         self._steps: dict[int, int] = {}
-        self._bindings: list[_Binding] = []
+        self._bound: list[_Bound] = []
         self._warned: set[str] = set()
 
     @property
@@ -187,11 +176,10 @@ class MaxNorm(HookOwner):
                 "layer types to constrain as `modules`."
             )
         self.release(trainer, pl_module)
-        self._bindings = [_Binding(opt) for opt in trainer.optimizers]
-        for idx, binding in enumerate(self._bindings):
-            self._refresh(pl_module, binding, binding.current_flags())
+        self._bound = [self._bind(pl_module, optimizer) for optimizer in trainer.optimizers]
+        for idx, optimizer in enumerate(trainer.optimizers):
             hook = functools.partial(self._post_hook, pl_module, idx)
-            self.handles.append(binding.optimizer.register_step_post_hook(hook))
+            self.handles.append(optimizer.register_step_post_hook(hook))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -204,20 +192,21 @@ class MaxNorm(HookOwner):
     def _post_hook(
         self, pl_module: pl.LightningModule, idx: int, optimizer: Optimizer, *_: Any
     ) -> None:
-        binding = self._bindings[idx]
-        flags = binding.current_flags()
-        if flags != binding.flags:
-            self._refresh(pl_module, binding, flags)
-        rows = prepare(binding.targets, self.foreach) if binding.rows is None else binding.rows
+        bound = self._bound[idx]
+        if _flags(optimizer) != bound.flags:
+            bound = self._bound[idx] = self._bind(pl_module, optimizer)
+        rows = prepare(bound.targets, self.foreach) if bound.rows is None else bound.rows
         max_norm_(rows, self.max_value, self.norm_type)
         self._steps[idx] = self._steps.get(idx, 0) + 1
 
-    def _refresh(self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool]) -> None:
-        """Resolve the optimizer's targets again; name what is not constrained and no warning of
-        this fit has named yet: what ``max_norm_targets`` skips and, with the default
-        ``modules``, the parameters no ``MaxNorm`` on the Trainer reaches."""
+    def _bind(self, pl_module: pl.LightningModule, optimizer: Optimizer) -> _Bound:
+        """The optimizer's targets, resolved from the model; names what no warning of this fit
+        has named yet: what ``max_norm_targets`` skips and, with the default ``modules``, the
+        parameters no ``MaxNorm`` on the Trainer reaches."""
         weights, skipped = max_norm_targets(pl_module, self.modules, self.norm_type)
-        binding.resolve(weights, flags, self.foreach)
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        targets = [w for w in weights if id(w) in held]
+        rows = prepare(targets, self.foreach)  # checks dims, dtype, placements
         outside: list[str] = []
         if self.modules == DEFAULT_MAX_NORM_MODULES:  # not layer types the user chose
             # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
@@ -229,6 +218,8 @@ class MaxNorm(HookOwner):
             who = f"MaxNorm({self.max_value:g})"
             rank_zero_warn(unconstrained_message(who, pl_module, skipped, outside))
             self._warned.update(skipped + outside)
+        sharded = any(is_dtensor(w) for w in targets)
+        return _Bound(_flags(optimizer), targets, None if sharded else rows)
 
 
 def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
