@@ -17,7 +17,7 @@ from lightning_reg._validation import check_positive
 from lightning_reg.penalties import is_dtensor, local, tensor_list
 from lightning_reg.selection import (
     Kernel,
-    check_module_types,
+    check_selection,
     layer_kernels,
     layer_kind,
     outside_message,
@@ -40,6 +40,7 @@ GRU and their cells (input and recurrent weights), ``MultiheadAttention`` (input
 
 # The epsilon torch.renorm adds to the norm (fixed in its kernel).
 _RENORM_EPS = 1e-7
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def apply_max_norm_(
@@ -103,9 +104,8 @@ def apply_max_norm_(
     max_value, norm_type = check_max_norm(max_value, modules, norm_type, foreach)
     if isinstance(weights, nn.Module):
         tensors, skipped = max_norm_targets(weights, modules, norm_type)
-        outside = (
-            outside_parameters(weights, modules) if modules == DEFAULT_MAX_NORM_MODULES else []
-        )
+        default = modules == DEFAULT_MAX_NORM_MODULES
+        outside = outside_parameters(weights, modules) if default else []
         if skipped or outside or not tensors:
             message = unconstrained_message("apply_max_norm_", weights, skipped, outside)
             warnings.warn(message, UserWarning, stacklevel=2)
@@ -291,17 +291,18 @@ def local_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_max_norm(
-    max_value: object, modules: object, norm_type: object, foreach: object
+    max_value: object, modules: tuple[type[nn.Module], ...], norm_type: object, foreach: object
 ) -> tuple[float, float]:
     """The arguments of :func:`apply_max_norm_` and ``MaxNorm`` checked, ``max_value`` and
     ``norm_type`` as floats; an error names a wrong one."""
-    for transposed in check_module_types("modules", modules):
-        if issubclass(transposed, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            raise ValueError(
-                f"`modules` cannot hold transposed convolutions ({transposed.__name__}): dim 0 of "
-                "their weight is the input channel, so renorming it would bound outgoing, not "
-                "incoming, vectors."
-            )
+    check_selection(modules)
+    transposed = [m.__name__ for m in modules if issubclass(m, _TRANSPOSED)]
+    if transposed:
+        raise ValueError(
+            f"`modules` cannot hold transposed convolutions ({', '.join(transposed)}): dim 0 of "
+            "their weight is the input channel, so renorming it would bound outgoing, not "
+            "incoming, vectors."
+        )
     if foreach is not None and not isinstance(foreach, bool):
         raise TypeError(f"`foreach` must be True, False or None, got {foreach!r}.")
     if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):

@@ -263,12 +263,17 @@ def outside_message(who: str, module: nn.Module, outside: list[str], default: st
     )
 
 
-def check_module_types(name: str, modules: object) -> tuple[type[nn.Module], ...]:
-    """``modules`` if it is a non-empty tuple of ``nn.Module`` subclasses, else a ``TypeError``.
+def check_selection(
+    modules: object, predicate: object = None, names: Iterable[str] | None = None
+) -> None:
+    """Raise a ``TypeError`` or ``ValueError`` naming what is wrong with a selection: ``modules``
+    must be a non-empty tuple of ``nn.Module`` subclasses, ``predicate`` callable, ``names`` no
+    string, and at most one of ``predicate`` and ``names`` given.
 
     Examples:
-        >>> check_module_types("modules", (nn.Linear,))
-        (<class 'torch.nn.modules.linear.Linear'>,)
+        >>> check_selection((nn.Linear,), names="fc.weight")
+        Traceback (most recent call last):
+        TypeError: `names` must be an iterable of parameter names, not a string: 'fc.weight'.
     """
     if (
         not isinstance(modules, tuple)
@@ -276,22 +281,8 @@ def check_module_types(name: str, modules: object) -> tuple[type[nn.Module], ...
         or not all(isinstance(m, type) and issubclass(m, nn.Module) for m in modules)
     ):
         raise TypeError(
-            f"`{name}` must be a non-empty tuple of nn.Module subclasses, got {modules!r}."
+            f"`modules` must be a non-empty tuple of nn.Module subclasses, got {modules!r}."
         )
-    return modules
-
-
-def check_selection(
-    modules: object, predicate: object = None, names: Iterable[str] | None = None
-) -> None:
-    """Raise a ``TypeError`` or ``ValueError`` naming what is wrong with a selection.
-
-    Examples:
-        >>> check_selection((nn.Linear,), names="fc.weight")
-        Traceback (most recent call last):
-        TypeError: `names` must be an iterable of parameter names, not a string: 'fc.weight'.
-    """
-    check_module_types("modules", modules)
     if predicate is not None and not callable(predicate):
         raise TypeError(f"`predicate` must be callable, got {type(predicate).__name__}.")
     if isinstance(names, str):

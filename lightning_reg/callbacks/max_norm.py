@@ -244,8 +244,7 @@ def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> li
             f"{owner}(max_norm={ours.max_value:g}) adds MaxNorm({ours.max_value:g}) beside the "
             f"Trainer's {listed}: all of them act after every optimizer step, so on weights that "
             f"several select the smallest bound holds. Pass `max_norm=None` to {owner} to keep "
-            "only the Trainer's.",
-            category=UserWarning,
+            "only the Trainer's."
         )
     # Exactly MaxNorm: Lightning drops those from the Trainer's list (subclasses stay there).
     return [*(c for c in theirs if type(c) is MaxNorm), ours]
