@@ -158,10 +158,11 @@ def layer_kernels(
     attribute itself, so no parametrization is evaluated.
 
     Examples:
-        >>> layer = nn.utils.parametrizations.spectral_norm(nn.Linear(3, 2))
-        >>> found, left = layer_kernels(nn.Sequential(layer), (nn.Linear,))
+        >>> parametrized = nn.utils.parametrizations.spectral_norm(nn.Linear(3, 2))
+        >>> hook_based = nn.utils.spectral_norm(nn.Linear(3, 2))
+        >>> found, left = layer_kernels(nn.Sequential(parametrized, hook_based), (nn.Linear,))
         >>> [(k.name, [tuple(p.shape) for p in k.params]) for k in found], left
-        ([('0.weight', [(2, 3)])], [])
+        ([('0.weight', [(2, 3)])], ['1.weight_orig (Linear)'])
     """
     found: list[Kernel] = []
     others: list[tuple[str, nn.Parameter]] = []
