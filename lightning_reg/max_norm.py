@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lightning_reg._validation import check_positive
+from lightning_reg._validation import check_number, check_positive
 from lightning_reg.penalties import is_dtensor, local, tensor_list
 from lightning_reg.selection import (
     Kernel,
@@ -305,8 +304,6 @@ def check_max_norm(
         )
     if foreach is not None and not isinstance(foreach, bool):
         raise TypeError(f"`foreach` must be True, False or None, got {foreach!r}.")
-    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
-        raise TypeError(f"`norm_type` must be a number >= 1 or math.inf, got {norm_type!r}.")
-    if math.isnan(norm_type) or norm_type < 1.0:
-        raise ValueError(f"`norm_type` must be a number >= 1 or math.inf, got {norm_type!r}.")
+    if norm_type != math.inf:
+        norm_type = check_number("norm_type", norm_type, ">= 1 or math.inf", lambda p: p >= 1)
     return check_positive("max_value", max_value), float(norm_type)

@@ -254,8 +254,15 @@ def test_a_parametrized_bias_is_neither_selected_nor_named() -> None:
         ({"max_value": 0.0}, ValueError, r"`max_value` must be a finite number > 0, got 0.0"),
         ({"max_value": math.inf}, ValueError, r"`max_value` must be a finite number > 0"),
         ({"max_value": True}, TypeError, r"`max_value` must be a finite number > 0, got True"),
-        ({"norm_type": 0.5}, ValueError, r"`norm_type` must be a number >= 1 or math.inf, got 0.5"),
-        ({"norm_type": "fro"}, TypeError, r"`norm_type` must be a number >= 1"),
+        (
+            {"norm_type": 0.5},
+            ValueError,
+            r"`norm_type` must be a finite number >= 1 or math.inf, got 0.5",
+        ),
+        ({"norm_type": "fro"}, TypeError, r"`norm_type` must be a finite number >= 1"),
+        ({"norm_type": True}, TypeError, r"`norm_type` must be a finite number >= 1"),
+        ({"norm_type": math.nan}, ValueError, r"`norm_type` must be a finite number >= 1"),
+        ({"norm_type": -math.inf}, ValueError, r"`norm_type` must be a finite number >= 1"),
         ({"modules": (nn.ConvTranspose2d,)}, ValueError, r"`modules` cannot hold transposed"),
         ({"modules": nn.Linear}, TypeError, r"`modules` must be a non-empty tuple"),
         ({"foreach": 1}, TypeError, r"`foreach` must be True, False or None, got 1"),
@@ -690,7 +697,9 @@ def test_config_state_key_and_bad_arguments() -> None:
         MaxNorm(-1.0)
     with pytest.raises(TypeError, match=r"`max_value` must be a finite number > 0, got '1'"):
         MaxNorm("1")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`norm_type` must be a number >= 1 or math.inf, got 0"):
+    with pytest.raises(
+        ValueError, match=r"`norm_type` must be a finite number >= 1 or math.inf, got 0"
+    ):
         MaxNorm(norm_type=0)
     with pytest.raises(ValueError, match=r"`modules` cannot hold transposed convolutions"):
         MaxNorm(modules=(nn.Linear, nn.ConvTranspose1d))
