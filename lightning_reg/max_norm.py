@@ -4,24 +4,23 @@
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Iterable
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from lightning_reg._validation import check_positive
+from lightning_reg._validation import check_number, check_positive
 from lightning_reg.penalties import is_dtensor, local, tensor_list
 from lightning_reg.selection import (
     Kernel,
-    check_module_types,
-    kernels,
+    check_selection,
+    layer_kernels,
     layer_kind,
     outside_message,
     outside_parameters,
-    select_weights,
 )
 
 __all__ = ["DEFAULT_MAX_NORM_MODULES", "apply_max_norm_"]
@@ -89,47 +88,45 @@ def apply_max_norm_(
             split along a dim other than 0 (its rows are spread over ranks).
 
     Warns:
-        UserWarning: if ``weights`` is a module with no selected weight, or with kernels or
-            weights it leaves out.
+        UserWarning: if ``weights`` is a module with no selected weight, or with weights it
+            leaves out (see :func:`max_norm_targets`).
 
     Example:
         >>> from lightning_reg import apply_max_norm_
         >>> layer = nn.Linear(4, 3)
         >>> with torch.no_grad():
-        ...     _ = layer.weight.mul_(10.0)
+        ...     _ = layer.weight.fill_(1.0)  # rows of norm 2
         >>> apply_max_norm_(layer, max_value=1.0)
         >>> bool((layer.weight.norm(dim=1) <= 1.0).all())
         True
     """
-    max_value = check_positive("max_value", max_value)
-    norm_type = check_norm_type(norm_type)
-    foreach = check_foreach(foreach)
+    max_value, norm_type = check_max_norm(max_value, modules, norm_type, foreach)
     if isinstance(weights, nn.Module):
-        check_max_norm_modules("modules", modules)
-        targets, skipped = max_norm_targets(weights, modules, norm_type)
+        tensors, skipped = max_norm_targets(weights, modules, norm_type)
         default = modules == DEFAULT_MAX_NORM_MODULES
         outside = outside_parameters(weights, modules) if default else []
-        for problem in (
-            outside and unconstrained_message("apply_max_norm_", weights, outside),
-            skipped and f"apply_max_norm_ does not constrain these kernels: {'; '.join(skipped)}.",
-            not (targets or outside or skipped)
-            and f"apply_max_norm_ found no trainable kernel of a layer in `modules` in "
-            f"{type(weights).__name__}.",
-        ):
-            if problem:
-                warnings.warn(problem, UserWarning, stacklevel=2)
-        tensors: list[torch.Tensor] = list(targets)
+        if skipped or outside or not tensors:
+            message = unconstrained_message("apply_max_norm_", weights, skipped, outside)
+            warnings.warn(message, UserWarning, stacklevel=2)
     else:
         tensors = tensor_list(weights)
+    max_norm_(prepare(tensors, foreach), max_value, norm_type)
+
+
+def prepare(
+    tensors: Iterable[torch.Tensor], foreach: bool | None
+) -> list[torch.Tensor] | list[RowGroup]:
+    """What :func:`max_norm_` takes: the checked :func:`local_rows` of ``tensors``, grouped by
+    :func:`row_groups` unless ``foreach`` is ``False``."""
     rows = [local_rows(t) for t in tensors]
-    max_norm_(rows if foreach is False else row_groups(rows), max_value, norm_type)
+    return rows if foreach is False else row_groups(rows)
 
 
 def max_norm_(
     rows: list[torch.Tensor] | list[RowGroup], max_value: float, norm_type: float
 ) -> None:
-    """The max-norm of checked tensors (:func:`local_rows`): the reference ``renorm_`` on a list
-    of tensors, the multi-tensor path on their :func:`row_groups`."""
+    """The max-norm of :func:`prepare`'d tensors: the reference ``renorm_`` on a list of tensors,
+    the multi-tensor path on their :func:`row_groups`."""
     with torch.no_grad():
         for item in rows:
             if isinstance(item, torch.Tensor):
@@ -201,76 +198,73 @@ def _row_norms(group: RowGroup, norm_type: float) -> list[torch.Tensor]:
 
 def max_norm_targets(
     module: nn.Module, modules: tuple[type[nn.Module], ...], norm_type: float
-) -> tuple[list[nn.Parameter], list[str]]:
-    """The trainable tensors max-norm constrains in ``module``, and the kernels it cannot.
+) -> tuple[list[torch.Tensor], list[str]]:
+    """The trainable tensors max-norm constrains in ``module``, and by name what it cannot.
 
-    A reparametrized kernel is not a parameter: the optimizer updates its originals, whose rows
-    are not the kernel's rows. For weight norm along dim 0 (``parametrizations.weight_norm``'s
-    ``original0``/``original1``, the older ``weight_g``/``weight_v``) the row 2-norm of the
-    kernel is ``|g_i|``, so the magnitude ``g`` is the target. Every other parametrization,
-    weight norm with ``norm_type != 2``, and any other parameter of more than one dim of a layer
-    in ``modules`` (not a bias) that is not a target is returned by name in the second list.
+    A plain kernel is its own target. A kernel under ``torch.nn.utils.parametrize`` is not a
+    parameter: the optimizer updates its originals, whose rows are not the kernel's rows. For
+    ``parametrizations.weight_norm`` along dim 0 (``original0``, ``original1``) the row 2-norm of
+    the kernel is ``|g_i|``, so the magnitude ``g`` (``original0``) is the target. Every other
+    parametrization, weight norm with ``norm_type != 2``, and whatever else a layer in
+    ``modules`` holds (:func:`~lightning_reg.selection.layer_kernels`) are named.
     """
-    chosen = {id(p) for p in select_weights(module, modules, warn_empty=False)}
-    skipped: list[str] = []
-    for layer_name, layer in module.named_modules():
-        if not isinstance(layer, modules):
+    found, skipped = layer_kernels(module, modules)
+    chosen: set[int] = set()
+    for kernel in found:
+        if not parametrize.is_parametrized(kernel.layer, kernel.attr):
+            chosen.add(id(kernel.params[0]))
             continue
-        prefix = f"{layer_name}." if layer_name else ""
-        kind = layer_kind(layer)
-        reparametrized: set[int] = set()
-        for kernel in kernels(layer):
-            if kernel.kind == "parameter" or kernel.params is None:
-                continue
-            reparametrized.update(id(p) for p in kernel.params)
-            chosen.difference_update(id(p) for p in kernel.params)
-            magnitude = _weight_norm_magnitude(layer, kernel)
-            if magnitude is not None and norm_type == 2.0:
-                if magnitude.requires_grad:
-                    chosen.add(id(magnitude))
-            elif magnitude is not None:
-                skipped.append(f"{prefix}{kernel.name} ({kind}, weight norm bounds 2-norms only)")
-            else:
-                skipped.append(f"{prefix}{kernel.name} ({kind}, parametrized)")
-        for name, p in layer.named_parameters(recurse=False):
-            other = id(p) not in chosen and id(p) not in reparametrized
-            if other and p.dim() >= 2 and p.requires_grad and "bias" not in name:
-                skipped.append(f"{prefix}{name} ({kind})")
-    targets = [p for p in module.parameters() if id(p) in chosen]
-    return targets, skipped
+        magnitude = _weight_norm_magnitude(kernel)
+        kind = layer_kind(kernel.layer)
+        if magnitude is None:
+            skipped.append(f"{kernel.name} ({kind}, parametrized)")
+        elif norm_type != 2.0:
+            skipped.append(f"{kernel.name} ({kind}, weight norm bounds 2-norms only)")
+        else:
+            chosen.add(id(magnitude))
+    return [p for p in module.parameters() if id(p) in chosen and p.requires_grad], skipped
 
 
-def _weight_norm_magnitude(layer: nn.Module, kernel: Kernel) -> nn.Parameter | None:
-    """``g`` if ``kernel`` is weight norm along dim 0: the hook-based form, or a parametrization
-    of two originals ``(g, v)``, one number of ``g`` per row of ``v``, whose kernel has rows of
-    norm ``|g_i|``. Only that two-original form is evaluated to check it (weight norm is a pure
-    function; ``spectral_norm``, one original, never is)."""
-    if kernel.kind not in ("weight_norm", "parametrize") or len(kernel.params or ()) != 2:
+def _weight_norm_magnitude(kernel: Kernel) -> nn.Parameter | None:
+    """``g`` if ``kernel`` is weight norm along dim 0: a parametrization of two originals
+    ``(g, v)``, one number of ``g`` per row of ``v``, whose kernel has rows of norm ``|g_i|``. Only
+    that two-original form is evaluated to check it (weight norm is a pure function;
+    ``spectral_norm``, one original, never is)."""
+    if len(kernel.params) != 2:
         return None
-    g, v = cast(list[nn.Parameter], kernel.params)
+    g, v = kernel.params
     if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
         return None
-    if kernel.kind == "weight_norm":
-        return g
     with torch.no_grad():
-        computed = getattr(layer, kernel.name)
-        rows = torch.linalg.vector_norm(computed.flatten(1).double(), dim=1)
+        rows = torch.linalg.vector_norm(
+            getattr(kernel.layer, kernel.attr).flatten(1).double(), dim=1
+        )
         magnitudes = g.flatten().double().abs()
         matches = rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
     return g if matches else None
 
 
-def unconstrained_message(who: str, module: nn.Module, outside: list[str]) -> str:
-    """The warning naming the parameters (from ``outside_parameters``) max-norm leaves out."""
-    return outside_message(
-        f"{who} does not constrain",
-        module,
-        outside,
-        "DEFAULT_MAX_NORM_MODULES",
-        "To constrain them, pass `modules=` with their layer types added, if dim 0 of each "
-        "weight indexes its output units (an nn.Embedding's rows are its vectors; transposed "
-        "convolutions cannot be constrained)",
-    )
+def unconstrained_message(
+    who: str, module: nn.Module, skipped: list[str], outside: list[str]
+) -> str:
+    """The warning naming what max-norm leaves out of ``module``: ``skipped`` (from
+    :func:`max_norm_targets`) and ``outside`` (from ``outside_parameters``); with neither, that it
+    found nothing to constrain."""
+    name = type(module).__name__
+    parts = []
+    if skipped:
+        parts.append(f"{who} does not constrain these weights of {name}: {'; '.join(skipped)}.")
+    if outside:
+        who_not = f"{who} does not constrain"
+        parts.append(outside_message(who_not, module, outside, "DEFAULT_MAX_NORM_MODULES", _HOW))
+    return " ".join(parts) or f"{who} found no trainable kernel of a layer in `modules` in {name}."
+
+
+_HOW = (
+    "To constrain them, pass `modules=` with their layer types added, if dim 0 of each weight "
+    "indexes its output units (an nn.Embedding's rows are its vectors; transposed convolutions "
+    "cannot be constrained)"
+)
 
 
 def local_rows(t: torch.Tensor) -> torch.Tensor:
@@ -295,30 +289,21 @@ def local_rows(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def check_foreach(value: object) -> bool | None:
-    """``foreach`` if it is ``True``, ``False`` or ``None``, else a ``TypeError``."""
-    if value is not None and not isinstance(value, bool):
-        raise TypeError(f"`foreach` must be True, False or None, got {value!r}.")
-    return value
-
-
-def check_norm_type(value: object) -> float:
-    """``value`` as a float ``>= 1`` (``math.inf`` included), else an error naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`norm_type` must be a number >= 1 or math.inf, got {value!r}.")
-    number = float(value)
-    if math.isnan(number) or number < 1.0:
-        raise ValueError(f"`norm_type` must be a number >= 1 or math.inf, got {value!r}.")
-    return number
-
-
-def check_max_norm_modules(name: str, modules: object) -> None:
-    """Layer types for max-norm: no transposed convolutions (their dim 0 is the input channel)."""
-    types = check_module_types(name, modules)
-    transposed = [m.__name__ for m in types if issubclass(m, _TRANSPOSED)]
+def check_max_norm(
+    max_value: object, modules: tuple[type[nn.Module], ...], norm_type: object, foreach: object
+) -> tuple[float, float]:
+    """The arguments of :func:`apply_max_norm_` and ``MaxNorm`` checked, ``max_value`` and
+    ``norm_type`` as floats; an error names a wrong one."""
+    check_selection(modules)
+    transposed = [m.__name__ for m in modules if issubclass(m, _TRANSPOSED)]
     if transposed:
         raise ValueError(
-            f"`{name}` cannot hold transposed convolutions ({', '.join(transposed)}): dim 0 of "
+            f"`modules` cannot hold transposed convolutions ({', '.join(transposed)}): dim 0 of "
             "their weight is the input channel, so renorming it would bound outgoing, not "
             "incoming, vectors."
         )
+    if foreach is not None and not isinstance(foreach, bool):
+        raise TypeError(f"`foreach` must be True, False or None, got {foreach!r}.")
+    if norm_type != math.inf:
+        norm_type = check_number("norm_type", norm_type, ">= 1 or math.inf", lambda p: p >= 1)
+    return check_positive("max_value", max_value), float(norm_type)

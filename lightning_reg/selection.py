@@ -1,19 +1,21 @@
 """Which weights to regularize: kernels by layer type, predicate or names.
 
-Pure functions over a plain ``nn.Module``, shared by the penalty and max-norm. A parametrized
-kernel is resolved to the parameters the optimizer updates with torch's own helpers
+Pure functions over a plain ``nn.Module``, shared by the penalty and max-norm. A kernel under
+``torch.nn.utils.parametrize`` (``parametrizations.weight_norm``, ``spectral_norm``, your own) is
+resolved to the parameters the optimizer updates with torch's own helpers
 (``parametrize.is_parametrized``, ``type_before_parametrizations``, the
 ``parametrizations.<name>.original*`` tensors): nothing here evaluates a parametrization, so
-selecting has no side effect (``spectral_norm``'s power iteration does not run).
+selecting has no side effect (``spectral_norm``'s power iteration does not run). What else a
+selected layer holds (the hook-based ``torch.nn.utils.weight_norm``'s ``weight_g``, say) is named.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Literal, NamedTuple, cast
+from typing import NamedTuple
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -21,7 +23,7 @@ from lightning_reg.layers import INIT_MODULES
 
 __all__ = [
     "DEFAULT_PENALIZED_MODULES",
-    "kernels",
+    "layer_kernels",
     "layer_kind",
     "outside_message",
     "outside_parameters",
@@ -43,8 +45,6 @@ weights of RNN/LSTM/GRU and their cells (``weight_ih*``, ``weight_hh*``, ``weigh
 input projection of ``MultiheadAttention`` (``in_proj_weight`` or ``q/k/v_proj_weight``; its
 ``out_proj`` is a Linear)."""
 
-_MHA_KERNELS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-
 
 def select_weights(
     module: nn.Module,
@@ -62,12 +62,13 @@ def select_weights(
     ``predicate`` or ``names`` choose instead of ``modules``. Shared (tied) parameters are
     returned once, in the order of ``module.named_parameters()``.
 
-    A parametrized kernel (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``,
-    ``register_parametrization``, or the older hook-based ``torch.nn.utils.weight_norm`` /
-    ``spectral_norm``) is not itself a parameter: the parameters the optimizer updates are
-    selected in its place (``parametrizations.weight.original*``, ``weight_orig``, or
-    ``weight_g`` and ``weight_v``), found without evaluating the parametrization. A kernel that
-    is neither a parameter nor one of those forms is named in a warning.
+    A kernel under ``torch.nn.utils.parametrizations`` (``weight_norm``, ``spectral_norm``) or
+    ``register_parametrization`` is not itself a parameter: the parameters the optimizer updates
+    (``parametrizations.weight.original*``) are selected in its place, found without evaluating
+    the parametrization. Any other trainable parameter of two or more dims of a selected layer
+    (not a bias), such as the ``weight_g``/``weight_v`` of the deprecated hook-based
+    ``torch.nn.utils.weight_norm`` or the ``weight_orig`` of the hook-based ``spectral_norm``, and
+    a kernel that is a buffer, are named in a warning and not selected.
 
     Args:
         module: the model to select from.
@@ -90,8 +91,8 @@ def select_weights(
         ValueError: if both ``predicate`` and ``names`` are given, or a name is unknown.
 
     Warns:
-        UserWarning: if nothing is selected, or a selected layer's kernel cannot be resolved to
-            parameters.
+        UserWarning: if nothing is selected, or a selected layer holds weights that are not
+            selected.
 
     Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.LSTM(8, 3))
@@ -105,9 +106,25 @@ def select_weights(
     if predicate is not None:
         chosen = {id(p) for name, p in named if predicate(name, p)}
     elif names is not None:
-        chosen = _ids_of_names(named, names)
+        by_name, wanted = dict(named), list(names)
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            valid = ", ".join(list(by_name)[:5])
+            raise ValueError(
+                f"Unknown parameter names {unknown} in `names`; valid names include: {valid}."
+            )
+        chosen = {id(by_name[n]) for n in wanted}
     else:
-        chosen = _ids_of_kernels(module, modules)
+        found, left = layer_kernels(module, modules, trainable_only)
+        chosen = {id(p) for kernel in found for p in kernel.params}
+        if left:
+            warnings.warn(
+                f"These weights of layers in `modules` are not regularized: {', '.join(left)}. "
+                "Only kernels (as parameters or under torch.nn.utils.parametrize) are; choose "
+                "other parameters with `names=` or `predicate=`.",
+                UserWarning,
+                stacklevel=2,
+            )
     selected = list({id(p): p for _, p in named if id(p) in chosen}.values())
     if trainable_only:
         selected = [p for p in selected if p.requires_grad]
@@ -121,94 +138,73 @@ def select_weights(
     return selected
 
 
-def _ids_of_kernels(module: nn.Module, modules: tuple[type[nn.Module], ...]) -> set[int]:
-    """Ids of the parameters behind the kernels of every layer of a type in ``modules``."""
-    chosen: set[int] = set()
-    unresolved: list[str] = []
-    for layer_name, layer in module.named_modules():
-        if not isinstance(layer, modules):
-            continue
-        for kernel in kernels(layer):
-            if kernel.params is None:
-                unresolved.append(f"{layer_name}.{kernel.name} ({layer_kind(layer)})")
-            else:
-                chosen.update(id(p) for p in kernel.params)
-    if unresolved:
-        warnings.warn(
-            f"These kernels are neither parameters nor a known parametrization, so they are not "
-            f"regularized: {', '.join(unresolved)}. Choose the parameters that produce them with "
-            "`names=` or `predicate=`.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return chosen
-
-
 class Kernel(NamedTuple):
     """A kernel of a layer and the parameters the optimizer updates for it."""
 
-    name: str  # the layer's attribute: "weight", "weight_hh_l0", "in_proj_weight"
-    params: list[nn.Parameter] | None  # None: neither a parameter nor a known reparametrization
-    kind: Literal["parameter", "parametrize", "weight_norm", "spectral_norm"]
+    name: str  # full name: "fc.weight", "lstm.weight_hh_l0"
+    layer: nn.Module
+    attr: str  # the layer's attribute: "weight", "weight_hh_l0", "in_proj_weight"
+    params: list[nn.Parameter]  # the kernel itself, or the originals of its parametrization
 
 
-def kernels(layer: nn.Module) -> list[Kernel]:
-    """The kernels of ``layer`` (never biases), each with the parameters behind it.
+def layer_kernels(
+    module: nn.Module, modules: tuple[type[nn.Module], ...], trainable_only: bool = True
+) -> tuple[list[Kernel], list[str]]:
+    """The kernels of every layer of a type in ``modules`` (never biases), and by name what such a
+    layer holds besides: a parameter of two or more dims (trainable, with ``trainable_only``) that
+    is not a bias and is behind none of the kernels, or a kernel that is a buffer.
 
-    The one recognizer of reparametrized kernels, for the selection and for max-norm: a kernel
-    under ``torch.nn.utils.parametrize`` (its originals), and the older hook-based
-    ``torch.nn.utils.weight_norm`` (``<name>_g``, ``<name>_v``) and ``spectral_norm``
-    (``<name>_orig``), which replace the kernel's parameter by their own. Only the layer's own
-    parameters, buffers and ``parametrizations`` are read, never the kernel attribute itself.
+    Only the layers' own parameters, buffers and ``parametrizations`` are read, never a kernel
+    attribute itself, so no parametrization is evaluated.
 
     Examples:
-        >>> layer = nn.utils.parametrizations.spectral_norm(nn.Linear(3, 2))
-        >>> [(k.name, k.kind, [tuple(p.shape) for p in k.params]) for k in kernels(layer)]
-        [('weight', 'parametrize', [(2, 3)])]
+        >>> parametrized = nn.utils.parametrizations.spectral_norm(nn.Linear(3, 2))
+        >>> hook_based = nn.utils.spectral_norm(nn.Linear(3, 2))
+        >>> found, left = layer_kernels(nn.Sequential(parametrized, hook_based), (nn.Linear,))
+        >>> [(k.name, [tuple(p.shape) for p in k.params]) for k in found], left
+        ([('0.weight', [(2, 3)])], ['1.weight_orig (Linear)'])
     """
-    own = dict(layer.named_parameters(recurse=False))
-    parametrized = (
-        list(cast(nn.ModuleDict, layer.parametrizations))
-        if parametrize.is_parametrized(layer)
-        else []
-    )
-    buffers = dict(layer.named_buffers(recurse=False))
-    present = {*own, *parametrized, *buffers}
+    found: list[Kernel] = []
+    others: list[tuple[str, nn.Parameter]] = []
+    left: list[str] = []
+    for layer_name, layer in module.named_modules():
+        if not isinstance(layer, modules):
+            continue
+        prefix, kind = f"{layer_name}." if layer_name else "", layer_kind(layer)
+        behind: dict[str, list[nn.Parameter]] = {}
+        for name, p in own_parameters(layer):
+            attr = name.split(".")[1] if name.startswith("parametrizations.") else name
+            if _is_kernel(layer, attr):
+                behind.setdefault(attr, []).append(p)
+            elif p.dim() >= 2 and (p.requires_grad or not trainable_only) and "bias" not in name:
+                others.append((f"{prefix}{name} ({kind})", p))
+        found += [Kernel(prefix + attr, layer, attr, ps) for attr, ps in behind.items()]
+        buffers = layer.named_buffers(recurse=False)
+        left += [f"{prefix}{name} ({kind})" for name, _ in buffers if _is_kernel(layer, name)]
+    kernel_ids = {id(p) for kernel in found for p in kernel.params}
+    return found, [name for name, p in others if id(p) not in kernel_ids] + left
+
+
+_RNN_KERNEL = re.compile(r"weight_(ih|hh|hr)(_l\d+(_reverse)?)?")
+_MHA_KERNELS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _is_kernel(layer: nn.Module, attr: str) -> bool:
     if isinstance(layer, nn.MultiheadAttention):
-        names = [n for n in _MHA_KERNELS if n in present]
-    elif isinstance(layer, (nn.RNNBase, nn.RNNCellBase)):
-        found = [_hooked_name(n, own) for n in (*own, *parametrized) if n.startswith("weight_")]
-        names = list(dict.fromkeys(found))  # weight norm's `_g` and `_v` name one kernel
-    else:
-        hooked = {_hooked_name(n, own) for n in own}
-        names = ["weight"] if "weight" in present or "weight" in hooked else []
-    return [_kernel(layer, name, own, buffers) for name in names]
+        return attr in _MHA_KERNELS
+    if isinstance(layer, (nn.RNNBase, nn.RNNCellBase)):
+        return _RNN_KERNEL.fullmatch(attr) is not None
+    return attr == "weight"
 
 
-def _hooked_name(param: str, own: dict[str, nn.Parameter]) -> str:
-    """The kernel a hook-based weight norm or spectral norm parameter stands for, else ``param``."""
-    if param.endswith("_orig"):
-        return param.removesuffix("_orig")
-    stem = param[:-2]
-    if param.endswith(("_g", "_v")) and stem + "_g" in own and stem + "_v" in own:
-        return stem
-    return param
-
-
-def _kernel(
-    layer: nn.Module, name: str, own: dict[str, nn.Parameter], buffers: dict[str, torch.Tensor]
-) -> Kernel:
-    """Kernel ``name`` of ``layer`` and the parameters behind it."""
-    if parametrize.is_parametrized(layer, name):
-        originals = cast(nn.ModuleDict, layer.parametrizations)[name]
-        return Kernel(name, list(originals.parameters(recurse=False)), "parametrize")
-    if name in own:
-        return Kernel(name, [own[name]], "parameter")
-    if name + "_orig" in own:
-        return Kernel(name, [own[name + "_orig"]], "spectral_norm")
-    if name + "_g" in own and name + "_v" in own:
-        return Kernel(name, [own[name + "_g"], own[name + "_v"]], "weight_norm")
-    return Kernel(name, None if buffers.get(name) is not None else [], "parameter")
+def own_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The layer's own parameters by name, the originals of its parametrizations included
+    (``parametrizations.weight.original``), read without evaluating them."""
+    return [
+        (name, p)
+        for name, p in layer.named_parameters()
+        if "." not in name or re.fullmatch(r"parametrizations\.\w+\.original\d*", name)
+    ]
 
 
 def layer_kind(layer: nn.Module) -> str:
@@ -238,19 +234,11 @@ def outside_parameters(module: nn.Module, modules: tuple[type[nn.Module], ...]) 
     for layer_name, layer in module.named_modules():
         if isinstance(layer, parametrize.ParametrizationList):
             continue  # its originals are listed with the parametrized layer below
-        prefix = f"{layer_name}." if layer_name else ""
-        own = list(layer.named_parameters(recurse=False))
-        if parametrize.is_parametrized(layer):
-            plists = cast(nn.ModuleDict, layer.parametrizations)
-            own += [
-                (f"parametrizations.{kernel}.{name}", p)
-                for kernel, plist in plists.items()
-                for name, p in plist.named_parameters(recurse=False)
-            ]
+        own = own_parameters(layer)
         if isinstance(layer, modules):
             held.update(id(p) for _, p in own)
         else:
-            kind = layer_kind(layer)
+            prefix, kind = f"{layer_name}." if layer_name else "", layer_kind(layer)
             outside.extend((f"{prefix}{name} ({kind})", p) for name, p in own)
     names: list[str] = []
     for name, p in outside:
@@ -276,12 +264,17 @@ def outside_message(who: str, module: nn.Module, outside: list[str], default: st
     )
 
 
-def check_module_types(name: str, modules: object) -> tuple[type[nn.Module], ...]:
-    """``modules`` if it is a non-empty tuple of ``nn.Module`` subclasses, else a ``TypeError``.
+def check_selection(
+    modules: object, predicate: object = None, names: Iterable[str] | None = None
+) -> None:
+    """Raise a ``TypeError`` or ``ValueError`` naming what is wrong with a selection: ``modules``
+    must be a non-empty tuple of ``nn.Module`` subclasses, ``predicate`` callable, ``names`` no
+    string, and at most one of ``predicate`` and ``names`` given.
 
     Examples:
-        >>> check_module_types("modules", (nn.Linear,))
-        (<class 'torch.nn.modules.linear.Linear'>,)
+        >>> check_selection((nn.Linear,), names="fc.weight")
+        Traceback (most recent call last):
+        TypeError: `names` must be an iterable of parameter names, not a string: 'fc.weight'.
     """
     if (
         not isinstance(modules, tuple)
@@ -289,37 +282,11 @@ def check_module_types(name: str, modules: object) -> tuple[type[nn.Module], ...
         or not all(isinstance(m, type) and issubclass(m, nn.Module) for m in modules)
     ):
         raise TypeError(
-            f"`{name}` must be a non-empty tuple of nn.Module subclasses, got {modules!r}."
+            f"`modules` must be a non-empty tuple of nn.Module subclasses, got {modules!r}."
         )
-    return modules
-
-
-def check_selection(
-    modules: object, predicate: object = None, names: Iterable[str] | None = None
-) -> None:
-    """Raise a ``TypeError`` or ``ValueError`` naming what is wrong with a selection.
-
-    Examples:
-        >>> check_selection((nn.Linear,), names="fc.weight")
-        Traceback (most recent call last):
-        TypeError: `names` must be an iterable of parameter names, not a string: 'fc.weight'.
-    """
-    check_module_types("modules", modules)
     if predicate is not None and not callable(predicate):
         raise TypeError(f"`predicate` must be callable, got {type(predicate).__name__}.")
     if isinstance(names, str):
         raise TypeError(f"`names` must be an iterable of parameter names, not a string: {names!r}.")
     if predicate is not None and names is not None:
         raise ValueError("Pass at most one of `predicate` and `names`, got both.")
-
-
-def _ids_of_names(named: list[tuple[str, nn.Parameter]], names: Iterable[str]) -> set[int]:
-    by_name = dict(named)
-    wanted = list(names)
-    unknown = [n for n in wanted if n not in by_name]
-    if unknown:
-        valid = ", ".join(list(by_name)[:5])
-        raise ValueError(
-            f"Unknown parameter names {unknown} in `names`; valid names include: {valid}."
-        )
-    return {id(by_name[n]) for n in wanted}

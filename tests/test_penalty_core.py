@@ -62,8 +62,6 @@ def test_parametrized_kernels_select_the_parameters_the_optimizer_updates() -> N
         parametrizations.weight_norm(nn.Linear(4, 4)),
         parametrizations.spectral_norm(nn.Linear(4, 4)),
         nn.Linear(4, 4),
-        torch.nn.utils.weight_norm(nn.Linear(4, 4)),
-        torch.nn.utils.spectral_norm(nn.Linear(4, 3)),
     )
     parametrize.register_parametrization(model[2], "weight", Positive())
     expected = [
@@ -71,15 +69,25 @@ def test_parametrized_kernels_select_the_parameters_the_optimizer_updates() -> N
         "0.parametrizations.weight.original1",
         "1.parametrizations.weight.original",
         "2.parametrizations.weight.original",
-        "3.weight_g",
-        "3.weight_v",
-        "4.weight_orig",
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # handled: no warning
         assert sorted(names_of(model, select_weights(model))) == sorted(expected)
     # Every one of them is a leaf the optimizer steps; none is a bias.
     assert all(p.is_leaf and p.requires_grad for p in select_weights(model))
+
+
+def test_hook_based_weight_norm_and_spectral_norm_are_named_not_selected() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
+        model = nn.Sequential(
+            nn.Linear(4, 4),
+            torch.nn.utils.weight_norm(nn.Linear(4, 4)),
+            torch.nn.utils.spectral_norm(nn.Linear(4, 3)),
+        )
+    named = r"1\.weight_g \(Linear\), 1\.weight_v \(Linear\), 2\.weight_orig \(Linear\)"
+    with pytest.warns(UserWarning, match=rf"not regularized: {named}\. Only kernels"):
+        assert names_of(model, select_weights(model)) == ["0.weight"]
 
 
 def test_unresolvable_kernel_is_named_in_a_warning() -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -16,60 +15,36 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_reg._hooks import HookOwner, callbacks_of, refuse_fsdp1
-from lightning_reg._validation import check_positive
 from lightning_reg.max_norm import (
     DEFAULT_MAX_NORM_MODULES,
     RowGroup,
-    check_foreach,
-    check_max_norm_modules,
-    check_norm_type,
-    local_rows,
+    check_max_norm,
     max_norm_,
     max_norm_targets,
-    row_groups,
+    prepare,
     unconstrained_message,
 )
-from lightning_reg.penalties import is_dtensor, local
+from lightning_reg.penalties import is_dtensor
 from lightning_reg.selection import outside_parameters
 
 __all__ = ["MaxNorm"]
 
 
-class _Binding:
-    """What one optimizer's steps constrain: its param groups' max-norm weights that require grad.
+class _Bound(NamedTuple):
+    """What one optimizer's steps constrain: its param groups' max-norm targets that require grad.
 
-    Resolved from the model when first used and again only when the optimizer's parameters or
-    their ``requires_grad`` flags change (``BackboneFinetuning`` freezing, unfreezing, adding a
-    param group), so each step pays one comparison of those flags, not a walk of the model.
+    Resolved when the fit starts and again only when the ``requires_grad`` flags of the
+    optimizer's parameters change (``BackboneFinetuning`` freezing, unfreezing, adding a param
+    group), so each step pays one comparison of those flags, not a walk of the model.
     """
 
-    def __init__(self, optimizer: Optimizer) -> None:
-        self.optimizer = optimizer
-        self.flags: list[bool] | None = None
-        self.targets: list[torch.Tensor] = []
-        self.rows: list[torch.Tensor] | list[RowGroup] = []
-        self.foreach = True
-        self.sharded = False  # DTensor targets: their local shards are taken at every step
+    flags: list[bool]
+    targets: list[torch.Tensor]
+    rows: list[torch.Tensor] | list[RowGroup] | None  # None: DTensors, taken afresh at each step
 
-    def current_flags(self) -> list[bool]:
-        return [p.requires_grad for group in self.optimizer.param_groups for p in group["params"]]
 
-    def resolve(self, weights: Sequence[torch.Tensor], flags: list[bool], foreach: bool) -> None:
-        """Keep the ``weights`` (trainable max-norm targets of the model) this optimizer holds."""
-        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        self.targets = [w for w in weights if id(w) in held]
-        self.flags, self.foreach = flags, foreach
-        rows = [local_rows(w) for w in self.targets]  # checks dims, dtype, placements
-        self.sharded = any(is_dtensor(w) for w in self.targets)
-        self.rows = [] if self.sharded else rows if not foreach else row_groups(rows)
-
-    def apply(self, max_value: float, norm_type: float) -> None:
-        """Renorm the targets now."""
-        rows = self.rows
-        if self.sharded:  # checked in `resolve`: only the local shards are taken afresh
-            shards = [local(w) for w in self.targets]
-            rows = row_groups(shards) if self.foreach else shards
-        max_norm_(rows, max_value, norm_type)
+def _flags(optimizer: Optimizer) -> list[bool]:
+    return [p.requires_grad for group in optimizer.param_groups for p in group["params"]]
 
 
 class MaxNorm(HookOwner):
@@ -92,16 +67,17 @@ class MaxNorm(HookOwner):
     or their ``requires_grad`` flags change. It does not act before the first update (as Keras
     constraints, it follows updates).
 
-    Parametrized kernels: for a kernel under ``torch.nn.utils.parametrizations.weight_norm`` (or
-    the older ``torch.nn.utils.weight_norm``), the parameter the optimizer updates for a row's
-    length is the magnitude ``g`` (``original0``, ``weight_g``): with ``norm_type=2`` each row's
-    norm is ``|g_i|``, so bounding ``g`` bounds the row exactly. Every other parametrization
-    (``spectral_norm``, ``register_parametrization``), and weight norm with another
-    ``norm_type``, cannot be bounded through the parameters the optimizer updates and is named in
-    a warning at the start of fit, as is any other kernel of a layer in ``modules`` that is not
-    constrained. With the default ``modules``, trainable parameters of two or more dims that
-    belong to no layer of those types (an ``nn.Embedding``, your own layer's weight) and to none
-    that another ``MaxNorm`` on the Trainer selects are named in a warning too, and left alone.
+    Parametrized kernels: for a kernel under ``torch.nn.utils.parametrizations.weight_norm``,
+    the parameter the optimizer updates for a row's length is the magnitude ``g``
+    (``original0``): with ``norm_type=2`` each row's norm is ``|g_i|``, so bounding ``g`` bounds
+    the row exactly. Every other parametrization (``spectral_norm``,
+    ``register_parametrization``), and weight norm with another ``norm_type``, cannot be bounded
+    through the parameters the optimizer updates and is named in a warning at the start of fit,
+    as is any other trainable parameter of two or more dims of a layer in ``modules`` that is not
+    a bias (the deprecated hook-based ``torch.nn.utils.weight_norm``'s ``weight_g``). With the
+    default ``modules``, trainable parameters of two or more dims that belong to no layer of
+    those types (an ``nn.Embedding``, your own layer's weight) and to none that another
+    ``MaxNorm`` on the Trainer selects are named in a warning too, and left alone.
 
     Lifecycle: each fit starts fresh (the count of steps it acted on is reset in ``setup``)
     unless a checkpoint is restored, so one callbacks list reused across Trainers (folds of a
@@ -148,11 +124,9 @@ class MaxNorm(HookOwner):
         foreach: bool | None = None,
     ) -> None:
         super().__init__()
-        self.max_value = check_positive("max_value", max_value)
-        check_max_norm_modules("modules", modules)
+        self.max_value, self.norm_type = check_max_norm(max_value, modules, norm_type, foreach)
         self.modules = modules
-        self.norm_type = check_norm_type(norm_type)
-        self.foreach = check_foreach(foreach)
+        self.foreach = foreach
         # Computed once: Lightning reads `state_key` several times per step.
         self._state_key = self._generate_state_key(
             max_value=self.max_value,
@@ -160,7 +134,7 @@ class MaxNorm(HookOwner):
             norm_type=self.norm_type,
         )
         self._steps: dict[int, int] = {}
-        self._bindings: list[_Binding] = []
+        self._bound: list[_Bound] = []
         self._warned: set[str] = set()
 
     @property
@@ -202,11 +176,10 @@ class MaxNorm(HookOwner):
                 "layer types to constrain as `modules`."
             )
         self.release(trainer, pl_module)
-        self._bindings = [_Binding(opt) for opt in trainer.optimizers]
-        for idx, binding in enumerate(self._bindings):
-            self._refresh(pl_module, binding, binding.current_flags())
+        self._bound = [self._bind(pl_module, optimizer) for optimizer in trainer.optimizers]
+        for idx, optimizer in enumerate(trainer.optimizers):
             hook = functools.partial(self._post_hook, pl_module, idx)
-            self.handles.append(binding.optimizer.register_step_post_hook(hook))
+            self.handles.append(optimizer.register_step_post_hook(hook))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -219,39 +192,34 @@ class MaxNorm(HookOwner):
     def _post_hook(
         self, pl_module: pl.LightningModule, idx: int, optimizer: Optimizer, *_: Any
     ) -> None:
-        binding = self._bindings[idx]
-        flags = binding.current_flags()
-        if flags != binding.flags:
-            self._refresh(pl_module, binding, flags)
-        binding.apply(self.max_value, self.norm_type)
+        bound = self._bound[idx]
+        if _flags(optimizer) != bound.flags:
+            bound = self._bound[idx] = self._bind(pl_module, optimizer)
+        rows = prepare(bound.targets, self.foreach) if bound.rows is None else bound.rows
+        max_norm_(rows, self.max_value, self.norm_type)
         self._steps[idx] = self._steps.get(idx, 0) + 1
 
-    def _refresh(self, pl_module: pl.LightningModule, binding: _Binding, flags: list[bool]) -> None:
-        """Resolve the optimizer's targets again; name the kernels that cannot be constrained and,
-        with the default ``modules``, the parameters no ``MaxNorm`` on the Trainer reaches."""
+    def _bind(self, pl_module: pl.LightningModule, optimizer: Optimizer) -> _Bound:
+        """The optimizer's targets, resolved from the model; names what no warning of this fit
+        has named yet: what ``max_norm_targets`` skips and, with the default ``modules``, the
+        parameters no ``MaxNorm`` on the Trainer reaches."""
         weights, skipped = max_norm_targets(pl_module, self.modules, self.norm_type)
-        binding.resolve(weights, flags, self.foreach is not False)
-        who = f"MaxNorm({self.max_value:g})"
-        new = self._new(skipped)
-        if new:
-            rank_zero_warn(
-                f"{who} does not constrain these kernels of {type(pl_module).__name__}: "
-                f"{'; '.join(new)}. Leave their layer types out of `modules` if that is intended.",
-                category=UserWarning,
-            )
-            self._warned.update(new)
-        if self.modules != DEFAULT_MAX_NORM_MODULES:
-            return  # layer types the user chose
-        # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
-        reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
-        outside = self._new(outside_parameters(pl_module, reach))
-        if outside:
-            rank_zero_warn(unconstrained_message(who, pl_module, outside))
-            self._warned.update(outside)
-
-    def _new(self, names: list[str]) -> list[str]:
-        """The ``names`` no warning of this fit has named yet."""
-        return [name for name in names if name not in self._warned]
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        targets = [w for w in weights if id(w) in held]
+        rows = prepare(targets, self.foreach)  # checks dims, dtype, placements
+        outside: list[str] = []
+        if self.modules == DEFAULT_MAX_NORM_MODULES:  # not layer types the user chose
+            # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
+            reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
+            outside = outside_parameters(pl_module, reach)
+        skipped = [name for name in skipped if name not in self._warned]
+        outside = [name for name in outside if name not in self._warned]
+        if skipped or outside:
+            who = f"MaxNorm({self.max_value:g})"
+            rank_zero_warn(unconstrained_message(who, pl_module, skipped, outside))
+            self._warned.update(skipped + outside)
+        sharded = any(is_dtensor(w) for w in targets)
+        return _Bound(_flags(optimizer), targets, None if sharded else rows)
 
 
 def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
@@ -276,8 +244,7 @@ def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> li
             f"{owner}(max_norm={ours.max_value:g}) adds MaxNorm({ours.max_value:g}) beside the "
             f"Trainer's {listed}: all of them act after every optimizer step, so on weights that "
             f"several select the smallest bound holds. Pass `max_norm=None` to {owner} to keep "
-            "only the Trainer's.",
-            category=UserWarning,
+            "only the Trainer's."
         )
     # Exactly MaxNorm: Lightning drops those from the Trainer's list (subclasses stay there).
     return [*(c for c in theirs if type(c) is MaxNorm), ours]
