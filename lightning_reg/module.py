@@ -91,7 +91,8 @@ class WeightPenaltyMixin(_MixinBase):
       fold is set again after Lightning restores a checkpoint's optimizer state, so a resume
       with another ``l2`` or ``as_weight_decay`` trains as the new configuration says; a
       restored decay nothing explains is named in a warning. A param group added during fit
-      takes the decay if it can; if not, a warning says why and its l2 goes through the gradient.
+      keeps its own ``weight_decay``; unless that is ``2 * l2``, its l2 goes through the
+      gradient (the same update).
     * ``proximal_l1=True``: instead of the subgradient ``l1 * sign(w)``, each real optimizer
       step is followed by the soft-threshold ``w <- sign(w) * max(|w| - lr * l1, 0)`` with the
       ``lr`` of the weight's param group, which leaves weights at exactly zero (a sparse model);
