@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
 
 import lightning.pytorch as pl
@@ -84,8 +84,6 @@ class WeightPenalty(HookOwner):
         self._on = False
         self._weights: list[nn.Parameter] = []
         self._selected: set[int] = set()  # their ids
-        # Per optimizer: its group sizes, then the groups holding selected weights, with them.
-        self._groups: dict[int, tuple[tuple[int, ...], list[tuple[dict, list, bool]]]] = {}
         self._fold: float | None = None  # the `weight_decay` l2 is folded into (2 * l2)
         self._restored: float | None = None  # the checkpoint's fold
         # The `weight_decay` that `configure_optimizers` gave each group holding selected weights.
@@ -117,7 +115,7 @@ class WeightPenalty(HookOwner):
         config = _config(pl_module)
         self.release(trainer, pl_module)
         pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
-        self._backwards, self._groups, self._configured = 0, {}, {}
+        self._backwards, self._configured = 0, {}
         self._on = bool(config.l1 or config.l2)
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
         if not self._on:
@@ -150,7 +148,6 @@ class WeightPenalty(HookOwner):
         """Lightning restored a checkpoint's optimizer state after ``on_fit_start``: set each
         penalized group's ``weight_decay`` to what this fit's configuration says again."""
         self._set_decays(trainer)
-        self._backwards, self._groups = 0, {}  # the restore made new param group dicts
 
     def _set_decays(self, trainer: pl.Trainer) -> None:
         """Set the ``weight_decay`` of each group holding penalized weights to the fold, or to what
@@ -185,37 +182,25 @@ class WeightPenalty(HookOwner):
             return
         config = _config(pl_module)
         l1 = 0.0 if config.proximal_l1 else config.l1
-        groups = self._groups_of(optimizer)
-        # Groups whose l2 is folded into `weight_decay` take only l1 here.
-        for by_gradient in (True, False) if l1 else (True,):
-            weights = [w for _, ws, g in groups if g is by_gradient for w in ws if w.requires_grad]
-            if weights:
-                add_penalty_grad_(weights, l1, config.l2 if by_gradient else 0.0, scale)
+        for group, weights in self._groups_of(optimizer):
+            # A group whose `weight_decay` is the fold takes l1 only here.
+            folded = self._fold is not None and group.get("weight_decay") == self._fold
+            add_penalty_grad_(weights, l1, 0.0 if folded else config.l2, scale)
 
-    def _groups_of(self, optimizer: Optimizer) -> list[tuple[dict, list, bool]]:
-        """The optimizer's groups holding selected weights, with them and whether their l2 goes
-        through the gradient (it does unless the group's ``weight_decay`` is the fold), re-read
-        only when a group is added or resized (``BackboneFinetuning``)."""
-        sizes = tuple(len(g["params"]) for g in optimizer.param_groups)
-        cached = self._groups.get(id(optimizer))
-        if cached is None or cached[0] != sizes:
-            found = []
-            for group in optimizer.param_groups:
-                weights = [p for p in group["params"] if id(p) in self._selected]
-                by_gradient = self._fold is None or group.get("weight_decay") != self._fold
-                if weights:
-                    found.append((group, weights, by_gradient))
-            cached = self._groups[id(optimizer)] = (sizes, found)
-        return cached[1]
+    def _groups_of(self, optimizer: Optimizer) -> Iterator[tuple[dict, list[nn.Parameter]]]:
+        """The optimizer's param groups (as they are now: ``BackboneFinetuning`` adds some) with
+        their selected weights that require grad."""
+        for group in optimizer.param_groups:
+            weights = [p for p in group["params"] if id(p) in self._selected and p.requires_grad]
+            if weights:
+                yield group, weights
 
     def _proximal_step(self, pl_module: pl.LightningModule, optimizer: Optimizer, *_: Any) -> None:
         """Soft-threshold the weights the step updated with their group's learning rate (a step
         the GradScaler skips is no step: torch runs no post-hook)."""
         config = _config(pl_module)
-        for group, weights, _by_gradient in self._groups_of(optimizer):
-            live = [w for w in weights if w.requires_grad]
-            if live:
-                soft_threshold_(live, group["lr"] * config.l1)
+        for group, weights in self._groups_of(optimizer):
+            soft_threshold_(weights, group["lr"] * config.l1)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
