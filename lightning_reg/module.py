@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
@@ -151,9 +151,7 @@ class WeightPenaltyMixin(_MixinBase):
 
     @l1.setter
     def l1(self, value: float) -> None:
-        value = check_non_negative("l1", value)
-        self._check_change_during_fit("l1", self._penalty.l1, value)
-        self._penalty = self._penalty._replace(l1=value)
+        self._set_factor("l1", value)
 
     @property
     def l2(self) -> float:
@@ -163,33 +161,31 @@ class WeightPenaltyMixin(_MixinBase):
 
     @l2.setter
     def l2(self, value: float) -> None:
-        value = check_non_negative("l2", value)
-        self._check_change_during_fit("l2", self._penalty.l2, value)
-        self._penalty = self._penalty._replace(l2=value)
+        self._set_factor("l2", value)
 
-    def _check_change_during_fit(self, name: str, old: float, new: float) -> None:
-        """During fit a new factor applies from the next optimizer step, except where fit start
-        fixed how it is applied: refuse those changes rather than ignore them."""
-        started = self.penalty_fit_factors
-        if started is None or new == old:
-            return
-        if not any(started):
-            why = "the penalty was off (l1 = l2 = 0) when this fit started"
-        elif name == "l2" and self._penalty.as_weight_decay:
-            why = "with `as_weight_decay=True` l2 was folded into the optimizer's weight_decay"
-        elif name == "l1" and self._penalty.proximal_l1 and started[0] == 0:
-            why = "with `proximal_l1=True` the soft-threshold step is hooked only if l1 > 0"
-        else:
-            return
-        raise RuntimeError(
-            f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
-            f"Set it before `fit` (e.g. in `__init__`), or start the fit with a non-zero `{name}` "
-            "on the default route, where a new value applies from the next optimizer step."
-        )
+    def _set_factor(self, name: str, value: float) -> None:
+        """Validate and set a factor. During fit a new value applies from the next optimizer
+        step, except where fit start fixed how it is applied: those changes are refused."""
+        new, old = check_non_negative(name, value), getattr(self._penalty, name)
+        started, config = self.penalty_fit_factors, self._penalty
+        why = ""
+        if started is not None and new != old:
+            if not any(started):
+                why = "the penalty was off (l1 = l2 = 0) when this fit started"
+            elif name == "l2" and config.as_weight_decay:
+                why = "with `as_weight_decay=True` l2 was folded into the optimizer's weight_decay"
+            elif name == "l1" and config.proximal_l1 and started[0] == 0:
+                why = "with `proximal_l1=True` the soft-threshold step is hooked only if l1 > 0"
+        if why:
+            raise RuntimeError(
+                f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
+                f"Set it before `fit`, or start the fit with a non-zero `{name}` on the default "
+                "route, where a new value applies from the next optimizer step."
+            )
+        self._penalty = config._replace(l1=new) if name == "l1" else config._replace(l2=new)
 
     def _registered(self, name: str, factor: float) -> Any:
-        module = cast(nn.Module, self)
-        own = [*module.named_parameters(recurse=False), *module.named_children()]
+        own = [*self.named_parameters(recurse=False), *self.named_children()]
         return dict(own).get(name, factor)
 
     def configure_penalty(
@@ -245,14 +241,10 @@ class WeightPenaltyMixin(_MixinBase):
         for flag, value in (("as_weight_decay", as_weight_decay), ("proximal_l1", proximal_l1)):
             if not isinstance(value, bool):
                 raise TypeError(f"`{flag}` must be a bool, got {value!r}.")
+        l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
+        chosen = None if names is None else tuple(names)
         self._penalty = PenaltyConfig(
-            check_non_negative("l1", l1),
-            check_non_negative("l2", l2),
-            modules,
-            predicate,
-            tuple(names) if names is not None else None,
-            as_weight_decay,
-            proximal_l1,
+            l1, l2, modules, predicate, chosen, as_weight_decay, proximal_l1
         )
 
     def penalized_weights(self) -> list[nn.Parameter]:
@@ -270,9 +262,8 @@ class WeightPenaltyMixin(_MixinBase):
             [(2, 4)]
         """
         config = self._penalty
-        module = cast(nn.Module, self)
         return select_weights(
-            module, config.modules, config.predicate, config.names, warn_empty=False
+            self, config.modules, config.predicate, config.names, warn_empty=False
         )
 
     def penalty(self) -> Tensor:
@@ -315,18 +306,17 @@ class WeightPenaltyMixin(_MixinBase):
             >>> [len(g["params"]) for g in Net().penalty_param_groups()]
             [1, 1]
         """
-        module = cast(nn.Module, self)
         config = self._penalty
-        weights = select_weights(module, config.modules, config.predicate, config.names)
+        weights = select_weights(self, config.modules, config.predicate, config.names)
         chosen = {id(w) for w in weights}
-        others = [p for p in module.parameters() if id(p) not in chosen]
+        others = [p for p in self.parameters() if id(p) not in chosen]
         groups: list[dict[str, Any]] = [{"params": weights}]
         if others:
             groups.append({"params": others, "weight_decay": 0.0})
         return groups
 
     @override
-    def configure_callbacks(self) -> Sequence[pl.Callback] | pl.Callback:
+    def configure_callbacks(self) -> list[pl.Callback]:
         """The callbacks of the classes further down the MRO, plus the
         :class:`~lightning_reg.callbacks.weight_penalty.WeightPenalty` that applies the penalty.
         Call ``super().configure_callbacks()`` when you override this hook."""
@@ -433,16 +423,12 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         resolve_init(init, activation)
         self.activation_name = activation
         self.init_name = init
-        if max_norm is not None:
-            max_norm = check_positive("max_norm", max_norm)
-        self.max_norm = max_norm
+        self.max_norm = None if max_norm is None else check_positive("max_norm", max_norm)
         self.configure_penalty(
             l1=l1, l2=l2, as_weight_decay=as_weight_decay, proximal_l1=proximal_l1
         )
-        if mc_samples is not None:
-            check_int("mc_samples", mc_samples, 1)
+        self.mc_samples = None if mc_samples is None else check_int("mc_samples", mc_samples, 1)
         _check_mc_task(self.mc_task, mc_samples, type(self).__name__)
-        self.mc_samples = mc_samples
         self.save_hyperparameters()
 
     def dense(
@@ -504,7 +490,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         act = self.activation_name if activation is None else activation
         return init_weights_(module, self.init_name, act)
 
-    def configure_callbacks(self) -> Sequence[pl.Callback] | pl.Callback:
+    def configure_callbacks(self) -> list[pl.Callback]:
         """The callbacks of the classes further down the MRO (the penalty's ``WeightPenalty``),
         plus ``MaxNorm(max_norm)`` if set.
 
@@ -521,8 +507,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             >>> tuple(type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks())
             ('WeightPenalty', 'MaxNorm', 'EarlyStopping')
         """
-        inherited = super().configure_callbacks()
-        callbacks = [inherited] if isinstance(inherited, pl.Callback) else list(inherited)
+        callbacks = super().configure_callbacks()
         if self.max_norm is not None:
             callbacks += beside_trainer_max_norms(MaxNorm(self.max_norm), self)
         return callbacks
