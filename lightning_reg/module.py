@@ -24,7 +24,7 @@ from lightning_reg.callbacks.max_norm import MaxNorm, beside_trainer_max_norms
 from lightning_reg.callbacks.weight_penalty import PenaltyConfig, WeightPenalty
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
 from lightning_reg.penalties import weight_penalty
-from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_selection, select_weights
+from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_selection
 from lightning_reg.uncertainty import MCDropoutMixin, _check_mc_task
 
 __all__ = ["RegularizedModule", "WeightPenaltyMixin"]
@@ -140,8 +140,8 @@ class WeightPenaltyMixin(_MixinBase):
 
         Set during fit (from a callback), a new value applies from the next optimizer step; a
         change the fit's start fixed raises a ``RuntimeError`` instead of being ignored: ``l2``
-        with ``as_weight_decay=True``, ``l1`` from 0 with ``proximal_l1=True``, or a factor of
-        a penalty that was off when the fit started.
+        with ``as_weight_decay=True``, or a factor of a penalty that was off when the fit
+        started.
 
         A submodule or parameter registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a
         common layer name) is returned instead, so models naming layers ``l1``/``l2`` keep working;
@@ -174,8 +174,6 @@ class WeightPenaltyMixin(_MixinBase):
                 why = "the penalty was off (l1 = l2 = 0) when this fit started"
             elif name == "l2" and config.as_weight_decay:
                 why = "with `as_weight_decay=True` l2 was folded into the optimizer's weight_decay"
-            elif name == "l1" and config.proximal_l1 and started[0] == 0:
-                why = "with `proximal_l1=True` the soft-threshold step is hooked only if l1 > 0"
         if why:
             raise RuntimeError(
                 f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
@@ -261,10 +259,7 @@ class WeightPenaltyMixin(_MixinBase):
             >>> [tuple(w.shape) for w in net.penalized_weights()]
             [(2, 4)]
         """
-        config = self._penalty
-        return select_weights(
-            self, config.modules, config.predicate, config.names, warn_empty=False
-        )
+        return self._penalty.select(self, warn_empty=False)
 
     def penalty(self) -> Tensor:
         """The penalty ``l1 * sum|w| + l2 * sum w**2`` over :meth:`penalized_weights` (a
@@ -286,8 +281,7 @@ class WeightPenaltyMixin(_MixinBase):
             >>> net.penalty()
             tensor(2.5000, grad_fn=<MulBackward0>)
         """
-        config = self._penalty
-        value = weight_penalty(self.penalized_weights(), l1=config.l1, l2=config.l2)
+        value = weight_penalty(self.penalized_weights(), self._penalty.l1, self._penalty.l2)
         if self.penalty_fit_factors is not None and value.requires_grad:
             value.register_hook(_double_count)
         return value
@@ -306,8 +300,7 @@ class WeightPenaltyMixin(_MixinBase):
             >>> [len(g["params"]) for g in Net().penalty_param_groups()]
             [1, 1]
         """
-        config = self._penalty
-        weights = select_weights(self, config.modules, config.predicate, config.names)
+        weights = self._penalty.select(self)
         chosen = {id(w) for w in weights}
         others = [p for p in self.parameters() if id(p) not in chosen]
         groups: list[dict[str, Any]] = [{"params": weights}]

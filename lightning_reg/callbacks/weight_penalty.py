@@ -49,6 +49,10 @@ class PenaltyConfig(NamedTuple):
     as_weight_decay: bool = False
     proximal_l1: bool = False
 
+    def select(self, module: nn.Module, **options: bool) -> list[nn.Parameter]:
+        """The weights of ``module`` it selects (``options``: those of ``select_weights``)."""
+        return select_weights(module, self.modules, self.predicate, self.names, **options)
+
 
 class WeightPenalty(HookOwner):
     """Adds the gradient of a ``WeightPenaltyMixin`` module's penalty once per real optimizer step.
@@ -120,9 +124,7 @@ class WeightPenalty(HookOwner):
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
         if not self._on:
             return
-        self._weights = select_weights(
-            pl_module, config.modules, config.predicate, config.names, trainable_only=False
-        )
+        self._weights = config.select(pl_module, trainable_only=False)
         self._selected = {id(w) for w in self._weights}
         if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
             outside = outside_parameters(pl_module, config.modules)
@@ -138,7 +140,7 @@ class WeightPenalty(HookOwner):
                     _refuse(trainer, optimizer, group, self._selected, self._fold)
                     if "weight_decay" in group:
                         self._configured[i, j] = group["weight_decay"]
-            if config.proximal_l1 and config.l1 > 0:
+            if config.proximal_l1:
                 hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
         self._set_decays(trainer)
@@ -150,8 +152,9 @@ class WeightPenalty(HookOwner):
         self._set_decays(trainer)
 
     def _set_decays(self, trainer: pl.Trainer) -> None:
-        """Set the ``weight_decay`` of each group holding penalized weights to the fold, or to what
-        ``configure_optimizers`` gave it; name a value that neither nor the checkpoint explains."""
+        """Set the ``weight_decay`` of each group holding penalized weights to the fold, or else to
+        what ``configure_optimizers`` gave it; name a value found there that neither these nor
+        the checkpoint's fold explain."""
         for (i, j), configured in self._configured.items():
             optimizer = trainer.optimizers[i]
             group, expected = optimizer.param_groups[j], self._fold or configured
@@ -199,6 +202,8 @@ class WeightPenalty(HookOwner):
         """Soft-threshold the weights the step updated with their group's learning rate (a step
         the GradScaler skips is no step: torch runs no post-hook)."""
         config = _config(pl_module)
+        if config.l1 == 0:  # it may be set later in the fit
+            return
         for group, weights in self._groups_of(optimizer):
             soft_threshold_(weights, group["lr"] * config.l1)
 
