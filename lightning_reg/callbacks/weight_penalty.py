@@ -85,8 +85,7 @@ class WeightPenalty(HookOwner):
     def __init__(self) -> None:
         super().__init__()
         self._backwards = 0
-        self._on = False
-        self._weights: list[nn.Parameter] = []
+        self._weights: list[nn.Parameter] = []  # selected at fit start; none if l1 = l2 = 0
         self._selected: set[int] = set()  # their ids
         self._fold: float | None = None  # the `weight_decay` l2 is folded into (2 * l2)
         self._restored: float | None = None  # the checkpoint's fold
@@ -120,12 +119,12 @@ class WeightPenalty(HookOwner):
         self.release(trainer, pl_module)
         pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
         self._backwards, self._configured = 0, {}
-        self._on = bool(config.l1 or config.l2)
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
-        if not self._on:
-            return
-        self._weights = config.select(pl_module, trainable_only=False)
+        on = config.l1 or config.l2
+        self._weights = config.select(pl_module, trainable_only=False) if on else []
         self._selected = {id(w) for w in self._weights}
+        if not self._weights:
+            return
         if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
             outside = outside_parameters(pl_module, config.modules)
             if outside:  # the default selection leaves them out; a chosen one is taken as meant
@@ -161,11 +160,9 @@ class WeightPenalty(HookOwner):
             if group["weight_decay"] not in (expected, configured, self._restored):
                 rank_zero_warn(
                     f"The checkpoint restored `weight_decay={group['weight_decay']}` into param "
-                    f"group {j} of {type(optimizer).__name__}, which holds penalized weights; "
-                    "neither the checkpoint's `as_weight_decay` fold nor `configure_optimizers` "
-                    f"({configured}) explains it. This fit uses `weight_decay={expected}`, as its "
-                    "configuration says.",
-                    category=UserWarning,
+                    f"group {j} of {type(optimizer).__name__} (penalized weights), which neither "
+                    f"its fold nor `configure_optimizers` ({configured}) explains; this fit uses "
+                    f"`weight_decay={expected}`, as its configuration says."
                 )
             group["weight_decay"] = expected
 
@@ -181,7 +178,7 @@ class WeightPenalty(HookOwner):
         scale = 1.0  # manual optimization: once per `opt.step()`
         if pl_module.automatic_optimization:  # the factor Lightning gives each micro-batch
             scale = backwards / trainer.accumulate_grad_batches
-        if not self._on or scale == 0.0:  # no penalty, or every micro-batch was skipped
+        if not self._weights or scale == 0.0:  # no penalty, or every micro-batch was skipped
             return
         config = _config(pl_module)
         l1 = 0.0 if config.proximal_l1 else config.l1
@@ -211,18 +208,15 @@ class WeightPenalty(HookOwner):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) of the weights
         the epoch ends with: one value per epoch, the same on every rank."""
-        if not self._on:
+        if not self._weights:
             return
         config = _config(pl_module)
         weights = [w for w in self._weights if w.requires_grad]
         with torch.no_grad():
-            value = weight_penalty(weights, l1=config.l1, l2=config.l2)
-        pl_module.log("train/penalty", value, on_step=False, on_epoch=True, sync_dist=True)
+            metrics = {"train/penalty": weight_penalty(weights, config.l1, config.l2)}
         if config.proximal_l1 and config.l1 > 0:
-            zeros = zero_fraction(weights)
-            pl_module.log(
-                "train/zero_fraction", zeros, on_step=False, on_epoch=True, sync_dist=True
-            )
+            metrics["train/zero_fraction"] = zero_fraction(weights)
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
 
     @override
     def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
