@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -38,17 +38,13 @@ def _double_count(grad: Tensor) -> Tensor:
     )
 
 
-if TYPE_CHECKING:
-    _MixinBase = pl.LightningModule
-else:
-    _MixinBase = object
-
-
-class WeightPenaltyMixin(_MixinBase):
+class WeightPenaltyMixin(pl.LightningModule):
     """Adds an l1/l2 weight penalty to the update of every optimizer step.
 
-    Mix it in before ``LightningModule``; configure it with :meth:`configure_penalty` (or set
-    ``self.l1`` / ``self.l2``) in ``__init__``. The penalty is
+    Mix it in before your ``LightningModule`` base (it is a ``LightningModule`` itself, so
+    listing ``LightningModule`` first, which would shadow its hooks, fails at class creation);
+    configure it with :meth:`configure_penalty` (or set ``self.l1`` / ``self.l2``) in
+    ``__init__``. The penalty is
 
     ``penalty = l1 * sum(|w|) + l2 * sum(w ** 2)``
 
