@@ -227,9 +227,8 @@ class WeightPenaltyMixin(pl.LightningModule):
         """
         if self.penalty_fit_factors is not None:
             raise RuntimeError(
-                "`configure_penalty` cannot be called during fit: the selection and the route "
-                "are fixed when the fit starts. To change a factor, set `self.l1` or `self.l2` "
-                "(on the default route it applies from the next optimizer step)."
+                "`configure_penalty` cannot be called during fit, whose start fixed the selection "
+                "and the route. To change a factor, set `self.l1` or `self.l2`."
             )
         check_selection(modules, predicate, names)
         for flag, value in (("as_weight_decay", as_weight_decay), ("proximal_l1", proximal_l1)):
@@ -322,9 +321,8 @@ class WeightPenaltyMixin(pl.LightningModule):
         if self.penalty_fit_factors is None and (config.l1 or config.l2):
             raise MisconfigurationException(
                 f"{type(self).__name__} has a weight penalty (l1={config.l1:g}, l2={config.l2:g}) "
-                "but its WeightPenalty callback is not on the Trainer, so the penalty would not "
-                "apply: your `configure_callbacks` must return `super().configure_callbacks()` "
-                "among its callbacks."
+                "but no WeightPenalty callback on the Trainer to apply it: your "
+                "`configure_callbacks` must return `super().configure_callbacks()` among its own."
             )
 
 

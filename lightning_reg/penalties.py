@@ -65,8 +65,7 @@ def weight_penalty(
         >>> weight_penalty([w], l1=0.1, l2=0.01)
         tensor(0.7400)
     """
-    l1 = check_non_negative("l1", l1)
-    l2 = check_non_negative("l2", l2)
+    l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
     tensors = tensor_list(params)
     if not tensors or (l1 == 0.0 and l2 == 0.0):
         return torch.zeros((), device=tensors[0].device if tensors else None)
@@ -118,8 +117,7 @@ def add_penalty_grad_(
         tensor([[ 0.1200, -0.1400],
                 [ 0.0000,  0.1600]])
     """
-    l1 = check_non_negative("l1", l1)
-    l2 = check_non_negative("l2", l2)
+    l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
     weights = tensor_list(params)
     if not weights or (l1 == 0.0 and l2 == 0.0):
         return
