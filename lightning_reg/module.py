@@ -411,9 +411,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         self.activation_name = activation
         self.init_name = init
         self.max_norm = None if max_norm is None else check_positive("max_norm", max_norm)
-        self.configure_penalty(
-            l1=l1, l2=l2, as_weight_decay=as_weight_decay, proximal_l1=proximal_l1
-        )
+        self.configure_penalty(l1, l2, as_weight_decay=as_weight_decay, proximal_l1=proximal_l1)
         self.mc_samples = None if mc_samples is None else check_int("mc_samples", mc_samples, 1)
         _check_mc_task(self.mc_task, mc_samples, type(self).__name__)
         self.save_hyperparameters()
