@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -24,7 +24,7 @@ from lightning_reg.callbacks.max_norm import MaxNorm, beside_trainer_max_norms
 from lightning_reg.callbacks.weight_penalty import PenaltyConfig, WeightPenalty
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
 from lightning_reg.penalties import weight_penalty
-from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_selection, select_weights
+from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_selection
 from lightning_reg.uncertainty import MCDropoutMixin, _check_mc_task
 
 __all__ = ["RegularizedModule", "WeightPenaltyMixin"]
@@ -38,17 +38,13 @@ def _double_count(grad: Tensor) -> Tensor:
     )
 
 
-if TYPE_CHECKING:
-    _MixinBase = pl.LightningModule
-else:
-    _MixinBase = object
-
-
-class WeightPenaltyMixin(_MixinBase):
+class WeightPenaltyMixin(pl.LightningModule):
     """Adds an l1/l2 weight penalty to the update of every optimizer step.
 
-    Mix it in before ``LightningModule``; configure it with :meth:`configure_penalty` (or set
-    ``self.l1`` / ``self.l2``) in ``__init__``. The penalty is
+    Mix it in before your ``LightningModule`` base (it is a ``LightningModule`` itself, so
+    listing ``LightningModule`` first, which would shadow its hooks, fails at class creation);
+    configure it with :meth:`configure_penalty` (or set ``self.l1`` / ``self.l2``) in
+    ``__init__``. The penalty is
 
     ``penalty = l1 * sum(|w|) + l2 * sum(w ** 2)``
 
@@ -91,7 +87,8 @@ class WeightPenaltyMixin(_MixinBase):
       fold is set again after Lightning restores a checkpoint's optimizer state, so a resume
       with another ``l2`` or ``as_weight_decay`` trains as the new configuration says; a
       restored decay nothing explains is named in a warning. A param group added during fit
-      takes the decay if it can; if not, a warning says why and its l2 goes through the gradient.
+      keeps its own ``weight_decay``; unless that is ``2 * l2``, its l2 goes through the
+      gradient (the same update).
     * ``proximal_l1=True``: instead of the subgradient ``l1 * sign(w)``, each real optimizer
       step is followed by the soft-threshold ``w <- sign(w) * max(|w| - lr * l1, 0)`` with the
       ``lr`` of the weight's param group, which leaves weights at exactly zero (a sparse model);
@@ -139,8 +136,8 @@ class WeightPenaltyMixin(_MixinBase):
 
         Set during fit (from a callback), a new value applies from the next optimizer step; a
         change the fit's start fixed raises a ``RuntimeError`` instead of being ignored: ``l2``
-        with ``as_weight_decay=True``, ``l1`` from 0 with ``proximal_l1=True``, or a factor of
-        a penalty that was off when the fit started.
+        with ``as_weight_decay=True``, or a factor of a penalty that was off when the fit
+        started.
 
         A submodule or parameter registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a
         common layer name) is returned instead, so models naming layers ``l1``/``l2`` keep working;
@@ -150,9 +147,7 @@ class WeightPenaltyMixin(_MixinBase):
 
     @l1.setter
     def l1(self, value: float) -> None:
-        value = check_non_negative("l1", value)
-        self._check_change_during_fit("l1", self._penalty.l1, value)
-        self._penalty = self._penalty._replace(l1=value)
+        self._set_factor("l1", value)
 
     @property
     def l2(self) -> float:
@@ -162,33 +157,29 @@ class WeightPenaltyMixin(_MixinBase):
 
     @l2.setter
     def l2(self, value: float) -> None:
-        value = check_non_negative("l2", value)
-        self._check_change_during_fit("l2", self._penalty.l2, value)
-        self._penalty = self._penalty._replace(l2=value)
+        self._set_factor("l2", value)
 
-    def _check_change_during_fit(self, name: str, old: float, new: float) -> None:
-        """During fit a new factor applies from the next optimizer step, except where fit start
-        fixed how it is applied: refuse those changes rather than ignore them."""
-        started = self.penalty_fit_factors
-        if started is None or new == old:
-            return
-        if not any(started):
-            why = "the penalty was off (l1 = l2 = 0) when this fit started"
-        elif name == "l2" and self._penalty.as_weight_decay:
-            why = "with `as_weight_decay=True` l2 was folded into the optimizer's weight_decay"
-        elif name == "l1" and self._penalty.proximal_l1 and started[0] == 0:
-            why = "with `proximal_l1=True` the soft-threshold step is hooked only if l1 > 0"
-        else:
-            return
-        raise RuntimeError(
-            f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
-            f"Set it before `fit` (e.g. in `__init__`), or start the fit with a non-zero `{name}` "
-            "on the default route, where a new value applies from the next optimizer step."
-        )
+    def _set_factor(self, name: str, value: float) -> None:
+        """Validate and set a factor. During fit a new value applies from the next optimizer
+        step, except where fit start fixed how it is applied: those changes are refused."""
+        new, old = check_non_negative(name, value), getattr(self._penalty, name)
+        started, config = self.penalty_fit_factors, self._penalty
+        why = ""
+        if started is not None and new != old:
+            if not any(started):
+                why = "the penalty was off (l1 = l2 = 0) when this fit started"
+            elif name == "l2" and config.as_weight_decay:
+                why = "with `as_weight_decay=True` l2 was folded into the optimizer's weight_decay"
+        if why:
+            raise RuntimeError(
+                f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
+                f"Set it before `fit`, or start the fit with a non-zero `{name}` on the default "
+                "route, where a new value applies from the next optimizer step."
+            )
+        self._penalty = config._replace(l1=new) if name == "l1" else config._replace(l2=new)
 
     def _registered(self, name: str, factor: float) -> Any:
-        module = cast(nn.Module, self)
-        own = [*module.named_parameters(recurse=False), *module.named_children()]
+        own = [*self.named_parameters(recurse=False), *self.named_children()]
         return dict(own).get(name, factor)
 
     def configure_penalty(
@@ -236,22 +227,17 @@ class WeightPenaltyMixin(_MixinBase):
         """
         if self.penalty_fit_factors is not None:
             raise RuntimeError(
-                "`configure_penalty` cannot be called during fit: the selection and the route "
-                "are fixed when the fit starts. To change a factor, set `self.l1` or `self.l2` "
-                "(on the default route it applies from the next optimizer step)."
+                "`configure_penalty` cannot be called during fit, whose start fixed the selection "
+                "and the route. To change a factor, set `self.l1` or `self.l2`."
             )
         check_selection(modules, predicate, names)
         for flag, value in (("as_weight_decay", as_weight_decay), ("proximal_l1", proximal_l1)):
             if not isinstance(value, bool):
                 raise TypeError(f"`{flag}` must be a bool, got {value!r}.")
+        l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
+        chosen = None if names is None else tuple(names)
         self._penalty = PenaltyConfig(
-            check_non_negative("l1", l1),
-            check_non_negative("l2", l2),
-            modules,
-            predicate,
-            tuple(names) if names is not None else None,
-            as_weight_decay,
-            proximal_l1,
+            l1, l2, modules, predicate, chosen, as_weight_decay, proximal_l1
         )
 
     def penalized_weights(self) -> list[nn.Parameter]:
@@ -268,11 +254,7 @@ class WeightPenaltyMixin(_MixinBase):
             >>> [tuple(w.shape) for w in net.penalized_weights()]
             [(2, 4)]
         """
-        config = self._penalty
-        module = cast(nn.Module, self)
-        return select_weights(
-            module, config.modules, config.predicate, config.names, warn_empty=False
-        )
+        return self._penalty.select(self, warn_empty=False)
 
     def penalty(self) -> Tensor:
         """The penalty ``l1 * sum|w| + l2 * sum w**2`` over :meth:`penalized_weights` (a
@@ -294,8 +276,7 @@ class WeightPenaltyMixin(_MixinBase):
             >>> net.penalty()
             tensor(2.5000, grad_fn=<MulBackward0>)
         """
-        config = self._penalty
-        value = weight_penalty(self.penalized_weights(), l1=config.l1, l2=config.l2)
+        value = weight_penalty(self.penalized_weights(), self._penalty.l1, self._penalty.l2)
         if self.penalty_fit_factors is not None and value.requires_grad:
             value.register_hook(_double_count)
         return value
@@ -314,18 +295,16 @@ class WeightPenaltyMixin(_MixinBase):
             >>> [len(g["params"]) for g in Net().penalty_param_groups()]
             [1, 1]
         """
-        module = cast(nn.Module, self)
-        config = self._penalty
-        weights = select_weights(module, config.modules, config.predicate, config.names)
+        weights = self._penalty.select(self)
         chosen = {id(w) for w in weights}
-        others = [p for p in module.parameters() if id(p) not in chosen]
+        others = [p for p in self.parameters() if id(p) not in chosen]
         groups: list[dict[str, Any]] = [{"params": weights}]
         if others:
             groups.append({"params": others, "weight_decay": 0.0})
         return groups
 
     @override
-    def configure_callbacks(self) -> Sequence[pl.Callback] | pl.Callback:
+    def configure_callbacks(self) -> list[pl.Callback]:
         """The callbacks of the classes further down the MRO, plus the
         :class:`~lightning_reg.callbacks.weight_penalty.WeightPenalty` that applies the penalty.
         Call ``super().configure_callbacks()`` when you override this hook."""
@@ -342,9 +321,8 @@ class WeightPenaltyMixin(_MixinBase):
         if self.penalty_fit_factors is None and (config.l1 or config.l2):
             raise MisconfigurationException(
                 f"{type(self).__name__} has a weight penalty (l1={config.l1:g}, l2={config.l2:g}) "
-                "but its WeightPenalty callback is not on the Trainer, so the penalty would not "
-                "apply: your `configure_callbacks` must return `super().configure_callbacks()` "
-                "among its callbacks."
+                "but no WeightPenalty callback on the Trainer to apply it: your "
+                "`configure_callbacks` must return `super().configure_callbacks()` among its own."
             )
 
 
@@ -432,16 +410,10 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         resolve_init(init, activation)
         self.activation_name = activation
         self.init_name = init
-        if max_norm is not None:
-            max_norm = check_positive("max_norm", max_norm)
-        self.max_norm = max_norm
-        self.configure_penalty(
-            l1=l1, l2=l2, as_weight_decay=as_weight_decay, proximal_l1=proximal_l1
-        )
-        if mc_samples is not None:
-            check_int("mc_samples", mc_samples, 1)
+        self.max_norm = None if max_norm is None else check_positive("max_norm", max_norm)
+        self.configure_penalty(l1, l2, as_weight_decay=as_weight_decay, proximal_l1=proximal_l1)
+        self.mc_samples = None if mc_samples is None else check_int("mc_samples", mc_samples, 1)
         _check_mc_task(self.mc_task, mc_samples, type(self).__name__)
-        self.mc_samples = mc_samples
         self.save_hyperparameters()
 
     def dense(
@@ -503,7 +475,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         act = self.activation_name if activation is None else activation
         return init_weights_(module, self.init_name, act)
 
-    def configure_callbacks(self) -> Sequence[pl.Callback] | pl.Callback:
+    def configure_callbacks(self) -> list[pl.Callback]:
         """The callbacks of the classes further down the MRO (the penalty's ``WeightPenalty``),
         plus ``MaxNorm(max_norm)`` if set.
 
@@ -520,8 +492,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             >>> tuple(type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks())
             ('WeightPenalty', 'MaxNorm', 'EarlyStopping')
         """
-        inherited = super().configure_callbacks()
-        callbacks = [inherited] if isinstance(inherited, pl.Callback) else list(inherited)
+        callbacks = super().configure_callbacks()
         if self.max_norm is not None:
             callbacks += beside_trainer_max_norms(MaxNorm(self.max_norm), self)
         return callbacks

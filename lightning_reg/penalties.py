@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, TypeGuard, cast
+from typing import TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from lightning_reg._validation import check_non_negative
 from lightning_reg.selection import select_weights
 
-if TYPE_CHECKING:
+_DISTRIBUTED = torch.distributed.is_available()  # False in a torch build without it
+if _DISTRIBUTED:
     from torch.distributed.tensor import DTensor
 
 __all__ = [
@@ -64,8 +65,7 @@ def weight_penalty(
         >>> weight_penalty([w], l1=0.1, l2=0.01)
         tensor(0.7400)
     """
-    l1 = check_non_negative("l1", l1)
-    l2 = check_non_negative("l2", l2)
+    l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
     tensors = tensor_list(params)
     if not tensors or (l1 == 0.0 and l2 == 0.0):
         return torch.zeros((), device=tensors[0].device if tensors else None)
@@ -117,8 +117,7 @@ def add_penalty_grad_(
         tensor([[ 0.1200, -0.1400],
                 [ 0.0000,  0.1600]])
     """
-    l1 = check_non_negative("l1", l1)
-    l2 = check_non_negative("l2", l2)
+    l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
     weights = tensor_list(params)
     if not weights or (l1 == 0.0 and l2 == 0.0):
         return
@@ -128,12 +127,9 @@ def add_penalty_grad_(
                 w.grad = torch.zeros_like(w)
             elif w.grad.is_sparse:  # nn.Embedding(sparse=True): the sum is dense, as autograd
                 w.grad = w.grad.to_dense()  # makes it with the penalty in the loss
-        grads = [w.grad for w in weights]
-        if any(is_dtensor(w) for w in weights):  # FSDP2: each shard where it lies
-            weights = [local(w) for w in weights]
-            grads = [local(cast(torch.Tensor, g)) for g in grads]
+        grads = [local(cast(torch.Tensor, w.grad)) for w in weights]  # FSDP2: each shard
         add = _add_penalty_grad_foreach if foreach else _add_penalty_grad_loop
-        add(cast(list[torch.Tensor], grads), weights, l1, l2, scale)
+        add(grads, [local(w) for w in weights], l1, l2, scale)
 
 
 def _add_penalty_grad_loop(
@@ -163,16 +159,15 @@ def _add_penalty_grad_foreach(
 
 
 def _chunks(tensors: list[torch.Tensor], numel: int) -> Iterator[tuple[int, int]]:
-    """Consecutive ``(lo, hi)`` index ranges holding at most ``numel`` elements (or one tensor)."""
+    """Consecutive ``(lo, hi)`` index ranges of a non-empty ``tensors``, each holding at most
+    ``numel`` elements (or one tensor)."""
     lo, total = 0, 0
     for i, t in enumerate(tensors):
-        n = t.numel()
-        if i > lo and total + n > numel:
+        if i > lo and total + t.numel() > numel:
             yield lo, i
             lo, total = i, 0
-        total += n
-    if lo < len(tensors):
-        yield lo, len(tensors)
+        total += t.numel()
+    yield lo, len(tensors)
 
 
 def soft_threshold_(params: Iterable[torch.Tensor], threshold: float | torch.Tensor) -> None:
@@ -216,8 +211,7 @@ def zero_fraction(params: Iterable[torch.Tensor]) -> torch.Tensor:
     if not tensors:
         return torch.zeros(())
     zeros = functools.reduce(torch.add, [(w == 0).sum() for w in tensors])
-    if is_dtensor(zeros):
-        zeros = zeros.full_tensor()
+    zeros = zeros.full_tensor() if is_dtensor(zeros) else zeros
     return zeros.float() / sum(w.numel() for w in tensors)
 
 
@@ -227,19 +221,8 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 
 def is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
-    """Whether ``t`` is a ``DTensor`` (FSDP2), without importing it where it is not built."""
-    dtensor = _dtensor_class()
-    return dtensor is not None and isinstance(t, dtensor)
-
-
-@functools.cache
-def _dtensor_class() -> type | None:
-    """``DTensor``, imported on first use; ``None`` in a build without ``torch.distributed``."""
-    if not torch.distributed.is_available():
-        return None
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
+    """Whether ``t`` is a ``DTensor`` (FSDP2); never in a torch build without distributed."""
+    return _DISTRIBUTED and isinstance(t, DTensor)
 
 
 def tensor_list(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:

@@ -216,9 +216,11 @@ def test_soft_threshold_is_the_proximal_step_of_l1() -> None:
     )
 
 
-def test_proximal_l1_on_a_trainer_equals_a_plain_torch_loop(tmp_path: Any) -> None:
+@pytest.mark.parametrize("start", [0, 3])
+def test_proximal_l1_on_a_trainer_equals_a_plain_torch_loop(start: int, tmp_path: Any) -> None:
     """SGD without momentum, two param groups with their own lr: after each step the penalized
-    weights are soft-thresholded by lr * l1 of their group; biases never."""
+    weights are soft-thresholded by lr * l1 of their group; biases never. With ``start=3``, l1
+    is 0 when the fit starts and set before step 3: it applies from that step."""
     import lightning.pytorch as pl
 
     from lightning_reg.module import WeightPenaltyMixin
@@ -236,7 +238,11 @@ def test_proximal_l1_on_a_trainer_equals_a_plain_torch_loop(tmp_path: Any) -> No
         def __init__(self) -> None:
             super().__init__()
             self.net = build()
-            self.configure_penalty(l1=l1, l2=l2, proximal_l1=True)
+            self.configure_penalty(l1=l1 if start == 0 else 0.0, l2=l2, proximal_l1=True)
+
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+            if batch_idx == start:
+                self.l1 = l1
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
@@ -258,8 +264,9 @@ def test_proximal_l1_on_a_trainer_equals_a_plain_torch_loop(tmp_path: Any) -> No
         loss = F.cross_entropy(net(xb), yb) + weight_penalty([net[0].weight, net[2].weight], l2=l2)
         loss.backward()
         optimizer.step()
-        soft_threshold_(net[0].weight, 0.5 * l1)
-        soft_threshold_(net[2].weight, 0.1 * l1)
+        if k >= start:
+            soft_threshold_(net[0].weight, 0.5 * l1)
+            soft_threshold_(net[2].weight, 0.1 * l1)
     for got, ref in zip(model.net.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
     zeros = zero_fraction([net[0].weight, net[2].weight])

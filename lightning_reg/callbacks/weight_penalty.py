@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, cast
 
 import lightning.pytorch as pl
@@ -31,9 +31,6 @@ from lightning_reg.selection import (
 
 __all__ = ["PenaltyConfig", "WeightPenalty"]
 
-# A group's place: (index of its optimizer in trainer.optimizers, index of the group).
-_Place = tuple[int, int]
-
 
 class PenaltyConfig(NamedTuple):
     """A ``WeightPenaltyMixin``'s configuration (set by its ``configure_penalty``), which
@@ -51,6 +48,10 @@ class PenaltyConfig(NamedTuple):
     names: tuple[str, ...] | None = None
     as_weight_decay: bool = False
     proximal_l1: bool = False
+
+    def select(self, module: nn.Module, **options: bool) -> list[nn.Parameter]:
+        """The weights of ``module`` it selects (``options``: those of ``select_weights``)."""
+        return select_weights(module, self.modules, self.predicate, self.names, **options)
 
 
 class WeightPenalty(HookOwner):
@@ -73,39 +74,36 @@ class WeightPenalty(HookOwner):
       holding the weights at fit start, and again after Lightning restores a checkpoint's
       optimizer state (in ``on_train_start``), so a resumed fit trains as its own configuration
       says; a restored decay that neither the checkpoint's fold nor ``configure_optimizers``
-      explains is named in a warning.
+      explains is named in a warning. A param group added during fit takes l2 through the
+      gradient unless its ``weight_decay`` already is the fold.
 
     Example:
         >>> WeightPenalty().state_dict()
-        {'weight_decay': []}
+        {'fold': None}
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._backwards = 0
-        self._weights: list[nn.Parameter] = []
+        self._weights: list[nn.Parameter] = []  # selected at fit start; none if l1 = l2 = 0
         self._selected: set[int] = set()  # their ids
-        self._on = False
-        # Per optimizer: its group sizes, then (group, its selected weights, whether their l2
-        # goes through the gradient) for the groups holding selected weights.
-        self._groups: dict[int, tuple[tuple[int, ...], list[tuple[dict, list, bool]]]] = {}
-        self._configured: dict[_Place, float] = {}  # weight_decay from configure_optimizers
-        self._decay: dict[_Place, float] = {}  # weight_decay the configuration says
-        self._restored: dict[_Place, float] = {}  # what the checkpoint folded
+        self._fold: float | None = None  # the `weight_decay` l2 is folded into (2 * l2)
+        self._restored: float | None = None  # the checkpoint's fold
+        # The `weight_decay` that `configure_optimizers` gave each group holding selected weights.
+        self._configured: dict[tuple[int, int], float] = {}
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        folded = [[i, j, wd] for (i, j), wd in self._decay.items() if wd != self._configured[i, j]]
-        return {"weight_decay": folded}
+        return {"fold": self._fold}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restored = {(int(i), int(j)): wd for i, j, wd in state_dict.get("weight_decay", [])}
+        self._restored = state_dict.get("fold")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = _config(pl_module)
-        self._restored = {}
+        self._restored = None
         if stage != "fit" or not (config.l1 or config.l2):
             return
         refuse_fsdp1(trainer, "The weight penalty", "each rank holds a slice of flat parameters")
@@ -120,61 +118,53 @@ class WeightPenalty(HookOwner):
         config = _config(pl_module)
         self.release(trainer, pl_module)
         pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
-        self._backwards, self._groups, self._configured, self._decay = 0, {}, {}, {}
-        self._on = bool(config.l1 or config.l2)
-        if not self._on:
+        self._backwards, self._configured = 0, {}
+        self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
+        on = config.l1 or config.l2
+        self._weights = config.select(pl_module, trainable_only=False) if on else []
+        self._selected = {id(w) for w in self._weights}
+        if not self._weights:
             return
-        self._weights = select_weights(
-            pl_module, config.modules, config.predicate, config.names, trainable_only=False
-        )
-        self._selected = selected = {id(w) for w in self._weights}
         if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
             outside = outside_parameters(pl_module, config.modules)
             if outside:  # the default selection leaves them out; a chosen one is taken as meant
                 how = "To penalize them, pass `modules=` with their layer types added, or choose "
                 how += "the parameters with `predicate=` or `names=`"
                 who = "The weight penalty does not apply to"
-                rank_zero_warn(outside_message(who, pl_module, outside, _DEFAULT, how))
-        fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
+                default = "DEFAULT_PENALIZED_MODULES"
+                rank_zero_warn(outside_message(who, pl_module, outside, default, how))
         for i, optimizer in enumerate(trainer.optimizers):
-            held = [j for j, g in enumerate(optimizer.param_groups) if selected & _ids(g)]
-            if held:
-                _refuse(trainer, optimizer)
-            for j in held:
-                group = optimizer.param_groups[j]
-                problem = fold and fold_problem(optimizer, group, selected, fold)
-                if problem:
-                    raise ValueError(
-                        f"`as_weight_decay=True` cannot fold l2 into `weight_decay`: {problem}. "
-                        "Use `as_weight_decay=False` (l2 is then added to the gradient), or build "
-                        "the optimizer from `self.penalty_param_groups()` with a coupled "
-                        "optimizer (SGD, Adam, RMSprop, Adagrad, ...)."
-                    )
-                if "weight_decay" in group:
-                    self._configured[i, j] = group["weight_decay"]
-                    self._decay[i, j] = group["weight_decay"] = fold or group["weight_decay"]
-            if config.proximal_l1 and config.l1 > 0:
+            for j, group in enumerate(optimizer.param_groups):
+                if any(id(p) in self._selected for p in group["params"]):
+                    _refuse(trainer, optimizer, group, self._selected, self._fold)
+                    if "weight_decay" in group:
+                        self._configured[i, j] = group["weight_decay"]
+            if config.proximal_l1:
                 hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
+        self._set_decays(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Lightning restored a checkpoint's optimizer state after ``on_fit_start``: set each
         penalized group's ``weight_decay`` to what this fit's configuration says again."""
-        for (i, j), expected in self._decay.items():
-            group = trainer.optimizers[i].param_groups[j]
-            found = group["weight_decay"]
-            if found not in (expected, self._restored.get((i, j)), self._configured[i, j]):
+        self._set_decays(trainer)
+
+    def _set_decays(self, trainer: pl.Trainer) -> None:
+        """Set the ``weight_decay`` of each group holding penalized weights to the fold, or else to
+        what ``configure_optimizers`` gave it; name a value found there that neither these nor
+        the checkpoint's fold explain."""
+        for (i, j), configured in self._configured.items():
+            optimizer = trainer.optimizers[i]
+            group, expected = optimizer.param_groups[j], self._fold or configured
+            if group["weight_decay"] not in (expected, configured, self._restored):
                 rank_zero_warn(
-                    f"The checkpoint restored `weight_decay={found}` into param group {j} of "
-                    f"{type(trainer.optimizers[i]).__name__}, which holds penalized weights; "
-                    f"neither the checkpoint's `as_weight_decay` fold nor `configure_optimizers` "
-                    f"({self._configured[i, j]}) explains it. This fit uses "
-                    f"`weight_decay={expected}`, as its configuration says.",
-                    category=UserWarning,
+                    f"The checkpoint restored `weight_decay={group['weight_decay']}` into param "
+                    f"group {j} of {type(optimizer).__name__} (penalized weights), which neither "
+                    f"its fold nor `configure_optimizers` ({configured}) explains; this fit uses "
+                    f"`weight_decay={expected}`, as its configuration says."
                 )
             group["weight_decay"] = expected
-        self._backwards, self._groups = 0, {}  # the restore made new param group dicts
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -188,77 +178,45 @@ class WeightPenalty(HookOwner):
         scale = 1.0  # manual optimization: once per `opt.step()`
         if pl_module.automatic_optimization:  # the factor Lightning gives each micro-batch
             scale = backwards / trainer.accumulate_grad_batches
-        if not self._on or scale == 0.0:  # no penalty, or every micro-batch was skipped
+        if not self._weights or scale == 0.0:  # no penalty, or every micro-batch was skipped
             return
         config = _config(pl_module)
         l1 = 0.0 if config.proximal_l1 else config.l1
-        groups = self._groups_of(optimizer, config)
-        # Groups whose l2 is folded into `weight_decay` take only l1 here.
-        for by_gradient in (True, False) if l1 else (True,):
-            weights = [w for _, ws, g in groups if g is by_gradient for w in ws if w.requires_grad]
+        for group, weights in self._groups_of(optimizer):
+            # A group whose `weight_decay` is the fold takes l1 only here.
+            folded = self._fold is not None and group.get("weight_decay") == self._fold
+            add_penalty_grad_(weights, l1, 0.0 if folded else config.l2, scale)
+
+    def _groups_of(self, optimizer: Optimizer) -> Iterator[tuple[dict, list[nn.Parameter]]]:
+        """The optimizer's param groups (as they are now: ``BackboneFinetuning`` adds some) with
+        their selected weights that require grad."""
+        for group in optimizer.param_groups:
+            weights = [p for p in group["params"] if id(p) in self._selected and p.requires_grad]
             if weights:
-                add_penalty_grad_(weights, l1, config.l2 if by_gradient else 0.0, scale)
-
-    def _groups_of(
-        self, optimizer: Optimizer, config: PenaltyConfig
-    ) -> list[tuple[dict, list, bool]]:
-        """The optimizer's groups with their selected weights and whether their l2 goes through
-        the gradient, recomputed only when a group is added or resized (``BackboneFinetuning``)."""
-        sizes = tuple(len(g["params"]) for g in optimizer.param_groups)
-        cached = self._groups.get(id(optimizer))
-        if cached is None or cached[0] != sizes:
-            found = []
-            for group in optimizer.param_groups:
-                weights = [p for p in group["params"] if id(p) in self._selected]
-                if weights:
-                    found.append((group, weights, self._l2_by_gradient(optimizer, group, config)))
-            cached = self._groups[id(optimizer)] = (sizes, found)
-        return cached[1]
-
-    def _l2_by_gradient(self, optimizer: Optimizer, group: dict, config: PenaltyConfig) -> bool:
-        """Always, unless ``as_weight_decay``; then a group added during fit takes the fold if it
-        can, and where it cannot (a warning says why) its l2 goes through the gradient."""
-        fold = 2.0 * config.l2
-        if not config.as_weight_decay or group.get("weight_decay") == fold:
-            return not config.as_weight_decay
-        problem = fold_problem(optimizer, group, self._selected, fold)
-        if problem is None:
-            group["weight_decay"] = fold
-            return False
-        rank_zero_warn(
-            f"`as_weight_decay=True`: a param group of {type(optimizer).__name__} added during "
-            f"fit (BackboneFinetuning adds one when it unfreezes) holds penalized weights, but "
-            f"l2 cannot be folded into its `weight_decay`: {problem}. Their l2 is added to their "
-            "gradient instead: the same update, which gradient clipping sees.",
-            category=UserWarning,
-        )
-        return True
+                yield group, weights
 
     def _proximal_step(self, pl_module: pl.LightningModule, optimizer: Optimizer, *_: Any) -> None:
         """Soft-threshold the weights the step updated with their group's learning rate (a step
         the GradScaler skips is no step: torch runs no post-hook)."""
         config = _config(pl_module)
-        for group, weights, _by_gradient in self._groups_of(optimizer, config):
-            live = [w for w in weights if w.requires_grad]
-            if live:
-                soft_threshold_(live, group["lr"] * config.l1)
+        if config.l1 == 0:  # it may be set later in the fit
+            return
+        for group, weights in self._groups_of(optimizer):
+            soft_threshold_(weights, group["lr"] * config.l1)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log ``train/penalty`` (and ``train/zero_fraction`` with ``proximal_l1``) of the weights
         the epoch ends with: one value per epoch, the same on every rank."""
-        if not self._on:
+        if not self._weights:
             return
         config = _config(pl_module)
         weights = [w for w in self._weights if w.requires_grad]
         with torch.no_grad():
-            value = weight_penalty(weights, l1=config.l1, l2=config.l2)
-        pl_module.log("train/penalty", value, on_step=False, on_epoch=True, sync_dist=True)
+            metrics = {"train/penalty": weight_penalty(weights, config.l1, config.l2)}
         if config.proximal_l1 and config.l1 > 0:
-            sparsity = zero_fraction(weights)
-            pl_module.log(
-                "train/zero_fraction", sparsity, on_step=False, on_epoch=True, sync_dist=True
-            )
+            metrics["train/zero_fraction"] = zero_fraction(weights)
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
 
     @override
     def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -267,7 +225,6 @@ class WeightPenalty(HookOwner):
         pl_module.penalty_fit_factors = None  # type: ignore[assignment]
 
 
-_DEFAULT = "DEFAULT_PENALIZED_MODULES"
 _IN_THE_LOSS = "Set l1=l2=0 and add `weight_penalty(...)` from lightning_reg.penalties to the loss"
 
 
@@ -275,52 +232,39 @@ def _config(pl_module: pl.LightningModule) -> PenaltyConfig:
     return cast(PenaltyConfig, pl_module.penalty_config)
 
 
-def _ids(group: dict[str, Any]) -> set[int]:
-    return {id(p) for p in group["params"]}
-
-
-def _refuse(trainer: pl.Trainer, optimizer: Optimizer) -> None:
-    """Raise if ``optimizer``, which steps penalized weights, cannot take the penalty's gradient."""
+def _refuse(
+    trainer: pl.Trainer, optimizer: Optimizer, group: dict, selected: set[int], fold: float | None
+) -> None:
+    """Raise if ``group`` of ``optimizer`` holds penalized weights (ids ``selected``) that
+    cannot take the penalty's gradient, or whose l2 cannot be folded into ``weight_decay=fold``."""
+    name, fused = type(optimizer).__name__, any(g.get("fused") for g in optimizer.param_groups)
     if isinstance(optimizer, torch.optim.SparseAdam):
-        why = (
-            "it takes sparse gradients only, and the penalty's gradient is dense. Leave those "
-            "layers out of the penalty (`modules=`, `predicate=` or `names=`)"
-        )
+        why = "it takes sparse gradients only; leave those layers out of the penalty"
     elif isinstance(optimizer, torch.optim.LBFGS):
         why = f"it re-evaluates a loss without the penalty inside its step. {_IN_THE_LOSS}"
-    elif trainer.precision in ("16-mixed", "16") and any(
-        g.get("fused") for g in optimizer.param_groups
-    ):
+    elif trainer.precision in ("16-mixed", "16") and fused:
         why = (
-            "under 16-bit AMP a fused optimizer unscales its gradients inside its step, so they "
-            "are still scaled where the penalty is added. Use `fused=False`, bf16 or 32-bit"
+            "under 16-bit AMP a fused optimizer unscales its gradients inside its step, after "
+            "the penalty is added; use `fused=False`"
         )
     else:
+        why = ""
+    if why:
+        raise MisconfigurationException(
+            f"The weight penalty cannot be used with {name} on the weights it updates: {why}."
+        )
+    if fold is None:
         return
-    raise MisconfigurationException(
-        f"The weight penalty cannot be used with {type(optimizer).__name__} on the weights it "
-        f"updates: {why}."
-    )
-
-
-def fold_problem(
-    optimizer: Optimizer, group: dict[str, Any], selected: set[int], decay: float
-) -> str | None:
-    """Why l2 cannot be folded into ``group``'s ``weight_decay = decay``, or ``None`` if it can
-    (``selected``: ids of the penalized weights, some of which the group holds)."""
-    name = type(optimizer).__name__
     if not all(id(p) in selected for p in group["params"]):
-        return (
-            f"a param group of {name} mixes the penalized weights with other parameters "
-            "(biases, norm layers), which would be decayed too"
+        why = "its param group mixes the penalized weights with other parameters (biases)"
+    elif "weight_decay" not in group:
+        why = f"{name} has no `weight_decay` option"
+    elif isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
+        why = f"{name} decays weights decoupled from the gradient (AdamW-style), not an l2 penalty"
+    elif group["weight_decay"] not in (0, fold):
+        why = f"their param group already has `weight_decay={group['weight_decay']}`"
+    if why:
+        raise ValueError(
+            f"`as_weight_decay=True` cannot fold l2 into `weight_decay` of {name}: {why}. Use "
+            "`as_weight_decay=False`, or a coupled optimizer over `self.penalty_param_groups()`."
         )
-    if "weight_decay" not in group:
-        return f"{name} has no `weight_decay` option"
-    if isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
-        return f"{name} decays weights decoupled from the gradient (AdamW-style), not an l2 penalty"
-    if group["weight_decay"] not in (0, decay):
-        return (
-            f"their param group of {name} already has `weight_decay={group['weight_decay']}`, "
-            f"and l2 sets `weight_decay={decay}` (2 * l2)"
-        )
-    return None
