@@ -253,7 +253,11 @@ def unconstrained_message(
     name = type(module).__name__
     parts = []
     if skipped:
-        parts.append(f"{who} does not constrain these weights of {name}: {'; '.join(skipped)}.")
+        parts.append(
+            f"{who} does not constrain these weights of {name}: {'; '.join(skipped)}. Only "
+            "kernels that are parameters, and the magnitude of torch.nn.utils.parametrizations."
+            "weight_norm, can be bounded; leave their layer types out of `modules` if intended."
+        )
     if outside:
         who_not = f"{who} does not constrain"
         parts.append(outside_message(who_not, module, outside, "DEFAULT_MAX_NORM_MODULES", _HOW))
