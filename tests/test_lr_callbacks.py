@@ -1041,3 +1041,59 @@ def test_a_failed_fit_leaves_no_step_hook_on_the_optimizer(tmp_path: Path) -> No
     assert cb.steps == [2]
     trainer.optimizers[0].step()  # a step after the fit is not counted: the hook is gone
     assert cb.steps == [2]
+
+
+# -- composing with BackboneFinetuning ----------------------------------------------------------
+
+
+class Backboned(DigitsClassifier):
+    """Its first layer is the ``backbone`` that BackboneFinetuning freezes, then unfreezes as a
+    new param group of the optimizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = self.net[0]
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+
+
+@pytest.mark.parametrize(
+    ("make", "schedule"),
+    [
+        (lambda: OneCycleScheduler(max_lr=0.1), OneCycle(32, 0.1)),
+        (lambda: ScheduledLR(ExponentialDecay(0.1, 8, 0.5)), ExponentialDecay(0.1, 8, 0.5)),
+    ],
+    ids=["one_cycle", "scheduled"],
+)
+def test_a_param_group_added_during_fit_is_left_to_the_callback_that_added_it(
+    tmp_path: Path, make: Any, schedule: Any
+) -> None:
+    # BackboneFinetuning adds the backbone as a new param group at epoch 1 and sets its LR at the
+    # start of each epoch. The schedule keeps driving the group planned at fit start, and leaves
+    # the new one alone; a fit resumed after the unfreeze does the same. Before, the schedule
+    # failed with an IndexError at the first step after the unfreeze.
+    from lightning.pytorch.callbacks import BackboneFinetuning, ModelCheckpoint
+
+    def run(path: Path, ckpt: Path | None = None) -> GroupRecorder:
+        torch.manual_seed(0)
+        rec = GroupRecorder()
+        every_epoch = ModelCheckpoint(dirpath=path, save_top_k=-1, every_n_epochs=1)
+        unfreeze = BackboneFinetuning(unfreeze_backbone_at_epoch=1)
+        callbacks = [make(), unfreeze, rec, every_epoch]
+        trainer = make_trainer(path, callbacks=callbacks, max_epochs=4, enable_checkpointing=True)
+        with pytest.warns(UserWarning, match=r"1 param group\(s\) were added to SGD during fit"):
+            trainer.fit(Backboned(), digits_loader(256, 32), ckpt_path=ckpt)
+        return rec
+
+    full = run(tmp_path / "full")
+    assert [lrs[0] for lrs in full.lrs] == pytest.approx(
+        [schedule(k) for k in range(32)], rel=1e-12
+    )
+    assert [len(lrs) for lrs in full.lrs] == [1] * 8 + [2] * 24
+    for epoch in (1, 2, 3):  # only BackboneFinetuning writes it, at the start of each epoch
+        assert len({lrs[1] for lrs in full.lrs[8 * epoch : 8 * (epoch + 1)]}) == 1
+    (after_unfreeze,) = (tmp_path / "full").glob("epoch=1-*.ckpt")
+    resumed = run(tmp_path / "resumed", after_unfreeze)
+    assert resumed.lrs == full.lrs[16:]

@@ -44,15 +44,9 @@ ScheduleLike = Callable[[int], float]
 _T = TypeVar("_T")
 
 
-def all_groups(trainer: pl.Trainer) -> list[dict[str, Any]]:
-    """The param groups of all the Trainer's optimizers, in order."""
-    return [group for opt in trainer.optimizers for group in opt.param_groups]
-
-
-def per_group(name: str, values: Sequence[_T], trainer: pl.Trainer) -> list[list[_T]]:
-    """``values`` for the param groups of each optimizer (all optimizers' groups in order):
+def per_group(name: str, values: Sequence[_T], sizes: Sequence[int]) -> list[list[_T]]:
+    """``values`` for optimizers with ``sizes`` param groups (all optimizers' groups in order):
     one value is shared by all of them."""
-    sizes = [len(opt.param_groups) for opt in trainer.optimizers]
     if len(values) not in (1, sum(sizes)):
         raise ValueError(
             f"`{name}` has {len(values)} values but the optimizers have {sum(sizes)} param "
@@ -124,7 +118,7 @@ class LRCallback(HookOwner):
         True
     """
 
-    state_names: tuple[str, ...] = ("steps", "taken_over")
+    state_names: tuple[str, ...] = ("steps", "taken_over", "group_counts")
     """The attributes saved in checkpoints (subclasses extend it)."""
 
     def __init__(self, log_values: bool = True) -> None:
@@ -163,6 +157,8 @@ class LRCallback(HookOwner):
         self.restored = False
         self.taken_over: str | None = None
         self.active: list[list[ScheduleLike]] = []  # per optimizer, a schedule per param group
+        self.group_counts: list[int] = []  # per optimizer, the param groups it schedules
+        self.named_added: set[int] = set()  # optimizers whose groups added during fit were named
         self._monitor: LearningRateMonitor | None = None
 
     @override
@@ -212,7 +208,9 @@ class LRCallback(HookOwner):
                 f"but `configure_optimizers` now returns {num_optimizers}. Resume with the same "
                 "optimizers, or start a new fit without `ckpt_path`."
             )
-        groups = all_groups(trainer)
+        if not self.group_counts:  # a checkpoint's counts keep a resumed fit on its groups
+            self.group_counts = [len(opt.param_groups) for opt in trainer.optimizers]
+        groups = self.groups(trainer)
         for k, group in enumerate(groups):
             if "lr_scale" in group:
                 check_positive(f"param_groups[{k}]['lr_scale']", group["lr_scale"])
@@ -281,13 +279,43 @@ class LRCallback(HookOwner):
         return self.taken_over is not None
 
     # -- writing ----------------------------------------------------------------------------------
+    def groups(self, trainer: pl.Trainer) -> list[dict[str, Any]]:
+        """The param groups it schedules, all optimizers' in order: those each optimizer had
+        when the first fit started (a group added during fit, as ``BackboneFinetuning`` adds one
+        when it unfreezes, is left to the callback that added it, in a resumed fit too)."""
+        for idx in range(len(trainer.optimizers)):
+            self.name_added_groups(trainer, idx)
+        counts = zip(trainer.optimizers, self.group_counts, strict=True)
+        return [group for opt, count in counts for group in opt.param_groups[:count]]
+
+    def name_added_groups(self, trainer: pl.Trainer, opt_idx: int) -> None:
+        """Say once per fit that optimizer ``opt_idx`` has groups it does not schedule."""
+        optimizer = trainer.optimizers[opt_idx]
+        added = len(optimizer.param_groups) - self.group_counts[opt_idx]
+        if added > 0 and opt_idx not in self.named_added:
+            self.named_added.add(opt_idx)
+            rank_zero_warn(
+                f"{self.name}: {added} param group(s) were added to {type(optimizer).__name__} "
+                "during fit (BackboneFinetuning adds one when it unfreezes). It schedules the "
+                f"{self.group_counts[opt_idx]} group(s) its optimizer had when the schedule was "
+                "planned and leaves the learning rate of the added one(s) to the callback that "
+                "added them."
+            )
+
+    def per_group(self, name: str, values: Sequence[_T]) -> list[list[_T]]:
+        """``values`` for the param groups of each optimizer (see :func:`per_group`)."""
+        return per_group(name, values, self.group_counts)
+
     def write(self, trainer: pl.Trainer, opt_idx: int, step: int) -> None:
         """Set the LR (times the group's ``lr_scale``, if any) and momentum of optimizer
         ``opt_idx``'s param groups from their :attr:`active` schedules at ``step``; a schedule
         shared by consecutive groups is evaluated once."""
         last = None
-        groups = trainer.optimizers[opt_idx].param_groups
-        for group, schedule in zip(groups, self.active[opt_idx], strict=True):
+        optimizer, schedules = trainer.optimizers[opt_idx], self.active[opt_idx]
+        self.name_added_groups(trainer, opt_idx)
+        for group, schedule in zip(
+            optimizer.param_groups[: len(schedules)], schedules, strict=True
+        ):
             if schedule is not last:
                 last, lr = schedule, check_lr_value(schedule(step), self.name)
                 momentum = getattr(schedule, "momentum", None)
@@ -299,7 +327,7 @@ class LRCallback(HookOwner):
     def warn_if_ratio_erased(self, trainer: pl.Trainer) -> None:
         """Warn when one schedule would give param groups with different LRs the same LR, i.e.
         when no group carries an ``lr_scale``; said in the first fit, not again on resume."""
-        groups = all_groups(trainer)
+        groups = self.groups(trainer)
         lrs = [float(group["lr"]) for group in groups]
         erased = max(lrs) > min(lrs) * (1 + 1e-9) and not any("lr_scale" in g for g in groups)
         if erased and not self.restored:

@@ -16,9 +16,7 @@ from lightning_reg._validation import check_int, check_positive
 from lightning_reg.callbacks._lr_base import (
     LRCallback,
     ScheduleLike,
-    all_groups,
     momentum_key,
-    per_group,
 )
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
@@ -247,7 +245,7 @@ class OneCycleScheduler(ScheduledLR):
         saved = self.config if self.restored else {}
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
         total = self.total_steps or self.planned_steps(trainer, check_phases=not self.restored)
-        peaks = per_group("max_lr", self.peak_lrs(trainer, saved), trainer)
+        peaks = self.per_group("max_lr", self.peak_lrs(trainer, saved))
         planned = {
             "total_steps": [total] * len(peaks),
             "max_lr": [peak for group in peaks for peak in group],
@@ -266,7 +264,7 @@ class OneCycleScheduler(ScheduledLR):
         if not self.restored:
             self.warn_if_momentum_switched_on(trainer)
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
-        peaks = per_group("max_lr", self.config["max_lr"], trainer)
+        peaks = self.per_group("max_lr", self.config["max_lr"])
         return [
             [OneCycle(steps, peak, **kwargs) for peak in group]
             for steps, group in zip(self.config["total_steps"], peaks, strict=True)
@@ -276,7 +274,7 @@ class OneCycleScheduler(ScheduledLR):
         """Warn about optimizers whose momentum the cycle cannot drive, or would switch on."""
         if not self.one_cycle_kwargs["cycle_momentum"]:
             return
-        groups = all_groups(trainer)
+        groups = self.groups(trainer)
         if any(momentum_key(group) is None for group in groups):
             rank_zero_warn(
                 f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "

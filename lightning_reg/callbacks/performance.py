@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice, check_int, check_non_negative, check_number
-from lightning_reg.callbacks._lr_base import LRCallback, all_groups, assign, per_group
+from lightning_reg.callbacks._lr_base import LRCallback, assign
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
@@ -183,12 +183,12 @@ class PerformanceScheduler(LRCallback):
 
     @override
     def start(self, trainer: pl.Trainer) -> None:
-        per_group("min_lr", self.min_lr, trainer)
+        self.per_group("min_lr", self.min_lr)
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         if self.schedule is not None:
             self.warn_if_ratio_erased(trainer)
-            self.active = per_group("schedule", [self.schedule], trainer)
+            self.active = self.per_group("schedule", [self.schedule])
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
@@ -270,9 +270,9 @@ class PerformanceScheduler(LRCallback):
             self._reduce(trainer)
 
     def _reduce(self, trainer: pl.Trainer) -> None:
-        floors = [floor for group in per_group("min_lr", self.min_lr, trainer) for floor in group]
+        floors = [floor for group in self.per_group("min_lr", self.min_lr) for floor in group]
         changes = []
-        for group, floor in zip(all_groups(trainer), floors, strict=True):
+        for group, floor in zip(self.groups(trainer), floors, strict=True):
             old = float(group["lr"])
             new = max(old * self.factor, floor)
             if new < old:  # Keras' rule: any LR above `min_lr` is reduced, however small

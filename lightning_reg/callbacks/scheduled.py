@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, per_group
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 
 __all__ = ["ScheduledLR"]
 
@@ -126,7 +126,7 @@ class ScheduledLR(LRCallback):
         """
         if len(self._schedules) == 1:
             self.warn_if_ratio_erased(trainer)
-        schedules = per_group("schedule", self._schedules, trainer)
+        schedules = self.per_group("schedule", self._schedules)
         config = {"schedule": [config_of(s) for group in schedules for s in group]}
         changed, self.config = self.changed(config), config
         if changed:
