@@ -1026,6 +1026,31 @@ def test_a_tensor_learning_rate_stays_a_tensor(tmp_path: Path) -> None:
     assert [lrs[0] for lrs in rec.lrs] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(4)])
 
 
+class TiedTensorLR(DigitsClassifier):
+    """Two param groups at ``lr_scale`` 1 and 0.1 that share torch's one ``lr`` tensor: torch
+    gives every group without an ``lr`` of its own the optimizer's default, the same object."""
+
+    def configure_optimizers(self) -> Any:
+        groups = [
+            {"params": self.net[0].parameters(), "lr_scale": 1.0},
+            {"params": self.net[2].parameters(), "lr_scale": 0.1},
+        ]
+        return torch.optim.SGD(groups, lr=torch.tensor(0.1), momentum=0.9)
+
+
+def test_groups_sharing_one_tensor_lr_each_get_their_own_value(tmp_path: Path) -> None:
+    # Filling the shared tensor in place gave both groups the last group's LR (here the 0.1x
+    # one), silently; each group now holds its own tensor, still a tensor.
+    rec = GroupRecorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=8), rec], max_steps=8
+    )
+    trainer.fit(TiedTensorLR(), digits_loader(256, 32))
+    cycle = OneCycle(8, 0.1)
+    assert rec.lrs == [pytest.approx([cycle(k), cycle(k) * 0.1], rel=1e-6) for k in range(8)]
+    assert all(isinstance(g["lr"], torch.Tensor) for g in trainer.optimizers[0].param_groups)
+
+
 class FailsAtBatch2(DigitsClassifier):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if batch_idx == 2:

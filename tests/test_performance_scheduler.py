@@ -313,3 +313,31 @@ def test_any_lr_above_min_lr_is_reduced_as_keras_and_a_tensor_lr_stays_one(
     assert model.lr_after_eval == pytest.approx([2e-9, 1e-9, 6e-10], rel=1e-6)
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) == tensor
+
+
+class TiedTensorLR(ScriptedLoss):
+    """``ScriptedLoss`` with two param groups sharing torch's one ``lr`` tensor (the default)."""
+
+    def configure_optimizers(self) -> Any:
+        groups = [{"params": self.net[0].parameters()}, {"params": self.net[2].parameters()}]
+        return torch.optim.SGD(groups, lr=torch.tensor(0.08), momentum=0.9)
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_after_eval.append([float(g["lr"]) for g in self.optimizers().param_groups])
+
+
+def test_groups_sharing_one_tensor_lr_are_reduced_once(tmp_path: Path) -> None:
+    # Each group's LR was multiplied in place in turn, so the shared tensor got factor ** 2
+    # (0.08 -> 0.02; torch's ReduceLROnPlateau does the same). Each group now has its own.
+    model = TiedTensorLR([1.0, 1.0, 1.0])
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[PerformanceScheduler(patience=1, min_delta=0.0)],
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
+    trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32))
+    expected = [[0.08, 0.08], [0.04, 0.04], [0.02, 0.02]]
+    assert model.lr_after_eval == [pytest.approx(lrs, rel=1e-6) for lrs in expected]
+    assert all(isinstance(g["lr"], torch.Tensor) for g in trainer.optimizers[0].param_groups)

@@ -67,6 +67,18 @@ def assign(old: Any, new: float) -> Any:
     return old.fill_(new) if isinstance(old, Tensor) else new
 
 
+def untie_tensor_lrs(optimizer: Optimizer) -> None:
+    """Give each param group of ``optimizer`` its own tensor LR: torch gives every group without
+    an ``lr`` of its own the optimizer's default, one tensor, which an in-place fill would set
+    for all of them at once (the last group's value; a reduction applied once per group)."""
+    seen: set[int] = set()
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], Tensor):
+            if id(group["lr"]) in seen:
+                group["lr"] = group["lr"].clone()
+            seen.add(id(group["lr"]))
+
+
 def set_momentum(group: dict[str, Any], value: float) -> None:
     """Set a param group's momentum (SGD/RMSprop ``momentum`` or Adam-family ``betas[0]``)."""
     if "momentum" in group:
@@ -210,6 +222,8 @@ class LRCallback(HookOwner):
             )
         if not self.group_counts:  # a checkpoint's counts keep a resumed fit on its groups
             self.group_counts = [len(opt.param_groups) for opt in trainer.optimizers]
+        for optimizer in trainer.optimizers:
+            untie_tensor_lrs(optimizer)
         groups = self.groups(trainer)
         for k, group in enumerate(groups):
             if "lr_scale" in group:
