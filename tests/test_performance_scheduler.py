@@ -116,6 +116,23 @@ def test_check_on_train_epoch_end(tmp_path: Path) -> None:
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.08 / 4)
 
 
+class LogsInEpochEndHook(DigitsClassifier):
+    def on_train_epoch_end(self) -> None:
+        self.log("epoch_metric", 1.0)
+
+
+def test_a_metric_logged_in_the_modules_train_epoch_end_hook_is_named_as_too_late(
+    tmp_path: Path,
+) -> None:
+    # Lightning calls callbacks' `on_train_epoch_end` before the module's (only EarlyStopping
+    # and ModelCheckpoint after it): the metric is missing at the first check, and stale after.
+    # The message said only "Log it with `self.log(...)`", which the module did.
+    cb = PerformanceScheduler(monitor="epoch_metric", check_on="train_epoch_end")
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_epochs=2, limit_train_batches=2)
+    with pytest.raises(MisconfigurationException, match=r"before the LightningModule's"):
+        trainer.fit(LogsInEpochEndHook(), digits_loader(64, 32))
+
+
 def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
     model = ScriptedLoss([1.0, 1.0, 1.0, 1.0])
     cb = PerformanceScheduler(patience=3, min_delta=0.0)

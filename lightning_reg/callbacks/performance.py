@@ -253,6 +253,13 @@ class PerformanceScheduler(LRCallback):
                 f"(available: {keys}). Log it with `self.log({self.monitor!r}, ...)` in your "
                 "LightningModule, or pass the right `monitor=`."
             )
+            if self.check_on == "train_epoch_end":
+                message += (
+                    " Lightning calls this check before the LightningModule's "
+                    "`on_train_epoch_end` (only EarlyStopping and ModelCheckpoint run after it), "
+                    "so a value logged there is missing at the first epoch and one epoch old "
+                    "after: log it in `training_step` with `on_epoch=True`."
+                )
             if self.strict:
                 raise MisconfigurationException(message + " Pass `strict=False` to only warn.")
             rank_zero_warn(message + " Skipping this check.")
