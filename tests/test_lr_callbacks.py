@@ -120,6 +120,23 @@ def test_accumulation_gives_same_per_optimizer_step_trace(tmp_path: Path, accumu
     assert rec.lrs == pytest.approx([sched(k) for k in range(16)], rel=1e-12)
 
 
+def test_a_gradient_accumulation_scheduler_sizes_the_cycle_epoch_by_epoch(tmp_path: Path) -> None:
+    # Accumulation 1 for epochs 0-1, then 4: 8 + 8 + 2 + 2 = 20 optimizer steps. The Trainer's
+    # estimate takes the accumulation when training starts for every epoch (32 steps): the
+    # cycle stopped at 62% with the LR at 0.06 instead of its final 1e-5.
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*training ended after")
+        rec, _ = fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1), GradientAccumulationScheduler({0: 1, 2: 4})],
+            max_epochs=4,
+        )
+    cycle = OneCycle(total_steps=20, max_lr=0.1)
+    assert rec.lrs == pytest.approx([cycle(k) for k in range(20)], rel=1e-12)
+
+
 def test_limit_train_batches_and_max_steps_size_the_cycle(tmp_path: Path) -> None:
     rec, _ = fit(
         tmp_path / "a", [OneCycleScheduler(max_lr=0.1)], max_epochs=3, limit_train_batches=5

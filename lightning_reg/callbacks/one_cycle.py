@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import StochasticWeightAveraging
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, StochasticWeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
@@ -40,6 +40,19 @@ def _check_max_lr(max_lr: Any) -> list[float] | Literal["auto"]:
     if not values:
         raise ValueError("`max_lr` must not be an empty sequence.")
     return [check_positive("max_lr", value) for value in values]
+
+
+def steps_in_epochs(trainer: pl.Trainer, epochs: int) -> int:
+    """The optimizer steps of the first ``epochs`` epochs: each epoch's batches over its
+    accumulation (that epoch's of a ``GradientAccumulationScheduler`` on the Trainer, if any)."""
+    schedulers = callbacks_of(trainer, GradientAccumulationScheduler)
+    accumulation = [
+        schedulers[0].get_accumulate_grad_batches(epoch)
+        if schedulers
+        else trainer.accumulate_grad_batches
+        for epoch in range(epochs)
+    ]
+    return sum(math.ceil(trainer.num_training_batches / n) for n in accumulation)
 
 
 class OneCycleScheduler(ScheduledLR):
@@ -88,7 +101,8 @@ class OneCycleScheduler(ScheduledLR):
             resumed run does not sweep again).
         total_steps: length of the cycle in optimizer steps, int >= 2. ``None`` (default) takes
             ``trainer.estimated_stepping_batches`` when training starts (the steps before
-            ``swa_epoch_start`` beside ``StochasticWeightAveraging``).
+            ``swa_epoch_start`` beside ``StochasticWeightAveraging``; each epoch's steps at its
+            own accumulation beside ``GradientAccumulationScheduler``).
         start_lr: LR at step 0 and at the end of the descent. Default ``None``: ``max_lr / 10``.
         final_lr: LR at the end of the final phase. Default ``None``: ``start_lr / 1000``.
         final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``;
@@ -207,10 +221,17 @@ class OneCycleScheduler(ScheduledLR):
                 f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
                 "(under manual optimization `global_step` counts every optimizer's steps)"
             )
+        finite = math.isfinite(trainer.num_training_batches)
+        gas = callbacks_of(trainer, GradientAccumulationScheduler)
+        if gas and finite and trainer.max_epochs != -1:
+            # The Trainer's estimate takes the accumulation of now for every epoch.
+            estimate = steps_in_epochs(trainer, max(trainer.max_epochs or 1, 1))
+            if trainer.max_steps != -1:
+                estimate = min(estimate, trainer.max_steps)
+            source = "each epoch's batches over GradientAccumulationScheduler's accumulation"
         swa = callbacks_of(trainer, StochasticWeightAveraging)
-        if swa and math.isfinite(trainer.num_training_batches):
-            per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-            estimate = min(estimate, per_epoch * swa[0].swa_start)
+        if swa and finite:
+            estimate = min(estimate, steps_in_epochs(trainer, swa[0].swa_start))
             source = f"{source} up to `swa_epoch_start` (epoch {swa[0].swa_start})"
         if not math.isfinite(estimate) or estimate < 1:
             raise ValueError(
