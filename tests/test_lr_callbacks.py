@@ -701,6 +701,29 @@ def test_momentum_switched_on_is_warned(tmp_path: Path) -> None:
     assert rec.moms == [0.0] * 8
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (lambda: DigitsClassifier(momentum=0.0), r"momentum 0 .*\(0.95 at step 0\) switches"),
+        (AdagradModule, "neither `momentum` nor `betas`"),
+    ],
+    ids=["momentum_0", "adagrad"],
+)
+def test_a_schedule_driving_momentum_warns_as_one_cycle_does(
+    tmp_path: Path, model: Any, message: str
+) -> None:
+    # `ScheduledLR(OneCycle.from_torch(...))` (torch's parity path) switched SGD's momentum 0
+    # on, or left Adagrad's LR cycled without its momentum, silently (torch's OneCycleLR raises
+    # for Adagrad); OneCycleScheduler warned. A schedule without momentum stays quiet.
+    cycle = OneCycle.from_torch(total_steps=8, max_lr=0.1)
+    with pytest.warns(UserWarning, match=message):
+        rec, _ = fit(tmp_path, [ScheduledLR(cycle)], model=model(), max_steps=8)
+    assert rec.lrs == pytest.approx([cycle(k) for k in range(8)], rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(switches momentum on|nor `betas`)")
+        fit(tmp_path, [ScheduledLR(ExponentialDecay(0.1, 8))], model=model(), max_steps=8)
+
+
 class RatioGroups(DigitsClassifier):
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(

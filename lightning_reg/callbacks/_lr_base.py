@@ -353,3 +353,28 @@ class LRCallback(HookOwner):
                 "it; or pass one schedule per param group (OneCycleScheduler: one `max_lr` per "
                 "group)."
             )
+
+    def warn_if_momentum_overridden(
+        self, trainer: pl.Trainer, schedules: list[list[ScheduleLike]]
+    ) -> None:
+        """Warn when the schedules drive momentum (``momentum(0)`` is a number) of param groups
+        that have none (it cannot follow) or momentum 0 (it would be switched on); said in the
+        first fit, not again on resume."""
+        drivers = [getattr(s, "momentum", None) for group in schedules for s in group]
+        first = next((m(0) for m in drivers if callable(m) and m(0) is not None), None)
+        if first is None or self.restored:
+            return
+        groups = self.groups(trainer)
+        if any(momentum_key(group) is None for group in groups):
+            rank_zero_warn(
+                f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
+                "rate follows the schedule but its momentum cannot. Pass `cycle_momentum=False` "
+                "(a schedule without momentum) to silence this."
+            )
+        if any(group.get("momentum", None) == 0 for group in groups):
+            rank_zero_warn(
+                f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and the "
+                f"schedule's momentum ({first:g} at step 0) switches momentum on. Pass "
+                "`cycle_momentum=False` (a schedule without momentum) to train without momentum, "
+                "or give the optimizer a momentum to silence this."
+            )

@@ -13,11 +13,7 @@ from typing_extensions import override
 
 from lightning_reg._hooks import callbacks_of
 from lightning_reg._validation import check_int, check_positive
-from lightning_reg.callbacks._lr_base import (
-    LRCallback,
-    ScheduleLike,
-    momentum_key,
-)
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
@@ -282,34 +278,14 @@ class OneCycleScheduler(ScheduledLR):
                 "a fit without `ckpt_path` (loading only the weights)."
             )
         self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
-        if not self.restored:
-            self.warn_if_momentum_switched_on(trainer)
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
         peaks = self.per_group("max_lr", self.config["max_lr"])
-        return [
+        cycles: list[list[ScheduleLike]] = [
             [OneCycle(steps, peak, **kwargs) for peak in group]
             for steps, group in zip(self.config["total_steps"], peaks, strict=True)
         ]
-
-    def warn_if_momentum_switched_on(self, trainer: pl.Trainer) -> None:
-        """Warn about optimizers whose momentum the cycle cannot drive, or would switch on."""
-        if not self.one_cycle_kwargs["cycle_momentum"]:
-            return
-        groups = self.groups(trainer)
-        if any(momentum_key(group) is None for group in groups):
-            rank_zero_warn(
-                f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
-                "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
-                "to silence this."
-            )
-        if any(group.get("momentum", None) == 0 for group in groups):
-            rank_zero_warn(
-                f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and cycling "
-                f"momentum ({self.one_cycle_kwargs['max_momentum']} -> "
-                f"{self.one_cycle_kwargs['min_momentum']}) switches momentum on. Pass "
-                "`cycle_momentum=False` to train without momentum, or give the optimizer a "
-                "momentum to silence this."
-            )
+        self.warn_if_momentum_overridden(trainer, cycles)
+        return cycles
 
     @override
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:

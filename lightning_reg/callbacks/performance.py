@@ -189,6 +189,7 @@ class PerformanceScheduler(LRCallback):
         if self.schedule is not None:
             self.warn_if_ratio_erased(trainer)
             self.active = self.per_group("schedule", [self.schedule])
+            self.warn_if_momentum_overridden(trainer, self.active)
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
