@@ -724,6 +724,23 @@ def test_a_schedule_driving_momentum_warns_as_one_cycle_does(
         fit(tmp_path, [ScheduledLR(ExponentialDecay(0.1, 8))], model=model(), max_steps=8)
 
 
+def test_lightnings_lr_finder_in_the_same_fit_keeps_the_fresh_fit_checks(tmp_path: Path) -> None:
+    # LearningRateFinder loads back the checkpoint it took when the fit started, which loads
+    # our (fresh) state: the fit was taken for a resume and skipped the fresh-fit warnings.
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    finder = LearningRateFinder(num_training_steps=10)
+    with pytest.warns(UserWarning, match="switches momentum on"):
+        rec, _ = fit(
+            tmp_path,
+            [finder, OneCycleScheduler(max_lr=0.1)],
+            model=DigitsClassifier(momentum=0.0),
+            max_epochs=2,
+        )
+    cycle = OneCycle(16, 0.1)
+    assert rec.lrs == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
+
+
 class RatioGroups(DigitsClassifier):
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(

@@ -206,7 +206,11 @@ class LRCallback(HookOwner):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         num_optimizers = len(trainer.optimizers)
-        if trainer.ckpt_path is not None and not self.restored:
+        if self.restored and not self.steps:
+            # A state saved before training started is no resume: Lightning's
+            # LearningRateFinder and BatchSizeFinder load back the one they took at fit start.
+            self.restored = False
+        elif trainer.ckpt_path is not None and not self.restored:
             rank_zero_warn(
                 f"{self.name}: the checkpoint {str(trainer.ckpt_path)!r} holds no state of "
                 f"{self.name}, so its schedule starts again at step 0 although the run resumes "
