@@ -137,6 +137,21 @@ def test_a_gradient_accumulation_scheduler_sizes_the_cycle_epoch_by_epoch(tmp_pa
     assert rec.lrs == pytest.approx([cycle(k) for k in range(20)], rel=1e-12)
 
 
+def test_a_second_fit_of_the_same_trainer_sizes_the_cycle_to_the_steps_left(tmp_path: Path) -> None:
+    # Training 2 more epochs on the same Trainer: the Trainer's estimate counts from epoch 0
+    # (32 steps), so the cycle stopped halfway, at LR 0.087, with a warning blaming max_time.
+    cb, rec = OneCycleScheduler(max_lr=0.1), Recorder()
+    trainer = make_trainer(tmp_path, callbacks=[cb, rec], max_epochs=2)
+    model = DigitsClassifier()
+    trainer.fit(model, digits_loader(256, 32))
+    trainer.fit_loop.max_epochs = 4
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*training ended after")
+        trainer.fit(model, digits_loader(256, 32))
+    cycle = OneCycle(total_steps=16, max_lr=0.1)
+    assert rec.lrs[16:] == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
+
+
 def test_limit_train_batches_and_max_steps_size_the_cycle(tmp_path: Path) -> None:
     rec, _ = fit(
         tmp_path / "a", [OneCycleScheduler(max_lr=0.1)], max_epochs=3, limit_train_batches=5

@@ -98,7 +98,8 @@ class OneCycleScheduler(ScheduledLR):
         total_steps: length of the cycle in optimizer steps, int >= 2. ``None`` (default) takes
             ``trainer.estimated_stepping_batches`` when training starts (the steps before
             ``swa_epoch_start`` beside ``StochasticWeightAveraging``; each epoch's steps at its
-            own accumulation beside ``GradientAccumulationScheduler``).
+            own accumulation beside ``GradientAccumulationScheduler``; less the steps of earlier
+            fits of the same Trainer).
         start_lr: LR at step 0 and at the end of the descent. Default ``None``: ``max_lr / 10``.
         final_lr: LR at the end of the final phase. Default ``None``: ``start_lr / 1000``.
         final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``;
@@ -229,6 +230,10 @@ class OneCycleScheduler(ScheduledLR):
         if swa and finite:
             estimate = min(estimate, steps_in_epochs(trainer, swa[0].swa_start))
             source = f"{source} up to `swa_epoch_start` (epoch {swa[0].swa_start})"
+        if trainer.global_step and not self.restored:
+            # A new fit of a Trainer that trained before goes on from its step: the steps left.
+            estimate -= trainer.global_step // num_optimizers
+            source = f"{source} less the {trainer.global_step} steps of the Trainer's earlier fits"
         if not math.isfinite(estimate) or estimate < 1:
             raise ValueError(
                 f"{self.name} could not size the cycle: {source} is {estimate} (an infinite or "
