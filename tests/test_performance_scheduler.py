@@ -154,6 +154,29 @@ def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.04)
 
 
+def test_a_resume_watching_another_metric_starts_the_plateau_count_afresh(tmp_path: Path) -> None:
+    # The checkpoint's best is a val_loss (1.0, mode "min"); the resumed fit watches val_acc in
+    # mode "max". Compared with that best, the rising accuracies 0.5, 0.6 were two bad
+    # evaluations and halved the LR twice, silently.
+    cb = PerformanceScheduler(patience=1, min_delta=0.0)
+    trainer = make_trainer(
+        tmp_path, callbacks=[cb], max_epochs=2, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(ScriptedLoss([1.0, 1.0]), digits_loader(64, 32), digits_loader(32, 32))
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    resumed = PerformanceScheduler(monitor="val_acc", mode="max", patience=1, min_delta=0.0)
+    model = ScriptedLoss([0.0, 0.0, 0.5, 0.6], key="val_acc")
+    trainer = make_trainer(
+        tmp_path, callbacks=[resumed], max_epochs=4, limit_train_batches=2, limit_val_batches=1
+    )
+    with pytest.warns(UserWarning, match=r"is of \{'monitor': 'val_loss', 'mode': 'min'\}"):
+        trainer.fit(
+            model, digits_loader(64, 32), digits_loader(32, 32), ckpt_path=tmp_path / "a.ckpt"
+        )
+    assert (resumed.num_reductions, resumed.best) == (1, pytest.approx(0.6))
+    assert model.lr_after_eval == [0.04, 0.04]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match", "error"),
     [
