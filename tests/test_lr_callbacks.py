@@ -120,6 +120,38 @@ def test_accumulation_gives_same_per_optimizer_step_trace(tmp_path: Path, accumu
     assert rec.lrs == pytest.approx([sched(k) for k in range(16)], rel=1e-12)
 
 
+def test_a_gradient_accumulation_scheduler_sizes_the_cycle_epoch_by_epoch(tmp_path: Path) -> None:
+    # Accumulation 1 for epochs 0-1, then 4: 8 + 8 + 2 + 2 = 20 optimizer steps. The Trainer's
+    # estimate takes the accumulation when training starts for every epoch (32 steps): the
+    # cycle stopped at 62% with the LR at 0.06 instead of its final 1e-5.
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*training ended after")
+        rec, _ = fit(
+            tmp_path,
+            [OneCycleScheduler(max_lr=0.1), GradientAccumulationScheduler({0: 1, 2: 4})],
+            max_epochs=4,
+        )
+    cycle = OneCycle(total_steps=20, max_lr=0.1)
+    assert rec.lrs == pytest.approx([cycle(k) for k in range(20)], rel=1e-12)
+
+
+def test_a_second_fit_of_the_same_trainer_sizes_the_cycle_to_the_steps_left(tmp_path: Path) -> None:
+    # Training 2 more epochs on the same Trainer: the Trainer's estimate counts from epoch 0
+    # (32 steps), so the cycle stopped halfway, at LR 0.087, with a warning blaming max_time.
+    cb, rec = OneCycleScheduler(max_lr=0.1), Recorder()
+    trainer = make_trainer(tmp_path, callbacks=[cb, rec], max_epochs=2)
+    model = DigitsClassifier()
+    trainer.fit(model, digits_loader(256, 32))
+    trainer.fit_loop.max_epochs = 4
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*training ended after")
+        trainer.fit(model, digits_loader(256, 32))
+    cycle = OneCycle(total_steps=16, max_lr=0.1)
+    assert rec.lrs[16:] == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
+
+
 def test_limit_train_batches_and_max_steps_size_the_cycle(tmp_path: Path) -> None:
     rec, _ = fit(
         tmp_path / "a", [OneCycleScheduler(max_lr=0.1)], max_epochs=3, limit_train_batches=5
@@ -684,6 +716,46 @@ def test_momentum_switched_on_is_warned(tmp_path: Path) -> None:
     assert rec.moms == [0.0] * 8
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (lambda: DigitsClassifier(momentum=0.0), r"momentum 0 .*\(0.95 at step 0\) switches"),
+        (AdagradModule, "neither `momentum` nor `betas`"),
+    ],
+    ids=["momentum_0", "adagrad"],
+)
+def test_a_schedule_driving_momentum_warns_as_one_cycle_does(
+    tmp_path: Path, model: Any, message: str
+) -> None:
+    # `ScheduledLR(OneCycle.from_torch(...))` (torch's parity path) switched SGD's momentum 0
+    # on, or left Adagrad's LR cycled without its momentum, silently (torch's OneCycleLR raises
+    # for Adagrad); OneCycleScheduler warned. A schedule without momentum stays quiet.
+    cycle = OneCycle.from_torch(total_steps=8, max_lr=0.1)
+    with pytest.warns(UserWarning, match=message):
+        rec, _ = fit(tmp_path, [ScheduledLR(cycle)], model=model(), max_steps=8)
+    assert rec.lrs == pytest.approx([cycle(k) for k in range(8)], rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(switches momentum on|nor `betas`)")
+        fit(tmp_path, [ScheduledLR(ExponentialDecay(0.1, 8))], model=model(), max_steps=8)
+
+
+def test_lightnings_lr_finder_in_the_same_fit_keeps_the_fresh_fit_checks(tmp_path: Path) -> None:
+    # LearningRateFinder loads back the checkpoint it took when the fit started, which loads
+    # our (fresh) state: the fit was taken for a resume and skipped the fresh-fit warnings.
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    finder = LearningRateFinder(num_training_steps=10)
+    with pytest.warns(UserWarning, match="switches momentum on"):
+        rec, _ = fit(
+            tmp_path,
+            [finder, OneCycleScheduler(max_lr=0.1)],
+            model=DigitsClassifier(momentum=0.0),
+            max_epochs=2,
+        )
+    cycle = OneCycle(16, 0.1)
+    assert rec.lrs == pytest.approx([cycle(k) for k in range(16)], rel=1e-12)
+
+
 class RatioGroups(DigitsClassifier):
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(
@@ -1024,6 +1096,31 @@ def test_a_tensor_learning_rate_stays_a_tensor(tmp_path: Path) -> None:
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(0.1 * 0.1, rel=1e-6)
     assert [lrs[0] for lrs in rec.lrs] == pytest.approx([0.1 * 0.1 ** (k / 4) for k in range(4)])
+
+
+class TiedTensorLR(DigitsClassifier):
+    """Two param groups at ``lr_scale`` 1 and 0.1 that share torch's one ``lr`` tensor: torch
+    gives every group without an ``lr`` of its own the optimizer's default, the same object."""
+
+    def configure_optimizers(self) -> Any:
+        groups = [
+            {"params": self.net[0].parameters(), "lr_scale": 1.0},
+            {"params": self.net[2].parameters(), "lr_scale": 0.1},
+        ]
+        return torch.optim.SGD(groups, lr=torch.tensor(0.1), momentum=0.9)
+
+
+def test_groups_sharing_one_tensor_lr_each_get_their_own_value(tmp_path: Path) -> None:
+    # Filling the shared tensor in place gave both groups the last group's LR (here the 0.1x
+    # one), silently; each group now holds its own tensor, still a tensor.
+    rec = GroupRecorder()
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=8), rec], max_steps=8
+    )
+    trainer.fit(TiedTensorLR(), digits_loader(256, 32))
+    cycle = OneCycle(8, 0.1)
+    assert rec.lrs == [pytest.approx([cycle(k), cycle(k) * 0.1], rel=1e-6) for k in range(8)]
+    assert all(isinstance(g["lr"], torch.Tensor) for g in trainer.optimizers[0].param_groups)
 
 
 class FailsAtBatch2(DigitsClassifier):

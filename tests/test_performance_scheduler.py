@@ -116,6 +116,23 @@ def test_check_on_train_epoch_end(tmp_path: Path) -> None:
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.08 / 4)
 
 
+class LogsInEpochEndHook(DigitsClassifier):
+    def on_train_epoch_end(self) -> None:
+        self.log("epoch_metric", 1.0)
+
+
+def test_a_metric_logged_in_the_modules_train_epoch_end_hook_is_named_as_too_late(
+    tmp_path: Path,
+) -> None:
+    # Lightning calls callbacks' `on_train_epoch_end` before the module's (only EarlyStopping
+    # and ModelCheckpoint after it): the metric is missing at the first check, and stale after.
+    # The message said only "Log it with `self.log(...)`", which the module did.
+    cb = PerformanceScheduler(monitor="epoch_metric", check_on="train_epoch_end")
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_epochs=2, limit_train_batches=2)
+    with pytest.raises(MisconfigurationException, match=r"before the LightningModule's"):
+        trainer.fit(LogsInEpochEndHook(), digits_loader(64, 32))
+
+
 def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
     model = ScriptedLoss([1.0, 1.0, 1.0, 1.0])
     cb = PerformanceScheduler(patience=3, min_delta=0.0)
@@ -135,6 +152,29 @@ def test_state_survives_a_checkpoint(tmp_path: Path) -> None:
     # Two more bad evaluations make three in a row: exactly one reduction, as without the break.
     assert resumed.num_reductions == 1
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.04)
+
+
+def test_a_resume_watching_another_metric_starts_the_plateau_count_afresh(tmp_path: Path) -> None:
+    # The checkpoint's best is a val_loss (1.0, mode "min"); the resumed fit watches val_acc in
+    # mode "max". Compared with that best, the rising accuracies 0.5, 0.6 were two bad
+    # evaluations and halved the LR twice, silently.
+    cb = PerformanceScheduler(patience=1, min_delta=0.0)
+    trainer = make_trainer(
+        tmp_path, callbacks=[cb], max_epochs=2, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(ScriptedLoss([1.0, 1.0]), digits_loader(64, 32), digits_loader(32, 32))
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    resumed = PerformanceScheduler(monitor="val_acc", mode="max", patience=1, min_delta=0.0)
+    model = ScriptedLoss([0.0, 0.0, 0.5, 0.6], key="val_acc")
+    trainer = make_trainer(
+        tmp_path, callbacks=[resumed], max_epochs=4, limit_train_batches=2, limit_val_batches=1
+    )
+    with pytest.warns(UserWarning, match=r"is of \{'monitor': 'val_loss', 'mode': 'min'\}"):
+        trainer.fit(
+            model, digits_loader(64, 32), digits_loader(32, 32), ckpt_path=tmp_path / "a.ckpt"
+        )
+    assert (resumed.num_reductions, resumed.best) == (1, pytest.approx(0.6))
+    assert model.lr_after_eval == [0.04, 0.04]
 
 
 @pytest.mark.parametrize(
@@ -313,3 +353,31 @@ def test_any_lr_above_min_lr_is_reduced_as_keras_and_a_tensor_lr_stays_one(
     assert model.lr_after_eval == pytest.approx([2e-9, 1e-9, 6e-10], rel=1e-6)
     lr = trainer.optimizers[0].param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) == tensor
+
+
+class TiedTensorLR(ScriptedLoss):
+    """``ScriptedLoss`` with two param groups sharing torch's one ``lr`` tensor (the default)."""
+
+    def configure_optimizers(self) -> Any:
+        groups = [{"params": self.net[0].parameters()}, {"params": self.net[2].parameters()}]
+        return torch.optim.SGD(groups, lr=torch.tensor(0.08), momentum=0.9)
+
+    def on_train_epoch_end(self) -> None:
+        self.lr_after_eval.append([float(g["lr"]) for g in self.optimizers().param_groups])
+
+
+def test_groups_sharing_one_tensor_lr_are_reduced_once(tmp_path: Path) -> None:
+    # Each group's LR was multiplied in place in turn, so the shared tensor got factor ** 2
+    # (0.08 -> 0.02; torch's ReduceLROnPlateau does the same). Each group now has its own.
+    model = TiedTensorLR([1.0, 1.0, 1.0])
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[PerformanceScheduler(patience=1, min_delta=0.0)],
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
+    trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32))
+    expected = [[0.08, 0.08], [0.04, 0.04], [0.02, 0.02]]
+    assert model.lr_after_eval == [pytest.approx(lrs, rel=1e-6) for lrs in expected]
+    assert all(isinstance(g["lr"], torch.Tensor) for g in trainer.optimizers[0].param_groups)

@@ -67,6 +67,18 @@ def assign(old: Any, new: float) -> Any:
     return old.fill_(new) if isinstance(old, Tensor) else new
 
 
+def untie_tensor_lrs(optimizer: Optimizer) -> None:
+    """Give each param group of ``optimizer`` its own tensor LR: torch gives every group without
+    an ``lr`` of its own the optimizer's default, one tensor, which an in-place fill would set
+    for all of them at once (the last group's value; a reduction applied once per group)."""
+    seen: set[int] = set()
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], Tensor):
+            if id(group["lr"]) in seen:
+                group["lr"] = group["lr"].clone()
+            seen.add(id(group["lr"]))
+
+
 def set_momentum(group: dict[str, Any], value: float) -> None:
     """Set a param group's momentum (SGD/RMSprop ``momentum`` or Adam-family ``betas[0]``)."""
     if "momentum" in group:
@@ -194,7 +206,11 @@ class LRCallback(HookOwner):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         num_optimizers = len(trainer.optimizers)
-        if trainer.ckpt_path is not None and not self.restored:
+        if self.restored and not self.steps:
+            # A state saved before training started is no resume: Lightning's
+            # LearningRateFinder and BatchSizeFinder load back the one they took at fit start.
+            self.restored = False
+        elif trainer.ckpt_path is not None and not self.restored:
             rank_zero_warn(
                 f"{self.name}: the checkpoint {str(trainer.ckpt_path)!r} holds no state of "
                 f"{self.name}, so its schedule starts again at step 0 although the run resumes "
@@ -210,6 +226,8 @@ class LRCallback(HookOwner):
             )
         if not self.group_counts:  # a checkpoint's counts keep a resumed fit on its groups
             self.group_counts = [len(opt.param_groups) for opt in trainer.optimizers]
+        for optimizer in trainer.optimizers:
+            untie_tensor_lrs(optimizer)
         groups = self.groups(trainer)
         for k, group in enumerate(groups):
             if "lr_scale" in group:
@@ -338,4 +356,29 @@ class LRCallback(HookOwner):
                 f"param group an `lr_scale` (here {ratios}): the schedule's LR is multiplied by "
                 "it; or pass one schedule per param group (OneCycleScheduler: one `max_lr` per "
                 "group)."
+            )
+
+    def warn_if_momentum_overridden(
+        self, trainer: pl.Trainer, schedules: list[list[ScheduleLike]]
+    ) -> None:
+        """Warn when the schedules drive momentum (``momentum(0)`` is a number) of param groups
+        that have none (it cannot follow) or momentum 0 (it would be switched on); said in the
+        first fit, not again on resume."""
+        drivers = [getattr(s, "momentum", None) for group in schedules for s in group]
+        first = next((m(0) for m in drivers if callable(m) and m(0) is not None), None)
+        if first is None or self.restored:
+            return
+        groups = self.groups(trainer)
+        if any(momentum_key(group) is None for group in groups):
+            rank_zero_warn(
+                f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
+                "rate follows the schedule but its momentum cannot. Pass `cycle_momentum=False` "
+                "(a schedule without momentum) to silence this."
+            )
+        if any(group.get("momentum", None) == 0 for group in groups):
+            rank_zero_warn(
+                f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and the "
+                f"schedule's momentum ({first:g} at step 0) switches momentum on. Pass "
+                "`cycle_momentum=False` (a schedule without momentum) to train without momentum, "
+                "or give the optimizer a momentum to silence this."
             )

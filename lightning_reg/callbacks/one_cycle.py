@@ -7,17 +7,13 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import StochasticWeightAveraging
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, StochasticWeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._hooks import callbacks_of
 from lightning_reg._validation import check_int, check_positive
-from lightning_reg.callbacks._lr_base import (
-    LRCallback,
-    ScheduleLike,
-    momentum_key,
-)
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
@@ -40,6 +36,19 @@ def _check_max_lr(max_lr: Any) -> list[float] | Literal["auto"]:
     if not values:
         raise ValueError("`max_lr` must not be an empty sequence.")
     return [check_positive("max_lr", value) for value in values]
+
+
+def steps_in_epochs(trainer: pl.Trainer, epochs: int) -> int:
+    """The optimizer steps of the first ``epochs`` epochs: each epoch's batches over its
+    accumulation (that epoch's of a ``GradientAccumulationScheduler`` on the Trainer, if any)."""
+    schedulers = callbacks_of(trainer, GradientAccumulationScheduler)
+    accumulation = [
+        schedulers[0].get_accumulate_grad_batches(epoch)
+        if schedulers
+        else trainer.accumulate_grad_batches
+        for epoch in range(epochs)
+    ]
+    return sum(math.ceil(trainer.num_training_batches / n) for n in accumulation)
 
 
 class OneCycleScheduler(ScheduledLR):
@@ -88,7 +97,9 @@ class OneCycleScheduler(ScheduledLR):
             resumed run does not sweep again).
         total_steps: length of the cycle in optimizer steps, int >= 2. ``None`` (default) takes
             ``trainer.estimated_stepping_batches`` when training starts (the steps before
-            ``swa_epoch_start`` beside ``StochasticWeightAveraging``).
+            ``swa_epoch_start`` beside ``StochasticWeightAveraging``; each epoch's steps at its
+            own accumulation beside ``GradientAccumulationScheduler``; less the steps of earlier
+            fits of the same Trainer).
         start_lr: LR at step 0 and at the end of the descent. Default ``None``: ``max_lr / 10``.
         final_lr: LR at the end of the final phase. Default ``None``: ``start_lr / 1000``.
         final_steps: length of the final phase. Default ``None``: ``total_steps // 10 + 1``;
@@ -207,11 +218,22 @@ class OneCycleScheduler(ScheduledLR):
                 f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
                 "(under manual optimization `global_step` counts every optimizer's steps)"
             )
+        finite = math.isfinite(trainer.num_training_batches)
+        gas = callbacks_of(trainer, GradientAccumulationScheduler)
+        if gas and finite and trainer.max_epochs != -1:
+            # The Trainer's estimate takes the accumulation of now for every epoch.
+            estimate = steps_in_epochs(trainer, max(trainer.max_epochs or 1, 1))
+            if trainer.max_steps != -1:
+                estimate = min(estimate, trainer.max_steps)
+            source = "each epoch's batches over GradientAccumulationScheduler's accumulation"
         swa = callbacks_of(trainer, StochasticWeightAveraging)
-        if swa and math.isfinite(trainer.num_training_batches):
-            per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-            estimate = min(estimate, per_epoch * swa[0].swa_start)
+        if swa and finite:
+            estimate = min(estimate, steps_in_epochs(trainer, swa[0].swa_start))
             source = f"{source} up to `swa_epoch_start` (epoch {swa[0].swa_start})"
+        if trainer.global_step and not self.restored:
+            # A new fit of a Trainer that trained before goes on from its step: the steps left.
+            estimate -= trainer.global_step // num_optimizers
+            source = f"{source} less the {trainer.global_step} steps of the Trainer's earlier fits"
         if not math.isfinite(estimate) or estimate < 1:
             raise ValueError(
                 f"{self.name} could not size the cycle: {source} is {estimate} (an infinite or "
@@ -261,34 +283,14 @@ class OneCycleScheduler(ScheduledLR):
                 "a fit without `ckpt_path` (loading only the weights)."
             )
         self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
-        if not self.restored:
-            self.warn_if_momentum_switched_on(trainer)
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
         peaks = self.per_group("max_lr", self.config["max_lr"])
-        return [
+        cycles: list[list[ScheduleLike]] = [
             [OneCycle(steps, peak, **kwargs) for peak in group]
             for steps, group in zip(self.config["total_steps"], peaks, strict=True)
         ]
-
-    def warn_if_momentum_switched_on(self, trainer: pl.Trainer) -> None:
-        """Warn about optimizers whose momentum the cycle cannot drive, or would switch on."""
-        if not self.one_cycle_kwargs["cycle_momentum"]:
-            return
-        groups = self.groups(trainer)
-        if any(momentum_key(group) is None for group in groups):
-            rank_zero_warn(
-                f"{self.name}: an optimizer has neither `momentum` nor `betas`; its learning "
-                "rate follows the cycle but its momentum cannot. Pass `cycle_momentum=False` "
-                "to silence this."
-            )
-        if any(group.get("momentum", None) == 0 for group in groups):
-            rank_zero_warn(
-                f"{self.name}: an optimizer has momentum 0 (e.g. `SGD(momentum=0)`), and cycling "
-                f"momentum ({self.one_cycle_kwargs['max_momentum']} -> "
-                f"{self.one_cycle_kwargs['min_momentum']}) switches momentum on. Pass "
-                "`cycle_momentum=False` to train without momentum, or give the optimizer a "
-                "momentum to silence this."
-            )
+        self.warn_if_momentum_overridden(trainer, cycles)
+        return cycles
 
     @override
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:

@@ -52,7 +52,9 @@ class PerformanceScheduler(LRCallback):
     Every rank takes the same decision: the value is averaged across ranks with the strategy's
     ``reduce`` and rank 0's result is broadcast, so a metric logged without ``sync_dist`` cannot
     make ranks diverge. Lifecycle: each fit starts with no best value and no count unless a
-    checkpoint is restored; best value, counters and the step count are saved in checkpoints.
+    checkpoint is restored; best value, counters and the step count are saved in checkpoints,
+    with the ``monitor`` and ``mode`` the best belongs to (a resume watching another starts the
+    count afresh, with a warning).
 
     Args:
         monitor: key of the metric in ``trainer.callback_metrics``. Default ``"val_loss"``.
@@ -91,7 +93,10 @@ class PerformanceScheduler(LRCallback):
         100
     """
 
-    state_names = (*LRCallback.state_names, "best", "num_bad", "cooldown_counter", "num_reductions")
+    state_names = (
+        *LRCallback.state_names,
+        *("best", "num_bad", "cooldown_counter", "num_reductions", "watching"),
+    )
 
     def __init__(
         self,
@@ -133,6 +138,7 @@ class PerformanceScheduler(LRCallback):
         self.num_bad = 0
         self.cooldown_counter = 0
         self.num_reductions = 0
+        self.watching = {"monitor": self.monitor, "mode": self.mode}  # what `best` is a best of
 
     def is_improvement(self, value: float) -> bool:
         """Whether ``value`` beats the best so far by more than the threshold (NaN never does)."""
@@ -184,11 +190,21 @@ class PerformanceScheduler(LRCallback):
     @override
     def start(self, trainer: pl.Trainer) -> None:
         self.per_group("min_lr", self.min_lr)
+        now = {"monitor": self.monitor, "mode": self.mode}
+        if self.watching != now:  # a resume that watches another metric, or the other way
+            rank_zero_warn(
+                f"{self.name}: the checkpoint's plateau state (best {self.best:.6g}, "
+                f"{self.num_bad} bad evaluation(s)) is of {self.watching}, but this fit watches "
+                f"{now}; starting the plateau count afresh."
+            )
+            self.best = math.inf if self.mode == "min" else -math.inf
+            self.num_bad, self.cooldown_counter, self.watching = 0, 0, now
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         if self.schedule is not None:
             self.warn_if_ratio_erased(trainer)
             self.active = self.per_group("schedule", [self.schedule])
+            self.warn_if_momentum_overridden(trainer, self.active)
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
@@ -253,6 +269,13 @@ class PerformanceScheduler(LRCallback):
                 f"(available: {keys}). Log it with `self.log({self.monitor!r}, ...)` in your "
                 "LightningModule, or pass the right `monitor=`."
             )
+            if self.check_on == "train_epoch_end":
+                message += (
+                    " Lightning calls this check before the LightningModule's "
+                    "`on_train_epoch_end` (only EarlyStopping and ModelCheckpoint run after it), "
+                    "so a value logged there is missing at the first epoch and one epoch old "
+                    "after: log it in `training_step` with `on_epoch=True`."
+                )
             if self.strict:
                 raise MisconfigurationException(message + " Pass `strict=False` to only warn.")
             rank_zero_warn(message + " Skipping this check.")

@@ -134,6 +134,7 @@ class ScheduledLR(LRCallback):
                 f"{self.name}: the schedule differs from the one in the checkpoint ({changed}); "
                 f"continuing from the saved step count {self.steps} with the schedule given now."
             )
+        self.warn_if_momentum_overridden(trainer, schedules)
         return schedules
 
     def changed(self, now: dict[str, Any]) -> str:
