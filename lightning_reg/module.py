@@ -282,9 +282,10 @@ class WeightPenaltyMixin(pl.LightningModule):
         return value
 
     def penalty_param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer param groups: the penalized weights, then every other parameter with
-        ``weight_decay=0``. Needed for ``as_weight_decay=True``; keeps biases and normalization
-        parameters undecayed whatever ``weight_decay`` the optimizer gets.
+        """Optimizer param groups: the penalized weights (frozen ones included, as
+        ``as_weight_decay`` requires of every group holding a selected weight), then every other
+        parameter with ``weight_decay=0``. Needed for ``as_weight_decay=True``; keeps biases and
+        normalization parameters undecayed whatever ``weight_decay`` the optimizer gets.
 
         Examples:
             >>> from lightning.pytorch import LightningModule
@@ -295,7 +296,7 @@ class WeightPenaltyMixin(pl.LightningModule):
             >>> [len(g["params"]) for g in Net().penalty_param_groups()]
             [1, 1]
         """
-        weights = self._penalty.select(self)
+        weights = self._penalty.select(self, trainable_only=False)
         chosen = {id(w) for w in weights}
         others = [p for p in self.parameters() if id(p) not in chosen]
         groups: list[dict[str, Any]] = [{"params": weights}]
