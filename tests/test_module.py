@@ -197,6 +197,18 @@ def test_configure_callbacks_without_super_is_refused_by_name(tmp_path: Any) -> 
         _fit(NoSuper(), tmp_path)
 
 
+def test_max_norm_without_super_configure_callbacks_is_refused_by_name(tmp_path: Any) -> None:
+    class NoSuper(_Sub):
+        def configure_callbacks(self) -> Any:
+            return []
+
+    with pytest.raises(MisconfigurationException, match=r"no MaxNorm\(0.5\) callback"):
+        _fit(NoSuper(max_norm=0.5), tmp_path)
+    model = NoSuper(max_norm=0.5)  # the same bound on the Trainer applies it: accepted
+    _fit(model, tmp_path, steps=3, callbacks=[MaxNorm(0.5)])
+    assert model.head.weight.norm(dim=1).max().item() <= 0.5 + 1e-6
+
+
 def test_weight_decay_path_refuses_decoupled_and_mixed_groups(tmp_path: Any) -> None:
     class AdamW(_OwnStep):
         def configure_optimizers(self) -> torch.optim.Optimizer:
