@@ -435,7 +435,10 @@ class _FinetuneDecayRef(_Finetune):
             group["weight_decay"] = 0.0
 
 
-def test_weight_decay_route_resumes_after_backbone_finetuning_added_a_group(tmp_path: Any) -> None:
+@pytest.mark.parametrize(("new_l2", "new_fold"), [(L2, True), (L2, False), (3 * L2, True)])
+def test_weight_decay_route_resumes_after_backbone_finetuning_added_a_group(
+    new_l2: float, new_fold: bool, tmp_path: Any
+) -> None:
     def finetune() -> BackboneFinetuning:
         return BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda _: 1.0)
 
@@ -450,10 +453,20 @@ def test_weight_decay_route_resumes_after_backbone_finetuning_added_a_group(tmp_
         trainer.fit(model.double(), digits_loader(n=160), ckpt_path=ckpt)
         return recorder, trainer
 
-    ref, _ = resume(_FinetuneDecayRef(True))
-    got, trainer = resume(_FinetuneDecay(False))  # its restored group is still one added in fit
+    reference = _FinetuneDecayRef(True)
+    reference.factors = (0.0, new_l2)
+    model = _FinetuneDecay(False)
+    model.configure_penalty(l2=new_l2, as_weight_decay=new_fold)
+    ref, _ = resume(reference)
+    # BackboneFinetuning restores every group, the checkpoint's fold included, before the
+    # penalty's `on_fit_start`; its restored group is still one added during fit.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, trainer = resume(model)
     _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
-    assert [g["weight_decay"] for g in trainer.optimizers[0].param_groups] == [2 * L2, 0, 0]
+    decays = [g["weight_decay"] for g in trainer.optimizers[0].param_groups]
+    assert decays == [2 * new_l2 if new_fold else 0.0, 0, 0]
+    assert not [w for w in caught if "restored `weight_decay" in str(w.message)]
 
 
 class _SparseEmbedding(pl.LightningModule):

@@ -144,6 +144,10 @@ class WeightPenalty(HookOwner):
         for i, optimizer in enumerate(trainer.optimizers):
             for j, group in enumerate(optimizer.param_groups[: self._groups[i]]):
                 if any(id(p) in self._selected for p in group["params"]):
+                    if self._restored is not None and group.get("weight_decay") == self._restored:
+                        # The checkpoint's fold, which BackboneFinetuning restores before this
+                        # hook with the groups it added: not a decay `configure_optimizers` gave.
+                        group["weight_decay"] = 0.0
                     _refuse(trainer, optimizer, group, self._selected, self._fold)
                     if "weight_decay" in group:
                         self._configured[i, j] = group["weight_decay"]
