@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_reg._hooks import callbacks_of
 from lightning_reg._validation import check_int, check_non_negative, check_positive
 from lightning_reg.callbacks.max_norm import MaxNorm, beside_trainer_max_norms
 from lightning_reg.callbacks.weight_penalty import PenaltyConfig, WeightPenalty
@@ -282,9 +283,10 @@ class WeightPenaltyMixin(pl.LightningModule):
         return value
 
     def penalty_param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer param groups: the penalized weights, then every other parameter with
-        ``weight_decay=0``. Needed for ``as_weight_decay=True``; keeps biases and normalization
-        parameters undecayed whatever ``weight_decay`` the optimizer gets.
+        """Optimizer param groups: the penalized weights (frozen ones included, as
+        ``as_weight_decay`` requires of every group holding a selected weight), then every other
+        parameter with ``weight_decay=0``. Needed for ``as_weight_decay=True``; keeps biases and
+        normalization parameters undecayed whatever ``weight_decay`` the optimizer gets.
 
         Examples:
             >>> from lightning.pytorch import LightningModule
@@ -295,7 +297,7 @@ class WeightPenaltyMixin(pl.LightningModule):
             >>> [len(g["params"]) for g in Net().penalty_param_groups()]
             [1, 1]
         """
-        weights = self._penalty.select(self)
+        weights = self._penalty.select(self, trainable_only=False)
         chosen = {id(w) for w in weights}
         others = [p for p in self.parameters() if id(p) not in chosen]
         groups: list[dict[str, Any]] = [{"params": weights}]
@@ -342,10 +344,12 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
       activations get ``nn.Dropout``.
     * ``l1``/``l2`` configure :class:`WeightPenaltyMixin`; ``max_norm`` adds a
       :class:`~lightning_reg.callbacks.max_norm.MaxNorm` callback through
-      :meth:`configure_callbacks`; ``mc_samples`` makes ``Trainer.predict`` return Monte Carlo
-      dropout summaries (:class:`~lightning_reg.uncertainty.MCDropoutMixin`: set the class
-      attribute ``mc_task = "classification"`` or ``"regression"`` to say what they summarize).
-      Without ``mc_samples``, ``Trainer.predict`` returns the model's raw output.
+      :meth:`configure_callbacks` (a fit without it, when an override of that hook leaves out
+      ``super()``, raises in ``on_fit_start``); ``mc_samples`` makes ``Trainer.predict``
+      return Monte Carlo dropout summaries (:class:`~lightning_reg.uncertainty.MCDropoutMixin`:
+      set the class attribute ``mc_task = "classification"`` or ``"regression"`` to say what
+      they summarize). Without ``mc_samples``, ``Trainer.predict`` returns the model's raw
+      output.
     * ``save_hyperparameters()`` is called here, and it records the arguments of every subclass
       ``__init__`` on the way (Lightning walks the ``super().__init__`` call frames), so
       ``load_from_checkpoint`` rebuilds subclasses too. Call ``super().__init__`` with the
@@ -496,3 +500,18 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         if self.max_norm is not None:
             callbacks += beside_trainer_max_norms(MaxNorm(self.max_norm), self)
         return callbacks
+
+    @override
+    def on_fit_start(self) -> None:
+        """Check that ``MaxNorm(max_norm)`` is attached (``configure_callbacks`` calls
+        ``super()``): without it the bound would silently not apply."""
+        super().on_fit_start()
+        if self.max_norm is None:
+            return
+        key = MaxNorm(self.max_norm).state_key
+        if not any(cb.state_key == key for cb in callbacks_of(self.trainer, MaxNorm)):
+            raise MisconfigurationException(
+                f"{type(self).__name__}(max_norm={self.max_norm:g}) has no MaxNorm"
+                f"({self.max_norm:g}) callback on the Trainer to apply it: your "
+                "`configure_callbacks` must return `super().configure_callbacks()` among its own."
+            )

@@ -162,6 +162,21 @@ def test_weight_decay_path_sets_groups_and_keeps_l1_in_the_gradient(tmp_path: An
     torch.testing.assert_close(model.penalty(), value, rtol=1e-5, atol=0)
 
 
+def test_weight_decay_path_with_a_frozen_layer_in_penalty_param_groups(tmp_path: Any) -> None:
+    def trajectory(**penalty: Any) -> tuple[list[torch.Tensor], pl.Trainer]:
+        model = _OwnStep(l1=0.0, l2=L2, **penalty)
+        model.net[0].requires_grad_(False)  # frozen when `configure_optimizers` runs
+        trainer = _fit(model, tmp_path / str(penalty), steps=6)
+        return [p.detach() for p in model.parameters()], trainer
+
+    loss_path, _ = trajectory()
+    decay_path, trainer = trajectory(as_weight_decay=True)
+    for a, b in zip(loss_path, decay_path, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    groups = trainer.optimizers[0].param_groups  # the frozen kernel sits with the penalized ones
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(2, 2 * L2), (2, 0.0)]
+
+
 def test_weight_decay_folded_even_when_on_fit_start_is_overridden(tmp_path: Any) -> None:
     class NoSuper(_OwnStep):
         def on_fit_start(self) -> None:
@@ -180,6 +195,18 @@ def test_configure_callbacks_without_super_is_refused_by_name(tmp_path: Any) -> 
 
     with pytest.raises(MisconfigurationException, match=r"return `super\(\).configure_callbacks"):
         _fit(NoSuper(), tmp_path)
+
+
+def test_max_norm_without_super_configure_callbacks_is_refused_by_name(tmp_path: Any) -> None:
+    class NoSuper(_Sub):
+        def configure_callbacks(self) -> Any:
+            return []
+
+    with pytest.raises(MisconfigurationException, match=r"no MaxNorm\(0.5\) callback"):
+        _fit(NoSuper(max_norm=0.5), tmp_path)
+    model = NoSuper(max_norm=0.5)  # the same bound on the Trainer applies it: accepted
+    _fit(model, tmp_path, steps=3, callbacks=[MaxNorm(0.5)])
+    assert model.head.weight.norm(dim=1).max().item() <= 0.5 + 1e-6
 
 
 def test_weight_decay_path_refuses_decoupled_and_mixed_groups(tmp_path: Any) -> None:

@@ -424,6 +424,51 @@ def test_weight_decay_route_reaches_a_param_group_added_during_fit(
     assert decays == ([2 * L2, 0, 0, 0] if unfreeze == "own_groups" else [2 * L2, 0, 0])
 
 
+class _FinetuneDecayRef(_Finetune):
+    """The loss route with ``_FinetuneDecay``'s param groups, resumed from its checkpoint: the
+    folded decay the checkpoint restores is reset to 0."""
+
+    configure_optimizers = _FinetuneDecay.configure_optimizers
+
+    def on_train_start(self) -> None:
+        for group in self.trainer.optimizers[0].param_groups:
+            group["weight_decay"] = 0.0
+
+
+@pytest.mark.parametrize(("new_l2", "new_fold"), [(L2, True), (L2, False), (3 * L2, True)])
+def test_weight_decay_route_resumes_after_backbone_finetuning_added_a_group(
+    new_l2: float, new_fold: bool, tmp_path: Any
+) -> None:
+    def finetune() -> BackboneFinetuning:
+        return BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda _: 1.0)
+
+    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[finetune()])
+    trainer.fit(_FinetuneDecay(False).double(), digits_loader(n=160))
+    ckpt = tmp_path / "unfrozen.ckpt"
+    trainer.save_checkpoint(ckpt)  # the backbone's group (weight and bias) added during fit
+
+    def resume(model: Any) -> Any:
+        recorder = _Recorder()
+        trainer = make_trainer(tmp_path, max_epochs=3, callbacks=[finetune(), recorder])
+        trainer.fit(model.double(), digits_loader(n=160), ckpt_path=ckpt)
+        return recorder, trainer
+
+    reference = _FinetuneDecayRef(True)
+    reference.factors = (0.0, new_l2)
+    model = _FinetuneDecay(False)
+    model.configure_penalty(l2=new_l2, as_weight_decay=new_fold)
+    ref, _ = resume(reference)
+    # BackboneFinetuning restores every group, the checkpoint's fold included, before the
+    # penalty's `on_fit_start`; its restored group is still one added during fit.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, trainer = resume(model)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+    decays = [g["weight_decay"] for g in trainer.optimizers[0].param_groups]
+    assert decays == [2 * new_l2 if new_fold else 0.0, 0, 0]
+    assert not [w for w in caught if "restored `weight_decay" in str(w.message)]
+
+
 class _SparseEmbedding(pl.LightningModule):
     """Digits pixels (0..16) through ``nn.Embedding(sparse=True)``: sparse embedding gradients."""
 

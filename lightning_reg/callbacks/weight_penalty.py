@@ -75,11 +75,13 @@ class WeightPenalty(HookOwner):
       optimizer state (in ``on_train_start``), so a resumed fit trains as its own configuration
       says; a restored decay that neither the checkpoint's fold nor ``configure_optimizers``
       explains is named in a warning. A param group added during fit takes l2 through the
-      gradient unless its ``weight_decay`` already is the fold.
+      gradient unless its ``weight_decay`` already is the fold; the checkpoint keeps how many
+      groups each optimizer had at fit start, so a group that ``BackboneFinetuning`` restores
+      when a fit resumes is still one added during fit.
 
     Example:
         >>> WeightPenalty().state_dict()
-        {'fold': None}
+        {'fold': None, 'groups': []}
     """
 
     def __init__(self) -> None:
@@ -89,21 +91,24 @@ class WeightPenalty(HookOwner):
         self._selected: set[int] = set()  # their ids
         self._fold: float | None = None  # the `weight_decay` l2 is folded into (2 * l2)
         self._restored: float | None = None  # the checkpoint's fold
+        # Per optimizer, the param groups `configure_optimizers` gave it (the rest: added in fit).
+        self._groups: list[int] = []
         # The `weight_decay` that `configure_optimizers` gave each group holding selected weights.
         self._configured: dict[tuple[int, int], float] = {}
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"fold": self._fold}
+        return {"fold": self._fold, "groups": list(self._groups)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict.get("fold")
+        self._groups = list(state_dict.get("groups", []))
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = _config(pl_module)
-        self._restored = None
+        self._restored, self._groups = None, []
         if stage != "fit" or not (config.l1 or config.l2):
             return
         refuse_fsdp1(trainer, "The weight penalty", "each rank holds a slice of flat parameters")
@@ -119,6 +124,9 @@ class WeightPenalty(HookOwner):
         self.release(trainer, pl_module)
         pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
         self._backwards, self._configured = 0, {}
+        counts = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
+        if len(self._groups) != len(counts):  # a checkpoint's counts: groups added in its fit
+            self._groups = counts  # are not configured ones (BackboneFinetuning restores them)
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
         on = config.l1 or config.l2
         self._weights = config.select(pl_module, trainable_only=False) if on else []
@@ -134,8 +142,12 @@ class WeightPenalty(HookOwner):
                 default = "DEFAULT_PENALIZED_MODULES"
                 rank_zero_warn(outside_message(who, pl_module, outside, default, how))
         for i, optimizer in enumerate(trainer.optimizers):
-            for j, group in enumerate(optimizer.param_groups):
+            for j, group in enumerate(optimizer.param_groups[: self._groups[i]]):
                 if any(id(p) in self._selected for p in group["params"]):
+                    if self._restored is not None and group.get("weight_decay") == self._restored:
+                        # The checkpoint's fold, which BackboneFinetuning restores before this
+                        # hook with the groups it added: not a decay `configure_optimizers` gave.
+                        group["weight_decay"] = 0.0
                     _refuse(trainer, optimizer, group, self._selected, self._fold)
                     if "weight_decay" in group:
                         self._configured[i, j] = group["weight_decay"]
