@@ -170,7 +170,7 @@ class WeightPenaltyMixin(pl.LightningModule):
             if not any(started):
                 why = "the penalty was off (l1 = l2 = 0) when this fit started"
             elif name == "l2" and config.as_weight_decay:
-                why = "with `as_weight_decay=True` l2 was folded into the optimizer's weight_decay"
+                why = "with `as_weight_decay=True` l2 is the optimizer's weight_decay, set"
         if why:
             raise RuntimeError(
                 f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "

@@ -556,7 +556,7 @@ def _set_l2(module: Any) -> None:
 @pytest.mark.parametrize(
     ("cls", "change", "match"),
     [
-        (_StepDecay, _set_l2, "folded into the optimizer's weight_decay"),
+        (_StepDecay, _set_l2, "l2 is the optimizer's weight_decay, set"),
         (_StepOff, _set_l2, r"the penalty was off \(l1 = l2 = 0\)"),
         (_Step, lambda m: m.configure_penalty(l2=0.5), "cannot be called during fit"),
     ],
