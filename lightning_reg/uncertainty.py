@@ -51,7 +51,7 @@ DROPOUT_MODULES: tuple[type[nn.Module], ...] = (
 """Torch's dropout modules (``MCDropout`` subclasses ``nn.Dropout``). They are sampled like every
 other dropout the model applies in train mode; this list only serves to name them in warnings."""
 
-STATISTICS_MODULES: tuple[type[nn.Module], ...] = (
+_BATCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,
@@ -59,6 +59,10 @@ STATISTICS_MODULES: tuple[type[nn.Module], ...] = (
     nn.LazyBatchNorm2d,
     nn.LazyBatchNorm3d,
     nn.SyncBatchNorm,
+)
+
+STATISTICS_MODULES: tuple[type[nn.Module], ...] = (
+    *_BATCH_NORMS,
     nn.InstanceNorm1d,
     nn.InstanceNorm2d,
     nn.InstanceNorm3d,
@@ -670,6 +674,27 @@ def _dropout_sources(model: nn.Module) -> list[str]:
     return found
 
 
+def _batch_statistics_pass(model: nn.Module, rows: int, batch_size: int | None) -> int | None:
+    """``batch_size``, or ``rows`` when ``model`` has BatchNorm layers without running
+    statistics: in eval mode too they normalize with the statistics of the batch, so a pass
+    must hold one sample of all the input's rows (the plain loop), never copies or a chunk."""
+    names = [
+        f"`{name or 'model'}` ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if isinstance(module, _BATCH_NORMS) and module.running_mean is None
+    ]
+    if not names:
+        return batch_size
+    if batch_size is not None and batch_size < rows:
+        raise ValueError(
+            f"`batch_size={batch_size}` is below the input's {rows} rows, but "
+            f"{', '.join(names)} normalize with the statistics of the batch "
+            "(track_running_stats=False), so each forward pass must hold all the rows: leave "
+            "`batch_size` unset or pass a smaller input."
+        )
+    return rows
+
+
 def _sequence_first_layers(model: nn.Module) -> list[str]:
     """``name (Type)`` of the attention and recurrent layers that take the batch as dim 1
     (``batch_first=False``, torch's default for them)."""
@@ -745,11 +770,14 @@ def mc_dropout_predict(
     many samples, up to ``batch_size`` rows at a time (by default as many as the activations'
     bytes allow; a chunk of the input's rows per pass when one row's activations are large).
     The model must treat the rows of a batch independently (true of dropout, linear,
-    convolution, attention and recurrent layers, and of BatchNorm in eval mode). For a plain
-    ``nn.Sequential`` with the batch first, the leading layers that cannot draw randomness
-    (linear, convolution, pooling, normalization, activation layers of torch's own types) run
-    once on the input itself and only their output is replicated: a CNN with dropout in its head
-    pays for its convolutions once. A LightningModule with :class:`MCDropoutMixin` can point at
+    convolution, attention and recurrent layers, and of BatchNorm in eval mode). A BatchNorm
+    without running statistics (``track_running_stats=False``) normalizes with the batch's
+    statistics in eval mode too, so with one in the model each pass is one sample of all the
+    input's rows, as the plain loop runs it. For a plain ``nn.Sequential`` with the batch
+    first, the leading layers that cannot draw randomness (linear, convolution, pooling,
+    normalization, activation layers of torch's own types) run once on the input itself and
+    only their output is replicated: a CNN with dropout in its head pays for its convolutions
+    once. A LightningModule with :class:`MCDropoutMixin` can point at
     its Sequential body with :meth:`MCDropoutMixin.mc_dropout_module`.
 
     Args:
@@ -804,8 +832,9 @@ def mc_dropout_predict(
         TypeError: if an integer argument is not an integer, ``from_logits`` or
             ``return_samples`` is not a bool, or the selected input is not a tensor.
         ValueError: if ``task`` is not in :data:`TASKS`, an integer argument is out of range,
-            a dict batch comes without ``input_key``, ``input_key`` selects nothing, or the
-            input or output has no such batch dimension.
+            a dict batch comes without ``input_key``, ``input_key`` selects nothing, the
+            input or output has no such batch dimension, or ``batch_size`` is below the
+            input's rows while a BatchNorm has no running statistics.
 
     Example:
         >>> import torch
@@ -846,6 +875,7 @@ def mc_dropout_predict(
             f"The input must have a non-empty batch dimension {batch_dim}, got shape "
             f"{tuple(x.shape)}."
         )
+    batch_size = _batch_statistics_pass(model, x.shape[batch_dim], batch_size)
     body = model.mc_dropout_module() if isinstance(model, MCDropoutMixin) else model
     masks = _FastMasks() if fast_masks else contextlib.nullcontext()
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):

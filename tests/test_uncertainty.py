@@ -243,6 +243,24 @@ def test_batchnorm_and_instancenorm_stay_in_eval_and_their_statistics_are_untouc
     assert all(m.training for m in model.modules())
 
 
+def test_batchnorm_without_running_statistics_gets_one_sample_of_all_rows_per_pass() -> None:
+    """A BatchNorm without running statistics normalizes with the batch's statistics even in
+    eval mode, so a pass holding the copies of other samples, or a chunk of the rows, would
+    change every sample: each pass is one sample of all the input's rows, the user's loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 16), nn.Dropout(0.5), nn.BatchNorm1d(16, track_running_stats=False),
+        nn.Linear(16, 3),
+    )  # fmt: skip
+    x, _ = digits(8)
+    torch.manual_seed(7)
+    result = mc_dropout_predict(model, x, n_samples=5, task="regression", return_samples=True)
+    torch.manual_seed(7)
+    torch.testing.assert_close(result.samples, _reference(model, x, 5, softmax=False))
+    with pytest.raises(ValueError, match=r"batch_size=4.*8 rows.*`2` \(BatchNorm1d\)"):
+        mc_dropout_predict(model, x, n_samples=5, task="regression", batch_size=4)
+
+
 class _Boom(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("boom")
