@@ -13,6 +13,7 @@ from typing import Literal, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from lightning_reg._validation import check_int, check_number
 
@@ -239,7 +240,9 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
       ``xavier_uniform_``.
 
     Biases are set to zero. ``"default"`` leaves the module untouched. Lazy (uninitialized)
-    parameters are skipped.
+    parameters are skipped. A parametrized weight (``torch.nn.utils.parametrize``, e.g. weight
+    normalization) is drawn whole and assigned, so the parametrization's ``right_inverse`` sets
+    its originals.
 
     Args:
         module: the module to initialize (itself and all its submodules). Required.
@@ -250,7 +253,8 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
         ``module`` itself.
 
     Raises:
-        TypeError: if ``init`` or ``activation`` is not a string.
+        TypeError: if ``init`` or ``activation`` is not a string, or a weight is computed by
+            the forward pre-hook of the deprecated ``torch.nn.utils.weight_norm``.
         ValueError: if ``init`` or ``activation`` is unknown.
 
     Examples:
@@ -263,14 +267,25 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
     if preset == "default":
         return module
     with torch.no_grad():
-        for layer in module.modules():
+        for name, layer in module.named_modules():
             if not isinstance(layer, INIT_MODULES):
                 continue
             weight = cast(Tensor, layer.weight)
             bias = cast("Tensor | None", layer.bias)
             if nn.parameter.is_lazy(weight):
                 continue
-            _init_weight_(weight, preset, activation)
+            if parametrize.is_parametrized(layer, "weight"):
+                drawn = torch.empty_like(weight)
+                _init_weight_(drawn, preset, activation)
+                layer.weight = drawn  # the parametrization's right_inverse sets its originals
+            elif isinstance(weight, nn.Parameter):
+                _init_weight_(weight, preset, activation)
+            else:
+                raise TypeError(
+                    f"The weight of `{name or 'module'}` ({type(layer).__name__}) is computed "
+                    "from other parameters by a forward pre-hook (torch.nn.utils.weight_norm), "
+                    "which an init cannot reach: use torch.nn.utils.parametrizations.weight_norm."
+                )
             if bias is not None and not nn.parameter.is_lazy(bias):
                 bias.zero_()
     return module

@@ -138,6 +138,26 @@ def test_init_conv_uses_receptive_field_and_default_keeps_torch_init() -> None:
     assert nn.parameter.is_lazy(lazy.weight)
 
 
+def test_init_reaches_parametrized_weights_through_right_inverse() -> None:
+    """A parametrized weight is drawn whole and assigned, so the parametrization's
+    ``right_inverse`` sets its originals (weight norm: ``g`` and ``v``); writing into the
+    evaluated ``layer.weight`` changed nothing."""
+    layer = nn.utils.parametrizations.weight_norm(nn.Linear(256, 128))
+    spectral = nn.utils.parametrizations.spectral_norm(nn.Linear(256, 128))
+    expected = torch.empty(128, 256)
+    torch.manual_seed(3)
+    nn.init.kaiming_normal_(expected, nonlinearity="relu")
+    for module in (layer, spectral):
+        torch.manual_seed(3)
+        init_weights_(module, "he_normal", "relu")
+    torch.testing.assert_close(layer.weight, expected)
+    torch.testing.assert_close(spectral.parametrizations.weight.original, expected)
+    with pytest.warns(FutureWarning):
+        hooked = nn.utils.weight_norm(nn.Linear(4, 4))  # the deprecated hook form
+    with pytest.raises(TypeError, match=r"`0` \(Linear\).*parametrizations.weight_norm"):
+        init_weights_(nn.Sequential(hooked), "he_normal", "relu")
+
+
 def test_dense_block_structure_and_validation() -> None:
     block = dense_block(64, 128, activation="relu", dropout=0.25)
     assert [type(m) for m in block] == [nn.Linear, nn.ReLU, nn.Dropout]
