@@ -7,6 +7,7 @@ kernel_initializer=...)`` idiom. Everything here works on plain ``nn.Module`` ob
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal, cast
 
@@ -89,6 +90,8 @@ INIT_MODULES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose3d,
 )
 """Layer types whose weights :func:`init_weights_` initializes (biases are set to zero)."""
+
+_TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 class MCDropout(nn.Dropout):
@@ -212,13 +215,21 @@ def resolve_init(init: str, activation: str) -> str:
     return init
 
 
-def _init_weight_(weight: Tensor, preset: str, activation: str) -> None:
-    """Draw ``weight`` from a resolved preset with ``torch.nn.init`` (torch's own fans)."""
+def _init_weight_(weight: Tensor, preset: str, activation: str, fan_in: int | None) -> None:
+    """Draw ``weight`` from a resolved preset with ``torch.nn.init`` (torch's own fans, or
+    ``fan_in`` for He and LeCun when given)."""
     nonlinearity, slope = _NONLINEARITY[activation]
     if preset.startswith("lecun"):
         nonlinearity, slope = "linear", 0.0
-    if preset.startswith(("he", "lecun")):
-        init = nn.init.kaiming_uniform_ if preset.endswith("uniform") else nn.init.kaiming_normal_
+    uniform = preset.endswith("uniform")
+    if preset.startswith(("he", "lecun")) and fan_in is not None:
+        std = nn.init.calculate_gain(nonlinearity, slope) / math.sqrt(fan_in)
+        if uniform:
+            nn.init.uniform_(weight, -math.sqrt(3.0) * std, math.sqrt(3.0) * std)
+        else:
+            nn.init.normal_(weight, 0.0, std)
+    elif preset.startswith(("he", "lecun")):
+        init = nn.init.kaiming_uniform_ if uniform else nn.init.kaiming_normal_
         init(weight, a=slope, mode="fan_in", nonlinearity=nonlinearity)
     elif preset == "glorot_uniform":
         nn.init.xavier_uniform_(weight)
@@ -230,12 +241,17 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
     """Initialize, in place, every Linear/Conv/ConvTranspose weight of ``module`` with a preset.
 
     Normal presets draw ``N(0, std**2)`` (not truncated); uniform presets draw from ``U(-a, a)``
-    with ``a = sqrt(3) * std``, the same variance. The draws are ``torch.nn.init``'s, with its fans:
+    with ``a = sqrt(3) * std``, the same variance. The draws are ``torch.nn.init``'s, with its fans
+    (but for a ConvTranspose's He and LeCun fan-in, below):
 
     * He: ``std = gain / sqrt(fan_in)``, ``gain`` from :func:`activation_gain` (sqrt(2) for ReLU,
       ELU, GELU, SiLU...): ``nn.init.kaiming_normal_``/``kaiming_uniform_`` with
       ``mode="fan_in"``;
     * LeCun: ``std = 1 / sqrt(fan_in)``: the same with ``nonlinearity="linear"``;
+    * for a ConvTranspose, whose weight is ``(in, out / groups, *kernel)``, He and LeCun take
+      ``fan_in = in_channels / groups * kernel size`` (the inputs each output sees at stride
+      1; torch's fan-in would count output channels) and draw with ``nn.init.normal_`` /
+      ``uniform_``;
     * Glorot: ``std = sqrt(2 / (fan_in + fan_out))``: ``nn.init.xavier_normal_``/
       ``xavier_uniform_``.
 
@@ -274,12 +290,15 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
             bias = cast("Tensor | None", layer.bias)
             if nn.parameter.is_lazy(weight):
                 continue
+            fan_in = None  # torch's: weight.size(1) * kernel size
+            if isinstance(layer, _TRANSPOSED_CONVS):  # weight (in, out / groups, *kernel)
+                fan_in = weight.shape[0] // cast(int, layer.groups) * weight[0, 0].numel()
             if parametrize.is_parametrized(layer, "weight"):
                 drawn = torch.empty_like(weight)
-                _init_weight_(drawn, preset, activation)
+                _init_weight_(drawn, preset, activation, fan_in)
                 layer.weight = drawn  # the parametrization's right_inverse sets its originals
             elif isinstance(weight, nn.Parameter):
-                _init_weight_(weight, preset, activation)
+                _init_weight_(weight, preset, activation, fan_in)
             else:
                 raise TypeError(
                     f"The weight of `{name or 'module'}` ({type(layer).__name__}) is computed "

@@ -138,6 +138,32 @@ def test_init_conv_uses_receptive_field_and_default_keeps_torch_init() -> None:
     assert nn.parameter.is_lazy(lazy.weight)
 
 
+@pytest.mark.parametrize("groups", [1, 4])
+def test_he_and_lecun_fan_in_of_a_transposed_convolution_counts_its_input_channels(
+    groups: int,
+) -> None:
+    """A ConvTranspose weight is ``(in, out / groups, *kernel)``, so torch's fan-in
+    (``weight.size(1) * kernel``) counts output channels: 64 -> 8 channels came out with 8
+    times the variance. LeCun keeps the output variance of a standardized input at 1."""
+    layer = nn.ConvTranspose2d(64, 8 * groups, 3, groups=groups)
+    torch.manual_seed(0)
+    init_weights_(layer, "lecun_normal", "selu")
+    fan_in = 64 // groups * 9
+    expected = torch.empty_like(layer.weight)
+    torch.manual_seed(0)
+    nn.init.normal_(expected, 0.0, fan_in**-0.5)
+    torch.testing.assert_close(layer.weight, expected)
+    torch.manual_seed(0)
+    init_weights_(layer, "he_uniform", "relu")
+    bound = math.sqrt(3) * math.sqrt(2 / fan_in)
+    torch.manual_seed(0)
+    torch.testing.assert_close(layer.weight, torch.empty_like(expected).uniform_(-bound, bound))
+    init_weights_(layer, "lecun_normal", "selu")
+    with torch.no_grad():
+        out = layer(torch.randn(256, 64, 10, 10))[..., 2:-2, 2:-2]  # every tap inside
+    assert out.var().item() == pytest.approx(1.0, rel=0.1)
+
+
 def test_init_reaches_parametrized_weights_through_right_inverse() -> None:
     """A parametrized weight is drawn whole and assigned, so the parametrization's
     ``right_inverse`` sets its originals (weight norm: ``g`` and ``v``); writing into the
