@@ -8,6 +8,7 @@ kernel_initializer=...)`` idiom. Everything here works on plain ``nn.Module`` ob
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Literal, cast
 
@@ -255,10 +256,10 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
     * Glorot: ``std = sqrt(2 / (fan_in + fan_out))``: ``nn.init.xavier_normal_``/
       ``xavier_uniform_``.
 
-    Biases are set to zero. ``"default"`` leaves the module untouched. Lazy (uninitialized)
-    parameters are skipped. A parametrized weight (``torch.nn.utils.parametrize``, e.g. weight
-    normalization) is drawn whole and assigned, so the parametrization's ``right_inverse`` sets
-    its originals.
+    Biases are set to zero. ``"default"`` leaves the module untouched. A lazy layer not yet
+    materialized is skipped with a ``UserWarning`` naming it (it would keep PyTorch's init). A
+    parametrized weight (``torch.nn.utils.parametrize``, e.g. weight normalization) is drawn
+    whole and assigned, so the parametrization's ``right_inverse`` sets its originals.
 
     Args:
         module: the module to initialize (itself and all its submodules). Required.
@@ -289,6 +290,13 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
             weight = cast(Tensor, layer.weight)
             bias = cast("Tensor | None", layer.bias)
             if nn.parameter.is_lazy(weight):
+                warnings.warn(
+                    f"`{name or 'module'}` ({type(layer).__name__}) has no weight yet, so it "
+                    f"keeps PyTorch's init, not {preset!r}: initialize it after a forward pass "
+                    "has materialized it (or give it its input size).",
+                    UserWarning,
+                    stacklevel=2,
+                )
                 continue
             fan_in = None  # torch's: weight.size(1) * kernel size
             if isinstance(layer, _TRANSPOSED_CONVS):  # weight (in, out / groups, *kernel)

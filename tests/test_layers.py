@@ -134,8 +134,9 @@ def test_init_conv_uses_receptive_field_and_default_keeps_torch_init() -> None:
     before = [p.clone() for p in layer.parameters()]
     init_weights_(layer, "default", "relu")
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
-    lazy = init_weights_(nn.LazyLinear(4), "he_normal", "relu")
-    assert nn.parameter.is_lazy(lazy.weight)
+    with pytest.warns(UserWarning, match=r"`1` \(LazyLinear\).*after a forward pass"):
+        lazy = init_weights_(nn.Sequential(nn.Linear(4, 4), nn.LazyLinear(4)), "he_normal")
+    assert nn.parameter.is_lazy(lazy[1].weight)
 
 
 @pytest.mark.parametrize("groups", [1, 4])
