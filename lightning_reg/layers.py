@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lightning_reg._validation import check_int, check_number
+from lightning_reg._validation import check_bool, check_int, check_number
 
 __all__ = [
     "ACTIVATIONS",
@@ -348,7 +348,8 @@ def dense_block(
         ``nn.Sequential(Linear, activation[, dropout])``.
 
     Raises:
-        TypeError: if a width is not an integer or a name is not a string.
+        TypeError: if a width is not an integer, a name is not a string or ``mc`` is not a
+            bool.
         ValueError: if a width is < 1, ``dropout`` is outside ``[0, 1)`` or a name is unknown.
 
     Example:
@@ -359,6 +360,7 @@ def dense_block(
     check_int("in_features", in_features, 1)
     check_int("out_features", out_features, 1)
     p = _check_dropout(dropout)
+    check_bool("mc", mc)
     preset = resolve_init(init, activation)
     linear = init_weights_(nn.Linear(in_features, out_features), preset, activation)
     layers: list[nn.Module] = [linear, ACTIVATIONS[activation]()]

@@ -202,6 +202,8 @@ def test_dense_block_structure_and_validation() -> None:
         dense_block(8, 0)
     with pytest.raises(ValueError, match="`init` must be one of"):
         dense_block(8, 8, init="orthogonal")
+    with pytest.raises(TypeError, match="`mc` must be a bool, got 'no'"):
+        dense_block(8, 8, dropout=0.5, mc="no")  # type: ignore[arg-type]
 
 
 def test_selu_lecun_preset_self_normalizes_through_20_layers() -> None:
