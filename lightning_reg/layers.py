@@ -256,7 +256,9 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
     * Glorot: ``std = sqrt(2 / (fan_in + fan_out))``: ``nn.init.xavier_normal_``/
       ``xavier_uniform_``.
 
-    Biases are set to zero. ``"default"`` leaves the module untouched. A lazy layer not yet
+    Biases are set to zero. ``"default"`` leaves the module untouched. Other layers with weight
+    matrices (``nn.Embedding``, ``nn.LSTM``, ``nn.Bilinear``, ``nn.MultiheadAttention``'s
+    in-projection) keep PyTorch's init, with a ``UserWarning`` naming them. A lazy layer not yet
     materialized is skipped with a ``UserWarning`` naming it (it would keep PyTorch's init). A
     parametrized weight (``torch.nn.utils.parametrize``, e.g. weight normalization) is drawn
     whole and assigned, so the parametrization's ``right_inverse`` sets its originals.
@@ -315,6 +317,20 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
                 )
             if bias is not None and not nn.parameter.is_lazy(bias):
                 bias.zero_()
+    others = [
+        f"`{name or 'module'}` ({type(layer).__name__})"
+        for name, layer in module.named_modules()
+        if not isinstance(layer, (*INIT_MODULES, parametrize.ParametrizationList))
+        and any(not nn.parameter.is_lazy(p) and p.dim() >= 2 for p in layer.parameters(False))
+    ]
+    if others:
+        warnings.warn(
+            f"{', '.join(others)} keep PyTorch's init: the {preset!r} preset covers Linear, Conv "
+            "and ConvTranspose weights only; initialize their weight matrices with torch.nn.init "
+            "if PyTorch's init is not what you want.",
+            UserWarning,
+            stacklevel=2,
+        )
     return module
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -176,13 +177,32 @@ def test_init_reaches_parametrized_weights_through_right_inverse() -> None:
     nn.init.kaiming_normal_(expected, nonlinearity="relu")
     for module in (layer, spectral):
         torch.manual_seed(3)
-        init_weights_(module, "he_normal", "relu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the parametrizations' originals are not named
+            init_weights_(module, "he_normal", "relu")
     torch.testing.assert_close(layer.weight, expected)
     torch.testing.assert_close(spectral.parametrizations.weight.original, expected)
     with pytest.warns(FutureWarning):
         hooked = nn.utils.weight_norm(nn.Linear(4, 4))  # the deprecated hook form
     with pytest.raises(TypeError, match=r"`0` \(Linear\).*parametrizations.weight_norm"):
         init_weights_(nn.Sequential(hooked), "he_normal", "relu")
+
+
+def test_init_names_the_weight_matrices_it_leaves_at_pytorchs_init() -> None:
+    """Only Linear/Conv/ConvTranspose weights get the preset: an LSTM, an embedding or an
+    attention's in-projection in the module keeps PyTorch's init, and a warning names them."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.LSTM(8, 8), nn.MultiheadAttention(8, 2))
+    lstm = [p.clone() for p in model[1].parameters()]
+    in_proj = model[2].in_proj_weight.clone()
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"`1` \(LSTM\), `2` \(MultiheadAttention\) keep"):
+        init_weights_(model, "he_normal", "relu")
+    assert all(torch.equal(a, b) for a, b in zip(lstm, model[1].parameters(), strict=True))
+    assert torch.equal(in_proj, model[2].in_proj_weight)
+    expected = torch.empty(8, 8)
+    torch.manual_seed(0)
+    nn.init.kaiming_normal_(expected, nonlinearity="relu")
+    assert torch.equal(model[0].weight, expected)
 
 
 def test_dense_block_structure_and_validation() -> None:
