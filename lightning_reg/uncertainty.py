@@ -833,8 +833,10 @@ def mc_dropout_predict(
             ``return_samples`` is not a bool, or the selected input is not a tensor.
         ValueError: if ``task`` is not in :data:`TASKS`, an integer argument is out of range,
             a dict batch comes without ``input_key``, ``input_key`` selects nothing, the
-            input or output has no such batch dimension, or ``batch_size`` is below the
-            input's rows while a BatchNorm has no running statistics.
+            input or output has no such batch dimension, ``batch_size`` is below the
+            input's rows while a BatchNorm has no running statistics, or a classifier's output
+            has a last dimension of size 1 (one logit or probability: no distribution over
+            classes).
 
     Example:
         >>> import torch
@@ -881,6 +883,13 @@ def mc_dropout_predict(
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):
         with masks:
             samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
+        if task == "classification" and samples.shape[-1] < 2:
+            raise ValueError(
+                "`task='classification'` reads the output's last dimension as classes, but it "
+                f"has size 1 (one output of shape {tuple(samples.shape[1:])}): return the logits "
+                "or probabilities of both classes of a binary classifier (for a logit z, "
+                "torch.cat([torch.zeros_like(z), z], -1)), or use `task='regression'`."
+            )
         if task == "classification" and from_logits:
             samples = samples.softmax(-1)
         result = _summarize(samples, task, return_samples)

@@ -377,6 +377,20 @@ def test_from_logits_false_for_models_returning_probabilities() -> None:
     torch.testing.assert_close(probs.samples, raw.samples)
 
 
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_classification_with_one_output_column_raises(from_logits: bool) -> None:
+    """A binary classifier's single logit or probability is no distribution over classes: a
+    softmax over it gave probability 1 with zero spread (and a warning blaming the dropout),
+    probabilities gave the entropy ``-p log p`` of one class."""
+    model = nn.Sequential(nn.Linear(64, 16), nn.Dropout(0.3), nn.Linear(16, 1))
+    if not from_logits:
+        model.append(nn.Sigmoid())
+    x, _ = digits(8)
+    with pytest.raises(ValueError, match=r"last dimension.*size 1.*\(8, 1\).*both classes"):
+        mc_dropout_predict(model, x, 5, task="classification", from_logits=from_logits)
+    assert mc_dropout_predict(model, x, 5, task="regression").std.min() > 0
+
+
 # ------------------------------------------------------------------ inputs
 
 
