@@ -802,7 +802,8 @@ def mc_dropout_predict(
             returns ``(N, C)``).
         from_logits: classification only: the model returns logits (a softmax over the last
             dimension makes probabilities); ``False`` if it returns probabilities already.
-            Default ``True``.
+            Default ``True``; outputs that look like probabilities (non-negative, rows summing
+            to 1) warn.
         batch_size: the most input rows one forward pass may hold (replicas included; a chunk
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
             from the size of the activations, measured by a probe pass of 16 rows (on a forked
@@ -891,6 +892,7 @@ def mc_dropout_predict(
                 "torch.cat([torch.zeros_like(z), z], -1)), or use `task='regression'`."
             )
         if task == "classification" and from_logits:
+            _warn_if_probabilities(samples)
             samples = samples.softmax(-1)
         result = _summarize(samples, task, return_samples)
     if n_samples > 1 and not bool(result.std.any()):
@@ -903,6 +905,21 @@ def mc_dropout_predict(
             stacklevel=2,
         )
     return result
+
+
+def _warn_if_probabilities(samples: Tensor) -> None:
+    """Warn when the samples taken for logits look like probabilities (non-negative, each row
+    summing to 1): a softmax over them would flatten them towards uniform."""
+    sums = samples.sum(-1, dtype=torch.float32)
+    if bool((samples >= 0).all()) and bool(((sums - 1).abs() <= 1e-2).all()):
+        warnings.warn(
+            "MC dropout: the model's outputs look like probabilities (non-negative, each row "
+            "sums to 1), yet `from_logits=True` softmaxes them again, which flattens them "
+            "towards uniform: pass from_logits=False (MCDropoutMixin: a `predict_step` of "
+            "your own) if the model returns probabilities.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_mc_task(mc_task: object, mc_samples: int | None, owner: str) -> None:

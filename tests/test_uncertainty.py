@@ -377,6 +377,20 @@ def test_from_logits_false_for_models_returning_probabilities() -> None:
     torch.testing.assert_close(probs.samples, raw.samples)
 
 
+def test_probabilities_taken_for_logits_warn() -> None:
+    """A model ending in a softmax, left at ``from_logits=True``, had its probabilities
+    softmaxed again: flattened towards uniform (entropy near log C) without a word."""
+    model = nn.Sequential(_net(), nn.Softmax(-1))
+    x, _ = digits(8)
+    with pytest.warns(UserWarning, match="look like probabilities.*from_logits=False"):
+        mc_dropout_predict(model, x, 5, task="classification")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mc_dropout_predict(model, x, 5, task="classification", from_logits=False)
+        mc_dropout_predict(_net(), x, 5, task="classification")
+        mc_dropout_predict(nn.Sequential(_net(), nn.LogSoftmax(-1)), x, 5, task="classification")
+
+
 @pytest.mark.parametrize("from_logits", [True, False])
 def test_classification_with_one_output_column_raises(from_logits: bool) -> None:
     """A binary classifier's single logit or probability is no distribution over classes: a
