@@ -915,8 +915,8 @@ def _warn_if_probabilities(samples: Tensor) -> None:
         warnings.warn(
             "MC dropout: the model's outputs look like probabilities (non-negative, each row "
             "sums to 1), yet `from_logits=True` softmaxes them again, which flattens them "
-            "towards uniform: pass from_logits=False (MCDropoutMixin: a `predict_step` of "
-            "your own) if the model returns probabilities.",
+            "towards uniform: pass from_logits=False (MCDropoutMixin: set "
+            "`mc_from_logits = False`) if the model returns probabilities.",
             UserWarning,
             stacklevel=3,
         )
@@ -963,6 +963,8 @@ class MCDropoutMixin:
         mc_batch_size: ``batch_size`` of :func:`mc_dropout_predict`. Default ``None``.
         mc_eval_modules: ``eval_modules`` of :func:`mc_dropout_predict`. Default ``()``.
         mc_fast_masks: ``fast_masks`` of :func:`mc_dropout_predict`. Default ``False``.
+        mc_from_logits: ``from_logits`` of :func:`mc_dropout_predict`: ``False`` for a model
+            that returns probabilities. Default ``True``.
 
     Example:
         >>> import lightning.pytorch as pl, torch
@@ -993,6 +995,7 @@ class MCDropoutMixin:
     mc_batch_size: int | None = None
     mc_eval_modules: tuple[type[nn.Module], ...] = ()
     mc_fast_masks: bool = False
+    mc_from_logits: bool = True
 
     def mc_dropout_module(self) -> nn.Module:
         """The module :func:`mc_dropout_predict` runs as this model's forward pass: ``self``.
@@ -1040,4 +1043,5 @@ class MCDropoutMixin:
             batch_size=self.mc_batch_size,
             eval_modules=self.mc_eval_modules,
             fast_masks=self.mc_fast_masks,
+            from_logits=self.mc_from_logits,
         )

@@ -784,6 +784,31 @@ def test_trainer_predict_returns_mc_summaries_and_raw_outputs(tmp_path: Any) -> 
     assert model.dropout_modes == [False, False]
 
 
+class _MCProbabilities(_MCClassifier):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).softmax(-1)
+
+
+def test_trainer_predict_of_a_model_returning_probabilities(tmp_path: Any) -> None:
+    """``mc_from_logits = False`` passes ``from_logits=False`` on: the probabilities are
+    averaged as they are, the numbers of ``mc_dropout_predict`` under the same seed."""
+    model = _MCProbabilities()
+    model.mc_samples = 20
+    loader = digits_loader(n=32, batch_size=32)
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        make_trainer(tmp_path).predict(model, dataloaders=loader)
+    model.mc_from_logits = False
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "MC dropout")
+        results = make_trainer(tmp_path).predict(model, dataloaders=loader)
+    torch.manual_seed(0)
+    batch = next(iter(loader))  # the loader's iterator draws its seed, as in predict
+    expected = mc_dropout_predict(model, batch, 20, task="classification", from_logits=False)
+    assert results is not None and isinstance(results[0], MCDropoutResult)
+    torch.testing.assert_close(results[0].mean, expected.mean)
+
+
 def test_trainer_predict_with_fast_masks_samples_the_same_law(tmp_path: Any) -> None:
     # Lightning predicts under inference mode; mc_fast_masks draws there too.
     model = _MCClassifier()
