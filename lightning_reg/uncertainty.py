@@ -836,8 +836,8 @@ def mc_dropout_predict(
             a dict batch comes without ``input_key``, ``input_key`` selects nothing, the
             input or output has no such batch dimension, ``batch_size`` is below the
             input's rows while a BatchNorm has no running statistics, or a classifier's output
-            has a last dimension of size 1 (one logit or probability: no distribution over
-            classes).
+            has no class dimension after its batch dimension or one of size 1 (one logit or
+            probability: no distribution over classes).
 
     Example:
         >>> import torch
@@ -884,13 +884,8 @@ def mc_dropout_predict(
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):
         with masks:
             samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
-        if task == "classification" and samples.shape[-1] < 2:
-            raise ValueError(
-                "`task='classification'` reads the output's last dimension as classes, but it "
-                f"has size 1 (one output of shape {tuple(samples.shape[1:])}): return the logits "
-                "or probabilities of both classes of a binary classifier (for a logit z, "
-                "torch.cat([torch.zeros_like(z), z], -1)), or use `task='regression'`."
-            )
+        if task == "classification":
+            _check_classes(samples, output_batch_dim)
         if task == "classification" and from_logits:
             _warn_if_probabilities(samples)
             samples = samples.softmax(-1)
@@ -905,6 +900,25 @@ def mc_dropout_predict(
             stacklevel=2,
         )
     return result
+
+
+def _check_classes(samples: Tensor, output_batch_dim: int) -> None:
+    """Raise ValueError unless the output's last dimension can hold classes: it is not the
+    batch dimension and holds two classes or more."""
+    shape = tuple(samples.shape[1:])  # one output
+    if len(shape) - 1 == output_batch_dim:
+        raise ValueError(
+            "`task='classification'` reads the output's last dimension as classes, but in one "
+            f"output of shape {shape} it is the batch dimension {output_batch_dim}: return "
+            "logits or probabilities with the classes last, e.g. (N, C)."
+        )
+    if shape[-1] < 2:
+        raise ValueError(
+            "`task='classification'` reads the output's last dimension as classes, but it "
+            f"has size 1 (one output of shape {shape}): return the logits or probabilities "
+            "of both classes of a binary classifier (for a logit z, "
+            "torch.cat([torch.zeros_like(z), z], -1)), or use `task='regression'`."
+        )
 
 
 def _warn_if_probabilities(samples: Tensor) -> None:

@@ -392,7 +392,7 @@ def test_probabilities_taken_for_logits_warn() -> None:
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
-def test_classification_with_one_output_column_raises(from_logits: bool) -> None:
+def test_classification_without_a_class_dimension_raises(from_logits: bool) -> None:
     """A binary classifier's single logit or probability is no distribution over classes: a
     softmax over it gave probability 1 with zero spread (and a warning blaming the dropout),
     probabilities gave the entropy ``-p log p`` of one class."""
@@ -403,6 +403,9 @@ def test_classification_with_one_output_column_raises(from_logits: bool) -> None
     with pytest.raises(ValueError, match=r"last dimension.*size 1.*\(8, 1\).*both classes"):
         mc_dropout_predict(model, x, 5, task="classification", from_logits=from_logits)
     assert mc_dropout_predict(model, x, 5, task="regression").std.min() > 0
+    model.append(nn.Flatten(0))  # (8,): a softmax over the batch
+    with pytest.raises(ValueError, match=r"shape \(8,\) it is the batch dimension 0"):
+        mc_dropout_predict(model, x, 5, task="classification", from_logits=from_logits)
 
 
 # ------------------------------------------------------------------ inputs
