@@ -7,14 +7,17 @@ kernel_initializer=...)`` idiom. Everything here works on plain ``nn.Module`` ob
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from lightning_reg._validation import check_int, check_number
+from lightning_reg._validation import check_bool, check_int, check_number
 
 __all__ = [
     "ACTIVATIONS",
@@ -88,6 +91,8 @@ INIT_MODULES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose3d,
 )
 """Layer types whose weights :func:`init_weights_` initializes (biases are set to zero)."""
+
+_TRANSPOSED_CONVS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 class MCDropout(nn.Dropout):
@@ -211,13 +216,21 @@ def resolve_init(init: str, activation: str) -> str:
     return init
 
 
-def _init_weight_(weight: Tensor, preset: str, activation: str) -> None:
-    """Draw ``weight`` from a resolved preset with ``torch.nn.init`` (torch's own fans)."""
+def _init_weight_(weight: Tensor, preset: str, activation: str, fan_in: int | None) -> None:
+    """Draw ``weight`` from a resolved preset with ``torch.nn.init`` (torch's own fans, or
+    ``fan_in`` for He and LeCun when given)."""
     nonlinearity, slope = _NONLINEARITY[activation]
     if preset.startswith("lecun"):
         nonlinearity, slope = "linear", 0.0
-    if preset.startswith(("he", "lecun")):
-        init = nn.init.kaiming_uniform_ if preset.endswith("uniform") else nn.init.kaiming_normal_
+    uniform = preset.endswith("uniform")
+    if preset.startswith(("he", "lecun")) and fan_in is not None:
+        std = nn.init.calculate_gain(nonlinearity, slope) / math.sqrt(fan_in)
+        if uniform:
+            nn.init.uniform_(weight, -math.sqrt(3.0) * std, math.sqrt(3.0) * std)
+        else:
+            nn.init.normal_(weight, 0.0, std)
+    elif preset.startswith(("he", "lecun")):
+        init = nn.init.kaiming_uniform_ if uniform else nn.init.kaiming_normal_
         init(weight, a=slope, mode="fan_in", nonlinearity=nonlinearity)
     elif preset == "glorot_uniform":
         nn.init.xavier_uniform_(weight)
@@ -229,17 +242,26 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
     """Initialize, in place, every Linear/Conv/ConvTranspose weight of ``module`` with a preset.
 
     Normal presets draw ``N(0, std**2)`` (not truncated); uniform presets draw from ``U(-a, a)``
-    with ``a = sqrt(3) * std``, the same variance. The draws are ``torch.nn.init``'s, with its fans:
+    with ``a = sqrt(3) * std``, the same variance. The draws are ``torch.nn.init``'s, with its fans
+    (but for a ConvTranspose's He and LeCun fan-in, below):
 
     * He: ``std = gain / sqrt(fan_in)``, ``gain`` from :func:`activation_gain` (sqrt(2) for ReLU,
       ELU, GELU, SiLU...): ``nn.init.kaiming_normal_``/``kaiming_uniform_`` with
       ``mode="fan_in"``;
     * LeCun: ``std = 1 / sqrt(fan_in)``: the same with ``nonlinearity="linear"``;
+    * for a ConvTranspose, whose weight is ``(in, out / groups, *kernel)``, He and LeCun take
+      ``fan_in = in_channels / groups * kernel size`` (the inputs each output sees at stride
+      1; torch's fan-in would count output channels) and draw with ``nn.init.normal_`` /
+      ``uniform_``;
     * Glorot: ``std = sqrt(2 / (fan_in + fan_out))``: ``nn.init.xavier_normal_``/
       ``xavier_uniform_``.
 
-    Biases are set to zero. ``"default"`` leaves the module untouched. Lazy (uninitialized)
-    parameters are skipped.
+    Biases are set to zero. ``"default"`` leaves the module untouched. Other layers with weight
+    matrices (``nn.Embedding``, ``nn.LSTM``, ``nn.Bilinear``, ``nn.MultiheadAttention``'s
+    in-projection) keep PyTorch's init, with a ``UserWarning`` naming them. A lazy layer not yet
+    materialized is skipped with a ``UserWarning`` naming it (it would keep PyTorch's init). A
+    parametrized weight (``torch.nn.utils.parametrize``, e.g. weight normalization) is drawn
+    whole and assigned, so the parametrization's ``right_inverse`` sets its originals.
 
     Args:
         module: the module to initialize (itself and all its submodules). Required.
@@ -250,7 +272,8 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
         ``module`` itself.
 
     Raises:
-        TypeError: if ``init`` or ``activation`` is not a string.
+        TypeError: if ``init`` or ``activation`` is not a string, or a weight is computed by
+            the forward pre-hook of the deprecated ``torch.nn.utils.weight_norm``.
         ValueError: if ``init`` or ``activation`` is unknown.
 
     Examples:
@@ -263,16 +286,51 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
     if preset == "default":
         return module
     with torch.no_grad():
-        for layer in module.modules():
+        for name, layer in module.named_modules():
             if not isinstance(layer, INIT_MODULES):
                 continue
             weight = cast(Tensor, layer.weight)
             bias = cast("Tensor | None", layer.bias)
             if nn.parameter.is_lazy(weight):
+                warnings.warn(
+                    f"`{name or 'module'}` ({type(layer).__name__}) has no weight yet, so it "
+                    f"keeps PyTorch's init, not {preset!r}: initialize it after a forward pass "
+                    "has materialized it (or give it its input size).",
+                    UserWarning,
+                    stacklevel=2,
+                )
                 continue
-            _init_weight_(weight, preset, activation)
+            fan_in = None  # torch's: weight.size(1) * kernel size
+            if isinstance(layer, _TRANSPOSED_CONVS):  # weight (in, out / groups, *kernel)
+                fan_in = weight.shape[0] // cast(int, layer.groups) * weight[0, 0].numel()
+            if parametrize.is_parametrized(layer, "weight"):
+                drawn = torch.empty_like(weight)
+                _init_weight_(drawn, preset, activation, fan_in)
+                layer.weight = drawn  # the parametrization's right_inverse sets its originals
+            elif isinstance(weight, nn.Parameter):
+                _init_weight_(weight, preset, activation, fan_in)
+            else:
+                raise TypeError(
+                    f"The weight of `{name or 'module'}` ({type(layer).__name__}) is computed "
+                    "from other parameters by a forward pre-hook (torch.nn.utils.weight_norm), "
+                    "which an init cannot reach: use torch.nn.utils.parametrizations.weight_norm."
+                )
             if bias is not None and not nn.parameter.is_lazy(bias):
                 bias.zero_()
+    others = [
+        f"`{name or 'module'}` ({type(layer).__name__})"
+        for name, layer in module.named_modules()
+        if not isinstance(layer, (*INIT_MODULES, parametrize.ParametrizationList))
+        and any(not nn.parameter.is_lazy(p) and p.dim() >= 2 for p in layer.parameters(False))
+    ]
+    if others:
+        warnings.warn(
+            f"{', '.join(others)} keep PyTorch's init: the {preset!r} preset covers Linear, Conv "
+            "and ConvTranspose weights only; initialize their weight matrices with torch.nn.init "
+            "if PyTorch's init is not what you want.",
+            UserWarning,
+            stacklevel=2,
+        )
     return module
 
 
@@ -306,7 +364,8 @@ def dense_block(
         ``nn.Sequential(Linear, activation[, dropout])``.
 
     Raises:
-        TypeError: if a width is not an integer or a name is not a string.
+        TypeError: if a width is not an integer, a name is not a string or ``mc`` is not a
+            bool.
         ValueError: if a width is < 1, ``dropout`` is outside ``[0, 1)`` or a name is unknown.
 
     Example:
@@ -317,6 +376,7 @@ def dense_block(
     check_int("in_features", in_features, 1)
     check_int("out_features", out_features, 1)
     p = _check_dropout(dropout)
+    check_bool("mc", mc)
     preset = resolve_init(init, activation)
     linear = init_weights_(nn.Linear(in_features, out_features), preset, activation)
     layers: list[nn.Module] = [linear, ACTIVATIONS[activation]()]

@@ -51,7 +51,7 @@ DROPOUT_MODULES: tuple[type[nn.Module], ...] = (
 """Torch's dropout modules (``MCDropout`` subclasses ``nn.Dropout``). They are sampled like every
 other dropout the model applies in train mode; this list only serves to name them in warnings."""
 
-STATISTICS_MODULES: tuple[type[nn.Module], ...] = (
+_BATCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,
@@ -59,6 +59,10 @@ STATISTICS_MODULES: tuple[type[nn.Module], ...] = (
     nn.LazyBatchNorm2d,
     nn.LazyBatchNorm3d,
     nn.SyncBatchNorm,
+)
+
+STATISTICS_MODULES: tuple[type[nn.Module], ...] = (
+    *_BATCH_NORMS,
     nn.InstanceNorm1d,
     nn.InstanceNorm2d,
     nn.InstanceNorm3d,
@@ -670,6 +674,27 @@ def _dropout_sources(model: nn.Module) -> list[str]:
     return found
 
 
+def _batch_statistics_pass(model: nn.Module, rows: int, batch_size: int | None) -> int | None:
+    """``batch_size``, or ``rows`` when ``model`` has BatchNorm layers without running
+    statistics: in eval mode too they normalize with the statistics of the batch, so a pass
+    must hold one sample of all the input's rows (the plain loop), never copies or a chunk."""
+    names = [
+        f"`{name or 'model'}` ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if isinstance(module, _BATCH_NORMS) and module.running_mean is None
+    ]
+    if not names:
+        return batch_size
+    if batch_size is not None and batch_size < rows:
+        raise ValueError(
+            f"`batch_size={batch_size}` is below the input's {rows} rows, but "
+            f"{', '.join(names)} normalize with the statistics of the batch "
+            "(track_running_stats=False), so each forward pass must hold all the rows: leave "
+            "`batch_size` unset or pass a smaller input."
+        )
+    return rows
+
+
 def _sequence_first_layers(model: nn.Module) -> list[str]:
     """``name (Type)`` of the attention and recurrent layers that take the batch as dim 1
     (``batch_first=False``, torch's default for them)."""
@@ -745,11 +770,14 @@ def mc_dropout_predict(
     many samples, up to ``batch_size`` rows at a time (by default as many as the activations'
     bytes allow; a chunk of the input's rows per pass when one row's activations are large).
     The model must treat the rows of a batch independently (true of dropout, linear,
-    convolution, attention and recurrent layers, and of BatchNorm in eval mode). For a plain
-    ``nn.Sequential`` with the batch first, the leading layers that cannot draw randomness
-    (linear, convolution, pooling, normalization, activation layers of torch's own types) run
-    once on the input itself and only their output is replicated: a CNN with dropout in its head
-    pays for its convolutions once. A LightningModule with :class:`MCDropoutMixin` can point at
+    convolution, attention and recurrent layers, and of BatchNorm in eval mode). A BatchNorm
+    without running statistics (``track_running_stats=False``) normalizes with the batch's
+    statistics in eval mode too, so with one in the model each pass is one sample of all the
+    input's rows, as the plain loop runs it. For a plain ``nn.Sequential`` with the batch
+    first, the leading layers that cannot draw randomness (linear, convolution, pooling,
+    normalization, activation layers of torch's own types) run once on the input itself and
+    only their output is replicated: a CNN with dropout in its head pays for its convolutions
+    once. A LightningModule with :class:`MCDropoutMixin` can point at
     its Sequential body with :meth:`MCDropoutMixin.mc_dropout_module`.
 
     Args:
@@ -774,7 +802,8 @@ def mc_dropout_predict(
             returns ``(N, C)``).
         from_logits: classification only: the model returns logits (a softmax over the last
             dimension makes probabilities); ``False`` if it returns probabilities already.
-            Default ``True``.
+            Default ``True``; outputs that look like probabilities (non-negative, rows summing
+            to 1) warn.
         batch_size: the most input rows one forward pass may hold (replicas included; a chunk
             of the input's rows when ``batch_size`` is below their number). Default ``None``:
             from the size of the activations, measured by a probe pass of 16 rows (on a forked
@@ -804,8 +833,11 @@ def mc_dropout_predict(
         TypeError: if an integer argument is not an integer, ``from_logits`` or
             ``return_samples`` is not a bool, or the selected input is not a tensor.
         ValueError: if ``task`` is not in :data:`TASKS`, an integer argument is out of range,
-            a dict batch comes without ``input_key``, ``input_key`` selects nothing, or the
-            input or output has no such batch dimension.
+            a dict batch comes without ``input_key``, ``input_key`` selects nothing, the
+            input or output has no such batch dimension, ``batch_size`` is below the
+            input's rows while a BatchNorm has no running statistics, or a classifier's output
+            has no class dimension after its batch dimension or one of size 1 (one logit or
+            probability: no distribution over classes).
 
     Example:
         >>> import torch
@@ -846,12 +878,16 @@ def mc_dropout_predict(
             f"The input must have a non-empty batch dimension {batch_dim}, got shape "
             f"{tuple(x.shape)}."
         )
+    batch_size = _batch_statistics_pass(model, x.shape[batch_dim], batch_size)
     body = model.mc_dropout_module() if isinstance(model, MCDropoutMixin) else model
     masks = _FastMasks() if fast_masks else contextlib.nullcontext()
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):
         with masks:
             samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
+        if task == "classification":
+            _check_classes(samples, output_batch_dim)
         if task == "classification" and from_logits:
+            _warn_if_probabilities(samples)
             samples = samples.softmax(-1)
         result = _summarize(samples, task, return_samples)
     if n_samples > 1 and not bool(result.std.any()):
@@ -864,6 +900,40 @@ def mc_dropout_predict(
             stacklevel=2,
         )
     return result
+
+
+def _check_classes(samples: Tensor, output_batch_dim: int) -> None:
+    """Raise ValueError unless the output's last dimension can hold classes: it is not the
+    batch dimension and holds two classes or more."""
+    shape = tuple(samples.shape[1:])  # one output
+    if len(shape) - 1 == output_batch_dim:
+        raise ValueError(
+            "`task='classification'` reads the output's last dimension as classes, but in one "
+            f"output of shape {shape} it is the batch dimension {output_batch_dim}: return "
+            "logits or probabilities with the classes last, e.g. (N, C)."
+        )
+    if shape[-1] < 2:
+        raise ValueError(
+            "`task='classification'` reads the output's last dimension as classes, but it "
+            f"has size 1 (one output of shape {shape}): return the logits or probabilities "
+            "of both classes of a binary classifier (for a logit z, "
+            "torch.cat([torch.zeros_like(z), z], -1)), or use `task='regression'`."
+        )
+
+
+def _warn_if_probabilities(samples: Tensor) -> None:
+    """Warn when the samples taken for logits look like probabilities (non-negative, each row
+    summing to 1): a softmax over them would flatten them towards uniform."""
+    sums = samples.sum(-1, dtype=torch.float32)
+    if bool((samples >= 0).all()) and bool(((sums - 1).abs() <= 1e-2).all()):
+        warnings.warn(
+            "MC dropout: the model's outputs look like probabilities (non-negative, each row "
+            "sums to 1), yet `from_logits=True` softmaxes them again, which flattens them "
+            "towards uniform: pass from_logits=False (MCDropoutMixin: set "
+            "`mc_from_logits = False`) if the model returns probabilities.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_mc_task(mc_task: object, mc_samples: int | None, owner: str) -> None:
@@ -907,6 +977,8 @@ class MCDropoutMixin:
         mc_batch_size: ``batch_size`` of :func:`mc_dropout_predict`. Default ``None``.
         mc_eval_modules: ``eval_modules`` of :func:`mc_dropout_predict`. Default ``()``.
         mc_fast_masks: ``fast_masks`` of :func:`mc_dropout_predict`. Default ``False``.
+        mc_from_logits: ``from_logits`` of :func:`mc_dropout_predict`: ``False`` for a model
+            that returns probabilities. Default ``True``.
 
     Example:
         >>> import lightning.pytorch as pl, torch
@@ -937,6 +1009,7 @@ class MCDropoutMixin:
     mc_batch_size: int | None = None
     mc_eval_modules: tuple[type[nn.Module], ...] = ()
     mc_fast_masks: bool = False
+    mc_from_logits: bool = True
 
     def mc_dropout_module(self) -> nn.Module:
         """The module :func:`mc_dropout_predict` runs as this model's forward pass: ``self``.
@@ -984,4 +1057,5 @@ class MCDropoutMixin:
             batch_size=self.mc_batch_size,
             eval_modules=self.mc_eval_modules,
             fast_masks=self.mc_fast_masks,
+            from_logits=self.mc_from_logits,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -134,8 +135,74 @@ def test_init_conv_uses_receptive_field_and_default_keeps_torch_init() -> None:
     before = [p.clone() for p in layer.parameters()]
     init_weights_(layer, "default", "relu")
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
-    lazy = init_weights_(nn.LazyLinear(4), "he_normal", "relu")
-    assert nn.parameter.is_lazy(lazy.weight)
+    with pytest.warns(UserWarning, match=r"`1` \(LazyLinear\).*after a forward pass"):
+        lazy = init_weights_(nn.Sequential(nn.Linear(4, 4), nn.LazyLinear(4)), "he_normal")
+    assert nn.parameter.is_lazy(lazy[1].weight)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_he_and_lecun_fan_in_of_a_transposed_convolution_counts_its_input_channels(
+    groups: int,
+) -> None:
+    """A ConvTranspose weight is ``(in, out / groups, *kernel)``, so torch's fan-in
+    (``weight.size(1) * kernel``) counts output channels: 64 -> 8 channels came out with 8
+    times the variance. LeCun keeps the output variance of a standardized input at 1."""
+    layer = nn.ConvTranspose2d(64, 8 * groups, 3, groups=groups)
+    torch.manual_seed(0)
+    init_weights_(layer, "lecun_normal", "selu")
+    fan_in = 64 // groups * 9
+    expected = torch.empty_like(layer.weight)
+    torch.manual_seed(0)
+    nn.init.normal_(expected, 0.0, fan_in**-0.5)
+    torch.testing.assert_close(layer.weight, expected)
+    torch.manual_seed(0)
+    init_weights_(layer, "he_uniform", "relu")
+    bound = math.sqrt(3) * math.sqrt(2 / fan_in)
+    torch.manual_seed(0)
+    torch.testing.assert_close(layer.weight, torch.empty_like(expected).uniform_(-bound, bound))
+    init_weights_(layer, "lecun_normal", "selu")
+    with torch.no_grad():
+        out = layer(torch.randn(256, 64, 10, 10))[..., 2:-2, 2:-2]  # every tap inside
+    assert out.var().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_init_reaches_parametrized_weights_through_right_inverse() -> None:
+    """A parametrized weight is drawn whole and assigned, so the parametrization's
+    ``right_inverse`` sets its originals (weight norm: ``g`` and ``v``); writing into the
+    evaluated ``layer.weight`` changed nothing."""
+    layer = nn.utils.parametrizations.weight_norm(nn.Linear(256, 128))
+    spectral = nn.utils.parametrizations.spectral_norm(nn.Linear(256, 128))
+    expected = torch.empty(128, 256)
+    torch.manual_seed(3)
+    nn.init.kaiming_normal_(expected, nonlinearity="relu")
+    for module in (layer, spectral):
+        torch.manual_seed(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the parametrizations' originals are not named
+            init_weights_(module, "he_normal", "relu")
+    torch.testing.assert_close(layer.weight, expected)
+    torch.testing.assert_close(spectral.parametrizations.weight.original, expected)
+    with pytest.warns(FutureWarning):
+        hooked = nn.utils.weight_norm(nn.Linear(4, 4))  # the deprecated hook form
+    with pytest.raises(TypeError, match=r"`0` \(Linear\).*parametrizations.weight_norm"):
+        init_weights_(nn.Sequential(hooked), "he_normal", "relu")
+
+
+def test_init_names_the_weight_matrices_it_leaves_at_pytorchs_init() -> None:
+    """Only Linear/Conv/ConvTranspose weights get the preset: an LSTM, an embedding or an
+    attention's in-projection in the module keeps PyTorch's init, and a warning names them."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.LSTM(8, 8), nn.MultiheadAttention(8, 2))
+    lstm = [p.clone() for p in model[1].parameters()]
+    in_proj = model[2].in_proj_weight.clone()
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"`1` \(LSTM\), `2` \(MultiheadAttention\) keep"):
+        init_weights_(model, "he_normal", "relu")
+    assert all(torch.equal(a, b) for a, b in zip(lstm, model[1].parameters(), strict=True))
+    assert torch.equal(in_proj, model[2].in_proj_weight)
+    expected = torch.empty(8, 8)
+    torch.manual_seed(0)
+    nn.init.kaiming_normal_(expected, nonlinearity="relu")
+    assert torch.equal(model[0].weight, expected)
 
 
 def test_dense_block_structure_and_validation() -> None:
@@ -155,6 +222,8 @@ def test_dense_block_structure_and_validation() -> None:
         dense_block(8, 0)
     with pytest.raises(ValueError, match="`init` must be one of"):
         dense_block(8, 8, init="orthogonal")
+    with pytest.raises(TypeError, match="`mc` must be a bool, got 'no'"):
+        dense_block(8, 8, dropout=0.5, mc="no")  # type: ignore[arg-type]
 
 
 def test_selu_lecun_preset_self_normalizes_through_20_layers() -> None:

@@ -243,6 +243,24 @@ def test_batchnorm_and_instancenorm_stay_in_eval_and_their_statistics_are_untouc
     assert all(m.training for m in model.modules())
 
 
+def test_batchnorm_without_running_statistics_gets_one_sample_of_all_rows_per_pass() -> None:
+    """A BatchNorm without running statistics normalizes with the batch's statistics even in
+    eval mode, so a pass holding the copies of other samples, or a chunk of the rows, would
+    change every sample: each pass is one sample of all the input's rows, the user's loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 16), nn.Dropout(0.5), nn.BatchNorm1d(16, track_running_stats=False),
+        nn.Linear(16, 3),
+    )  # fmt: skip
+    x, _ = digits(8)
+    torch.manual_seed(7)
+    result = mc_dropout_predict(model, x, n_samples=5, task="regression", return_samples=True)
+    torch.manual_seed(7)
+    torch.testing.assert_close(result.samples, _reference(model, x, 5, softmax=False))
+    with pytest.raises(ValueError, match=r"batch_size=4.*8 rows.*`2` \(BatchNorm1d\)"):
+        mc_dropout_predict(model, x, n_samples=5, task="regression", batch_size=4)
+
+
 class _Boom(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("boom")
@@ -357,6 +375,37 @@ def test_from_logits_false_for_models_returning_probabilities() -> None:
     raw = mc_dropout_predict(model, x, 7, task="regression", return_samples=True)
     assert probs.samples is not None and probs.entropy is not None
     torch.testing.assert_close(probs.samples, raw.samples)
+
+
+def test_probabilities_taken_for_logits_warn() -> None:
+    """A model ending in a softmax, left at ``from_logits=True``, had its probabilities
+    softmaxed again: flattened towards uniform (entropy near log C) without a word."""
+    model = nn.Sequential(_net(), nn.Softmax(-1))
+    x, _ = digits(8)
+    with pytest.warns(UserWarning, match="look like probabilities.*from_logits=False"):
+        mc_dropout_predict(model, x, 5, task="classification")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mc_dropout_predict(model, x, 5, task="classification", from_logits=False)
+        mc_dropout_predict(_net(), x, 5, task="classification")
+        mc_dropout_predict(nn.Sequential(_net(), nn.LogSoftmax(-1)), x, 5, task="classification")
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_classification_without_a_class_dimension_raises(from_logits: bool) -> None:
+    """A binary classifier's single logit or probability is no distribution over classes: a
+    softmax over it gave probability 1 with zero spread (and a warning blaming the dropout),
+    probabilities gave the entropy ``-p log p`` of one class."""
+    model = nn.Sequential(nn.Linear(64, 16), nn.Dropout(0.3), nn.Linear(16, 1))
+    if not from_logits:
+        model.append(nn.Sigmoid())
+    x, _ = digits(8)
+    with pytest.raises(ValueError, match=r"last dimension.*size 1.*\(8, 1\).*both classes"):
+        mc_dropout_predict(model, x, 5, task="classification", from_logits=from_logits)
+    assert mc_dropout_predict(model, x, 5, task="regression").std.min() > 0
+    model.append(nn.Flatten(0))  # (8,): a softmax over the batch
+    with pytest.raises(ValueError, match=r"shape \(8,\) it is the batch dimension 0"):
+        mc_dropout_predict(model, x, 5, task="classification", from_logits=from_logits)
 
 
 # ------------------------------------------------------------------ inputs
@@ -736,6 +785,31 @@ def test_trainer_predict_returns_mc_summaries_and_raw_outputs(tmp_path: Any) -> 
     with torch.no_grad():
         torch.testing.assert_close(torch.cat(plain), model.net(x))  # logits, no softmax
     assert model.dropout_modes == [False, False]
+
+
+class _MCProbabilities(_MCClassifier):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).softmax(-1)
+
+
+def test_trainer_predict_of_a_model_returning_probabilities(tmp_path: Any) -> None:
+    """``mc_from_logits = False`` passes ``from_logits=False`` on: the probabilities are
+    averaged as they are, the numbers of ``mc_dropout_predict`` under the same seed."""
+    model = _MCProbabilities()
+    model.mc_samples = 20
+    loader = digits_loader(n=32, batch_size=32)
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        make_trainer(tmp_path).predict(model, dataloaders=loader)
+    model.mc_from_logits = False
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "MC dropout")
+        results = make_trainer(tmp_path).predict(model, dataloaders=loader)
+    torch.manual_seed(0)
+    batch = next(iter(loader))  # the loader's iterator draws its seed, as in predict
+    expected = mc_dropout_predict(model, batch, 20, task="classification", from_logits=False)
+    assert results is not None and isinstance(results[0], MCDropoutResult)
+    torch.testing.assert_close(results[0].mean, expected.mean)
 
 
 def test_trainer_predict_with_fast_masks_samples_the_same_law(tmp_path: Any) -> None:
