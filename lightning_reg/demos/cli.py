@@ -450,9 +450,10 @@ class LightningRegCLI(LightningCLI):
         test_acc = None
         if has_test:
             test_acc = trainer.test(self.model, datamodule=data)[0].get("test/acc")
+        # `log_dir` is broadcast from rank 0 under DDP: every rank reads it.
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         test_data = _test_tensors(data) if has_test else None
         written = write_report(out_dir, self.model, test_data, options.mc_samples, self.trace)
         if "mc_dropout" in written:
