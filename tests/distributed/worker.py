@@ -545,6 +545,35 @@ def check_dtensor_shards(launch: Launch) -> dict[str, Any]:
     return out
 
 
+def check_fsdp2_resume_switched_on_momentum(launch: Launch) -> dict[str, Any]:
+    """FSDP2 with ``SGD(momentum=0)``, whose momentum ``OneCycleScheduler`` switches on: 6 steps
+    in one fit, and 3 steps, a checkpoint, then a fit resumed from it to 6."""
+
+    def run(epochs: int, ckpt_path: Path | None = None) -> tuple[torch.Tensor, list[float]]:
+        torch.manual_seed(0)
+        model = PenaltyByLoss(shard=True)
+        model.momentum = 0.0
+        rec = Recorder()
+        trainer = make_trainer(
+            launch.out,
+            strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+            devices=launch.devices,
+            num_nodes=launch.num_nodes,
+            max_epochs=epochs,
+            callbacks=[rec, OneCycleScheduler(max_lr=0.3, total_steps=6)],
+            deterministic=False,
+        )
+        trainer.fit(model, digits_loader(32, 16), ckpt_path=ckpt_path)  # one step per epoch
+        if ckpt_path is None and epochs < 6:
+            trainer.save_checkpoint(launch.out / "ckpt")
+        return flat_params(model), rec.lrs
+
+    params, lrs = run(6)
+    run(3)
+    resumed, resumed_lrs = run(6, launch.out / "ckpt")
+    return {"params": params, "lrs": lrs, "resumed": resumed, "resumed_lrs": resumed_lrs}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run distributed checks on this rank.")
     parser.add_argument("out", type=Path, help="each check writes OUT/CHECK/rank<k>.pt")
