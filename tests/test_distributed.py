@@ -165,3 +165,13 @@ def test_fsdp2_resume_keeps_the_momentum_a_schedule_switched_on(ddp_checks: Chec
     assert results[0]["resumed_lrs"] == results[0]["lrs"][3:]
     torch.testing.assert_close(results[0]["resumed"], results[0]["params"], rtol=1e-6, atol=1e-7)
     assert_same_on_every_rank(results, "resumed")
+
+
+def test_regularized_mlp_logs_losses_over_every_rank(ddp_checks: Checks) -> None:
+    """The CLI's model logs `val/loss` (and `test/loss`) with `sync_dist`: the mean over the
+    ranks, not rank 0's share of the rows, as `val/acc` (a torchmetrics metric) already was."""
+    results = ddp_checks["mlp_logs_global_losses"]
+    local = [r["local"] for r in results]
+    assert local[0] != pytest.approx(local[1])
+    for r in results:
+        assert r["logged"] == pytest.approx(sum(local) / 2, rel=1e-5)

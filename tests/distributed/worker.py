@@ -574,6 +574,21 @@ def check_fsdp2_resume_switched_on_momentum(launch: Launch) -> dict[str, Any]:
     return {"params": params, "lrs": lrs, "resumed": resumed, "resumed_lrs": resumed_lrs}
 
 
+def check_mlp_logs_global_losses(launch: Launch) -> dict[str, Any]:
+    """``RegularizedMLP`` (the CLI's model) validated on 2 ranks: its logged ``val/loss`` and the
+    loss of this rank's share of the validation rows (rank r takes rows r, r + 2, ...)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = RegularizedMLP(hidden=(16,))
+    trainer = ddp_fit(launch, model, digits_loader(64, 16), digits_loader(64, 16), max_epochs=1)
+    x, y = digits(64)
+    share = torch.arange(trainer.global_rank, 64, trainer.world_size)
+    with torch.no_grad():
+        local = F.cross_entropy(model.eval()(x[share]), y[share])
+    return {"logged": float(trainer.callback_metrics["val/loss"]), "local": float(local)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run distributed checks on this rank.")
     parser.add_argument("out", type=Path, help="each check writes OUT/CHECK/rank<k>.pt")
