@@ -224,9 +224,10 @@ class LRCallback(HookOwner):
         # checkpoint), into the state that one step of the optimizer as it is makes: with
         # `momentum=0` that holds no momentum buffer, so the checkpoint's would be dropped. The
         # momentum this callback drives is switched on until training starts, when a fit that
-        # restored no state gets its configured momentum back.
+        # restored no state gets its configured momentum back. (Other strategies restore before
+        # this hook, the optimizer's whole state.)
         momentum = self.start_momentum()
-        if momentum is not None:
+        if momentum is not None and not self.restored:
             groups = (group for opt in trainer.optimizers for group in opt.param_groups)
             self.momentum_off = [group for group in groups if group.get("momentum") == 0]
             for group in self.momentum_off:
