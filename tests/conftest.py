@@ -49,6 +49,20 @@ def build_site(out: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     return result, site
 
 
+# `lightning-reg fit` on 2 DDP ranks, small: a rank that leaves the command early makes the
+# other fail in its next collective, so the job exits non-zero.
+CLI_DDP_FLAGS = [
+    "--trainer.strategy=ddp",
+    "--trainer.devices=2",
+    "--trainer.accelerator=cpu",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=4",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--report.mc_samples=4",
+]
+
 # Fixture name -> the job that makes it, given a fresh folder. Listed in the order they start:
 # each is done before the tests reading it come up (test_distributed runs after a minute of
 # in-process tests; the docs build is short, so it goes first).
@@ -57,6 +71,15 @@ JOBS: dict[str, Callable[[Path], Any]] = {
     "ddp_checks": run_checks,
     "two_node_checks": lambda out: run_checks_on_two_nodes(out, ["plateau"]),
     "ddp_example_output": lambda out: run_script([str(ROOT / "examples/ddp.py"), "--epochs", "2"]),
+    "cli_ddp_output": lambda out: run_script(
+        [
+            "-m",
+            "lightning_reg.demos.cli",
+            "fit",
+            *CLI_DDP_FLAGS,
+            f"--trainer.default_root_dir={out}",
+        ]
+    ),
 }
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-jobs")
 _STARTED: dict[str, Future[Any]] = {}
@@ -111,6 +134,12 @@ def two_node_checks() -> Checks:
 def ddp_example_output() -> str:
     """What ``python examples/ddp.py --epochs 2`` printed (2 ranks started by Lightning)."""
     return _start("ddp_example_output").result()
+
+
+@pytest.fixture(scope="session")
+def cli_ddp_output() -> str:
+    """What ``lightning-reg fit`` with ``CLI_DDP_FLAGS`` (2 DDP ranks) printed."""
+    return _start("cli_ddp_output").result()
 
 
 @pytest.fixture(scope="session")

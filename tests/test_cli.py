@@ -235,6 +235,23 @@ def test_wrong_type_is_a_parser_error(capsys: pytest.CaptureFixture[str]) -> Non
     assert 'Parser key "model.dropout"' in capsys.readouterr().err
 
 
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_fit_under_ddp_tests_on_every_rank_and_reports_on_rank_zero(cli_ddp_output: str) -> None:
+    """`lightning-reg fit --trainer.devices 2 --trainer.strategy ddp`: both ranks finish the
+    command (the job exits 0) and rank 0 writes the report, once."""
+    assert cli_ddp_output.count("Outputs in ") == 1
+    listed = re.findall(r"^  (\S+)$", cli_ddp_output, flags=re.MULTILINE)
+    for name in ("config.yaml", "metrics.csv", "schedule.png", "mc_dropout.json"):
+        assert name in listed, name
+
+
 def test_test_subcommand_reloads_the_checkpoint(tmp_path: Path) -> None:
     cli = fit(tmp_path, "--report.enabled=false")
     (ckpt,) = (Path(cli.trainer.log_dir) / "checkpoints").glob("*.ckpt")

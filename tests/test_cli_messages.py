@@ -45,6 +45,12 @@ def one_line_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
             ["--report.mc_samples=0"],
             "--report.mc_samples: `mc_samples` must be an integer >= 1, got 0.",
         ),
+        (  # the ranks would hold the run's state, away from the report
+            ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"],
+            "--trainer.strategy: `strategy='ddp_spawn'` starts the ranks from this process, which "
+            "then holds none of the run's state, so the report after fit would be split or "
+            "missing. Use `--trainer.strategy ddp`: Lightning runs the command on every rank.",
+        ),
         (
             ["--model.optimizer=adamw", "--model.as_weight_decay=true"],
             "--model.as_weight_decay, --model.optimizer: `as_weight_decay=True` needs a coupled "

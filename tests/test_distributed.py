@@ -155,3 +155,23 @@ def test_penalty_under_manual_optimization_with_clipping_equals_loss_route_under
     for key in ("loss", "step"):
         assert_same_on_every_rank(results, key)
     torch.testing.assert_close(results[0]["step"], results[0]["loss"], rtol=1e-5, atol=1e-7)
+
+
+def test_fsdp2_resume_keeps_the_momentum_a_schedule_switched_on(ddp_checks: Checks) -> None:
+    """torch's distributed checkpoint restores only the optimizer state that the optimizer as it
+    is makes: the LR callback switches momentum on before the restore, so the checkpoint's
+    momentum buffers come back and the resumed run is the uninterrupted one."""
+    results = ddp_checks["fsdp2_resume_switched_on_momentum"]
+    assert results[0]["resumed_lrs"] == results[0]["lrs"][3:]
+    torch.testing.assert_close(results[0]["resumed"], results[0]["params"], rtol=1e-6, atol=1e-7)
+    assert_same_on_every_rank(results, "resumed")
+
+
+def test_regularized_mlp_logs_losses_over_every_rank(ddp_checks: Checks) -> None:
+    """The CLI's model logs `val/loss` (and `test/loss`) with `sync_dist`: the mean over the
+    ranks, not rank 0's share of the rows, as `val/acc` (a torchmetrics metric) already was."""
+    results = ddp_checks["mlp_logs_global_losses"]
+    local = [r["local"] for r in results]
+    assert local[0] != pytest.approx(local[1])
+    for r in results:
+        assert r["logged"] == pytest.approx(sum(local) / 2, rel=1e-5)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
@@ -85,6 +85,19 @@ def set_momentum(group: dict[str, Any], value: float) -> None:
         group["momentum"] = assign(group["momentum"], value)
     elif "betas" in group:
         group["betas"] = (assign(group["betas"][0], value), *group["betas"][1:])
+
+
+def first_momentum(schedules: Iterable[ScheduleLike]) -> float | None:
+    """The momentum the first of ``schedules`` that drives momentum gives at step 0 (``None``
+    when none does).
+
+    Examples:
+        >>> from lightning_reg.schedules import Constant, OneCycle
+        >>> first_momentum([Constant(0.1), OneCycle(10, 0.1)])
+        0.95
+    """
+    drivers = (getattr(s, "momentum", None) for s in schedules)
+    return next((m(0) for m in drivers if callable(m) and m(0) is not None), None)
 
 
 def check_lr_value(value: Any, who: str) -> float:
@@ -153,6 +166,10 @@ class LRCallback(HookOwner):
         if self.active:
             self.write(trainer, opt_idx, self.steps[opt_idx])
 
+    def start_momentum(self) -> float | None:
+        """The momentum its schedules start with (``None`` when they drive no momentum)."""
+        return None
+
     def describe_progress(self) -> str:
         """How far the schedule got, for the hand-over message ("" when it is complete)."""
         return ""
@@ -171,6 +188,7 @@ class LRCallback(HookOwner):
         self.active: list[list[ScheduleLike]] = []  # per optimizer, a schedule per param group
         self.group_counts: list[int] = []  # per optimizer, the param groups it schedules
         self.named_added: set[int] = set()  # optimizers whose groups added during fit were named
+        self.momentum_off: list[dict[str, Any]] = []  # groups with momentum 0 until training
         self._monitor: LearningRateMonitor | None = None
 
     @override
@@ -202,6 +220,18 @@ class LRCallback(HookOwner):
                 "both set the learning rate of the same optimizer. Return only the optimizer "
                 f"from `configure_optimizers`, or drop {self.name}."
             )
+        # FSDP2 restores a checkpoint's optimizer state after this hook (torch's distributed
+        # checkpoint), into the state that one step of the optimizer as it is makes: with
+        # `momentum=0` that holds no momentum buffer, so the checkpoint's would be dropped. The
+        # momentum this callback drives is switched on until training starts, when a fit that
+        # restored no state gets its configured momentum back. (Other strategies restore before
+        # this hook, the optimizer's whole state.)
+        momentum = self.start_momentum()
+        if momentum is not None and not self.restored:
+            groups = (group for opt in trainer.optimizers for group in opt.param_groups)
+            self.momentum_off = [group for group in groups if group.get("momentum") == 0]
+            for group in self.momentum_off:
+                set_momentum(group, momentum)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -216,6 +246,9 @@ class LRCallback(HookOwner):
                 f"{self.name}, so its schedule starts again at step 0 although the run resumes "
                 f"at global step {trainer.global_step}."
             )
+        if not self.restored:
+            for group in self.momentum_off:
+                set_momentum(group, 0.0)
         if not self.steps:
             self.steps = [0] * num_optimizers
         elif len(self.steps) != num_optimizers:
@@ -364,8 +397,7 @@ class LRCallback(HookOwner):
         """Warn when the schedules drive momentum (``momentum(0)`` is a number) of param groups
         that have none (it cannot follow) or momentum 0 (it would be switched on); said in the
         first fit, not again on resume."""
-        drivers = [getattr(s, "momentum", None) for group in schedules for s in group]
-        first = next((m(0) for m in drivers if callable(m) and m(0) is not None), None)
+        first = first_momentum(s for group in schedules for s in group)
         if first is None or self.restored:
             return
         groups = self.groups(trainer)

@@ -179,6 +179,11 @@ class OneCycleScheduler(ScheduledLR):
         self.range_test_result: RangeTestResult | None = None
         self.auto_max_lr: float | None = None
 
+    @override
+    def start_momentum(self) -> float | None:
+        kwargs = self.one_cycle_kwargs
+        return kwargs["max_momentum"] if kwargs["cycle_momentum"] else None
+
     def peak_lrs(self, trainer: pl.Trainer, saved: dict[str, Any]) -> list[float]:
         """``max_lr`` as given, one value or one per group; for ``"auto"``, the range test's value.
 

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice, check_int, check_non_negative, check_number
-from lightning_reg.callbacks._lr_base import LRCallback, assign
+from lightning_reg.callbacks._lr_base import LRCallback, assign, first_momentum
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
@@ -205,6 +205,10 @@ class PerformanceScheduler(LRCallback):
             self.warn_if_ratio_erased(trainer)
             self.active = self.per_group("schedule", [self.schedule])
             self.warn_if_momentum_overridden(trainer, self.active)
+
+    @override
+    def start_momentum(self) -> float | None:
+        return None if self.schedule is None else first_momentum([self.schedule])
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:

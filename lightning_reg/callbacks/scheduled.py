@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, first_momentum
 
 __all__ = ["ScheduledLR"]
 
@@ -146,6 +146,10 @@ class ScheduledLR(LRCallback):
             for key in now
             if key in saved and saved[key] != now[key]
         )
+
+    @override
+    def start_momentum(self) -> float | None:
+        return first_momentum(self._schedules)
 
     def as_schedule(self, total_steps: int | None = None) -> ScheduleLike:
         """The schedule of the first param group (for :func:`~lightning_reg.plot_schedule`)."""

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from packaging.requirements import Requirement
@@ -414,7 +415,21 @@ class LightningRegCLI(LightningCLI):
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The Trainer with the configured callbacks, plus ``lr_schedule`` unless it is null."""
+        """The Trainer with the configured callbacks, plus ``lr_schedule`` unless it is null.
+        A ``fit`` under a strategy that starts its ranks from this process (``ddp_spawn``,
+        ``ddp_fork``, ``ddp_notebook``) is refused with a ``ValueError`` naming ``ddp``: the
+        report after fit reads the run's state, which those ranks keep to themselves."""
+        strategy = self._section("trainer", {}).get("strategy")
+        registered = isinstance(strategy, str) and strategy in StrategyRegistry
+        start = (
+            StrategyRegistry[strategy]["init_params"].get("start_method") if registered else None
+        )
+        if self.subcommand == "fit" and start in ("spawn", "fork"):
+            raise ValueError(
+                f"`strategy={strategy!r}` starts the ranks from this process, which then holds "
+                "none of the run's state, so the report after fit would be split or missing. Use "
+                "`--trainer.strategy ddp`: Lightning runs the command on every rank."
+            )
         schedule = self._section("lr_schedule")
         if "callbacks" not in kwargs:
             trainer = self._section("trainer", {})
@@ -450,9 +465,10 @@ class LightningRegCLI(LightningCLI):
         test_acc = None
         if has_test:
             test_acc = trainer.test(self.model, datamodule=data)[0].get("test/acc")
+        # `log_dir` is broadcast from rank 0 under DDP: every rank reads it.
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero:
             return
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         test_data = _test_tensors(data) if has_test else None
         written = write_report(out_dir, self.model, test_data, options.mc_samples, self.trace)
         if "mc_dropout" in written:

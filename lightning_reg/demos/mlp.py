@@ -144,7 +144,8 @@ class RegularizedMLP(RegularizedModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         accuracy(logits, y)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        # Once per epoch: under DDP the mean over every rank's rows, as the accuracy is.
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val")
         return loss
 
@@ -152,7 +153,7 @@ class RegularizedMLP(RegularizedModule):
         loss = self._evaluate(batch, "val", self.val_acc)
         # For callbacks only (PerformanceScheduler's default monitor): metrics.csv keeps one
         # validation-loss column, val/loss.
-        self.log("val_loss", loss, logger=False)
+        self.log("val_loss", loss, logger=False, sync_dist=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_acc)

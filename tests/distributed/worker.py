@@ -545,6 +545,50 @@ def check_dtensor_shards(launch: Launch) -> dict[str, Any]:
     return out
 
 
+def check_fsdp2_resume_switched_on_momentum(launch: Launch) -> dict[str, Any]:
+    """FSDP2 with ``SGD(momentum=0)``, whose momentum ``OneCycleScheduler`` switches on: 6 steps
+    in one fit, and 3 steps, a checkpoint, then a fit resumed from it to 6."""
+
+    def run(epochs: int, ckpt_path: Path | None = None) -> tuple[torch.Tensor, list[float]]:
+        torch.manual_seed(0)
+        model = PenaltyByLoss(shard=True)
+        model.momentum = 0.0
+        rec = Recorder()
+        trainer = make_trainer(
+            launch.out,
+            strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+            devices=launch.devices,
+            num_nodes=launch.num_nodes,
+            max_epochs=epochs,
+            callbacks=[rec, OneCycleScheduler(max_lr=0.3, total_steps=6)],
+            deterministic=False,
+        )
+        trainer.fit(model, digits_loader(32, 16), ckpt_path=ckpt_path)  # one step per epoch
+        if ckpt_path is None and epochs < 6:
+            trainer.save_checkpoint(launch.out / "ckpt")
+        return flat_params(model), rec.lrs
+
+    params, lrs = run(6)
+    run(3)
+    resumed, resumed_lrs = run(6, launch.out / "ckpt")
+    return {"params": params, "lrs": lrs, "resumed": resumed, "resumed_lrs": resumed_lrs}
+
+
+def check_mlp_logs_global_losses(launch: Launch) -> dict[str, Any]:
+    """``RegularizedMLP`` (the CLI's model) validated on 2 ranks: its logged ``val/loss`` and the
+    loss of this rank's share of the validation rows (rank r takes rows r, r + 2, ...)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = RegularizedMLP(hidden=(16,))
+    trainer = ddp_fit(launch, model, digits_loader(64, 16), digits_loader(64, 16), max_epochs=1)
+    x, y = digits(64)
+    share = torch.arange(trainer.global_rank, 64, trainer.world_size)
+    with torch.no_grad():
+        local = F.cross_entropy(model.eval()(x[share]), y[share])
+    return {"logged": float(trainer.callback_metrics["val/loss"]), "local": float(local)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run distributed checks on this rank.")
     parser.add_argument("out", type=Path, help="each check writes OUT/CHECK/rank<k>.pt")
