@@ -496,10 +496,8 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             >>> tuple(type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks())
             ('WeightPenalty', 'MaxNorm', 'EarlyStopping')
         """
-        callbacks = super().configure_callbacks()
-        if self.max_norm is not None:
-            callbacks += beside_trainer_max_norms(MaxNorm(self.max_norm), self)
-        return callbacks
+        ours = None if self.max_norm is None else MaxNorm(self.max_norm)
+        return [*super().configure_callbacks(), *beside_trainer_max_norms(ours, self)]
 
     @override
     def on_fit_start(self) -> None:

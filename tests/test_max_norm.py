@@ -759,3 +759,33 @@ def test_module_max_norm_equal_to_the_trainers_is_added_once(tmp_path: Path) -> 
     assert not [w for w in caught if "MaxNorm" in str(w.message)]
     assert [c for c in trainer.callbacks if isinstance(c, MaxNorm)] == [own]
     assert own.steps == {0: 2}
+
+
+def test_module_max_norm_changed_between_fits_of_one_trainer(tmp_path: Path) -> None:
+    from lightning_reg.demos import RegularizedMLP
+
+    def bounds() -> list[float]:
+        return [c.max_value for c in trainer.callbacks if isinstance(c, MaxNorm)]
+
+    def row_norm() -> float:
+        return max(float(m.weight.detach().norm(dim=1).max()) for m in model.net.modules()
+                   if isinstance(m, nn.Linear))  # fmt: skip
+
+    torch.manual_seed(0)
+    model = RegularizedMLP(hidden=(32,), lr=0.5, max_norm=0.1)
+    own = MaxNorm(7.0)
+    trainer = make_trainer(tmp_path, max_steps=3, callbacks=[own])
+    with pytest.warns(UserWarning, match=r"beside the Trainer's MaxNorm\(7\):"):
+        trainer.fit(model, digits_loader())
+    assert bounds() == [7.0, 0.1] and row_norm() == pytest.approx(0.1, rel=1e-5)
+    # Fit again with another bound: the first fit's MaxNorm(0.1) no longer acts, as on a fresh
+    # Trainer, and the warning names the Trainer's own MaxNorm only.
+    model.max_norm = 5.0
+    trainer.fit_loop.epoch_loop.max_steps = 6
+    with pytest.warns(UserWarning, match=r"beside the Trainer's MaxNorm\(7\):"):
+        trainer.fit(model, digits_loader())
+    assert bounds() == [7.0, 5.0] and row_norm() > 0.2
+    model.max_norm = None
+    trainer.fit_loop.epoch_loop.max_steps = 9
+    trainer.fit(model, digits_loader())
+    assert bounds() == [7.0] and own.steps == {0: 3}

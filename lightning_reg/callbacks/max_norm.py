@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
@@ -222,19 +223,28 @@ class MaxNorm(HookOwner):
         return _Bound(_flags(optimizer), targets, None if sharded else rows)
 
 
-def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> list[Callback]:
-    """What ``pl_module.configure_callbacks`` returns to add ``ours`` beside the ``MaxNorm``
-    callbacks already on its Trainer, instead of replacing them.
+def beside_trainer_max_norms(ours: MaxNorm | None, pl_module: pl.LightningModule) -> list[Callback]:
+    """What ``pl_module.configure_callbacks`` returns to add ``ours`` (``None``: no bound) beside
+    the ``MaxNorm`` callbacks already on its Trainer, instead of replacing them.
 
     Lightning drops every Trainer callback whose type a module returns; so the Trainer's own
     ``MaxNorm`` callbacks are handed back with ``ours``, and all of them act, each after every
     step. On weights that two of them select, the smaller bound holds, which a warning says. If
-    one of them is the same constraint (same ``state_key``), ``ours`` is left out.
+    one of them is the same constraint (same ``state_key``), ``ours`` is left out. A ``MaxNorm``
+    that a module added on an earlier fit of this Trainer is taken off it, so each fit
+    constrains as the module's ``max_norm`` now says, as on a fresh Trainer.
     """
     try:
-        theirs = callbacks_of(pl_module.trainer, MaxNorm)
+        trainer = pl_module.trainer
     except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
-        theirs = []
+        return [] if ours is None else [ours]
+    earlier = [c for c in callbacks_of(trainer, MaxNorm) if c in _MODULE_MADE]
+    if earlier:
+        kept = [c for c in trainer.callbacks if c not in earlier]  # type: ignore[attr-defined]
+        trainer.callbacks = kept  # type: ignore[attr-defined]
+    theirs = callbacks_of(trainer, MaxNorm)
+    if ours is None:
+        return []
     owner = type(pl_module).__name__
     if any(c.state_key == ours.state_key for c in theirs):
         return []
@@ -246,5 +256,10 @@ def beside_trainer_max_norms(ours: MaxNorm, pl_module: pl.LightningModule) -> li
             f"several select the smallest bound holds. Pass `max_norm=None` to {owner} to keep "
             "only the Trainer's."
         )
+    _MODULE_MADE.add(ours)
     # Exactly MaxNorm: Lightning drops those from the Trainer's list (subclasses stay there).
     return [*(c for c in theirs if type(c) is MaxNorm), ours]
+
+
+# The MaxNorm callbacks that `beside_trainer_max_norms` handed to a module's Trainer.
+_MODULE_MADE: weakref.WeakSet[MaxNorm] = weakref.WeakSet()
