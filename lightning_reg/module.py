@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from typing_extensions import override
@@ -37,6 +38,16 @@ def _double_count(grad: Tensor) -> Tensor:
         "adds the penalty's gradient at every optimizer step, so it would count twice. Remove "
         "`+ self.penalty()` from your loss (to log the value, log `self.penalty().detach()`)."
     )
+
+
+def _fitting(module: pl.LightningModule) -> bool:
+    """Whether ``configure_callbacks`` runs for ``Trainer.fit`` (or outside a Trainer). Outside a
+    fit the fitted callbacks stay on the Trainer, so a checkpoint saved after ``Trainer.test``
+    still holds their state."""
+    try:
+        return bool(module.trainer.state.fn == TrainerFn.FITTING)
+    except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
+        return True
 
 
 class WeightPenaltyMixin(pl.LightningModule):
@@ -307,12 +318,14 @@ class WeightPenaltyMixin(pl.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[pl.Callback]:
-        """The callbacks of the classes further down the MRO, plus the
-        :class:`~lightning_reg.callbacks.weight_penalty.WeightPenalty` that applies the penalty.
-        Call ``super().configure_callbacks()`` when you override this hook."""
+        """The callbacks of the classes further down the MRO, plus, for ``Trainer.fit``, the
+        :class:`~lightning_reg.callbacks.weight_penalty.WeightPenalty` that applies the penalty
+        (``test``, ``validate`` and ``predict`` keep the fitted one on the Trainer, so a checkpoint
+        saved after them holds its state). Call ``super().configure_callbacks()`` when you
+        override this hook."""
         inherited = super().configure_callbacks()
         callbacks = [inherited] if isinstance(inherited, pl.Callback) else list(inherited)
-        return [*callbacks, WeightPenalty()]
+        return [*callbacks, WeightPenalty()] if _fitting(self) else callbacks
 
     @override
     def on_fit_start(self) -> None:
@@ -481,7 +494,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The callbacks of the classes further down the MRO (the penalty's ``WeightPenalty``),
-        plus ``MaxNorm(max_norm)`` if set.
+        plus ``MaxNorm(max_norm)`` if set, both for ``Trainer.fit`` only.
 
         A ``MaxNorm`` the Trainer already holds is kept beside this one (Lightning would
         otherwise drop it), with a warning that both act and the smaller bound holds where they
@@ -496,8 +509,11 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             >>> tuple(type(c).__name__ for c in Net(max_norm=3.0).configure_callbacks())
             ('WeightPenalty', 'MaxNorm', 'EarlyStopping')
         """
+        callbacks = super().configure_callbacks()
+        if not _fitting(self):
+            return callbacks
         ours = None if self.max_norm is None else MaxNorm(self.max_norm)
-        return [*super().configure_callbacks(), *beside_trainer_max_norms(ours, self)]
+        return [*callbacks, *beside_trainer_max_norms(ours, self)]
 
     @override
     def on_fit_start(self) -> None:

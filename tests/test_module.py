@@ -501,3 +501,27 @@ def test_mlp_trains_on_digits_with_regularization(tmp_path: Any) -> None:
     # the MC mean agrees with the deterministic prediction on most samples
     agree = first.mean.argmax(-1) == probs[: len(first.mean)].argmax(-1)
     assert agree.float().mean() > 0.9
+
+
+def test_test_validate_predict_keep_the_fitted_callbacks_for_a_checkpoint(tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    model = RegularizedMLP(hidden=(32,), lr=0.5, l2=1e-2, as_weight_decay=True, max_norm=3.0)
+    trainer = make_trainer(tmp_path, max_steps=3)
+    trainer.fit(model, digits_loader())
+    fitted = [c for c in trainer.callbacks if isinstance(c, (WeightPenalty, MaxNorm))]
+    assert [type(c) for c in fitted] == [WeightPenalty, MaxNorm]
+    trainer.test(model, digits_loader())
+    trainer.validate(model, digits_loader())
+    trainer.predict(model, digits_loader())
+    # Not replaced by fresh ones: a checkpoint saved now holds the fit's fold and step count.
+    assert [c for c in trainer.callbacks if isinstance(c, (WeightPenalty, MaxNorm))] == fitted
+    trainer.save_checkpoint(tmp_path / "after_test.ckpt")
+    states = torch.load(tmp_path / "after_test.ckpt", weights_only=False)["callbacks"]
+    assert states["WeightPenalty"] == {"fold": 0.02, "groups": [2]}
+    assert states[fitted[1].state_key] == {"steps": {0: 3}}
+    # A later fit on the same Trainer starts fresh callbacks, as each fit does.
+    trainer.fit_loop.epoch_loop.max_steps = 5
+    trainer.fit(model, digits_loader())
+    again = [c for c in trainer.callbacks if isinstance(c, (WeightPenalty, MaxNorm))]
+    assert len(again) == 2 and not set(map(id, again)) & set(map(id, fitted))
+    assert again[1].steps == {0: 2}

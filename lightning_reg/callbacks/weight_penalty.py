@@ -108,8 +108,10 @@ class WeightPenalty(HookOwner):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         config = _config(pl_module)
+        if stage != "fit":  # test, validate, predict: the fit's state stays for a checkpoint
+            return
         self._restored, self._groups = None, []
-        if stage != "fit" or not (config.l1 or config.l2):
+        if not (config.l1 or config.l2):
             return
         refuse_fsdp1(trainer, "The weight penalty", "each rank holds a slice of flat parameters")
         if isinstance(trainer.strategy, DeepSpeedStrategy):
