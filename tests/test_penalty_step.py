@@ -479,20 +479,23 @@ class _SparseEmbedding(pl.LightningModule):
         self.head = nn.Linear(4, 10)
         self.loss_route, self.optimizer_name = loss_route, optimizer
         if not loss_route:
-            self.configure_penalty(l1=L1, l2=L2)  # type: ignore[attr-defined]
+            self.configure_penalty(l1=self.l1_factor, l2=L2, as_weight_decay=self.fold)  # type: ignore[attr-defined]
+
+    l1_factor, fold = L1, False
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         x, y = batch
         tokens = (x * 4).round().clamp(0, 16).long()
         loss = F.cross_entropy(self.head(self.emb(tokens).mean(1)), y)
         if self.loss_route:
-            loss = loss + weight_penalty(select_weights(self), l1=L1, l2=L2)
+            loss = loss + weight_penalty(select_weights(self), l1=self.l1_factor, l2=L2)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name == "sparse_adam":
             return torch.optim.SparseAdam(list(self.emb.parameters()))
-        return torch.optim.SGD(self.parameters(), lr=0.5)
+        kernels = {"params": [self.emb.weight, self.head.weight]}  # their own group: the fold
+        return torch.optim.SGD([kernels, {"params": [self.head.bias]}], lr=0.5)
 
 
 class _SparseEmbeddingStep(WeightPenaltyMixin, _SparseEmbedding):
@@ -508,6 +511,26 @@ def test_sparse_embedding_gradients_take_the_penalty_as_the_loss_route(tmp_path:
     trainer = make_trainer(tmp_path, max_steps=1)
     with pytest.raises(MisconfigurationException, match="SparseAdam on the weights it updates"):
         trainer.fit(_SparseEmbeddingStep(False, "sparse_adam"), digits_loader(n=32))
+
+
+class _SparseEmbeddingL2(_SparseEmbedding):
+    l1_factor, fold = 0.0, True
+
+
+class _SparseEmbeddingL2Step(WeightPenaltyMixin, _SparseEmbeddingL2):
+    pass
+
+
+@pytest.mark.parametrize("l1", [0.0, L1])
+def test_sparse_embedding_gradients_take_l2_as_weight_decay(tmp_path: Any, l1: float) -> None:
+    # Without l1 no penalty gradient is added to the group whose l2 is folded into SGD's
+    # `weight_decay`, whose dense decay term a sparse `.grad` cannot take.
+    ref_cls = type("Ref", (_SparseEmbeddingL2,), {"l1_factor": l1})
+    step_cls = type("Step", (_SparseEmbeddingL2Step,), {"l1_factor": l1})
+    ref, _, _ = _run(ref_cls, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(step_cls, tmp_path, torch.float64, [], max_epochs=1)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 2 * L2
 
 
 class _ChangeAtEpoch1(Callback):

@@ -199,6 +199,8 @@ class WeightPenalty(HookOwner):
         for group, weights in self._groups_of(optimizer):
             # A group whose `weight_decay` is the fold takes l1 only here.
             folded = self._fold is not None and group.get("weight_decay") == self._fold
+            if folded:  # torch's coupled decay adds a dense term, which a sparse `.grad` cannot
+                _densify_grads_(weights)  # take: dense, as autograd makes it with l2 in the loss
             add_penalty_grad_(weights, l1, 0.0 if folded else config.l2, scale)
 
     def _groups_of(self, optimizer: Optimizer) -> Iterator[tuple[dict, list[nn.Parameter]]]:
@@ -240,6 +242,13 @@ class WeightPenalty(HookOwner):
 
 
 _IN_THE_LOSS = "Set l1=l2=0 and add `weight_penalty(...)` from lightning_reg.penalties to the loss"
+
+
+def _densify_grads_(weights: list[nn.Parameter]) -> None:
+    """Make the sparse ``.grad`` of ``nn.Embedding(sparse=True)`` weights dense."""
+    for w in weights:
+        if w.grad is not None and w.grad.is_sparse:
+            w.grad = w.grad.to_dense()
 
 
 def _config(pl_module: pl.LightningModule) -> PenaltyConfig:
