@@ -513,6 +513,21 @@ def test_schedule_longer_than_the_planned_run_names_the_trainer_estimate(tmp_pat
     assert "EarlyStopping" in message and "planned only" not in message
 
 
+def test_schedule_longer_than_a_gradient_accumulation_scheduler_run_names_its_plan(
+    tmp_path: Path,
+) -> None:
+    # Accumulation 1 for epochs 0-1, then 4: 8 + 8 + 2 + 2 = 20 optimizer steps. At the end of
+    # training `trainer.estimated_stepping_batches` takes accumulation 4 for every epoch (8).
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    schedule = Chain([LinearWarmup(4, 0.1, start_lr=0.01), CosineDecay(20, 0.1)])
+    accumulation = GradientAccumulationScheduler({0: 1, 2: 4})
+    with pytest.warns(UserWarning, match="training ended after 20 of the 24") as record:
+        fit(tmp_path, [ScheduledLR(schedule), accumulation], max_epochs=4)
+    (message,) = [str(w.message) for w in record if "training ended after" in str(w.message)]
+    assert "planned only 20 optimizer steps (each epoch's batches over " in message
+
+
 def test_resume_from_last_checkpoint_with_a_changed_max_lr_keeps_the_saved_cycle(
     tmp_path: Path,
 ) -> None:

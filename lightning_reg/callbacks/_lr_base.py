@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
@@ -42,6 +42,33 @@ ScheduleLike = Callable[[int], float]
 
 
 _T = TypeVar("_T")
+
+
+def steps_in_epochs(trainer: pl.Trainer, epochs: int) -> int:
+    """The optimizer steps of the first ``epochs`` epochs: each epoch's batches over its
+    accumulation (that epoch's of a ``GradientAccumulationScheduler`` on the Trainer, if any)."""
+    schedulers = callbacks_of(trainer, GradientAccumulationScheduler)
+    accumulation = [
+        schedulers[0].get_accumulate_grad_batches(epoch)
+        if schedulers
+        else trainer.accumulate_grad_batches
+        for epoch in range(epochs)
+    ]
+    return sum(math.ceil(trainer.num_training_batches / n) for n in accumulation)
+
+
+def planned_steps(trainer: pl.Trainer) -> tuple[float, str]:
+    """The optimizer steps the Trainer plans for a fit, and what that number is:
+    ``trainer.estimated_stepping_batches``, or, beside a ``GradientAccumulationScheduler`` (that
+    estimate takes the accumulation of now for every epoch), each epoch's batches over its
+    accumulation, at most ``max_steps``."""
+    gas = callbacks_of(trainer, GradientAccumulationScheduler)
+    if gas and math.isfinite(trainer.num_training_batches) and trainer.max_epochs != -1:
+        estimate = steps_in_epochs(trainer, max(trainer.max_epochs or 1, 1))
+        if trainer.max_steps != -1:
+            estimate = min(estimate, trainer.max_steps)
+        return estimate, "each epoch's batches over GradientAccumulationScheduler's accumulation"
+    return trainer.estimated_stepping_batches, "`trainer.estimated_stepping_batches`"
 
 
 def per_group(name: str, values: Sequence[_T], sizes: Sequence[int]) -> list[list[_T]]:

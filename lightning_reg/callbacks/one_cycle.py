@@ -7,13 +7,18 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import GradientAccumulationScheduler, StochasticWeightAveraging
+from lightning.pytorch.callbacks import StochasticWeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._hooks import callbacks_of
 from lightning_reg._validation import check_int, check_positive
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
+from lightning_reg.callbacks._lr_base import (
+    LRCallback,
+    ScheduleLike,
+    planned_steps,
+    steps_in_epochs,
+)
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
@@ -36,19 +41,6 @@ def _check_max_lr(max_lr: Any) -> list[float] | Literal["auto"]:
     if not values:
         raise ValueError("`max_lr` must not be an empty sequence.")
     return [check_positive("max_lr", value) for value in values]
-
-
-def steps_in_epochs(trainer: pl.Trainer, epochs: int) -> int:
-    """The optimizer steps of the first ``epochs`` epochs: each epoch's batches over its
-    accumulation (that epoch's of a ``GradientAccumulationScheduler`` on the Trainer, if any)."""
-    schedulers = callbacks_of(trainer, GradientAccumulationScheduler)
-    accumulation = [
-        schedulers[0].get_accumulate_grad_batches(epoch)
-        if schedulers
-        else trainer.accumulate_grad_batches
-        for epoch in range(epochs)
-    ]
-    return sum(math.ceil(trainer.num_training_batches / n) for n in accumulation)
 
 
 class OneCycleScheduler(ScheduledLR):
@@ -211,8 +203,7 @@ class OneCycleScheduler(ScheduledLR):
         ``check_phases`` (not on resume, which keeps the saved cycle), raises naming the
         estimate when it is too short for the phases.
         """
-        estimate = trainer.estimated_stepping_batches
-        source = "`trainer.estimated_stepping_batches`"
+        estimate, source = planned_steps(trainer)
         num_optimizers = len(trainer.optimizers)
         if num_optimizers > 1 and trainer.max_steps != -1:
             by_batches = math.inf
@@ -223,16 +214,8 @@ class OneCycleScheduler(ScheduledLR):
                 f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
                 "(under manual optimization `global_step` counts every optimizer's steps)"
             )
-        finite = math.isfinite(trainer.num_training_batches)
-        gas = callbacks_of(trainer, GradientAccumulationScheduler)
-        if gas and finite and trainer.max_epochs != -1:
-            # The Trainer's estimate takes the accumulation of now for every epoch.
-            estimate = steps_in_epochs(trainer, max(trainer.max_epochs or 1, 1))
-            if trainer.max_steps != -1:
-                estimate = min(estimate, trainer.max_steps)
-            source = "each epoch's batches over GradientAccumulationScheduler's accumulation"
         swa = callbacks_of(trainer, StochasticWeightAveraging)
-        if swa and finite:
+        if swa and math.isfinite(trainer.num_training_batches):
             estimate = min(estimate, steps_in_epochs(trainer, swa[0].swa_start))
             source = f"{source} up to `swa_epoch_start` (epoch {swa[0].swa_start})"
         if trainer.global_step and not self.restored:

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, first_momentum
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, first_momentum, planned_steps
 
 __all__ = ["ScheduledLR"]
 
@@ -203,12 +203,12 @@ class ScheduledLR(LRCallback):
         for idx, horizon in self.unfinished():
             taken = self.steps[idx]
             group, end_lr = trainer.optimizers[idx].param_groups[0], self.active[idx][0](horizon)
-            planned = trainer.estimated_stepping_batches
+            planned, source = planned_steps(trainer)
             why = (
-                f"The Trainer planned only {planned:g} optimizer steps "
-                "(`trainer.estimated_stepping_batches`, from `max_epochs`, `max_steps` and "
-                "`limit_train_batches`): make the schedule's steps add up to the run (for "
-                "OneCycleScheduler leave `total_steps=None`), or train longer."
+                f"The Trainer planned only {planned:g} optimizer steps ({source}, from "
+                "`max_epochs`, `max_steps` and `limit_train_batches`): make the schedule's steps "
+                "add up to the run (for OneCycleScheduler leave `total_steps=None`), or train "
+                "longer."
                 if trainer.lightning_module.automatic_optimization and planned < horizon
                 else "Runs end early with `max_time`, `EarlyStopping` or a dataloader shorter "
                 "than planned (an IterableDataset under `max_steps`). Size the schedule to the "
