@@ -494,15 +494,18 @@ class OneCycle(Schedule):
             final_div_factor: ``final_lr = start_lr / final_div_factor`` (default 1e4); >= 1.
             three_phase: descend back to ``start_lr`` symmetrically, then annihilate to
                 ``final_lr`` (default ``False``: descend straight to ``final_lr``).
-            cycle_momentum: cycle momentum inversely to the LR (default ``True``).
-            base_momentum: momentum at the LR peak (default 0.85).
-            max_momentum: momentum at the start and the end (default 0.95).
+            cycle_momentum: cycle momentum inversely to the LR (default ``True``); when ``False``
+                the momentum arguments are neither checked nor used.
+            base_momentum: momentum at the LR peak (default 0.85);
+                ``0 <= base_momentum <= max_momentum``.
+            max_momentum: momentum at the start and the end (default 0.95); in ``[0, 1)``.
 
         Returns:
             The equivalent :class:`Knots`.
 
         Raises:
-            TypeError: if an argument has the wrong type.
+            TypeError: if an argument has the wrong type (bools are rejected for numbers, and
+                ``three_phase``/``cycle_momentum`` must be bools).
             ValueError: if an argument is out of range or a phase would be empty.
 
         Example:
@@ -517,12 +520,14 @@ class OneCycle(Schedule):
         div = check_number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
         final_div = check_number("final_div_factor", final_div_factor, ">= 1", lambda x: x >= 1)
         check_choice("anneal_strategy", anneal_strategy, _ANNEALS)
-        if cycle_momentum:
+        check_bool("three_phase", three_phase)
+        if check_bool("cycle_momentum", cycle_momentum):
+            high = check_number("max_momentum", max_momentum, ">= 0 and < 1", lambda x: 0 <= x < 1)
             check_number(
                 "base_momentum",
                 base_momentum,
-                f">= 0 and <= max_momentum ({max_momentum!r})",
-                lambda x: 0 <= x <= max_momentum,
+                f">= 0 and <= max_momentum ({high!r})",
+                lambda x: 0 <= x <= high,
             )
         peak, end = float(pct * total) - 1, total - 1
         descent_end = float(2 * pct * total) - 2 if three_phase else end

@@ -458,6 +458,8 @@ def test_one_cycle_rejects_bad_hyperparameters(
         ({"final_div_factor": NAN}, "final_div_factor"),
         ({"anneal_strategy": "linear_"}, "anneal_strategy"),
         ({"base_momentum": 0.99}, "base_momentum"),
+        ({"max_momentum": 1.5}, "max_momentum"),
+        ({"max_momentum": NAN}, "max_momentum"),
         ({"max_lr": -0.1}, "max_lr"),
     ],
 )
@@ -465,6 +467,19 @@ def test_from_torch_rejects_bad_hyperparameters(kwargs: dict[str, object], match
     arguments: dict[str, object] = {"total_steps": 20, "max_lr": 0.1, **kwargs}
     with pytest.raises(ValueError, match=f"`{match}`.*got"):
         OneCycle.from_torch(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"three_phase": "False"}, "three_phase"),  # a truthy string made three phases
+        ({"cycle_momentum": 1}, "cycle_momentum"),
+        ({"max_momentum": "0.95"}, "max_momentum"),
+    ],
+)
+def test_from_torch_rejects_wrong_types_by_name(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(TypeError, match=f"`{match}`.*got"):
+        OneCycle.from_torch(total_steps=20, max_lr=0.1, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
