@@ -61,6 +61,21 @@ def test_public_name_has_a_doctest_example(path: str) -> None:
     assert re.search(r"^\s*>>> ", doc, flags=re.MULTILINE), f"{path} has no `>>>` example"
 
 
+def test_the_index_table_names_the_library_api() -> None:
+    # docs/index.md: "The library API is reached from `lightning_reg` (the table below)": the
+    # names of its first column (less the demos, the command and what a parenthesis places in a
+    # submodule) are exactly what `from lightning_reg import ...` offers.
+    table = (ROOT / "docs" / "index.md").read_text().split("| --- | --- | --- |\n")[1]
+    firsts = [row.split(" | ")[0] for row in table.split("\n\n")[0].splitlines()]
+    listed = {
+        name
+        for first in firsts
+        if not first.startswith(("| `lightning_reg.demos`", "| `lightning-reg`"))
+        for name in re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", first))
+    }
+    assert listed == set(lightning_reg.__all__)
+
+
 def test_pytest_collects_the_docstring_examples() -> None:
     # The README's test command, `python -m pytest`, runs them: the package is a test path and
     # doctest collection is on.
