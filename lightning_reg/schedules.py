@@ -51,8 +51,9 @@ def _interpolate(start: float, end: float, pct: float, anneal: Anneal) -> float:
 
 
 def _periods(step: int, s: float, staircase: bool) -> float:
-    """How many periods ``s`` long lie before ``step``: whole ones with ``staircase``."""
-    return step // s if staircase else step / s
+    """How many periods ``s`` long lie before ``step``: whole ones with ``staircase``
+    (``floor(step / s)`` as Keras, not ``step // s``: ``11 // 1.1`` is 9.0)."""
+    return math.floor(step / s) if staircase else step / s
 
 
 class Schedule(abc.ABC):
@@ -564,7 +565,7 @@ class OneCycle(Schedule):
 @dataclass(frozen=True)
 class ExponentialDecay(Schedule):
     """Exponential scheduling: ``lr0 * rate ** (step / s)``, the LR is divided by ``1 / rate``
-    every ``s`` steps; with ``staircase=True``, ``lr0 * rate ** (step // s)`` (Keras'
+    every ``s`` steps; with ``staircase=True``, ``lr0 * rate ** floor(step / s)`` (Keras'
     ``ExponentialDecay(staircase=True)``, torch's ``StepLR`` for an int ``s``).
 
     Args:
@@ -605,7 +606,7 @@ class ExponentialDecay(Schedule):
 class PowerDecay(Schedule):
     """Power scheduling: ``lr0 / (1 + step / s) ** c``; with ``c=1`` the LR halves at ``s``
     steps, is a third at ``2 * s``, and so on (Keras' ``InverseTimeDecay``). With
-    ``staircase=True``: ``lr0 / (1 + step // s) ** c`` (Keras' ``staircase``).
+    ``staircase=True``: ``lr0 / (1 + floor(step / s)) ** c`` (Keras' ``staircase``).
 
     Args:
         lr0: learning rate at step 0; finite > 0.

@@ -301,6 +301,15 @@ def test_staircase_decays_follow_keras_formulas(step: int) -> None:
     )
 
 
+@pytest.mark.parametrize(("s", "step"), [(1.1, 11), (0.7, 7), (0.1, 3), (2.2, 22)])
+def test_staircase_boundary_exactly_on_a_step_starts_the_next_period(s: float, step: int) -> None:
+    # step / s is a whole number of periods: Keras' floor(step / decay_steps). Python's
+    # 11 // 1.1 is 9.0 (1.1 is stored a little above 11/10), a whole period short.
+    periods = round(step / s)
+    assert ExponentialDecay(1.0, s, rate=0.5, staircase=True)(step) == 0.5**periods
+    assert PowerDecay(1.0, s, staircase=True)(step) == 1.0 / (1 + periods)
+
+
 def test_staircase_exponential_decay_is_torchs_step_lr() -> None:
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     step_lr = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
