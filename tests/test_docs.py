@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 import lightning_reg
 
@@ -74,6 +75,19 @@ def test_the_index_table_names_the_library_api() -> None:
         for name in re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", first))
     }
     assert listed == set(lightning_reg.__all__)
+
+
+def test_the_cli_page_lists_every_model_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_reg.demos.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    options = yaml.safe_load(capsys.readouterr().out)["model"]
+    text = (ROOT / "docs" / "cli.md").read_text()
+    listed = text.split("- **`model`**: the options of `RegularizedMLP` and `RegularizedModule` (")[
+        1
+    ]
+    assert set(re.findall(r"`(\w+)`", listed.split(")")[0])) == set(options)
 
 
 def test_pytest_collects_the_docstring_examples() -> None:
