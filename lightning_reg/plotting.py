@@ -16,7 +16,8 @@ __all__ = ["plot_schedule"]
 
 
 def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None = None) -> Figure:
-    """Plot the learning rate against the optimizer step, and momentum on a twin axis.
+    """Plot the learning rate against the optimizer step (the epoch for a
+    ``ScheduledLR(..., interval="epoch")``), and momentum on a twin axis.
 
     Args:
         schedule: a :class:`~lightning_reg.schedules.Schedule`, a plain callable
@@ -48,6 +49,7 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
         1000
     """
     figure_class = matplotlib_figure("plot_schedule")
+    unit = "epoch" if getattr(schedule, "interval", "step") == "epoch" else "optimizer step"
     as_schedule = getattr(schedule, "as_schedule", None)
     if callable(as_schedule):
         schedule = as_schedule(total_steps)
@@ -63,7 +65,7 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
     if ax is None:
         ax = figure_class().add_subplot()
     ax.plot(steps, lrs, color="tab:blue", label="learning rate")
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel(unit)
     ax.set_ylabel("learning rate", color="tab:blue")
     if momenta is not None:
         twin = ax.twinx()

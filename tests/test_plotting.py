@@ -13,6 +13,7 @@ import math
 
 from matplotlib.figure import Figure
 
+from lightning_reg import ScheduledLR
 from lightning_reg.plotting import plot_schedule
 from lightning_reg.schedules import (
     Chain,
@@ -63,6 +64,14 @@ def test_chain_momentum_is_held_where_the_running_schedule_leaves_it() -> None:
     (line,) = plot_schedule(Chain([LinearWarmup(5, 0.01), cycle])).axes[1].get_lines()
     assert all(math.isnan(m) for m in line.get_ydata()[:5])
     assert list(line.get_ydata()[5:]) == [cycle.momentum(k) for k in range(20)]
+
+
+def test_an_epoch_callback_is_drawn_against_the_epoch() -> None:
+    per_epoch = plot_schedule(ScheduledLR(ExponentialDecay(0.1, 2), interval="epoch"), 5)
+    assert per_epoch.axes[0].get_xlabel() == "epoch"
+    assert plot_schedule(ScheduledLR(ExponentialDecay(0.1, 2)), 5).axes[0].get_xlabel() == (
+        "optimizer step"
+    )
 
 
 def test_plain_callable_and_given_axes() -> None:
