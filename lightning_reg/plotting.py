@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +16,13 @@ __all__ = ["plot_schedule"]
 
 
 def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None = None) -> Figure:
-    """Plot the learning rate against the optimizer step, and momentum on a twin axis.
+    """Plot the learning rate against the optimizer step (the epoch for a
+    ``ScheduledLR(..., interval="epoch")``), and momentum on a twin axis.
 
     Args:
         schedule: a :class:`~lightning_reg.schedules.Schedule`, a plain callable
-            ``step -> lr``, or an object with ``as_schedule(total_steps)`` (the LR callbacks).
+            ``step -> lr``, or an object with ``as_schedule(total_steps)`` (``OneCycleScheduler``,
+            ``ScheduledLR``; not ``PerformanceScheduler``, whose LR follows a metric).
         total_steps: number of steps to draw (steps ``0 .. total_steps - 1``). Default ``None``:
             the schedule's own :attr:`~lightning_reg.schedules.Schedule.length` (a
             :class:`~lightning_reg.schedules.OneCycle`, a warm-up, a cosine decay or a
@@ -30,8 +33,8 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
 
     Returns:
         The (root) figure holding ``ax``. The LR is the axes' only line; when
-        ``schedule.momentum(0)`` is not ``None`` the momentum is drawn on a twin axes
-        (``figure.axes[1]``).
+        ``schedule.momentum(step)`` is not ``None`` at some step the momentum is drawn on a
+        twin axes (``figure.axes[1]``), held where the schedule leaves it unchanged.
 
     Raises:
         ImportError: if matplotlib is not installed (``pip install "lightning-reg[plot]"``).
@@ -46,6 +49,7 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
         1000
     """
     figure_class = matplotlib_figure("plot_schedule")
+    unit = "epoch" if getattr(schedule, "interval", "step") == "epoch" else "optimizer step"
     as_schedule = getattr(schedule, "as_schedule", None)
     if callable(as_schedule):
         schedule = as_schedule(total_steps)
@@ -56,18 +60,16 @@ def plot_schedule(schedule: Any, total_steps: int | None = None, ax: Axes | None
         )
     steps = _resolve_steps(schedule, total_steps)
     lrs = [float(schedule(step)) for step in steps]
-    momentum = getattr(schedule, "momentum", None)
+    momenta = _momenta(getattr(schedule, "momentum", None), steps)
 
     if ax is None:
         ax = figure_class().add_subplot()
     ax.plot(steps, lrs, color="tab:blue", label="learning rate")
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel(unit)
     ax.set_ylabel("learning rate", color="tab:blue")
-    if callable(momentum) and momentum(0) is not None:
+    if momenta is not None:
         twin = ax.twinx()
-        twin.plot(
-            steps, [float(momentum(step)) for step in steps], color="tab:orange", label="momentum"
-        )
+        twin.plot(steps, momenta, color="tab:orange", label="momentum")
         twin.set_ylabel("momentum", color="tab:orange")
     return ax.figure.figure  # the root figure, also when ``ax`` is on a SubFigure
 
@@ -79,6 +81,24 @@ def matplotlib_figure(user: str) -> type[Figure]:
     except ImportError as error:
         raise ImportError(f'{user} needs matplotlib: pip install "lightning-reg[plot]"') from error
     return Figure
+
+
+def _momenta(momentum: Any, steps: range) -> list[float] | None:
+    """The momentum the optimizer holds at each step, or ``None`` if the schedule never sets it.
+
+    A step where ``momentum(step)`` is ``None`` leaves the optimizer's momentum as it was (a
+    :class:`~lightning_reg.schedules.Chain` past its 1cycle), so the last value is held; before
+    the first value set, the optimizer's own momentum is unknown (NaN: not drawn).
+    """
+    if not callable(momentum):
+        return None
+    values: list[float] = []
+    held = math.nan
+    for step in steps:
+        value = momentum(step)
+        held = held if value is None else float(value)
+        values.append(held)
+    return None if all(math.isnan(v) for v in values) else values
 
 
 def _resolve_steps(schedule: Callable[[int], float], total_steps: int | None) -> range:

@@ -51,8 +51,9 @@ def _interpolate(start: float, end: float, pct: float, anneal: Anneal) -> float:
 
 
 def _periods(step: int, s: float, staircase: bool) -> float:
-    """How many periods ``s`` long lie before ``step``: whole ones with ``staircase``."""
-    return step // s if staircase else step / s
+    """How many periods ``s`` long lie before ``step``: whole ones with ``staircase``
+    (``floor(step / s)`` as Keras, not ``step // s``: ``11 // 1.1`` is 9.0)."""
+    return math.floor(step / s) if staircase else step / s
 
 
 class Schedule(abc.ABC):
@@ -494,15 +495,18 @@ class OneCycle(Schedule):
             final_div_factor: ``final_lr = start_lr / final_div_factor`` (default 1e4); >= 1.
             three_phase: descend back to ``start_lr`` symmetrically, then annihilate to
                 ``final_lr`` (default ``False``: descend straight to ``final_lr``).
-            cycle_momentum: cycle momentum inversely to the LR (default ``True``).
-            base_momentum: momentum at the LR peak (default 0.85).
-            max_momentum: momentum at the start and the end (default 0.95).
+            cycle_momentum: cycle momentum inversely to the LR (default ``True``); when ``False``
+                the momentum arguments are neither checked nor used.
+            base_momentum: momentum at the LR peak (default 0.85);
+                ``0 <= base_momentum <= max_momentum``.
+            max_momentum: momentum at the start and the end (default 0.95); in ``[0, 1)``.
 
         Returns:
             The equivalent :class:`Knots`.
 
         Raises:
-            TypeError: if an argument has the wrong type.
+            TypeError: if an argument has the wrong type (bools are rejected for numbers, and
+                ``three_phase``/``cycle_momentum`` must be bools).
             ValueError: if an argument is out of range or a phase would be empty.
 
         Example:
@@ -517,12 +521,14 @@ class OneCycle(Schedule):
         div = check_number("div_factor", div_factor, ">= 1", lambda x: x >= 1)
         final_div = check_number("final_div_factor", final_div_factor, ">= 1", lambda x: x >= 1)
         check_choice("anneal_strategy", anneal_strategy, _ANNEALS)
-        if cycle_momentum:
+        check_bool("three_phase", three_phase)
+        if check_bool("cycle_momentum", cycle_momentum):
+            high = check_number("max_momentum", max_momentum, ">= 0 and < 1", lambda x: 0 <= x < 1)
             check_number(
                 "base_momentum",
                 base_momentum,
-                f">= 0 and <= max_momentum ({max_momentum!r})",
-                lambda x: 0 <= x <= max_momentum,
+                f">= 0 and <= max_momentum ({high!r})",
+                lambda x: 0 <= x <= high,
             )
         peak, end = float(pct * total) - 1, total - 1
         descent_end = float(2 * pct * total) - 2 if three_phase else end
@@ -559,7 +565,7 @@ class OneCycle(Schedule):
 @dataclass(frozen=True)
 class ExponentialDecay(Schedule):
     """Exponential scheduling: ``lr0 * rate ** (step / s)``, the LR is divided by ``1 / rate``
-    every ``s`` steps; with ``staircase=True``, ``lr0 * rate ** (step // s)`` (Keras'
+    every ``s`` steps; with ``staircase=True``, ``lr0 * rate ** floor(step / s)`` (Keras'
     ``ExponentialDecay(staircase=True)``, torch's ``StepLR`` for an int ``s``).
 
     Args:
@@ -600,7 +606,7 @@ class ExponentialDecay(Schedule):
 class PowerDecay(Schedule):
     """Power scheduling: ``lr0 / (1 + step / s) ** c``; with ``c=1`` the LR halves at ``s``
     steps, is a third at ``2 * s``, and so on (Keras' ``InverseTimeDecay``). With
-    ``staircase=True``: ``lr0 / (1 + step // s) ** c`` (Keras' ``staircase``).
+    ``staircase=True``: ``lr0 / (1 + floor(step / s)) ** c`` (Keras' ``staircase``).
 
     Args:
         lr0: learning rate at step 0; finite > 0.

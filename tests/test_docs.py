@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 import lightning_reg
 
@@ -59,6 +60,34 @@ def test_public_name_has_a_doctest_example(path: str) -> None:
     doc = inspect.getdoc(public_objects()[path]) or ""
     assert "Example::" not in doc, f"{path}: an `Example::` block (write it as `>>>` lines)"
     assert re.search(r"^\s*>>> ", doc, flags=re.MULTILINE), f"{path} has no `>>>` example"
+
+
+def test_the_index_table_names_the_library_api() -> None:
+    # docs/index.md: "The library API is reached from `lightning_reg` (the table below)": the
+    # names of its first column (less the demos, the command and what a parenthesis places in a
+    # submodule) are exactly what `from lightning_reg import ...` offers.
+    table = (ROOT / "docs" / "index.md").read_text().split("| --- | --- | --- |\n")[1]
+    firsts = [row.split(" | ")[0] for row in table.split("\n\n")[0].splitlines()]
+    listed = {
+        name
+        for first in firsts
+        if not first.startswith(("| `lightning_reg.demos`", "| `lightning-reg`"))
+        for name in re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", first))
+    }
+    assert listed == set(lightning_reg.__all__)
+
+
+def test_the_cli_page_lists_every_model_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_reg.demos.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--print_config"])
+    options = yaml.safe_load(capsys.readouterr().out)["model"]
+    text = (ROOT / "docs" / "cli.md").read_text()
+    listed = text.split("- **`model`**: the options of `RegularizedMLP` and `RegularizedModule` (")[
+        1
+    ]
+    assert set(re.findall(r"`(\w+)`", listed.split(")")[0])) == set(options)
 
 
 def test_pytest_collects_the_docstring_examples() -> None:

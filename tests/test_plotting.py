@@ -9,10 +9,20 @@ import pytest
 
 matplotlib.use("Agg")
 
+import math
+
 from matplotlib.figure import Figure
 
+from lightning_reg import ScheduledLR
 from lightning_reg.plotting import plot_schedule
-from lightning_reg.schedules import ExponentialDecay, OneCycle, Schedule
+from lightning_reg.schedules import (
+    Chain,
+    Constant,
+    ExponentialDecay,
+    LinearWarmup,
+    OneCycle,
+    Schedule,
+)
 
 
 def test_one_cycle_draws_lr_and_momentum_for_its_own_length() -> None:
@@ -43,6 +53,25 @@ def test_schedule_without_momentum_has_no_twin_axis() -> None:
     assert list(line.get_ydata()) == pytest.approx([0.1 * 0.1 ** (k / 10) for k in range(30)])
     no_momentum = OneCycle(total_steps=50, max_lr=0.3, cycle_momentum=False)
     assert len(plot_schedule(no_momentum).axes) == 1
+
+
+def test_chain_momentum_is_held_where_the_running_schedule_leaves_it() -> None:
+    # Past its 1cycle the chain's momentum is None: the optimizer keeps 0.95 (no crash).
+    cycle = OneCycle(total_steps=20, max_lr=0.1)
+    (line,) = plot_schedule(Chain([cycle, Constant(0.001)]), total_steps=30).axes[1].get_lines()
+    assert list(line.get_ydata()) == [cycle.momentum(k) for k in range(20)] + [0.95] * 10
+    # A warm-up before the 1cycle sets no momentum: not drawn there, drawn from the cycle on.
+    (line,) = plot_schedule(Chain([LinearWarmup(5, 0.01), cycle])).axes[1].get_lines()
+    assert all(math.isnan(m) for m in line.get_ydata()[:5])
+    assert list(line.get_ydata()[5:]) == [cycle.momentum(k) for k in range(20)]
+
+
+def test_an_epoch_callback_is_drawn_against_the_epoch() -> None:
+    per_epoch = plot_schedule(ScheduledLR(ExponentialDecay(0.1, 2), interval="epoch"), 5)
+    assert per_epoch.axes[0].get_xlabel() == "epoch"
+    assert plot_schedule(ScheduledLR(ExponentialDecay(0.1, 2)), 5).axes[0].get_xlabel() == (
+        "optimizer step"
+    )
 
 
 def test_plain_callable_and_given_axes() -> None:

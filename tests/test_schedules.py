@@ -301,6 +301,15 @@ def test_staircase_decays_follow_keras_formulas(step: int) -> None:
     )
 
 
+@pytest.mark.parametrize(("s", "step"), [(1.1, 11), (0.7, 7), (0.1, 3), (2.2, 22)])
+def test_staircase_boundary_exactly_on_a_step_starts_the_next_period(s: float, step: int) -> None:
+    # step / s is a whole number of periods: Keras' floor(step / decay_steps). Python's
+    # 11 // 1.1 is 9.0 (1.1 is stored a little above 11/10), a whole period short.
+    periods = round(step / s)
+    assert ExponentialDecay(1.0, s, rate=0.5, staircase=True)(step) == 0.5**periods
+    assert PowerDecay(1.0, s, staircase=True)(step) == 1.0 / (1 + periods)
+
+
 def test_staircase_exponential_decay_is_torchs_step_lr() -> None:
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     step_lr = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
@@ -458,6 +467,8 @@ def test_one_cycle_rejects_bad_hyperparameters(
         ({"final_div_factor": NAN}, "final_div_factor"),
         ({"anneal_strategy": "linear_"}, "anneal_strategy"),
         ({"base_momentum": 0.99}, "base_momentum"),
+        ({"max_momentum": 1.5}, "max_momentum"),
+        ({"max_momentum": NAN}, "max_momentum"),
         ({"max_lr": -0.1}, "max_lr"),
     ],
 )
@@ -465,6 +476,19 @@ def test_from_torch_rejects_bad_hyperparameters(kwargs: dict[str, object], match
     arguments: dict[str, object] = {"total_steps": 20, "max_lr": 0.1, **kwargs}
     with pytest.raises(ValueError, match=f"`{match}`.*got"):
         OneCycle.from_torch(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"three_phase": "False"}, "three_phase"),  # a truthy string made three phases
+        ({"cycle_momentum": 1}, "cycle_momentum"),
+        ({"max_momentum": "0.95"}, "max_momentum"),
+    ],
+)
+def test_from_torch_rejects_wrong_types_by_name(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(TypeError, match=f"`{match}`.*got"):
+        OneCycle.from_torch(total_steps=20, max_lr=0.1, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
