@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
@@ -137,6 +136,7 @@ class MaxNorm(HookOwner):
         self._steps: dict[int, int] = {}
         self._bound: list[_Bound] = []
         self._warned: set[str] = set()
+        self.module_made = False  # set by `beside_trainer_max_norms` for a module's own bound
 
     @property
     @override
@@ -238,7 +238,7 @@ def beside_trainer_max_norms(ours: MaxNorm | None, pl_module: pl.LightningModule
         trainer = pl_module.trainer
     except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
         return [] if ours is None else [ours]
-    earlier = [c for c in callbacks_of(trainer, MaxNorm) if c in _MODULE_MADE]
+    earlier = [c for c in callbacks_of(trainer, MaxNorm) if c.module_made]
     if earlier:
         kept = [c for c in trainer.callbacks if c not in earlier]  # type: ignore[attr-defined]
         trainer.callbacks = kept  # type: ignore[attr-defined]
@@ -256,10 +256,6 @@ def beside_trainer_max_norms(ours: MaxNorm | None, pl_module: pl.LightningModule
             f"several select the smallest bound holds. Pass `max_norm=None` to {owner} to keep "
             "only the Trainer's."
         )
-    _MODULE_MADE.add(ours)
+    ours.module_made = True
     # Exactly MaxNorm: Lightning drops those from the Trainer's list (subclasses stay there).
     return [*(c for c in theirs if type(c) is MaxNorm), ours]
-
-
-# The MaxNorm callbacks that `beside_trainer_max_norms` handed to a module's Trainer.
-_MODULE_MADE: weakref.WeakSet[MaxNorm] = weakref.WeakSet()
