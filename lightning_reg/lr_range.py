@@ -103,9 +103,10 @@ def suggest_max_lr(
         A finite learning rate > 0.
 
     Raises:
-        ValueError: when the curve cannot give a value: lengths differ, no finite loss, or the
-            lowest smoothed loss is at the first LR (the loss never fell, so the sweep started too
-            high or the model does not train): the message says which, and what to change.
+        ValueError: when the curve cannot give a value: lengths differ or are 0, no finite
+            loss, or the lowest smoothed loss is at the first LR (the loss never fell, so the
+            sweep started too high or the model does not train): the message says which, and
+            what to change.
 
     Warns:
         UserWarning: when the lowest smoothed loss is the curve's last point, a finite one (the
@@ -118,23 +119,18 @@ def suggest_max_lr(
         >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, 9.0], beta=0.0, divisor=10.0)
         0.1
     """
-    if len(lrs) != len(losses):
-        raise ValueError(f"`lrs` and `losses` differ in length: {len(lrs)} and {len(losses)}.")
+    if not 0 < len(lrs) == len(losses):
+        raise ValueError(f"`lrs` and `losses` need one length > 0: {len(lrs)} and {len(losses)}.")
     _check_rule(beta, divisor)
     finite = next((k for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
-    if finite == 0:
-        raise ValueError(
-            "The LR range test has no finite loss: the loss was inf/NaN from its first step "
-            f"(lr {lrs[0]:.3g} if any). Lower `min_lr` of the range test, or pass `max_lr` by "
-            "hand."
-        )
     curve = smooth(losses[:finite], beta)
-    best = min(range(finite), key=curve.__getitem__)
-    if best == 0:
+    best = min(range(finite), key=curve.__getitem__, default=0)
+    if best == 0:  # also when no loss is finite
+        why = "has no finite loss" if finite == 0 else "'s loss never fell below its value"
         raise ValueError(
-            f"The LR range test's loss never fell below its value at the first LR "
-            f"({lrs[0]:.3g}): the sweep starts too high or the model does not train. Lower "
-            "`min_lr` of the range test, or pass `max_lr` by hand."
+            f"The LR range test {why} at the first LR ({lrs[0]:.3g}): the sweep starts too high "
+            "or the model does not train. Lower `min_lr` of the range test, or pass `max_lr` by "
+            "hand."
         )
     if best == len(losses) - 1:
         rank_zero_warn(
@@ -195,10 +191,9 @@ class RangeTestResult:
         if ax is None:
             figure = matplotlib_figure("RangeTestResult.plot")
             ax = figure(figsize=(6, 4), layout="constrained").add_subplot()
-        finite = [k for k, loss in enumerate(self.losses) if math.isfinite(loss)]
-        lrs, losses = [self.lrs[k] for k in finite], [self.losses[k] for k in finite]
-        ax.plot(lrs, losses, alpha=0.4, label="loss")
-        ax.plot(lrs, smooth(losses), label="smoothed")
+        # A non-finite loss (the last one of a sweep stopped by it) is not drawn.
+        ax.plot(self.lrs, self.losses, alpha=0.4, label="loss")
+        ax.plot(self.lrs, smooth(self.losses), label="smoothed")
         ax.axvline(self.max_lr, color="C2", linestyle="--", label=f"max_lr {self.max_lr:.3g}")
         ax.set(xscale="log", xlabel="learning rate", ylabel="training loss")
         ax.legend()

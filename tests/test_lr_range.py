@@ -117,6 +117,16 @@ def test_suggest_max_lr_says_why_it_cannot(losses: list[float], message: str) ->
 
 
 @pytest.mark.parametrize(
+    ("lrs", "losses"), [([0.1, 1.0], [2.0]), ([], [])], ids=["differ", "empty"]
+)
+def test_suggest_max_lr_names_a_curve_of_wrong_length(
+    lrs: list[float], losses: list[float]
+) -> None:
+    with pytest.raises(ValueError, match=f"need one length > 0: {len(lrs)} and {len(losses)}"):
+        suggest_max_lr(lrs, losses)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
         ({"min_lr": 0.0}, ValueError, "`min_lr` must be a finite number > 0, got 0.0."),
