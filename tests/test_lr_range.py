@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reg import OneCycleScheduler
 from lightning_reg.demos import RegularizedMLP
-from lightning_reg.lr_range import LRRangeTest, smooth, suggest_max_lr
+from lightning_reg.lr_range import LRRangeTest, RangeTestResult, smooth, suggest_max_lr
 from lightning_reg.module import WeightPenaltyMixin
 from tests import helpers
 from tests.helpers import DigitsClassifier, digits, run_as_script
@@ -151,6 +151,17 @@ def test_one_cycle_rejects_other_strings_and_range_tests() -> None:
         OneCycleScheduler(max_lr="auto", range_test={"num_steps": 10})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no range test has run yet"):
         OneCycleScheduler(max_lr="auto", total_steps=100).as_schedule()
+
+
+def test_the_plot_draws_the_curve_and_leaves_out_a_non_finite_end() -> None:
+    pytest.importorskip("matplotlib")
+    lrs, losses = [0.01, 0.1, 1.0, 10.0], [2.0, 1.0, 0.5, math.nan]
+    ax = RangeTestResult(lrs, losses, 0.25, "non-finite loss", 0.1).plot().axes[0]
+    raw, smoothed, chosen = ax.get_lines()
+    assert list(raw.get_ydata())[:3] == losses[:3]
+    assert list(smoothed.get_ydata())[:3] == pytest.approx(smooth(losses[:3]))
+    assert list(chosen.get_xdata()) == [0.25, 0.25]
+    assert ax.get_xlim()[1] < 10.0  # the NaN point at lr 10 is not drawn
 
 
 # -- the sweep inside fit ------------------------------------------------------------------------
