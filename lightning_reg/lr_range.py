@@ -20,18 +20,14 @@ import time
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.loops.optimization.automatic import Closure, ClosureResult
-from lightning.pytorch.strategies import (
-    DDPStrategy,
-    DeepSpeedStrategy,
-    ParallelStrategy,
-    SingleDeviceStrategy,
-)
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torchmetrics import Metric
@@ -103,9 +99,10 @@ def suggest_max_lr(
         A finite learning rate > 0.
 
     Raises:
-        ValueError: when the curve cannot give a value: lengths differ, no finite loss, or the
-            lowest smoothed loss is at the first LR (the loss never fell, so the sweep started too
-            high or the model does not train): the message says which, and what to change.
+        ValueError: when the curve cannot give a value: lengths differ or are 0, no finite
+            loss, or the lowest smoothed loss is at the first LR (the loss never fell, so the
+            sweep started too high or the model does not train): the message says which, and
+            what to change.
 
     Warns:
         UserWarning: when the lowest smoothed loss is the curve's last point, a finite one (the
@@ -118,23 +115,18 @@ def suggest_max_lr(
         >>> suggest_max_lr(lrs, [2.0, 1.0, 0.5, 9.0], beta=0.0, divisor=10.0)
         0.1
     """
-    if len(lrs) != len(losses):
-        raise ValueError(f"`lrs` and `losses` differ in length: {len(lrs)} and {len(losses)}.")
+    if not 0 < len(lrs) == len(losses):
+        raise ValueError(f"`lrs` and `losses` need one length > 0: {len(lrs)} and {len(losses)}.")
     _check_rule(beta, divisor)
     finite = next((k for k, loss in enumerate(losses) if not math.isfinite(loss)), len(losses))
-    if finite == 0:
-        raise ValueError(
-            "The LR range test has no finite loss: the loss was inf/NaN from its first step "
-            f"(lr {lrs[0]:.3g} if any). Lower `min_lr` of the range test, or pass `max_lr` by "
-            "hand."
-        )
     curve = smooth(losses[:finite], beta)
-    best = min(range(finite), key=curve.__getitem__)
-    if best == 0:
+    best = min(range(finite), key=curve.__getitem__, default=0)
+    if best == 0:  # also when no loss is finite
+        why = "has no finite loss" if finite == 0 else "'s loss never fell below its value"
         raise ValueError(
-            f"The LR range test's loss never fell below its value at the first LR "
-            f"({lrs[0]:.3g}): the sweep starts too high or the model does not train. Lower "
-            "`min_lr` of the range test, or pass `max_lr` by hand."
+            f"The LR range test {why} at the first LR ({lrs[0]:.3g}): the sweep starts too high "
+            "or the model does not train. Lower `min_lr` of the range test, or pass `max_lr` by "
+            "hand."
         )
     if best == len(losses) - 1:
         rank_zero_warn(
@@ -195,10 +187,9 @@ class RangeTestResult:
         if ax is None:
             figure = matplotlib_figure("RangeTestResult.plot")
             ax = figure(figsize=(6, 4), layout="constrained").add_subplot()
-        finite = [k for k, loss in enumerate(self.losses) if math.isfinite(loss)]
-        lrs, losses = [self.lrs[k] for k in finite], [self.losses[k] for k in finite]
-        ax.plot(lrs, losses, alpha=0.4, label="loss")
-        ax.plot(lrs, smooth(losses), label="smoothed")
+        # A non-finite loss (the last one of a sweep stopped by it) is not drawn.
+        ax.plot(self.lrs, self.losses, alpha=0.4, label="loss")
+        ax.plot(self.lrs, smooth(self.losses), label="smoothed")
         ax.axvline(self.max_lr, color="C2", linestyle="--", label=f"max_lr {self.max_lr:.3g}")
         ax.set(xscale="log", xlabel="learning rate", ylabel="training loss")
         ax.legend()
@@ -216,11 +207,12 @@ class LRRangeTest:
     ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group. It
     stops early at the first non-finite loss, or when the smoothed loss exceeds
     ``early_stop_threshold`` times its lowest value. Then, on every exit path (an exception or
-    ``KeyboardInterrupt`` included), it restores the weights and buffers, the module's own
-    attributes, the gradients, the optimizer's state and hyperparameters, the GradScaler, every
-    callback's ``state_dict``, the torchmetrics states, the train/eval modes, and the torch (CPU
-    and CUDA), Python and NumPy random generators plus any generator held by the dataloader: the
-    training that follows draws the same batches and dropout masks as it would without the sweep.
+    ``KeyboardInterrupt`` included), it restores the weights and buffers, the own attributes of
+    the module and its submodules (their train/eval modes included), the gradients, the
+    optimizer's state and hyperparameters, the GradScaler, every callback's ``state_dict``, the
+    torchmetrics states, and the torch (CPU and accelerator), Python and NumPy random generators
+    plus any generator held by the dataloader: the training that follows draws the same batches
+    and dropout masks as it would without the sweep.
 
     Each sweep step is the step Lightning's automatic optimization takes, through the same
     public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's
@@ -297,19 +289,15 @@ class LRRangeTest:
         start = time.perf_counter()
         _check_run_shape(trainer, pl_module)
         optimizer = trainer.optimizers[0]  # automatic optimization: exactly one
-        saved = _Snapshot(trainer, pl_module, optimizer)
-        batches = _cycle(trainer.train_dataloader)
-        barebones = trainer.barebones
-        try:
+        with (
+            _undone(trainer, pl_module, optimizer),
+            contextlib.closing(_cycle(trainer.train_dataloader)) as batches,
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
             trainer.barebones = True  # `self.log` in `training_step` returns without logging
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
-                pl_module.train()
-                losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
-        finally:
-            trainer.barebones = barebones
-            batches.close()
-            saved.restore()
+            pl_module.train()
+            losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
         lrs = self.lrs()[: len(losses)]
         max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)
         max_lr = float(trainer.strategy.broadcast(max_lr, src=0))
@@ -368,8 +356,10 @@ def _training_step(
     a :class:`Closure` per micro-batch (``training_step``, zero-grad on the first, backward), the
     last one run by ``strategy.optimizer_step``, the earlier ones with DDP's sync blocked.
     Returns the step's loss (the mean over its micro-batches)."""
-    strategy = trainer.strategy
-    accumulate = trainer.accumulate_grad_batches
+    strategy, accumulate = trainer.strategy, trainer.accumulate_grad_batches
+    epoch = trainer.current_epoch
+    # DDP's gradient sync is blocked on all but the last micro-batch (a single device has none).
+    blocked = getattr(strategy, "block_backward_sync", contextlib.nullcontext)
     total = torch.zeros((), device=strategy.root_device)
     for micro in range(accumulate):
         batch_idx = step * accumulate + micro
@@ -387,16 +377,10 @@ def _training_step(
         def backward(loss: torch.Tensor) -> None:
             strategy.backward(loss, optimizer)
 
-        def zero_grad(batch_idx: int = batch_idx) -> None:
-            pl_module.optimizer_zero_grad(trainer.current_epoch, batch_idx, optimizer)
-
+        zero_grad = partial(pl_module.optimizer_zero_grad, epoch, batch_idx, optimizer)
         closure = Closure(step_fn, backward, zero_grad if micro == 0 else None)
-        if micro + 1 < accumulate:  # DDP's gradient sync blocked, as in Lightning's loop
-            with (
-                strategy.block_backward_sync()
-                if isinstance(strategy, ParallelStrategy)
-                else contextlib.nullcontext()
-            ):
+        if micro + 1 < accumulate:
+            with blocked():
                 closure()
         else:
             strategy.optimizer_step(optimizer, closure, model=pl_module)
@@ -404,19 +388,6 @@ def _training_step(
         assert loss is not None  # step_fn raised otherwise
         total += loss
     return total
-
-
-def _loader_generators(iterables: Any) -> list[torch.Generator]:
-    """The ``torch.Generator``s that iterating the training dataloader(s) advances (each
-    loader's own and its samplers')."""
-    found: dict[int, torch.Generator] = {}
-    for loader in CombinedLoader(iterables).flattened:
-        inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
-        for holder in (loader, getattr(loader, "sampler", None), inner):
-            gen = getattr(holder, "generator", None)
-            if isinstance(gen, torch.Generator):
-                found[id(gen)] = gen
-    return list(found.values())
 
 
 def _cycle(iterables: Any) -> Generator[Any, None, None]:
@@ -439,75 +410,72 @@ def _same_state(a: Any, b: Any) -> bool:
     if isinstance(a, Mapping):
         return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(map(_same_state, a, b))
     try:
         return bool(a == b)
     except (TypeError, ValueError, RuntimeError):  # values without a plain equality
         return False
 
 
-class _Snapshot:
-    """Everything a sweep step changes that the run after it reads, saved and put back."""
-
-    def __init__(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        self.pl_module, self.optimizer = pl_module, optimizer
-        # The module's own attributes (a value a step rebinds, e.g. a penalty kept for logging).
-        self.attributes = dict(vars(pl_module))
-        self.tensors = [*pl_module.parameters(), *pl_module.buffers()]
-        self.values = [t.detach().clone() for t in self.tensors]
-        self.grads = [
-            None if p.grad is None else p.grad.detach().clone() for p in pl_module.parameters()
-        ]
-        # In place, so that anything holding the param-group dicts keeps seeing the live ones.
-        self.group_values = [
-            {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
-            for group in optimizer.param_groups
-        ]
-        self.optimizer_state = {p: copy.deepcopy(s) for p, s in optimizer.state.items()}
-        self.scaler = getattr(trainer.precision_plugin, "scaler", None)
-        self.scaler_state = None if self.scaler is None else self.scaler.state_dict()
-        self.modes = [(m, m.training) for m in pl_module.modules()]
-        self.callback_states = [
-            (cb, copy.deepcopy(cb.state_dict()))
-            for cb in trainer.callbacks  # type: ignore[attr-defined]
-        ]
-        metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
-        self.metrics = [(m, copy.deepcopy(m.metric_state), m.update_count) for m in metrics]
-        self.generators = [(g, g.get_state()) for g in _loader_generators(trainer.train_dataloader)]
-        self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-
-    def restore(self) -> None:
-        vars(self.pl_module).update(self.attributes)
+@contextlib.contextmanager
+def _undone(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+) -> Generator[None, None, None]:
+    """Everything a sweep step changes that the run after it reads, put back on leaving the
+    block, whatever the exit: weights, buffers and gradients; each module's own attributes (a
+    value a step rebinds, such as a penalty kept for logging, and the train/eval mode); the
+    optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics states; the
+    Trainer's ``barebones``; the random generators, the training dataloader's included."""
+    attributes = [(module, dict(vars(module))) for module in pl_module.modules()]
+    for module, saved in attributes:  # a torchmetrics state may change in place: copied
+        if isinstance(module, Metric):
+            saved.update(copy.deepcopy(module.metric_state))
+    params = list(pl_module.parameters())
+    tensors = [*params, *pl_module.buffers()]
+    values = [t.detach().clone() for t in tensors]
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    # Restored in place, so that anything holding the param-group dicts keeps the live ones.
+    groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    saved_groups = copy.deepcopy(groups)
+    optimizer_state = {p: copy.deepcopy(s) for p, s in optimizer.state.items()}
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    stateful = [*trainer.callbacks, scaler]  # type: ignore[attr-defined]
+    states = [(obj, copy.deepcopy(obj.state_dict())) for obj in stateful if obj is not None]
+    generators = [(g, g.get_state()) for g in _loader_generators(trainer.train_dataloader)]
+    python_rng, numpy_rng, barebones = random.getstate(), np.random.get_state(), trainer.barebones
+    try:
+        with torch.random.fork_rng(devices=range(torch.accelerator.device_count())):
+            yield
+    finally:
+        for module, saved in attributes:
+            vars(module).update(saved)
         with torch.no_grad():
-            for tensor, saved in zip(self.tensors, self.values, strict=True):
-                tensor.copy_(saved)
-        for param, grad in zip(self.pl_module.parameters(), self.grads, strict=True):
+            for tensor, value in zip(tensors, values, strict=True):
+                tensor.copy_(value)
+        for param, grad in zip(params, grads, strict=True):
             param.grad = grad
-        for group, values in zip(self.optimizer.param_groups, self.group_values, strict=True):
-            group.update(values)
-        self.optimizer.state.clear()
-        self.optimizer.state.update(self.optimizer_state)
-        if self.scaler is not None:
-            self.scaler.load_state_dict(self.scaler_state)
-        for module, training in self.modes:
-            module.train(training)
-        for callback, state in self.callback_states:
+        for group, group_values in zip(optimizer.param_groups, saved_groups, strict=True):
+            group.update(group_values)
+        optimizer.state.clear()
+        optimizer.state.update(optimizer_state)
+        for obj, state in states:
             # Only a state the sweep changed is loaded back: `load_state_dict` also tells a
             # callback that it resumed from a checkpoint (the LR callbacks' lifecycle).
-            if state and not _same_state(callback.state_dict(), state):
-                callback.load_state_dict(state)
-        for metric, metric_state, count in self.metrics:
-            metric.reset()
-            if count:
-                for name, value in metric_state.items():
-                    setattr(metric, name, value)
-        for generator, generator_state in self.generators:
+            if state and not _same_state(obj.state_dict(), state):
+                obj.load_state_dict(state)
+        for generator, generator_state in generators:
             generator.set_state(generator_state)
-        random.setstate(self.rng[0])
-        np.random.set_state(self.rng[1])
-        torch.set_rng_state(self.rng[2])
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
+        trainer.barebones = barebones
+
+
+def _loader_generators(iterables: Any) -> list[torch.Generator]:
+    """The ``torch.Generator``s that iterating the training dataloader(s) advances (each
+    loader's own and its samplers'; one held twice is restored twice to the same state)."""
+    holders = []
+    for loader in CombinedLoader(iterables).flattened:
+        inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        holders += [loader, getattr(loader, "sampler", None), inner]
+    generators = [getattr(holder, "generator", None) for holder in holders]
+    return [g for g in generators if isinstance(g, torch.Generator)]

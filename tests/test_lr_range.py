@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 import signal
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,10 +21,11 @@ from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import MeanMetric
 
 from lightning_reg import OneCycleScheduler
 from lightning_reg.demos import RegularizedMLP
-from lightning_reg.lr_range import LRRangeTest, smooth, suggest_max_lr
+from lightning_reg.lr_range import LRRangeTest, RangeTestResult, smooth, suggest_max_lr
 from lightning_reg.module import WeightPenaltyMixin
 from tests import helpers
 from tests.helpers import DigitsClassifier, digits, run_as_script
@@ -45,6 +48,25 @@ class DropoutClassifier(DigitsClassifier):
         return loss
 
 
+class MeanLossClassifier(DropoutClassifier):
+    """Keeps its epoch's mean training loss in a torchmetrics ``MeanMetric`` (which a step
+    updates in place) and records it at every epoch's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mean_loss = MeanMetric()
+        self.epoch_means: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.mean_loss.update(loss.detach())
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_means.append(float(self.mean_loss.compute()))
+        self.mean_loss.reset()
+
+
 def loader(shuffle: bool = True, generator: torch.Generator | None = None) -> DataLoader[Any]:
     x, y = digits(320)
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=shuffle, generator=generator)
@@ -56,10 +78,11 @@ def fit(
     name: str,
     epochs: int = 2,
     generator_seed: int | None = None,
+    module: type[DropoutClassifier] = DropoutClassifier,
     **trainer_kwargs: Any,
 ) -> tuple[OneCycleScheduler, DropoutClassifier, pl.Trainer]:
     pl.seed_everything(7, verbose=False)
-    model = DropoutClassifier()
+    model = module()
     cb = OneCycleScheduler(max_lr=max_lr, range_test=FAST)
     gen = None if generator_seed is None else torch.Generator().manual_seed(generator_seed)
     trainer = helpers.fit(
@@ -117,6 +140,16 @@ def test_suggest_max_lr_says_why_it_cannot(losses: list[float], message: str) ->
 
 
 @pytest.mark.parametrize(
+    ("lrs", "losses"), [([0.1, 1.0], [2.0]), ([], [])], ids=["differ", "empty"]
+)
+def test_suggest_max_lr_names_a_curve_of_wrong_length(
+    lrs: list[float], losses: list[float]
+) -> None:
+    with pytest.raises(ValueError, match=f"need one length > 0: {len(lrs)} and {len(losses)}"):
+        suggest_max_lr(lrs, losses)
+
+
+@pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
         ({"min_lr": 0.0}, ValueError, "`min_lr` must be a finite number > 0, got 0.0."),
@@ -141,6 +174,17 @@ def test_one_cycle_rejects_other_strings_and_range_tests() -> None:
         OneCycleScheduler(max_lr="auto", range_test={"num_steps": 10})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no range test has run yet"):
         OneCycleScheduler(max_lr="auto", total_steps=100).as_schedule()
+
+
+def test_the_plot_draws_the_curve_and_leaves_out_a_non_finite_end() -> None:
+    pytest.importorskip("matplotlib")
+    lrs, losses = [0.01, 0.1, 1.0, 10.0], [2.0, 1.0, 0.5, math.nan]
+    ax = RangeTestResult(lrs, losses, 0.25, "non-finite loss", 0.1).plot().axes[0]
+    raw, smoothed, chosen = ax.get_lines()
+    assert list(raw.get_ydata())[:3] == losses[:3]
+    assert list(smoothed.get_ydata())[:3] == pytest.approx(smooth(losses[:3]))
+    assert list(chosen.get_xdata()) == [0.25, 0.25]
+    assert ax.get_xlim()[1] < 10.0  # the NaN point at lr 10 is not drawn
 
 
 # -- the sweep inside fit ------------------------------------------------------------------------
@@ -424,6 +468,27 @@ def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_a_scaler(
         assert torch.equal(a, b)
 
 
+def test_a_torchmetrics_state_the_sweep_updated_in_place_is_put_back(tmp_path: Path) -> None:
+    auto, auto_model, _ = fit("auto", tmp_path, "auto", module=MeanLossClassifier)
+    assert auto.range_test_result is not None
+    max_lr = auto.range_test_result.max_lr
+    _, hand_model, _ = fit(max_lr, tmp_path, "hand", module=MeanLossClassifier)
+    assert isinstance(auto_model, MeanLossClassifier) and isinstance(hand_model, MeanLossClassifier)
+    assert len(auto_model.epoch_means) == 2
+    assert auto_model.epoch_means == hand_model.epoch_means  # no sweep loss in epoch 0's mean
+
+
+class RandomStates(pl.Callback):
+    """The torch, Python and NumPy random states when training starts (before the sweep)."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.states = random_states()
+
+
+def random_states() -> tuple[Any, ...]:
+    return torch.get_rng_state(), random.getstate(), np.random.get_state()[1]
+
+
 class FailingSweep(DigitsClassifier):
     """Raises ``error`` in its 6th `training_step` (inside the sweep)."""
 
@@ -444,8 +509,10 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
     pl.seed_everything(0, verbose=False)
     model = FailingSweep(error)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
+    cb, states = OneCycleScheduler(max_lr="auto", range_test=FAST), RandomStates()
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[states, cb]
+    )
     handler = signal.getsignal(signal.SIGINT)
     try:
         # Lightning turns a KeyboardInterrupt into a graceful shutdown and `exit(1)`.
@@ -458,6 +525,9 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
         assert torch.equal(value, before[name]), name
     optimizer = trainer.optimizers[0]
     assert not optimizer.state and optimizer.param_groups[0]["lr"] == model.lr
+    torch_rng, python_rng, numpy_rng = random_states()  # the sweep drew batches and dropout
+    assert torch.equal(torch_rng, states.states[0]) and python_rng == states.states[1]
+    assert (numpy_rng == states.states[2]).all()
 
 
 class Counting(DigitsClassifier):
