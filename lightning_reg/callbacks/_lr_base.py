@@ -139,8 +139,7 @@ class LRCallback(HookOwner):
     """The attributes saved in checkpoints (subclasses extend it)."""
 
     start_momentum: float | None = None
-    """The momentum its schedules start with (``None`` when they drive none); subclasses set it
-    at construction."""
+    """The momentum its schedules start with (``None``: none); subclasses set it at construction."""
 
     def __init__(self, log_values: bool = True) -> None:
         super().__init__()
@@ -325,20 +324,15 @@ class LRCallback(HookOwner):
         new fit of a Trainer that trained before gets the steps left (a resume keeps its count)."""
         batches, num_optimizers = trainer.num_training_batches, len(trainer.optimizers)
         gas = callbacks_of(trainer, GradientAccumulationScheduler)
-
-        def steps_in(epochs: int) -> int:
-            accumulation = [
-                gas[0].get_accumulate_grad_batches(epoch)
-                if gas
-                else trainer.accumulate_grad_batches
-                for epoch in range(epochs)
-            ]
-            return sum(math.ceil(batches / n) for n in accumulation)
-
-        estimate, source = (
-            trainer.estimated_stepping_batches,
-            "`trainer.estimated_stepping_batches`",
+        accumulation: Callable[[int], int] = (
+            gas[0].get_accumulate_grad_batches if gas else lambda _: trainer.accumulate_grad_batches
         )
+
+        def steps_in(epochs: int) -> int:  # each epoch's batches over its accumulation
+            return sum(math.ceil(batches / accumulation(epoch)) for epoch in range(epochs))
+
+        estimate = trainer.estimated_stepping_batches
+        source = "`trainer.estimated_stepping_batches`"
         by_epochs = math.isfinite(batches) and trainer.max_epochs != -1
         if (gas and by_epochs) or (num_optimizers > 1 and trainer.max_steps != -1):
             estimate = steps_in(max(trainer.max_epochs or 1, 1)) if by_epochs else math.inf
@@ -378,21 +372,20 @@ class LRCallback(HookOwner):
         ``SWALR``; any other was refused at fit start) now drives the LR; says so once."""
         if self.taken_over is None and trainer.lr_scheduler_configs:
             self.taken_over = type(trainer.lr_scheduler_configs[0].scheduler).__name__
-            where = ", ".join(
-                f"optimizer {i} at step {self.steps[i]} of {n}" for i, n in self.unfinished()
-            )
-            say = rank_zero_warn if where else rank_zero_info
-            say(
+            where = [f"optimizer {i} at step {self.steps[i]} of {n}" for i, n in self.unfinished()]
+            message = (
                 f"{self.name}: `{self.taken_over}` (StochasticWeightAveraging) drives the "
                 f"learning rate from optimizer step {self.steps} on; {self.name} stops writing "
                 "it."
-                + (
-                    f" The schedule had not ended ({where}). Size the schedule to the steps "
-                    "before `swa_epoch_start` (OneCycleScheduler sized by the Trainer does so)."
-                    if where
-                    else ""
-                )
             )
+            if where:
+                rank_zero_warn(
+                    f"{message} The schedule had not ended ({', '.join(where)}). Size the "
+                    "schedule to the steps before `swa_epoch_start` (OneCycleScheduler sized by "
+                    "the Trainer does so)."
+                )
+            else:
+                rank_zero_info(message)
         return self.taken_over is not None
 
     # -- writing ----------------------------------------------------------------------------------
