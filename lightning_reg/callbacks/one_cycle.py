@@ -165,23 +165,6 @@ class OneCycleScheduler(ScheduledLR):
         self.range_test_result: RangeTestResult | None = None
         self.auto_max_lr: float | None = None
 
-    def peak_lrs(self, trainer: pl.Trainer, saved: dict[str, Any]) -> list[float]:
-        """``max_lr`` as given, one value or one per group; for ``"auto"``, the range test's value.
-
-        Under ``"auto"`` the sweep runs here, once per fit (the optimizer and the training
-        dataloader exist by now), unless a checkpoint restored its value. A resumed ``"auto"``
-        fit whose checkpoint configuration (``saved``) holds a cycle with a hand-set ``max_lr``
-        gets that ``max_lr``: that cycle continues (see :meth:`plan`).
-        """
-        if self.max_lr != "auto":
-            return list(self.max_lr)
-        saved_peaks = list(saved.get("max_lr", []))
-        if self.auto_max_lr is None and not saved_peaks:
-            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
-            self.range_test_result.log(trainer)
-            self.auto_max_lr = self.range_test_result.max_lr
-        return saved_peaks if self.auto_max_lr is None else [self.auto_max_lr]
-
     def cycle_steps(self, trainer: pl.Trainer) -> int:
         """The cycle's length in this fit: the steps the Trainer plans
         (:meth:`~lightning_reg.LRCallback.planned_steps`), at least 3 under ``fast_dev_run``.
@@ -213,22 +196,34 @@ class OneCycleScheduler(ScheduledLR):
     @override
     def plan(self, trainer: pl.Trainer) -> list[list[ScheduleLike]]:
         """The cycles of this fit: ``total_steps`` per optimizer (the constructor's, else
-        :meth:`cycle_steps`) and ``max_lr`` per group (:meth:`peak_lrs`). On resume, the
-        checkpoint's cycles, with a warning naming every value (``total_steps``, ``max_lr``, a
-        phase argument) this fit would change."""
+        :meth:`cycle_steps`) and ``max_lr`` per group, as given or, for ``"auto"``, the range
+        test's value. On resume, the checkpoint's cycles, with a warning naming every value
+        (``total_steps``, ``max_lr``, a phase argument) this fit would change.
+
+        Under ``"auto"`` the sweep runs here, once per fit (the optimizer and the training
+        dataloader exist by now), unless a checkpoint restored its value; a resumed ``"auto"``
+        fit whose checkpoint holds a cycle with a hand-set ``max_lr`` continues that cycle.
+        """
         if self.max_lr == "auto" or len(self.max_lr) == 1:
             self.warn_if_ratio_erased(trainer)
         saved = self.config if self.restored else {}
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
         total = self.total_steps or self.cycle_steps(trainer)
-        peaks = self.per_group("max_lr", self.peak_lrs(trainer, saved))
+        if self.max_lr == "auto" and self.auto_max_lr is None and "max_lr" not in saved:
+            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
+            self.range_test_result.log(trainer)
+            self.auto_max_lr = self.range_test_result.max_lr
+        peaks = self.max_lr  # still "auto" where the checkpoint's cycle has a hand-set `max_lr`
+        if peaks == "auto" and self.auto_max_lr is not None:
+            peaks = [self.auto_max_lr]
         planned = {
-            "total_steps": [total] * len(peaks),
-            "max_lr": [peak for group in peaks for peak in group],
+            "total_steps": [total] * len(trainer.optimizers),
+            "max_lr": peaks
+            if isinstance(peaks, str)
+            else [peak for group in self.per_group("max_lr", peaks) for peak in group],
             **self.one_cycle_kwargs,
         }
-        unset = self.max_lr == "auto" and self.auto_max_lr is None  # a checkpoint's hand-set peak
-        changed = self.changed({**planned, "max_lr": "auto"} if unset else planned)
+        changed = self.changed(planned)
         if changed:
             rank_zero_warn(
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
@@ -238,10 +233,10 @@ class OneCycleScheduler(ScheduledLR):
             )
         self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
-        peaks = self.per_group("max_lr", self.config["max_lr"])
+        groups = self.per_group("max_lr", self.config["max_lr"])
         return [
             [OneCycle(steps, peak, **kwargs) for peak in group]
-            for steps, group in zip(self.config["total_steps"], peaks, strict=True)
+            for steps, group in zip(self.config["total_steps"], groups, strict=True)
         ]
 
     @override
