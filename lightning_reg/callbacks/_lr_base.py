@@ -26,7 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import GradientAccumulationScheduler, LearningRateMonitor
+from lightning.pytorch.callbacks import (
+    GradientAccumulationScheduler,
+    LearningRateMonitor,
+    StochasticWeightAveraging,
+)
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
@@ -42,45 +46,6 @@ ScheduleLike = Callable[[int], float]
 
 
 _T = TypeVar("_T")
-
-
-def steps_in_epochs(trainer: pl.Trainer, epochs: int) -> int:
-    """The optimizer steps of the first ``epochs`` epochs: each epoch's batches over its
-    accumulation (that epoch's of a ``GradientAccumulationScheduler`` on the Trainer, if any)."""
-    schedulers = callbacks_of(trainer, GradientAccumulationScheduler)
-    accumulation = [
-        schedulers[0].get_accumulate_grad_batches(epoch)
-        if schedulers
-        else trainer.accumulate_grad_batches
-        for epoch in range(epochs)
-    ]
-    return sum(math.ceil(trainer.num_training_batches / n) for n in accumulation)
-
-
-def planned_steps(trainer: pl.Trainer) -> tuple[float, str]:
-    """The optimizer steps the Trainer plans for a fit, and what that number is:
-    ``trainer.estimated_stepping_batches``, or, beside a ``GradientAccumulationScheduler`` (that
-    estimate takes the accumulation of now for every epoch), each epoch's batches over its
-    accumulation, at most ``max_steps``."""
-    gas = callbacks_of(trainer, GradientAccumulationScheduler)
-    if gas and math.isfinite(trainer.num_training_batches) and trainer.max_epochs != -1:
-        estimate = steps_in_epochs(trainer, max(trainer.max_epochs or 1, 1))
-        if trainer.max_steps != -1:
-            estimate = min(estimate, trainer.max_steps)
-        return estimate, "each epoch's batches over GradientAccumulationScheduler's accumulation"
-    return trainer.estimated_stepping_batches, "`trainer.estimated_stepping_batches`"
-
-
-def per_group(name: str, values: Sequence[_T], sizes: Sequence[int]) -> list[list[_T]]:
-    """``values`` for optimizers with ``sizes`` param groups (all optimizers' groups in order):
-    one value is shared by all of them."""
-    if len(values) not in (1, sum(sizes)):
-        raise ValueError(
-            f"`{name}` has {len(values)} values but the optimizers have {sum(sizes)} param "
-            "groups; pass one value, or exactly one per param group."
-        )
-    flat = iter(list(values) * (sum(sizes) if len(values) == 1 else 1))
-    return [list(itertools.islice(flat, size)) for size in sizes]
 
 
 def momentum_key(group: dict[str, Any]) -> str | None:
@@ -173,6 +138,9 @@ class LRCallback(HookOwner):
     state_names: tuple[str, ...] = ("steps", "taken_over", "group_counts")
     """The attributes saved in checkpoints (subclasses extend it)."""
 
+    start_momentum: float | None = None
+    """The momentum its schedules start with (``None``: none); subclasses set it at construction."""
+
     def __init__(self, log_values: bool = True) -> None:
         super().__init__()
         self.log_values = check_bool("log_values", log_values)
@@ -184,7 +152,8 @@ class LRCallback(HookOwner):
 
     # -- what subclasses implement -------------------------------------------------------------
     def start(self, trainer: pl.Trainer) -> None:
-        """Plan this fit: set :attr:`active`; ``self.steps`` is set by now."""
+        """Plan this fit: set :attr:`active` (and :attr:`horizons` for schedules with an end);
+        ``self.steps`` and ``self.planned`` are set by now."""
 
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
         """Called after every real step of optimizer ``opt_idx`` (its count already updated), and
@@ -193,17 +162,22 @@ class LRCallback(HookOwner):
         if self.active:
             self.write(trainer, opt_idx, self.steps[opt_idx])
 
-    def start_momentum(self) -> float | None:
-        """The momentum its schedules start with (``None`` when they drive no momentum)."""
-        return None
-
-    def describe_progress(self) -> str:
-        """How far the schedule got, for the hand-over message ("" when it is complete)."""
-        return ""
-
-    def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
-        """When training ends (not under ``fast_dev_run`` nor after a hand-over to SWA): warn
-        if the run ended before the schedule did."""
+    def why_stopped_early(self, trainer: pl.Trainer, horizon: int) -> str:
+        """Why a run ended before a schedule of ``horizon`` steps did, and what to do."""
+        planned, source = self.planned
+        if trainer.lightning_module.automatic_optimization and planned < horizon:
+            return (
+                f"The Trainer planned only {planned:g} optimizer steps ({source}, from "
+                "`max_epochs`, `max_steps` and `limit_train_batches`): make the schedule's steps "
+                "add up to the run (for OneCycleScheduler leave `total_steps=None`), or train "
+                "longer."
+            )
+        return (
+            "Runs end early with `max_time`, `EarlyStopping` or a dataloader shorter than "
+            "planned (an IterableDataset under `max_steps`). Size the schedule to the run that "
+            "really happens (OneCycleScheduler: `total_steps=...`), or resume from the last "
+            "checkpoint to finish it."
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
     def reset(self) -> None:
@@ -213,6 +187,8 @@ class LRCallback(HookOwner):
         self.restored = False
         self.taken_over: str | None = None
         self.active: list[list[ScheduleLike]] = []  # per optimizer, a schedule per param group
+        self.horizons: list[int | None] = []  # per optimizer, the step its schedules end at
+        self.planned: tuple[float, str] = (math.inf, "")  # `planned_steps` when training starts
         self.group_counts: list[int] = []  # per optimizer, the param groups it schedules
         self.named_added: set[int] = set()  # optimizers whose groups added during fit were named
         self.momentum_off: list[dict[str, Any]] = []  # groups with momentum 0 until training
@@ -253,12 +229,11 @@ class LRCallback(HookOwner):
         # momentum this callback drives is switched on until training starts, when a fit that
         # restored no state gets its configured momentum back. (Other strategies restore before
         # this hook, the optimizer's whole state.)
-        momentum = self.start_momentum()
-        if momentum is not None and not self.restored:
+        if self.start_momentum is not None and not self.restored:
             groups = (group for opt in trainer.optimizers for group in opt.param_groups)
             self.momentum_off = [group for group in groups if group.get("momentum") == 0]
             for group in self.momentum_off:
-                set_momentum(group, momentum)
+                set_momentum(group, self.start_momentum)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -293,7 +268,9 @@ class LRCallback(HookOwner):
             if "lr_scale" in group:
                 check_positive(f"param_groups[{k}]['lr_scale']", group["lr_scale"])
         if self.taken_over is None:
+            self.planned = self.planned_steps(trainer)
             self.start(trainer)
+            self.warn_if_momentum_overridden(trainer)
             for idx in range(num_optimizers):
                 self.after_step(trainer, idx)
         for idx, opt in enumerate(trainer.optimizers):
@@ -312,8 +289,17 @@ class LRCallback(HookOwner):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (getattr(trainer, "fast_dev_run", False) or self.taken_over):
-            self.warn_if_stopped_early(trainer)
+        # Not under `fast_dev_run` (a smoke test) nor after a hand-over to SWA.
+        if getattr(trainer, "fast_dev_run", False) or self.taken_over:
+            return
+        for idx, horizon in self.unfinished():
+            taken, lr = self.steps[idx], float(trainer.optimizers[idx].param_groups[0]["lr"])
+            rank_zero_warn(
+                f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
+                f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
+                f"rate is {lr:.4g}, not the end value {self.active[idx][0](horizon):.4g}. "
+                + self.why_stopped_early(trainer, horizon)
+            )
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -327,6 +313,51 @@ class LRCallback(HookOwner):
         self.restored = True
 
     # -- counting steps; the hand-over to SWA --------------------------------------------------
+    def planned_steps(self, trainer: pl.Trainer) -> tuple[float, str]:
+        """The optimizer steps each optimizer takes in this fit by the Trainer's plan, and what
+        that number is: ``trainer.estimated_stepping_batches``, except beside a
+        ``GradientAccumulationScheduler`` (that estimate takes the accumulation of now for every
+        epoch: each epoch's batches over its own accumulation, at most ``max_steps``) and under
+        manual optimization with several optimizers (``global_step``, so ``max_steps``, counts the
+        steps of all of them: each, assumed to step once per batch, gets ``max_steps // n``).
+        Beside ``StochasticWeightAveraging`` only the epochs before ``swa_epoch_start`` count; a
+        new fit of a Trainer that trained before gets the steps left (a resume keeps its count)."""
+        batches, num_optimizers = trainer.num_training_batches, len(trainer.optimizers)
+        gas = callbacks_of(trainer, GradientAccumulationScheduler)
+        accumulation: Callable[[int], int] = (
+            gas[0].get_accumulate_grad_batches if gas else lambda _: trainer.accumulate_grad_batches
+        )
+
+        def steps_in(epochs: int) -> int:  # each epoch's batches over its accumulation
+            return sum(math.ceil(batches / accumulation(epoch)) for epoch in range(epochs))
+
+        estimate = trainer.estimated_stepping_batches
+        source = "`trainer.estimated_stepping_batches`"
+        by_epochs = math.isfinite(batches) and trainer.max_epochs != -1
+        if (gas and by_epochs) or (num_optimizers > 1 and trainer.max_steps != -1):
+            estimate = steps_in(max(trainer.max_epochs or 1, 1)) if by_epochs else math.inf
+            if trainer.max_steps != -1:
+                estimate = min(estimate, trainer.max_steps // num_optimizers)
+            source = (
+                f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
+                "(under manual optimization `global_step` counts every optimizer's steps)"
+                if num_optimizers > 1
+                else "each epoch's batches over GradientAccumulationScheduler's accumulation"
+            )
+        swa = callbacks_of(trainer, StochasticWeightAveraging)
+        if swa and math.isfinite(batches):
+            estimate = min(estimate, steps_in(swa[0].swa_start))
+            source = f"{source} up to `swa_epoch_start` (epoch {swa[0].swa_start})"
+        if trainer.global_step and not self.restored:
+            # A new fit of a Trainer that trained before goes on from its step: the steps left.
+            estimate -= trainer.global_step // num_optimizers
+            source = f"{source} less the {trainer.global_step} steps of the Trainer's earlier fits"
+        return estimate, source
+
+    def unfinished(self) -> list[tuple[int, int]]:
+        """``(optimizer index, horizon)`` of each optimizer whose schedule has not ended."""
+        return [(i, n) for i, n in enumerate(self.horizons) if n is not None and self.steps[i] < n]
+
     def _make_post_hook(self, trainer: pl.Trainer, idx: int) -> Callable[..., None]:
         def post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             taken_over = self.handed_over(trainer)  # SWALR set the LR of the step just taken
@@ -341,16 +372,17 @@ class LRCallback(HookOwner):
         ``SWALR``; any other was refused at fit start) now drives the LR; says so once."""
         if self.taken_over is None and trainer.lr_scheduler_configs:
             self.taken_over = type(trainer.lr_scheduler_configs[0].scheduler).__name__
-            progress = self.describe_progress()
+            where = [f"optimizer {i} at step {self.steps[i]} of {n}" for i, n in self.unfinished()]
             message = (
                 f"{self.name}: `{self.taken_over}` (StochasticWeightAveraging) drives the "
                 f"learning rate from optimizer step {self.steps} on; {self.name} stops writing "
                 "it."
             )
-            if progress:
+            if where:
                 rank_zero_warn(
-                    f"{message} {progress} Size the schedule to the steps before "
-                    "`swa_epoch_start` (OneCycleScheduler sized by the Trainer does so)."
+                    f"{message} The schedule had not ended ({', '.join(where)}). Size the "
+                    "schedule to the steps before `swa_epoch_start` (OneCycleScheduler sized by "
+                    "the Trainer does so)."
                 )
             else:
                 rank_zero_info(message)
@@ -381,8 +413,16 @@ class LRCallback(HookOwner):
             )
 
     def per_group(self, name: str, values: Sequence[_T]) -> list[list[_T]]:
-        """``values`` for the param groups of each optimizer (see :func:`per_group`)."""
-        return per_group(name, values, self.group_counts)
+        """``values`` for the param groups of each optimizer (all optimizers' groups in order):
+        one value is shared by all of them."""
+        sizes = self.group_counts
+        if len(values) not in (1, sum(sizes)):
+            raise ValueError(
+                f"`{name}` has {len(values)} values but the optimizers have {sum(sizes)} param "
+                "groups; pass one value, or exactly one per param group."
+            )
+        flat = iter(list(values) * (sum(sizes) if len(values) == 1 else 1))
+        return [list(itertools.islice(flat, size)) for size in sizes]
 
     def write(self, trainer: pl.Trainer, opt_idx: int, step: int) -> None:
         """Set the LR (times the group's ``lr_scale``, if any) and momentum of optimizer
@@ -418,13 +458,11 @@ class LRCallback(HookOwner):
                 "group)."
             )
 
-    def warn_if_momentum_overridden(
-        self, trainer: pl.Trainer, schedules: list[list[ScheduleLike]]
-    ) -> None:
-        """Warn when the schedules drive momentum (``momentum(0)`` is a number) of param groups
-        that have none (it cannot follow) or momentum 0 (it would be switched on); said in the
-        first fit, not again on resume."""
-        first = first_momentum(s for group in schedules for s in group)
+    def warn_if_momentum_overridden(self, trainer: pl.Trainer) -> None:
+        """Warn when the schedules drive momentum (:attr:`start_momentum` is a number) of param
+        groups that have none (it cannot follow) or momentum 0 (it would be switched on); said in
+        the first fit, not again on resume."""
+        first = self.start_momentum
         if first is None or self.restored:
             return
         groups = self.groups(trainer)

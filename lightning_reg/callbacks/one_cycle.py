@@ -7,18 +7,11 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import StochasticWeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg._hooks import callbacks_of
 from lightning_reg._validation import check_int, check_positive
-from lightning_reg.callbacks._lr_base import (
-    LRCallback,
-    ScheduleLike,
-    planned_steps,
-    steps_in_epochs,
-)
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult
 from lightning_reg.schedules import OneCycle
@@ -163,6 +156,7 @@ class OneCycleScheduler(ScheduledLR):
             OneCycle.check_arguments(peak, **self.one_cycle_kwargs)
         if self.total_steps is not None:
             OneCycle.phase_lengths(self.total_steps, final_steps, warmup_steps)
+        self.start_momentum = max_momentum if cycle_momentum else None
         self.reset()
 
     @override
@@ -171,57 +165,12 @@ class OneCycleScheduler(ScheduledLR):
         self.range_test_result: RangeTestResult | None = None
         self.auto_max_lr: float | None = None
 
-    @override
-    def start_momentum(self) -> float | None:
-        kwargs = self.one_cycle_kwargs
-        return kwargs["max_momentum"] if kwargs["cycle_momentum"] else None
-
-    def peak_lrs(self, trainer: pl.Trainer, saved: dict[str, Any]) -> list[float]:
-        """``max_lr`` as given, one value or one per group; for ``"auto"``, the range test's value.
-
-        Under ``"auto"`` the sweep runs here, once per fit (the optimizer and the training
-        dataloader exist by now), unless a checkpoint restored its value. A resumed ``"auto"``
-        fit whose checkpoint configuration (``saved``) holds a cycle with a hand-set ``max_lr``
-        gets that ``max_lr``: that cycle continues (see :meth:`plan`).
-        """
-        if self.max_lr != "auto":
-            return list(self.max_lr)
-        saved_peaks = list(saved.get("max_lr", []))
-        if self.auto_max_lr is None and not saved_peaks:
-            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
-            self.range_test_result.log(trainer)
-            self.auto_max_lr = self.range_test_result.max_lr
-        return saved_peaks if self.auto_max_lr is None else [self.auto_max_lr]
-
-    def planned_steps(self, trainer: pl.Trainer, check_phases: bool) -> int:
-        """The optimizer steps each optimizer takes in this fit, from the Trainer's plan.
-
-        ``trainer.estimated_stepping_batches``, except under manual optimization with several
-        optimizers, where ``global_step`` (and so ``max_steps``) counts the steps of all of
-        them: each optimizer, assumed to step once per batch, gets ``max_steps // n``. Beside
-        ``StochasticWeightAveraging``, only the epochs before ``swa_epoch_start`` count. With
-        ``check_phases`` (not on resume, which keeps the saved cycle), raises naming the
-        estimate when it is too short for the phases.
-        """
-        estimate, source = planned_steps(trainer)
-        num_optimizers = len(trainer.optimizers)
-        if num_optimizers > 1 and trainer.max_steps != -1:
-            by_batches = math.inf
-            if trainer.max_epochs != -1 and math.isfinite(trainer.num_training_batches):
-                by_batches = trainer.num_training_batches * max(trainer.max_epochs or 1, 1)
-            estimate = min(by_batches, trainer.max_steps // num_optimizers)
-            source = (
-                f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
-                "(under manual optimization `global_step` counts every optimizer's steps)"
-            )
-        swa = callbacks_of(trainer, StochasticWeightAveraging)
-        if swa and math.isfinite(trainer.num_training_batches):
-            estimate = min(estimate, steps_in_epochs(trainer, swa[0].swa_start))
-            source = f"{source} up to `swa_epoch_start` (epoch {swa[0].swa_start})"
-        if trainer.global_step and not self.restored:
-            # A new fit of a Trainer that trained before goes on from its step: the steps left.
-            estimate -= trainer.global_step // num_optimizers
-            source = f"{source} less the {trainer.global_step} steps of the Trainer's earlier fits"
+    def cycle_steps(self, trainer: pl.Trainer) -> int:
+        """The cycle's length in this fit: the steps the Trainer plans
+        (:meth:`~lightning_reg.LRCallback.planned_steps`), at least 3 under ``fast_dev_run``.
+        Raises naming that estimate when it is infinite, or (not on resume, which keeps the
+        saved cycle) too short for the phases."""
+        estimate, source = self.planned
         if not math.isfinite(estimate) or estimate < 1:
             raise ValueError(
                 f"{self.name} could not size the cycle: {source} is {estimate} (an infinite or "
@@ -234,7 +183,7 @@ class OneCycleScheduler(ScheduledLR):
         try:
             OneCycle.phase_lengths(int(estimate), kwargs["final_steps"], kwargs["warmup_steps"])
         except ValueError as error:
-            if check_phases:
+            if not self.restored:
                 raise ValueError(
                     f"{self.name} sizes its cycle from the Trainer ({source} = {int(estimate)}),"
                     f" which is too short for this 1cycle: {error} Train for more steps "
@@ -247,22 +196,34 @@ class OneCycleScheduler(ScheduledLR):
     @override
     def plan(self, trainer: pl.Trainer) -> list[list[ScheduleLike]]:
         """The cycles of this fit: ``total_steps`` per optimizer (the constructor's, else
-        :meth:`planned_steps`) and ``max_lr`` per group (:meth:`peak_lrs`). On resume, the
-        checkpoint's cycles, with a warning naming every value (``total_steps``, ``max_lr``, a
-        phase argument) this fit would change."""
+        :meth:`cycle_steps`) and ``max_lr`` per group, as given or, for ``"auto"``, the range
+        test's value. On resume, the checkpoint's cycles, with a warning naming every value
+        (``total_steps``, ``max_lr``, a phase argument) this fit would change.
+
+        Under ``"auto"`` the sweep runs here, once per fit (the optimizer and the training
+        dataloader exist by now), unless a checkpoint restored its value; a resumed ``"auto"``
+        fit whose checkpoint holds a cycle with a hand-set ``max_lr`` continues that cycle.
+        """
         if self.max_lr == "auto" or len(self.max_lr) == 1:
             self.warn_if_ratio_erased(trainer)
         saved = self.config if self.restored else {}
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
-        total = self.total_steps or self.planned_steps(trainer, check_phases=not self.restored)
-        peaks = self.per_group("max_lr", self.peak_lrs(trainer, saved))
+        total = self.total_steps or self.cycle_steps(trainer)
+        if self.max_lr == "auto" and self.auto_max_lr is None and "max_lr" not in saved:
+            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
+            self.range_test_result.log(trainer)
+            self.auto_max_lr = self.range_test_result.max_lr
+        peaks = self.max_lr  # still "auto" where the checkpoint's cycle has a hand-set `max_lr`
+        if peaks == "auto" and self.auto_max_lr is not None:
+            peaks = [self.auto_max_lr]
         planned = {
-            "total_steps": [total] * len(peaks),
-            "max_lr": [peak for group in peaks for peak in group],
+            "total_steps": [total] * len(trainer.optimizers),
+            "max_lr": peaks
+            if isinstance(peaks, str)
+            else [peak for group in self.per_group("max_lr", peaks) for peak in group],
             **self.one_cycle_kwargs,
         }
-        unset = self.max_lr == "auto" and self.auto_max_lr is None  # a checkpoint's hand-set peak
-        changed = self.changed({**planned, "max_lr": "auto"} if unset else planned)
+        changed = self.changed(planned)
         if changed:
             rank_zero_warn(
                 f"{self.name}: this fit would plan a different cycle than the checkpoint's "
@@ -272,13 +233,11 @@ class OneCycleScheduler(ScheduledLR):
             )
         self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
-        peaks = self.per_group("max_lr", self.config["max_lr"])
-        cycles: list[list[ScheduleLike]] = [
+        groups = self.per_group("max_lr", self.config["max_lr"])
+        return [
             [OneCycle(steps, peak, **kwargs) for peak in group]
-            for steps, group in zip(self.config["total_steps"], peaks, strict=True)
+            for steps, group in zip(self.config["total_steps"], groups, strict=True)
         ]
-        self.warn_if_momentum_overridden(trainer, cycles)
-        return cycles
 
     @override
     def as_schedule(self, total_steps: int | None = None) -> OneCycle:

@@ -129,6 +129,7 @@ class PerformanceScheduler(LRCallback):
         self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
         self.strict = bool(strict)
         self.schedule, self.schedule_steps = _check_handover(schedule, schedule_steps)
+        self.start_momentum = first_momentum([self.schedule] if self.schedule else [])
         self.reset()
 
     @override
@@ -204,11 +205,7 @@ class PerformanceScheduler(LRCallback):
         if self.schedule is not None:
             self.warn_if_ratio_erased(trainer)
             self.active = self.per_group("schedule", [self.schedule])
-            self.warn_if_momentum_overridden(trainer, self.active)
-
-    @override
-    def start_momentum(self) -> float | None:
-        return None if self.schedule is None else first_momentum([self.schedule])
+            self.horizons = [self.schedule_steps] * len(self.active)
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
@@ -216,20 +213,11 @@ class PerformanceScheduler(LRCallback):
             super().after_step(trainer, opt_idx)
 
     @override
-    def describe_progress(self) -> str:
-        if not self._in_handover():
-            return ""
-        return f"The warm-up had reached step {min(self.steps)} of {self.schedule_steps}."
-
-    @override
-    def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
-        if self._in_handover():
-            rank_zero_warn(
-                f"{self.name}: training ended after {min(self.steps)} optimizer steps, before "
-                f"the hand-over to plateau scheduling at step {self.schedule_steps}; plateau "
-                "scheduling never acted. Shorten the schedule (`schedule_steps=...`) or train "
-                "longer."
-            )
+    def why_stopped_early(self, trainer: pl.Trainer, horizon: int) -> str:
+        return (
+            f"It ended before the hand-over to plateau scheduling at step {horizon}: plateau "
+            "scheduling never acted. Shorten the schedule (`schedule_steps=...`) or train longer."
+        )
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -260,10 +248,6 @@ class PerformanceScheduler(LRCallback):
             return not sum(trainer.num_val_batches)
         return trainer.check_val_every_n_epoch in (None, 1)
 
-    def _in_handover(self) -> bool:
-        """Whether the step schedule still drives the LR (evaluations are then ignored)."""
-        return self.schedule is not None and min(self.steps, default=0) < self.schedule_steps
-
     def _read_monitor(self, trainer: pl.Trainer) -> float | None:
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
@@ -290,7 +274,7 @@ class PerformanceScheduler(LRCallback):
         return float(trainer.strategy.broadcast(float(value), src=0))
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._in_handover() or self.handed_over(trainer):
+        if self.unfinished() or self.handed_over(trainer):  # the step schedule drives the LR
             return
         value = self._read_monitor(trainer)
         if value is not None and self.step(value):

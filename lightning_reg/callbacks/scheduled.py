@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, first_momentum, planned_steps
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, first_momentum
 
 __all__ = ["ScheduledLR"]
 
@@ -106,13 +106,13 @@ class ScheduledLR(LRCallback):
                     f"`schedule{f'[{i}]' if many else ''}` must be a schedule object or a "
                     f"callable `step -> lr`, got {type(item).__name__}."
                 )
+        self.start_momentum = first_momentum(self._schedules)
         self.reset()
 
     @override
     def reset(self) -> None:
         super().reset()
         self.config: dict[str, Any] = {}  # the checkpoint's until `plan` sets this fit's
-        self._horizons: list[int | None] = []
         self.warned_past_end = False
 
     # -- what subclasses customise ------------------------------------------------------------
@@ -134,7 +134,6 @@ class ScheduledLR(LRCallback):
                 f"{self.name}: the schedule differs from the one in the checkpoint ({changed}); "
                 f"continuing from the saved step count {self.steps} with the schedule given now."
             )
-        self.warn_if_momentum_overridden(trainer, schedules)
         return schedules
 
     def changed(self, now: dict[str, Any]) -> str:
@@ -147,10 +146,6 @@ class ScheduledLR(LRCallback):
             if key in saved and saved[key] != now[key]
         )
 
-    @override
-    def start_momentum(self) -> float | None:
-        return first_momentum(self._schedules)
-
     def as_schedule(self, total_steps: int | None = None) -> ScheduleLike:
         """The schedule of the first param group (for :func:`~lightning_reg.plot_schedule`)."""
         return self._schedules[0]
@@ -159,13 +154,13 @@ class ScheduledLR(LRCallback):
     @override
     def start(self, trainer: pl.Trainer) -> None:
         self.active = self.plan(trainer)
-        self._horizons = [horizon_of(s) if self.interval == "step" else None for s in self.active]
+        self.horizons = [horizon_of(s) if self.interval == "step" else None for s in self.active]
 
     @override
     def after_step(self, trainer: pl.Trainer, opt_idx: int) -> None:
         if self.interval != "step":
             return
-        step, horizon = self.steps[opt_idx], self._horizons[opt_idx]
+        step, horizon = self.steps[opt_idx], self.horizons[opt_idx]
         if horizon is not None and step > horizon and not self.warned_past_end:
             self.warned_past_end = True
             advice = (  # on resume, the checkpoint's schedule was kept (see `plan`)
@@ -182,41 +177,9 @@ class ScheduledLR(LRCallback):
             )
         super().after_step(trainer, opt_idx)
 
-    def unfinished(self) -> list[tuple[int, int]]:
-        """``(optimizer index, schedule length)`` of each step schedule not at its end yet."""
-        return [(i, n) for i, n in enumerate(self._horizons) if n is not None and self.steps[i] < n]
-
-    @override
-    def describe_progress(self) -> str:
-        where = [f"optimizer {i} at step {self.steps[i]} of {n}" for i, n in self.unfinished()]
-        return f"The schedule had not ended ({', '.join(where)})." if where else ""
-
     # -- Lightning hooks ----------------------------------------------------------------------
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.interval == "epoch" and not self.handed_over(trainer):
             for idx in range(len(trainer.optimizers)):
                 self.write(trainer, idx, trainer.current_epoch)
-
-    @override
-    def warn_if_stopped_early(self, trainer: pl.Trainer) -> None:
-        for idx, horizon in self.unfinished():
-            taken = self.steps[idx]
-            group, end_lr = trainer.optimizers[idx].param_groups[0], self.active[idx][0](horizon)
-            planned, source = planned_steps(trainer)
-            why = (
-                f"The Trainer planned only {planned:g} optimizer steps ({source}, from "
-                "`max_epochs`, `max_steps` and `limit_train_batches`): make the schedule's steps "
-                "add up to the run (for OneCycleScheduler leave `total_steps=None`), or train "
-                "longer."
-                if trainer.lightning_module.automatic_optimization and planned < horizon
-                else "Runs end early with `max_time`, `EarlyStopping` or a dataloader shorter "
-                "than planned (an IterableDataset under `max_steps`). Size the schedule to the "
-                "run that really happens (OneCycleScheduler: `total_steps=...`), or resume from "
-                "the last checkpoint to finish it."
-            )
-            rank_zero_warn(
-                f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
-                f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
-                f"rate is {float(group['lr']):.4g}, not the end value {end_lr:.4g}. {why}"
-            )
