@@ -675,6 +675,22 @@ def test_iterable_dataset_shorter_than_max_steps_warns_how_far_it_got(tmp_path: 
         trainer.fit(model, loader)
 
 
+def test_a_stream_of_unknown_length_is_not_called_a_plan_of_minus_one_steps(tmp_path: Path) -> None:
+    # No `__len__` and no `max_steps`: Lightning's `estimated_stepping_batches` is -1 ("unknown").
+    schedule = Chain([LinearWarmup(4, 0.1, start_lr=0.01), CosineDecay(16, 0.1)])
+    trainer = make_trainer(tmp_path, callbacks=[ScheduledLR(schedule)], max_epochs=1)
+    loader = torch.utils.data.DataLoader(ShortStream(), batch_size=None)
+    with pytest.warns(UserWarning, match="training ended after 6 of the 20") as record:
+        trainer.fit(DigitsClassifier(), loader)
+    (message,) = [str(w.message) for w in record if "training ended after" in str(w.message)]
+    assert "-1" not in message and "planned only" not in message
+    assert "IterableDataset" in message
+    with pytest.raises(ValueError, match=r"could not size the cycle: .* is inf \(an infinite"):
+        make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1)], max_epochs=1).fit(
+            DigitsClassifier(), loader
+        )
+
+
 def test_early_stopping_before_the_end_of_the_cycle_warns(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import EarlyStopping
 

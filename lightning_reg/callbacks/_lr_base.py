@@ -332,6 +332,8 @@ class LRCallback(HookOwner):
             return sum(math.ceil(batches / accumulation(epoch)) for epoch in range(epochs))
 
         estimate = trainer.estimated_stepping_batches
+        if estimate < 0:  # Lightning's -1: a dataloader without a length and no `max_steps`
+            estimate = math.inf
         source = "`trainer.estimated_stepping_batches`"
         by_epochs = math.isfinite(batches) and trainer.max_epochs != -1
         if (gas and by_epochs) or (num_optimizers > 1 and trainer.max_steps != -1):
