@@ -675,7 +675,7 @@ def test_iterable_dataset_shorter_than_max_steps_warns_how_far_it_got(tmp_path: 
         trainer.fit(model, loader)
 
 
-def test_a_stream_of_unknown_length_is_not_called_a_plan_of_minus_one_steps(tmp_path: Path) -> None:
+def test_a_stream_of_unknown_length_is_no_plan_of_minus_one_steps(tmp_path: Path) -> None:
     # No `__len__` and no `max_steps`: Lightning's `estimated_stepping_batches` is -1 ("unknown").
     schedule = Chain([LinearWarmup(4, 0.1, start_lr=0.01), CosineDecay(16, 0.1)])
     trainer = make_trainer(tmp_path, callbacks=[ScheduledLR(schedule)], max_epochs=1)
