@@ -117,9 +117,9 @@ class WeightPenalty(HookOwner):
         self.release(trainer, pl_module)
         pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
         self._backwards, self._configured = 0, {}
-        counts = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
-        if len(self._groups) != len(counts):  # a checkpoint's counts: groups added in its fit
-            self._groups = counts  # are not configured ones (BackboneFinetuning restores them)
+        if len(self._groups) != len(trainer.optimizers):  # else a checkpoint's counts: groups
+            # added in its fit are not configured ones (BackboneFinetuning restores them)
+            self._groups = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
         weights = config.select(pl_module, trainable_only=False) if config.l1 or config.l2 else []
         self._weights = {id(w): w for w in weights}
