@@ -253,7 +253,7 @@ class WeightPenalty(HookOwner):
         elif "weight_decay" not in group:
             why = f"{name} has no `weight_decay` option"
         elif isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
-            why = f"{name} decays weights decoupled from the gradient (AdamW-style): no l2 penalty"
+            why = f"{name} decays weights decoupled from the gradient (AdamW-style), not as l2 does"
         elif group["weight_decay"] not in (0, self._fold):
             why = f"their param group already has `weight_decay={group['weight_decay']}`"
         if why:
