@@ -108,8 +108,19 @@ class WeightPenalty(HookOwner):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":  # test, validate, predict: the fit's state stays for a checkpoint
-            self._restored, self._groups = None, []
+        if stage != "fit":  # test, validate, predict: the fit's state stays for a checkpoint
+            return
+        self._restored, self._groups = None, []
+        config = _config(pl_module)
+        if not (config.l1 or config.l2):
+            return
+        # Refused before the strategy wraps the model (FSDP1 flattens the parameters).
+        refuse_fsdp1(trainer, "The weight penalty", "each rank holds a slice of flat parameters")
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
+            raise MisconfigurationException(
+                "The weight penalty cannot run under DeepSpeedStrategy, which partitions and steps "
+                f"the gradients itself. {_IN_THE_LOSS}, or use DDP or FSDP2."
+            )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -125,12 +136,6 @@ class WeightPenalty(HookOwner):
         self._weights = {id(w): w for w in weights}
         if not weights:
             return
-        refuse_fsdp1(trainer, "The weight penalty", "each rank holds a slice of flat parameters")
-        if isinstance(trainer.strategy, DeepSpeedStrategy):
-            raise MisconfigurationException(
-                "The weight penalty cannot run under DeepSpeedStrategy, which partitions and steps "
-                f"the gradients itself. {_IN_THE_LOSS}, or use DDP or FSDP2."
-            )
         if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
             outside = outside_parameters(pl_module, config.modules)
             if outside:  # the default selection leaves them out; a chosen one is taken as meant
