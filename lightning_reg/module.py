@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_reg._hooks import callbacks_of
-from lightning_reg._validation import check_int, check_non_negative, check_positive
+from lightning_reg._validation import check_bool, check_int, check_non_negative, check_positive
 from lightning_reg.callbacks.max_norm import MaxNorm, beside_trainer_max_norms
 from lightning_reg.callbacks.weight_penalty import PenaltyConfig, WeightPenalty
 from lightning_reg.layers import _check_dropout, dense_block, init_weights_, resolve_init
@@ -48,6 +48,35 @@ def _fitting(module: pl.LightningModule) -> bool:
         return bool(module.trainer.state.fn == TrainerFn.FITTING)
     except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
         return True
+
+
+def _factor(name: str) -> Any:
+    """The property of the penalty factor ``name`` (``l1`` or ``l2``, documented in
+    ``WeightPenaltyMixin``'s docstring). During fit a new value applies from the next optimizer
+    step, except where fit start fixed how it is applied: those changes are refused."""
+
+    def get(self: WeightPenaltyMixin) -> Any:
+        own = dict([*self.named_parameters(recurse=False), *self.named_children()])
+        return own.get(name, getattr(self.penalty_config, name))
+
+    def set_(self: WeightPenaltyMixin, value: float) -> None:
+        new, config = check_non_negative(name, value), self.penalty_config
+        old, started = getattr(config, name), self.penalty_fit_factors
+        why = ""
+        if started is not None and new != old:
+            if not any(started):
+                why = "the penalty was off (l1 = l2 = 0) when this fit started"
+            elif name == "l2" and config.as_weight_decay:
+                why = "with `as_weight_decay=True` l2 is the optimizer's weight_decay, set"
+        if why:
+            raise RuntimeError(
+                f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
+                f"Set it before `fit`, or start the fit with a non-zero `{name}` on the default "
+                "route, where a new value applies from the next optimizer step."
+            )
+        self._penalty = config._replace(l1=new) if name == "l1" else config._replace(l2=new)
+
+    return property(get, set_)
 
 
 class WeightPenaltyMixin(pl.LightningModule):
@@ -112,6 +141,16 @@ class WeightPenaltyMixin(pl.LightningModule):
     * If you override ``configure_callbacks`` or ``on_fit_start``, call ``super()`` (a fit
       without the callback raises in ``on_fit_start``).
 
+    Attributes:
+        l1: factor of the l1 term, a finite number >= 0 (validated on assignment). Set during fit
+            (from a callback), a new value applies from the next optimizer step; a change the
+            fit's start fixed raises a ``RuntimeError`` instead of being ignored: ``l2`` with
+            ``as_weight_decay=True``, or a factor of a penalty that was off when the fit started.
+            A submodule or parameter registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a
+            common layer name) is returned instead, so models naming layers ``l1``/``l2`` keep
+            working; set the factor with :meth:`configure_penalty` then.
+        l2: factor of the l2 term, the same way.
+
     Examples:
         >>> import torch
         >>> import torch.nn.functional as F
@@ -142,57 +181,8 @@ class WeightPenaltyMixin(pl.LightningModule):
         """The penalty's configuration, as :meth:`configure_penalty` and ``l1``/``l2`` set it."""
         return self._penalty
 
-    @property
-    def l1(self) -> float:
-        """Factor of the l1 term, a finite number >= 0 (validated on assignment).
-
-        Set during fit (from a callback), a new value applies from the next optimizer step; a
-        change the fit's start fixed raises a ``RuntimeError`` instead of being ignored: ``l2``
-        with ``as_weight_decay=True``, or a factor of a penalty that was off when the fit
-        started.
-
-        A submodule or parameter registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a
-        common layer name) is returned instead, so models naming layers ``l1``/``l2`` keep working;
-        set the factor with :meth:`configure_penalty` then.
-        """
-        return cast(float, self._registered("l1", self._penalty.l1))
-
-    @l1.setter
-    def l1(self, value: float) -> None:
-        self._set_factor("l1", value)
-
-    @property
-    def l2(self) -> float:
-        """Factor of the l2 term, a finite number >= 0 (validated on assignment); a submodule or
-        parameter registered as ``self.l2`` is returned instead (see :attr:`l1`)."""
-        return cast(float, self._registered("l2", self._penalty.l2))
-
-    @l2.setter
-    def l2(self, value: float) -> None:
-        self._set_factor("l2", value)
-
-    def _set_factor(self, name: str, value: float) -> None:
-        """Validate and set a factor. During fit a new value applies from the next optimizer
-        step, except where fit start fixed how it is applied: those changes are refused."""
-        new, old = check_non_negative(name, value), getattr(self._penalty, name)
-        started, config = self.penalty_fit_factors, self._penalty
-        why = ""
-        if started is not None and new != old:
-            if not any(started):
-                why = "the penalty was off (l1 = l2 = 0) when this fit started"
-            elif name == "l2" and config.as_weight_decay:
-                why = "with `as_weight_decay=True` l2 is the optimizer's weight_decay, set"
-        if why:
-            raise RuntimeError(
-                f"`{name}` cannot change from {old:g} to {new:g} during fit: {why} at fit start. "
-                f"Set it before `fit`, or start the fit with a non-zero `{name}` on the default "
-                "route, where a new value applies from the next optimizer step."
-            )
-        self._penalty = config._replace(l1=new) if name == "l1" else config._replace(l2=new)
-
-    def _registered(self, name: str, factor: float) -> Any:
-        own = [*self.named_parameters(recurse=False), *self.named_children()]
-        return dict(own).get(name, factor)
+    l1: float = _factor("l1")
+    l2: float = _factor("l2")
 
     def configure_penalty(
         self,
@@ -243,14 +233,13 @@ class WeightPenaltyMixin(pl.LightningModule):
                 "and the route. To change a factor, set `self.l1` or `self.l2`."
             )
         check_selection(modules, predicate, names)
-        for flag, value in (("as_weight_decay", as_weight_decay), ("proximal_l1", proximal_l1)):
-            if not isinstance(value, bool):
-                raise TypeError(f"`{flag}` must be a bool, got {value!r}.")
+        flags = (
+            check_bool("as_weight_decay", as_weight_decay),
+            check_bool("proximal_l1", proximal_l1),
+        )
         l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
         chosen = None if names is None else tuple(names)
-        self._penalty = PenaltyConfig(
-            l1, l2, modules, predicate, chosen, as_weight_decay, proximal_l1
-        )
+        self._penalty = PenaltyConfig(l1, l2, modules, predicate, chosen, *flags)
 
     def penalized_weights(self) -> list[nn.Parameter]:
         """The selected weights that require grad now.

@@ -9,7 +9,7 @@ to pass is :mod:`lightning_reg.selection`'s job (``select_weights`` is importabl
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeGuard, cast
 
 import torch
@@ -122,14 +122,26 @@ def add_penalty_grad_(
     if not weights or (l1 == 0.0 and l2 == 0.0):
         return
     with torch.no_grad():
-        for w in weights:
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            elif w.grad.is_sparse:  # nn.Embedding(sparse=True): the sum is dense, as autograd
-                w.grad = w.grad.to_dense()  # makes it with the penalty in the loss
-        grads = [local(cast(torch.Tensor, w.grad)) for w in weights]  # FSDP2: each shard
         add = _add_penalty_grad_foreach if foreach else _add_penalty_grad_loop
-        add(grads, [local(w) for w in weights], l1, l2, scale)
+        add(dense_grads(weights), [local(w) for w in weights], l1, l2, scale)
+
+
+def dense_grads(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``.grad`` of each weight, made present and dense as autograd makes it with a penalty
+    in the loss: zeros where it is ``None`` (a weight the step's forward did not use), dense where
+    it is sparse (``nn.Embedding(sparse=True)``). A DTensor's is its local shard (FSDP2).
+
+    Examples:
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> dense_grads([w])
+        [tensor([0., 0.])]
+    """
+    for w in weights:
+        if w.grad is None:
+            w.grad = torch.zeros_like(w)
+        elif w.grad.is_sparse:
+            w.grad = w.grad.to_dense()
+    return [local(cast(torch.Tensor, w.grad)) for w in weights]
 
 
 def _add_penalty_grad_loop(

@@ -855,3 +855,36 @@ def test_a_max_norm_that_never_binds_leaves_a_spectral_norm_run_bit_identical(
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     for a, b in zip(model_without.buffers(), model.buffers(), strict=True):
         assert torch.equal(a, b)
+
+
+class _Branch(_Resumable):
+    """A hidden layer used on odd batches only: on even ones its weight has no ``.grad`` (Lightning
+    zeroes gradients to ``None``), yet the loss route's l2 still decays it."""
+
+    fold = False
+
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route, l1=0.0, as_weight_decay=self.fold)
+        torch.manual_seed(2)
+        self.branch = nn.Linear(24, 24)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        h = self.backbone(x.to(self.dtype))
+        if batch_idx % 2:
+            h = torch.relu(self.branch(h))
+        loss = F.cross_entropy(self.head(h), y)
+        if self.loss_route:
+            loss = loss + weight_penalty(select_weights(self), *self.factors)
+        return loss
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_a_weight_without_gradient_at_a_step_takes_the_loss_routes_l2(
+    fold: bool, tmp_path: Any
+) -> None:
+    step_cls = type("Step", (WeightPenaltyMixin, _Branch), {"fold": fold})
+    ref, _, _ = _run(_Branch, tmp_path, torch.float64, [], max_epochs=1)
+    got, _, trainer = _run(step_cls, tmp_path, torch.float64, [], max_epochs=1)
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == (2 * L2 if fold else 0.0)

@@ -18,6 +18,7 @@ from typing_extensions import override
 from lightning_reg._hooks import HookOwner, refuse_fsdp1
 from lightning_reg.penalties import (
     add_penalty_grad_,
+    dense_grads,
     soft_threshold_,
     weight_penalty,
     zero_fraction,
@@ -87,8 +88,8 @@ class WeightPenalty(HookOwner):
     def __init__(self) -> None:
         super().__init__()
         self._backwards = 0
-        self._weights: list[nn.Parameter] = []  # selected at fit start; none if l1 = l2 = 0
-        self._selected: set[int] = set()  # their ids
+        # The weights selected at fit start, by id; none if l1 = l2 = 0.
+        self._weights: dict[int, nn.Parameter] = {}
         self._fold: float | None = None  # the `weight_decay` l2 is folded into (2 * l2)
         self._restored: float | None = None  # the checkpoint's fold
         # Per optimizer, the param groups `configure_optimizers` gave it (the rest: added in fit).
@@ -107,12 +108,13 @@ class WeightPenalty(HookOwner):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        config = _config(pl_module)
         if stage != "fit":  # test, validate, predict: the fit's state stays for a checkpoint
             return
         self._restored, self._groups = None, []
+        config = _config(pl_module)
         if not (config.l1 or config.l2):
             return
+        # Refused before the strategy wraps the model (FSDP1 flattens the parameters).
         refuse_fsdp1(trainer, "The weight penalty", "each rank holds a slice of flat parameters")
         if isinstance(trainer.strategy, DeepSpeedStrategy):
             raise MisconfigurationException(
@@ -126,14 +128,13 @@ class WeightPenalty(HookOwner):
         self.release(trainer, pl_module)
         pl_module.penalty_fit_factors = (config.l1, config.l2)  # type: ignore[assignment]
         self._backwards, self._configured = 0, {}
-        counts = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
-        if len(self._groups) != len(counts):  # a checkpoint's counts: groups added in its fit
-            self._groups = counts  # are not configured ones (BackboneFinetuning restores them)
+        if len(self._groups) != len(trainer.optimizers):  # else a checkpoint's counts: groups
+            # added in its fit are not configured ones (BackboneFinetuning restores them)
+            self._groups = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
-        on = config.l1 or config.l2
-        self._weights = config.select(pl_module, trainable_only=False) if on else []
-        self._selected = {id(w) for w in self._weights}
-        if not self._weights:
+        weights = config.select(pl_module, trainable_only=False) if config.l1 or config.l2 else []
+        self._weights = {id(w): w for w in weights}
+        if not weights:
             return
         if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
             outside = outside_parameters(pl_module, config.modules)
@@ -145,29 +146,25 @@ class WeightPenalty(HookOwner):
                 rank_zero_warn(outside_message(who, pl_module, outside, default, how))
         for i, optimizer in enumerate(trainer.optimizers):
             for j, group in enumerate(optimizer.param_groups[: self._groups[i]]):
-                if any(id(p) in self._selected for p in group["params"]):
+                if any(id(p) in self._weights for p in group["params"]):
                     if self._restored is not None and group.get("weight_decay") == self._restored:
                         # The checkpoint's fold, which BackboneFinetuning restores before this
                         # hook with the groups it added: not a decay `configure_optimizers` gave.
                         group["weight_decay"] = 0.0
-                    _refuse(trainer, optimizer, group, self._selected, self._fold)
+                    self._refuse(trainer, optimizer, group)
                     if "weight_decay" in group:
                         self._configured[i, j] = group["weight_decay"]
+                        group["weight_decay"] = self._fold or group["weight_decay"]
             if config.proximal_l1:
                 hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
-        self._set_decays(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Lightning restored a checkpoint's optimizer state after ``on_fit_start``: set each
-        penalized group's ``weight_decay`` to what this fit's configuration says again."""
-        self._set_decays(trainer)
-
-    def _set_decays(self, trainer: pl.Trainer) -> None:
-        """Set the ``weight_decay`` of each group holding penalized weights to the fold, or else to
-        what ``configure_optimizers`` gave it; name a value found there that neither these nor
-        the checkpoint's fold explain."""
+        penalized group's ``weight_decay`` to the fold, or else to what ``configure_optimizers``
+        gave it, again; name a value found there that neither these nor the checkpoint's fold
+        explain."""
         for (i, j), configured in self._configured.items():
             optimizer = trainer.optimizers[i]
             group, expected = optimizer.param_groups[j], self._fold or configured
@@ -197,17 +194,18 @@ class WeightPenalty(HookOwner):
         config = _config(pl_module)
         l1 = 0.0 if config.proximal_l1 else config.l1
         for group, weights in self._groups_of(optimizer):
-            # A group whose `weight_decay` is the fold takes l1 only here.
+            # A group whose `weight_decay` is the fold takes l1 only here; torch's coupled decay
+            # reaches a weight only through a present, dense `.grad`, as l2 in the loss makes it.
             folded = self._fold is not None and group.get("weight_decay") == self._fold
-            if folded:  # torch's coupled decay adds a dense term, which a sparse `.grad` cannot
-                _densify_grads_(weights)  # take: dense, as autograd makes it with l2 in the loss
+            if folded:
+                dense_grads(weights)
             add_penalty_grad_(weights, l1, 0.0 if folded else config.l2, scale)
 
     def _groups_of(self, optimizer: Optimizer) -> Iterator[tuple[dict, list[nn.Parameter]]]:
         """The optimizer's param groups (as they are now: ``BackboneFinetuning`` adds some) with
         their selected weights that require grad."""
         for group in optimizer.param_groups:
-            weights = [p for p in group["params"] if id(p) in self._selected and p.requires_grad]
+            weights = [p for p in group["params"] if id(p) in self._weights and p.requires_grad]
             if weights:
                 yield group, weights
 
@@ -227,12 +225,48 @@ class WeightPenalty(HookOwner):
         if not self._weights:
             return
         config = _config(pl_module)
-        weights = [w for w in self._weights if w.requires_grad]
+        weights = [w for w in self._weights.values() if w.requires_grad]
         with torch.no_grad():
             metrics = {"train/penalty": weight_penalty(weights, config.l1, config.l2)}
         if config.proximal_l1 and config.l1 > 0:
             metrics["train/zero_fraction"] = zero_fraction(weights)
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
+
+    def _refuse(self, trainer: pl.Trainer, optimizer: Optimizer, group: dict) -> None:
+        """Raise if ``group`` of ``optimizer`` holds penalized weights that cannot take the
+        penalty's gradient, or whose l2 cannot be folded into ``weight_decay``."""
+        name, fused = type(optimizer).__name__, any(g.get("fused") for g in optimizer.param_groups)
+        if isinstance(optimizer, torch.optim.SparseAdam):
+            why = "it takes sparse gradients only; leave those layers out of the penalty"
+        elif isinstance(optimizer, torch.optim.LBFGS):
+            why = f"it re-evaluates a loss without the penalty inside its step. {_IN_THE_LOSS}"
+        elif trainer.precision in ("16-mixed", "16") and fused:
+            why = (
+                "under 16-bit AMP a fused optimizer unscales its gradients inside its step, after "
+                "the penalty is added; use `fused=False`"
+            )
+        else:
+            why = ""
+        if why:
+            raise MisconfigurationException(
+                f"The weight penalty cannot be used with {name} on the weights it updates: {why}."
+            )
+        if self._fold is None:
+            return
+        if not all(id(p) in self._weights for p in group["params"]):
+            why = "its param group mixes the penalized weights with other parameters (biases)"
+        elif "weight_decay" not in group:
+            why = f"{name} has no `weight_decay` option"
+        elif isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
+            why = f"{name} decays weights decoupled from the gradient (AdamW-style), not as l2 does"
+        elif group["weight_decay"] not in (0, self._fold):
+            why = f"their param group already has `weight_decay={group['weight_decay']}`"
+        if why:
+            raise ValueError(
+                f"`as_weight_decay=True` cannot fold l2 into `weight_decay` of {name}: {why}. "
+                "Use `as_weight_decay=False`, or a coupled optimizer over "
+                "`self.penalty_param_groups()`."
+            )
 
     @override
     def release(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -244,50 +278,5 @@ class WeightPenalty(HookOwner):
 _IN_THE_LOSS = "Set l1=l2=0 and add `weight_penalty(...)` from lightning_reg.penalties to the loss"
 
 
-def _densify_grads_(weights: list[nn.Parameter]) -> None:
-    """Make the sparse ``.grad`` of ``nn.Embedding(sparse=True)`` weights dense."""
-    for w in weights:
-        if w.grad is not None and w.grad.is_sparse:
-            w.grad = w.grad.to_dense()
-
-
 def _config(pl_module: pl.LightningModule) -> PenaltyConfig:
     return cast(PenaltyConfig, pl_module.penalty_config)
-
-
-def _refuse(
-    trainer: pl.Trainer, optimizer: Optimizer, group: dict, selected: set[int], fold: float | None
-) -> None:
-    """Raise if ``group`` of ``optimizer`` holds penalized weights (ids ``selected``) that
-    cannot take the penalty's gradient, or whose l2 cannot be folded into ``weight_decay=fold``."""
-    name, fused = type(optimizer).__name__, any(g.get("fused") for g in optimizer.param_groups)
-    if isinstance(optimizer, torch.optim.SparseAdam):
-        why = "it takes sparse gradients only; leave those layers out of the penalty"
-    elif isinstance(optimizer, torch.optim.LBFGS):
-        why = f"it re-evaluates a loss without the penalty inside its step. {_IN_THE_LOSS}"
-    elif trainer.precision in ("16-mixed", "16") and fused:
-        why = (
-            "under 16-bit AMP a fused optimizer unscales its gradients inside its step, after "
-            "the penalty is added; use `fused=False`"
-        )
-    else:
-        why = ""
-    if why:
-        raise MisconfigurationException(
-            f"The weight penalty cannot be used with {name} on the weights it updates: {why}."
-        )
-    if fold is None:
-        return
-    if not all(id(p) in selected for p in group["params"]):
-        why = "its param group mixes the penalized weights with other parameters (biases)"
-    elif "weight_decay" not in group:
-        why = f"{name} has no `weight_decay` option"
-    elif isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay"):
-        why = f"{name} decays weights decoupled from the gradient (AdamW-style), not an l2 penalty"
-    elif group["weight_decay"] not in (0, fold):
-        why = f"their param group already has `weight_decay={group['weight_decay']}`"
-    if why:
-        raise ValueError(
-            f"`as_weight_decay=True` cannot fold l2 into `weight_decay` of {name}: {why}. Use "
-            "`as_weight_decay=False`, or a coupled optimizer over `self.penalty_param_groups()`."
-        )
