@@ -233,16 +233,12 @@ def beside_trainer_max_norms(ours: MaxNorm | None, pl_module: pl.LightningModule
         trainer = pl_module.trainer
     except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
         return [] if ours is None else [ours]
-    earlier = [c for c in callbacks_of(trainer, MaxNorm) if c.module_made]
-    if earlier:
-        kept = [c for c in trainer.callbacks if c not in earlier]  # type: ignore[attr-defined]
-        trainer.callbacks = kept  # type: ignore[attr-defined]
+    made = [c for c in callbacks_of(trainer, MaxNorm) if c.module_made]  # on an earlier fit
+    trainer.callbacks = [c for c in trainer.callbacks if c not in made]  # type: ignore[attr-defined]
     theirs = callbacks_of(trainer, MaxNorm)
-    if ours is None:
+    if ours is None or any(c.state_key == ours.state_key for c in theirs):
         return []
     owner = type(pl_module).__name__
-    if any(c.state_key == ours.state_key for c in theirs):
-        return []
     if theirs:
         listed = ", ".join(f"MaxNorm({c.max_value:g})" for c in theirs)
         rank_zero_warn(
