@@ -111,11 +111,28 @@ def apply_max_norm_(
 
 
 def row_groups(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """What :func:`max_norm_` takes: the checked :func:`local_rows` of ``tensors`` grouped by
-    device, dtype and ndim, empty ones left out (the ``MaxNorm`` callback groups its weights once,
-    not at every step)."""
+    """What :func:`max_norm_` takes: the tensors whose rows are renormed, a DTensor's local shard
+    (whole rows) in its place, grouped by device, dtype and ndim, empty ones left out (the
+    ``MaxNorm`` callback groups its weights once, not at every step). Each is checked: a
+    floating-point tensor of two or more dims."""
     groups: dict[tuple[torch.device, torch.dtype, int], list[torch.Tensor]] = {}
-    for w in map(local_rows, tensors):
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`weights` must hold tensors, got {type(t).__name__}.")
+        if is_dtensor(t) and not all(p.is_replicate() or p.is_shard(0) for p in t.placements):
+            raise ValueError(
+                f"max-norm needs whole rows on every rank: a DTensor weight of shape "
+                f"{tuple(t.shape)} has placements {t.placements}; only Shard(0) and Replicate() "
+                "are supported (rows split across ranks cannot be renormed locally)."
+            )
+        w = local(t)
+        if not w.is_floating_point():
+            raise TypeError(f"max-norm needs floating-point weights, got dtype {w.dtype}.")
+        if w.dim() < 2:
+            raise ValueError(
+                f"max-norm acts on the rows of weights with >= 2 dims, got shape {tuple(w.shape)} "
+                "(a bias or a normalization parameter?)."
+            )
         if w.numel() > 0:
             groups.setdefault((w.device, w.dtype, w.dim()), []).append(w)
     return list(groups.values())
@@ -179,43 +196,38 @@ def max_norm_targets(
     ``modules`` holds (:func:`~lightning_reg.selection.layer_kernels`) are named.
     """
     found, skipped = layer_kernels(module, modules)
-    chosen: set[int] = set()
-    for kernel in found:
-        if not parametrize.is_parametrized(kernel.layer, kernel.attr):
-            chosen.add(id(kernel.params[0]))
-            continue
-        magnitude = _weight_norm_magnitude(kernel)
-        kind = layer_kind(kernel.layer)
-        if magnitude is None:
-            skipped.append(f"{kernel.name} ({kind}, parametrized)")
-        elif norm_type != 2.0:
-            skipped.append(f"{kernel.name} ({kind}, weight norm bounds 2-norms only)")
-        else:
-            chosen.add(id(magnitude))
-    targets: list[torch.Tensor] = [
-        p for p in module.parameters() if id(p) in chosen and p.requires_grad
-    ]
+    targets: dict[int, torch.Tensor] = {}  # by id: a tied kernel once
+    for kernel in found:  # the target is params[0]: the kernel itself, or weight norm's g
+        why = ""
+        if parametrize.is_parametrized(kernel.layer, kernel.attr):
+            if not _is_weight_norm(kernel):
+                why = "parametrized"
+            elif norm_type != 2.0:
+                why = "weight norm bounds 2-norms only"
+        if why:
+            skipped.append(f"{kernel.name} ({layer_kind(kernel.layer)}, {why})")
+        elif kernel.params[0].requires_grad:
+            targets[id(kernel.params[0])] = kernel.params[0]
     default = modules == DEFAULT_MAX_NORM_MODULES  # not layer types the user chose
-    return targets, skipped, outside_parameters(module, modules + reach) if default else []
+    outside = outside_parameters(module, modules + reach) if default else []
+    return list(targets.values()), skipped, outside
 
 
-def _weight_norm_magnitude(kernel: Kernel) -> nn.Parameter | None:
-    """``g`` if ``kernel`` is weight norm along dim 0: a parametrization of two originals
+def _is_weight_norm(kernel: Kernel) -> bool:
+    """Whether ``kernel`` is weight norm along dim 0: a parametrization of two originals
     ``(g, v)``, one number of ``g`` per row of ``v``, whose kernel has rows of norm ``|g_i|``. Only
     that two-original form is evaluated to check it (weight norm is a pure function;
     ``spectral_norm``, one original, never is)."""
     if len(kernel.params) != 2:
-        return None
+        return False
     g, v = kernel.params
     if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
-        return None
+        return False
     with torch.no_grad():
-        rows = torch.linalg.vector_norm(
-            getattr(kernel.layer, kernel.attr).flatten(1).double(), dim=1
-        )
+        kernel_rows = getattr(kernel.layer, kernel.attr).flatten(1).double()
+        rows = torch.linalg.vector_norm(kernel_rows, dim=1)
         magnitudes = g.flatten().double().abs()
-        matches = rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
-    return g if matches else None
+        return rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
 
 
 def unconstrained_message(
@@ -243,28 +255,6 @@ _HOW = (
     "indexes its output units (an nn.Embedding's rows are its vectors; transposed convolutions "
     "cannot be constrained)"
 )
-
-
-def local_rows(t: torch.Tensor) -> torch.Tensor:
-    """The tensor whose rows are renormed, checked: a DTensor's local shard (whole rows), else
-    ``t``; a floating-point tensor of two or more dims."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"`weights` must hold tensors, got {type(t).__name__}.")
-    if is_dtensor(t) and not all(p.is_replicate() or p.is_shard(0) for p in t.placements):
-        raise ValueError(
-            f"max-norm needs whole rows on every rank: a DTensor weight of shape "
-            f"{tuple(t.shape)} has placements {t.placements}; only Shard(0) and Replicate() "
-            "are supported (rows split across ranks cannot be renormed locally)."
-        )
-    t = local(t)
-    if not t.is_floating_point():
-        raise TypeError(f"max-norm needs floating-point weights, got dtype {t.dtype}.")
-    if t.dim() < 2:
-        raise ValueError(
-            f"max-norm acts on the rows of weights with >= 2 dims, got shape {tuple(t.shape)} "
-            "(a bias or a normalization parameter?)."
-        )
-    return t
 
 
 def check_max_norm(

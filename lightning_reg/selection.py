@@ -185,15 +185,11 @@ def layer_kernels(
     return found, [name for name, p in others if id(p) not in kernel_ids] + left
 
 
-_RNN_KERNEL = re.compile(r"weight_(ih|hh|hr)(_l\d+(_reverse)?)?")
-_MHA_KERNELS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
 def _is_kernel(layer: nn.Module, attr: str) -> bool:
     if isinstance(layer, nn.MultiheadAttention):
-        return attr in _MHA_KERNELS
+        return attr.endswith("proj_weight")  # in_proj_weight or q/k/v_proj_weight
     if isinstance(layer, (nn.RNNBase, nn.RNNCellBase)):
-        return _RNN_KERNEL.fullmatch(attr) is not None
+        return re.fullmatch(r"weight_(ih|hh|hr)(_l\d+(_reverse)?)?", attr) is not None
     return attr == "weight"
 
 
