@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -102,104 +101,94 @@ def apply_max_norm_(
     """
     max_value, norm_type = check_max_norm(max_value, modules, norm_type, foreach)
     if isinstance(weights, nn.Module):
-        tensors, skipped = max_norm_targets(weights, modules, norm_type)
-        default = modules == DEFAULT_MAX_NORM_MODULES
-        outside = outside_parameters(weights, modules) if default else []
+        tensors, skipped, outside = max_norm_targets(weights, modules, norm_type)
         if skipped or outside or not tensors:
             message = unconstrained_message("apply_max_norm_", weights, skipped, outside)
             warnings.warn(message, UserWarning, stacklevel=2)
     else:
         tensors = tensor_list(weights)
-    max_norm_(prepare(tensors, foreach), max_value, norm_type)
+    max_norm_(row_groups(tensors), max_value, norm_type, foreach)
 
 
-def prepare(
-    tensors: Iterable[torch.Tensor], foreach: bool | None
-) -> list[torch.Tensor] | list[RowGroup]:
-    """What :func:`max_norm_` takes: the checked :func:`local_rows` of ``tensors``, grouped by
-    :func:`row_groups` unless ``foreach`` is ``False``."""
-    rows = [local_rows(t) for t in tensors]
-    return rows if foreach is False else row_groups(rows)
+def row_groups(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """What :func:`max_norm_` takes: the tensors whose rows are renormed, a DTensor's local shard
+    (whole rows) in its place, grouped by device, dtype and ndim, empty ones left out (the
+    ``MaxNorm`` callback groups its weights once, not at every step). Each is checked: a
+    floating-point tensor of two or more dims."""
+    groups: dict[tuple[torch.device, torch.dtype, int], list[torch.Tensor]] = {}
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`weights` must hold tensors, got {type(t).__name__}.")
+        if is_dtensor(t) and not all(p.is_replicate() or p.is_shard(0) for p in t.placements):
+            raise ValueError(
+                f"max-norm needs whole rows on every rank: a DTensor weight of shape "
+                f"{tuple(t.shape)} has placements {t.placements}; only Shard(0) and Replicate() "
+                "are supported (rows split across ranks cannot be renormed locally)."
+            )
+        w = local(t)
+        if not w.is_floating_point():
+            raise TypeError(f"max-norm needs floating-point weights, got dtype {w.dtype}.")
+        if w.dim() < 2:
+            raise ValueError(
+                f"max-norm acts on the rows of weights with >= 2 dims, got shape {tuple(w.shape)} "
+                "(a bias or a normalization parameter?)."
+            )
+        if w.numel() > 0:
+            groups.setdefault((w.device, w.dtype, w.dim()), []).append(w)
+    return list(groups.values())
 
 
 def max_norm_(
-    rows: list[torch.Tensor] | list[RowGroup], max_value: float, norm_type: float
+    groups: list[list[torch.Tensor]],
+    max_value: float,
+    norm_type: float,
+    foreach: bool | None = None,
+    *,
+    host_check: bool | None = None,
 ) -> None:
-    """The max-norm of :func:`prepare`'d tensors: the reference ``renorm_`` on a list of tensors,
-    the multi-tensor path on their :func:`row_groups`."""
+    """The max-norm of :func:`row_groups`: torch's ``renorm_`` on each tensor if ``foreach`` is
+    ``False``, else per group the factor ``max_value / (norm + 1e-7)`` where a row's norm is over
+    the bound, else 1.0, in the dtype ``torch.renorm`` computes it in (float32 for halves), and
+    one ``torch._foreach_mul_``. With ``host_check`` (default: on CPU) one host read of each
+    tensor's largest row norm first leaves out the tensors with no row over the bound (a NaN row
+    counts as over; its factor is 1.0, as in ``torch.renorm``)."""
     with torch.no_grad():
-        for item in rows:
-            if isinstance(item, torch.Tensor):
-                item.renorm_(norm_type, 0, max_value)
+        for ws in groups:
+            if foreach is False:
+                for w in ws:
+                    w.renorm_(norm_type, 0, max_value)
+                continue
+            dims = tuple(range(1, ws[0].dim()))  # a row: every dim but 0
+            acc = torch.promote_types(ws[0].dtype, torch.float32)
+            if norm_type == math.inf:  # max(amax, -amin) per row: exact in any dtype, and on CPU
+                norms = [w.amax(dims, keepdim=True) for w in ws]  # faster than vector_norm's
+                smallest = [w.amin(dims, keepdim=True) for w in ws]  # (docs/max_norm.md)
+                torch._foreach_neg_(smallest)
+                torch._foreach_maximum_(norms, smallest)
             else:
-                _max_norm_group_(item, max_value, norm_type)
-
-
-class RowGroup(NamedTuple):
-    """Non-empty tensors of one device, dtype and ndim: one pass of the multi-tensor path."""
-
-    tensors: list[torch.Tensor]
-    dims: tuple[int, ...]  # the dims of a row: every dim but 0
-    acc: torch.dtype  # the dtype torch.renorm computes norms and factors in: float32 for halves
-    host_check: bool  # CPU: skip the tensors without a row over the bound
-
-
-def row_groups(rows: Iterable[torch.Tensor]) -> list[RowGroup]:
-    """``rows`` grouped by device, dtype and ndim, empty tensors left out (the ``MaxNorm``
-    callback groups its weights once, not at every step)."""
-    groups: dict[tuple[torch.device, torch.dtype, int], list[torch.Tensor]] = {}
-    for w in rows:
-        if w.numel() > 0:
-            groups.setdefault((w.device, w.dtype, w.dim()), []).append(w)
-    half = (torch.float16, torch.bfloat16)
-    return [
-        RowGroup(tensors, tuple(range(1, n)), torch.float32 if dt in half else dt, d.type == "cpu")
-        for (d, dt, n), tensors in groups.items()
-    ]
-
-
-def _max_norm_group_(group: RowGroup, max_value: float, norm_type: float) -> None:
-    """``renorm_`` on every tensor of ``group``: the factor ``max_value / (norm + 1e-7)`` where
-    a row's norm is over the bound, else 1.0, in the dtype ``torch.renorm`` computes it in, and
-    one ``torch._foreach_mul_``. On CPU one host read of each tensor's largest row norm first
-    leaves out the tensors with no row over the bound (a NaN row counts as over; its factor is
-    1.0, as in ``torch.renorm``)."""
-    norms = _row_norms(group, norm_type)
-    ws = group.tensors
-    if group.host_check:
-        maxima = torch.stack(torch._foreach_max(norms)).tolist()
-        over = [i for i, largest in enumerate(maxima) if not largest <= max_value]
-        if not over:
-            return
-        ws, norms = [ws[i] for i in over], [norms[i] for i in over]
-    norm = torch.cat(norms) if len(norms) > 1 else norms[0]
-    if norm.dtype != group.acc:  # the infinity norm of a half type, taken exactly in it
-        norm = norm.to(group.acc)
-    factor = torch.where(norm > max_value, torch.div(max_value, norm + _RENORM_EPS), 1.0)
-    factor = factor.to(ws[0].dtype)
-    torch._foreach_mul_(ws, list(factor.split([w.shape[0] for w in ws])))
-
-
-def _row_norms(group: RowGroup, norm_type: float) -> list[torch.Tensor]:
-    """The norm of every row of every tensor of ``group``, as ``torch.renorm`` takes it (shape
-    ``(rows, 1, ...)``). The infinity norm is ``max(amax(w), -amin(w))`` per row: exact in any
-    dtype, and faster on CPU than ``linalg.vector_norm``'s infinity norm (docs/max_norm.md)."""
-    if norm_type == math.inf:
-        largest = [w.amax(group.dims, keepdim=True) for w in group.tensors]
-        smallest = [w.amin(group.dims, keepdim=True) for w in group.tensors]
-        torch._foreach_neg_(smallest)
-        torch._foreach_maximum_(largest, smallest)
-        return largest
-    return [
-        torch.linalg.vector_norm(w, norm_type, group.dims, True, dtype=group.acc)
-        for w in group.tensors
-    ]
+                norms = [torch.linalg.vector_norm(w, norm_type, dims, True, dtype=acc) for w in ws]
+            if ws[0].is_cpu if host_check is None else host_check:
+                maxima = torch.stack(torch._foreach_max(norms)).tolist()
+                over = [i for i, largest in enumerate(maxima) if not largest <= max_value]
+                if not over:
+                    continue
+                ws, norms = [ws[i] for i in over], [norms[i] for i in over]
+            norm = torch.cat(norms) if len(norms) > 1 else norms[0]
+            if norm.dtype != acc:  # the infinity norm of a half type, taken exactly in it
+                norm = norm.to(acc)
+            factor = torch.where(norm > max_value, torch.div(max_value, norm + _RENORM_EPS), 1.0)
+            torch._foreach_mul_(ws, list(factor.to(ws[0].dtype).split([w.shape[0] for w in ws])))
 
 
 def max_norm_targets(
-    module: nn.Module, modules: tuple[type[nn.Module], ...], norm_type: float
-) -> tuple[list[torch.Tensor], list[str]]:
-    """The trainable tensors max-norm constrains in ``module``, and by name what it cannot.
+    module: nn.Module,
+    modules: tuple[type[nn.Module], ...],
+    norm_type: float,
+    reach: tuple[type[nn.Module], ...] = (),
+) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    """The trainable tensors max-norm constrains in ``module``, by name what it cannot, and, with
+    the default ``modules``, by name the parameters that no layer of a type in ``modules`` or
+    ``reach`` (another constraint's layer types) holds (``outside_parameters``).
 
     A plain kernel is its own target. A kernel under ``torch.nn.utils.parametrize`` is not a
     parameter: the optimizer updates its originals, whose rows are not the kernel's rows. For
@@ -209,39 +198,38 @@ def max_norm_targets(
     ``modules`` holds (:func:`~lightning_reg.selection.layer_kernels`) are named.
     """
     found, skipped = layer_kernels(module, modules)
-    chosen: set[int] = set()
-    for kernel in found:
-        if not parametrize.is_parametrized(kernel.layer, kernel.attr):
-            chosen.add(id(kernel.params[0]))
-            continue
-        magnitude = _weight_norm_magnitude(kernel)
-        kind = layer_kind(kernel.layer)
-        if magnitude is None:
-            skipped.append(f"{kernel.name} ({kind}, parametrized)")
-        elif norm_type != 2.0:
-            skipped.append(f"{kernel.name} ({kind}, weight norm bounds 2-norms only)")
-        else:
-            chosen.add(id(magnitude))
-    return [p for p in module.parameters() if id(p) in chosen and p.requires_grad], skipped
+    targets: dict[int, torch.Tensor] = {}  # by id: a tied kernel once
+    for kernel in found:  # the target is params[0]: the kernel itself, or weight norm's g
+        why = ""
+        if parametrize.is_parametrized(kernel.layer, kernel.attr):
+            if not _is_weight_norm(kernel):
+                why = "parametrized"
+            elif norm_type != 2.0:
+                why = "weight norm bounds 2-norms only"
+        if why:
+            skipped.append(f"{kernel.name} ({layer_kind(kernel.layer)}, {why})")
+        elif kernel.params[0].requires_grad:
+            targets[id(kernel.params[0])] = kernel.params[0]
+    default = modules == DEFAULT_MAX_NORM_MODULES  # not layer types the user chose
+    outside = outside_parameters(module, modules + reach) if default else []
+    return list(targets.values()), skipped, outside
 
 
-def _weight_norm_magnitude(kernel: Kernel) -> nn.Parameter | None:
-    """``g`` if ``kernel`` is weight norm along dim 0: a parametrization of two originals
+def _is_weight_norm(kernel: Kernel) -> bool:
+    """Whether ``kernel`` is weight norm along dim 0: a parametrization of two originals
     ``(g, v)``, one number of ``g`` per row of ``v``, whose kernel has rows of norm ``|g_i|``. Only
     that two-original form is evaluated to check it (weight norm is a pure function;
     ``spectral_norm``, one original, never is)."""
     if len(kernel.params) != 2:
-        return None
+        return False
     g, v = kernel.params
     if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
-        return None
+        return False
     with torch.no_grad():
-        rows = torch.linalg.vector_norm(
-            getattr(kernel.layer, kernel.attr).flatten(1).double(), dim=1
-        )
+        kernel_rows = getattr(kernel.layer, kernel.attr).flatten(1).double()
+        rows = torch.linalg.vector_norm(kernel_rows, dim=1)
         magnitudes = g.flatten().double().abs()
-        matches = rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
-    return g if matches else None
+        return rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)
 
 
 def unconstrained_message(
@@ -269,28 +257,6 @@ _HOW = (
     "indexes its output units (an nn.Embedding's rows are its vectors; transposed convolutions "
     "cannot be constrained)"
 )
-
-
-def local_rows(t: torch.Tensor) -> torch.Tensor:
-    """The tensor whose rows are renormed, checked: a DTensor's local shard (whole rows), else
-    ``t``; a floating-point tensor of two or more dims."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"`weights` must hold tensors, got {type(t).__name__}.")
-    if is_dtensor(t) and not all(p.is_replicate() or p.is_shard(0) for p in t.placements):
-        raise ValueError(
-            f"max-norm needs whole rows on every rank: a DTensor weight of shape "
-            f"{tuple(t.shape)} has placements {t.placements}; only Shard(0) and Replicate() "
-            "are supported (rows split across ranks cannot be renormed locally)."
-        )
-    t = local(t)
-    if not t.is_floating_point():
-        raise TypeError(f"max-norm needs floating-point weights, got dtype {t.dtype}.")
-    if t.dim() < 2:
-        raise ValueError(
-            f"max-norm acts on the rows of weights with >= 2 dims, got shape {tuple(t.shape)} "
-            "(a bias or a normalization parameter?)."
-        )
-    return t
 
 
 def check_max_norm(

@@ -185,26 +185,22 @@ def layer_kernels(
     return found, [name for name, p in others if id(p) not in kernel_ids] + left
 
 
-_RNN_KERNEL = re.compile(r"weight_(ih|hh|hr)(_l\d+(_reverse)?)?")
-_MHA_KERNELS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
 def _is_kernel(layer: nn.Module, attr: str) -> bool:
     if isinstance(layer, nn.MultiheadAttention):
-        return attr in _MHA_KERNELS
+        return attr.endswith("proj_weight")  # in_proj_weight or q/k/v_proj_weight
     if isinstance(layer, (nn.RNNBase, nn.RNNCellBase)):
-        return _RNN_KERNEL.fullmatch(attr) is not None
+        return re.fullmatch(r"weight_(ih|hh|hr)(_l\d+(_reverse)?)?", attr) is not None
     return attr == "weight"
 
 
 def own_parameters(layer: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """The layer's own parameters by name, the originals of its parametrizations included
     (``parametrizations.weight.original``), read without evaluating them."""
-    return [
-        (name, p)
-        for name, p in layer.named_parameters()
-        if "." not in name or re.fullmatch(r"parametrizations\.\w+\.original\d*", name)
-    ]
+    return [(name, p) for name, p in layer.named_parameters() if re.fullmatch(_OWN, name)]
+
+
+# A parameter's name in the layer that owns it: its own, or an original of its parametrizations.
+_OWN = r"(parametrizations\.\w+\.original\d*|[^.]+)"
 
 
 def layer_kind(layer: nn.Module) -> str:
@@ -229,22 +225,14 @@ def outside_parameters(module: nn.Module, modules: tuple[type[nn.Module], ...]) 
         >>> outside_parameters(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)), (nn.Linear,))
         ['0.weight (Embedding)']
     """
-    held: set[int] = set()
-    outside: list[tuple[str, nn.Parameter]] = []
-    for layer_name, layer in module.named_modules():
-        if isinstance(layer, parametrize.ParametrizationList):
-            continue  # its originals are listed with the parametrized layer below
-        own = own_parameters(layer)
-        if isinstance(layer, modules):
-            held.update(id(p) for _, p in own)
-        else:
-            prefix, kind = f"{layer_name}." if layer_name else "", layer_kind(layer)
-            outside.extend((f"{prefix}{name} ({kind})", p) for name, p in own)
-    names: list[str] = []
-    for name, p in outside:
+    listed = parametrize.ParametrizationList  # its originals are its parametrized layer's
+    layers = [m for m in module.modules() if isinstance(m, modules) and not isinstance(m, listed)]
+    held = {id(p) for layer in layers for _, p in own_parameters(layer)}
+    names = []
+    for name, p in module.named_parameters():  # a tied parameter once, by its first name
         if p.dim() >= 2 and p.requires_grad and id(p) not in held:
-            held.add(id(p))  # a parameter tied between two such modules is named once
-            names.append(name)
+            owner = module.get_submodule(re.sub(rf"(^|\.){_OWN}$", "", name))
+            names.append(f"{name} ({layer_kind(owner)})")
     return names
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from lightning_reg.callbacks.max_norm import MaxNorm
-from lightning_reg.max_norm import RowGroup, apply_max_norm_, max_norm_, row_groups
+from lightning_reg.max_norm import apply_max_norm_, max_norm_, row_groups
 from lightning_reg.selection import select_weights
 from tests.distributed.worker import TwoOptimizerSteps
 from tests.helpers import DigitsClassifier, digits_loader, make_trainer, run_as_script
@@ -104,8 +104,7 @@ def test_within_the_bound_nothing_is_written_and_accelerators_never_sync(p: floa
     assert all(torch.equal(w, ref) for w, ref in zip(weights, expected, strict=True))
     again = [w.clone() * 3 for w in expected]
     expected = [torch.renorm(w, p, 0, MAX) for w in again]
-    groups = [RowGroup(g.tensors, g.dims, g.acc, False) for g in row_groups(again)]
-    max_norm_(groups, MAX, p)  # no host check: the clamped factor and one multiply
+    max_norm_(row_groups(again), MAX, p, host_check=False)  # the clamped factor, one multiply
     assert all(torch.equal(w, ref) for w, ref in zip(again, expected, strict=True))
 
 

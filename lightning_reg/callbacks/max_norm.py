@@ -17,15 +17,13 @@ from typing_extensions import override
 from lightning_reg._hooks import HookOwner, callbacks_of, refuse_fsdp1
 from lightning_reg.max_norm import (
     DEFAULT_MAX_NORM_MODULES,
-    RowGroup,
     check_max_norm,
     max_norm_,
     max_norm_targets,
-    prepare,
+    row_groups,
     unconstrained_message,
 )
 from lightning_reg.penalties import is_dtensor
-from lightning_reg.selection import outside_parameters
 
 __all__ = ["MaxNorm"]
 
@@ -40,7 +38,7 @@ class _Bound(NamedTuple):
 
     flags: list[bool]
     targets: list[torch.Tensor]
-    rows: list[torch.Tensor] | list[RowGroup] | None  # None: DTensors, taken afresh at each step
+    groups: list[list[torch.Tensor]] | None  # None: DTensors, taken afresh at each step
 
 
 def _flags(optimizer: Optimizer) -> list[bool]:
@@ -196,23 +194,20 @@ class MaxNorm(HookOwner):
         bound = self._bound[idx]
         if _flags(optimizer) != bound.flags:
             bound = self._bound[idx] = self._bind(pl_module, optimizer)
-        rows = prepare(bound.targets, self.foreach) if bound.rows is None else bound.rows
-        max_norm_(rows, self.max_value, self.norm_type)
+        groups = row_groups(bound.targets) if bound.groups is None else bound.groups
+        max_norm_(groups, self.max_value, self.norm_type, self.foreach)
         self._steps[idx] = self._steps.get(idx, 0) + 1
 
     def _bind(self, pl_module: pl.LightningModule, optimizer: Optimizer) -> _Bound:
         """The optimizer's targets, resolved from the model; names what no warning of this fit
         has named yet: what ``max_norm_targets`` skips and, with the default ``modules``, the
         parameters no ``MaxNorm`` on the Trainer reaches."""
-        weights, skipped = max_norm_targets(pl_module, self.modules, self.norm_type)
+        # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
+        reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
+        weights, skipped, outside = max_norm_targets(pl_module, self.modules, self.norm_type, reach)
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         targets = [w for w in weights if id(w) in held]
-        rows = prepare(targets, self.foreach)  # checks dims, dtype, placements
-        outside: list[str] = []
-        if self.modules == DEFAULT_MAX_NORM_MODULES:  # not layer types the user chose
-            # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
-            reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
-            outside = outside_parameters(pl_module, reach)
+        groups = row_groups(targets)  # checks dims, dtype, placements
         skipped = [name for name in skipped if name not in self._warned]
         outside = [name for name in outside if name not in self._warned]
         if skipped or outside:
@@ -220,7 +215,7 @@ class MaxNorm(HookOwner):
             rank_zero_warn(unconstrained_message(who, pl_module, skipped, outside))
             self._warned.update(skipped + outside)
         sharded = any(is_dtensor(w) for w in targets)
-        return _Bound(_flags(optimizer), targets, None if sharded else rows)
+        return _Bound(_flags(optimizer), targets, None if sharded else groups)
 
 
 def beside_trainer_max_norms(ours: MaxNorm | None, pl_module: pl.LightningModule) -> list[Callback]:
@@ -238,16 +233,12 @@ def beside_trainer_max_norms(ours: MaxNorm | None, pl_module: pl.LightningModule
         trainer = pl_module.trainer
     except RuntimeError:  # not attached to a Trainer: configure_callbacks called directly
         return [] if ours is None else [ours]
-    earlier = [c for c in callbacks_of(trainer, MaxNorm) if c.module_made]
-    if earlier:
-        kept = [c for c in trainer.callbacks if c not in earlier]  # type: ignore[attr-defined]
-        trainer.callbacks = kept  # type: ignore[attr-defined]
+    made = [c for c in callbacks_of(trainer, MaxNorm) if c.module_made]  # on an earlier fit
+    trainer.callbacks = [c for c in trainer.callbacks if c not in made]  # type: ignore[attr-defined]
     theirs = callbacks_of(trainer, MaxNorm)
-    if ours is None:
+    if ours is None or any(c.state_key == ours.state_key for c in theirs):
         return []
     owner = type(pl_module).__name__
-    if any(c.state_key == ours.state_key for c in theirs):
-        return []
     if theirs:
         listed = ", ".join(f"MaxNorm({c.max_value:g})" for c in theirs)
         rank_zero_warn(
