@@ -9,7 +9,7 @@ to pass is :mod:`lightning_reg.selection`'s job (``select_weights`` is importabl
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeGuard, cast
 
 import torch
@@ -29,10 +29,6 @@ __all__ = [
     "weight_penalty",
     "zero_fraction",
 ]
-
-# The multi-tensor penalty gradient makes the sign(w) temporaries of l1 at most this many
-# elements (or one bigger weight) at a time (docs/regularization.md, "The pure functions").
-_SIGN_CHUNK_NUMEL = 1 << 18
 
 
 def weight_penalty(
@@ -102,9 +98,11 @@ def add_penalty_grad_(
         l2: factor of the l2 term, finite and ``>= 0``. Default ``0.0``.
         scale: multiplies the whole gradient (the share of the penalty a step takes). Default
             ``1.0``.
-        foreach: ``True`` uses the multi-tensor ``torch._foreach_*`` kernels (fewer dispatches,
-            same arithmetic; measured faster on CPU in ``benchmarks/overhead.py``), ``False`` the
-            reference loop over the weights, one torch kernel per term. Default ``True``.
+        foreach: with ``l1 = 0``, ``True`` adds the l2 term of every weight in one
+            ``torch._foreach_add_`` (fewer dispatches, the same arithmetic), ``False`` one
+            ``add_`` per weight. With ``l1 > 0`` each weight takes both terms in turn, one
+            ``add_`` each, either way (measured faster than two passes over the weights:
+            ``docs/regularization.md``). Default ``True``.
 
     Raises:
         TypeError: if a factor is not a real number.
@@ -122,8 +120,15 @@ def add_penalty_grad_(
     if not weights or (l1 == 0.0 and l2 == 0.0):
         return
     with torch.no_grad():
-        add = _add_penalty_grad_foreach if foreach else _add_penalty_grad_loop
-        add(dense_grads(weights), [local(w) for w in weights], l1, l2, scale)
+        grads, ws = dense_grads(weights), [local(w) for w in weights]
+        if foreach and l1 == 0.0:  # the l2 term of every weight in one kernel
+            torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
+            return
+        for g, w in zip(grads, ws, strict=True):  # both terms while the weight is in cache
+            if l2 != 0.0:
+                g.add_(w, alpha=2.0 * l2 * scale)
+            if l1 != 0.0:
+                g.add_(torch.sign(w), alpha=l1 * scale)
 
 
 def dense_grads(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -142,44 +147,6 @@ def dense_grads(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         elif w.grad.is_sparse:
             w.grad = w.grad.to_dense()
     return [local(cast(torch.Tensor, w.grad)) for w in weights]
-
-
-def _add_penalty_grad_loop(
-    grads: list[torch.Tensor], ws: list[torch.Tensor], l1: float, l2: float, scale: float
-) -> None:
-    """The reference: one weight at a time, torch's own in-place kernels."""
-    for g, w in zip(grads, ws, strict=True):
-        if l2 != 0.0:
-            g.add_(w, alpha=2.0 * l2 * scale)
-        if l1 != 0.0:
-            g.add_(torch.sign(w), alpha=l1 * scale)
-
-
-def _add_penalty_grad_foreach(
-    grads: list[torch.Tensor], ws: list[torch.Tensor], l1: float, l2: float, scale: float
-) -> None:
-    """The same sums with multi-tensor kernels: the l2 term in one ``torch._foreach_add_``
-    over every weight (no temporary), the l1 term's ``sign(w)`` temporaries made a chunk of
-    ``_SIGN_CHUNK_NUMEL`` elements (or one bigger weight) at a time, so they reuse warm memory
-    (fresh pages for the temporaries of many big weights at once cost more than the arithmetic
-    on CPU)."""
-    if l2 != 0.0:
-        torch._foreach_add_(grads, ws, alpha=2.0 * l2 * scale)
-    if l1 != 0.0:
-        for lo, hi in _chunks(ws, _SIGN_CHUNK_NUMEL):
-            torch._foreach_add_(grads[lo:hi], torch._foreach_sign(ws[lo:hi]), alpha=l1 * scale)
-
-
-def _chunks(tensors: list[torch.Tensor], numel: int) -> Iterator[tuple[int, int]]:
-    """Consecutive ``(lo, hi)`` index ranges of a non-empty ``tensors``, each holding at most
-    ``numel`` elements (or one tensor)."""
-    lo, total = 0, 0
-    for i, t in enumerate(tensors):
-        if i > lo and total + t.numel() > numel:
-            yield lo, i
-            lo, total = i, 0
-        total += t.numel()
-    yield lo, len(tensors)
 
 
 def soft_threshold_(params: Iterable[torch.Tensor], threshold: float | torch.Tensor) -> None:

@@ -158,7 +158,7 @@ def test_frozen_weights_are_candidates_only_on_request() -> None:
 @pytest.mark.parametrize(("l1", "l2"), [(0.3, 0.7), (0.3, 0.0), (0.0, 0.7)])
 def test_penalty_gradient_equals_autograd_of_the_value(foreach: bool, l1: float, l2: float) -> None:
     g = torch.Generator().manual_seed(0)
-    shapes = [(5, 4), (3,), (2, 2, 2), (130, 130)]  # small ones by foreach, the last alone
+    shapes = [(5, 4), (3,), (2, 2, 2), (130, 130)]
     weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
     weights[0][1] = 0.0  # sign(0) = 0: no pull on weights at zero
     params = [nn.Parameter(w) for w in weights]
