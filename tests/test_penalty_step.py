@@ -879,12 +879,15 @@ class _Branch(_Resumable):
         return loss
 
 
-@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize(("fold", "accumulate"), [(False, 1), (True, 1), (False, 2), (True, 2)])
 def test_a_weight_without_gradient_at_a_step_takes_the_loss_routes_l2(
-    fold: bool, tmp_path: Any
+    fold: bool, accumulate: int, tmp_path: Any
 ) -> None:
+    """Under accumulation 2 the 5 batches make windows of 2, 2 and 1: the short last window's
+    loss route takes half the penalty, which a folded decay (all of it) must make up for."""
     step_cls = type("Step", (WeightPenaltyMixin, _Branch), {"fold": fold})
-    ref, _, _ = _run(_Branch, tmp_path, torch.float64, [], max_epochs=1)
-    got, _, trainer = _run(step_cls, tmp_path, torch.float64, [], max_epochs=1)
+    kwargs: dict[str, Any] = dict(max_epochs=1, accumulate_grad_batches=accumulate)
+    ref, _, _ = _run(_Branch, tmp_path, torch.float64, [], **kwargs)
+    got, _, trainer = _run(step_cls, tmp_path, torch.float64, [], **kwargs)
     _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == (2 * L2 if fold else 0.0)

@@ -196,9 +196,13 @@ class WeightPenalty(HookOwner):
         for group, weights in self._groups_of(optimizer):
             # A group whose `weight_decay` is the fold takes l1 only here; torch's coupled decay
             # reaches a weight only through a present, dense `.grad`, as l2 in the loss makes it.
+            # The decay adds all of l2's gradient: a window short of micro-batches takes back
+            # the share its loss route leaves out.
             folded = self._fold is not None and group.get("weight_decay") == self._fold
             if folded:
                 dense_grads(weights)
+                if scale != 1.0:
+                    add_penalty_grad_(weights, 0.0, config.l2, scale - 1.0)
             add_penalty_grad_(weights, l1, 0.0 if folded else config.l2, scale)
 
     def _groups_of(self, optimizer: Optimizer) -> Iterator[tuple[dict, list[nn.Parameter]]]:
