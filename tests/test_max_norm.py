@@ -635,6 +635,8 @@ def test_weights_outside_the_default_types_are_named_and_left_alone(tmp_path: Pa
     model, named = fit(MaxNorm(3.0), MaxNorm(0.2, modules=(nn.Embedding,)))
     assert "custom.weight" in named and "emb.weight" not in named
     assert float(model.emb.weight.norm(dim=1).max()) == pytest.approx(0.2, rel=1e-5)
+    # Two with the default types leave the same parameters out: named once, by the first.
+    assert "MaxNorm(3) does not constrain" in fit(MaxNorm(3.0), MaxNorm(2.0))[1]
     # Layer types the user chose: no check.
     assert fit(MaxNorm(3.0, modules=(nn.Linear,)))[1] == ""
     assert fit(MaxNorm(3.0, modules=(nn.Linear, RowLinear)))[1] == ""
