@@ -56,8 +56,7 @@ def _factor(name: str) -> Any:
     step, except where fit start fixed how it is applied: those changes are refused."""
 
     def get(self: WeightPenaltyMixin) -> Any:
-        own = dict([*self.named_parameters(recurse=False), *self.named_children()])
-        return own.get(name, getattr(self.penalty_config, name))
+        return dict(self.named_children()).get(name, getattr(self.penalty_config, name))
 
     def set_(self: WeightPenaltyMixin, value: float) -> None:
         new, config = check_non_negative(name, value), self.penalty_config
@@ -146,9 +145,10 @@ class WeightPenaltyMixin(pl.LightningModule):
             (from a callback), a new value applies from the next optimizer step; a change the
             fit's start fixed raises a ``RuntimeError`` instead of being ignored: ``l2`` with
             ``as_weight_decay=True``, or a factor of a penalty that was off when the fit started.
-            A submodule or parameter registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a
-            common layer name) is returned instead, so models naming layers ``l1``/``l2`` keep
-            working; set the factor with :meth:`configure_penalty` then.
+            A submodule registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a common layer
+            name) is returned instead, so models naming layers ``l1``/``l2`` keep working; set the
+            factor with :meth:`configure_penalty` then. torch refuses a parameter or buffer of
+            that name (``KeyError: attribute 'l1' already exists``).
         l2: factor of the l2 term, the same way.
 
     Examples:
