@@ -216,17 +216,21 @@ def max_norm_targets(
 
 
 def _is_weight_norm(kernel: Kernel) -> bool:
-    """Whether ``kernel`` is weight norm along dim 0: a parametrization of two originals
-    ``(g, v)``, one number of ``g`` per row of ``v``, whose kernel has rows of norm ``|g_i|``. Only
-    that two-original form is evaluated to check it (weight norm is a pure function;
-    ``spectral_norm``, one original, never is)."""
-    if len(kernel.params) != 2:
+    """Whether ``kernel`` is weight norm along dim 0: one parametrization of two originals
+    ``(g, v)``, one number of ``g`` per row of ``v``, whose output has rows of norm ``|g_i|``
+    whatever the lengths of ``v``'s rows. Only that two-original form is evaluated to check it,
+    on ``v`` with its rows scaled unevenly, so a look-alike ``g * v`` whose ``v`` starts with
+    unit rows is told apart (weight norm is a pure function; ``spectral_norm``, one original,
+    never is)."""
+    listed = list(kernel.layer.get_submodule(f"parametrizations.{kernel.attr}").children())
+    if len(kernel.params) != 2 or len(listed) != 1:
         return False
-    g, v = kernel.params
+    g, v = map(local, kernel.params)
     if not (g.dim() == v.dim() >= 2 and g.shape[0] == v.shape[0] and g[0].numel() == 1):
         return False
     with torch.no_grad():
-        kernel_rows = getattr(kernel.layer, kernel.attr).flatten(1).double()
+        uneven = torch.arange(1, len(v) + 1, dtype=torch.float64).view(-1, *[1] * (v.dim() - 1))
+        kernel_rows = listed[0](g.double(), v.double() * uneven).flatten(1)
         rows = torch.linalg.vector_norm(kernel_rows, dim=1)
         magnitudes = g.flatten().double().abs()
         return rows.shape == magnitudes.shape and torch.allclose(rows, magnitudes, rtol=1e-3)

@@ -56,8 +56,7 @@ def _factor(name: str) -> Any:
     step, except where fit start fixed how it is applied: those changes are refused."""
 
     def get(self: WeightPenaltyMixin) -> Any:
-        own = dict([*self.named_parameters(recurse=False), *self.named_children()])
-        return own.get(name, getattr(self.penalty_config, name))
+        return dict(self.named_children()).get(name, getattr(self.penalty_config, name))
 
     def set_(self: WeightPenaltyMixin, value: float) -> None:
         new, config = check_non_negative(name, value), self.penalty_config
@@ -146,9 +145,10 @@ class WeightPenaltyMixin(pl.LightningModule):
             (from a callback), a new value applies from the next optimizer step; a change the
             fit's start fixed raises a ``RuntimeError`` instead of being ignored: ``l2`` with
             ``as_weight_decay=True``, or a factor of a penalty that was off when the fit started.
-            A submodule or parameter registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a
-            common layer name) is returned instead, so models naming layers ``l1``/``l2`` keep
-            working; set the factor with :meth:`configure_penalty` then.
+            A submodule registered as ``self.l1`` (``self.l1 = nn.Linear(...)`` is a common layer
+            name) is returned instead, so models naming layers ``l1``/``l2`` keep working; set the
+            factor with :meth:`configure_penalty` then. torch refuses a parameter or buffer of
+            that name (``KeyError: attribute 'l1' already exists``).
         l2: factor of the l2 term, the same way.
 
     Examples:
@@ -186,28 +186,33 @@ class WeightPenaltyMixin(pl.LightningModule):
 
     def configure_penalty(
         self,
-        l1: float = 0.0,
-        l2: float = 0.0,
+        l1: float | None = None,
+        l2: float | None = None,
         modules: tuple[type[nn.Module], ...] = DEFAULT_PENALIZED_MODULES,
         predicate: Callable[[str, nn.Parameter], bool] | None = None,
         names: Iterable[str] | None = None,
-        as_weight_decay: bool = False,
-        proximal_l1: bool = False,
+        as_weight_decay: bool | None = None,
+        proximal_l1: bool | None = None,
     ) -> None:
         """Set the penalty factors and which weights they apply to.
 
+        The selection (``modules``, ``predicate``, ``names``) is set by every call; a factor or
+        flag left ``None`` keeps its current value (on a new module ``0.0`` and ``False``), so a
+        subclass choosing the weights keeps what ``RegularizedModule``'s arguments or
+        ``self.l1 = ...`` set.
+
         Args:
-            l1: factor of ``sum(|w|)``, a finite number >= 0. Default ``0.0``.
-            l2: factor of ``sum(w ** 2)``, a finite number >= 0. Default ``0.0``.
+            l1: factor of ``sum(|w|)``, a finite number >= 0. Default ``None`` (kept).
+            l2: factor of ``sum(w ** 2)``, a finite number >= 0. Default ``None`` (kept).
             modules: layer types whose kernels are penalized. Default
                 :data:`~lightning_reg.selection.DEFAULT_PENALIZED_MODULES`.
             predicate: ``predicate(name, parameter) -> bool`` selects instead of ``modules``.
                 Default ``None``.
             names: exact parameter names selected instead of ``modules``. Default ``None``.
             as_weight_decay: apply l2 as the optimizer's coupled ``weight_decay = 2 * l2``
-                (see the class docstring). Default ``False``.
+                (see the class docstring). Default ``None`` (kept).
             proximal_l1: apply l1 as a soft-threshold after each optimizer step (exact zeros)
-                instead of the subgradient ``l1 * sign(w)`` (Keras' l1). Default ``False``.
+                instead of the subgradient ``l1 * sign(w)`` (Keras' l1). Default ``None`` (kept).
 
         Raises:
             TypeError: if a factor is not a real number, ``modules`` is not a non-empty tuple of
@@ -233,11 +238,16 @@ class WeightPenaltyMixin(pl.LightningModule):
                 "and the route. To change a factor, set `self.l1` or `self.l2`."
             )
         check_selection(modules, predicate, names)
+        old = self._penalty
         flags = (
-            check_bool("as_weight_decay", as_weight_decay),
-            check_bool("proximal_l1", proximal_l1),
+            check_bool(
+                "as_weight_decay",
+                old.as_weight_decay if as_weight_decay is None else as_weight_decay,
+            ),
+            check_bool("proximal_l1", old.proximal_l1 if proximal_l1 is None else proximal_l1),
         )
-        l1, l2 = check_non_negative("l1", l1), check_non_negative("l2", l2)
+        l1 = check_non_negative("l1", old.l1 if l1 is None else l1)
+        l2 = check_non_negative("l2", old.l2 if l2 is None else l2)
         chosen = None if names is None else tuple(names)
         self._penalty = PenaltyConfig(l1, l2, modules, predicate, chosen, *flags)
 

@@ -188,20 +188,28 @@ def test_weight_norm_with_another_p_and_look_alike_parametrizations_are_named() 
     assert torch.equal(layer.parametrizations.weight.original0, g)
 
     class RowScale(nn.Module):
-        """``(s, v) -> s * v``: the shapes of weight norm's ``(g, v)``, without the norm."""
+        """``(s, v) -> s * v``: the shapes of weight norm's ``(g, v)``, without the norm; with
+        ``unit``, also its values at the start (rows of ``v`` of norm 1, ``s`` their lengths),
+        which training does not keep."""
+
+        def __init__(self, unit: bool) -> None:
+            super().__init__()
+            self.unit = unit
 
         def forward(self, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return s * v
 
         def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.ones(len(w), 1), w
+            s = w.norm(dim=1, keepdim=True) if self.unit else torch.ones(len(w), 1)
+            return s, w / s
 
-    scaled = nn.Linear(4, 3)
-    torch.nn.utils.parametrize.register_parametrization(scaled, "weight", RowScale())
-    before = [p.detach().clone() for p in scaled.parameters()]
-    with pytest.warns(UserWarning, match=r"weight \(Linear, parametrized\)"):
-        apply_max_norm_(scaled, max_value=1e-3)
-    assert all(torch.equal(a, b) for a, b in zip(scaled.parameters(), before, strict=True))
+    for unit in (False, True):
+        scaled = nn.Linear(4, 3)
+        torch.nn.utils.parametrize.register_parametrization(scaled, "weight", RowScale(unit))
+        before = [p.detach().clone() for p in scaled.parameters()]
+        with pytest.warns(UserWarning, match=r"weight \(Linear, parametrized\)"):
+            apply_max_norm_(scaled, max_value=1e-3)
+        assert all(torch.equal(a, b) for a, b in zip(scaled.parameters(), before, strict=True))
 
 
 def test_hook_weight_norm_on_an_lstm_weight_is_named_and_left_alone() -> None:
@@ -627,6 +635,8 @@ def test_weights_outside_the_default_types_are_named_and_left_alone(tmp_path: Pa
     model, named = fit(MaxNorm(3.0), MaxNorm(0.2, modules=(nn.Embedding,)))
     assert "custom.weight" in named and "emb.weight" not in named
     assert float(model.emb.weight.norm(dim=1).max()) == pytest.approx(0.2, rel=1e-5)
+    # Two with the default types leave the same parameters out: named once, by the first.
+    assert "MaxNorm(3) does not constrain" in fit(MaxNorm(3.0), MaxNorm(2.0))[1]
     # Layer types the user chose: no check.
     assert fit(MaxNorm(3.0, modules=(nn.Linear,)))[1] == ""
     assert fit(MaxNorm(3.0, modules=(nn.Linear, RowLinear)))[1] == ""

@@ -269,6 +269,23 @@ def test_manual_optimization_applies_the_penalty_and_refuses_adding_it(tmp_path:
     assert "train/penalty" in trainer.callback_metrics
 
 
+def test_configure_penalty_keeps_what_it_is_not_given() -> None:
+    """A subclass choosing the weights keeps the factors and flags its constructor got (from
+    ``RegularizedModule``'s arguments, a CLI, ``self.l1 = ...``) instead of resetting them."""
+
+    class Linears(RegularizedModule):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.configure_penalty(modules=(nn.Linear,))
+
+    model = Linears(l1=L1, l2=L2, as_weight_decay=True)
+    assert model.penalty_config[:3] == (L1, L2, (nn.Linear,))
+    assert model.penalty_config.as_weight_decay
+    model.l1 = 0.5
+    model.configure_penalty(l2=0.0, proximal_l1=True)
+    assert model.penalty_config[:2] == (0.5, 0.0) and model.penalty_config.proximal_l1
+
+
 def test_layers_named_l1_l2_keep_working(tmp_path: Any) -> None:
     class Named(WeightPenaltyMixin, _Plain):
         def __init__(self) -> None:

@@ -769,28 +769,32 @@ class _Resumable(_Base):
                 group["weight_decay"] = 0.0
 
 
-def _resumable(loss_route: bool, l2: float, fold: bool = False, decay: float = 0.0) -> Any:
+def _resumable(
+    loss_route: bool, l2: float, fold: bool = False, decay: float = 0.0, l1: float = L1
+) -> Any:
     cls = _Resumable if loss_route else type("Step", (WeightPenaltyMixin, _Resumable), {})
-    model = cls(loss_route=True) if loss_route else cls(loss_route=False, l1=L1, l2=l2)
-    model.factors, model.decay = (L1, l2), decay
+    model = cls(loss_route=True) if loss_route else cls(loss_route=False, l1=l1, l2=l2)
+    model.factors, model.decay = (l1, l2), decay
     if not loss_route:
-        model.configure_penalty(l1=L1, l2=l2, as_weight_decay=fold)
+        model.configure_penalty(l1=l1, l2=l2, as_weight_decay=fold)
     return model.double()
 
 
 RESUMES = {
-    # (first fit: l2, as_weight_decay, decay of its group), (resumed: l2, as_weight_decay)
+    # (first fit: l2, as_weight_decay, decay of its group), (resumed: l2, as_weight_decay[, l1])
     "l2 changed": ((L2, False, 0.0), (2 * L2, False)),
     "l2 changed, folded": ((L2, True, 0.0), (5 * L2, True)),
     "fold switched off": ((L2, True, 0.0), (L2, False)),
     "fold switched on": ((L2, False, 0.0), (L2, True)),
     "a decay nothing explains": ((L2, False, 0.3), (L2, False)),
+    "penalty switched off": ((L2, True, 0.0), (0.0, True, 0.0)),
 }
 
 
 @pytest.mark.parametrize("case", list(RESUMES))
 def test_a_resume_trains_as_the_new_configuration_says(case: str, tmp_path: Any) -> None:
-    (l2, fold, decay), (new_l2, new_fold) = RESUMES[case]
+    (l2, fold, decay), (new_l2, new_fold, *rest) = RESUMES[case]
+    new_l1 = rest[0] if rest else L1
     first = _resumable(False, l2, fold, decay)
     trainer = make_trainer(tmp_path, max_epochs=1)
     trainer.fit(first, digits_loader(n=160, batch_size=32))
@@ -803,10 +807,10 @@ def test_a_resume_trains_as_the_new_configuration_says(case: str, tmp_path: Any)
         trainer.fit(model, digits_loader(n=160, batch_size=32), ckpt_path=ckpt)
         return recorder, trainer
 
-    ref, _ = resume(_resumable(True, new_l2))
+    ref, _ = resume(_resumable(True, new_l2, l1=new_l1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        got, trainer = resume(_resumable(False, new_l2, new_fold))
+        got, trainer = resume(_resumable(False, new_l2, new_fold, l1=new_l1))
     _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
     named = [str(w.message) for w in caught if "restored `weight_decay" in str(w.message)]
     if case == "a decay nothing explains":
@@ -879,12 +883,15 @@ class _Branch(_Resumable):
         return loss
 
 
-@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize(("fold", "accumulate"), [(False, 1), (True, 1), (False, 2), (True, 2)])
 def test_a_weight_without_gradient_at_a_step_takes_the_loss_routes_l2(
-    fold: bool, tmp_path: Any
+    fold: bool, accumulate: int, tmp_path: Any
 ) -> None:
+    """Under accumulation 2 the 5 batches make windows of 2, 2 and 1: the short last window's
+    loss route takes half the penalty, which a folded decay (all of it) must make up for."""
     step_cls = type("Step", (WeightPenaltyMixin, _Branch), {"fold": fold})
-    ref, _, _ = _run(_Branch, tmp_path, torch.float64, [], max_epochs=1)
-    got, _, trainer = _run(step_cls, tmp_path, torch.float64, [], max_epochs=1)
+    kwargs: dict[str, Any] = dict(max_epochs=1, accumulate_grad_batches=accumulate)
+    ref, _, _ = _run(_Branch, tmp_path, torch.float64, [], **kwargs)
+    got, _, trainer = _run(step_cls, tmp_path, torch.float64, [], **kwargs)
     _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == (2 * L2 if fold else 0.0)

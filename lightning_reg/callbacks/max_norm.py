@@ -75,7 +75,8 @@ class MaxNorm(HookOwner):
     a bias (the deprecated hook-based ``torch.nn.utils.weight_norm``'s ``weight_g``). With the
     default ``modules``, trainable parameters of two or more dims that belong to no layer of
     those types (an ``nn.Embedding``, your own layer's weight) and to none that another
-    ``MaxNorm`` on the Trainer selects are named in a warning too, and left alone.
+    ``MaxNorm`` on the Trainer selects are named in a warning too (by the first of several
+    with the same ``modules``), and left alone.
 
     Lifecycle: each fit starts fresh (the count of steps it acted on is reset in ``setup``)
     unless a checkpoint is restored, so one callbacks list reused across Trainers (folds of a
@@ -203,8 +204,11 @@ class MaxNorm(HookOwner):
         has named yet: what ``max_norm_targets`` skips and, with the default ``modules``, the
         parameters no ``MaxNorm`` on the Trainer reaches."""
         # Another MaxNorm on the Trainer (say, for nn.Embedding) reaches its own layer types.
-        reach = tuple({t for c in callbacks_of(pl_module.trainer, MaxNorm) for t in c.modules})
+        others = callbacks_of(pl_module.trainer, MaxNorm)
+        reach = tuple({t for c in others for t in c.modules})
         weights, skipped, outside = max_norm_targets(pl_module, self.modules, self.norm_type, reach)
+        if any(c.modules == self.modules for c in others[: others.index(self)]):
+            outside = []  # an earlier one with these types names what they all leave out
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         targets = [w for w in weights if id(w) in held]
         groups = row_groups(targets)  # checks dims, dtype, placements

@@ -132,11 +132,13 @@ class WeightPenalty(HookOwner):
             # added in its fit are not configured ones (BackboneFinetuning restores them)
             self._groups = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
-        weights = config.select(pl_module, trainable_only=False) if config.l1 or config.l2 else []
+        on = bool(config.l1 or config.l2)  # off, a checkpoint's fold is still undone below
+        weights = config.select(pl_module, trainable_only=False) if on or self._restored else []
         self._weights = {id(w): w for w in weights}
         if not weights:
             return
-        if config.modules == DEFAULT_PENALIZED_MODULES and config.predicate is config.names is None:
+        by_type = config.predicate is config.names is None
+        if on and by_type and config.modules == DEFAULT_PENALIZED_MODULES:
             outside = outside_parameters(pl_module, config.modules)
             if outside:  # the default selection leaves them out; a chosen one is taken as meant
                 how = "To penalize them, pass `modules=` with their layer types added, or choose "
@@ -151,13 +153,16 @@ class WeightPenalty(HookOwner):
                         # The checkpoint's fold, which BackboneFinetuning restores before this
                         # hook with the groups it added: not a decay `configure_optimizers` gave.
                         group["weight_decay"] = 0.0
-                    self._refuse(trainer, optimizer, group)
+                    if on:
+                        self._refuse(trainer, optimizer, group)
                     if "weight_decay" in group:
                         self._configured[i, j] = group["weight_decay"]
                         group["weight_decay"] = self._fold or group["weight_decay"]
             if config.proximal_l1:
                 hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
+        if not on:  # nothing to penalize at the steps
+            self._weights = {}
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -196,9 +201,13 @@ class WeightPenalty(HookOwner):
         for group, weights in self._groups_of(optimizer):
             # A group whose `weight_decay` is the fold takes l1 only here; torch's coupled decay
             # reaches a weight only through a present, dense `.grad`, as l2 in the loss makes it.
+            # The decay adds all of l2's gradient: a window short of micro-batches takes back
+            # the share its loss route leaves out.
             folded = self._fold is not None and group.get("weight_decay") == self._fold
             if folded:
                 dense_grads(weights)
+                if scale != 1.0:
+                    add_penalty_grad_(weights, 0.0, config.l2, scale - 1.0)
             add_penalty_grad_(weights, l1, 0.0 if folded else config.l2, scale)
 
     def _groups_of(self, optimizer: Optimizer) -> Iterator[tuple[dict, list[nn.Parameter]]]:
