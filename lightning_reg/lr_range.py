@@ -296,7 +296,6 @@ class LRRangeTest:
         ):
             warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
             trainer.barebones = True  # `self.log` in `training_step` returns without logging
-            pl_module.train()
             losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
         lrs = self.lrs()[: len(losses)]
         max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)

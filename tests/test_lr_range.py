@@ -478,6 +478,29 @@ def test_a_torchmetrics_state_the_sweep_updated_in_place_is_put_back(tmp_path: P
     assert auto_model.epoch_means == hand_model.epoch_means  # no sweep loss in epoch 0's mean
 
 
+class DropoutOff(DropoutClassifier):
+    """Its dropout left in eval mode by the user before fit (Lightning trains it so, with a
+    warning); records that mode at every `training_step`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[2].eval()
+        self.dropout_modes: list[bool] = []  # mutated in place: the sweep's entries stay
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.dropout_modes.append(self.net[2].training)
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_sweep_steps_in_the_modes_training_steps_in(tmp_path: Path) -> None:
+    # Before, the sweep put the whole module in train mode: its steps ran the dropout the
+    # training does not run (its curve was not the training's), then the mode was put back.
+    auto, model, _ = fit("auto", tmp_path, "auto", module=DropoutOff)
+    assert auto.range_test_result is not None and isinstance(model, DropoutOff)
+    assert len(model.dropout_modes) == len(auto.range_test_result.losses) + 20
+    assert not any(model.dropout_modes)
+
+
 class RandomStates(pl.Callback):
     """The torch, Python and NumPy random states when training starts (before the sweep)."""
 
