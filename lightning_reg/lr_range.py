@@ -429,8 +429,8 @@ def _undone(
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
             saved.update(copy.deepcopy(module.metric_state))
-    params = list(pl_module.parameters())
-    tensors = [*params, *pl_module.buffers()]
+    params, buffers = list(pl_module.parameters()), dict(pl_module.named_buffers())
+    tensors = [*params, *buffers.values()]
     values = [t.detach().clone() for t in tensors]
     grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     # Restored in place, so that anything holding the param-group dicts keeps the live ones.
@@ -448,6 +448,9 @@ def _undone(
     finally:
         for module, saved in attributes:
             vars(module).update(saved)
+        for name, buffer in buffers.items():  # one a step rebound (`self.b = self.b + 1`)
+            owner, _, leaf = name.rpartition(".")
+            setattr(pl_module.get_submodule(owner), leaf, buffer)
         with torch.no_grad():
             for tensor, value in zip(tensors, values, strict=True):
                 tensor.copy_(value)

@@ -501,6 +501,25 @@ def test_the_sweep_steps_in_the_modes_training_steps_in(tmp_path: Path) -> None:
     assert not any(model.dropout_modes)
 
 
+class CountsInABuffer(DropoutClassifier):
+    """Counts its training steps in a buffer it rebinds (``self.seen = self.seen + 1``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen = self.seen + 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_buffer_the_sweep_rebound_is_put_back(tmp_path: Path) -> None:
+    # Before, the sweep copied the saved value into the buffer it found, which the module no
+    # longer held: the count went on from the sweep's steps (and into the checkpoint).
+    _, model, _ = fit("auto", tmp_path, "auto", module=CountsInABuffer)
+    assert int(model.get_buffer("seen")) == 20  # 2 epochs of 10 batches
+
+
 class RandomStates(pl.Callback):
     """The torch, Python and NumPy random states when training starts (before the sweep)."""
 
