@@ -422,9 +422,10 @@ def _undone(
 ) -> Generator[None, None, None]:
     """Everything a sweep step changes that the run after it reads, put back on leaving the
     block, whatever the exit: weights, buffers and gradients; each module's own attributes (a
-    value a step rebinds, such as a penalty kept for logging, and the train/eval mode); the
-    optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics states; the
-    Trainer's ``barebones``; the random generators, the training dataloader's included."""
+    value a step rebinds or sets first, such as a penalty kept for logging, and the train/eval
+    mode); the optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics
+    states; the Trainer's ``barebones``; the random generators, the training dataloader's
+    included."""
     attributes = [(module, dict(vars(module))) for module in pl_module.modules()]
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
@@ -447,6 +448,8 @@ def _undone(
             yield
     finally:
         for module, saved in attributes:
+            for name in vars(module).keys() - saved.keys():  # first set by a sweep step
+                delattr(module, name)
             vars(module).update(saved)
         for name, buffer in buffers.items():  # one a step rebound (`self.b = self.b + 1`)
             owner, _, leaf = name.rpartition(".")

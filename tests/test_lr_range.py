@@ -520,6 +520,27 @@ def test_a_buffer_the_sweep_rebound_is_put_back(tmp_path: Path) -> None:
     assert int(model.get_buffer("seen")) == 20  # 2 epochs of 10 batches
 
 
+class KeepsItsFirstBatch(DropoutClassifier):
+    """Keeps the first batch it trains on, set on first use (e.g. for a figure at the end)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if not hasattr(self, "first_x"):
+            self.first_x = batch[0]
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_attribute_first_set_in_the_sweep_is_removed(tmp_path: Path) -> None:
+    # Before, only the attributes the module had before the sweep were put back: one set for
+    # the first time by a sweep step stayed, and the training kept the sweep's first batch.
+    auto, auto_model, _ = fit("auto", tmp_path, "auto", module=KeepsItsFirstBatch)
+    assert auto.range_test_result is not None
+    _, hand_model, _ = fit(
+        auto.range_test_result.max_lr, tmp_path, "hand", module=KeepsItsFirstBatch
+    )
+    assert isinstance(auto_model, KeepsItsFirstBatch) and isinstance(hand_model, KeepsItsFirstBatch)
+    assert torch.equal(auto_model.first_x, hand_model.first_x)
+
+
 class RandomStates(pl.Callback):
     """The torch, Python and NumPy random states when training starts (before the sweep)."""
 
