@@ -1112,6 +1112,21 @@ def test_one_cycle_drives_groups_at_fixed_ratios_with_lr_scale(tmp_path: Path) -
         trainer.fit(ScaledGroups((1.0, -0.5)), digits_loader(64, 32))
 
 
+def test_a_run_stopped_early_names_the_lr_and_end_value_of_a_scaled_group_alike(
+    tmp_path: Path,
+) -> None:
+    # Before, the warning set group 0's LR (times its lr_scale) against the schedule's end value
+    # without it: "its learning rate is 0.008, not the end value 1e-05" for a cycle at 10%.
+    cycle = OneCycle(16, 0.1)
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=16)], max_steps=8
+    )
+    with pytest.warns(UserWarning, match="ended after 8 of the 16") as record:
+        trainer.fit(ScaledGroups((0.1, 1.0)), digits_loader(256, 32))
+    message = next(str(w.message) for w in record if "ended after" in str(w.message))
+    assert f"is {cycle(8) * 0.1:.4g}, not the end value {cycle(16) * 0.1:.4g}." in message
+
+
 class TensorLR(DigitsClassifier):
     def configure_optimizers(self) -> Any:
         return torch.optim.SGD(self.parameters(), lr=torch.tensor(0.1), momentum=0.9)

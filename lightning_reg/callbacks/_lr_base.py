@@ -293,11 +293,12 @@ class LRCallback(HookOwner):
         if getattr(trainer, "fast_dev_run", False) or self.taken_over:
             return
         for idx, horizon in self.unfinished():
-            taken, lr = self.steps[idx], float(trainer.optimizers[idx].param_groups[0]["lr"])
+            taken, group = self.steps[idx], trainer.optimizers[idx].param_groups[0]
+            end = self.active[idx][0](horizon) * group.get("lr_scale", 1)
             rank_zero_warn(
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
-                f"rate is {lr:.4g}, not the end value {self.active[idx][0](horizon):.4g}. "
+                f"rate is {float(group['lr']):.4g}, not the end value {end:.4g}. "
                 + self.why_stopped_early(trainer, horizon)
             )
 
