@@ -622,6 +622,21 @@ def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(tmp_path:
         assert opt.param_groups[0]["lr"] == cycle(8) == pytest.approx(cycle.final_lr)
 
 
+def test_a_schedule_longer_than_the_manual_optimization_plan_names_the_plan(
+    tmp_path: Path,
+) -> None:
+    # Before, under manual optimization the warning blamed `max_time`/`EarlyStopping` for a run
+    # that ended as planned (`max_steps=16` is 8 steps of each of the 2 optimizers).
+    trainer = make_trainer(tmp_path, callbacks=[ScheduledLR(CosineDecay(40, 0.1))], max_steps=16)
+    with pytest.warns(UserWarning) as record:
+        trainer.fit(TwoOptimizerGAN(), digits_loader(512, 32))
+    ended = [str(w.message) for w in record if "ended after" in str(w.message)]
+    assert len(ended) == 2
+    for idx, message in enumerate(ended):
+        assert f"8 of the 40 optimizer steps the schedule of optimizer {idx} spans" in message
+        assert "planned only 8 optimizer steps (`max_steps=16` shared by 2 optimizers" in message
+
+
 class LoggingGAN(TwoOptimizerGAN):
     """``TwoOptimizerGAN`` that logs a per-batch metric with ``self.log``."""
 

@@ -162,10 +162,10 @@ class LRCallback(HookOwner):
         if self.active:
             self.write(trainer, opt_idx, self.steps[opt_idx])
 
-    def why_stopped_early(self, trainer: pl.Trainer, horizon: int) -> str:
+    def why_stopped_early(self, horizon: int) -> str:
         """Why a run ended before a schedule of ``horizon`` steps did, and what to do."""
         planned, source = self.planned
-        if trainer.lightning_module.automatic_optimization and planned < horizon:
+        if planned < horizon:
             return (
                 f"The Trainer planned only {planned:g} optimizer steps ({source}, from "
                 "`max_epochs`, `max_steps` and `limit_train_batches`): make the schedule's steps "
@@ -299,7 +299,7 @@ class LRCallback(HookOwner):
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
                 f"rate is {float(group['lr']):.4g}, not the end value {end:.4g}. "
-                + self.why_stopped_early(trainer, horizon)
+                + self.why_stopped_early(horizon)
             )
 
     @override
