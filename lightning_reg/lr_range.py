@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torchmetrics import Metric
 
+from lightning_reg._hooks import accumulation
 from lightning_reg._validation import check_int, check_number, check_positive
 from lightning_reg.plotting import matplotlib_figure
 
@@ -355,8 +356,8 @@ def _training_step(
     a :class:`Closure` per micro-batch (``training_step``, zero-grad on the first, backward), the
     last one run by ``strategy.optimizer_step``, the earlier ones with DDP's sync blocked.
     Returns the step's loss (the mean over its micro-batches)."""
-    strategy, accumulate = trainer.strategy, trainer.accumulate_grad_batches
-    epoch = trainer.current_epoch
+    strategy, epoch = trainer.strategy, trainer.current_epoch
+    accumulate = accumulation(trainer)(epoch)  # a scheduler's is set when the epoch starts
     # DDP's gradient sync is blocked on all but the last micro-batch (a single device has none).
     blocked = getattr(strategy, "block_backward_sync", contextlib.nullcontext)
     total = torch.zeros((), device=strategy.root_device)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -466,6 +466,24 @@ def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_a_scaler(
     _, hand_model, _ = fit(auto.range_test_result.max_lr, tmp_path, "hand", **kwargs)
     for a, b in zip(auto_model.parameters(), hand_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_sweep_step_accumulates_as_the_gradient_accumulation_schedulers_first_epoch() -> None:
+    # Before, the sweep (when training starts) read `trainer.accumulate_grad_batches` before the
+    # scheduler set epoch 0's: one batch per step, a quarter of the training's batch.
+    model = Counting()
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    gas = GradientAccumulationScheduler({0: 4})
+    trainer = pl.Trainer(
+        max_steps=3,
+        limit_train_batches=8,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[cb, gas],
+    )
+    trainer.fit(model, loader())
+    assert cb.range_test_result is not None
+    assert len(model.calls) == 4 * (len(cb.range_test_result.losses) + 3)
 
 
 def test_a_torchmetrics_state_the_sweep_updated_in_place_is_put_back(tmp_path: Path) -> None:

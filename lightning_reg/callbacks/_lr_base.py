@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg._hooks import HookOwner, callbacks_of
+from lightning_reg._hooks import HookOwner, accumulation, callbacks_of
 from lightning_reg._validation import check_bool, check_positive
 
 __all__ = ["LRCallback", "ScheduleLike"]
@@ -324,13 +324,10 @@ class LRCallback(HookOwner):
         Beside ``StochasticWeightAveraging`` only the epochs before ``swa_epoch_start`` count; a
         new fit of a Trainer that trained before gets the steps left (a resume keeps its count)."""
         batches, num_optimizers = trainer.num_training_batches, len(trainer.optimizers)
-        gas = callbacks_of(trainer, GradientAccumulationScheduler)
-        accumulation: Callable[[int], int] = (
-            gas[0].get_accumulate_grad_batches if gas else lambda _: trainer.accumulate_grad_batches
-        )
+        gas, per_epoch = callbacks_of(trainer, GradientAccumulationScheduler), accumulation(trainer)
 
         def steps_in(epochs: int) -> int:  # each epoch's batches over its accumulation
-            return sum(math.ceil(batches / accumulation(epoch)) for epoch in range(epochs))
+            return sum(math.ceil(batches / per_epoch(epoch)) for epoch in range(epochs))
 
         estimate = trainer.estimated_stepping_batches
         if estimate < 0:  # Lightning's -1: a dataloader without a length and no `max_steps`
