@@ -1091,6 +1091,16 @@ def test_swa_cutting_a_schedule_short_says_how_far_it_got(tmp_path: Path) -> Non
     assert rec.lrs[24:] == pytest.approx([0.02] * 16, rel=1e-12)
 
 
+def test_swa_from_the_first_epoch_leaves_no_cycle_and_says_so_by_number(tmp_path: Path) -> None:
+    # Before, a plan of 0 steps was called "an infinite or unknown number of training steps".
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    swa = StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=1)
+    with pytest.raises(ValueError, match=r"\(epoch 0\) = 0\), which is too short") as info:
+        fit(tmp_path, [OneCycleScheduler(max_lr=0.1), swa], max_epochs=3)
+    assert "infinite" not in str(info.value)
+
+
 # -- param groups at fixed ratios; tensor learning rates ----------------------------------------
 
 

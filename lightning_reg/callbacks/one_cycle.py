@@ -171,7 +171,7 @@ class OneCycleScheduler(ScheduledLR):
         Raises naming that estimate when it is infinite, or (not on resume, which keeps the
         saved cycle) too short for the phases."""
         estimate, source = self.planned
-        if not math.isfinite(estimate) or estimate < 1:
+        if not math.isfinite(estimate):
             raise ValueError(
                 f"{self.name} could not size the cycle: {source} is {estimate} (an infinite or "
                 "unknown number of training steps). Pass `total_steps=...` to "
