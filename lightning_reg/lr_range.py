@@ -205,15 +205,16 @@ class LRRangeTest:
     :meth:`run` is called from a callback hook when training starts (``OneCycleScheduler`` calls
     it from ``on_train_start`` with ``max_lr="auto"``). It takes up to ``num_steps`` optimizer
     steps on batches drawn from a separate iterator of the training dataloader, the LR of step
-    ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group. It
-    stops early at the first non-finite loss, or when the smoothed loss exceeds
-    ``early_stop_threshold`` times its lowest value. Then, on every exit path (an exception or
-    ``KeyboardInterrupt`` included), it restores the weights and buffers, the own attributes of
-    the module and its submodules (their train/eval modes included), the gradients, the
-    optimizer's state and hyperparameters, the GradScaler, every callback's ``state_dict``, the
-    torchmetrics states, and the torch (CPU and accelerator), Python and NumPy random generators
-    plus any generator held by the dataloader: the training that follows draws the same batches
-    and dropout masks as it would without the sweep.
+    ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group
+    (times the group's ``lr_scale``, as in training). It stops early at the first non-finite
+    loss, or when the smoothed loss exceeds ``early_stop_threshold`` times its lowest value.
+    Then, on every exit path (an exception or ``KeyboardInterrupt`` included), it restores the
+    weights and buffers, the own attributes of the module and its submodules (their train/eval
+    modes included), the gradients, the optimizer's state and hyperparameters, the GradScaler,
+    every callback's ``state_dict``, the torchmetrics states, and the torch (CPU and
+    accelerator), Python and NumPy random generators plus any generator held by the dataloader:
+    the training that follows draws the same batches and dropout masks as it would without the
+    sweep.
 
     Each sweep step is the step Lightning's automatic optimization takes, through the same
     public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's
@@ -314,7 +315,7 @@ class LRRangeTest:
         losses: list[float] = []
         for k, lr in enumerate(self.lrs()):
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1)  # the training's ratios
             loss = _training_step(trainer, pl_module, optimizer, batches, k)
             losses.append(float(trainer.strategy.reduce(loss, reduce_op="mean")))
             if not math.isfinite(losses[-1]):

@@ -559,6 +559,32 @@ def test_an_attribute_first_set_in_the_sweep_is_removed(tmp_path: Path) -> None:
     assert torch.equal(auto_model.first_x, hand_model.first_x)
 
 
+class ScaledHead(DigitsClassifier):
+    """The head at a tenth of the body's learning rate (an ``lr_scale`` of 0.1)."""
+
+    def configure_optimizers(self) -> Any:
+        head = {"params": self.net[2].parameters(), "lr_scale": 0.1}
+        return torch.optim.SGD([{"params": self.net[0].parameters()}, head], lr=0.1)
+
+
+class GroupLRs(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+
+
+def test_the_sweep_keeps_the_lr_scale_of_each_param_group() -> None:
+    # Before, every group was swept at the same LR, while the training runs the head at a tenth.
+    cb, rec = OneCycleScheduler(max_lr="auto", range_test=FAST), GroupLRs()
+    trainer = pl.Trainer(max_steps=8, logger=False, enable_checkpointing=False, callbacks=[cb, rec])
+    trainer.fit(ScaledHead(), loader())
+    assert cb.range_test_result is not None
+    swept = cb.range_test_result.lrs
+    assert rec.lrs[: len(swept)] == [[lr, lr * 0.1] for lr in swept]
+
+
 class RandomStates(pl.Callback):
     """The torch, Python and NumPy random states when training starts (before the sweep)."""
 
