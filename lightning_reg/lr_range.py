@@ -298,6 +298,8 @@ class LRRangeTest:
         ):
             warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
             trainer.barebones = True  # `self.log` in `training_step` returns without logging
+            # GradientAccumulationScheduler sets the epoch's accumulation when the epoch starts.
+            trainer.accumulate_grad_batches = accumulation(trainer)(trainer.current_epoch)
             losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
         lrs = self.lrs()[: len(losses)]
         max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)
@@ -357,8 +359,8 @@ def _training_step(
     a :class:`Closure` per micro-batch (``training_step``, zero-grad on the first, backward), the
     last one run by ``strategy.optimizer_step``, the earlier ones with DDP's sync blocked.
     Returns the step's loss (the mean over its micro-batches)."""
-    strategy, epoch = trainer.strategy, trainer.current_epoch
-    accumulate = accumulation(trainer)(epoch)  # a scheduler's is set when the epoch starts
+    strategy, accumulate = trainer.strategy, trainer.accumulate_grad_batches
+    epoch = trainer.current_epoch
     # DDP's gradient sync is blocked on all but the last micro-batch (a single device has none).
     blocked = getattr(strategy, "block_backward_sync", contextlib.nullcontext)
     total = torch.zeros((), device=strategy.root_device)
@@ -426,8 +428,8 @@ def _undone(
     block, whatever the exit: weights, buffers and gradients; each module's own attributes (a
     value a step rebinds or sets first, such as a penalty kept for logging, and the train/eval
     mode); the optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics
-    states; the Trainer's ``barebones``; the random generators, the training dataloader's
-    included."""
+    states; the Trainer's ``barebones`` and ``accumulate_grad_batches``; the random generators,
+    the training dataloader's included."""
     attributes = [(module, dict(vars(module))) for module in pl_module.modules()]
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
@@ -445,6 +447,7 @@ def _undone(
     states = [(obj, copy.deepcopy(obj.state_dict())) for obj in stateful if obj is not None]
     generators = [(g, g.get_state()) for g in _loader_generators(trainer.train_dataloader)]
     python_rng, numpy_rng, barebones = random.getstate(), np.random.get_state(), trainer.barebones
+    accumulate = trainer.accumulate_grad_batches
     try:
         with torch.random.fork_rng(devices=range(torch.accelerator.device_count())):
             yield
@@ -474,7 +477,7 @@ def _undone(
             generator.set_state(generator_state)
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)
-        trainer.barebones = barebones
+        trainer.barebones, trainer.accumulate_grad_batches = barebones, accumulate
 
 
 def _loader_generators(iterables: Any) -> list[torch.Generator]:

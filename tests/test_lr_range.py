@@ -391,15 +391,20 @@ class FirstStepGradients(pl.Callback):
             self.scales.append(float(scaler.get_scale()))
 
 
-def test_the_sweep_gradient_includes_the_weight_penalty() -> None:
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_sweep_gradient_includes_the_weight_penalty(accumulate: int) -> None:
+    # With a GradientAccumulationScheduler the penalty was added twice per accumulated step: the
+    # sweep ran 2 backwards while `trainer.accumulate_grad_batches` still said 1.
     pl.seed_everything(0, verbose=False)
     model = Penalized()
     start = [p.detach().clone() for p in model.parameters()]
-    x, y = digits(32)  # the first batch of the unshuffled loader
-    data_grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    x, y = digits(32 * accumulate)  # the first batches of the unshuffled loader
+    loss = sum(F.cross_entropy(model(b), t) for b, t in zip(x.split(32), y.split(32), strict=True))
+    data_grads = torch.autograd.grad(loss / accumulate, list(model.parameters()))
     rec = FirstStepGradients()
     cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
-    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[rec, cb])
+    callbacks = [rec, cb, GradientAccumulationScheduler({0: accumulate})]
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=callbacks)
     trainer.fit(model, loader(shuffle=False))
     assert rec.grads is not None
     for (name, _), w, data, seen in zip(
