@@ -608,13 +608,19 @@ class TwoOptimizerGAN(DigitsClassifier):
         ]
 
 
-def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_steps", [16, 15])
+def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(
+    tmp_path: Path, max_steps: int
+) -> None:
     # `global_step` counts both optimizers' steps: max_steps=16 is 8 batches, 8 steps each.
-    # Before, each cycle was sized for 16 steps and the run ended at the peak.
+    # Before, each cycle was sized for 16 steps and the run ended at the peak. The Trainer
+    # checks `max_steps` between batches: 15 is 8 batches too (sized 7, the 8th was past the end).
     model = TwoOptimizerGAN()
     cb = OneCycleScheduler(max_lr=[0.1, 0.01])
-    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=16)
-    trainer.fit(model, digits_loader(512, 32))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=max_steps)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past the schedule's end")
+        trainer.fit(model, digits_loader(512, 32))
     assert trainer.global_step == 16 and cb.steps == [8, 8]
     for k, (peak, opt) in enumerate(zip((0.1, 0.01), trainer.optimizers, strict=True)):
         cycle = OneCycle(8, peak)

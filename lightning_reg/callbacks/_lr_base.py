@@ -320,9 +320,10 @@ class LRCallback(HookOwner):
         ``GradientAccumulationScheduler`` (that estimate takes the accumulation of now for every
         epoch: each epoch's batches over its own accumulation, at most ``max_steps``) and under
         manual optimization with several optimizers (``global_step``, so ``max_steps``, counts the
-        steps of all of them: each, assumed to step once per batch, gets ``max_steps // n``).
-        Beside ``StochasticWeightAveraging`` only the epochs before ``swa_epoch_start`` count; a
-        new fit of a Trainer that trained before gets the steps left (a resume keeps its count)."""
+        steps of all of them: each, assumed to step once per batch, gets ``max_steps / n``, rounded
+        up). Beside ``StochasticWeightAveraging`` only the epochs before ``swa_epoch_start`` count;
+        a new fit of a Trainer that trained before gets the steps left (a resume keeps its
+        count)."""
         batches, num_optimizers = trainer.num_training_batches, len(trainer.optimizers)
         gas, per_epoch = callbacks_of(trainer, GradientAccumulationScheduler), accumulation(trainer)
 
@@ -337,7 +338,8 @@ class LRCallback(HookOwner):
         if (gas and by_epochs) or (num_optimizers > 1 and trainer.max_steps != -1):
             estimate = steps_in(max(trainer.max_epochs or 1, 1)) if by_epochs else math.inf
             if trainer.max_steps != -1:
-                estimate = min(estimate, trainer.max_steps // num_optimizers)
+                # The Trainer checks `max_steps` between batches: a batch that passes it ends.
+                estimate = min(estimate, math.ceil(trainer.max_steps / num_optimizers))
             source = (
                 f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
                 "(under manual optimization `global_step` counts every optimizer's steps)"
