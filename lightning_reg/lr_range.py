@@ -339,6 +339,14 @@ def _check_run_shape(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None
         )
     if trainer.train_dataloader is None:
         raise MisconfigurationException(f"{WHAT} needs a training dataloader.")
+    loaders = CombinedLoader(trainer.train_dataloader).flattened
+    if any(getattr(loader, "persistent_workers", False) for loader in loaders):
+        rank_zero_warn(
+            f"{WHAT} starts the workers of a dataloader with `persistent_workers=True`, which the "
+            "training then goes on with: its shuffling, dropout and augmentations draw other "
+            "random numbers than the run with the chosen `max_lr` passed by hand would. Pass "
+            "`persistent_workers=False` for that run exactly."
+        )
     strategy = trainer.strategy
     supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
     if not supported or isinstance(strategy, DeepSpeedStrategy):

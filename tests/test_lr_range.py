@@ -590,6 +590,17 @@ def test_the_sweep_keeps_the_lr_scale_of_each_param_group() -> None:
     assert rec.lrs[: len(swept)] == [[lr, lr * 0.1] for lr in swept]
 
 
+def test_a_loader_with_persistent_workers_is_named() -> None:
+    # The sweep starts the workers and the training goes on with them: the run after it drew
+    # other random numbers than the hand-set run (other weights after 2 epochs), silently.
+    x, y = digits(320)
+    workers = DataLoader(TensorDataset(x, y), batch_size=32, num_workers=1, persistent_workers=True)
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"`persistent_workers=True`.*Pass `persistent_workers="):
+        trainer.fit(DigitsClassifier(), workers)
+
+
 class RandomStates(pl.Callback):
     """The torch, Python and NumPy random states when training starts (before the sweep)."""
 
