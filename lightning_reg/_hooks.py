@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, GradientAccumulationScheduler
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-__all__ = ["HookOwner", "callbacks_of", "refuse_fsdp1"]
+__all__ = ["HookOwner", "accumulation", "callbacks_of", "refuse_fsdp1"]
 
 _C = TypeVar("_C", bound=Callback)
 
@@ -20,6 +21,18 @@ def callbacks_of(trainer: pl.Trainer, kind: type[_C]) -> list[_C]:
     """The Trainer's callbacks of type ``kind``."""
     callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
     return [cb for cb in callbacks if isinstance(cb, kind)]
+
+
+def accumulation(trainer: pl.Trainer) -> Callable[[int], int]:
+    """Each epoch's gradient accumulation: ``GradientAccumulationScheduler``'s (which sets the
+    Trainer's only when its epoch starts), else the Trainer's ``accumulate_grad_batches``.
+
+    Examples:
+        >>> accumulation(pl.Trainer(accumulate_grad_batches=4, logger=False))(0)
+        4
+    """
+    gas = callbacks_of(trainer, GradientAccumulationScheduler)
+    return gas[0].get_accumulate_grad_batches if gas else lambda _: trainer.accumulate_grad_batches
 
 
 def refuse_fsdp1(trainer: pl.Trainer, who: str, why: str) -> None:

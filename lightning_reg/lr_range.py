@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torchmetrics import Metric
 
+from lightning_reg._hooks import accumulation
 from lightning_reg._validation import check_int, check_number, check_positive
 from lightning_reg.plotting import matplotlib_figure
 
@@ -204,15 +205,16 @@ class LRRangeTest:
     :meth:`run` is called from a callback hook when training starts (``OneCycleScheduler`` calls
     it from ``on_train_start`` with ``max_lr="auto"``). It takes up to ``num_steps`` optimizer
     steps on batches drawn from a separate iterator of the training dataloader, the LR of step
-    ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group. It
-    stops early at the first non-finite loss, or when the smoothed loss exceeds
-    ``early_stop_threshold`` times its lowest value. Then, on every exit path (an exception or
-    ``KeyboardInterrupt`` included), it restores the weights and buffers, the own attributes of
-    the module and its submodules (their train/eval modes included), the gradients, the
-    optimizer's state and hyperparameters, the GradScaler, every callback's ``state_dict``, the
-    torchmetrics states, and the torch (CPU and accelerator), Python and NumPy random generators
-    plus any generator held by the dataloader: the training that follows draws the same batches
-    and dropout masks as it would without the sweep.
+    ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group
+    (times the group's ``lr_scale``, as in training). It stops early at the first non-finite
+    loss, or when the smoothed loss exceeds ``early_stop_threshold`` times its lowest value.
+    Then, on every exit path (an exception or ``KeyboardInterrupt`` included), it restores the
+    weights and buffers, the own attributes of the module and its submodules (their train/eval
+    modes included), the gradients, the optimizer's state and hyperparameters, the GradScaler,
+    every callback's ``state_dict``, the torchmetrics states, and the torch (CPU and
+    accelerator), Python and NumPy random generators plus any generator held by the dataloader:
+    the training that follows draws the same batches and dropout masks as it would without the
+    sweep.
 
     Each sweep step is the step Lightning's automatic optimization takes, through the same
     public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's
@@ -296,7 +298,8 @@ class LRRangeTest:
         ):
             warnings.simplefilter("ignore")  # the sweep's own; the run repeats what matters
             trainer.barebones = True  # `self.log` in `training_step` returns without logging
-            pl_module.train()
+            # GradientAccumulationScheduler sets the epoch's accumulation when the epoch starts.
+            trainer.accumulate_grad_batches = accumulation(trainer)(trainer.current_epoch)
             losses, reason = self._sweep(trainer, pl_module, optimizer, batches)
         lrs = self.lrs()[: len(losses)]
         max_lr = suggest_max_lr(lrs, losses, self.beta, self.divisor)
@@ -314,7 +317,7 @@ class LRRangeTest:
         losses: list[float] = []
         for k, lr in enumerate(self.lrs()):
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1)  # the training's ratios
             loss = _training_step(trainer, pl_module, optimizer, batches, k)
             losses.append(float(trainer.strategy.reduce(loss, reduce_op="mean")))
             if not math.isfinite(losses[-1]):
@@ -336,6 +339,14 @@ def _check_run_shape(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None
         )
     if trainer.train_dataloader is None:
         raise MisconfigurationException(f"{WHAT} needs a training dataloader.")
+    loaders = CombinedLoader(trainer.train_dataloader).flattened
+    if any(getattr(loader, "persistent_workers", False) for loader in loaders):
+        rank_zero_warn(
+            f"{WHAT} starts the workers of a dataloader with `persistent_workers=True`, which the "
+            "training then goes on with: its shuffling, dropout and augmentations draw other "
+            "random numbers than the run with the chosen `max_lr` passed by hand would. Pass "
+            "`persistent_workers=False` for that run exactly."
+        )
     strategy = trainer.strategy
     supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
     if not supported or isinstance(strategy, DeepSpeedStrategy):
@@ -423,15 +434,16 @@ def _undone(
 ) -> Generator[None, None, None]:
     """Everything a sweep step changes that the run after it reads, put back on leaving the
     block, whatever the exit: weights, buffers and gradients; each module's own attributes (a
-    value a step rebinds, such as a penalty kept for logging, and the train/eval mode); the
-    optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics states; the
-    Trainer's ``barebones``; the random generators, the training dataloader's included."""
+    value a step rebinds or sets first, such as a penalty kept for logging, and the train/eval
+    mode); the optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics
+    states; the Trainer's ``barebones`` and ``accumulate_grad_batches``; the random generators,
+    the training dataloader's included."""
     attributes = [(module, dict(vars(module))) for module in pl_module.modules()]
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
             saved.update(copy.deepcopy(module.metric_state))
-    params = list(pl_module.parameters())
-    tensors = [*params, *pl_module.buffers()]
+    params, buffers = list(pl_module.parameters()), dict(pl_module.named_buffers())
+    tensors = [*params, *buffers.values()]
     values = [t.detach().clone() for t in tensors]
     grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     # Restored in place, so that anything holding the param-group dicts keeps the live ones.
@@ -443,12 +455,18 @@ def _undone(
     states = [(obj, copy.deepcopy(obj.state_dict())) for obj in stateful if obj is not None]
     generators = [(g, g.get_state()) for g in _loader_generators(trainer.train_dataloader)]
     python_rng, numpy_rng, barebones = random.getstate(), np.random.get_state(), trainer.barebones
+    accumulate = trainer.accumulate_grad_batches
     try:
         with torch.random.fork_rng(devices=range(torch.accelerator.device_count())):
             yield
     finally:
         for module, saved in attributes:
+            for name in vars(module).keys() - saved.keys():  # first set by a sweep step
+                delattr(module, name)
             vars(module).update(saved)
+        for name, buffer in buffers.items():  # one a step rebound (`self.b = self.b + 1`)
+            owner, _, leaf = name.rpartition(".")
+            setattr(pl_module.get_submodule(owner), leaf, buffer)
         with torch.no_grad():
             for tensor, value in zip(tensors, values, strict=True):
                 tensor.copy_(value)
@@ -467,7 +485,7 @@ def _undone(
             generator.set_state(generator_state)
         random.setstate(python_rng)
         np.random.set_state(numpy_rng)
-        trainer.barebones = barebones
+        trainer.barebones, trainer.accumulate_grad_batches = barebones, accumulate
 
 
 def _loader_generators(iterables: Any) -> list[torch.Generator]:

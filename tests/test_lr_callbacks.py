@@ -608,18 +608,39 @@ class TwoOptimizerGAN(DigitsClassifier):
         ]
 
 
-def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_steps", [16, 15])
+def test_two_optimizers_under_manual_optimization_each_end_at_final_lr(
+    tmp_path: Path, max_steps: int
+) -> None:
     # `global_step` counts both optimizers' steps: max_steps=16 is 8 batches, 8 steps each.
-    # Before, each cycle was sized for 16 steps and the run ended at the peak.
+    # Before, each cycle was sized for 16 steps and the run ended at the peak. The Trainer
+    # checks `max_steps` between batches: 15 is 8 batches too (sized 7, the 8th was past the end).
     model = TwoOptimizerGAN()
     cb = OneCycleScheduler(max_lr=[0.1, 0.01])
-    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=16)
-    trainer.fit(model, digits_loader(512, 32))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=max_steps)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past the schedule's end")
+        trainer.fit(model, digits_loader(512, 32))
     assert trainer.global_step == 16 and cb.steps == [8, 8]
     for k, (peak, opt) in enumerate(zip((0.1, 0.01), trainer.optimizers, strict=True)):
         cycle = OneCycle(8, peak)
         assert model.lrs[k] == pytest.approx([cycle(s) for s in range(8)], rel=1e-12)
         assert opt.param_groups[0]["lr"] == cycle(8) == pytest.approx(cycle.final_lr)
+
+
+def test_a_schedule_longer_than_the_manual_optimization_plan_names_the_plan(
+    tmp_path: Path,
+) -> None:
+    # Before, under manual optimization the warning blamed `max_time`/`EarlyStopping` for a run
+    # that ended as planned (`max_steps=16` is 8 steps of each of the 2 optimizers).
+    trainer = make_trainer(tmp_path, callbacks=[ScheduledLR(CosineDecay(40, 0.1))], max_steps=16)
+    with pytest.warns(UserWarning) as record:
+        trainer.fit(TwoOptimizerGAN(), digits_loader(512, 32))
+    ended = [str(w.message) for w in record if "ended after" in str(w.message)]
+    assert len(ended) == 2
+    for idx, message in enumerate(ended):
+        assert f"8 of the 40 optimizer steps the schedule of optimizer {idx} spans" in message
+        assert "planned only 8 optimizer steps (`max_steps=16` shared by 2 optimizers" in message
 
 
 class LoggingGAN(TwoOptimizerGAN):
@@ -1076,6 +1097,16 @@ def test_swa_cutting_a_schedule_short_says_how_far_it_got(tmp_path: Path) -> Non
     assert rec.lrs[24:] == pytest.approx([0.02] * 16, rel=1e-12)
 
 
+def test_swa_from_the_first_epoch_leaves_no_cycle_and_says_so_by_number(tmp_path: Path) -> None:
+    # Before, a plan of 0 steps was called "an infinite or unknown number of training steps".
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    swa = StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=1)
+    with pytest.raises(ValueError, match=r"\(epoch 0\) = 0\), which is too short") as info:
+        fit(tmp_path, [OneCycleScheduler(max_lr=0.1), swa], max_epochs=3)
+    assert "infinite" not in str(info.value)
+
+
 # -- param groups at fixed ratios; tensor learning rates ----------------------------------------
 
 
@@ -1110,6 +1141,21 @@ def test_one_cycle_drives_groups_at_fixed_ratios_with_lr_scale(tmp_path: Path) -
     trainer = make_trainer(tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=8)], max_steps=8)
     with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr_scale'\]. must be .* > 0"):
         trainer.fit(ScaledGroups((1.0, -0.5)), digits_loader(64, 32))
+
+
+def test_a_run_stopped_early_names_the_lr_and_end_value_of_a_scaled_group_alike(
+    tmp_path: Path,
+) -> None:
+    # Before, the warning set group 0's LR (times its lr_scale) against the schedule's end value
+    # without it: "its learning rate is 0.008, not the end value 1e-05" for a cycle at 10%.
+    cycle = OneCycle(16, 0.1)
+    trainer = make_trainer(
+        tmp_path, callbacks=[OneCycleScheduler(0.1, total_steps=16)], max_steps=8
+    )
+    with pytest.warns(UserWarning, match="ended after 8 of the 16") as record:
+        trainer.fit(ScaledGroups((0.1, 1.0)), digits_loader(256, 32))
+    message = next(str(w.message) for w in record if "ended after" in str(w.message))
+    assert f"is {cycle(8) * 0.1:.4g}, not the end value {cycle(16) * 0.1:.4g}." in message
 
 
 class TensorLR(DigitsClassifier):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -391,15 +391,20 @@ class FirstStepGradients(pl.Callback):
             self.scales.append(float(scaler.get_scale()))
 
 
-def test_the_sweep_gradient_includes_the_weight_penalty() -> None:
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_sweep_gradient_includes_the_weight_penalty(accumulate: int) -> None:
+    # With a GradientAccumulationScheduler the penalty was added twice per accumulated step: the
+    # sweep ran 2 backwards while `trainer.accumulate_grad_batches` still said 1.
     pl.seed_everything(0, verbose=False)
     model = Penalized()
     start = [p.detach().clone() for p in model.parameters()]
-    x, y = digits(32)  # the first batch of the unshuffled loader
-    data_grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    x, y = digits(32 * accumulate)  # the first batches of the unshuffled loader
+    loss = sum(F.cross_entropy(model(b), t) for b, t in zip(x.split(32), y.split(32), strict=True))
+    data_grads = torch.autograd.grad(loss / accumulate, list(model.parameters()))
     rec = FirstStepGradients()
     cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
-    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[rec, cb])
+    callbacks = [rec, cb, GradientAccumulationScheduler({0: accumulate})]
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=callbacks)
     trainer.fit(model, loader(shuffle=False))
     assert rec.grads is not None
     for (name, _), w, data, seen in zip(
@@ -468,6 +473,24 @@ def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_a_scaler(
         assert torch.equal(a, b)
 
 
+def test_a_sweep_step_accumulates_as_the_gradient_accumulation_schedulers_first_epoch() -> None:
+    # Before, the sweep (when training starts) read `trainer.accumulate_grad_batches` before the
+    # scheduler set epoch 0's: one batch per step, a quarter of the training's batch.
+    model = Counting()
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    gas = GradientAccumulationScheduler({0: 4})
+    trainer = pl.Trainer(
+        max_steps=3,
+        limit_train_batches=8,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[cb, gas],
+    )
+    trainer.fit(model, loader())
+    assert cb.range_test_result is not None
+    assert len(model.calls) == 4 * (len(cb.range_test_result.losses) + 3)
+
+
 def test_a_torchmetrics_state_the_sweep_updated_in_place_is_put_back(tmp_path: Path) -> None:
     auto, auto_model, _ = fit("auto", tmp_path, "auto", module=MeanLossClassifier)
     assert auto.range_test_result is not None
@@ -476,6 +499,106 @@ def test_a_torchmetrics_state_the_sweep_updated_in_place_is_put_back(tmp_path: P
     assert isinstance(auto_model, MeanLossClassifier) and isinstance(hand_model, MeanLossClassifier)
     assert len(auto_model.epoch_means) == 2
     assert auto_model.epoch_means == hand_model.epoch_means  # no sweep loss in epoch 0's mean
+
+
+class DropoutOff(DropoutClassifier):
+    """Its dropout left in eval mode by the user before fit (Lightning trains it so, with a
+    warning); records that mode at every `training_step`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[2].eval()
+        self.dropout_modes: list[bool] = []  # mutated in place: the sweep's entries stay
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.dropout_modes.append(self.net[2].training)
+        return super().training_step(batch, batch_idx)
+
+
+def test_the_sweep_steps_in_the_modes_training_steps_in(tmp_path: Path) -> None:
+    # Before, the sweep put the whole module in train mode: its steps ran the dropout the
+    # training does not run (its curve was not the training's), then the mode was put back.
+    auto, model, _ = fit("auto", tmp_path, "auto", module=DropoutOff)
+    assert auto.range_test_result is not None and isinstance(model, DropoutOff)
+    assert len(model.dropout_modes) == len(auto.range_test_result.losses) + 20
+    assert not any(model.dropout_modes)
+
+
+class CountsInABuffer(DropoutClassifier):
+    """Counts its training steps in a buffer it rebinds (``self.seen = self.seen + 1``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen = self.seen + 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_buffer_the_sweep_rebound_is_put_back(tmp_path: Path) -> None:
+    # Before, the sweep copied the saved value into the buffer it found, which the module no
+    # longer held: the count went on from the sweep's steps (and into the checkpoint).
+    _, model, _ = fit("auto", tmp_path, "auto", module=CountsInABuffer)
+    assert int(model.get_buffer("seen")) == 20  # 2 epochs of 10 batches
+
+
+class KeepsItsFirstBatch(DropoutClassifier):
+    """Keeps the first batch it trains on, set on first use (e.g. for a figure at the end)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if not hasattr(self, "first_x"):
+            self.first_x = batch[0]
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_attribute_first_set_in_the_sweep_is_removed(tmp_path: Path) -> None:
+    # Before, only the attributes the module had before the sweep were put back: one set for
+    # the first time by a sweep step stayed, and the training kept the sweep's first batch.
+    auto, auto_model, _ = fit("auto", tmp_path, "auto", module=KeepsItsFirstBatch)
+    assert auto.range_test_result is not None
+    _, hand_model, _ = fit(
+        auto.range_test_result.max_lr, tmp_path, "hand", module=KeepsItsFirstBatch
+    )
+    assert isinstance(auto_model, KeepsItsFirstBatch) and isinstance(hand_model, KeepsItsFirstBatch)
+    assert torch.equal(auto_model.first_x, hand_model.first_x)
+
+
+class ScaledHead(DigitsClassifier):
+    """The head at a tenth of the body's learning rate (an ``lr_scale`` of 0.1)."""
+
+    def configure_optimizers(self) -> Any:
+        head = {"params": self.net[2].parameters(), "lr_scale": 0.1}
+        return torch.optim.SGD([{"params": self.net[0].parameters()}, head], lr=0.1)
+
+
+class GroupLRs(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+
+
+def test_the_sweep_keeps_the_lr_scale_of_each_param_group() -> None:
+    # Before, every group was swept at the same LR, while the training runs the head at a tenth.
+    cb, rec = OneCycleScheduler(max_lr="auto", range_test=FAST), GroupLRs()
+    trainer = pl.Trainer(max_steps=8, logger=False, enable_checkpointing=False, callbacks=[cb, rec])
+    trainer.fit(ScaledHead(), loader())
+    assert cb.range_test_result is not None
+    swept = cb.range_test_result.lrs
+    assert rec.lrs[: len(swept)] == [[lr, lr * 0.1] for lr in swept]
+
+
+def test_a_loader_with_persistent_workers_is_named() -> None:
+    # The sweep starts the workers and the training goes on with them: the run after it drew
+    # other random numbers than the hand-set run (other weights after 2 epochs), silently.
+    x, y = digits(320)
+    workers = DataLoader(TensorDataset(x, y), batch_size=32, num_workers=1, persistent_workers=True)
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"`persistent_workers=True`.*Pass `persistent_workers="):
+        trainer.fit(DigitsClassifier(), workers)
 
 
 class RandomStates(pl.Callback):

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg._hooks import HookOwner, callbacks_of
+from lightning_reg._hooks import HookOwner, accumulation, callbacks_of
 from lightning_reg._validation import check_bool, check_positive
 
 __all__ = ["LRCallback", "ScheduleLike"]
@@ -162,10 +162,10 @@ class LRCallback(HookOwner):
         if self.active:
             self.write(trainer, opt_idx, self.steps[opt_idx])
 
-    def why_stopped_early(self, trainer: pl.Trainer, horizon: int) -> str:
+    def why_stopped_early(self, horizon: int) -> str:
         """Why a run ended before a schedule of ``horizon`` steps did, and what to do."""
         planned, source = self.planned
-        if trainer.lightning_module.automatic_optimization and planned < horizon:
+        if planned < horizon:
             return (
                 f"The Trainer planned only {planned:g} optimizer steps ({source}, from "
                 "`max_epochs`, `max_steps` and `limit_train_batches`): make the schedule's steps "
@@ -293,12 +293,13 @@ class LRCallback(HookOwner):
         if getattr(trainer, "fast_dev_run", False) or self.taken_over:
             return
         for idx, horizon in self.unfinished():
-            taken, lr = self.steps[idx], float(trainer.optimizers[idx].param_groups[0]["lr"])
+            taken, group = self.steps[idx], trainer.optimizers[idx].param_groups[0]
+            end = self.active[idx][0](horizon) * group.get("lr_scale", 1)
             rank_zero_warn(
                 f"{self.name}: training ended after {taken} of the {horizon} optimizer steps "
                 f"the schedule of optimizer {idx} spans ({taken / horizon:.1%}); its learning "
-                f"rate is {lr:.4g}, not the end value {self.active[idx][0](horizon):.4g}. "
-                + self.why_stopped_early(trainer, horizon)
+                f"rate is {float(group['lr']):.4g}, not the end value {end:.4g}. "
+                + self.why_stopped_early(horizon)
             )
 
     @override
@@ -319,17 +320,15 @@ class LRCallback(HookOwner):
         ``GradientAccumulationScheduler`` (that estimate takes the accumulation of now for every
         epoch: each epoch's batches over its own accumulation, at most ``max_steps``) and under
         manual optimization with several optimizers (``global_step``, so ``max_steps``, counts the
-        steps of all of them: each, assumed to step once per batch, gets ``max_steps // n``).
-        Beside ``StochasticWeightAveraging`` only the epochs before ``swa_epoch_start`` count; a
-        new fit of a Trainer that trained before gets the steps left (a resume keeps its count)."""
+        steps of all of them: each, assumed to step once per batch, gets ``max_steps / n``, rounded
+        up). Beside ``StochasticWeightAveraging`` only the epochs before ``swa_epoch_start`` count;
+        a new fit of a Trainer that trained before gets the steps left (a resume keeps its
+        count)."""
         batches, num_optimizers = trainer.num_training_batches, len(trainer.optimizers)
-        gas = callbacks_of(trainer, GradientAccumulationScheduler)
-        accumulation: Callable[[int], int] = (
-            gas[0].get_accumulate_grad_batches if gas else lambda _: trainer.accumulate_grad_batches
-        )
+        gas, per_epoch = callbacks_of(trainer, GradientAccumulationScheduler), accumulation(trainer)
 
         def steps_in(epochs: int) -> int:  # each epoch's batches over its accumulation
-            return sum(math.ceil(batches / accumulation(epoch)) for epoch in range(epochs))
+            return sum(math.ceil(batches / per_epoch(epoch)) for epoch in range(epochs))
 
         estimate = trainer.estimated_stepping_batches
         if estimate < 0:  # Lightning's -1: a dataloader without a length and no `max_steps`
@@ -339,7 +338,8 @@ class LRCallback(HookOwner):
         if (gas and by_epochs) or (num_optimizers > 1 and trainer.max_steps != -1):
             estimate = steps_in(max(trainer.max_epochs or 1, 1)) if by_epochs else math.inf
             if trainer.max_steps != -1:
-                estimate = min(estimate, trainer.max_steps // num_optimizers)
+                # The Trainer checks `max_steps` between batches: a batch that passes it ends.
+                estimate = min(estimate, math.ceil(trainer.max_steps / num_optimizers))
             source = (
                 f"`max_steps={trainer.max_steps}` shared by {num_optimizers} optimizers "
                 "(under manual optimization `global_step` counts every optimizer's steps)"

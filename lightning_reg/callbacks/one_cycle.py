@@ -50,7 +50,8 @@ class OneCycleScheduler(ScheduledLR):
     gradient accumulation, ``limit_train_batches``, ``max_steps``, several devices and resuming
     from a checkpoint all give the right trace. Each optimizer has its own count and its own
     cycle: under manual optimization with several optimizers, ``global_step`` (and so
-    ``max_steps``) counts all of their steps, so each cycle gets ``max_steps // n`` steps.
+    ``max_steps``) counts all of their steps, so each cycle gets ``max_steps / n`` steps (rounded
+    up).
 
     Lifecycle: each fit sizes a fresh cycle, unless it resumes from a checkpoint. The checkpoint
     holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group and the phase
@@ -171,7 +172,7 @@ class OneCycleScheduler(ScheduledLR):
         Raises naming that estimate when it is infinite, or (not on resume, which keeps the
         saved cycle) too short for the phases."""
         estimate, source = self.planned
-        if not math.isfinite(estimate) or estimate < 1:
+        if not math.isfinite(estimate):
             raise ValueError(
                 f"{self.name} could not size the cycle: {source} is {estimate} (an infinite or "
                 "unknown number of training steps). Pass `total_steps=...` to "

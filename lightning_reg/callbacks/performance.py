@@ -213,7 +213,7 @@ class PerformanceScheduler(LRCallback):
             super().after_step(trainer, opt_idx)
 
     @override
-    def why_stopped_early(self, trainer: pl.Trainer, horizon: int) -> str:
+    def why_stopped_early(self, horizon: int) -> str:
         return (
             f"It ended before the hand-over to plateau scheduling at step {horizon}: plateau "
             "scheduling never acted. Shorten the schedule (`schedule_steps=...`) or train longer."
