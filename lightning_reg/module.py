@@ -132,7 +132,8 @@ class WeightPenaltyMixin(pl.LightningModule):
     * ``proximal_l1=True``: instead of the subgradient ``l1 * sign(w)``, each real optimizer
       step is followed by the soft-threshold ``w <- sign(w) * max(|w| - lr * l1, 0)`` with the
       ``lr`` of the weight's param group, which leaves weights at exactly zero (a sparse model);
-      skipped AMP steps are not followed by it.
+      skipped AMP steps are not followed by it. It runs before every ``MaxNorm``, on the
+      Trainer's callbacks or made by ``RegularizedModule(max_norm=...)``.
     * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed, ``LBFGS`` (it
       re-evaluates the loss, which does not contain the penalty), ``SparseAdam`` on penalized
       weights (the penalty's gradient is dense) and fused optimizers under 16-bit AMP (their
