@@ -121,7 +121,9 @@ class WeightPenaltyMixin(pl.LightningModule):
     * ``as_weight_decay=True``: the l2 part is applied as the optimizer's coupled
       ``weight_decay = 2 * l2`` on the param groups holding the penalized weights. With a
       coupled optimizer (SGD, Adam, RMSprop, Adagrad, NAdam, ...) that is the same gradient;
-      unlike the default it is not seen by gradient clipping. Decoupled decay (AdamW) is
+      unlike the default, gradient clipping does not see it, only (at a window short of
+      micro-batches) the negative correction that gives the window the loss route's share of
+      l2, which clipping then scales. Decoupled decay (AdamW) is
       refused. The penalized weights must sit in param groups of their own: build the
       optimizer from :meth:`penalty_param_groups`, or a ``ValueError`` names the problem. The
       fold is set again after Lightning restores a checkpoint's optimizer state, so a resume
