@@ -138,8 +138,9 @@ class WeightPenaltyMixin(pl.LightningModule):
       Trainer's callbacks or made by ``RegularizedModule(max_norm=...)``.
     * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed, ``LBFGS`` (it
       re-evaluates the loss, which does not contain the penalty), ``SparseAdam`` on penalized
-      weights (the penalty's gradient is dense) and fused optimizers under 16-bit AMP (their
-      gradients are still scaled in ``on_before_optimizer_step``).
+      weights (the penalty's gradient is dense), fused optimizers under 16-bit AMP (their
+      gradients are still scaled in ``on_before_optimizer_step``) and ``maximize=True`` on
+      penalized weights (the ascent would grow them).
     * If you override ``configure_callbacks`` or ``on_fit_start``, call ``super()`` (a fit
       without the callback raises in ``on_fit_start``).
 

@@ -258,6 +258,11 @@ class WeightPenalty(HookOwner):
             why = "it takes sparse gradients only; leave those layers out of the penalty"
         elif isinstance(optimizer, torch.optim.LBFGS):
             why = f"it re-evaluates a loss without the penalty inside its step. {_IN_THE_LOSS}"
+        elif group.get("maximize"):
+            why = (
+                "with `maximize=True` it ascends the gradient, so the penalty's would grow the "
+                "weights; minimize the negated objective instead"
+            )
         elif trainer.precision in ("16-mixed", "16") and fused:
             why = (
                 "under 16-bit AMP a fused optimizer unscales its gradients inside its step, after "
