@@ -123,10 +123,10 @@ class WeightPenaltyMixin(pl.LightningModule):
       coupled optimizer (SGD, Adam, RMSprop, Adagrad, NAdam, ...) that is the same gradient;
       unlike the default, gradient clipping does not see it, only (at a window short of
       micro-batches) the negative correction that gives the window the loss route's share of
-      l2, which clipping then scales. Decoupled decay (AdamW) is
-      refused. The penalized weights must sit in param groups of their own: build the
-      optimizer from :meth:`penalty_param_groups`, or a ``ValueError`` names the problem. The
-      fold is set again after Lightning restores a checkpoint's optimizer state, so a resume
+      l2, which clipping then scales. Decoupled decay (AdamW) is refused. The penalized
+      weights must sit in param groups of their own: build the optimizer from
+      :meth:`penalty_param_groups`, or a ``ValueError`` names the problem. The fold is set
+      again after Lightning restores a checkpoint's optimizer state, so a resume
       with another ``l2`` or ``as_weight_decay`` trains as the new configuration says; a
       restored decay nothing explains is named in a warning. A param group added during fit
       keeps its own ``weight_decay``; unless that is ``2 * l2``, its l2 goes through the
