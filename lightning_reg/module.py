@@ -121,10 +121,12 @@ class WeightPenaltyMixin(pl.LightningModule):
     * ``as_weight_decay=True``: the l2 part is applied as the optimizer's coupled
       ``weight_decay = 2 * l2`` on the param groups holding the penalized weights. With a
       coupled optimizer (SGD, Adam, RMSprop, Adagrad, NAdam, ...) that is the same gradient;
-      unlike the default it is not seen by gradient clipping. Decoupled decay (AdamW) is
-      refused. The penalized weights must sit in param groups of their own: build the
-      optimizer from :meth:`penalty_param_groups`, or a ``ValueError`` names the problem. The
-      fold is set again after Lightning restores a checkpoint's optimizer state, so a resume
+      unlike the default, gradient clipping does not see it, only (at a window short of
+      micro-batches) the negative correction that gives the window the loss route's share of
+      l2, which clipping then scales. Decoupled decay (AdamW) is refused. The penalized
+      weights must sit in param groups of their own: build the optimizer from
+      :meth:`penalty_param_groups`, or a ``ValueError`` names the problem. The fold is set
+      again after Lightning restores a checkpoint's optimizer state, so a resume
       with another ``l2`` or ``as_weight_decay`` trains as the new configuration says; a
       restored decay nothing explains is named in a warning. A param group added during fit
       keeps its own ``weight_decay``; unless that is ``2 * l2``, its l2 goes through the
@@ -132,11 +134,13 @@ class WeightPenaltyMixin(pl.LightningModule):
     * ``proximal_l1=True``: instead of the subgradient ``l1 * sign(w)``, each real optimizer
       step is followed by the soft-threshold ``w <- sign(w) * max(|w| - lr * l1, 0)`` with the
       ``lr`` of the weight's param group, which leaves weights at exactly zero (a sparse model);
-      skipped AMP steps are not followed by it.
+      skipped AMP steps are not followed by it. It runs before every ``MaxNorm``, on the
+      Trainer's callbacks or made by ``RegularizedModule(max_norm=...)``.
     * Refused by name: ``strategy="fsdp"`` (FSDP1: flattened shards), DeepSpeed, ``LBFGS`` (it
       re-evaluates the loss, which does not contain the penalty), ``SparseAdam`` on penalized
-      weights (the penalty's gradient is dense) and fused optimizers under 16-bit AMP (their
-      gradients are still scaled in ``on_before_optimizer_step``).
+      weights (the penalty's gradient is dense), fused optimizers under 16-bit AMP (their
+      gradients are still scaled in ``on_before_optimizer_step``) and ``maximize=True`` on
+      penalized weights (the ascent would grow them).
     * If you override ``configure_callbacks`` or ``on_fit_start``, call ``super()`` (a fit
       without the callback raises in ``on_fit_start``).
 

@@ -274,6 +274,60 @@ def test_proximal_l1_on_a_trainer_equals_a_plain_torch_loop(start: int, tmp_path
     assert float(zeros) > 0.2 and not bool((net[0].bias == 0).any())
 
 
+@pytest.mark.parametrize("where", ["trainer", "module"])
+def test_the_proximal_step_runs_before_max_norm_wherever_it_sits(where: str, tmp_path: Any) -> None:
+    """After each step the soft-threshold, then the bound (for the 2-norm the exact proximal map
+    of l1 plus the bound), whether the ``MaxNorm`` is on the Trainer's callbacks (their hooks run
+    before the module's callbacks') or made by ``RegularizedModule(max_norm=...)``."""
+    from lightning_reg import MaxNorm, RegularizedModule
+
+    l1, bound, lr = 0.03, 0.6, 0.1
+
+    def build() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).double()
+
+    class Net(RegularizedModule):
+        def __init__(self, max_norm: float | None) -> None:
+            super().__init__(l1=l1, proximal_l1=True, max_norm=max_norm)
+            self.net = build()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return F.cross_entropy(self.net(x.double()), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    model = Net(max_norm=bound if where == "module" else None)
+    callbacks = [MaxNorm(bound)] if where == "trainer" else []
+    make_trainer(tmp_path, max_steps=8, callbacks=callbacks).fit(model, digits_loader())
+
+    def reference(prox_first: bool) -> nn.Sequential:
+        net = build()
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        x, y = digits(256)
+        for k in range(8):
+            optimizer.zero_grad()
+            F.cross_entropy(
+                net(x[32 * k : 32 * k + 32].double()), y[32 * k : 32 * k + 32]
+            ).backward()
+            optimizer.step()
+            for w in (net[0].weight, net[2].weight):
+                if prox_first:
+                    soft_threshold_(w, lr * l1)
+                with torch.no_grad():
+                    w.renorm_(2, 0, bound)
+                if not prox_first:
+                    soft_threshold_(w, lr * l1)
+        return net
+
+    net, other = reference(prox_first=True), reference(prox_first=False)
+    for got, ref in zip(model.net.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    assert (net[0].weight - other[0].weight).abs().max() > 1e-3  # the order matters here
+
+
 # ------------------------------------------------------------- public torch and Lightning only
 
 REGULARIZER_SOURCES = [

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_reg.module import WeightPenaltyMixin
-from lightning_reg.penalties import select_weights, weight_penalty
+from lightning_reg.penalties import select_weights, soft_threshold_, weight_penalty
 from tests.helpers import digits_loader, fit, make_trainer
 
 L1, L2 = 2e-3, 2e-2
@@ -642,6 +642,19 @@ def test_lbfgs_refused_by_name(tmp_path: Any) -> None:
         make_trainer(tmp_path, max_steps=1).fit(_Lbfgs(False), digits_loader(n=32))
 
 
+class _Maximize(_Step):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1, maximize=True)
+
+
+def test_a_maximizing_optimizer_is_refused_by_name(tmp_path: Any) -> None:
+    """``maximize=True`` ascends the gradient: the penalty's would grow the weights (measured:
+    l2 = 0.1 took a kernel's norm from 3.37 to 4.52 over 3 epochs, and folded into the decay,
+    which torch applies after the sign flip, to 2.50)."""
+    with pytest.raises(MisconfigurationException, match=r"SGD .* `maximize=True`"):
+        make_trainer(tmp_path, max_steps=1).fit(_Maximize(False), digits_loader(n=32))
+
+
 class _Sequence(_Base):
     """Digits as 8 rows of 8 pixels: LSTM, self-attention, a weight-normed Linear head."""
 
@@ -895,3 +908,50 @@ def test_a_weight_without_gradient_at_a_step_takes_the_loss_routes_l2(
     got, _, trainer = _run(step_cls, tmp_path, torch.float64, [], **kwargs)
     _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == (2 * L2 if fold else 0.0)
+
+
+class _Stack(_Finetune):
+    """A ``RegularizedModule``-style stack by hand: l2 in the loss; after each step, each kernel
+    the step updated soft-thresholded with the step's learning rate, then renormed."""
+
+    l1, bound = 2e-2, 0.5
+
+    def __init__(self, loss_route: bool) -> None:
+        super().__init__(loss_route)
+        self.backbone.append(nn.Dropout(0.1))
+
+    configure_optimizers = _FinetuneDecay.configure_optimizers
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, closure: Any) -> None:
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        super().optimizer_step(epoch, batch_idx, optimizer, closure)
+        if not self.loss_route:
+            return
+        for lr, group in zip(lrs, optimizer.param_groups, strict=True):
+            for w in group["params"]:
+                if w.dim() > 1 and w.requires_grad:
+                    soft_threshold_(w, lr * self.l1)
+                    with torch.no_grad():
+                        w.renorm_(2, 0, self.bound)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_the_whole_stack_equals_the_one_written_by_hand(fold: bool, tmp_path: Any) -> None:
+    """Proximal l1, l2 (folded or not), a MaxNorm on the Trainer, 1cycle, BackboneFinetuning
+    adding a group at epoch 1, dropout: the by-hand stack's trajectory."""
+    from lightning_reg import MaxNorm
+    from lightning_reg.callbacks import OneCycleScheduler
+
+    def run(model: pl.LightningModule, *callbacks: Callback) -> _Recorder:
+        finetune = BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda _: 1.0)
+        recorder = _Recorder()
+        torch.manual_seed(1)  # the dropout masks
+        callbacks += (OneCycleScheduler(max_lr=0.1), finetune, recorder)
+        fit(tmp_path, model.double(), digits_loader(160), max_epochs=3, callbacks=list(callbacks))
+        return recorder
+
+    ref = run(_Stack(loss_route=True))
+    model = type("Step", (WeightPenaltyMixin, _Stack), {})(loss_route=False)
+    model.configure_penalty(l1=_Stack.l1, proximal_l1=True, as_weight_decay=fold)
+    got = run(model, MaxNorm(_Stack.bound))
+    _assert_same(ref, got, rtol=1e-10, atol=1e-13, hooks=False)

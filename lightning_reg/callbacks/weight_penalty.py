@@ -15,7 +15,8 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_reg._hooks import HookOwner, refuse_fsdp1
+from lightning_reg._hooks import HookOwner, callbacks_of, refuse_fsdp1
+from lightning_reg.callbacks.max_norm import MaxNorm
 from lightning_reg.penalties import (
     add_penalty_grad_,
     dense_grads,
@@ -70,7 +71,9 @@ class WeightPenalty(HookOwner):
       optimization ``scale`` is ``micro-batches that ran backward / accumulate_grad_batches``,
       the factor Lightning gives each micro-batch's loss, so the update is the loss route's; under
       manual optimization it is 1 (once per ``opt.step()``).
-    * ``proximal_l1``: a step post-hook on each optimizer soft-thresholds the weights it stepped.
+    * ``proximal_l1``: a step post-hook on each optimizer soft-thresholds the weights it stepped,
+      before every ``MaxNorm`` acts, wherever that sits (the exact proximal map of l1 plus a
+      2-norm bound).
     * ``as_weight_decay``: l2 is folded into the coupled ``weight_decay`` of the param groups
       holding the weights at fit start, and again after Lightning restores a checkpoint's
       optimizer state (in ``on_train_start``), so a resumed fit trains as its own configuration
@@ -161,6 +164,12 @@ class WeightPenalty(HookOwner):
             if config.proximal_l1:
                 hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
+        if config.proximal_l1:
+            # The soft-threshold, then the bounds: a MaxNorm that registered its hooks before
+            # this one (on the Trainer's callbacks) registers them again, after these.
+            for bound in callbacks_of(trainer, MaxNorm):
+                if bound.handles:
+                    bound.on_fit_start(trainer, pl_module)
         if not on:  # nothing to penalize at the steps
             self._weights = {}
 
@@ -249,6 +258,11 @@ class WeightPenalty(HookOwner):
             why = "it takes sparse gradients only; leave those layers out of the penalty"
         elif isinstance(optimizer, torch.optim.LBFGS):
             why = f"it re-evaluates a loss without the penalty inside its step. {_IN_THE_LOSS}"
+        elif group.get("maximize"):
+            why = (
+                "with `maximize=True` it ascends the gradient, so the penalty's would grow the "
+                "weights; minimize the negated objective instead"
+            )
         elif trainer.precision in ("16-mixed", "16") and fused:
             why = (
                 "under 16-bit AMP a fused optimizer unscales its gradients inside its step, after "
