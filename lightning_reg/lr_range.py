@@ -210,7 +210,9 @@ class LRRangeTest:
     loss, or when the smoothed loss exceeds ``early_stop_threshold`` times its lowest value.
     Then, on every exit path (an exception or ``KeyboardInterrupt`` included), it restores the
     weights and buffers, the own attributes of the module and its submodules (their train/eval
-    modes included), the gradients, the optimizer's state and hyperparameters, the GradScaler,
+    modes included) and the items of a list, dict or set they hold (``self.losses.append(...)``
+    in ``training_step``; one level deep: a list inside a dict keeps what the sweep appended),
+    the gradients, the optimizer's state and hyperparameters, the GradScaler,
     every callback's ``state_dict``, the torchmetrics states, and the torch (CPU and
     accelerator), Python and NumPy random generators plus any generator held by the dataloader:
     the training that follows draws the same batches and dropout masks as it would without the
@@ -435,15 +437,23 @@ def _undone(
     """Everything a sweep step changes that the run after it reads, put back on leaving the
     block, whatever the exit: weights, buffers and gradients; each module's own attributes (a
     value a step rebinds or sets first, such as a penalty kept for logging, and the train/eval
-    mode); the optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics
-    states; the Trainer's ``barebones`` and ``accumulate_grad_batches``; the random generators,
-    the training dataloader's included."""
+    mode) and the items of a list, dict or set among them; the optimizer; the ``state_dict`` of
+    the GradScaler and the callbacks; torchmetrics states; the Trainer's ``barebones`` and
+    ``accumulate_grad_batches``; the random generators, the training dataloader's included."""
     attributes = [(module, dict(vars(module))) for module in pl_module.modules()]
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
             saved.update(copy.deepcopy(module.metric_state))
-    params, buffers = list(pl_module.parameters()), dict(pl_module.named_buffers())
-    tensors = [*params, *buffers.values()]
+    # A list, dict or set a step changes in place (`self.losses.append(...)`, and `_buffers`
+    # where a step rebinds a buffer) gets its items back: one level deep.
+    containers = [
+        (value, copy.copy(value))
+        for _, saved in attributes
+        for value in saved.values()
+        if isinstance(value, (list, dict, set))
+    ]
+    params = list(pl_module.parameters())
+    tensors = [*params, *pl_module.buffers()]
     values = [t.detach().clone() for t in tensors]
     grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     # Restored in place, so that anything holding the param-group dicts keeps the live ones.
@@ -460,13 +470,13 @@ def _undone(
         with torch.random.fork_rng(devices=range(torch.accelerator.device_count())):
             yield
     finally:
+        for container, items in containers:
+            container.clear()
+            (container.extend if isinstance(container, list) else container.update)(items)
         for module, saved in attributes:
             for name in vars(module).keys() - saved.keys():  # first set by a sweep step
                 delattr(module, name)
             vars(module).update(saved)
-        for name, buffer in buffers.items():  # one a step rebound (`self.b = self.b + 1`)
-            owner, _, leaf = name.rpartition(".")
-            setattr(pl_module.get_submodule(owner), leaf, buffer)
         with torch.no_grad():
             for tensor, value in zip(tensors, values, strict=True):
                 tensor.copy_(value)

@@ -67,6 +67,14 @@ class MeanLossClassifier(DropoutClassifier):
         self.mean_loss.reset()
 
 
+class Record:
+    """What each `training_step` call saw, sweep steps included: a list inside this object, which
+    the sweep's undo leaves alone (a list attribute of the module it would put back)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+
 def loader(shuffle: bool = True, generator: torch.Generator | None = None) -> DataLoader[Any]:
     x, y = digits(320)
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=shuffle, generator=generator)
@@ -488,7 +496,7 @@ def test_a_sweep_step_accumulates_as_the_gradient_accumulation_schedulers_first_
     )
     trainer.fit(model, loader())
     assert cb.range_test_result is not None
-    assert len(model.calls) == 4 * (len(cb.range_test_result.losses) + 3)
+    assert len(model.calls.items) == 4 * (len(cb.range_test_result.losses) + 3)
 
 
 def test_a_torchmetrics_state_the_sweep_updated_in_place_is_put_back(tmp_path: Path) -> None:
@@ -508,10 +516,10 @@ class DropoutOff(DropoutClassifier):
     def __init__(self) -> None:
         super().__init__()
         self.net[2].eval()
-        self.dropout_modes: list[bool] = []  # mutated in place: the sweep's entries stay
+        self.dropout_modes = Record()  # kept through the sweep's undo
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        self.dropout_modes.append(self.net[2].training)
+        self.dropout_modes.items.append(self.net[2].training)
         return super().training_step(batch, batch_idx)
 
 
@@ -520,8 +528,9 @@ def test_the_sweep_steps_in_the_modes_training_steps_in(tmp_path: Path) -> None:
     # training does not run (its curve was not the training's), then the mode was put back.
     auto, model, _ = fit("auto", tmp_path, "auto", module=DropoutOff)
     assert auto.range_test_result is not None and isinstance(model, DropoutOff)
-    assert len(model.dropout_modes) == len(auto.range_test_result.losses) + 20
-    assert not any(model.dropout_modes)
+    modes = model.dropout_modes.items
+    assert len(modes) == len(auto.range_test_result.losses) + 20
+    assert not any(modes)
 
 
 class CountsInABuffer(DropoutClassifier):
@@ -562,6 +571,32 @@ def test_an_attribute_first_set_in_the_sweep_is_removed(tmp_path: Path) -> None:
     )
     assert isinstance(auto_model, KeepsItsFirstBatch) and isinstance(hand_model, KeepsItsFirstBatch)
     assert torch.equal(auto_model.first_x, hand_model.first_x)
+
+
+class KeepsItsLosses(DropoutClassifier):
+    """Appends every training loss to a list and counts steps in a dict (e.g. for a plot)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+        self.counts = {"steps": 0}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(float(loss))
+        self.counts["steps"] += 1
+        return loss
+
+
+def test_a_list_and_a_dict_the_sweep_changed_in_place_are_put_back(tmp_path: Path) -> None:
+    # Before, an attribute was put back as the object it held, which a sweep step had changed in
+    # place: the list started with the sweep's losses and the count with its steps.
+    auto, auto_model, _ = fit("auto", tmp_path, "auto", module=KeepsItsLosses)
+    assert auto.range_test_result is not None
+    _, hand_model, _ = fit(auto.range_test_result.max_lr, tmp_path, "hand", module=KeepsItsLosses)
+    assert isinstance(auto_model, KeepsItsLosses) and isinstance(hand_model, KeepsItsLosses)
+    assert auto_model.counts == hand_model.counts == {"steps": 20}
+    assert auto_model.losses == hand_model.losses
 
 
 class ScaledHead(DigitsClassifier):
@@ -617,12 +652,11 @@ class FailingSweep(DigitsClassifier):
 
     def __init__(self, error: BaseException) -> None:
         super().__init__()
-        # A list, mutated in place: the sweep puts back the attributes it finds rebound.
-        self.error, self.calls = error, []
+        self.error, self.calls = error, Record()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        self.calls.append(batch_idx)
-        if len(self.calls) == 6:
+        self.calls.items.append(batch_idx)
+        if len(self.calls.items) == 6:
             raise self.error
         return super().training_step(batch, batch_idx)
 
@@ -643,7 +677,7 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
             trainer.fit(model, loader())
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert len(model.calls) == 6  # five sweep steps had updated the weights
+    assert len(model.calls.items) == 6  # five sweep steps had updated the weights
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     optimizer = trainer.optimizers[0]
@@ -656,10 +690,10 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
 class Counting(DigitsClassifier):
     def __init__(self, output: str = "loss") -> None:
         super().__init__()
-        self.output, self.calls = output, []
+        self.output, self.calls = output, Record()
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        self.calls.append(batch_idx)
+        self.calls.items.append(batch_idx)
         loss = super().training_step(batch, batch_idx)
         return loss if self.output == "loss" else {"logits_mean": loss.detach()}
 
@@ -670,7 +704,7 @@ def test_a_cycle_that_cannot_be_sized_fails_before_any_sweep_step() -> None:
     trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(ValueError, match="could not size the cycle"):
         trainer.fit(model, loader())
-    assert model.calls == []
+    assert model.calls.items == []
 
 
 def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
@@ -680,7 +714,7 @@ def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
     with pytest.raises(ValueError, match="too short for this 1cycle") as info:
         trainer.fit(model, loader())
     assert "`trainer.estimated_stepping_batches` = 6" in str(info.value)
-    assert model.calls == []
+    assert model.calls.items == []
 
 
 def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_first_step() -> None:
@@ -691,7 +725,7 @@ def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_firs
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(MisconfigurationException, match="'loss' key needs to be present"):
         trainer.fit(model, loader())
-    assert model.calls == [0]
+    assert model.calls.items == [0]
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a, b)
 
