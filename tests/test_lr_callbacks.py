@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_reg.callbacks import LRCallback, OneCycleScheduler, PerformanceScheduler, ScheduledLR
 from lightning_reg.schedules import (
     Chain,
+    Constant,
     CosineDecay,
     ExponentialDecay,
     LinearWarmup,
@@ -1198,6 +1199,36 @@ def test_groups_sharing_one_tensor_lr_each_get_their_own_value(tmp_path: Path) -
     cycle = OneCycle(8, 0.1)
     assert rec.lrs == [pytest.approx([cycle(k), cycle(k) * 0.1], rel=1e-6) for k in range(8)]
     assert all(isinstance(g["lr"], torch.Tensor) for g in trainer.optimizers[0].param_groups)
+
+
+class TiedTensorMomentum(DigitsClassifier):
+    """Two param groups sharing torch's one momentum tensor (Adam's ``betas``, SGD's
+    ``momentum``): every group without its own takes the optimizer's default, the same object."""
+
+    def configure_optimizers(self) -> Any:
+        groups = [{"params": self.net[0].parameters()}, {"params": self.net[2].parameters()}]
+        if self.optimizer_name == "adam":
+            betas = (torch.tensor(0.9), torch.tensor(0.999))
+            return torch.optim.Adam(groups, lr=0.01, betas=betas, foreach=False)
+        return torch.optim.SGD(groups, lr=0.05, momentum=torch.tensor(0.9), foreach=False)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_groups_sharing_one_tensor_momentum_each_get_their_own_value(
+    tmp_path: Path, optimizer: str
+) -> None:
+    # The first group's cycled momentum was filled into the shared tensor, so the second group
+    # (whose schedule drives no momentum) and the optimizer's default (which a group added later,
+    # as BackboneFinetuning adds one, takes) followed it, silently.
+    rec = GroupRecorder()
+    cb = ScheduledLR([OneCycle(8, 0.05), Constant(0.01)])
+    trainer = make_trainer(tmp_path, callbacks=[cb, rec], max_steps=8)
+    trainer.fit(TiedTensorMomentum(optimizer), digits_loader(256, 32))
+    cycle = OneCycle(8, 0.05)
+    assert rec.moms == [pytest.approx([cycle.momentum(k), 0.9]) for k in range(8)]
+    opt = trainer.optimizers[0]
+    default = opt.defaults["betas"][0] if optimizer == "adam" else opt.defaults["momentum"]
+    assert float(default) == pytest.approx(0.9)
 
 
 class FailsAtBatch2(DigitsClassifier):

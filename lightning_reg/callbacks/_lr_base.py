@@ -59,16 +59,22 @@ def assign(old: Any, new: float) -> Any:
     return old.fill_(new) if isinstance(old, Tensor) else new
 
 
-def untie_tensor_lrs(optimizer: Optimizer) -> None:
-    """Give each param group of ``optimizer`` its own tensor LR: torch gives every group without
-    an ``lr`` of its own the optimizer's default, one tensor, which an in-place fill would set
-    for all of them at once (the last group's value; a reduction applied once per group)."""
+def untie_tensors(optimizer: Optimizer) -> None:
+    """Give each param group of ``optimizer`` its own tensor LR and momentum (``momentum``,
+    ``betas[0]``): torch gives every group without a value of its own the optimizer's default,
+    one tensor (also kept in ``optimizer.defaults`` for groups added later), which an in-place
+    fill would set for all of them at once (the last group's value; a reduction applied once per
+    group; one group's momentum in another whose schedule drives none)."""
     seen: set[int] = set()
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], Tensor):
-            if id(group["lr"]) in seen:
-                group["lr"] = group["lr"].clone()
-            seen.add(id(group["lr"]))
+    for group in [optimizer.defaults, *optimizer.param_groups]:
+        for key in ("lr", "momentum", "betas"):
+            value = group.get(key)
+            first = value[0] if isinstance(value, tuple) else value
+            if isinstance(first, Tensor):
+                if id(first) in seen:
+                    first = first.clone()
+                    group[key] = (first, *value[1:]) if isinstance(value, tuple) else first
+                seen.add(id(first))
 
 
 def set_momentum(group: dict[str, Any], value: float) -> None:
@@ -262,7 +268,7 @@ class LRCallback(HookOwner):
         if not self.group_counts:  # a checkpoint's counts keep a resumed fit on its groups
             self.group_counts = [len(opt.param_groups) for opt in trainer.optimizers]
         for optimizer in trainer.optimizers:
-            untie_tensor_lrs(optimizer)
+            untie_tensors(optimizer)
         groups = self.groups(trainer)
         for k, group in enumerate(groups):
             if "lr_scale" in group:
