@@ -890,6 +890,26 @@ def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(ddp_checks: Chec
         assert results[0][name] == pytest.approx(expected_composed_trace(name), rel=1e-12), name
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_a_fit_in_processes_started_for_it_says_its_state_stays_there(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # `ddp_spawn` runs the fit in processes it starts and sends no callback state back, so the
+    # callback here kept its state from before the fit (no step counts; `range_test_result`
+    # None under "auto") and `trainer.save_checkpoint` after fit saved that, silently.
+    cb = ScheduledLR(ExponentialDecay(0.1, 4))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=4, strategy="ddp_spawn", devices=2)
+    trainer.fit(DigitsClassifier(), digits_loader(128, 32))
+    assert cb.steps == []  # Lightning's to decide; the warning names it
+    err = capfd.readouterr().err
+    assert "ScheduledLR runs this fit in a process other than the one that made it" in err
+    assert "`strategy='ddp'`" in err
+
+
 @pytest.mark.parametrize("name", ["warmup_cosine", "warmup_plateau", "one_cycle_constant"])
 def test_composed_schedule_configs_run_through_the_cli(tmp_path: Path, name: str) -> None:
     from lightning_reg.demos.cli import LightningRegCLI

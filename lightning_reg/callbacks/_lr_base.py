@@ -5,7 +5,8 @@ lifecycle, the same for the whole family:
 
 - ``setup("fit")`` refuses a second learning-rate callback and resets the state, so one instance
   reused across Trainers (cross-validation folds) starts every fit afresh; Lightning then
-  restores the state from a checkpoint when ``ckpt_path`` is given;
+  restores the state from a checkpoint when ``ckpt_path`` is given. A fit in processes started
+  for it (``ddp_spawn``) is warned: the state stays in them;
 - ``on_fit_start`` refuses an ``lr_scheduler`` from ``configure_optimizers`` on our optimizers;
 - ``on_train_start`` (after Lightning restored the optimizers) writes the first values and
   counts each optimizer's real steps with torch's step post-hook until the end of training;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -150,6 +152,7 @@ class LRCallback(HookOwner):
     def __init__(self, log_values: bool = True) -> None:
         super().__init__()
         self.log_values = check_bool("log_values", log_values)
+        self.home_pid = os.getpid()  # where its state is read after `fit`
         LRCallback.reset(self)  # subclasses call `self.reset()` once their config is set
 
     @property
@@ -211,6 +214,16 @@ class LRCallback(HookOwner):
                 "of the same optimizers. Keep one learning-rate callback per Trainer (chain "
                 "schedules with `lightning_reg.schedules.Chain`, or hand a step schedule over to "
                 "plateau scheduling with `PerformanceScheduler(schedule=...)`)."
+            )
+        if os.getpid() != self.home_pid:
+            rank_zero_warn(
+                f"{self.name} runs this fit in a process other than the one that made it "
+                "(`strategy='ddp_spawn'`, `'ddp_fork'` and `'ddp_notebook'` start every rank "
+                "anew), and Lightning sends no callback state back: after `fit`, the "
+                f"{self.name} there keeps its state from before the fit (no step counts, no "
+                "`range_test_result`), and so does a `trainer.save_checkpoint` made there. "
+                "Checkpoints saved during the fit are right. Use `strategy='ddp'` to read the "
+                "state after `fit`."
             )
         self.reset()
 
