@@ -7,6 +7,7 @@ import math
 import random
 import signal
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    GradientAccumulationScheduler,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -87,6 +93,7 @@ def fit(
     epochs: int = 2,
     generator_seed: int | None = None,
     module: type[DropoutClassifier] = DropoutClassifier,
+    callbacks: Sequence[pl.Callback] = (),
     **trainer_kwargs: Any,
 ) -> tuple[OneCycleScheduler, DropoutClassifier, pl.Trainer]:
     pl.seed_everything(7, verbose=False)
@@ -101,7 +108,7 @@ def fit(
         max_epochs=epochs,
         logger=CSVLogger(tmp_path, name=name),
         log_every_n_steps=1,
-        callbacks=[cb],
+        callbacks=[cb, *callbacks],
         **trainer_kwargs,
     )
     return cb, model, trainer
@@ -221,6 +228,36 @@ def test_auto_run_equals_the_run_with_the_chosen_max_lr_by_hand(
     assert curve == pytest.approx(result.losses)
     chosen = [float(r["lr_range_test/max_lr"]) for r in auto_rows if r.get("lr_range_test/max_lr")]
     assert chosen == [pytest.approx(result.max_lr)]
+
+
+def test_auto_beside_lightnings_checkpoint_early_stopping_and_lr_monitor_is_the_hand_set_run(
+    tmp_path: Path,
+) -> None:
+    # The sweep's optimizer steps are not the loop's: no checkpoint saved at a step, no logged
+    # row, no step counted, no callback state changed by them.
+    def run(max_lr: Any, name: str) -> tuple[Any, ...]:
+        saver = ModelCheckpoint(tmp_path / name, "{step}", every_n_train_steps=1, save_top_k=-1)
+        stopper = EarlyStopping("val_loss", patience=1)
+        monitor = LearningRateMonitor("step", log_momentum=True)
+        callbacks = [saver, stopper, monitor]
+        cb, model, trainer = fit(
+            max_lr, tmp_path, name, 3, callbacks=callbacks, enable_checkpointing=True
+        )
+        rows = [
+            {k: v for k, v in row.items() if not k.startswith("lr_range_test/")}
+            for row in metrics_rows(trainer)
+            if not row.get("lr_range_test/loss") and not row.get("lr_range_test/max_lr")
+        ]
+        files = {path.name for path in (tmp_path / name).glob("*.ckpt")}
+        return cb, model, trainer.global_step, rows, files, repr(stopper.state_dict())
+
+    auto = run("auto", "auto")
+    assert auto[0].range_test_result is not None
+    hand = run(auto[0].range_test_result.max_lr, "hand")
+    for a, b in zip(auto[1].parameters(), hand[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert auto[2:] == hand[2:]
+    assert auto[4] == {f"step={k}.ckpt" for k in range(1, auto[2] + 1)}
 
 
 def test_a_diverging_sweep_stops_early_and_still_picks_a_finite_value(tmp_path: Path) -> None:
@@ -464,10 +501,11 @@ def test_a_sweep_step_goes_through_the_grad_scaler_which_is_restored() -> None:
     [
         {"accumulate_grad_batches": 2, "gradient_clip_val": 0.5},
         {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]},
+        {"precision": "bf16-mixed"},
     ],
-    ids=["accumulate-clip", "grad-scaler"],
+    ids=["accumulate-clip", "grad-scaler", "bf16-mixed"],
 )
-def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_a_scaler(
+def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_mixed_precision(
     tmp_path: Path, kwargs: dict[str, Any]
 ) -> None:
     auto, auto_model, _ = fit("auto", tmp_path, "auto", **kwargs)
@@ -750,15 +788,21 @@ def test_a_sweep_that_stops_below_the_minimum_warns_in_fit() -> None:
         trainer.fit(DigitsClassifier(), loader())
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"as_weight_decay": True, "proximal_l1": True, "max_norm": 1.0}],
+    ids=["gradient", "weight-decay-proximal-max-norm"],
+)
 def test_auto_with_a_weight_penalty_equals_the_hand_set_run_logged_penalty_included(
-    tmp_path: Path,
+    tmp_path: Path, options: dict[str, Any]
 ) -> None:
     """The seam of a sweep and a penalty: the sweep's steps add the penalty, and nothing of it
-    (weights, the value kept for logging) reaches the run."""
+    (weights, the value kept for logging) reaches the run; also with l2 folded into the decay,
+    l1 as a proximal step and a max-norm constraint, which act on the sweep's steps too."""
 
     def run(max_lr: Any) -> tuple[OneCycleScheduler, RegularizedMLP, list[str]]:
         pl.seed_everything(0, verbose=False)
-        model = RegularizedMLP(hidden=(32,), l1=1e-4, l2=1e-3)
+        model = RegularizedMLP(hidden=(32,), l1=1e-4, l2=1e-3, **options)
         cb = OneCycleScheduler(max_lr=max_lr, range_test=FAST)
         trainer = pl.Trainer(
             max_epochs=2,
