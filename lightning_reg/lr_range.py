@@ -21,11 +21,12 @@ import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loops.optimization.automatic import Closure, ClosureResult
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
@@ -222,7 +223,8 @@ class LRRangeTest:
     public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's
     autocast) on one batch per accumulated gradient, ``trainer.strategy.backward`` (the module's
     ``backward``, the GradScaler, the backward hooks, DDP's gradient sync on the last
-    micro-batch), then ``trainer.strategy.optimizer_step`` with that closure (unscaling,
+    micro-batch), then the module's ``optimizer_step`` hook (an override included), which steps
+    through ``trainer.strategy.optimizer_step`` with that closure (unscaling,
     ``on_before_optimizer_step``, clipping as configured, a skipped step on inf/NaN gradients). So
     a weight penalty, a max-norm constraint and clipping act in the sweep as in training.
     ``self.log`` calls are dropped during the sweep (the Trainer runs as ``barebones`` for it),
@@ -367,7 +369,8 @@ def _training_step(
 ) -> torch.Tensor:
     """One optimizer step as Lightning's automatic optimization takes it, through the strategy:
     a :class:`Closure` per micro-batch (``training_step``, zero-grad on the first, backward), the
-    last one run by ``strategy.optimizer_step``, the earlier ones with DDP's sync blocked.
+    last one run by the module's ``optimizer_step`` hook (with its ``LightningOptimizer``, which
+    steps through ``strategy.optimizer_step``), the earlier ones with DDP's sync blocked.
     Returns the step's loss (the mean over its micro-batches)."""
     strategy, accumulate = trainer.strategy, trainer.accumulate_grad_batches
     epoch = trainer.current_epoch
@@ -396,7 +399,9 @@ def _training_step(
             with blocked():
                 closure()
         else:
-            strategy.optimizer_step(optimizer, closure, model=pl_module)
+            # Lightning's hook, as training steps through it (a module may override it).
+            wrapped = cast(LightningOptimizer, pl_module.optimizers())  # automatic: exactly one
+            pl_module.optimizer_step(epoch, batch_idx, wrapped, closure)
         loss = closure.consume_result().loss
         assert loss is not None  # step_fn raised otherwise
         total += loss

@@ -653,6 +653,31 @@ class GroupLRs(pl.Callback):
         self.lrs.append([group["lr"] for group in optimizer.param_groups])
 
 
+class OwnOptimizerStep(DigitsClassifier):
+    """Overrides Lightning's `optimizer_step` hook (where a module skips or adds to an update);
+    records the batch index of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = Record()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, closure: Any) -> None:
+        self.calls.items.append(batch_idx)
+        optimizer.step(closure=closure)
+
+
+def test_a_sweep_step_goes_through_the_modules_optimizer_step_hook() -> None:
+    # Before, the sweep called the strategy's optimizer_step itself: a module's override of the
+    # hook that automatic optimization steps through was left out of the sweep's steps.
+    model = OwnOptimizerStep()
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, callbacks=[cb])
+    trainer.fit(model, loader())
+    assert cb.range_test_result is not None
+    swept = len(cb.range_test_result.losses)
+    assert model.calls.items == [*range(swept), 0, 1, 2]
+
+
 def test_the_sweep_keeps_the_lr_scale_of_each_param_group() -> None:
     # Before, every group was swept at the same LR, while the training runs the head at a tenth.
     cb, rec = OneCycleScheduler(max_lr="auto", range_test=FAST), GroupLRs()
