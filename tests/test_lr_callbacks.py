@@ -189,6 +189,25 @@ def test_resume_mid_cycle_reproduces_trace_and_weights(tmp_path: Path) -> None:
         assert torch.equal(a, b)
 
 
+def test_an_epoch_schedule_resumed_mid_epoch_continues_the_uninterrupted_trace(
+    tmp_path: Path,
+) -> None:
+    # The checkpoint after step 12 is in the middle of epoch 1 (8 batches per epoch): the resumed
+    # fit trains the rest of epoch 1 at epoch 1's value, not at the schedule's first.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def schedule() -> ScheduledLR:
+        return ScheduledLR(PiecewiseConstant([1, 2], [0.3, 0.2, 0.1]), "epoch")
+
+    saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=4, save_top_k=-1)
+    full, _ = fit(tmp_path, [schedule(), saver], max_epochs=3, enable_checkpointing=True)
+    assert full.lrs == [0.3] * 8 + [0.2] * 8 + [0.1] * 8
+    resumed = Recorder()
+    trainer = make_trainer(tmp_path, callbacks=[schedule(), resumed], max_epochs=3)
+    trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=tmp_path / "step=12.ckpt")
+    assert resumed.lrs == full.lrs[12:]
+
+
 def test_past_the_end_holds_final_lr_and_warns_once(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="past the schedule's end") as record:
         rec, _ = fit(tmp_path, [OneCycleScheduler(max_lr=0.1, total_steps=5)], max_steps=9)
