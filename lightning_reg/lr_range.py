@@ -21,11 +21,12 @@ import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loops.optimization.automatic import Closure, ClosureResult
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
@@ -210,7 +211,9 @@ class LRRangeTest:
     loss, or when the smoothed loss exceeds ``early_stop_threshold`` times its lowest value.
     Then, on every exit path (an exception or ``KeyboardInterrupt`` included), it restores the
     weights and buffers, the own attributes of the module and its submodules (their train/eval
-    modes included), the gradients, the optimizer's state and hyperparameters, the GradScaler,
+    modes included) and the items of a list, dict or set they hold (``self.losses.append(...)``
+    in ``training_step``; one level deep: a list inside a dict keeps what the sweep appended),
+    the gradients, the optimizer's state and hyperparameters, the GradScaler,
     every callback's ``state_dict``, the torchmetrics states, and the torch (CPU and
     accelerator), Python and NumPy random generators plus any generator held by the dataloader:
     the training that follows draws the same batches and dropout masks as it would without the
@@ -220,7 +223,8 @@ class LRRangeTest:
     public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's
     autocast) on one batch per accumulated gradient, ``trainer.strategy.backward`` (the module's
     ``backward``, the GradScaler, the backward hooks, DDP's gradient sync on the last
-    micro-batch), then ``trainer.strategy.optimizer_step`` with that closure (unscaling,
+    micro-batch), then the module's ``optimizer_step`` hook (an override included), which steps
+    through ``trainer.strategy.optimizer_step`` with that closure (unscaling,
     ``on_before_optimizer_step``, clipping as configured, a skipped step on inf/NaN gradients). So
     a weight penalty, a max-norm constraint and clipping act in the sweep as in training.
     ``self.log`` calls are dropped during the sweep (the Trainer runs as ``barebones`` for it),
@@ -365,7 +369,8 @@ def _training_step(
 ) -> torch.Tensor:
     """One optimizer step as Lightning's automatic optimization takes it, through the strategy:
     a :class:`Closure` per micro-batch (``training_step``, zero-grad on the first, backward), the
-    last one run by ``strategy.optimizer_step``, the earlier ones with DDP's sync blocked.
+    last one run by the module's ``optimizer_step`` hook (with its ``LightningOptimizer``, which
+    steps through ``strategy.optimizer_step``), the earlier ones with DDP's sync blocked.
     Returns the step's loss (the mean over its micro-batches)."""
     strategy, accumulate = trainer.strategy, trainer.accumulate_grad_batches
     epoch = trainer.current_epoch
@@ -394,7 +399,9 @@ def _training_step(
             with blocked():
                 closure()
         else:
-            strategy.optimizer_step(optimizer, closure, model=pl_module)
+            # Lightning's hook, as training steps through it (a module may override it).
+            wrapped = cast(LightningOptimizer, pl_module.optimizers())  # automatic: exactly one
+            pl_module.optimizer_step(epoch, batch_idx, wrapped, closure)
         loss = closure.consume_result().loss
         assert loss is not None  # step_fn raised otherwise
         total += loss
@@ -435,15 +442,23 @@ def _undone(
     """Everything a sweep step changes that the run after it reads, put back on leaving the
     block, whatever the exit: weights, buffers and gradients; each module's own attributes (a
     value a step rebinds or sets first, such as a penalty kept for logging, and the train/eval
-    mode); the optimizer; the ``state_dict`` of the GradScaler and the callbacks; torchmetrics
-    states; the Trainer's ``barebones`` and ``accumulate_grad_batches``; the random generators,
-    the training dataloader's included."""
+    mode) and the items of a list, dict or set among them; the optimizer; the ``state_dict`` of
+    the GradScaler and the callbacks; torchmetrics states; the Trainer's ``barebones`` and
+    ``accumulate_grad_batches``; the random generators, the training dataloader's included."""
     attributes = [(module, dict(vars(module))) for module in pl_module.modules()]
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
             saved.update(copy.deepcopy(module.metric_state))
-    params, buffers = list(pl_module.parameters()), dict(pl_module.named_buffers())
-    tensors = [*params, *buffers.values()]
+    # A list, dict or set a step changes in place (`self.losses.append(...)`, and `_buffers`
+    # where a step rebinds a buffer) gets its items back: one level deep.
+    containers = [
+        (value, copy.copy(value))
+        for _, saved in attributes
+        for value in saved.values()
+        if isinstance(value, (list, dict, set))
+    ]
+    params = list(pl_module.parameters())
+    tensors = [*params, *pl_module.buffers()]
     values = [t.detach().clone() for t in tensors]
     grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
     # Restored in place, so that anything holding the param-group dicts keeps the live ones.
@@ -460,13 +475,13 @@ def _undone(
         with torch.random.fork_rng(devices=range(torch.accelerator.device_count())):
             yield
     finally:
+        for container, items in containers:
+            container.clear()
+            (container.extend if isinstance(container, list) else container.update)(items)
         for module, saved in attributes:
             for name in vars(module).keys() - saved.keys():  # first set by a sweep step
                 delattr(module, name)
             vars(module).update(saved)
-        for name, buffer in buffers.items():  # one a step rebound (`self.b = self.b + 1`)
-            owner, _, leaf = name.rpartition(".")
-            setattr(pl_module.get_submodule(owner), leaf, buffer)
         with torch.no_grad():
             for tensor, value in zip(tensors, values, strict=True):
                 tensor.copy_(value)

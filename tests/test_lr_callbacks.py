@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_reg.callbacks import LRCallback, OneCycleScheduler, PerformanceScheduler, ScheduledLR
 from lightning_reg.schedules import (
     Chain,
+    Constant,
     CosineDecay,
     ExponentialDecay,
     LinearWarmup,
@@ -186,6 +187,25 @@ def test_resume_mid_cycle_reproduces_trace_and_weights(tmp_path: Path) -> None:
     assert first.moms + second.moms == full.moms
     for a, b in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_an_epoch_schedule_resumed_mid_epoch_continues_the_uninterrupted_trace(
+    tmp_path: Path,
+) -> None:
+    # The checkpoint after step 12 is in the middle of epoch 1 (8 batches per epoch): the resumed
+    # fit trains the rest of epoch 1 at epoch 1's value, not at the schedule's first.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def schedule() -> ScheduledLR:
+        return ScheduledLR(PiecewiseConstant([1, 2], [0.3, 0.2, 0.1]), "epoch")
+
+    saver = ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=4, save_top_k=-1)
+    full, _ = fit(tmp_path, [schedule(), saver], max_epochs=3, enable_checkpointing=True)
+    assert full.lrs == [0.3] * 8 + [0.2] * 8 + [0.1] * 8
+    resumed = Recorder()
+    trainer = make_trainer(tmp_path, callbacks=[schedule(), resumed], max_epochs=3)
+    trainer.fit(DigitsClassifier(), digits_loader(256, 32), ckpt_path=tmp_path / "step=12.ckpt")
+    assert resumed.lrs == full.lrs[12:]
 
 
 def test_past_the_end_holds_final_lr_and_warns_once(tmp_path: Path) -> None:
@@ -889,6 +909,26 @@ def test_composed_schedules_give_identical_lrs_on_two_ddp_ranks(ddp_checks: Chec
         assert results[0][name] == pytest.approx(expected_composed_trace(name), rel=1e-12), name
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_a_fit_in_processes_started_for_it_says_its_state_stays_there(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # `ddp_spawn` runs the fit in processes it starts and sends no callback state back, so the
+    # callback here kept its state from before the fit (no step counts; `range_test_result`
+    # None under "auto") and `trainer.save_checkpoint` after fit saved that, silently.
+    cb = ScheduledLR(ExponentialDecay(0.1, 4))
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=4, strategy="ddp_spawn", devices=2)
+    trainer.fit(DigitsClassifier(), digits_loader(128, 32))
+    assert cb.steps == []  # Lightning's to decide; the warning names it
+    err = capfd.readouterr().err
+    assert "ScheduledLR runs this fit in a process other than the one that made it" in err
+    assert "`strategy='ddp'`" in err
+
+
 @pytest.mark.parametrize("name", ["warmup_cosine", "warmup_plateau", "one_cycle_constant"])
 def test_composed_schedule_configs_run_through_the_cli(tmp_path: Path, name: str) -> None:
     from lightning_reg.demos.cli import LightningRegCLI
@@ -1198,6 +1238,36 @@ def test_groups_sharing_one_tensor_lr_each_get_their_own_value(tmp_path: Path) -
     cycle = OneCycle(8, 0.1)
     assert rec.lrs == [pytest.approx([cycle(k), cycle(k) * 0.1], rel=1e-6) for k in range(8)]
     assert all(isinstance(g["lr"], torch.Tensor) for g in trainer.optimizers[0].param_groups)
+
+
+class TiedTensorMomentum(DigitsClassifier):
+    """Two param groups sharing torch's one momentum tensor (Adam's ``betas``, SGD's
+    ``momentum``): every group without its own takes the optimizer's default, the same object."""
+
+    def configure_optimizers(self) -> Any:
+        groups = [{"params": self.net[0].parameters()}, {"params": self.net[2].parameters()}]
+        if self.optimizer_name == "adam":
+            betas = (torch.tensor(0.9), torch.tensor(0.999))
+            return torch.optim.Adam(groups, lr=0.01, betas=betas, foreach=False)
+        return torch.optim.SGD(groups, lr=0.05, momentum=torch.tensor(0.9), foreach=False)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_groups_sharing_one_tensor_momentum_each_get_their_own_value(
+    tmp_path: Path, optimizer: str
+) -> None:
+    # The first group's cycled momentum was filled into the shared tensor, so the second group
+    # (whose schedule drives no momentum) and the optimizer's default (which a group added later,
+    # as BackboneFinetuning adds one, takes) followed it, silently.
+    rec = GroupRecorder()
+    cb = ScheduledLR([OneCycle(8, 0.05), Constant(0.01)])
+    trainer = make_trainer(tmp_path, callbacks=[cb, rec], max_steps=8)
+    trainer.fit(TiedTensorMomentum(optimizer), digits_loader(256, 32))
+    cycle = OneCycle(8, 0.05)
+    assert rec.moms == [pytest.approx([cycle.momentum(k), 0.9]) for k in range(8)]
+    opt = trainer.optimizers[0]
+    default = opt.defaults["betas"][0] if optimizer == "adam" else opt.defaults["momentum"]
+    assert float(default) == pytest.approx(0.9)
 
 
 class FailsAtBatch2(DigitsClassifier):

@@ -7,6 +7,7 @@ import math
 import random
 import signal
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    GradientAccumulationScheduler,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -67,6 +73,14 @@ class MeanLossClassifier(DropoutClassifier):
         self.mean_loss.reset()
 
 
+class Record:
+    """What each `training_step` call saw, sweep steps included: a list inside this object, which
+    the sweep's undo leaves alone (a list attribute of the module it would put back)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+
 def loader(shuffle: bool = True, generator: torch.Generator | None = None) -> DataLoader[Any]:
     x, y = digits(320)
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=shuffle, generator=generator)
@@ -79,6 +93,7 @@ def fit(
     epochs: int = 2,
     generator_seed: int | None = None,
     module: type[DropoutClassifier] = DropoutClassifier,
+    callbacks: Sequence[pl.Callback] = (),
     **trainer_kwargs: Any,
 ) -> tuple[OneCycleScheduler, DropoutClassifier, pl.Trainer]:
     pl.seed_everything(7, verbose=False)
@@ -93,7 +108,7 @@ def fit(
         max_epochs=epochs,
         logger=CSVLogger(tmp_path, name=name),
         log_every_n_steps=1,
-        callbacks=[cb],
+        callbacks=[cb, *callbacks],
         **trainer_kwargs,
     )
     return cb, model, trainer
@@ -213,6 +228,36 @@ def test_auto_run_equals_the_run_with_the_chosen_max_lr_by_hand(
     assert curve == pytest.approx(result.losses)
     chosen = [float(r["lr_range_test/max_lr"]) for r in auto_rows if r.get("lr_range_test/max_lr")]
     assert chosen == [pytest.approx(result.max_lr)]
+
+
+def test_auto_beside_lightnings_checkpoint_early_stopping_and_lr_monitor_is_the_hand_set_run(
+    tmp_path: Path,
+) -> None:
+    # The sweep's optimizer steps are not the loop's: no checkpoint saved at a step, no logged
+    # row, no step counted, no callback state changed by them.
+    def run(max_lr: Any, name: str) -> tuple[Any, ...]:
+        saver = ModelCheckpoint(tmp_path / name, "{step}", every_n_train_steps=1, save_top_k=-1)
+        stopper = EarlyStopping("val_loss", patience=1)
+        monitor = LearningRateMonitor("step", log_momentum=True)
+        callbacks = [saver, stopper, monitor]
+        cb, model, trainer = fit(
+            max_lr, tmp_path, name, 3, callbacks=callbacks, enable_checkpointing=True
+        )
+        rows = [
+            {k: v for k, v in row.items() if not k.startswith("lr_range_test/")}
+            for row in metrics_rows(trainer)
+            if not row.get("lr_range_test/loss") and not row.get("lr_range_test/max_lr")
+        ]
+        files = {path.name for path in (tmp_path / name).glob("*.ckpt")}
+        return cb, model, trainer.global_step, rows, files, repr(stopper.state_dict())
+
+    auto = run("auto", "auto")
+    assert auto[0].range_test_result is not None
+    hand = run(auto[0].range_test_result.max_lr, "hand")
+    for a, b in zip(auto[1].parameters(), hand[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert auto[2:] == hand[2:]
+    assert auto[4] == {f"step={k}.ckpt" for k in range(1, auto[2] + 1)}
 
 
 def test_a_diverging_sweep_stops_early_and_still_picks_a_finite_value(tmp_path: Path) -> None:
@@ -456,10 +501,11 @@ def test_a_sweep_step_goes_through_the_grad_scaler_which_is_restored() -> None:
     [
         {"accumulate_grad_batches": 2, "gradient_clip_val": 0.5},
         {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]},
+        {"precision": "bf16-mixed"},
     ],
-    ids=["accumulate-clip", "grad-scaler"],
+    ids=["accumulate-clip", "grad-scaler", "bf16-mixed"],
 )
-def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_a_scaler(
+def test_auto_equals_the_hand_set_run_with_accumulation_clipping_and_mixed_precision(
     tmp_path: Path, kwargs: dict[str, Any]
 ) -> None:
     auto, auto_model, _ = fit("auto", tmp_path, "auto", **kwargs)
@@ -488,7 +534,7 @@ def test_a_sweep_step_accumulates_as_the_gradient_accumulation_schedulers_first_
     )
     trainer.fit(model, loader())
     assert cb.range_test_result is not None
-    assert len(model.calls) == 4 * (len(cb.range_test_result.losses) + 3)
+    assert len(model.calls.items) == 4 * (len(cb.range_test_result.losses) + 3)
 
 
 def test_a_torchmetrics_state_the_sweep_updated_in_place_is_put_back(tmp_path: Path) -> None:
@@ -508,10 +554,10 @@ class DropoutOff(DropoutClassifier):
     def __init__(self) -> None:
         super().__init__()
         self.net[2].eval()
-        self.dropout_modes: list[bool] = []  # mutated in place: the sweep's entries stay
+        self.dropout_modes = Record()  # kept through the sweep's undo
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        self.dropout_modes.append(self.net[2].training)
+        self.dropout_modes.items.append(self.net[2].training)
         return super().training_step(batch, batch_idx)
 
 
@@ -520,8 +566,9 @@ def test_the_sweep_steps_in_the_modes_training_steps_in(tmp_path: Path) -> None:
     # training does not run (its curve was not the training's), then the mode was put back.
     auto, model, _ = fit("auto", tmp_path, "auto", module=DropoutOff)
     assert auto.range_test_result is not None and isinstance(model, DropoutOff)
-    assert len(model.dropout_modes) == len(auto.range_test_result.losses) + 20
-    assert not any(model.dropout_modes)
+    modes = model.dropout_modes.items
+    assert len(modes) == len(auto.range_test_result.losses) + 20
+    assert not any(modes)
 
 
 class CountsInABuffer(DropoutClassifier):
@@ -564,6 +611,32 @@ def test_an_attribute_first_set_in_the_sweep_is_removed(tmp_path: Path) -> None:
     assert torch.equal(auto_model.first_x, hand_model.first_x)
 
 
+class KeepsItsLosses(DropoutClassifier):
+    """Appends every training loss to a list and counts steps in a dict (e.g. for a plot)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+        self.counts = {"steps": 0}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(float(loss))
+        self.counts["steps"] += 1
+        return loss
+
+
+def test_a_list_and_a_dict_the_sweep_changed_in_place_are_put_back(tmp_path: Path) -> None:
+    # Before, an attribute was put back as the object it held, which a sweep step had changed in
+    # place: the list started with the sweep's losses and the count with its steps.
+    auto, auto_model, _ = fit("auto", tmp_path, "auto", module=KeepsItsLosses)
+    assert auto.range_test_result is not None
+    _, hand_model, _ = fit(auto.range_test_result.max_lr, tmp_path, "hand", module=KeepsItsLosses)
+    assert isinstance(auto_model, KeepsItsLosses) and isinstance(hand_model, KeepsItsLosses)
+    assert auto_model.counts == hand_model.counts == {"steps": 20}
+    assert auto_model.losses == hand_model.losses
+
+
 class ScaledHead(DigitsClassifier):
     """The head at a tenth of the body's learning rate (an ``lr_scale`` of 0.1)."""
 
@@ -578,6 +651,31 @@ class GroupLRs(pl.Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
         self.lrs.append([group["lr"] for group in optimizer.param_groups])
+
+
+class OwnOptimizerStep(DigitsClassifier):
+    """Overrides Lightning's `optimizer_step` hook (where a module skips or adds to an update);
+    records the batch index of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = Record()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, closure: Any) -> None:
+        self.calls.items.append(batch_idx)
+        optimizer.step(closure=closure)
+
+
+def test_a_sweep_step_goes_through_the_modules_optimizer_step_hook() -> None:
+    # Before, the sweep called the strategy's optimizer_step itself: a module's override of the
+    # hook that automatic optimization steps through was left out of the sweep's steps.
+    model = OwnOptimizerStep()
+    cb = OneCycleScheduler(max_lr="auto", range_test=FAST)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, callbacks=[cb])
+    trainer.fit(model, loader())
+    assert cb.range_test_result is not None
+    swept = len(cb.range_test_result.losses)
+    assert model.calls.items == [*range(swept), 0, 1, 2]
 
 
 def test_the_sweep_keeps_the_lr_scale_of_each_param_group() -> None:
@@ -617,12 +715,11 @@ class FailingSweep(DigitsClassifier):
 
     def __init__(self, error: BaseException) -> None:
         super().__init__()
-        # A list, mutated in place: the sweep puts back the attributes it finds rebound.
-        self.error, self.calls = error, []
+        self.error, self.calls = error, Record()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        self.calls.append(batch_idx)
-        if len(self.calls) == 6:
+        self.calls.items.append(batch_idx)
+        if len(self.calls.items) == 6:
             raise self.error
         return super().training_step(batch, batch_idx)
 
@@ -643,7 +740,7 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
             trainer.fit(model, loader())
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert len(model.calls) == 6  # five sweep steps had updated the weights
+    assert len(model.calls.items) == 6  # five sweep steps had updated the weights
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     optimizer = trainer.optimizers[0]
@@ -656,10 +753,10 @@ def test_an_error_in_the_sweep_leaves_the_model_as_it_was(error: BaseException) 
 class Counting(DigitsClassifier):
     def __init__(self, output: str = "loss") -> None:
         super().__init__()
-        self.output, self.calls = output, []
+        self.output, self.calls = output, Record()
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        self.calls.append(batch_idx)
+        self.calls.items.append(batch_idx)
         loss = super().training_step(batch, batch_idx)
         return loss if self.output == "loss" else {"logits_mean": loss.detach()}
 
@@ -670,7 +767,7 @@ def test_a_cycle_that_cannot_be_sized_fails_before_any_sweep_step() -> None:
     trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(ValueError, match="could not size the cycle"):
         trainer.fit(model, loader())
-    assert model.calls == []
+    assert model.calls.items == []
 
 
 def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
@@ -680,7 +777,7 @@ def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
     with pytest.raises(ValueError, match="too short for this 1cycle") as info:
         trainer.fit(model, loader())
     assert "`trainer.estimated_stepping_batches` = 6" in str(info.value)
-    assert model.calls == []
+    assert model.calls.items == []
 
 
 def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_first_step() -> None:
@@ -691,7 +788,7 @@ def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_firs
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[cb])
     with pytest.raises(MisconfigurationException, match="'loss' key needs to be present"):
         trainer.fit(model, loader())
-    assert model.calls == [0]
+    assert model.calls.items == [0]
     for a, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(a, b)
 
@@ -716,15 +813,21 @@ def test_a_sweep_that_stops_below_the_minimum_warns_in_fit() -> None:
         trainer.fit(DigitsClassifier(), loader())
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"as_weight_decay": True, "proximal_l1": True, "max_norm": 1.0}],
+    ids=["gradient", "weight-decay-proximal-max-norm"],
+)
 def test_auto_with_a_weight_penalty_equals_the_hand_set_run_logged_penalty_included(
-    tmp_path: Path,
+    tmp_path: Path, options: dict[str, Any]
 ) -> None:
     """The seam of a sweep and a penalty: the sweep's steps add the penalty, and nothing of it
-    (weights, the value kept for logging) reaches the run."""
+    (weights, the value kept for logging) reaches the run; also with l2 folded into the decay,
+    l1 as a proximal step and a max-norm constraint, which act on the sweep's steps too."""
 
     def run(max_lr: Any) -> tuple[OneCycleScheduler, RegularizedMLP, list[str]]:
         pl.seed_everything(0, verbose=False)
-        model = RegularizedMLP(hidden=(32,), l1=1e-4, l2=1e-3)
+        model = RegularizedMLP(hidden=(32,), l1=1e-4, l2=1e-3, **options)
         cb = OneCycleScheduler(max_lr=max_lr, range_test=FAST)
         trainer = pl.Trainer(
             max_epochs=2,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,25 @@ def test_one_instance_reused_across_fits_starts_each_fit_afresh(tmp_path: Path) 
         lrs.append(model.lr_after_eval)
     assert lrs == [[0.08, 0.08, 0.08]] * 3
     assert cb.num_reductions == 0
+
+
+def test_validate_after_fit_leaves_the_learning_rate_and_the_plateau_state_alone(
+    tmp_path: Path,
+) -> None:
+    # Only the fit's evaluations count: a `Trainer.validate` after fit whose loss is no better
+    # would otherwise be a bad evaluation, each one reducing the LR at patience 1.
+    model = ScriptedLoss([1.0, 1.0, 1.0])
+    cb = PerformanceScheduler(patience=1, min_delta=0.0)
+    trainer = make_trainer(
+        tmp_path, callbacks=[cb], max_epochs=2, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32))
+    assert model.lr_after_eval == pytest.approx([0.08, 0.04])
+    state = copy.deepcopy(cb.state_dict())
+    for _ in range(2):
+        trainer.validate(model, digits_loader(32, 32), verbose=False)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.04)
+    assert cb.state_dict() == state
 
 
 @pytest.mark.parametrize("case", ["limit_val_batches=0", "no val loader", "no validation_step"])

@@ -5,7 +5,8 @@ lifecycle, the same for the whole family:
 
 - ``setup("fit")`` refuses a second learning-rate callback and resets the state, so one instance
   reused across Trainers (cross-validation folds) starts every fit afresh; Lightning then
-  restores the state from a checkpoint when ``ckpt_path`` is given;
+  restores the state from a checkpoint when ``ckpt_path`` is given. A fit in processes started
+  for it (``ddp_spawn``) is warned: the state stays in them;
 - ``on_fit_start`` refuses an ``lr_scheduler`` from ``configure_optimizers`` on our optimizers;
 - ``on_train_start`` (after Lightning restored the optimizers) writes the first values and
   counts each optimizer's real steps with torch's step post-hook until the end of training;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -59,16 +61,22 @@ def assign(old: Any, new: float) -> Any:
     return old.fill_(new) if isinstance(old, Tensor) else new
 
 
-def untie_tensor_lrs(optimizer: Optimizer) -> None:
-    """Give each param group of ``optimizer`` its own tensor LR: torch gives every group without
-    an ``lr`` of its own the optimizer's default, one tensor, which an in-place fill would set
-    for all of them at once (the last group's value; a reduction applied once per group)."""
+def untie_tensors(optimizer: Optimizer) -> None:
+    """Give each param group of ``optimizer`` its own tensor LR and momentum (``momentum``,
+    ``betas[0]``): torch gives every group without a value of its own the optimizer's default,
+    one tensor (also kept in ``optimizer.defaults`` for groups added later), which an in-place
+    fill would set for all of them at once (the last group's value; a reduction applied once per
+    group; one group's momentum in another whose schedule drives none)."""
     seen: set[int] = set()
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], Tensor):
-            if id(group["lr"]) in seen:
-                group["lr"] = group["lr"].clone()
-            seen.add(id(group["lr"]))
+    for group in [optimizer.defaults, *optimizer.param_groups]:
+        for key in ("lr", "momentum", "betas"):
+            value = group.get(key)
+            first = value[0] if isinstance(value, tuple) else value
+            if isinstance(first, Tensor):
+                if id(first) in seen:
+                    first = first.clone()
+                    group[key] = (first, *value[1:]) if isinstance(value, tuple) else first
+                seen.add(id(first))
 
 
 def set_momentum(group: dict[str, Any], value: float) -> None:
@@ -144,6 +152,7 @@ class LRCallback(HookOwner):
     def __init__(self, log_values: bool = True) -> None:
         super().__init__()
         self.log_values = check_bool("log_values", log_values)
+        self.home_pid = os.getpid()  # where its state is read after `fit`
         LRCallback.reset(self)  # subclasses call `self.reset()` once their config is set
 
     @property
@@ -206,6 +215,16 @@ class LRCallback(HookOwner):
                 "schedules with `lightning_reg.schedules.Chain`, or hand a step schedule over to "
                 "plateau scheduling with `PerformanceScheduler(schedule=...)`)."
             )
+        if os.getpid() != self.home_pid:
+            rank_zero_warn(
+                f"{self.name} runs this fit in a process other than the one that made it "
+                "(`strategy='ddp_spawn'`, `'ddp_fork'` and `'ddp_notebook'` start every rank "
+                "anew), and Lightning sends no callback state back: after `fit`, the "
+                f"{self.name} there keeps its state from before the fit (no step counts, no "
+                "`range_test_result`), and so does a `trainer.save_checkpoint` made there. "
+                "Checkpoints saved during the fit are right. Use `strategy='ddp'` to read the "
+                "state after `fit`."
+            )
         self.reset()
 
     @override
@@ -262,7 +281,7 @@ class LRCallback(HookOwner):
         if not self.group_counts:  # a checkpoint's counts keep a resumed fit on its groups
             self.group_counts = [len(opt.param_groups) for opt in trainer.optimizers]
         for optimizer in trainer.optimizers:
-            untie_tensor_lrs(optimizer)
+            untie_tensors(optimizer)
         groups = self.groups(trainer)
         for k, group in enumerate(groups):
             if "lr_scale" in group:
