@@ -1,4 +1,5 @@
-"""Lightning plumbing the regularizers share: refusing FSDP1, owning optimizer hooks for a fit."""
+"""Lightning plumbing the callbacks share: finding callbacks and each epoch's accumulation, refusing
+FSDP1, owning optimizer hooks for a fit."""
 
 from __future__ import annotations
 
