@@ -192,6 +192,7 @@ def test_a_resume_watching_another_metric_starts_the_plateau_count_afresh(tmp_pa
         (dict(min_lr=-1e-3), "min_lr", ValueError),
         (dict(monitor=""), "monitor", TypeError),
         (dict(check_on="batch"), "check_on", ValueError),
+        (dict(strict="no"), "strict", TypeError),  # was bool("no"): strict, silently
     ],
 )
 def test_rejects_bad_hyperparameters(

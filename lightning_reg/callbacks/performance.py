@@ -13,7 +13,13 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg._validation import check_choice, check_int, check_non_negative, check_number
+from lightning_reg._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_number,
+)
 from lightning_reg.callbacks._lr_base import LRCallback, assign, first_momentum
 from lightning_reg.schedules import Schedule
 
@@ -127,7 +133,7 @@ class PerformanceScheduler(LRCallback):
         self.cooldown = check_int("cooldown", cooldown, 0)
         lrs = list(min_lr) if isinstance(min_lr, Sequence) else [min_lr]
         self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
-        self.strict = bool(strict)
+        self.strict = check_bool("strict", strict)
         self.schedule, self.schedule_steps = _check_handover(schedule, schedule_steps)
         self.start_momentum = first_momentum([self.schedule] if self.schedule else [])
         self.reset()
