@@ -193,6 +193,8 @@ def test_a_resume_watching_another_metric_starts_the_plateau_count_afresh(tmp_pa
         (dict(monitor=""), "monitor", TypeError),
         (dict(check_on="batch"), "check_on", ValueError),
         (dict(strict="no"), "strict", TypeError),  # was bool("no"): strict, silently
+        (dict(min_lr="0.1"), r"`min_lr`.*'0\.1'", TypeError),  # was split into '0', '.', '1'
+        (dict(min_lr=[]), "min_lr", ValueError),  # was refused only at fit time
     ],
 )
 def test_rejects_bad_hyperparameters(

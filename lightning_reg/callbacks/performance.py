@@ -131,7 +131,11 @@ class PerformanceScheduler(LRCallback):
         self.patience = check_int("patience", patience, 0)
         self.min_delta = check_non_negative("min_delta", min_delta)
         self.cooldown = check_int("cooldown", cooldown, 0)
-        lrs = list(min_lr) if isinstance(min_lr, Sequence) else [min_lr]
+        lrs: list[Any] = [min_lr]
+        if isinstance(min_lr, Sequence) and not isinstance(min_lr, str):
+            lrs = list(min_lr)
+        if not lrs:
+            raise ValueError("`min_lr` must be a number >= 0 or one per param group, got [].")
         self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
         self.strict = check_bool("strict", strict)
         self.schedule, self.schedule_steps = _check_handover(schedule, schedule_steps)
