@@ -212,7 +212,9 @@ class PerformanceScheduler(LRCallback):
             self.num_bad, self.cooldown_counter, self.watching = 0, 0, now
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
-        if self.schedule is not None:
+        # A resume at the hand-over finds the schedule's last LR, or a reduction made there, in
+        # the restored optimizer: writing the schedule again would undo that reduction.
+        if self.schedule is not None and min(self.steps) < self.schedule_steps:
             self.warn_if_ratio_erased(trainer)
             self.active = self.per_group("schedule", [self.schedule])
             self.horizons = [self.schedule_steps] * len(self.active)
