@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_reg.callbacks import PerformanceScheduler
+from lightning_reg.schedules import LinearWarmup
 from tests.helpers import DigitsClassifier, digits_loader, fit, make_trainer
 
 
@@ -192,6 +193,9 @@ def test_a_resume_watching_another_metric_starts_the_plateau_count_afresh(tmp_pa
         (dict(min_lr=-1e-3), "min_lr", ValueError),
         (dict(monitor=""), "monitor", TypeError),
         (dict(check_on="batch"), "check_on", ValueError),
+        (dict(strict="no"), "strict", TypeError),  # was bool("no"): strict, silently
+        (dict(min_lr="0.1"), r"`min_lr`.*'0\.1'", TypeError),  # was split into '0', '.', '1'
+        (dict(min_lr=[]), "min_lr", ValueError),  # was refused only at fit time
     ],
 )
 def test_rejects_bad_hyperparameters(
@@ -401,3 +405,27 @@ def test_groups_sharing_one_tensor_lr_are_reduced_once(tmp_path: Path) -> None:
     expected = [[0.08, 0.08], [0.04, 0.04], [0.02, 0.02]]
     assert model.lr_after_eval == [pytest.approx(lrs, rel=1e-6) for lrs in expected]
     assert all(isinstance(g["lr"], torch.Tensor) for g in trainer.optimizers[0].param_groups)
+
+
+def test_a_reduction_at_the_hand_over_survives_a_resume(tmp_path: Path) -> None:
+    # A warm-up of 4 steps (2 epochs); the evaluation at step 4 is the first one counted and, NaN,
+    # reduces the LR there. A resume from that checkpoint wrote the warm-up's last LR (0.08) over
+    # the reduced one the optimizer state restored, unlike the uninterrupted run.
+    script = [1.0, math.nan, 1.0, 1.0]
+
+    def plateau() -> PerformanceScheduler:
+        return PerformanceScheduler(schedule=LinearWarmup(4, 0.08), patience=1, min_delta=0.0)
+
+    whole = run(tmp_path, script, schedule=LinearWarmup(4, 0.08), patience=1, min_delta=0.0)
+    trainer = make_trainer(
+        tmp_path, callbacks=[plateau()], max_epochs=2, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(ScriptedLoss(script), digits_loader(64, 32), digits_loader(32, 32))
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    model = ScriptedLoss(script)
+    trainer = make_trainer(
+        tmp_path, callbacks=[plateau()], max_epochs=4, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32), ckpt_path=tmp_path / "a.ckpt")
+    assert whole == pytest.approx([0.04, 0.04, 0.04, 0.02])
+    assert model.lr_after_eval == pytest.approx(whole[2:])

@@ -13,7 +13,13 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg._validation import check_choice, check_int, check_non_negative, check_number
+from lightning_reg._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_number,
+)
 from lightning_reg.callbacks._lr_base import LRCallback, assign, first_momentum
 from lightning_reg.schedules import Schedule
 
@@ -125,9 +131,13 @@ class PerformanceScheduler(LRCallback):
         self.patience = check_int("patience", patience, 0)
         self.min_delta = check_non_negative("min_delta", min_delta)
         self.cooldown = check_int("cooldown", cooldown, 0)
-        lrs = list(min_lr) if isinstance(min_lr, Sequence) else [min_lr]
+        lrs: list[Any] = [min_lr]
+        if isinstance(min_lr, Sequence) and not isinstance(min_lr, str):
+            lrs = list(min_lr)
+        if not lrs:
+            raise ValueError("`min_lr` must be a number >= 0 or one per param group, got [].")
         self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
-        self.strict = bool(strict)
+        self.strict = check_bool("strict", strict)
         self.schedule, self.schedule_steps = _check_handover(schedule, schedule_steps)
         self.start_momentum = first_momentum([self.schedule] if self.schedule else [])
         self.reset()
@@ -202,7 +212,9 @@ class PerformanceScheduler(LRCallback):
             self.num_bad, self.cooldown_counter, self.watching = 0, 0, now
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
-        if self.schedule is not None:
+        # A resume at the hand-over finds the schedule's last LR, or a reduction made there, in
+        # the restored optimizer: writing the schedule again would undo that reduction.
+        if self.schedule is not None and min(self.steps) < self.schedule_steps:
             self.warn_if_ratio_erased(trainer)
             self.active = self.per_group("schedule", [self.schedule])
             self.horizons = [self.schedule_steps] * len(self.active)
