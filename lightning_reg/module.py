@@ -443,7 +443,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         # The arguments a subclass fixes (super().__init__(activation="selu", **kwargs)) are
         # hparams, but load_from_checkpoint must not pass them back to it (on_save_checkpoint).
         frame = inspect.currentframe()
-        *inner, outer = collect_init_args(cast(FrameType, frame), [], classes=(pl.LightningModule,))
+        *inner, outer = collect_init_args(cast(FrameType, frame), [], classes=(type(self),))
         self._fixed_hparams = frozenset().union(*inner) - outer.keys()
 
     def dense(
