@@ -258,10 +258,11 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
 
     Biases are set to zero. ``"default"`` leaves the module untouched. Other layers with weight
     matrices (``nn.Embedding``, ``nn.LSTM``, ``nn.Bilinear``, ``nn.MultiheadAttention``'s
-    in-projection) keep PyTorch's init, with a ``UserWarning`` naming them. A lazy layer not yet
-    materialized is skipped with a ``UserWarning`` naming it (it would keep PyTorch's init). A
-    parametrized weight (``torch.nn.utils.parametrize``, e.g. weight normalization) is drawn
-    whole and assigned, so the parametrization's ``right_inverse`` sets its originals.
+    in-projection; its out-projection is a Linear) keep PyTorch's init, with a ``UserWarning``
+    naming those weights. A lazy layer not yet materialized is skipped with a ``UserWarning``
+    naming it (it would keep PyTorch's init). A parametrized weight
+    (``torch.nn.utils.parametrize``, e.g. weight normalization) is drawn whole and assigned, so
+    the parametrization's ``right_inverse`` sets its originals.
 
     Args:
         module: the module to initialize (itself and all its submodules). Required.
@@ -317,12 +318,17 @@ def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu"
                 )
             if bias is not None and not nn.parameter.is_lazy(bias):
                 bias.zero_()
-    others = [
-        f"`{name or 'module'}` ({type(layer).__name__})"
-        for name, layer in module.named_modules()
-        if not isinstance(layer, (*INIT_MODULES, parametrize.ParametrizationList))
-        and any(not nn.parameter.is_lazy(p) and p.dim() >= 2 for p in layer.parameters(False))
-    ]
+    others = []  # the weight matrices left, by layer (an attention's out_proj is a Linear)
+    for name, layer in module.named_modules():
+        if isinstance(layer, (*INIT_MODULES, parametrize.ParametrizationList)):
+            continue
+        left = [
+            f"`{name}.{p_name}`" if name else f"`{p_name}`"
+            for p_name, p in layer.named_parameters(recurse=False)
+            if not nn.parameter.is_lazy(p) and p.dim() >= 2
+        ]
+        if left:
+            others.append(f"{', '.join(left)} ({type(layer).__name__})")
     if others:
         warnings.warn(
             f"{', '.join(others)} keep PyTorch's init: the {preset!r} preset covers Linear, Conv "

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -368,8 +371,10 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
       output.
     * ``save_hyperparameters()`` is called here, and it records the arguments of every subclass
       ``__init__`` on the way (Lightning walks the ``super().__init__`` call frames), so
-      ``load_from_checkpoint`` rebuilds subclasses too. Call ``super().__init__`` with the
-      zero-argument ``super()``.
+      ``load_from_checkpoint`` rebuilds subclasses too; an argument a subclass fixes in its
+      ``super().__init__(...)`` call is left out of the checkpoint (by :meth:`on_save_checkpoint`,
+      so an override calls ``super()``), since the subclass sets it again. Call
+      ``super().__init__`` with the zero-argument ``super()``.
 
     Args:
         dropout: dropout rate of :meth:`dense` blocks, in ``[0, 1)``. Default ``0.0``.
@@ -435,6 +440,11 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
         self.mc_samples = None if mc_samples is None else check_int("mc_samples", mc_samples, 1)
         _check_mc_task(self.mc_task, mc_samples, type(self).__name__)
         self.save_hyperparameters()
+        # The arguments a subclass fixes (super().__init__(activation="selu", **kwargs)) are
+        # hparams, but load_from_checkpoint must not pass them back to it (on_save_checkpoint).
+        frame = inspect.currentframe()
+        *inner, outer = collect_init_args(cast(FrameType, frame), [], classes=(type(self),))
+        self._fixed_hparams = frozenset().union(*inner) - outer.keys()
 
     def dense(
         self,
@@ -517,6 +527,16 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             return callbacks
         ours = None if self.max_norm is None else MaxNorm(self.max_norm)
         return [*callbacks, *beside_trainer_max_norms(ours, self)]
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave out of the checkpoint's hyperparameters those a subclass fixes in its
+        ``super().__init__`` call, which ``load_from_checkpoint`` would pass to it twice."""
+        super().on_save_checkpoint(checkpoint)
+        key = self.CHECKPOINT_HYPER_PARAMS_KEY
+        if key in checkpoint:  # a copy: Lightning stores an OmegaConf `hparams` itself
+            fixed = self._fixed_hparams
+            checkpoint[key] = {k: v for k, v in checkpoint[key].items() if k not in fixed}
 
     @override
     def on_fit_start(self) -> None:

@@ -190,15 +190,24 @@ def test_init_reaches_parametrized_weights_through_right_inverse() -> None:
 
 def test_init_names_the_weight_matrices_it_leaves_at_pytorchs_init() -> None:
     """Only Linear/Conv/ConvTranspose weights get the preset: an LSTM, an embedding or an
-    attention's in-projection in the module keeps PyTorch's init, and a warning names them."""
+    attention's in-projection in the module keeps PyTorch's init, and a warning names those
+    weights (the attention's out_proj is a Linear: initialized)."""
     model = nn.Sequential(nn.Linear(8, 8), nn.LSTM(8, 8), nn.MultiheadAttention(8, 2))
     lstm = [p.clone() for p in model[1].parameters()]
     in_proj = model[2].in_proj_weight.clone()
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match=r"`1` \(LSTM\), `2` \(MultiheadAttention\) keep"):
+    out_proj = model[2].out_proj.weight.clone()
+    # Before, the warning named `2` (MultiheadAttention) as a whole, whose out_proj (a Linear)
+    # the preset does draw.
+    with pytest.warns(UserWarning) as record:
         init_weights_(model, "he_normal", "relu")
+    (message,) = [str(w.message) for w in record]
+    assert message.startswith(
+        "`1.weight_ih_l0`, `1.weight_hh_l0` (LSTM), `2.in_proj_weight` (MultiheadAttention) keep"
+    )
     assert all(torch.equal(a, b) for a, b in zip(lstm, model[1].parameters(), strict=True))
     assert torch.equal(in_proj, model[2].in_proj_weight)
+    assert not torch.equal(out_proj, model[2].out_proj.weight)
     expected = torch.empty(8, 8)
     torch.manual_seed(0)
     nn.init.kaiming_normal_(expected, nonlinearity="relu")
@@ -246,6 +255,32 @@ def test_selu_lecun_preset_self_normalizes_through_20_layers() -> None:
         for block in blocks:
             h = block(h)
     assert h.std().item() < 0.5
+
+
+def test_selu_alpha_dropout_keeps_self_normalization_in_training() -> None:
+    """SELU's dropout is alpha dropout (docs/regularization.md): 20 training-mode blocks at rate
+    0.1 keep mean 0 and std 1, where nn.Dropout in its place drifts the std to about 1.27."""
+    from tests.helpers import digits
+
+    x, _ = digits()
+    torch.manual_seed(0)
+    blocks = [dense_block(64, 128, "selu", 0.1)] + [
+        dense_block(128, 128, "selu", 0.1) for _ in range(19)
+    ]
+
+    def output() -> torch.Tensor:
+        torch.manual_seed(1)
+        h = x
+        with torch.no_grad():
+            for block in blocks:
+                h = block(h)
+        return h
+
+    h = output()
+    assert abs(h.mean().item()) < 0.05 and abs(h.std().item() - 1.0) < 0.05
+    for block in blocks:
+        block[2] = nn.Dropout(0.1)
+    assert output().std().item() > 1.15
 
 
 def test_init_presets_listed() -> None:

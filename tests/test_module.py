@@ -471,6 +471,25 @@ def test_hparams_of_subclasses_saved_and_restored(tmp_path: Any) -> None:
     torch.testing.assert_close(restored(x), model(x))
 
 
+def test_a_subclass_that_fixes_a_default_is_rebuilt_from_its_checkpoint(tmp_path: Any) -> None:
+    class Selu(_Sub):  # fixes two of RegularizedModule's arguments, forwards the rest
+        def __init__(self, width: int = 32, **kwargs: Any) -> None:
+            super().__init__(width=width, depth=1, activation="selu", **kwargs)
+
+    model = Selu(width=24, dropout=0.1, l2=1e-4)
+    assert (model.hparams["activation"], model.hparams["depth"]) == ("selu", 1)  # as built
+    path = tmp_path / "model.ckpt"
+    _fit(model, tmp_path, steps=2).save_checkpoint(path)
+    # Before, the checkpoint held activation and depth, passed back with the fixed ones:
+    # TypeError: got multiple values for keyword argument.
+    restored = Selu.load_from_checkpoint(path)
+    assert dict(restored.hparams) == dict(model.hparams)
+    model.eval()
+    restored.eval()
+    x = digits(16)[0]
+    torch.testing.assert_close(restored(x), model(x))
+
+
 def test_configure_callbacks_adds_max_norm_and_merges(tmp_path: Any) -> None:
     assert [type(c) for c in RegularizedModule().configure_callbacks()] == [WeightPenalty]
     _, callback = RegularizedModule(max_norm=3.0).configure_callbacks()
