@@ -136,7 +136,9 @@ class MCDropoutResult(NamedTuple):
     """Summary of Monte Carlo dropout predictions.
 
     With ``task="classification"`` the samples are class probabilities (softmax over the last
-    dimension); with ``task="regression"`` they are the model's raw outputs.
+    dimension); with ``task="regression"`` they are the model's raw outputs. They are summarized
+    in float32 at least: the outputs of a bfloat16 or float16 model (or of mixed precision) are
+    cast to float32 first.
 
     Attributes:
         mean: mean over the samples, the shape of one output.
@@ -884,6 +886,7 @@ def mc_dropout_predict(
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):
         with masks:
             samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
+        samples = samples.to(torch.promote_types(samples.dtype, torch.float32))
         if task == "classification":
             _check_classes(samples, output_batch_dim)
         if task == "classification" and from_logits:
