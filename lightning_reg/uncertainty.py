@@ -431,9 +431,10 @@ def _pass_rows(model: nn.Module, rest: list[nn.Module] | None, h: Tensor, dim: i
     returns, and the attention weights that ``scaled_dot_product_attention`` and
     ``nn.MultiheadAttention`` make inside, so a transformer's feed-forward width or an
     attention's ``L x S`` weights count, not the input's width. The pass runs on a forked random
-    generator: the samples are those the model would draw without it.
+    generator and a copy of the rows (a dropout in place on its input would change them): the
+    samples are those the model would draw without it.
     """
-    probe = h.narrow(dim, 0, min(PROBE_ROWS, h.shape[dim]))
+    probe = h.narrow(dim, 0, min(PROBE_ROWS, h.shape[dim])).clone()  # a model may drop it in place
     devices = [] if h.device.type == "cpu" else [h.device]
     with torch.random.fork_rng(devices, device_type=h.device.type), _LargestTensor() as largest:
         model(probe) if rest is None else _apply(rest, probe)
