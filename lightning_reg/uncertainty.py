@@ -136,7 +136,9 @@ class MCDropoutResult(NamedTuple):
     """Summary of Monte Carlo dropout predictions.
 
     With ``task="classification"`` the samples are class probabilities (softmax over the last
-    dimension); with ``task="regression"`` they are the model's raw outputs.
+    dimension); with ``task="regression"`` they are the model's raw outputs. They are summarized
+    in float32 at least: the outputs of a bfloat16 or float16 model (or of mixed precision) are
+    cast to float32 first.
 
     Attributes:
         mean: mean over the samples, the shape of one output.
@@ -429,9 +431,10 @@ def _pass_rows(model: nn.Module, rest: list[nn.Module] | None, h: Tensor, dim: i
     returns, and the attention weights that ``scaled_dot_product_attention`` and
     ``nn.MultiheadAttention`` make inside, so a transformer's feed-forward width or an
     attention's ``L x S`` weights count, not the input's width. The pass runs on a forked random
-    generator: the samples are those the model would draw without it.
+    generator and a copy of the rows (a dropout in place on its input would change them): the
+    samples are those the model would draw without it.
     """
-    probe = h.narrow(dim, 0, min(PROBE_ROWS, h.shape[dim]))
+    probe = h.narrow(dim, 0, min(PROBE_ROWS, h.shape[dim])).clone()  # a model may drop it in place
     devices = [] if h.device.type == "cpu" else [h.device]
     with torch.random.fork_rng(devices, device_type=h.device.type), _LargestTensor() as largest:
         model(probe) if rest is None else _apply(rest, probe)
@@ -884,6 +887,7 @@ def mc_dropout_predict(
     with torch.no_grad(), mc_dropout_mode(model, eval_modules):
         with masks:
             samples = _draw(body, x, n_samples, batch_size, batch_dim, output_batch_dim)
+        samples = samples.to(torch.promote_types(samples.dtype, torch.float32))
         if task == "classification":
             _check_classes(samples, output_batch_dim)
         if task == "classification" and from_logits:

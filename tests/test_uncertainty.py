@@ -812,6 +812,58 @@ def test_trainer_predict_of_a_model_returning_probabilities(tmp_path: Any) -> No
     torch.testing.assert_close(results[0].mean, expected.mean)
 
 
+def test_trainer_predict_in_bf16_summarizes_in_float32(tmp_path: Any) -> None:
+    """Under ``precision="bf16-mixed"`` the logits are bfloat16; their softmax, mean, spread and
+    entropy are computed in float32, as the user's loop over the same logits computes them (a
+    bfloat16 probability near 1 is rounded by up to 2**-9, the entropy of a sure prediction
+    by several percent)."""
+    model = _MCClassifier()
+    model.mc_samples, model.mc_batch_size = 30, 32  # one sample per pass: the plain loop's
+    loader = digits_loader(n=32, batch_size=32)
+    torch.manual_seed(0)
+    results = make_trainer(tmp_path, precision="bf16-mixed").predict(model, loader)
+    assert results is not None
+    torch.manual_seed(0)
+    x, _ = next(iter(loader))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = _reference(model, x, 30, softmax=False)
+    assert logits.dtype == torch.bfloat16
+    std, mean = torch.std_mean(logits.float().softmax(-1), 0, correction=0)
+    result = results[0]
+    assert result.mean.dtype == torch.float32
+    torch.testing.assert_close(result.mean, mean)
+    torch.testing.assert_close(result.std, std)
+    torch.testing.assert_close(result.entropy, -torch.special.xlogy(mean, mean).sum(-1))
+
+
+class _InPlaceInputDropout(MCDropoutMixin, pl.LightningModule):
+    mc_task = "regression"
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.dropout(x, 0.5, self.training, inplace=True))
+
+
+def test_in_place_dropout_of_the_input_samples_the_input_as_given(tmp_path: Any) -> None:
+    """A model whose first op drops its input in place: the mean of a linear map of dropped
+    inputs is the map of the input itself (closed form). The probe pass that sizes the passes
+    must not drop the input's first rows for the samples that follow, nor change the batch."""
+    model = _InPlaceInputDropout()
+    model.mc_samples = 2000
+    (result,) = make_trainer(tmp_path).predict(model, digits_loader(n=32, batch_size=32))
+    x, _ = digits(32)
+    with torch.no_grad():
+        expected = model.linear(x)
+    assert ((result.mean - expected).abs() <= 6 * result.std / 2000**0.5).all()
+    given = x.clone()
+    mc_dropout_predict(model, x, 10, task="regression")
+    torch.testing.assert_close(x, given)
+
+
 def test_trainer_predict_with_fast_masks_samples_the_same_law(tmp_path: Any) -> None:
     # Lightning predicts under inference mode; mc_fast_masks draws there too.
     model = _MCClassifier()
