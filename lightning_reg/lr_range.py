@@ -212,8 +212,9 @@ class LRRangeTest:
     loss, or when the smoothed loss exceeds ``early_stop_threshold`` times its lowest value.
     Then, on every exit path (an exception or ``KeyboardInterrupt`` included), it restores the
     weights and buffers, the own attributes of the module and its submodules (their train/eval
-    modes included) and the items of a list, dict or set they hold (``self.losses.append(...)``
-    in ``training_step``; one level deep: a list inside a dict keeps what the sweep appended),
+    modes included; one a step sets for the first time is removed) and the items of a list,
+    dict or set they hold (``self.losses.append(...)`` in ``training_step``; one level deep: a
+    list inside a dict keeps what the sweep appended),
     the gradients, the optimizer's state and hyperparameters, the GradScaler,
     every callback's ``state_dict``, the torchmetrics states, and the torch (CPU and
     accelerator), Python and NumPy random generators plus any generator held by the dataloader:
