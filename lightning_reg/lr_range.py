@@ -205,19 +205,22 @@ class LRRangeTest:
 
     :meth:`run` is called from a callback hook when training starts (``OneCycleScheduler`` calls
     it from ``on_train_start`` with ``max_lr="auto"``). It takes up to ``num_steps`` optimizer
-    steps on batches drawn from a separate iterator of the training dataloader, the LR of step
+    steps on batches drawn from a separate iterator of the training dataloader, in the train/eval
+    modes the modules train in (a submodule left in eval stays so), the LR of step
     ``k`` being ``min_lr * (max_lr / min_lr) ** (k / (num_steps - 1))`` on every param group
     (times the group's ``lr_scale``, as in training). It stops early at the first non-finite
     loss, or when the smoothed loss exceeds ``early_stop_threshold`` times its lowest value.
     Then, on every exit path (an exception or ``KeyboardInterrupt`` included), it restores the
     weights and buffers, the own attributes of the module and its submodules (their train/eval
-    modes included) and the items of a list, dict or set they hold (``self.losses.append(...)``
-    in ``training_step``; one level deep: a list inside a dict keeps what the sweep appended),
+    modes included; one a step sets for the first time is removed) and the items of a list,
+    dict or set they hold (``self.losses.append(...)`` in ``training_step``; one level deep: a
+    list inside a dict keeps what the sweep appended),
     the gradients, the optimizer's state and hyperparameters, the GradScaler,
     every callback's ``state_dict``, the torchmetrics states, and the torch (CPU and
     accelerator), Python and NumPy random generators plus any generator held by the dataloader:
     the training that follows draws the same batches and dropout masks as it would without the
-    sweep.
+    sweep (not from a dataloader with ``persistent_workers=True``, whose workers the sweep
+    starts and the training keeps: a warning names it).
 
     Each sweep step is the step Lightning's automatic optimization takes, through the same
     public calls: ``trainer.strategy.training_step`` (the DDP wrapper, the precision plugin's

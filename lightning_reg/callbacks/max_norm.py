@@ -63,7 +63,8 @@ class MaxNorm(HookOwner):
     backbone is left alone and constrained again once unfrozen (``BackboneFinetuning``). The
     kernels are resolved at the start of each fit and again only when an optimizer's parameters
     or their ``requires_grad`` flags change. It does not act before the first update (as Keras
-    constraints, it follows updates).
+    constraints, it follows updates). After a step, the soft-threshold of a ``proximal_l1``
+    penalty runs first and the bound second, wherever the ``MaxNorm`` sits.
 
     Parametrized kernels: for a kernel under ``torch.nn.utils.parametrizations.weight_norm``,
     the parameter the optimizer updates for a row's length is the magnitude ``g``

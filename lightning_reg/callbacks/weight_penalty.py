@@ -77,11 +77,14 @@ class WeightPenalty(HookOwner):
     * ``as_weight_decay``: l2 is folded into the coupled ``weight_decay`` of the param groups
       holding the weights at fit start, and again after Lightning restores a checkpoint's
       optimizer state (in ``on_train_start``), so a resumed fit trains as its own configuration
-      says; a restored decay that neither the checkpoint's fold nor ``configure_optimizers``
-      explains is named in a warning. A param group added during fit takes l2 through the
-      gradient unless its ``weight_decay`` already is the fold; the checkpoint keeps how many
-      groups each optimizer had at fit start, so a group that ``BackboneFinetuning`` restores
-      when a fit resumes is still one added during fit.
+      says (the penalty switched off included: the checkpoint's fold is undone); at a window
+      short of micro-batches the difference ``(scale - 1) * 2 * l2 * w`` goes into the
+      gradient, giving the window the loss route's share; a restored decay that neither the
+      checkpoint's fold nor ``configure_optimizers`` explains is named in a warning. A param
+      group added during fit takes l2 through the gradient unless its ``weight_decay`` already
+      is the fold; the checkpoint keeps how many groups each optimizer had at fit start, so a
+      group that ``BackboneFinetuning`` restores when a fit resumes is still one added during
+      fit.
 
     Example:
         >>> WeightPenalty().state_dict()
