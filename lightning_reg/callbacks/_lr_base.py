@@ -50,6 +50,15 @@ ScheduleLike = Callable[[int], float]
 _T = TypeVar("_T")
 
 
+def config_of(schedule: ScheduleLike) -> Any:
+    """A schedule as plain data for checkpoints: ``get_config()`` of a schedule object, the
+    qualified name of a plain function."""
+    get_config = getattr(schedule, "get_config", None)
+    if callable(get_config):
+        return get_config()
+    return f"{getattr(schedule, '__module__', '')}.{getattr(schedule, '__qualname__', schedule)}"
+
+
 def momentum_key(group: dict[str, Any]) -> str | None:
     """The key that holds a param group's momentum: ``"momentum"`` (SGD, RMSprop), ``"betas"``
     (Adam family, whose ``betas[0]`` is the momentum) or ``None`` when the optimizer has neither."""
@@ -143,7 +152,7 @@ class LRCallback(HookOwner):
         True
     """
 
-    state_names: tuple[str, ...] = ("steps", "taken_over", "group_counts")
+    state_names: tuple[str, ...] = ("steps", "taken_over", "group_counts", "config")
     """The attributes saved in checkpoints (subclasses extend it)."""
 
     start_momentum: float | None = None
@@ -199,6 +208,7 @@ class LRCallback(HookOwner):
         self.horizons: list[int | None] = []  # per optimizer, the step its schedules end at
         self.planned: tuple[float, str] = (math.inf, "")  # `planned_steps` when training starts
         self.group_counts: list[int] = []  # per optimizer, the param groups it schedules
+        self.config: dict[str, Any] = {}  # what shapes the trace: the checkpoint's until `start`
         self.named_added: set[int] = set()  # optimizers whose groups added during fit were named
         self.momentum_off: list[dict[str, Any]] = []  # groups with momentum 0 until training
         self._monitor: LearningRateMonitor | None = None
@@ -331,6 +341,20 @@ class LRCallback(HookOwner):
             if name in state_dict:
                 setattr(self, name, state_dict[name])
         self.restored = True
+
+    def warn_if_changed(self, now: dict[str, Any], rule: str) -> None:
+        """Warn naming each value of ``now`` that differs from the :attr:`config` restored from a
+        checkpoint (nothing when none was restored), followed by ``rule``: what this fit does."""
+        saved = self.config if self.restored else {}
+        changed = "; ".join(
+            f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now"
+            for key in now
+            if key in saved and saved[key] != now[key]
+        )
+        if changed:
+            rank_zero_warn(
+                f"{self.name}: this fit differs from the one in the checkpoint ({changed}); {rule}"
+            )
 
     # -- counting steps; the hand-over to SWA --------------------------------------------------
     def planned_steps(self, trainer: pl.Trainer) -> tuple[float, str]:

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_positive
@@ -224,14 +223,12 @@ class OneCycleScheduler(ScheduledLR):
             else [peak for group in self.per_group("max_lr", peaks) for peak in group],
             **self.one_cycle_kwargs,
         }
-        changed = self.changed(planned)
-        if changed:
-            rank_zero_warn(
-                f"{self.name}: this fit would plan a different cycle than the checkpoint's "
-                f"({changed}). Continuing the checkpoint's cycle at its step count "
-                f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
-                "a fit without `ckpt_path` (loading only the weights)."
-            )
+        self.warn_if_changed(
+            planned,
+            f"continuing the checkpoint's cycle at its step count {self.steps}, not the different "
+            "cycle this fit would plan, so the learning rate does not jump; to train a new cycle, "
+            "start a fit without `ckpt_path` (loading only the weights).",
+        )
         self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
         groups = self.per_group("max_lr", self.config["max_lr"])
