@@ -5,8 +5,9 @@ lifecycle, the same for the whole family:
 
 - ``setup("fit")`` refuses a second learning-rate callback and resets the state, so one instance
   reused across Trainers (cross-validation folds) starts every fit afresh; Lightning then
-  restores the state from a checkpoint when ``ckpt_path`` is given. A fit in processes started
-  for it (``ddp_spawn``) is warned: the state stays in them;
+  restores the state from a checkpoint when ``ckpt_path`` is given. A fit in processes the
+  strategy's launcher started for it (``ddp_spawn``) is warned: the state stays in them (a
+  process the user started, where the state is read, is not);
 - ``on_fit_start`` refuses an ``lr_scheduler`` from ``configure_optimizers`` on our optimizers;
 - ``on_train_start`` (after Lightning restored the optimizers) writes the first values and
   counts each optimizer's real steps with torch's step post-hook until the end of training;
@@ -225,7 +226,10 @@ class LRCallback(HookOwner):
                 "schedules with `lightning_reg.schedules.Chain`, or hand a step schedule over to "
                 "plateau scheduling with `PerformanceScheduler(schedule=...)`)."
             )
-        if os.getpid() != self.home_pid:
+        # Processes started for the fit have a launcher on the strategy; a process the user
+        # started (multiprocessing, a hyperparameter search) runs a fit without one, and holds
+        # the state where it reads it.
+        if os.getpid() != self.home_pid and trainer.strategy.launcher is not None:
             rank_zero_warn(
                 f"{self.name} runs this fit in a process other than the one that made it "
                 "(`strategy='ddp_spawn'`, `'ddp_fork'` and `'ddp_notebook'` start every rank "
