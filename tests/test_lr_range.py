@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanMetric
 
-from lightning_reg import OneCycleScheduler
+from lightning_reg import OneCycle, OneCycleScheduler
 from lightning_reg.demos import RegularizedMLP
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult, smooth, suggest_max_lr
 from lightning_reg.module import WeightPenaltyMixin
@@ -778,6 +778,23 @@ def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
         trainer.fit(model, loader())
     assert "`trainer.estimated_stepping_batches` = 6" in str(info.value)
     assert model.calls.items == []
+
+
+def test_fast_dev_run_skips_the_sweep_as_lightnings_tuners_do() -> None:
+    # fast_dev_run (a smoke test of one step) took the sweep's 50 training steps first, where
+    # Lightning's LearningRateFinder and batch size scaler skip under it.
+    model = Counting()
+    cb = OneCycleScheduler(max_lr="auto")
+    trainer = pl.Trainer(fast_dev_run=True, callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"Skipping .*range test.*`fast_dev_run`.*0\.05"):
+        trainer.fit(model, loader())
+    assert model.calls.items == [0] and cb.range_test_result is None and cb.auto_max_lr is None
+    assert cb.config["max_lr"] == [0.05]  # DigitsClassifier's SGD(lr=0.05)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == OneCycle(3, 0.05)(1)
+    # What is checked before a sweep is still checked.
+    trainer = pl.Trainer(fast_dev_run=True, callbacks=[OneCycleScheduler(max_lr="auto")])
+    with pytest.raises(MisconfigurationException, match="needs automatic optimization"):
+        trainer.fit(ManualClassifier(), loader())
 
 
 def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_first_step() -> None:

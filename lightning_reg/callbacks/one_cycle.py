@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_int, check_positive
 from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 from lightning_reg.callbacks.scheduled import ScheduledLR
-from lightning_reg.lr_range import LRRangeTest, RangeTestResult
+from lightning_reg.lr_range import LRRangeTest, RangeTestResult, check_run_shape
 from lightning_reg.schedules import OneCycle
 
 __all__ = ["OneCycleScheduler"]
@@ -61,8 +62,9 @@ class OneCycleScheduler(ScheduledLR):
     does not sweep again. Past the cycle's end
     the final LR is held with one warning; a run that ends before it (``max_time``,
     ``EarlyStopping``) gets a warning saying how far it got. ``fast_dev_run`` runs on a cycle
-    of at least 3 steps; other runs too short for the cycle raise an error naming the Trainer's
-    estimate it came from.
+    of at least 3 steps (under ``"auto"`` without the range test, as Lightning's tuners skip
+    it, peaking at the first param group's configured LR, with a warning); other runs too short
+    for the cycle raise an error naming the Trainer's estimate it came from.
 
     Quiet overrides are warned: an optimizer with neither ``momentum`` nor ``betas`` (the LR is
     cycled, not the momentum), momentum 0 that cycling would switch on, and one ``max_lr`` over
@@ -209,11 +211,21 @@ class OneCycleScheduler(ScheduledLR):
         saved = self.config if self.restored else {}
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
         total = self.total_steps or self.cycle_steps(trainer)
-        if self.max_lr == "auto" and self.auto_max_lr is None and "max_lr" not in saved:
-            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
-            self.range_test_result.log(trainer)
-            self.auto_max_lr = self.range_test_result.max_lr
         peaks = self.max_lr  # still "auto" where the checkpoint's cycle has a hand-set `max_lr`
+        if peaks == "auto" and self.auto_max_lr is None and "max_lr" not in saved:
+            if getattr(trainer, "fast_dev_run", False):  # a smoke test: as Lightning's tuners
+                check_run_shape(trainer, trainer.lightning_module)
+                group = trainer.optimizers[0].param_groups[0]
+                peaks = [float(group["lr"]) / group.get("lr_scale", 1)]
+                rank_zero_warn(
+                    f"{self.name}: Skipping the range test of `max_lr='auto'` since "
+                    f"`fast_dev_run` is enabled; the cycle peaks at {peaks[0]:g}, the learning "
+                    "rate the optimizer's first param group was configured with."
+                )
+            else:
+                self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
+                self.range_test_result.log(trainer)
+                self.auto_max_lr = self.range_test_result.max_lr
         if peaks == "auto" and self.auto_max_lr is not None:
             peaks = [self.auto_max_lr]
         planned = {
