@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -54,9 +55,10 @@ class OneCycleScheduler(ScheduledLR):
     up).
 
     Lifecycle: each fit sizes a fresh cycle, unless it resumes from a checkpoint. The checkpoint
-    holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group and the phase
-    arguments); a resumed fit continues that cycle, and when it would have planned a different
-    one (more epochs, a new ``max_lr``) a warning names each changed value. With
+    holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group, the phase arguments
+    and ``range_test``'s); a resumed fit continues that cycle, and when it would have planned a
+    different one (more epochs, a new ``max_lr`` or ``range_test``) a warning names each changed
+    value. With
     ``max_lr="auto"`` the range test runs once per fit, when training starts and before the
     cycle is sized; its value is saved with the cycle, so a resumed fit continues with it and
     does not sweep again. Past the cycle's end
@@ -234,6 +236,7 @@ class OneCycleScheduler(ScheduledLR):
             if isinstance(peaks, str)
             else [peak for group in self.per_group("max_lr", peaks) for peak in group],
             **self.one_cycle_kwargs,
+            "range_test": dataclasses.asdict(self.range_test),  # compared, not used on resume
         }
         self.warn_if_changed(
             planned,
