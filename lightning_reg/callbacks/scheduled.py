@@ -47,7 +47,8 @@ class ScheduledLR(LRCallback):
 
     Lifecycle: every fit starts at step 0 (one instance can serve several Trainers) unless a
     checkpoint is restored. The checkpoint also holds the schedules' configurations as plain
-    dicts (``get_config``); when the resumed run's differ, a warning names the difference and
+    dicts (``get_config``; a plain function only its qualified name, so an edit of its code, or
+    of a ``lambda``, is not seen); when the resumed run's differ, a warning names the difference and
     the run continues the saved step count with the schedules it was given. A step schedule with
     a :attr:`~lightning_reg.schedules.Schedule.length` warns once when a run goes past its end
     and, at the end of training, when the run stopped before it (``max_time``,
