@@ -296,7 +296,7 @@ class LRRangeTest:
             The curve, the chosen ``max_lr`` (identical on every rank) and why the sweep stopped.
         """
         start = time.perf_counter()
-        _check_run_shape(trainer, pl_module)
+        check_run_shape(trainer, pl_module)
         optimizer = trainer.optimizers[0]  # automatic optimization: exactly one
         with (
             _undone(trainer, pl_module, optimizer),
@@ -338,7 +338,10 @@ class LRRangeTest:
         return losses, DONE
 
 
-def _check_run_shape(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+def check_run_shape(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Refuse, before any sweep step, a run shape the sweep cannot undo or synchronize (see
+    :class:`LRRangeTest`'s Raises); ``OneCycleScheduler`` also checks it under ``fast_dev_run``,
+    where it skips the sweep."""
     if not pl_module.automatic_optimization:
         raise MisconfigurationException(
             f"{WHAT} needs automatic optimization (it takes the optimizer steps itself); "

@@ -929,6 +929,34 @@ def test_a_fit_in_processes_started_for_it_says_its_state_stays_there(
     assert "`strategy='ddp'`" in err
 
 
+def _fit_in_this_process(cb: ScheduledLR, root: str, queue: Any) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(Path(root), callbacks=[cb], max_steps=4)
+        trainer.fit(DigitsClassifier(), digits_loader(128, 32))
+    queue.put((cb.steps, [str(w.message) for w in caught]))
+
+
+@pytest.mark.slow
+def test_a_fit_in_a_process_the_user_started_reads_its_state_there_unwarned(
+    tmp_path: Path,
+) -> None:
+    # A callback made here and a whole fit run in a process the user started (multiprocessing,
+    # a hyperparameter search) where the state is read: it holds the fit's state there, so the
+    # warning that Lightning's processes keep it was false (it fired on the process id alone).
+    context = torch.multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(
+        target=_fit_in_this_process,
+        args=(ScheduledLR(ExponentialDecay(0.1, 4)), str(tmp_path), queue),
+    )
+    child.start()
+    steps, messages = queue.get(timeout=300)
+    child.join(timeout=60)
+    assert steps == [4]
+    assert not [m for m in messages if "process other than" in m], messages
+
+
 @pytest.mark.parametrize("name", ["warmup_cosine", "warmup_plateau", "one_cycle_constant"])
 def test_composed_schedule_configs_run_through_the_cli(tmp_path: Path, name: str) -> None:
     from lightning_reg.demos.cli import LightningRegCLI

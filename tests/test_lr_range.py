@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanMetric
 
-from lightning_reg import OneCycleScheduler
+from lightning_reg import OneCycle, OneCycleScheduler
 from lightning_reg.demos import RegularizedMLP
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult, smooth, suggest_max_lr
 from lightning_reg.module import WeightPenaltyMixin
@@ -339,7 +339,11 @@ def test_run_shapes_the_sweep_cannot_undo_are_named(model: type, message: str) -
 
 # -- "auto" on the LR callbacks' lifecycle (fresh state per fit, the saved cycle on resume) -------
 def _auto_then_resume(
-    tmp_path: Path, first_max_lr: Any, resumed_max_lr: Any, resumed_epochs: int
+    tmp_path: Path,
+    first_max_lr: Any,
+    resumed_max_lr: Any,
+    resumed_epochs: int,
+    range_test: LRRangeTest = FAST,
 ) -> tuple[OneCycleScheduler, OneCycleScheduler, list[str]]:
     """Fit 2 epochs (checkpoint after epoch 0), then resume from it with a fresh callback."""
     saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, filename="{epoch}")
@@ -349,7 +353,7 @@ def _auto_then_resume(
         max_epochs=2, logger=False, enable_progress_bar=False, callbacks=[first, saver]
     )
     trainer.fit(DigitsClassifier(), loader(shuffle=False))
-    resumed = OneCycleScheduler(max_lr=resumed_max_lr, range_test=FAST)
+    resumed = OneCycleScheduler(max_lr=resumed_max_lr, range_test=range_test)
     trainer = pl.Trainer(
         max_epochs=resumed_epochs,
         logger=False,
@@ -382,6 +386,20 @@ def test_an_auto_resume_with_more_epochs_names_only_total_steps(tmp_path: Path) 
     assert "`max_lr`" not in warning
     assert resumed.config["total_steps"] == [20]  # the saved cycle continues
     assert resumed.config["max_lr"] == first.config["max_lr"]
+
+
+def test_an_auto_resume_with_another_range_test_names_it_and_keeps_the_saved_value(
+    tmp_path: Path,
+) -> None:
+    # The checkpoint's value is kept and no second sweep runs, as documented; before, the range
+    # test given now (another range, fewer steps) went unused without a word.
+    other = LRRangeTest(max_lr=1.0, num_steps=20)
+    first, resumed, messages = _auto_then_resume(tmp_path, "auto", "auto", 2, range_test=other)
+    assert resumed.range_test_result is None
+    assert resumed.config["max_lr"] == first.config["max_lr"]
+    (warning,) = [m for m in messages if "different cycle" in m]
+    assert "`range_test`: {'min_lr': 0.0001, 'max_lr': 10.0, 'num_steps': 40" in warning
+    assert "{'min_lr': 0.0001, 'max_lr': 1.0, 'num_steps': 20" in warning
 
 
 def test_auto_resumed_from_a_hand_set_cycle_continues_it_and_says_so(tmp_path: Path) -> None:
@@ -778,6 +796,23 @@ def test_a_run_too_short_for_the_phases_fails_before_any_sweep_step() -> None:
         trainer.fit(model, loader())
     assert "`trainer.estimated_stepping_batches` = 6" in str(info.value)
     assert model.calls.items == []
+
+
+def test_fast_dev_run_skips_the_sweep_as_lightnings_tuners_do() -> None:
+    # fast_dev_run (a smoke test of one step) took the sweep's 50 training steps first, where
+    # Lightning's LearningRateFinder and batch size scaler skip under it.
+    model = Counting()
+    cb = OneCycleScheduler(max_lr="auto")
+    trainer = pl.Trainer(fast_dev_run=True, callbacks=[cb])
+    with pytest.warns(UserWarning, match=r"Skipping .*range test.*`fast_dev_run`.*0\.05"):
+        trainer.fit(model, loader())
+    assert model.calls.items == [0] and cb.range_test_result is None and cb.auto_max_lr is None
+    assert cb.config["max_lr"] == [0.05]  # DigitsClassifier's SGD(lr=0.05)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == OneCycle(3, 0.05)(1)
+    # What is checked before a sweep is still checked.
+    trainer = pl.Trainer(fast_dev_run=True, callbacks=[OneCycleScheduler(max_lr="auto")])
+    with pytest.raises(MisconfigurationException, match="needs automatic optimization"):
+        trainer.fit(ManualClassifier(), loader())
 
 
 def test_a_training_step_without_loss_is_refused_in_lightnings_words_at_the_first_step() -> None:

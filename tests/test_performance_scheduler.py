@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -429,3 +431,45 @@ def test_a_reduction_at_the_hand_over_survives_a_resume(tmp_path: Path) -> None:
     trainer.fit(model, digits_loader(64, 32), digits_loader(32, 32), ckpt_path=tmp_path / "a.ckpt")
     assert whole == pytest.approx([0.04, 0.04, 0.04, 0.02])
     assert model.lr_after_eval == pytest.approx(whole[2:])
+
+
+@pytest.mark.parametrize(
+    ("saved", "old"),
+    [(LinearWarmup(8, 0.08), False), (None, False), (LinearWarmup(8, 0.08), True)],
+    ids=["changed", "added", "old checkpoint"],
+)
+def test_a_resume_with_another_warm_up_names_it_and_follows_the_one_given_now(
+    tmp_path: Path, saved: LinearWarmup | None, old: bool
+) -> None:
+    # The checkpoint was saved 4 steps into a warm-up of 8 steps to 0.08 (or with no warm-up);
+    # the resumed fit is given a warm-up to 0.16. Before, its LR followed the new warm-up (or a
+    # warm-up appeared 4 steps into plateau scheduling) without a word.
+    first = PerformanceScheduler(schedule=saved, patience=9, min_delta=0.0)
+    trainer = make_trainer(
+        tmp_path, callbacks=[first], max_epochs=2, limit_train_batches=2, limit_val_batches=1
+    )
+    trainer.fit(ScriptedLoss([1.0] * 4), digits_loader(64, 32), digits_loader(32, 32))
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    if old:  # saved before PerformanceScheduler kept its config: loads, nothing to compare
+        checkpoint = torch.load(tmp_path / "a.ckpt", weights_only=False)
+        del checkpoint["callbacks"]["PerformanceScheduler"]["config"]
+        torch.save(checkpoint, tmp_path / "a.ckpt")
+    warm = LinearWarmup(8, 0.16)
+    model = ScriptedLoss([1.0] * 4)
+    resumed = PerformanceScheduler(schedule=warm, patience=9, min_delta=0.0)
+    trainer = make_trainer(
+        tmp_path, callbacks=[resumed], max_epochs=4, limit_train_batches=2, limit_val_batches=1
+    )
+    before = "None" if saved is None else r"\{'class': 'LinearWarmup', .*'lr': 0\.08"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(
+            model, digits_loader(64, 32), digits_loader(32, 32), ckpt_path=tmp_path / "a.ckpt"
+        )
+    named = [
+        str(w.message) for w in caught if "differs from the one in the checkpoint" in str(w.message)
+    ]
+    assert len(named) == (not old), named
+    assert all(re.search(rf"`schedule`: {before}.* in the checkpoint, .*0\.16", m) for m in named)
+    assert resumed.steps == [8] and resumed.restored
+    assert model.lr_after_eval == pytest.approx([warm(6), warm(8)], rel=1e-12)

@@ -5,8 +5,9 @@ lifecycle, the same for the whole family:
 
 - ``setup("fit")`` refuses a second learning-rate callback and resets the state, so one instance
   reused across Trainers (cross-validation folds) starts every fit afresh; Lightning then
-  restores the state from a checkpoint when ``ckpt_path`` is given. A fit in processes started
-  for it (``ddp_spawn``) is warned: the state stays in them;
+  restores the state from a checkpoint when ``ckpt_path`` is given. A fit in processes the
+  strategy's launcher started for it (``ddp_spawn``) is warned: the state stays in them (a
+  process the user started, where the state is read, is not);
 - ``on_fit_start`` refuses an ``lr_scheduler`` from ``configure_optimizers`` on our optimizers;
 - ``on_train_start`` (after Lightning restored the optimizers) writes the first values and
   counts each optimizer's real steps with torch's step post-hook until the end of training;
@@ -48,6 +49,15 @@ ScheduleLike = Callable[[int], float]
 
 
 _T = TypeVar("_T")
+
+
+def config_of(schedule: ScheduleLike) -> Any:
+    """A schedule as plain data for checkpoints: ``get_config()`` of a schedule object, the
+    qualified name of a plain function."""
+    get_config = getattr(schedule, "get_config", None)
+    if callable(get_config):
+        return get_config()
+    return f"{getattr(schedule, '__module__', '')}.{getattr(schedule, '__qualname__', schedule)}"
 
 
 def momentum_key(group: dict[str, Any]) -> str | None:
@@ -143,7 +153,7 @@ class LRCallback(HookOwner):
         True
     """
 
-    state_names: tuple[str, ...] = ("steps", "taken_over", "group_counts")
+    state_names: tuple[str, ...] = ("steps", "taken_over", "group_counts", "config")
     """The attributes saved in checkpoints (subclasses extend it)."""
 
     start_momentum: float | None = None
@@ -199,6 +209,7 @@ class LRCallback(HookOwner):
         self.horizons: list[int | None] = []  # per optimizer, the step its schedules end at
         self.planned: tuple[float, str] = (math.inf, "")  # `planned_steps` when training starts
         self.group_counts: list[int] = []  # per optimizer, the param groups it schedules
+        self.config: dict[str, Any] = {}  # what shapes the trace: the checkpoint's until `start`
         self.named_added: set[int] = set()  # optimizers whose groups added during fit were named
         self.momentum_off: list[dict[str, Any]] = []  # groups with momentum 0 until training
         self._monitor: LearningRateMonitor | None = None
@@ -215,7 +226,10 @@ class LRCallback(HookOwner):
                 "schedules with `lightning_reg.schedules.Chain`, or hand a step schedule over to "
                 "plateau scheduling with `PerformanceScheduler(schedule=...)`)."
             )
-        if os.getpid() != self.home_pid:
+        # Processes started for the fit have a launcher on the strategy; a process the user
+        # started (multiprocessing, a hyperparameter search) runs a fit without one, and holds
+        # the state where it reads it.
+        if os.getpid() != self.home_pid and trainer.strategy.launcher is not None:
             rank_zero_warn(
                 f"{self.name} runs this fit in a process other than the one that made it "
                 "(`strategy='ddp_spawn'`, `'ddp_fork'` and `'ddp_notebook'` start every rank "
@@ -331,6 +345,20 @@ class LRCallback(HookOwner):
             if name in state_dict:
                 setattr(self, name, state_dict[name])
         self.restored = True
+
+    def warn_if_changed(self, now: dict[str, Any], rule: str) -> None:
+        """Warn naming each value of ``now`` that differs from the :attr:`config` restored from a
+        checkpoint (nothing when none was restored), followed by ``rule``: what this fit does."""
+        saved = self.config if self.restored else {}
+        changed = "; ".join(
+            f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now"
+            for key in now
+            if key in saved and saved[key] != now[key]
+        )
+        if changed:
+            rank_zero_warn(
+                f"{self.name}: this fit differs from the one in the checkpoint ({changed}); {rule}"
+            )
 
     # -- counting steps; the hand-over to SWA --------------------------------------------------
     def planned_steps(self, trainer: pl.Trainer) -> tuple[float, str]:

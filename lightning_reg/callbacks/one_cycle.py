@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from typing_extensions import override
 from lightning_reg._validation import check_int, check_positive
 from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 from lightning_reg.callbacks.scheduled import ScheduledLR
-from lightning_reg.lr_range import LRRangeTest, RangeTestResult
+from lightning_reg.lr_range import LRRangeTest, RangeTestResult, check_run_shape
 from lightning_reg.schedules import OneCycle
 
 __all__ = ["OneCycleScheduler"]
@@ -54,16 +55,18 @@ class OneCycleScheduler(ScheduledLR):
     up).
 
     Lifecycle: each fit sizes a fresh cycle, unless it resumes from a checkpoint. The checkpoint
-    holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group and the phase
-    arguments); a resumed fit continues that cycle, and when it would have planned a different
-    one (more epochs, a new ``max_lr``) a warning names each changed value. With
+    holds the cycle (``total_steps`` per optimizer, ``max_lr`` per group, the phase arguments
+    and ``range_test``'s); a resumed fit continues that cycle, and when it would have planned a
+    different one (more epochs, a new ``max_lr`` or ``range_test``) a warning names each changed
+    value. With
     ``max_lr="auto"`` the range test runs once per fit, when training starts and before the
     cycle is sized; its value is saved with the cycle, so a resumed fit continues with it and
     does not sweep again. Past the cycle's end
     the final LR is held with one warning; a run that ends before it (``max_time``,
     ``EarlyStopping``) gets a warning saying how far it got. ``fast_dev_run`` runs on a cycle
-    of at least 3 steps; other runs too short for the cycle raise an error naming the Trainer's
-    estimate it came from.
+    of at least 3 steps (under ``"auto"`` without the range test, as Lightning's tuners skip
+    it, peaking at the first param group's configured LR, with a warning); other runs too short
+    for the cycle raise an error naming the Trainer's estimate it came from.
 
     Quiet overrides are warned: an optimizer with neither ``momentum`` nor ``betas`` (the LR is
     cycled, not the momentum), momentum 0 that cycling would switch on, and one ``max_lr`` over
@@ -210,11 +213,21 @@ class OneCycleScheduler(ScheduledLR):
         saved = self.config if self.restored else {}
         # Sized first: a run whose cycle cannot be sized fails before any range-test step.
         total = self.total_steps or self.cycle_steps(trainer)
-        if self.max_lr == "auto" and self.auto_max_lr is None and "max_lr" not in saved:
-            self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
-            self.range_test_result.log(trainer)
-            self.auto_max_lr = self.range_test_result.max_lr
         peaks = self.max_lr  # still "auto" where the checkpoint's cycle has a hand-set `max_lr`
+        if peaks == "auto" and self.auto_max_lr is None and "max_lr" not in saved:
+            if getattr(trainer, "fast_dev_run", False):  # a smoke test: as Lightning's tuners
+                check_run_shape(trainer, trainer.lightning_module)
+                group = trainer.optimizers[0].param_groups[0]
+                peaks = [float(group["lr"]) / group.get("lr_scale", 1)]
+                rank_zero_warn(
+                    f"{self.name}: Skipping the range test of `max_lr='auto'` since "
+                    f"`fast_dev_run` is enabled; the cycle peaks at {peaks[0]:g}, the learning "
+                    "rate the optimizer's first param group was configured with."
+                )
+            else:
+                self.range_test_result = self.range_test.run(trainer, trainer.lightning_module)
+                self.range_test_result.log(trainer)
+                self.auto_max_lr = self.range_test_result.max_lr
         if peaks == "auto" and self.auto_max_lr is not None:
             peaks = [self.auto_max_lr]
         planned = {
@@ -223,15 +236,14 @@ class OneCycleScheduler(ScheduledLR):
             if isinstance(peaks, str)
             else [peak for group in self.per_group("max_lr", peaks) for peak in group],
             **self.one_cycle_kwargs,
+            "range_test": dataclasses.asdict(self.range_test),  # compared, not used on resume
         }
-        changed = self.changed(planned)
-        if changed:
-            rank_zero_warn(
-                f"{self.name}: this fit would plan a different cycle than the checkpoint's "
-                f"({changed}). Continuing the checkpoint's cycle at its step count "
-                f"{self.steps}, so the learning rate does not jump; to train a new cycle, start "
-                "a fit without `ckpt_path` (loading only the weights)."
-            )
+        self.warn_if_changed(
+            planned,
+            f"continuing the checkpoint's cycle at its step count {self.steps}, not the different "
+            "cycle this fit would plan, so the learning rate does not jump; to train a new cycle, "
+            "start a fit without `ckpt_path` (loading only the weights).",
+        )
         self.config = {**planned, **saved}  # a resumed fit continues the checkpoint's cycle
         kwargs = {k: self.config[k] for k in self.one_cycle_kwargs}
         groups = self.per_group("max_lr", self.config["max_lr"])

@@ -20,7 +20,7 @@ from lightning_reg._validation import (
     check_non_negative,
     check_number,
 )
-from lightning_reg.callbacks._lr_base import LRCallback, assign, first_momentum
+from lightning_reg.callbacks._lr_base import LRCallback, assign, config_of, first_momentum
 from lightning_reg.schedules import Schedule
 
 __all__ = ["PerformanceScheduler"]
@@ -28,6 +28,8 @@ __all__ = ["PerformanceScheduler"]
 _MODES = ("min", "max")
 _THRESHOLD_MODES = ("abs", "rel")
 _CHECK_ON = ("validation_end", "train_epoch_end")
+# What shapes the trace besides `schedule` (`monitor` and `mode` are what `best` is a best of).
+_COMPARED = "schedule_steps factor patience min_delta threshold_mode cooldown min_lr check_on"
 
 
 class PerformanceScheduler(LRCallback):
@@ -60,7 +62,8 @@ class PerformanceScheduler(LRCallback):
     make ranks diverge. Lifecycle: each fit starts with no best value and no count unless a
     checkpoint is restored; best value, counters and the step count are saved in checkpoints,
     with the ``monitor`` and ``mode`` the best belongs to (a resume watching another starts the
-    count afresh, with a warning).
+    count afresh, with a warning) and the other arguments and the warm-up's ``get_config()``: a
+    resume given other ones follows them from the saved step count, with a warning naming each.
 
     Args:
         monitor: key of the metric in ``trainer.callback_metrics``. Default ``"val_loss"``.
@@ -210,6 +213,15 @@ class PerformanceScheduler(LRCallback):
             )
             self.best = math.inf if self.mode == "min" else -math.inf
             self.num_bad, self.cooldown_counter, self.watching = 0, 0, now
+        config = {"schedule": self.schedule and config_of(self.schedule)}
+        config.update({name: getattr(self, name) for name in _COMPARED.split()})
+        self.warn_if_changed(
+            config,
+            f"following the values given now from the saved step count {self.steps} (a "
+            "warm-up given now drives the LR until `schedule_steps` if the count is below it); "
+            "to start afresh, start a fit without `ckpt_path` (loading only the weights).",
+        )
+        self.config = config
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         # A resume at the hand-over finds the schedule's last LR, or a reduction made there, in

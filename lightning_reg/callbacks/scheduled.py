@@ -10,20 +10,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_reg._validation import check_choice
-from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, first_momentum
+from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, config_of, first_momentum
 
 __all__ = ["ScheduledLR"]
 
 _INTERVALS = ("step", "epoch")
-
-
-def config_of(schedule: ScheduleLike) -> Any:
-    """A schedule as plain data for checkpoints: ``get_config()`` of a schedule object, the
-    qualified name of a plain function."""
-    get_config = getattr(schedule, "get_config", None)
-    if callable(get_config):
-        return get_config()
-    return f"{getattr(schedule, '__module__', '')}.{getattr(schedule, '__qualname__', schedule)}"
 
 
 def horizon_of(schedules: list[ScheduleLike]) -> int | None:
@@ -56,7 +47,8 @@ class ScheduledLR(LRCallback):
 
     Lifecycle: every fit starts at step 0 (one instance can serve several Trainers) unless a
     checkpoint is restored. The checkpoint also holds the schedules' configurations as plain
-    dicts (``get_config``); when the resumed run's differ, a warning names the difference and
+    dicts (``get_config``; a plain function only its qualified name, so an edit of its code, or
+    of a ``lambda``, is not seen); when the resumed run's differ, a warning names the difference and
     the run continues the saved step count with the schedules it was given. A step schedule with
     a :attr:`~lightning_reg.schedules.Schedule.length` warns once when a run goes past its end
     and, at the end of training, when the run stopped before it (``max_time``,
@@ -85,7 +77,7 @@ class ScheduledLR(LRCallback):
         0.1
     """
 
-    state_names = (*LRCallback.state_names, "config", "warned_past_end")
+    state_names = (*LRCallback.state_names, "warned_past_end")
 
     def __init__(
         self,
@@ -112,7 +104,6 @@ class ScheduledLR(LRCallback):
     @override
     def reset(self) -> None:
         super().reset()
-        self.config: dict[str, Any] = {}  # the checkpoint's until `plan` sets this fit's
         self.warned_past_end = False
 
     # -- what subclasses customise ------------------------------------------------------------
@@ -128,23 +119,12 @@ class ScheduledLR(LRCallback):
             self.warn_if_ratio_erased(trainer)
         schedules = self.per_group("schedule", self._schedules)
         config = {"schedule": [config_of(s) for group in schedules for s in group]}
-        changed, self.config = self.changed(config), config
-        if changed:
-            rank_zero_warn(
-                f"{self.name}: the schedule differs from the one in the checkpoint ({changed}); "
-                f"continuing from the saved step count {self.steps} with the schedule given now."
-            )
-        return schedules
-
-    def changed(self, now: dict[str, Any]) -> str:
-        """How ``now`` differs from the configuration restored from a checkpoint: ``"`key`:
-        saved in the checkpoint, now now"`` per differing key ("" when none was restored)."""
-        saved = self.config if self.restored else {}
-        return "; ".join(
-            f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now"
-            for key in now
-            if key in saved and saved[key] != now[key]
+        self.warn_if_changed(
+            config,
+            f"continuing from the saved step count {self.steps} with the schedule given now.",
         )
+        self.config = config
+        return schedules
 
     def as_schedule(self, total_steps: int | None = None) -> ScheduleLike:
         """The schedule of the first param group (for :func:`~lightning_reg.plot_schedule`)."""
