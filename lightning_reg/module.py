@@ -245,18 +245,15 @@ class WeightPenaltyMixin(pl.LightningModule):
                 "and the route. To change a factor, set `self.l1` or `self.l2`."
             )
         check_selection(modules, predicate, names)
-        old = self._penalty
-        flags = (
-            check_bool(
-                "as_weight_decay",
-                old.as_weight_decay if as_weight_decay is None else as_weight_decay,
-            ),
-            check_bool("proximal_l1", old.proximal_l1 if proximal_l1 is None else proximal_l1),
-        )
-        l1 = check_non_negative("l1", old.l1 if l1 is None else l1)
-        l2 = check_non_negative("l2", old.l2 if l2 is None else l2)
+        given = {"l1": l1, "l2": l2, "as_weight_decay": as_weight_decay, "proximal_l1": proximal_l1}
+        # A factor or flag left None keeps its current value.
+        kept: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         chosen = None if names is None else tuple(names)
-        self._penalty = PenaltyConfig(l1, l2, modules, predicate, chosen, *flags)
+        config = self._penalty._replace(modules=modules, predicate=predicate, names=chosen, **kept)
+        check_bool("as_weight_decay", config.as_weight_decay)
+        check_bool("proximal_l1", config.proximal_l1)
+        l1, l2 = check_non_negative("l1", config.l1), check_non_negative("l2", config.l2)
+        self._penalty = config._replace(l1=l1, l2=l2)
 
     def penalized_weights(self) -> list[nn.Parameter]:
         """The selected weights that require grad now.

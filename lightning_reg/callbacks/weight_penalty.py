@@ -140,7 +140,8 @@ class WeightPenalty(HookOwner):
         self._fold = 2.0 * config.l2 if config.as_weight_decay and config.l2 > 0 else None
         on = bool(config.l1 or config.l2)  # off, a checkpoint's fold is still undone below
         weights = config.select(pl_module, trainable_only=False) if on or self._restored else []
-        self._weights = {id(w): w for w in weights}
+        selected = {id(w): w for w in weights}
+        self._weights = selected if on else {}  # off: nothing to penalize at the steps
         if not weights:
             return
         by_type = config.predicate is config.names is None
@@ -154,7 +155,7 @@ class WeightPenalty(HookOwner):
                 rank_zero_warn(outside_message(who, pl_module, outside, default, how))
         for i, optimizer in enumerate(trainer.optimizers):
             for j, group in enumerate(optimizer.param_groups[: self._groups[i]]):
-                if any(id(p) in self._weights for p in group["params"]):
+                if any(id(p) in selected for p in group["params"]):
                     if self._restored is not None and group.get("weight_decay") == self._restored:
                         # The checkpoint's fold, which BackboneFinetuning restores before this
                         # hook with the groups it added: not a decay `configure_optimizers` gave.
@@ -168,13 +169,10 @@ class WeightPenalty(HookOwner):
                 hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
         if config.proximal_l1:
-            # The soft-threshold, then the bounds: a MaxNorm that registered its hooks before
-            # this one (on the Trainer's callbacks) registers them again, after these.
+            # The soft-threshold, then the bounds: every MaxNorm on the Trainer registers its
+            # hooks (again, if it sits before this one) after these.
             for bound in callbacks_of(trainer, MaxNorm):
-                if bound.handles:
-                    bound.on_fit_start(trainer, pl_module)
-        if not on:  # nothing to penalize at the steps
-            self._weights = {}
+                bound.on_fit_start(trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
