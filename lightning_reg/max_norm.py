@@ -174,7 +174,8 @@ def max_norm_(
                     continue
                 ws, norms = [ws[i] for i in over], [norms[i] for i in over]
             norm = torch.cat(norms) if len(norms) > 1 else norms[0]
-            norm = norm.to(acc)  # the infinity norm of a half type, taken exactly in it; else as is
+            if norm.dtype != acc:  # the infinity norm of a half type, taken exactly in it
+                norm = norm.to(acc)
             factor = torch.where(norm > max_value, torch.div(max_value, norm + _RENORM_EPS), 1.0)
             torch._foreach_mul_(ws, list(factor.to(ws[0].dtype).split([w.shape[0] for w in ws])))
 
