@@ -348,8 +348,10 @@ class LRCallback(HookOwner):
 
     def warn_if_changed(self, now: dict[str, Any], rule: str) -> None:
         """Warn naming each value of ``now`` that differs from the :attr:`config` restored from a
-        checkpoint (nothing when none was restored), followed by ``rule``: what this fit does."""
+        checkpoint (nothing when none was restored), followed by ``rule``: what this fit does;
+        then ``now`` is the :attr:`config` (saved in checkpoints)."""
         saved = self.config if self.restored else {}
+        self.config = now
         changed = "; ".join(
             f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now"
             for key in now

@@ -221,7 +221,6 @@ class PerformanceScheduler(LRCallback):
             "warm-up given now drives the LR until `schedule_steps` if the count is below it); "
             "to start afresh, start a fit without `ckpt_path` (loading only the weights).",
         )
-        self.config = config
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         # A resume at the hand-over finds the schedule's last LR, or a reduction made there, in

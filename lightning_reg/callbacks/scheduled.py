@@ -123,7 +123,6 @@ class ScheduledLR(LRCallback):
             config,
             f"continuing from the saved step count {self.steps} with the schedule given now.",
         )
-        self.config = config
         return schedules
 
     def as_schedule(self, total_steps: int | None = None) -> ScheduleLike:
