@@ -455,9 +455,11 @@ def _undone(
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
             saved.update(copy.deepcopy(module.metric_state))
-    # A list, dict or set a step changes in place (`self.losses.append(...)`, and `_buffers`
-    # where a step rebinds a buffer) gets its items back: one level deep.
-    containers: list[tuple[Any, Any]] = [
+    # Each module's own attributes (one a step sets first is removed), and the items of a list,
+    # dict or set among them that a step changes in place (`self.losses.append(...)`, and
+    # `_buffers` where a step rebinds a buffer): one level deep.
+    containers: list[tuple[Any, Any]] = [(vars(module), saved) for module, saved in attributes]
+    containers += [
         (value, copy.copy(value))
         for _, saved in attributes
         for value in saved.values()
@@ -486,10 +488,6 @@ def _undone(
         for container, items in containers:
             container.clear()
             (container.extend if isinstance(container, list) else container.update)(items)
-        for module, saved in attributes:
-            for name in vars(module).keys() - saved.keys():  # first set by a sweep step
-                delattr(module, name)
-            vars(module).update(saved)
         with torch.no_grad():
             for tensor, value in zip(tensors, values, strict=True):
                 tensor.copy_(value)
