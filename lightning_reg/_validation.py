@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 __all__ = [
     "check_bool",
@@ -19,7 +19,10 @@ __all__ = [
     "check_non_negative",
     "check_number",
     "check_positive",
+    "one_or_each",
 ]
+
+_T = TypeVar("_T")
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -103,3 +106,18 @@ def check_non_negative(name: str, value: object) -> float:
         0.0
     """
     return check_number(name, value, ">= 0", lambda x: x >= 0)
+
+
+def one_or_each(name: str, value: Any, check: Callable[[str, Any], _T]) -> list[_T]:
+    """``value``, one item or a non-empty sequence of one per param group, as a list of what
+    ``check(name, item)`` returns (``name`` indexed, as ```max_lr[1]```, for a sequence's item).
+
+    Examples:
+        >>> one_or_each("max_lr", [0.1, 1], check_positive)
+        [0.1, 1.0]
+    """
+    many = isinstance(value, Sequence) and not isinstance(value, str) and not callable(value)
+    items = list(value) if many else [value]
+    if not items:
+        raise ValueError(f"`{name}` must not be an empty sequence.")
+    return [check(f"{name}[{i}]" if many else name, item) for i, item in enumerate(items)]

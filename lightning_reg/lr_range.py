@@ -455,9 +455,11 @@ def _undone(
     for module, saved in attributes:  # a torchmetrics state may change in place: copied
         if isinstance(module, Metric):
             saved.update(copy.deepcopy(module.metric_state))
-    # A list, dict or set a step changes in place (`self.losses.append(...)`, and `_buffers`
-    # where a step rebinds a buffer) gets its items back: one level deep.
-    containers = [
+    # Each module's own attributes (one a step sets first is removed), and the items of a list,
+    # dict or set among them that a step changes in place (`self.losses.append(...)`, and
+    # `_buffers` where a step rebinds a buffer): one level deep.
+    containers: list[tuple[Any, Any]] = [(vars(module), saved) for module, saved in attributes]
+    containers += [
         (value, copy.copy(value))
         for _, saved in attributes
         for value in saved.values()
@@ -467,10 +469,12 @@ def _undone(
     tensors = [*params, *pl_module.buffers()]
     values = [t.detach().clone() for t in tensors]
     grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
-    # Restored in place, so that anything holding the param-group dicts keeps the live ones.
-    groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    saved_groups = copy.deepcopy(groups)
-    optimizer_state = {p: copy.deepcopy(s) for p, s in optimizer.state.items()}
+    # The optimizer's state and param groups, deep-copied but for the parameters themselves,
+    # restored in place like those: anything holding the param-group dicts keeps the live ones.
+    memo = {id(p): p for group in optimizer.param_groups for p in group["params"]}
+    containers += [
+        (obj, copy.deepcopy(obj, memo)) for obj in (optimizer.state, *optimizer.param_groups)
+    ]
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     stateful = [*trainer.callbacks, scaler]  # type: ignore[attr-defined]
     states = [(obj, copy.deepcopy(obj.state_dict())) for obj in stateful if obj is not None]
@@ -484,19 +488,11 @@ def _undone(
         for container, items in containers:
             container.clear()
             (container.extend if isinstance(container, list) else container.update)(items)
-        for module, saved in attributes:
-            for name in vars(module).keys() - saved.keys():  # first set by a sweep step
-                delattr(module, name)
-            vars(module).update(saved)
         with torch.no_grad():
             for tensor, value in zip(tensors, values, strict=True):
                 tensor.copy_(value)
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
-        for group, group_values in zip(optimizer.param_groups, saved_groups, strict=True):
-            group.update(group_values)
-        optimizer.state.clear()
-        optimizer.state.update(optimizer_state)
         for obj, state in states:
             # Only a state the sweep changed is loaded back: `load_state_dict` also tells a
             # callback that it resumed from a checkpoint (the LR callbacks' lifecycle).

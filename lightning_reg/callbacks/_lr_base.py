@@ -22,6 +22,7 @@ batches that train with them.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -72,21 +73,14 @@ def assign(old: Any, new: float) -> Any:
 
 
 def untie_tensors(optimizer: Optimizer) -> None:
-    """Give each param group of ``optimizer`` its own tensor LR and momentum (``momentum``,
-    ``betas[0]``): torch gives every group without a value of its own the optimizer's default,
-    one tensor (also kept in ``optimizer.defaults`` for groups added later), which an in-place
-    fill would set for all of them at once (the last group's value; a reduction applied once per
-    group; one group's momentum in another whose schedule drives none)."""
-    seen: set[int] = set()
+    """Give each param group of ``optimizer`` its own copy of a tensor LR and momentum
+    (``momentum``, ``betas``): torch gives every group without a value of its own the optimizer's
+    default, one tensor (also kept in ``optimizer.defaults`` for groups added later), which an
+    in-place fill would set for all of them at once (the last group's value; a reduction applied
+    once per group; one group's momentum in another whose schedule drives none)."""
     for group in [optimizer.defaults, *optimizer.param_groups]:
-        for key in ("lr", "momentum", "betas"):
-            value = group.get(key)
-            first = value[0] if isinstance(value, tuple) else value
-            if isinstance(first, Tensor):
-                if id(first) in seen:
-                    first = first.clone()
-                    group[key] = (first, *value[1:]) if isinstance(value, tuple) else first
-                seen.add(id(first))
+        hyper = {key: value for key, value in group.items() if key in ("lr", "momentum", "betas")}
+        group.update(copy.deepcopy(hyper))
 
 
 def set_momentum(group: dict[str, Any], value: float) -> None:
@@ -348,8 +342,10 @@ class LRCallback(HookOwner):
 
     def warn_if_changed(self, now: dict[str, Any], rule: str) -> None:
         """Warn naming each value of ``now`` that differs from the :attr:`config` restored from a
-        checkpoint (nothing when none was restored), followed by ``rule``: what this fit does."""
+        checkpoint (nothing when none was restored), followed by ``rule``: what this fit does;
+        then ``now`` is the :attr:`config` (saved in checkpoints)."""
         saved = self.config if self.restored else {}
+        self.config = now
         changed = "; ".join(
             f"`{key}`: {saved[key]!r} in the checkpoint, {now[key]!r} now"
             for key in now

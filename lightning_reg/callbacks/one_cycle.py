@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg._validation import check_int, check_positive
+from lightning_reg._validation import check_int, check_positive, one_or_each
 from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike
 from lightning_reg.callbacks.scheduled import ScheduledLR
 from lightning_reg.lr_range import LRRangeTest, RangeTestResult, check_run_shape
@@ -31,10 +31,7 @@ def _check_max_lr(max_lr: Any) -> list[float] | Literal["auto"]:
         raise TypeError(
             f"`max_lr` must be a number, a sequence of numbers or 'auto', got {max_lr!r}."
         )
-    values = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr]
-    if not values:
-        raise ValueError("`max_lr` must not be an empty sequence.")
-    return [check_positive("max_lr", value) for value in values]
+    return one_or_each("max_lr", max_lr, check_positive)
 
 
 class OneCycleScheduler(ScheduledLR):

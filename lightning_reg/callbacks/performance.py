@@ -19,6 +19,7 @@ from lightning_reg._validation import (
     check_int,
     check_non_negative,
     check_number,
+    one_or_each,
 )
 from lightning_reg.callbacks._lr_base import LRCallback, assign, config_of, first_momentum
 from lightning_reg.schedules import Schedule
@@ -134,12 +135,7 @@ class PerformanceScheduler(LRCallback):
         self.patience = check_int("patience", patience, 0)
         self.min_delta = check_non_negative("min_delta", min_delta)
         self.cooldown = check_int("cooldown", cooldown, 0)
-        lrs: list[Any] = [min_lr]
-        if isinstance(min_lr, Sequence) and not isinstance(min_lr, str):
-            lrs = list(min_lr)
-        if not lrs:
-            raise ValueError("`min_lr` must be a number >= 0 or one per param group, got [].")
-        self.min_lr = [check_non_negative("min_lr", v) for v in lrs]
+        self.min_lr = one_or_each("min_lr", min_lr, check_non_negative)
         self.strict = check_bool("strict", strict)
         self.schedule, self.schedule_steps = _check_handover(schedule, schedule_steps)
         self.start_momentum = first_momentum([self.schedule] if self.schedule else [])
@@ -221,7 +217,6 @@ class PerformanceScheduler(LRCallback):
             "warm-up given now drives the LR until `schedule_steps` if the count is below it); "
             "to start afresh, start a fit without `ckpt_path` (loading only the weights).",
         )
-        self.config = config
         if self.check_on == "validation_end" and self._no_validation_data(trainer):
             self._never_runs("the fit has no validation data (no val dataloader, or an empty one)")
         # A resume at the hand-over finds the schedule's last LR, or a reduction made there, in

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_reg._validation import check_choice
+from lightning_reg._validation import check_choice, one_or_each
 from lightning_reg.callbacks._lr_base import LRCallback, ScheduleLike, config_of, first_momentum
 
 __all__ = ["ScheduledLR"]
@@ -23,6 +23,15 @@ def horizon_of(schedules: list[ScheduleLike]) -> int | None:
     lengths = [getattr(schedule, "length", None) for schedule in schedules]
     ints = [n for n in lengths if isinstance(n, int) and not isinstance(n, bool)]
     return max(ints) if len(ints) == len(lengths) else None
+
+
+def _check_schedule(name: str, item: Any) -> ScheduleLike:
+    if not callable(item):
+        raise TypeError(
+            f"`{name}` must be a schedule object or a callable `step -> lr`, got "
+            f"{type(item).__name__}."
+        )
+    return item
 
 
 class ScheduledLR(LRCallback):
@@ -87,17 +96,7 @@ class ScheduledLR(LRCallback):
     ) -> None:
         super().__init__(log_values=log_values)
         self.interval = check_choice("interval", interval, _INTERVALS)
-        given: Any = schedule
-        many = isinstance(given, Sequence) and not callable(given)
-        self._schedules: list[ScheduleLike] = list(given) if many else [given]
-        if not self._schedules:
-            raise ValueError("`schedule` must not be an empty sequence.")
-        for i, item in enumerate(self._schedules):
-            if not callable(item):
-                raise TypeError(
-                    f"`schedule{f'[{i}]' if many else ''}` must be a schedule object or a "
-                    f"callable `step -> lr`, got {type(item).__name__}."
-                )
+        self._schedules = one_or_each("schedule", schedule, _check_schedule)
         self.start_momentum = first_momentum(self._schedules)
         self.reset()
 
@@ -123,7 +122,6 @@ class ScheduledLR(LRCallback):
             config,
             f"continuing from the saved step count {self.steps} with the schedule given now.",
         )
-        self.config = config
         return schedules
 
     def as_schedule(self, total_steps: int | None = None) -> ScheduleLike:
