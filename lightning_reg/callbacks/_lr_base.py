@@ -420,8 +420,8 @@ class LRCallback(HookOwner):
             where = [f"optimizer {i} at step {self.steps[i]} of {n}" for i, n in self.unfinished()]
             message = (
                 f"{self.name}: `{self.taken_over}` (StochasticWeightAveraging) drives the "
-                f"learning rate from optimizer step {self.steps} on; {self.name} stops writing "
-                "it."
+                f"learning rate from optimizer step {', '.join(map(str, self.steps))} on; "
+                f"{self.name} stops writing it."
             )
             if where:
                 rank_zero_warn(
