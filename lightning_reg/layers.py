@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import Literal, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ __all__ = [
     "init_weights_",
     "resolve_init",
 ]
+
+_M = TypeVar("_M", bound=nn.Module)
 
 _LEAKY_SLOPE = 0.01
 
@@ -238,7 +240,7 @@ def _init_weight_(weight: Tensor, preset: str, activation: str, fan_in: int | No
         nn.init.xavier_normal_(weight)
 
 
-def init_weights_(module: nn.Module, init: str = "auto", activation: str = "elu") -> nn.Module:
+def init_weights_(module: _M, init: str = "auto", activation: str = "elu") -> _M:
     """Initialize, in place, every Linear/Conv/ConvTranspose weight of ``module`` with a preset.
 
     Normal presets draw ``N(0, std**2)`` (not truncated); uniform presets draw from ``U(-a, a)``

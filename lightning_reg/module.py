@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
@@ -33,6 +33,8 @@ from lightning_reg.selection import DEFAULT_PENALIZED_MODULES, check_selection
 from lightning_reg.uncertainty import MCDropoutMixin, _check_mc_task
 
 __all__ = ["RegularizedModule", "WeightPenaltyMixin"]
+
+_M = TypeVar("_M", bound=nn.Module)
 
 
 def _double_count(grad: Tensor) -> Tensor:
@@ -480,7 +482,7 @@ class RegularizedModule(MCDropoutMixin, WeightPenaltyMixin, pl.LightningModule):
             init=self.init_name if init is None else init,
         )
 
-    def apply_init(self, module: nn.Module, activation: str | None = None) -> nn.Module:
+    def apply_init(self, module: _M, activation: str | None = None) -> _M:
         """Initialize the Linear/Conv weights of ``module`` with this module's preset.
 
         Args:
