@@ -176,8 +176,13 @@ class MaxNorm(HookOwner):
                 f"MaxNorm found no layer of type {kinds} in {type(pl_module).__name__}: pass the "
                 "layer types to constrain as `modules`."
             )
-        self.release(trainer, pl_module)
         self._bound = [self._bind(pl_module, optimizer) for optimizer in trainer.optimizers]
+        self.register_hooks(trainer, pl_module)
+
+    def register_hooks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """(Re-)register its step post-hooks on the Trainer's optimizers, after every hook
+        registered so far: the weight penalty's proximal step calls it so that it runs first."""
+        self.remove_hooks()
         for idx, optimizer in enumerate(trainer.optimizers):
             hook = functools.partial(self._post_hook, pl_module, idx)
             self.handles.append(optimizer.register_step_post_hook(hook))

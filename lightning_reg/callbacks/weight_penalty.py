@@ -169,10 +169,12 @@ class WeightPenalty(HookOwner):
                 hook = functools.partial(self._proximal_step, pl_module)
                 self.handles.append(optimizer.register_step_post_hook(hook))
         if config.proximal_l1:
-            # The soft-threshold, then the bounds: every MaxNorm on the Trainer registers its
-            # hooks (again, if it sits before this one) after these.
+            # The soft-threshold, then the bounds: a MaxNorm that registered its hooks before
+            # these (it sits before this callback) registers them again, after; a later one
+            # registers its own after these anyway.
             for bound in callbacks_of(trainer, MaxNorm):
-                bound.on_fit_start(trainer, pl_module)
+                if bound.handles:
+                    bound.register_hooks(trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
